@@ -1,0 +1,31 @@
+"""Daikon's HTTP API. `create_app(settings)` builds everything; importing builds nothing.
+
+Never imports torch, diffusers or transformers (tests/test_boundaries.py proves it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from api.services import Services
+from daikon.settings import Settings
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    """Build the app. `overrides` are Settings fields, for tests and embedding."""
+    settings = settings or Settings(**overrides)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["daikon"] = Services.build(settings)
+
+    from api import errors, health, jobs
+
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(jobs.bp)
+    logging.getLogger("daikon").setLevel(logging.INFO)
+    return app

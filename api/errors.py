@@ -1,0 +1,81 @@
+"""One JSON error shape for every failure: {"error": {"type", "code", "message", "param"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+from daikon.errors import DaikonError
+
+log = logging.getLogger("daikon.api")
+
+
+def error_response(
+    status: int, *, type: str, code: str, message: str, param: str | None = None
+) -> tuple[Response, int]:
+    body = {"error": {"type": type, "code": code, "message": message, "param": param}}
+    return jsonify(body), status
+
+
+def validation_error(exc: ValidationError) -> tuple[Response, int]:
+    """Name every bad field in the message; the first one is `param`."""
+    parts: list[str] = []
+    first: str | None = None
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or None
+        first = first or loc
+        text = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            text = "unknown field"
+        elif err["type"] == "missing":
+            text = "is required"
+        parts.append(f"{loc}: {text}" if loc else text)
+    return error_response(
+        422,
+        type="invalid_request_error",
+        code="invalid_request",
+        message="; ".join(parts),
+        param=first,
+    )
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(DaikonError)
+    def _daikon(e: DaikonError) -> Any:
+        return error_response(e.status, type=e.type, code=e.code, message=e.message, param=e.param)
+
+    @app.errorhandler(ValidationError)
+    def _validation(e: ValidationError) -> Any:
+        return validation_error(e)
+
+    @app.errorhandler(HTTPException)
+    def _http(e: HTTPException) -> Any:
+        status = e.code or 500
+        code = (e.name or "error").lower().replace(" ", "_")
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        resp, status = error_response(status, type=kind, code=code, message=e.description or "")
+        if status == 405 and e.get_response().headers.get("Allow"):
+            resp.headers["Allow"] = e.get_response().headers["Allow"]
+        return resp, status
+
+    @app.errorhandler(OperationalError)
+    def _db_down(e: OperationalError) -> Any:
+        log.error("database unavailable: %s", e.orig)
+        return error_response(
+            503,
+            type="service_unavailable",
+            code="database_unavailable",
+            message="the database is unavailable; retry shortly",
+        )
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception) -> Any:
+        log.exception("unhandled error")
+        return error_response(
+            500, type="server_error", code="internal_error", message="internal server error"
+        )

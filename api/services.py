@@ -1,0 +1,36 @@
+"""The per-app service objects, built once in create_app and reached through `services()`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import current_app
+from sqlalchemy.orm import Session, sessionmaker
+
+from daikon.celery_config import make_celery
+from daikon.settings import Settings
+from daikon.storage import ImageStore, make_store
+from db.session import make_engine, make_session_factory
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    store: ImageStore
+    celery: Celery
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        return cls(
+            settings=settings,
+            sessions=make_session_factory(make_engine(settings.sqlalchemy_url)),
+            store=make_store(settings),
+            celery=make_celery(settings, main="daikon-api"),
+        )
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions["daikon"]
+    return svc

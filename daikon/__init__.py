@@ -1,0 +1,1 @@
+"""Shared contract: settings, job schema, storage and Celery wiring (no torch, no Flask)."""

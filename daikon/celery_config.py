@@ -1,0 +1,62 @@
+"""The one Celery configuration, shared by the API (which only publishes) and the worker.
+
+Building a Celery object is cheap and opens no connection; the API builds one inside
+`create_app`, never at import time, and publishes by task *name* so it never imports the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from daikon.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    # Why each setting (see shared/anchors.md, "Celery with a Redis broker"):
+    # - task_acks_late: the message is acked only after the task returns, so a worker that dies
+    #   mid-job leaves the message to be redelivered instead of losing the job.
+    # - task_reject_on_worker_lost: a child killed by a signal (OOM killer, SIGKILL) is otherwise
+    #   still acked; with this the message goes back to the queue.
+    # - worker_prefetch_multiplier=1: a job takes seconds to minutes; prefetching more would park
+    #   jobs behind a busy worker while another sits idle.
+    # - visibility_timeout: Redis redelivers an unacked message after this long. The task's hard
+    #   time limit is kept below it (checked in Settings) so a job that is still running is never
+    #   handed to a second worker by the broker.
+    # - worker_cancel_long_running_tasks_on_connection_loss: with late acks, a task whose broker
+    #   connection dropped will be redelivered anyway; cancelling avoids running it twice.
+    # Models are loaded after the fork (worker/main.py): CUDA is not fork-safe.
+    transport = {"visibility_timeout": settings.visibility_timeout_seconds}
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5,
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_time_limit": settings.job_time_limit_seconds,
+        "task_soft_time_limit": max(settings.job_time_limit_seconds - 30, 5),
+        "task_ignore_result": True,  # results live in the database, not in Redis
+        "task_default_queue": settings.queue,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+    }
+
+
+def make_celery(settings: Settings, *, main: str = "daikon") -> Celery:
+    app = Celery(main)
+    app.conf.update(celery_config(settings))
+    return app

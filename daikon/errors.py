@@ -1,0 +1,40 @@
+"""A small exception hierarchy; the API maps each class to one HTTP status at the edge."""
+
+from __future__ import annotations
+
+
+class DaikonError(Exception):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code:
+            self.code = code
+
+
+class InvalidRequest(DaikonError):
+    status = 422
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class NotFound(DaikonError):
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class Conflict(DaikonError):
+    status = 409
+    type = "conflict_error"
+    code = "conflict"
+
+
+class ServiceUnavailable(DaikonError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"

@@ -1,0 +1,166 @@
+"""One job, start to finish: claim, generate, rank, upload, record.
+
+The database session is closed during the long GPU work and reopened to write results
+(Redash's pattern), so a job never holds a connection or a transaction while it runs.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from daikon.contract import SEED_MAX, JobParams
+from daikon.storage import ImageStore, image_key
+from db import jobs
+from db.session import session_scope
+from worker.generation import GenerationRequest
+from worker.ranking import rank
+from worker.runtime import ModelLoadError, ModelRuntime
+
+log = logging.getLogger(__name__)
+PNG = "image/png"
+
+
+class Outcome(StrEnum):
+    succeeded = "succeeded"
+    failed = "failed"
+    skipped = "skipped"  # not ours to run: already running elsewhere, finished or gone
+    superseded = "superseded"  # the job left `running` while we worked (e.g. canceled)
+
+
+class JobFailure(Exception):
+    """A failure with the code a client sees in `error.code`."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@dataclass
+class JobExecutor:
+    sessions: sessionmaker[Session]
+    store: ImageStore
+    runtime: Callable[[], ModelRuntime]
+    worker_name: str
+    key_prefix: str = ""
+
+    def run(self, job_id: str) -> Outcome:
+        with session_scope(self.sessions) as session:
+            job = jobs.claim(session=session, job_id=job_id, worker=self.worker_name)
+            if job is None:
+                log.info("job %s not claimable (already taken, finished or missing)", job_id)
+                return Outcome.skipped
+            params = JobParams.model_validate(job.params)
+            assert job.started_at is not None
+            metrics = {"queue_seconds": (job.started_at - job.created_at).total_seconds()}
+        started = time.perf_counter()
+        try:
+            return self._generate(job_id, params, metrics)
+        except BaseException as e:
+            failure = e if isinstance(e, JobFailure) else JobFailure("internal_error", _describe(e))
+            metrics["total_seconds"] = time.perf_counter() - started
+            log.warning("job %s failed: %s: %s", job_id, failure.code, failure.message)
+            with session_scope(self.sessions) as session:
+                jobs.fail(
+                    session=session,
+                    job_id=job_id,
+                    code=failure.code,
+                    message=failure.message,
+                    metrics=metrics,
+                )
+            if not isinstance(e, Exception):
+                raise  # SystemExit / KeyboardInterrupt: record, then let the process go
+            return Outcome.failed
+
+    def _generate(self, job_id: str, params: JobParams, metrics: dict[str, float]) -> Outcome:
+        started = time.perf_counter()
+        try:
+            runtime = self.runtime()
+        except ModelLoadError as e:
+            raise JobFailure("model_load_failed", str(e)) from e
+        metrics["load_seconds"] = time.perf_counter() - started
+
+        base_seed = (
+            params.seed
+            if params.seed is not None
+            else secrets.randbelow(SEED_MAX - params.candidates + 1)
+        )
+        seeds = tuple(base_seed + i for i in range(params.candidates))
+        request = GenerationRequest(
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            width=params.width,
+            height=params.height,
+            steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            seeds=seeds,
+        )
+        t = time.perf_counter()
+        try:
+            images = runtime.generator.generate([request])[0]
+        except Exception as e:
+            raise JobFailure("generation_failed", _describe(e)) from e
+        metrics["inference_seconds"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        try:
+            scores = runtime.ranker.score(params.prompt, images)
+        except Exception as e:
+            raise JobFailure("ranking_failed", _describe(e)) from e
+        order = rank(scores)[: params.top_k]
+        metrics["ranking_seconds"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        kept: list[jobs.NewImage] = []
+        try:
+            for position, index in enumerate(order, start=1):
+                data = _png(images[index])
+                key = image_key(self.key_prefix, job_id, position)
+                self.store.put(key, data, PNG)
+                kept.append(
+                    jobs.NewImage(
+                        rank=position,
+                        clip_score=scores[index],
+                        seed=seeds[index],
+                        width=images[index].width,
+                        height=images[index].height,
+                        content_type=PNG,
+                        storage_key=key,
+                        byte_size=len(data),
+                    )
+                )
+        except Exception as e:
+            raise JobFailure("upload_failed", _describe(e)) from e
+        metrics["upload_seconds"] = time.perf_counter() - t
+        metrics["total_seconds"] = time.perf_counter() - started
+
+        with session_scope(self.sessions) as session:
+            recorded = jobs.succeed(
+                session=session, job_id=job_id, seed=base_seed, images=kept, metrics=metrics
+            )
+        if not recorded:
+            # The job left `running` while we worked: its images are not ours to keep.
+            for image in kept:
+                self.store.delete(image.storage_key)
+            return Outcome.superseded
+        return Outcome.succeeded
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

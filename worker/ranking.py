@@ -1,0 +1,63 @@
+"""CLIP ranking: score each candidate image against its prompt and order best first."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+
+def _embeds(output: Any) -> Any:
+    """transformers 5 may return an output object where 4.x returned the projected tensor."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output
+    for name in ("text_embeds", "image_embeds", "pooler_output"):
+        value = getattr(output, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"unexpected CLIP feature output: {type(output).__name__}")
+
+
+class ClipRanker:
+    def __init__(self, model: Any, processor: Any, device: str):
+        self.model = model
+        self.processor = processor
+        self.device = device
+
+    @classmethod
+    def load(cls, model_id: str, *, device: str, dtype: Any) -> ClipRanker:
+        from transformers import CLIPModel, CLIPProcessor
+
+        model = CLIPModel.from_pretrained(model_id, dtype=dtype).to(device).eval()
+        processor = CLIPProcessor.from_pretrained(model_id)
+        return cls(model, processor, device)
+
+    def score(self, prompt: str, images: Sequence[Image.Image]) -> list[float]:
+        """100 x cosine similarity between the prompt and each image (CLIPScore's scale)."""
+        import torch
+
+        text = self.processor(
+            text=[prompt], return_tensors="pt", padding=True, truncation=True, max_length=77
+        )
+        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        dtype = next(self.model.parameters()).dtype
+        with torch.inference_mode():
+            t = _embeds(
+                self.model.get_text_features(
+                    input_ids=text["input_ids"].to(self.device),
+                    attention_mask=text["attention_mask"].to(self.device),
+                )
+            )
+            v = _embeds(self.model.get_image_features(pixel_values=pixels.to(self.device, dtype)))
+            t = torch.nn.functional.normalize(t.float(), dim=-1)
+            v = torch.nn.functional.normalize(v.float(), dim=-1)
+            scores = (v @ t.T).squeeze(-1) * 100.0
+        return [float(s) for s in scores.cpu()]
+
+
+def rank(scores: Sequence[float]) -> list[int]:
+    """Indices best first; ties keep generation order so ranking is deterministic."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))

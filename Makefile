@@ -1,0 +1,42 @@
+# Two commands for a new user: `make run` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.daikon-installed
+# torch is installed first, pinned: an unpinned torch pulls several GB of CUDA wheels.
+# On a GPU host pick the build you need, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install run test lint typecheck models bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m daikon.run
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: install
+	$(PY) -m mypy
+
+models: install
+	$(PY) -m worker.tiny_models --out .daikon/models
+
+bench: install
+	$(PY) bench/service_vs_direct.py
+
+clean:
+	rm -rf $(VENV) .daikon .pytest_cache .ruff_cache .mypy_cache

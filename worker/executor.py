@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -50,6 +51,15 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def _as_failure(e: BaseException) -> JobFailure:
+    # Checked first: a stage wraps whatever interrupted it, the time limit included.
+    if isinstance(e, SoftTimeLimitExceeded) or isinstance(e.__cause__, SoftTimeLimitExceeded):
+        return JobFailure("time_limit_exceeded", "the job ran past its time limit")
+    if isinstance(e, JobFailure):
+        return e
+    return JobFailure("internal_error", _describe(e))
+
+
 @dataclass
 class JobExecutor:
     sessions: sessionmaker[Session]
@@ -71,7 +81,7 @@ class JobExecutor:
         try:
             return self._generate(job_id, params, metrics)
         except BaseException as e:
-            failure = e if isinstance(e, JobFailure) else JobFailure("internal_error", _describe(e))
+            failure = _as_failure(e)
             metrics["total_seconds"] = time.perf_counter() - started
             log.warning("job %s failed: %s: %s", job_id, failure.code, failure.message)
             with session_scope(self.sessions) as session:

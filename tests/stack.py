@@ -1,0 +1,140 @@
+"""A running Daikon for tests and benchmarks: a real Celery worker process and the real API over
+HTTP (werkzeug in a thread), against whatever Redis, database and store the caller names."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from alembic import command
+from alembic.config import Config
+from werkzeug.serving import make_server
+
+from api import create_app
+from daikon.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", url)
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, revision)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process build the same Settings."""
+    env = {
+        "REDIS_URL": settings.redis_url,
+        "DATABASE_URL": settings.sqlalchemy_url,
+        "DAIKON_DATA_DIR": str(settings.data_path),
+        "DAIKON_QUEUE": settings.queue,
+        "DAIKON_MODEL": settings.model_id,
+        "DAIKON_CLIP_MODEL": settings.clip_model_id,
+        "DAIKON_STORAGE": settings.storage_backend,
+        "DAIKON_TORCH_THREADS": str(settings.torch_threads),
+    }
+    if settings.s3_bucket:
+        env["DAIKON_S3_BUCKET"] = settings.s3_bucket
+    if settings.s3_endpoint_url:
+        env["DAIKON_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    return env
+
+
+class WorkerProcess:
+    """`celery -A worker.main worker` as a child process, logging to a file."""
+
+    def __init__(self, settings: Settings, log_path: Path, *, concurrency: int = 1):
+        self.log_path = log_path
+        env = {**os.environ, **settings_env(settings), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        argv = [
+            sys.executable, "-m", "celery", "-A", "worker.main", "worker",
+            "--queues", settings.queue, "--concurrency", str(concurrency),
+            "--loglevel", "INFO", "--hostname", f"{settings.queue}@%h",
+            "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    base_url: str
+    worker: WorkerProcess
+    app: Any
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def submit(self, **body: Any) -> dict[str, Any]:
+        r = requests.post(self.url("/v1/jobs"), json=body, timeout=10)
+        assert r.status_code == 202, r.text
+        return dict(r.json())
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        r = requests.get(self.url(f"/v1/jobs/{job_id}"), timeout=10)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def wait(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Poll until the job is terminal, as a client would."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job["status"] in ("succeeded", "failed", "canceled"):
+                return job
+            if time.monotonic() > deadline or self.worker.proc.poll() is not None:
+                raise AssertionError(
+                    f"job {job_id} still {job['status']} (worker exit code "
+                    f"{self.worker.proc.poll()}); worker log:\n{self.worker.log_tail()}"
+                )
+            time.sleep(0.1)
+
+
+@contextmanager
+def running_stack(settings: Settings, log_dir: Path) -> Iterator[Stack]:
+    """Migrate, start a worker process and serve the API on a free port; stop both after."""
+    migrate(settings.sqlalchemy_url)
+    worker = WorkerProcess(settings, log_dir / f"worker-{settings.queue}.log")
+    app = create_app(settings)
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Stack(settings, f"http://127.0.0.1:{server.server_port}", worker, app)
+    finally:
+        server.shutdown()
+        worker.stop()

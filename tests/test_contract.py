@@ -1,0 +1,91 @@
+"""The job request contract: defaults, bounds and the names of the fields that are wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from daikon.contract import SEED_MAX, JobRequest
+from daikon.settings import Settings
+
+SETTINGS = Settings(database_url="sqlite://", redis_url="redis://unused")
+
+
+def validate(**body: Any) -> JobRequest:
+    return JobRequest.model_validate(body, context={"settings": SETTINGS})
+
+
+def bad_fields(**body: Any) -> dict[str, str]:
+    with pytest.raises(ValidationError) as info:
+        validate(**body)
+    return {".".join(map(str, e["loc"])): e["msg"] for e in info.value.errors()}
+
+
+def test_omitted_fields_take_the_settings_defaults() -> None:
+    params = validate(prompt="a red circle").resolve(SETTINGS)
+    assert params.model_dump() == {
+        "prompt": "a red circle",
+        "negative_prompt": None,
+        "width": SETTINGS.default_width,
+        "height": SETTINGS.default_height,
+        "steps": SETTINGS.default_steps,
+        "guidance_scale": SETTINGS.default_guidance_scale,
+        "candidates": SETTINGS.default_candidates,
+        "top_k": SETTINGS.default_top_k,
+        "seed": None,
+    }
+
+
+def test_given_fields_are_kept_and_an_integer_guidance_is_a_float() -> None:
+    params = validate(
+        prompt="p", negative_prompt="n", width=128, height=96, steps=3, guidance_scale=5,
+        candidates=6, top_k=6, seed=SEED_MAX,
+    ).resolve(SETTINGS)  # fmt: skip
+    assert (params.width, params.height, params.steps) == (128, 96, 3)
+    assert params.guidance_scale == 5.0 and isinstance(params.guidance_scale, float)
+    assert (params.candidates, params.top_k, params.seed) == (6, 6, SEED_MAX)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "fragment"),
+    [
+        ({}, "prompt", "required"),
+        ({"prompt": "   "}, "prompt", "must not be empty"),
+        ({"prompt": "x" * 2001}, "prompt", "at most 2000 characters"),
+        ({"prompt": "p", "width": 65}, "width", "multiple of 8"),
+        ({"prompt": "p", "height": 2048}, "height", "between 32 and 1024"),
+        ({"prompt": "p", "width": "64"}, "width", "valid integer"),
+        ({"prompt": "p", "width": True}, "width", "valid integer"),
+        ({"prompt": "p", "steps": 0}, "steps", "between 1 and 150"),
+        ({"prompt": "p", "guidance_scale": -1}, "guidance_scale", "between 0 and 30"),
+        ({"prompt": "p", "candidates": 17}, "candidates", "between 1 and 16"),
+        ({"prompt": "p", "candidates": 2, "top_k": 3}, "top_k", "must not exceed candidates (2)"),
+        ({"prompt": "p", "top_k": 0}, "top_k", "at least 1"),
+        ({"prompt": "p", "seed": -1}, "seed", "between 0 and"),
+        ({"prompt": "p", "seed": SEED_MAX + 1}, "seed", "between 0 and"),
+        ({"prompt": "p", "sampler": "euler"}, "sampler", "Extra inputs"),
+    ],
+)
+def test_bad_input_names_the_field(body: dict[str, Any], field: str, fragment: str) -> None:
+    errors = bad_fields(**body)
+    assert field in errors, errors
+    assert fragment in errors[field]
+
+
+def test_every_bad_field_is_reported_at_once() -> None:
+    assert set(bad_fields(prompt="p", width=7, steps=999, extra=1)) == {"width", "steps", "extra"}
+
+
+def test_top_k_defaults_never_exceed_small_candidate_counts() -> None:
+    s = Settings(database_url="sqlite://", default_top_k=2, default_candidates=4)
+    params = JobRequest.model_validate(
+        {"prompt": "p", "candidates": 1}, context={"settings": s}
+    ).resolve(s)
+    assert (params.candidates, params.top_k) == (1, 1)
+
+
+def test_misordered_time_limits_are_refused_at_start_up() -> None:
+    with pytest.raises(ValidationError, match="must be below DAIKON_VISIBILITY_TIMEOUT_SECONDS"):
+        Settings(job_time_limit_seconds=3600, visibility_timeout_seconds=3600)

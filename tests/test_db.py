@@ -1,0 +1,94 @@
+"""Job service functions on SQLite and PostgreSQL: transitions are conditional and atomic."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from daikon.contract import JobStatus
+from daikon.errors import NotFound
+from db import jobs
+from db.models import JobImage
+from tests.factories import image, make_job
+
+
+def test_create_stores_complete_params_and_starts_queued(session: Session) -> None:
+    job = make_job(session, prompt="a blue square")
+    got = jobs.get(session=session, job_id=job.id)
+    assert got.status is JobStatus.queued
+    assert got.params["prompt"] == "a blue square" and got.params["steps"] == 4
+    assert got.created_at.tzinfo is not None and got.attempts == 0 and got.images == []
+
+
+def test_get_unknown_job_raises_not_found(session: Session) -> None:
+    with pytest.raises(NotFound, match="not found"):
+        jobs.get(session=session, job_id="nope")
+
+
+def test_list_recent_is_newest_first_and_limited(session: Session) -> None:
+    made = [make_job(session, prompt=f"p{i}").id for i in range(5)]
+    listed = [j.id for j in jobs.list_recent(session=session, limit=3)]
+    assert listed == list(reversed(made))[:3]
+
+
+def test_claim_moves_queued_to_running_exactly_once(session: Session) -> None:
+    job = make_job(session)
+    claimed = jobs.claim(session=session, job_id=job.id, worker="w1")
+    assert claimed is not None and claimed.status is JobStatus.running
+    assert claimed.worker == "w1" and claimed.attempts == 1 and claimed.started_at is not None
+    # A redelivered message (or a second worker) finds nothing to claim.
+    assert jobs.claim(session=session, job_id=job.id, worker="w2") is None
+    assert jobs.get(session=session, job_id=job.id).worker == "w1"
+
+
+def test_claim_of_a_missing_job_is_a_no_op(session: Session) -> None:
+    assert jobs.claim(session=session, job_id="missing", worker="w") is None
+
+
+def test_succeed_records_images_in_rank_order(session: Session) -> None:
+    job = make_job(session)
+    jobs.claim(session=session, job_id=job.id, worker="w")
+    ok = jobs.succeed(
+        session=session, job_id=job.id, seed=7, images=[image(2, 0.5), image(1, 0.9)],
+        metrics={"inference_seconds": 1.5},
+    )  # fmt: skip
+    assert ok
+    session.expire_all()
+    done = jobs.get(session=session, job_id=job.id)
+    assert done.status is JobStatus.succeeded and done.finished_at is not None
+    assert [(i.rank, i.clip_score) for i in done.images] == [(1, 0.9), (2, 0.5)]
+    assert done.metrics == {"inference_seconds": 1.5} and done.seed == 7
+
+
+def test_a_queued_job_cannot_be_finished_without_a_claim(session: Session) -> None:
+    job = make_job(session)
+    assert not jobs.succeed(session=session, job_id=job.id, seed=1, images=[image(1, 1)],
+                            metrics={})  # fmt: skip
+    assert not jobs.fail(session=session, job_id=job.id, code="x", message="y", metrics={})
+    assert jobs.get(session=session, job_id=job.id).status is JobStatus.queued
+    assert session.scalars(select(JobImage).where(JobImage.job_id == job.id)).all() == []
+
+
+def test_a_finished_job_is_finished_once(session: Session) -> None:
+    job = make_job(session)
+    jobs.claim(session=session, job_id=job.id, worker="w")
+    assert jobs.fail(session=session, job_id=job.id, code="generation_failed",
+                     message="boom", metrics={})  # fmt: skip
+    # A late success from another attempt must not overwrite the failure or add images.
+    assert not jobs.succeed(session=session, job_id=job.id, seed=1, images=[image(1, 1)],
+                            metrics={})  # fmt: skip
+    session.expire_all()
+    done = jobs.get(session=session, job_id=job.id)
+    assert (done.status, done.error_code, done.error_message) == (
+        JobStatus.failed, "generation_failed", "boom",
+    )  # fmt: skip
+    assert done.images == []
+
+
+def test_delete_removes_the_row(session: Session) -> None:
+    job = make_job(session)
+    jobs.delete(session=session, job_id=job.id)
+    session.flush()
+    with pytest.raises(NotFound):
+        jobs.get(session=session, job_id=job.id)

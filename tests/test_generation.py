@@ -1,0 +1,92 @@
+"""The generation and ranking code on the tiny models, in process: seeds, guidance, batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from worker.generation import GenerationRequest, Generator
+from worker.ranking import ClipRanker, rank
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_models: tuple[Path, Path]) -> Generator:
+    return Generator.load(str(tiny_models[0]), device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def ranker(tiny_models: tuple[Path, Path]) -> ClipRanker:
+    return ClipRanker.load(str(tiny_models[1]), device="cpu", dtype=torch.float32)
+
+
+def req(**kw: object) -> GenerationRequest:
+    base: dict[str, object] = dict(prompt="a red circle", negative_prompt=None, width=64,
+                                   height=64, steps=3, guidance_scale=7.5, seeds=(1, 2))
+    return GenerationRequest(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def same(a: Image.Image, b: Image.Image) -> bool:
+    return bool(np.array_equal(pixels(a), pixels(b)))
+
+
+def test_images_have_the_asked_size_and_count(generator: Generator) -> None:
+    (images,) = generator.generate([req(width=96, height=48, seeds=(1, 2, 3))])
+    assert [im.size for im in images] == [(96, 48)] * 3
+    assert all(im.mode == "RGB" for im in images)
+
+
+def test_a_seed_reproduces_its_pixels_and_another_seed_does_not(generator: Generator) -> None:
+    (a,) = generator.generate([req(seeds=(5,))])
+    (b,) = generator.generate([req(seeds=(5,))])
+    (c,) = generator.generate([req(seeds=(6,))])
+    assert same(a[0], b[0])
+    assert not same(a[0], c[0])
+
+
+def test_guidance_and_negative_prompt_change_the_image(generator: Generator) -> None:
+    (plain,) = generator.generate([req(seeds=(9,), guidance_scale=1.0)])
+    (guided,) = generator.generate([req(seeds=(9,), guidance_scale=7.5)])
+    (negative,) = generator.generate([req(seeds=(9,), guidance_scale=7.5, negative_prompt="blue")])
+    assert not same(plain[0], guided[0])
+    assert not same(guided[0], negative[0])
+
+
+def test_compatible_requests_batch_without_changing_any_image(generator: Generator) -> None:
+    r1 = req(prompt="a red circle", seeds=(11, 12))
+    r2 = req(prompt="a blue square", negative_prompt="red", seeds=(13,))
+    r3 = req(prompt="a green triangle", width=32, seeds=(14,))  # another shape: its own call
+    batched = generator.generate([r1, r2, r3])
+    alone = [generator.generate([r])[0] for r in (r1, r2, r3)]
+    assert [len(x) for x in batched] == [2, 1, 1]
+    assert batched[2][0].size == (32, 64)
+    for got, want in zip(batched, alone, strict=True):
+        for g, w in zip(got, want, strict=True):
+            assert np.abs(pixels(g) - pixels(w)).max() <= 1  # batch kernels may round apart
+
+
+def test_steps_are_reported_one_by_one(generator: Generator) -> None:
+    seen: list[tuple[int, int]] = []
+    generator.generate([req(steps=4, seeds=(1,))], on_step=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_clip_scores_follow_the_images(generator: Generator, ranker: ClipRanker) -> None:
+    (images,) = generator.generate([req(seeds=(1, 2, 3))])
+    scores = ranker.score("a red circle", [images[0], images[1], images[2], images[0]])
+    assert len(scores) == 4 and all(-100.0 <= s <= 100.0 for s in scores)
+    assert scores[0] == pytest.approx(scores[3], abs=1e-4)  # same image, same score
+    assert len({round(s, 4) for s in scores[:3]}) == 3
+    other = ranker.score("a blue square", images[:1])
+    assert other[0] != pytest.approx(scores[0], abs=1e-4)  # the prompt matters
+
+
+def test_rank_orders_best_first_and_keeps_ties_in_generation_order() -> None:
+    assert rank([0.1, 0.9, 0.5, 0.9]) == [1, 3, 2, 0]

@@ -1,0 +1,57 @@
+"""Alembic creates everything the models describe, on both databases, and can go back."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, make_url, text
+
+from db.models import Base
+from tests.conftest import POSTGRES_ADMIN_URL
+from tests.stack import ROOT, migrate
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'm.db'}"
+        return
+    name = f"daikon_mig_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_upgrade_head_leaves_no_drift_from_the_models(empty_db_url: str) -> None:
+    migrate(empty_db_url)
+    engine = create_engine(empty_db_url)
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = compare_metadata(ctx, Base.metadata)
+        assert set(inspect(conn).get_table_names()) >= {"jobs", "job_images", "alembic_version"}
+    engine.dispose()
+    assert diff == [], f"models and migrations differ: {diff}"
+
+
+def test_downgrade_to_base_removes_the_tables(empty_db_url: str) -> None:
+    migrate(empty_db_url)
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", empty_db_url)
+    cfg.attributes["configure_logger"] = False
+    command.downgrade(cfg, "base")
+    engine = create_engine(empty_db_url)
+    with engine.connect() as conn:
+        assert set(inspect(conn).get_table_names()) <= {"alembic_version"}
+    engine.dispose()

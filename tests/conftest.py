@@ -49,9 +49,11 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def queue_name() -> str:
+def queue_name(redis_url: str) -> Iterator[str]:
     """A queue of the test's own, so runs and tests never consume each other's messages."""
-    return f"daikon-test-{uuid.uuid4().hex[:10]}"
+    name = f"daikon-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    redis.Redis.from_url(redis_url).delete(name)
 
 
 @pytest.fixture

@@ -24,8 +24,15 @@ def ranker(tiny_models: tuple[Path, Path]) -> ClipRanker:
 
 
 def req(**kw: object) -> GenerationRequest:
-    base: dict[str, object] = dict(prompt="a red circle", negative_prompt=None, width=64,
-                                   height=64, steps=3, guidance_scale=7.5, seeds=(1, 2))
+    base: dict[str, object] = dict(
+        prompt="a red circle",
+        negative_prompt=None,
+        width=64,
+        height=64,
+        steps=3,
+        guidance_scale=7.5,
+        seeds=(1, 2),
+    )
     return GenerationRequest(**{**base, **kw})  # type: ignore[arg-type]
 
 

@@ -1,0 +1,155 @@
+"""The HTTP edge on a real database and Redis: what gets queued, and what bad input leaves."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from api import create_app
+from daikon.settings import Settings
+from db.models import Job
+from db.session import session_scope
+from tests.stack import free_port, migrate
+
+VALID = {"prompt": "a red circle", "steps": 4, "candidates": 2, "top_k": 1, "seed": 3}
+
+
+@pytest.fixture
+def app(tmp_path: Path, redis_url: str, queue_name: str) -> Flask:
+    settings = Settings(
+        data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'api.db'}",
+        redis_url=redis_url, queue=queue_name, max_body_bytes=4096,
+    )  # fmt: skip
+    migrate(settings.sqlalchemy_url)
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def job_count(app: Flask) -> int:
+    with session_scope(app.extensions["daikon"].sessions) as s:
+        return int(s.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+def queued_job_ids(redis_client: redis.Redis, queue: str) -> list[str]:
+    """The job ids in the broker's list for this queue, as the worker will receive them."""
+    ids = []
+    for raw in redis_client.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        ids.extend(args)
+    return ids
+
+
+def test_submit_commits_a_row_queues_its_id_and_answers_202(
+    app: Flask, client: FlaskClient, redis_client: redis.Redis, queue_name: str
+) -> None:
+    r = client.post("/v1/jobs", json=VALID)
+    assert r.status_code == 202
+    job = r.get_json()
+    assert r.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["images"] == [] and job["error"] is None
+    assert job["params"] == {**VALID, "negative_prompt": None, "width": 64, "height": 64,
+                             "guidance_scale": 7.5}  # fmt: skip
+    assert job_count(app) == 1
+    assert queued_job_ids(redis_client, queue_name) == [job["id"]]
+    got = client.get(job_id_path := f"/v1/jobs/{job['id']}")
+    assert got.status_code == 200 and got.get_json() == job, job_id_path
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({"steps": 4}, "prompt", "prompt: is required"),
+        ({**VALID, "width": 100}, "width", "width: must be a multiple of 8"),
+        ({**VALID, "top_k": 5}, "top_k", "top_k: must not exceed candidates (2)"),
+        ({**VALID, "guidance_scale": "high"}, "guidance_scale", "guidance_scale: Input should be"),
+        ({**VALID, "webhook": "http://x"}, "webhook", "webhook: unknown field"),
+    ],
+)
+def test_a_bad_body_gets_422_naming_the_field_and_leaves_nothing(  # type: ignore[no-untyped-def]
+    app, client, redis_client, queue_name, body: dict[str, Any], param: str, fragment: str
+) -> None:
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 422
+    err = r.get_json()["error"]
+    assert (err["type"], err["code"], err["param"]) == ("invalid_request_error",
+                                                        "invalid_request", param)  # fmt: skip
+    assert fragment in err["message"]
+    assert job_count(app) == 0 and queued_job_ids(redis_client, queue_name) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"data": "prompt=x", "content_type": "application/x-www-form-urlencoded"}, 415,
+         "unsupported_media_type"),
+        ({"data": "{not json", "content_type": "application/json"}, 400, "invalid_json"),
+        ({"data": "[1, 2]", "content_type": "application/json"}, 400, "invalid_json"),
+        ({"json": {"prompt": "x" * 5000}}, 413, "request_entity_too_large"),
+    ],
+)  # fmt: skip
+def test_unreadable_bodies_get_json_errors(  # type: ignore[no-untyped-def]
+    app, client, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    r = client.post("/v1/jobs", **kwargs)
+    assert r.status_code == status and r.is_json
+    assert r.get_json()["error"]["code"] == code
+    assert job_count(app) == 0
+
+
+def test_unknown_routes_methods_and_jobs_answer_json(client: FlaskClient) -> None:
+    r = client.get("/v1/jobs/does-not-exist")
+    assert r.status_code == 404
+    assert r.get_json()["error"] == {"type": "not_found_error", "code": "not_found",
+                                     "message": "job 'does-not-exist' not found",
+                                     "param": "id"}  # fmt: skip
+    r = client.get("/no/such/route")
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found"
+    r = client.delete("/v1/jobs")
+    assert r.status_code == 405 and r.get_json()["error"]["code"] == "method_not_allowed"
+    assert set(r.headers["Allow"].split(", ")) >= {"GET", "POST"}
+    r = client.get("/v1/jobs/x/images/1")
+    assert r.status_code == 404 and r.is_json
+
+
+@pytest.mark.parametrize("limit", ["0", "101", "abc", "-1"])
+def test_list_limit_is_bounded(client: FlaskClient, limit: str) -> None:
+    r = client.get(f"/v1/jobs?limit={limit}")
+    assert r.status_code == 422
+    assert r.get_json()["error"]["param"] == "limit"
+
+
+def test_list_is_newest_first(client: FlaskClient) -> None:
+    ids = [client.post("/v1/jobs", json={**VALID, "prompt": f"p{i}"}).get_json()["id"]
+           for i in range(3)]  # fmt: skip
+    listed = [j["id"] for j in client.get("/v1/jobs?limit=2").get_json()["jobs"]]
+    assert listed == [ids[2], ids[1]]
+
+
+def test_broker_down_answers_503_and_creates_nothing(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'down.db'}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+    )  # fmt: skip
+    migrate(settings.sqlalchemy_url)
+    app = create_app(settings)
+    r = app.test_client().post("/v1/jobs", json=VALID)
+    assert r.status_code == 503
+    assert r.get_json()["error"]["code"] == "queue_unavailable"
+    assert job_count(app) == 0
+
+
+def test_healthz(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}

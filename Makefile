@@ -33,7 +33,7 @@ typecheck: install
 	$(PY) -m mypy
 
 models: install
-	$(PY) -m worker.tiny_models --out .daikon/models
+	$(PY) -m worker.tiny_models --out $${DAIKON_DATA_DIR:-.daikon}/models
 
 bench: install
 	$(PY) bench/service_vs_direct.py

@@ -57,7 +57,9 @@ def register(app: Flask) -> None:
     def _http(e: HTTPException) -> Any:
         status = e.code or 500
         code = (e.name or "error").lower().replace(" ", "_")
-        kind = "invalid_request_error" if status < 500 else "server_error"
+        kind = {404: "not_found_error"}.get(
+            status, "invalid_request_error" if status < 500 else "server_error"
+        )
         resp, status = error_response(status, type=kind, code=code, message=e.description or "")
         if status == 405 and e.get_response().headers.get("Allow"):
             resp.headers["Allow"] = e.get_response().headers["Allow"]

@@ -26,7 +26,10 @@ def job_out(job: Job) -> JobOut:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        params=JobParams.model_validate({**job.params, "seed": job.seed or job.params["seed"]}),
+        # The base seed the worker used, when the client let it choose (0 is a seed too).
+        params=JobParams.model_validate(
+            {**job.params, "seed": job.seed if job.seed is not None else job.params["seed"]}
+        ),
         images=[
             ImageOut(
                 rank=img.rank,

@@ -26,7 +26,9 @@ class Services:
         return cls(
             settings=settings,
             sessions=make_session_factory(make_engine(settings.sqlalchemy_url)),
-            store=make_store(settings),
+            # The API only reads and presigns: it must start even while S3 is unreachable,
+            # and creating the bucket is the worker's business.
+            store=make_store(settings, create_bucket=False),
             celery=make_celery(settings, main="daikon-api"),
         )
 

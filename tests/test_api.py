@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from api import create_app
 from daikon.settings import Settings
+from db import jobs
 from db.models import Job
 from db.session import session_scope
 from tests.stack import free_port, migrate
@@ -116,7 +117,10 @@ def test_unknown_routes_methods_and_jobs_answer_json(client: FlaskClient) -> Non
                                      "message": "job 'does-not-exist' not found",
                                      "param": "id"}  # fmt: skip
     r = client.get("/no/such/route")
-    assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found"
+    assert r.status_code == 404
+    assert (r.get_json()["error"]["type"], r.get_json()["error"]["code"]) == (
+        "not_found_error", "not_found",
+    )  # fmt: skip
     r = client.delete("/v1/jobs")
     assert r.status_code == 405 and r.get_json()["error"]["code"] == "method_not_allowed"
     assert set(r.headers["Allow"].split(", ")) >= {"GET", "POST"}
@@ -149,6 +153,25 @@ def test_broker_down_answers_503_and_creates_nothing(tmp_path: Path) -> None:
     assert r.status_code == 503
     assert r.get_json()["error"]["code"] == "queue_unavailable"
     assert job_count(app) == 0
+
+
+def test_a_worker_chosen_seed_of_zero_is_shown_as_zero(app: Flask, client: FlaskClient) -> None:
+    job_id = client.post("/v1/jobs", json={**VALID, "seed": None}).get_json()["id"]
+    with session_scope(app.extensions["daikon"].sessions) as s:
+        jobs.claim(session=s, job_id=job_id, worker="w")
+        jobs.succeed(session=s, job_id=job_id, seed=0, images=[], metrics={})
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["params"]["seed"] == 0
+
+
+def test_the_api_starts_and_answers_while_s3_is_unreachable(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 's3down.db'}",
+        s3_bucket="b", s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+    )  # fmt: skip
+    migrate(settings.sqlalchemy_url)
+    client = create_app(settings).test_client()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/v1/jobs").get_json() == {"jobs": []}
 
 
 def test_healthz(client: FlaskClient) -> None:

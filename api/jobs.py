@@ -1,27 +1,31 @@
-"""/v1/jobs: submit, read, list, and (for the local store) serve the kept images."""
+"""/v1/jobs: submit, read, list, cancel, and serve the local store's images (signed URLs)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+from datetime import datetime
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, request, url_for
 
-from api.serialize import job_out
+from api.auth import authenticate
+from api.serialize import etag, job_out, job_outs
 from api.services import services
-from daikon.contract import TASK_GENERATE, JobList, JobRequest
-from daikon.errors import (
-    BadRequest,
-    InvalidRequest,
-    NotFound,
-    ServiceUnavailable,
-    UnsupportedMediaType,
-)
+from api.signing import verify
+from api.submission import submit
+from daikon.contract import JobList, JobStatus
+from daikon.errors import BadRequest, Conflict, InvalidRequest, NotFound, UnsupportedMediaType
 from db import jobs
 from db.session import session_scope
 
 log = logging.getLogger("daikon.api")
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
+
+# How soon a poller should come back, by status.
+RETRY_AFTER = {JobStatus.queued: "2", JobStatus.running: "1"}
 
 
 def json_body() -> dict[str, Any]:
@@ -37,49 +41,137 @@ def json_body() -> dict[str, Any]:
 
 @bp.post("/jobs")
 def create_job() -> Any:
+    principal = authenticate()
     svc = services()
-    req = JobRequest.model_validate(json_body(), context={"settings": svc.settings})
-    params = req.resolve(svc.settings)
+    result = submit(
+        svc, principal, json_body(), idempotency_key=request.headers.get("Idempotency-Key")
+    )
     with session_scope(svc.sessions) as session:
-        job = jobs.create(session=session, params=params)
-        body = job_out(job).model_dump(mode="json")
-    # Published after the commit so the worker always finds the row.
-    try:
-        svc.celery.send_task(TASK_GENERATE, args=[job.id], queue=svc.settings.queue)
-    except Exception as e:
-        log.error("enqueue of job %s failed: %s", job.id, e)
-        with session_scope(svc.sessions) as session:
-            jobs.delete(session=session, job_id=job.id)
-        raise ServiceUnavailable(
-            "the job queue is unavailable; nothing was created, retry shortly",
-            code="queue_unavailable",
-        ) from e
-    return body, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+        body = job_out(session, jobs.get(session=session, job_id=result.job_id))
+    headers = {"Location": url_for("jobs.get_job", job_id=result.job_id)}
+    if not result.created:
+        headers["Idempotent-Replayed"] = "true"
+    return body.model_dump(mode="json"), 202 if result.created else 200, headers
 
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Any:
+    principal = authenticate()
     svc = services()
     with session_scope(svc.sessions) as session:
-        job = jobs.get(session=session, job_id=job_id)
-        return job_out(job).model_dump(mode="json")
+        out = job_out(session, jobs.get(session=session, job_id=job_id,
+                                        tenant_id=principal.tenant_id))  # fmt: skip
+    tag = etag(out)
+    headers = {"ETag": f'"{tag}"', "Cache-Control": "no-cache"}
+    if out.status in RETRY_AFTER:
+        headers["Retry-After"] = RETRY_AFTER[out.status]
+    if request.if_none_match.contains(tag):
+        return Response(status=304, headers=headers)
+    return out.model_dump(mode="json"), 200, headers
+
+
+def _cursor_decode(raw: str) -> tuple[datetime, str]:
+    try:
+        at, job_id = json.loads(base64.urlsafe_b64decode(raw.encode() + b"=="))
+        return datetime.fromisoformat(at), str(job_id)
+    except Exception as e:
+        raise InvalidRequest("cursor is not one this API returned", param="cursor") from e
+
+
+def _cursor_encode(at: datetime, job_id: str) -> str:
+    raw = json.dumps([at.isoformat(), job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _list_filter(tenant_id: str) -> jobs.ListFilter:
+    args = request.args
+    unknown = set(args) - {"status", "model", "created_after", "limit", "cursor"}
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter {sorted(unknown)[0]!r}",
+                             param=sorted(unknown)[0])  # fmt: skip
+    status = args.get("status")
+    if status is not None and status not in JobStatus.__members__:
+        raise InvalidRequest(
+            f"status must be one of {', '.join(JobStatus.__members__)}", param="status"
+        )
+    created_after = None
+    if "created_after" in args:
+        try:
+            created_after = datetime.fromisoformat(args["created_after"].replace("Z", "+00:00"))
+        except ValueError as e:
+            raise InvalidRequest("created_after must be an ISO 8601 time",
+                                 param="created_after") from e  # fmt: skip
+        if created_after.tzinfo is None:
+            raise InvalidRequest("created_after needs a time zone (e.g. Z)", param="created_after")
+    cursor = args.get("cursor")
+    return jobs.ListFilter(
+        tenant_id=tenant_id,
+        status=JobStatus(status) if status else None,
+        model=args.get("model"),
+        created_after=created_after,
+        before=_cursor_decode(cursor) if cursor else None,
+    )
 
 
 @bp.get("/jobs")
 def list_jobs() -> Any:
+    principal = authenticate()
     svc = services()
     raw = request.args.get("limit", "20")
     limit_max = svc.settings.list_limit_max
     if not raw.isdigit() or not (1 <= int(raw) <= limit_max):
         raise InvalidRequest(f"limit must be an integer between 1 and {limit_max}", param="limit")
+    limit = int(raw)
+    where = _list_filter(principal.tenant_id)
     with session_scope(svc.sessions) as session:
-        rows = jobs.list_recent(session=session, limit=int(raw))
-        return JobList(jobs=[job_out(j) for j in rows]).model_dump(mode="json")
+        rows = list(jobs.list_recent(session=session, limit=limit + 1, where=where))
+        page, more = rows[:limit], len(rows) > limit
+        out = JobList(
+            jobs=job_outs(session, page),
+            has_more=more,
+            next_cursor=_cursor_encode(page[-1].created_at, page[-1].id) if more else None,
+        )
+    return out.model_dump(mode="json")
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str) -> Any:
+    """queued or running -> canceled, at once and exactly once; the worker stops at its next
+    denoising step. Canceling a canceled job is a no-op; a finished one is a conflict."""
+    principal = authenticate()
+    svc = services()
+    with session_scope(svc.sessions) as session:
+        job = jobs.get(session=session, job_id=job_id, tenant_id=principal.tenant_id)
+        if job.status is not JobStatus.canceled:
+            canceled = jobs.cancel(session=session, job_id=job_id)
+            if canceled is None:
+                session.refresh(job)
+                if job.status is not JobStatus.canceled:
+                    raise Conflict(
+                        f"job {job_id!r} already {job.status.value}; it cannot be canceled",
+                        param="id", code="job_finished",
+                    )  # fmt: skip
+    # After the commit: the worker may look at any moment and must find the row canceled.
+    try:
+        svc.live.request_cancel(job_id)
+        svc.live.announce(job_id)
+    except redis.RedisError as e:
+        # Still canceled, exactly once: a worker that misses the flag finishes its run, finds
+        # the job no longer running and discards its images.
+        log.warning("cancel flag for job %s not set: %s", job_id, e)
+    with session_scope(svc.sessions) as session:
+        return job_out(session, jobs.get(session=session, job_id=job_id)).model_dump(mode="json")
 
 
 @bp.get("/jobs/<job_id>/images/<int:rank>")
 def get_image(job_id: str, rank: int) -> Response:
+    """Open to whoever holds the signed URL (as with S3 presigned URLs), no API key needed."""
     svc = services()
+    expires = request.args.get("expires", "")
+    signature = request.args.get("sig", "")
+    if not (expires.isdigit() and verify(svc.signing_key, job_id, rank, int(expires), signature)):
+        # Same answer as for a missing image: a job id alone reveals nothing.
+        raise NotFound(f"image {rank} of job {job_id!r} not found (or the URL expired)")
     with session_scope(svc.sessions) as session:
         job = jobs.get(session=session, job_id=job_id)
         image = next((i for i in job.images if i.rank == rank), None)
@@ -93,5 +185,5 @@ def get_image(job_id: str, rank: int) -> Response:
     return Response(
         data,
         content_type=content_type,
-        headers={"Cache-Control": "private, max-age=86400, immutable"},
+        headers={"Cache-Control": "private, max-age=3600, immutable"},
     )

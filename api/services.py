@@ -8,7 +8,9 @@ from celery import Celery
 from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.signing import secret_key
 from daikon.celery_config import make_celery
+from daikon.live import LiveState
 from daikon.settings import Settings
 from daikon.storage import ImageStore, make_store
 from db.session import make_engine, make_session_factory
@@ -20,6 +22,8 @@ class Services:
     sessions: sessionmaker[Session]
     store: ImageStore
     celery: Celery
+    live: LiveState
+    signing_key: bytes
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -30,6 +34,8 @@ class Services:
             # and creating the bucket is the worker's business.
             store=make_store(settings, create_bucket=False),
             celery=make_celery(settings, main="daikon-api"),
+            live=LiveState(settings.redis_url),
+            signing_key=secret_key(settings),
         )
 
 

@@ -27,7 +27,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # - worker_cancel_long_running_tasks_on_connection_loss: with late acks, a task whose broker
     #   connection dropped will be redelivered anyway; cancelling avoids running it twice.
     # Models are loaded after the fork (worker/main.py): CUDA is not fork-safe.
-    transport = {"visibility_timeout": settings.visibility_timeout_seconds}
+    # Priorities: one Redis list per level, consumed highest first (the Redis transport serves
+    # 0 first, so a job's priority p is published as 9 - p).
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
+    }
     return {
         "broker_url": settings.redis_url,
         "broker_transport_options": transport,

@@ -7,8 +7,10 @@ in the API (before anything is written) and documents the API (OpenAPI, later).
 from __future__ import annotations
 
 import enum
+import json
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -16,6 +18,38 @@ from daikon.settings import Settings
 
 TASK_GENERATE = "daikon.generate_job"
 SEED_MAX = 2**32 - 1
+PRIORITY_MAX = 9
+DEFAULT_PRIORITY = 5
+
+# Schedulers a client may name, as diffusers classes. All are compatible with the Stable
+# Diffusion family; the worker still checks the loaded pipeline's `compatibles` before any
+# GPU work and fails the job with `unsupported_scheduler` if a model does not support one.
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+    "dpm_2": "KDPM2DiscreteScheduler",
+    "dpm_2_a": "KDPM2AncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "dpmpp_2s": "DPMSolverSinglestepScheduler",
+    "deis": "DEISMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+class WebhookEvent(enum.StrEnum):
+    started = "job.started"
+    progress = "job.progress"
+    succeeded = "job.succeeded"
+    failed = "job.failed"
+    canceled = "job.canceled"
+
+
+DEFAULT_WEBHOOK_EVENTS = (WebhookEvent.succeeded, WebhookEvent.failed, WebhookEvent.canceled)
 
 
 class JobStatus(enum.StrEnum):
@@ -55,6 +89,26 @@ class JobRequest(BaseModel):
     candidates: int | None = Field(None, description="Images generated before CLIP ranking.")
     top_k: int | None = Field(None, description="Images kept after ranking (<= candidates).")
     seed: int | None = Field(None, description="Base seed; image i uses seed + i.")
+    model: str | None = Field(None, description="A model name from GET /v1/models.")
+    scheduler: str | None = Field(None, description="A diffusers scheduler (see SCHEDULERS).")
+    priority: int | None = Field(None, description="0-9, higher runs first (default 5).")
+    metadata: dict[str, Any] | None = Field(None, description="Client JSON, stored as given.")
+    webhook_url: str | None = Field(None, description="Where job events are POSTed.")
+    webhook_events: list[WebhookEvent] | None = Field(
+        None, description="Events to send (default: the terminal ones)."
+    )
+
+    @field_validator("webhook_events", mode="before")
+    @classmethod
+    def _events_from_strings(cls, v: Any) -> Any:
+        # Strict mode would refuse plain JSON strings for the enum: convert, naming bad ones.
+        if isinstance(v, list):
+            known = {e.value: e for e in WebhookEvent}
+            bad = [x for x in v if x not in known]
+            if bad:
+                raise ValueError(f"unknown events {bad}; known: {sorted(known)}")
+            return [known[x] for x in v]
+        return v
 
     @field_validator("guidance_scale", mode="before")
     @classmethod
@@ -128,6 +182,54 @@ class JobRequest(BaseModel):
             raise ValueError(f"must be between 0 and {SEED_MAX}")
         return v
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None, info: ValidationInfo) -> str | None:
+        known = sorted(_settings(info).model_specs)
+        if v is not None and v not in known:
+            raise ValueError(f"unknown model {v!r}; available: {', '.join(known)}")
+        return v
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        by_class = {c: n for n, c in SCHEDULERS.items()}
+        name = v if v in SCHEDULERS else by_class.get(v)
+        if name is None:
+            raise ValueError(f"unknown scheduler {v!r}; available: {', '.join(SCHEDULERS)}")
+        return name
+
+    @field_validator("priority")
+    @classmethod
+    def _priority(cls, v: int | None) -> int | None:
+        if v is not None and not (0 <= v <= PRIORITY_MAX):
+            raise ValueError(f"must be between 0 and {PRIORITY_MAX}")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        limit = _settings(info).max_metadata_bytes
+        if v is not None and len(json.dumps(v, separators=(",", ":"))) > limit:
+            raise ValueError(f"must be at most {limit} bytes as JSON")
+        return v
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        url = urlsplit(v)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("must be an absolute http or https URL")
+        if url.username or url.password:
+            raise ValueError("must not contain credentials")
+        if len(v) > 2048:
+            raise ValueError("must be at most 2048 characters")
+        return v
+
     def resolve(self, settings: Settings) -> JobParams:
         """Fill omitted fields from settings: the stored params are always complete."""
         candidates = self.candidates if self.candidates is not None else settings.default_candidates
@@ -145,6 +247,8 @@ class JobRequest(BaseModel):
             candidates=candidates,
             top_k=self.top_k if self.top_k is not None else min(settings.default_top_k, candidates),
             seed=self.seed,
+            model=self.model or settings.default_model_name,
+            scheduler=self.scheduler,
         )
 
 
@@ -162,6 +266,8 @@ class JobParams(BaseModel):
     candidates: int
     top_k: int
     seed: int | None  # None until the worker picks one; the job then records the one used
+    model: str = "default"
+    scheduler: str | None = None  # None = the pipeline's own
 
 
 class ImageOut(BaseModel):
@@ -179,6 +285,18 @@ class ErrorDetail(BaseModel):
     message: str
 
 
+class Progress(BaseModel):
+    step: int
+    total: int
+    fraction: float
+
+
+class JobUrls(BaseModel):
+    get: str
+    cancel: str
+    events: str
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -186,10 +304,19 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     params: JobParams
+    priority: int
+    metadata: dict[str, Any] | None
+    webhook_url: str | None
+    webhook_events: list[WebhookEvent]
     images: list[ImageOut]
     error: ErrorDetail | None
     metrics: dict[str, float]
+    progress: Progress | None = Field(None, description="While running: the denoising step.")
+    queue_position: int | None = Field(None, description="While queued: jobs ahead of it.")
+    urls: JobUrls
 
 
 class JobList(BaseModel):
     jobs: list[JobOut]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
+    has_more: bool = False

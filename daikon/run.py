@@ -11,6 +11,7 @@ restarted after a short pause; queued work continues because it lives in the bro
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -79,6 +80,16 @@ def start_valkey(settings: Settings) -> Any:
     return server
 
 
+def dev_admin_key(settings: Settings) -> str:
+    """The admin key for this data dir: made once (mode 0600) and reused, so curl sessions
+    and scripts keep working across restarts."""
+    path = settings.data_path / "admin.key"
+    if not path.exists():
+        path.write_text("dk_admin_" + secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def run(cmd: list[str], env: dict[str, str]) -> None:
     subprocess.run(cmd, env=env, check=True)
 
@@ -96,6 +107,10 @@ def main() -> int:
         valkey = start_valkey(settings)
         env["REDIS_URL"] = f"{valkey.connection_url}/0"
         say(f"embedded valkey on {env['REDIS_URL']} (data in {settings.data_path / 'valkey'})")
+    admin_key_note = "DAIKON_ADMIN_KEY from the environment"
+    if not settings.admin_key:
+        env["DAIKON_ADMIN_KEY"] = dev_admin_key(settings)
+        admin_key_note = f"{env['DAIKON_ADMIN_KEY']}  (kept in {settings.data_path / 'admin.key'})"
     children: list[Child] = []
     try:
         if not settings.model or not settings.clip_model:
@@ -159,6 +174,7 @@ def main() -> int:
         for child in children:
             child.start()
         say(f"API at http://{bind}  (Ctrl-C stops everything)")
+        say(f"admin key: {admin_key_note}")
         stop = False
 
         def _stop(*_: Any) -> None:

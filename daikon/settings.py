@@ -6,12 +6,23 @@ deployment's existing environment works; everything Daikon-specific is `DAIKON_*
 
 from __future__ import annotations
 
+import json
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class ModelSpec(BaseModel):
+    """A servable model: its diffusers pipeline and the CLIP that ranks its candidates."""
+
+    pipeline: str
+    clip: str = ""  # empty = the deployment's DAIKON_CLIP_MODEL
 
 
 class Settings(BaseSettings):
@@ -44,6 +55,28 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     torch_threads: int = Field(0, ge=0)  # 0 = leave torch's default
 
+    # Named models clients may ask for, as JSON: {"sd21": {"pipeline": "...", "clip": "..."}}.
+    # Empty = one model, "default", made of DAIKON_MODEL and DAIKON_CLIP_MODEL.
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    default_model: str = ""  # empty = the first of `models`
+    # Which models this worker serves (comma-separated names); empty = all of them.
+    worker_models: str = ""
+
+    # --- identity and limits --------------------------------------------------------------
+    admin_key: SecretStr | None = None
+    # Signs the API's own image URLs (local store). Empty = a key kept in DATA_DIR/secret.key.
+    secret_key: SecretStr | None = None
+    tenant_max_active_jobs: int = Field(1000, ge=1)  # queued + running, per tenant
+    tenant_submits_per_minute: int = Field(600, ge=1)
+    idempotency_hours: int = Field(24, ge=1)
+    max_metadata_bytes: int = Field(16 * 1024, ge=0)
+    cors_origins: str = ""  # comma-separated; "*" for any; empty = CORS off
+    # Event streams per API process; kept below the server's threads so streams can never
+    # take every thread and starve ordinary requests.
+    max_event_streams: int = Field(48, ge=1)
+    event_stream_max_seconds: int = Field(3600, ge=5)
+    openai_wait_seconds: float = Field(60.0, ge=0)
+
     # --- queue ----------------------------------------------------------------------------
     queue: str = "daikon.generate"
     worker_concurrency: int = Field(1, ge=1)
@@ -67,8 +100,21 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     list_limit_max: int = 100
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_json(cls, v: object) -> object:
+        return json.loads(v) if isinstance(v, str) and v.strip() else (v or {})
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        for name in self.models:
+            if not MODEL_NAME.match(name):
+                raise ValueError(f"model name {name!r} must match {MODEL_NAME.pattern}")
+        if self.default_model and self.default_model not in self.model_specs:
+            raise ValueError(f"DAIKON_DEFAULT_MODEL {self.default_model!r} is not in the models")
+        unknown = set(self.served_models) - set(self.model_specs)
+        if unknown:
+            raise ValueError(f"DAIKON_WORKER_MODELS names unknown models: {sorted(unknown)}")
         if self.job_time_limit_seconds >= self.visibility_timeout_seconds:
             raise ValueError(
                 "DAIKON_JOB_TIME_LIMIT_SECONDS must be below DAIKON_VISIBILITY_TIMEOUT_SECONDS, "
@@ -102,6 +148,32 @@ class Settings(BaseSettings):
     @property
     def local_storage_path(self) -> Path:
         return self.data_path / "images"
+
+    @property
+    def model_specs(self) -> dict[str, ModelSpec]:
+        if self.models:
+            return dict(self.models)
+        return {"default": ModelSpec(pipeline=self.model_id, clip=self.clip_model_id)}
+
+    @property
+    def default_model_name(self) -> str:
+        return self.default_model or next(iter(self.model_specs))
+
+    @property
+    def served_models(self) -> list[str]:
+        names = [n.strip() for n in self.worker_models.split(",") if n.strip()]
+        return names or list(self.model_specs)
+
+    def clip_for(self, model: str) -> str:
+        return self.model_specs[model].clip or self.clip_model_id
+
+    def queue_for(self, model: str) -> str:
+        """Each model has its own queue: a worker consumes only the models it serves."""
+        return f"{self.queue}.{model}"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def model_id(self) -> str:

@@ -53,7 +53,9 @@ def queue_name(redis_url: str) -> Iterator[str]:
     """A queue of the test's own, so runs and tests never consume each other's messages."""
     name = f"daikon-test-{uuid.uuid4().hex[:10]}"
     yield name
-    redis.Redis.from_url(redis_url).delete(name)
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{name}*"):  # the model and priority lists under it
+        client.delete(key)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ HTTP (werkzeug in a thread), against whatever Redis, database and store the call
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -51,7 +52,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DAIKON_CLIP_MODEL": settings.clip_model_id,
         "DAIKON_STORAGE": settings.storage_backend,
         "DAIKON_TORCH_THREADS": str(settings.torch_threads),
+        "DAIKON_MODELS": json.dumps({n: m.model_dump() for n, m in settings.model_specs.items()}),
+        "DAIKON_WORKER_MODELS": settings.worker_models,
     }
+    if settings.admin_key is not None:
+        env["DAIKON_ADMIN_KEY"] = settings.admin_key.get_secret_value()
     if settings.s3_bucket:
         env["DAIKON_S3_BUCKET"] = settings.s3_bucket
     if settings.s3_endpoint_url:
@@ -67,7 +72,7 @@ class WorkerProcess:
         env = {**os.environ, **settings_env(settings), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         argv = [
             sys.executable, "-m", "celery", "-A", "worker.main", "worker",
-            "--queues", settings.queue, "--concurrency", str(concurrency),
+            "--concurrency", str(concurrency),
             "--loglevel", "INFO", "--hostname", f"{settings.queue}@%h",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip
@@ -95,17 +100,18 @@ class Stack:
     base_url: str
     worker: WorkerProcess
     app: Any
+    http: requests.Session  # authenticated with the settings' admin key
 
     def url(self, path: str) -> str:
         return self.base_url + path
 
     def submit(self, **body: Any) -> dict[str, Any]:
-        r = requests.post(self.url("/v1/jobs"), json=body, timeout=10)
+        r = self.http.post(self.url("/v1/jobs"), json=body, timeout=10)
         assert r.status_code == 202, r.text
         return dict(r.json())
 
     def get(self, job_id: str) -> dict[str, Any]:
-        r = requests.get(self.url(f"/v1/jobs/{job_id}"), timeout=10)
+        r = self.http.get(self.url(f"/v1/jobs/{job_id}"), timeout=10)
         assert r.status_code == 200, r.text
         return dict(r.json())
 
@@ -133,8 +139,12 @@ def running_stack(settings: Settings, log_dir: Path) -> Iterator[Stack]:
     server = make_server("127.0.0.1", free_port(), app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    http = requests.Session()
+    if settings.admin_key is not None:
+        http.headers["Authorization"] = f"Bearer {settings.admin_key.get_secret_value()}"
     try:
-        yield Stack(settings, f"http://127.0.0.1:{server.server_port}", worker, app)
+        yield Stack(settings, f"http://127.0.0.1:{server.server_port}", worker, app, http)
     finally:
+        http.close()
         server.shutdown()
         worker.stop()

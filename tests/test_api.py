@@ -20,6 +20,8 @@ from db.models import Job
 from db.session import session_scope
 from tests.stack import free_port, migrate
 
+ADMIN_KEY = "dk_test_admin"
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 VALID = {"prompt": "a red circle", "steps": 4, "candidates": 2, "top_k": 1, "seed": 3}
 
 
@@ -27,7 +29,7 @@ VALID = {"prompt": "a red circle", "steps": 4, "candidates": 2, "top_k": 1, "see
 def app(tmp_path: Path, redis_url: str, queue_name: str) -> Flask:
     settings = Settings(
         data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'api.db'}",
-        redis_url=redis_url, queue=queue_name, max_body_bytes=4096,
+        redis_url=redis_url, queue=queue_name, max_body_bytes=4096, admin_key=ADMIN_KEY,
     )  # fmt: skip
     migrate(settings.sqlalchemy_url)
     return create_app(settings)
@@ -35,7 +37,9 @@ def app(tmp_path: Path, redis_url: str, queue_name: str) -> Flask:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_KEY}"
+    return client
 
 
 def job_count(app: Flask) -> int:
@@ -43,14 +47,20 @@ def job_count(app: Flask) -> int:
         return int(s.scalar(select(func.count()).select_from(Job)) or 0)
 
 
+def queued_messages(redis_client: redis.Redis, queue: str) -> list[tuple[str, str, int]]:
+    """(Redis list, job id, Celery priority) of every message published under this queue
+    prefix: one list per model, and per priority level within it."""
+    found = []
+    for key in sorted(k.decode() for k in redis_client.scan_iter(f"{queue}*")):
+        for raw in redis_client.lrange(key, 0, -1):
+            message = json.loads(raw)
+            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            found.extend((key, a, message["properties"]["priority"]) for a in args)
+    return found
+
+
 def queued_job_ids(redis_client: redis.Redis, queue: str) -> list[str]:
-    """The job ids in the broker's list for this queue, as the worker will receive them."""
-    ids = []
-    for raw in redis_client.lrange(queue, 0, -1):
-        message = json.loads(raw)
-        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        ids.extend(args)
-    return ids
+    return [job_id for _key, job_id, _prio in queued_messages(redis_client, queue)]
 
 
 def test_submit_commits_a_row_queues_its_id_and_answers_202(
@@ -61,12 +71,15 @@ def test_submit_commits_a_row_queues_its_id_and_answers_202(
     job = r.get_json()
     assert r.headers["Location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["images"] == [] and job["error"] is None
-    assert job["params"] == {**VALID, "negative_prompt": None, "width": 64, "height": 64,
-                             "guidance_scale": 7.5}  # fmt: skip
+    defaults = {"negative_prompt": None, "width": 64, "height": 64, "guidance_scale": 7.5,
+                "model": "default", "scheduler": None}  # fmt: skip
+    assert job["params"] == {**VALID, **defaults}
+    assert job["priority"] == 5 and job["queue_position"] == 0 and job["progress"] is None
     assert job_count(app) == 1
-    assert queued_job_ids(redis_client, queue_name) == [job["id"]]
-    got = client.get(job_id_path := f"/v1/jobs/{job['id']}")
-    assert got.status_code == 200 and got.get_json() == job, job_id_path
+    # Default priority 5 goes out as the Redis transport's level 9 - 5 = 4, on the model's queue.
+    assert queued_messages(redis_client, queue_name) == [(f"{queue_name}.default:4", job["id"], 4)]
+    got = client.get(f"/v1/jobs/{job['id']}")
+    assert got.status_code == 200 and got.get_json() == job
 
 
 @pytest.mark.parametrize(
@@ -146,10 +159,11 @@ def test_broker_down_answers_503_and_creates_nothing(tmp_path: Path) -> None:
     settings = Settings(
         data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'down.db'}",
         redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        admin_key=ADMIN_KEY,
     )  # fmt: skip
     migrate(settings.sqlalchemy_url)
     app = create_app(settings)
-    r = app.test_client().post("/v1/jobs", json=VALID)
+    r = app.test_client().post("/v1/jobs", json=VALID, headers=AUTH)
     assert r.status_code == 503
     assert r.get_json()["error"]["code"] == "queue_unavailable"
     assert job_count(app) == 0
@@ -166,12 +180,12 @@ def test_a_worker_chosen_seed_of_zero_is_shown_as_zero(app: Flask, client: Flask
 def test_the_api_starts_and_answers_while_s3_is_unreachable(tmp_path: Path) -> None:
     settings = Settings(
         data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 's3down.db'}",
-        s3_bucket="b", s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+        s3_bucket="b", s3_endpoint_url=f"http://127.0.0.1:{free_port()}", admin_key=ADMIN_KEY,
     )  # fmt: skip
     migrate(settings.sqlalchemy_url)
     client = create_app(settings).test_client()
     assert client.get("/healthz").status_code == 200
-    assert client.get("/v1/jobs").get_json() == {"jobs": []}
+    assert client.get("/v1/jobs", headers=AUTH).get_json()["jobs"] == []
 
 
 def test_healthz(client: FlaskClient) -> None:

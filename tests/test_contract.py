@@ -35,6 +35,8 @@ def test_omitted_fields_take_the_settings_defaults() -> None:
         "candidates": SETTINGS.default_candidates,
         "top_k": SETTINGS.default_top_k,
         "seed": None,
+        "model": "default",
+        "scheduler": None,
     }
 
 
@@ -66,12 +68,24 @@ def test_given_fields_are_kept_and_an_integer_guidance_is_a_float() -> None:
         ({"prompt": "p", "seed": -1}, "seed", "between 0 and"),
         ({"prompt": "p", "seed": SEED_MAX + 1}, "seed", "between 0 and"),
         ({"prompt": "p", "sampler": "euler"}, "sampler", "Extra inputs"),
+        ({"prompt": "p", "model": "sdxl"}, "model", "unknown model 'sdxl'; available: default"),
+        ({"prompt": "p", "scheduler": "magic"}, "scheduler", "unknown scheduler 'magic'"),
+        ({"prompt": "p", "priority": 10}, "priority", "between 0 and 9"),
+        ({"prompt": "p", "metadata": {"x": "y" * 20000}}, "metadata", "at most 16384 bytes"),
+        ({"prompt": "p", "webhook_url": "ftp://h/x"}, "webhook_url", "http or https"),
+        ({"prompt": "p", "webhook_url": "https://u:p@h/x"}, "webhook_url", "credentials"),
+        ({"prompt": "p", "webhook_events": ["job.done"]}, "webhook_events", "unknown events"),
     ],
 )
 def test_bad_input_names_the_field(body: dict[str, Any], field: str, fragment: str) -> None:
     errors = bad_fields(**body)
     assert field in errors, errors
     assert fragment in errors[field]
+
+
+def test_schedulers_are_accepted_by_name_or_diffusers_class() -> None:
+    assert validate(prompt="p", scheduler="euler_a").scheduler == "euler_a"
+    assert validate(prompt="p", scheduler="DPMSolverMultistepScheduler").scheduler == "dpmpp_2m"
 
 
 def test_every_bad_field_is_reported_at_once() -> None:

@@ -19,12 +19,14 @@ from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 FAST = {"steps": 3, "candidates": 4, "top_k": 2}
+ADMIN_KEY = "dk_test_admin_key"
 
 
 def settings_for(tmp: Path, redis_url: str, models: tuple[Path, Path], **kw: object) -> Settings:
     return Settings(
         data_dir=tmp, redis_url=redis_url, queue=f"daikon-e2e-{uuid.uuid4().hex[:8]}",
-        model=str(models[0]), clip_model=str(models[1]), torch_threads=1, **kw,  # type: ignore[arg-type]
+        model=str(models[0]), clip_model=str(models[1]), torch_threads=1, admin_key=ADMIN_KEY,
+        **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -88,7 +90,8 @@ def test_the_same_seed_reproduces_the_same_pixels(pg_s3: Stack) -> None:
 def test_a_redelivered_message_for_a_finished_job_does_nothing(pg_s3: Stack) -> None:
     done = pg_s3.wait(pg_s3.submit(prompt="a yellow square", seed=5, **FAST)["id"])
     celery = pg_s3.app.extensions["daikon"].celery
-    celery.send_task("daikon.generate_job", args=[done["id"]], queue=pg_s3.settings.queue)
+    celery.send_task("daikon.generate_job", args=[done["id"]],
+                     queue=pg_s3.settings.queue_for("default"))  # fmt: skip
     # The queue is FIFO and the worker runs one job at a time: once a later job is done,
     # the duplicate has been handled.
     pg_s3.wait(pg_s3.submit(prompt="a later job", **FAST)["id"])
@@ -102,12 +105,12 @@ def test_sqlite_and_local_storage_serve_images_through_the_api(sqlite_local: Sta
     jobs = [sqlite_local.wait(i) for i in ids]
     assert [j["status"] for j in jobs] == ["succeeded", "succeeded"]
     url = jobs[0]["images"][0]["url"]
-    assert url == f"{sqlite_local.base_url}/v1/jobs/{ids[0]}/images/1"
+    assert url.startswith(f"{sqlite_local.base_url}/v1/jobs/{ids[0]}/images/1?expires=")
     data, png = fetch_png(url)
     assert png.size == (64, 64)
     stored = sqlite_local.settings.local_storage_path / ids[0] / "rank-1.png"
     assert stored.read_bytes() == data
-    listed = requests.get(sqlite_local.url("/v1/jobs?limit=2"), timeout=10).json()["jobs"]
+    listed = sqlite_local.http.get(sqlite_local.url("/v1/jobs?limit=2"), timeout=10).json()["jobs"]
     assert [j["id"] for j in listed] == ids[::-1]
 
 

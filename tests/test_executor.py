@@ -58,10 +58,15 @@ def load(sessions: sessionmaker[Session], job_id: str) -> Job:
 
 
 def executor(sessions: sessionmaker[Session], store: Any, runtime: Any) -> JobExecutor:
-    return JobExecutor(sessions=sessions, store=store, runtime=lambda: runtime, worker_name="t")
+    return JobExecutor(
+        sessions=sessions, store=store, runtime=lambda _model: runtime, worker_name="t"
+    )
 
 
 class ExplodingGenerator:
+    def check(self, request: GenerationRequest) -> None:
+        pass
+
     def generate(self, requests: Sequence[GenerationRequest], **_: Any) -> list[list[Image.Image]]:
         raise RuntimeError("CUDA out of memory (on purpose)")
 
@@ -117,7 +122,7 @@ def test_a_failing_stage_fails_the_job_with_its_reason(  # type: ignore[no-untyp
 
 
 def test_a_model_that_cannot_load_fails_the_job(sessions, store) -> None:  # type: ignore[no-untyped-def]
-    def no_model() -> ModelRuntime:
+    def no_model(_model: str) -> ModelRuntime:
         raise ModelLoadError("cannot load pipeline '/nowhere': not a folder")
 
     job_id = new_job(sessions)
@@ -144,6 +149,9 @@ def test_a_job_that_leaves_running_mid_flight_keeps_no_images(  # type: ignore[n
     job_id = new_job(sessions, candidates=2, top_k=2)
 
     class CancelingGenerator:
+        def check(self, request: GenerationRequest) -> None:
+            pass
+
         def generate(self, requests: Sequence[GenerationRequest], **kw: Any) -> Any:
             with session_scope(sessions) as s:  # another actor finishes the job meanwhile
                 jobs.fail(session=s, job_id=job_id, code="canceled_elsewhere", message="",

@@ -6,6 +6,7 @@ import functools
 import os
 import socket
 
+from daikon.live import LiveState
 from daikon.settings import Settings
 from daikon.storage import make_store
 from db.session import make_engine, make_session_factory
@@ -24,7 +25,8 @@ def executor() -> JobExecutor:
     return JobExecutor(
         sessions=make_session_factory(make_engine(s.sqlalchemy_url)),
         store=make_store(s),
-        runtime=lambda: get_runtime(s),
+        runtime=lambda model: get_runtime(s, model),
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
         key_prefix=s.s3_prefix if s.storage_backend == "s3" else "",
+        live=LiveState(s.redis_url),
     )

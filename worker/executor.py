@@ -19,10 +19,11 @@ from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from daikon.contract import SEED_MAX, JobParams
+from daikon.live import LiveState
 from daikon.storage import ImageStore, image_key
 from db import jobs
 from db.session import session_scope
-from worker.generation import GenerationRequest
+from worker.generation import GenerationRequest, UnsupportedScheduler
 from worker.ranking import rank
 from worker.runtime import ModelLoadError, ModelRuntime
 
@@ -33,8 +34,13 @@ PNG = "image/png"
 class Outcome(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
+    canceled = "canceled"  # canceled while it ran; the worker stopped between steps
     skipped = "skipped"  # not ours to run: already running elsewhere, finished or gone
     superseded = "superseded"  # the job left `running` while we worked (e.g. canceled)
+
+
+class JobCanceled(Exception):
+    """Raised from the step callback when the job's cancel was requested."""
 
 
 class JobFailure(Exception):
@@ -64,9 +70,26 @@ def _as_failure(e: BaseException) -> JobFailure:
 class JobExecutor:
     sessions: sessionmaker[Session]
     store: ImageStore
-    runtime: Callable[[], ModelRuntime]
+    runtime: Callable[[str], ModelRuntime]  # model name -> its loaded runtime
     worker_name: str
     key_prefix: str = ""
+    live: LiveState | None = None  # progress, cancel and change notices (Redis)
+
+    def _announce(self, job_id: str) -> None:
+        if self.live is not None:
+            try:
+                self.live.announce(job_id)
+            except Exception as e:  # a lost notice only delays an event stream
+                log.warning("could not announce job %s: %s", job_id, e)
+
+    def _on_step(self, job_id: str, attempt: int) -> Callable[[int, int], None]:
+        live = self.live
+
+        def on_step(step: int, total: int) -> None:
+            if live is not None and live.step(job_id, step, total, attempt):
+                raise JobCanceled(job_id)
+
+        return on_step
 
     def run(self, job_id: str) -> Outcome:
         with session_scope(self.sessions) as session:
@@ -75,11 +98,17 @@ class JobExecutor:
                 log.info("job %s not claimable (already taken, finished or missing)", job_id)
                 return Outcome.skipped
             params = JobParams.model_validate(job.params)
+            attempt = job.attempts
             assert job.started_at is not None
             metrics = {"queue_seconds": (job.started_at - job.created_at).total_seconds()}
+        self._announce(job_id)
         started = time.perf_counter()
         try:
-            return self._generate(job_id, params, metrics)
+            return self._generate(job_id, params, metrics, attempt)
+        except JobCanceled:
+            log.info("job %s canceled while running; stopped", job_id)
+            self._announce(job_id)
+            return Outcome.canceled
         except BaseException as e:
             failure = _as_failure(e)
             metrics["total_seconds"] = time.perf_counter() - started
@@ -92,14 +121,17 @@ class JobExecutor:
                     message=failure.message,
                     metrics=metrics,
                 )
+            self._announce(job_id)
             if not isinstance(e, Exception):
                 raise  # SystemExit / KeyboardInterrupt: record, then let the process go
             return Outcome.failed
 
-    def _generate(self, job_id: str, params: JobParams, metrics: dict[str, float]) -> Outcome:
+    def _generate(
+        self, job_id: str, params: JobParams, metrics: dict[str, float], attempt: int
+    ) -> Outcome:
         started = time.perf_counter()
         try:
-            runtime = self.runtime()
+            runtime = self.runtime(params.model)
         except ModelLoadError as e:
             raise JobFailure("model_load_failed", str(e)) from e
         metrics["load_seconds"] = time.perf_counter() - started
@@ -118,10 +150,19 @@ class JobExecutor:
             steps=params.steps,
             guidance_scale=params.guidance_scale,
             seeds=seeds,
+            scheduler=params.scheduler,
         )
+        try:
+            runtime.generator.check(request)
+        except UnsupportedScheduler as e:
+            raise JobFailure("unsupported_scheduler", str(e)) from e
         t = time.perf_counter()
         try:
-            images = runtime.generator.generate([request])[0]
+            images = runtime.generator.generate(
+                [request], on_step=self._on_step(job_id, attempt)
+            )[0]
+        except JobCanceled:
+            raise
         except Exception as e:
             raise JobFailure("generation_failed", _describe(e)) from e
         metrics["inference_seconds"] = time.perf_counter() - t
@@ -162,6 +203,7 @@ class JobExecutor:
             recorded = jobs.succeed(
                 session=session, job_id=job_id, seed=base_seed, images=kept, metrics=metrics
             )
+        self._announce(job_id)
         if not recorded:
             # The job left `running` while we worked: its images are not ours to keep.
             for image in kept:

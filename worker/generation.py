@@ -14,6 +14,8 @@ from typing import Any
 
 from PIL import Image
 
+from daikon.contract import SCHEDULERS
+
 StepCallback = Callable[[int, int], None]  # (step done, total steps)
 
 
@@ -26,16 +28,44 @@ class GenerationRequest:
     steps: int
     guidance_scale: float
     seeds: tuple[int, ...]  # one per image
+    scheduler: str | None = None  # a name from daikon.contract.SCHEDULERS; None = the model's
 
     @property
-    def batch_key(self) -> tuple[int, int, int, float]:
-        return (self.width, self.height, self.steps, self.guidance_scale)
+    def batch_key(self) -> tuple[int, int, int, float, str | None]:
+        return (self.width, self.height, self.steps, self.guidance_scale, self.scheduler)
+
+
+class UnsupportedScheduler(ValueError):
+    pass
 
 
 class Generator:
     def __init__(self, pipe: Any, device: str):
         self.pipe = pipe
         self.device = device
+        self.base_scheduler = pipe.scheduler
+        self._schedulers: dict[str | None, Any] = {None: pipe.scheduler}
+
+    def supported_schedulers(self) -> list[str]:
+        compatible = {c.__name__ for c in self.base_scheduler.compatibles}
+        compatible.add(type(self.base_scheduler).__name__)
+        return [name for name, cls in SCHEDULERS.items() if cls in compatible]
+
+    def check(self, request: GenerationRequest) -> None:
+        """Refuse what this pipeline cannot do, before any GPU work."""
+        if request.scheduler is not None and request.scheduler not in self.supported_schedulers():
+            raise UnsupportedScheduler(
+                f"scheduler {request.scheduler!r} is not supported by this model; supported: "
+                f"{', '.join(self.supported_schedulers())}"
+            )
+
+    def _scheduler(self, name: str | None) -> Any:
+        if name not in self._schedulers:
+            import diffusers
+
+            cls = getattr(diffusers, SCHEDULERS[name or ""])
+            self._schedulers[name] = cls.from_config(self.base_scheduler.config)
+        return self._schedulers[name]
 
     @classmethod
     def load(cls, model_id: str, *, device: str, dtype: Any) -> Generator:
@@ -52,8 +82,9 @@ class Generator:
         self, requests: Sequence[GenerationRequest], *, on_step: StepCallback | None = None
     ) -> list[list[Image.Image]]:
         """Images for each request, in request order; compatible requests share one call."""
-        groups: dict[tuple[int, int, int, float], list[int]] = defaultdict(list)
+        groups: dict[tuple[int, int, int, float, str | None], list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
+            self.check(req)
             groups[req.batch_key].append(i)
         results: list[list[Image.Image]] = [[] for _ in requests]
         for indices in groups.values():
@@ -85,6 +116,7 @@ class Generator:
                 return tensors
 
             kwargs["callback_on_step_end"] = _callback
+        self.pipe.scheduler = self._scheduler(first.scheduler)
         with torch.inference_mode():
             out = self.pipe(
                 prompt=prompts,

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from celery.signals import worker_process_init, worker_ready
+from kombu import Queue
 
 from daikon.celery_config import make_celery
 from worker import context
@@ -18,18 +19,23 @@ from worker.runtime import get_runtime
 
 log = logging.getLogger("daikon.worker")
 
-app = make_celery(context.settings(), main="daikon-worker")
+settings = context.settings()
+app = make_celery(settings, main="daikon-worker")
 # A pool child that is still loading models must not be killed for being slow to start.
 app.conf.worker_proc_alive_timeout = 600
 app.conf.include = ["worker.tasks"]
+# Consume exactly the queues of the models this worker serves (DAIKON_WORKER_MODELS): a job
+# for a model no worker serves waits, visibly queued, instead of failing on the wrong worker.
+app.conf.task_queues = [Queue(settings.queue_for(m)) for m in settings.served_models]
 
 
 def _preload() -> None:
-    try:
-        context.executor()
-        get_runtime(context.settings())
-    except Exception:  # the first job will retry the load and fail with the reason
-        log.exception("model preload failed")
+    context.executor()
+    for model in settings.served_models:
+        try:
+            get_runtime(settings, model)
+        except Exception:  # the first job will retry the load and fail with the reason
+            log.exception("preload of model %s failed", model)
 
 
 @worker_process_init.connect

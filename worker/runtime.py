@@ -27,10 +27,10 @@ class ModelLoadError(Exception):
 
 
 _lock = threading.Lock()
-_runtime: ModelRuntime | None = None
+_runtimes: dict[str, ModelRuntime] = {}
 
 
-def load_runtime(settings: Settings) -> ModelRuntime:
+def load_runtime(settings: Settings, model: str) -> ModelRuntime:
     import torch
 
     from worker.devices import resolve_device, resolve_dtype
@@ -39,24 +39,28 @@ def load_runtime(settings: Settings) -> ModelRuntime:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    spec = settings.model_specs.get(model)
+    if spec is None:
+        raise ModelLoadError(f"model {model!r} is not configured on this worker")
+    clip_id = settings.clip_for(model)
     started = time.perf_counter()
     try:
-        generator = Generator.load(settings.model_id, device=device, dtype=dtype)
+        generator = Generator.load(spec.pipeline, device=device, dtype=dtype)
     except Exception as e:
-        raise ModelLoadError(f"cannot load pipeline {settings.model_id!r}: {e}") from e
+        raise ModelLoadError(f"cannot load pipeline {spec.pipeline!r}: {e}") from e
     try:
-        ranker = ClipRanker.load(settings.clip_model_id, device=device, dtype=dtype)
+        ranker = ClipRanker.load(clip_id, device=device, dtype=dtype)
     except Exception as e:
-        raise ModelLoadError(f"cannot load CLIP model {settings.clip_model_id!r}: {e}") from e
+        raise ModelLoadError(f"cannot load CLIP model {clip_id!r}: {e}") from e
     seconds = time.perf_counter() - started
-    log.info("models loaded on %s (%s) in %.1fs", device, dtype, seconds)
+    log.info("model %s loaded on %s (%s) in %.1fs", model, device, dtype, seconds)
     return ModelRuntime(generator, ranker, device, seconds)
 
 
-def get_runtime(settings: Settings) -> ModelRuntime:
-    """The process's runtime; a failed load is retried on the next call, not cached."""
-    global _runtime
+def get_runtime(settings: Settings, model: str) -> ModelRuntime:
+    """The process's runtime for a model, loaded once and kept warm; a failed load is
+    retried on the next call, not cached."""
     with _lock:
-        if _runtime is None:
-            _runtime = load_runtime(settings)
-        return _runtime
+        if model not in _runtimes:
+            _runtimes[model] = load_runtime(settings, model)
+        return _runtimes[model]

@@ -1,0 +1,108 @@
+"""/v1/admin: tenants and their API keys. Admin keys only."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.auth import require_admin
+from api.jobs import json_body
+from api.services import services
+from db import tenants
+from db.models import ApiKey, Tenant
+from db.session import session_scope
+
+bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
+
+
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field("", max_length=128)
+    admin: bool = False
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant_id: str
+    name: str
+    prefix: str
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="The API key. Shown only in this response.")
+
+
+class TenantList(BaseModel):
+    tenants: list[TenantOut]
+
+
+def tenant_out(t: Tenant) -> TenantOut:
+    return TenantOut(id=t.id, name=t.name, created_at=t.created_at)
+
+
+def key_out(k: ApiKey) -> dict[str, Any]:
+    return KeyOut(
+        id=k.id, tenant_id=k.tenant_id, name=k.name, prefix=k.prefix, admin=k.is_admin,
+        created_at=k.created_at, revoked_at=k.revoked_at,
+    ).model_dump(mode="json")  # fmt: skip
+
+
+@bp.post("/tenants")
+def create_tenant() -> Any:
+    require_admin()
+    body = TenantCreate.model_validate(json_body())
+    with session_scope(services().sessions) as session:
+        tenant = tenants.create_tenant(session=session, name=body.name)
+        return tenant_out(tenant).model_dump(mode="json"), 201
+
+
+@bp.get("/tenants")
+def list_tenants() -> Any:
+    require_admin()
+    with session_scope(services().sessions) as session:
+        rows = tenants.list_tenants(session=session)
+        return TenantList(tenants=[tenant_out(t) for t in rows]).model_dump(mode="json")
+
+
+@bp.post("/tenants/<tenant_id>/keys")
+def create_key(tenant_id: str) -> Any:
+    require_admin()
+    body = KeyCreate.model_validate(json_body())
+    with session_scope(services().sessions) as session:
+        new = tenants.create_key(
+            session=session, tenant_id=tenant_id, name=body.name, admin=body.admin
+        )
+        return {**key_out(new.key), "key": new.secret}, 201
+
+
+@bp.get("/tenants/<tenant_id>/keys")
+def list_keys(tenant_id: str) -> Any:
+    require_admin()
+    with session_scope(services().sessions) as session:
+        tenants.get_tenant(session=session, tenant_id=tenant_id)
+        return {"keys": [key_out(k) for k in tenants.list_keys(session=session,
+                                                                tenant_id=tenant_id)]}  # fmt: skip
+
+
+@bp.delete("/keys/<key_id>")
+def revoke_key(key_id: str) -> Any:
+    require_admin()
+    with session_scope(services().sessions) as session:
+        return key_out(tenants.revoke_key(session=session, key_id=key_id))

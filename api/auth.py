@@ -1,0 +1,71 @@
+"""Bearer-key authentication. The key is looked up by its hash on every request, so a revoked
+key stops working at once; the admin key from settings is compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from flask import g, request
+
+from api.services import services
+from daikon.errors import DaikonError
+from db import tenants
+from db.session import session_scope
+
+ADMIN_TENANT = "admin"
+
+
+class Unauthenticated(DaikonError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(DaikonError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: str
+    is_admin: bool
+    key_id: str | None  # None for the settings' admin key
+
+
+def _bearer() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+    return token.strip()
+
+
+def authenticate() -> Principal:
+    """The caller, from the Authorization header (cached on flask.g for the request)."""
+    cached = g.get("principal")
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    token = _bearer()
+    svc = services()
+    admin = svc.settings.admin_key
+    with session_scope(svc.sessions) as session:
+        if admin is not None and hmac.compare_digest(token, admin.get_secret_value()):
+            tenant = tenants.get_or_create_tenant(session=session, name=ADMIN_TENANT)
+            principal = Principal(tenant_id=tenant.id, is_admin=True, key_id=None)
+        else:
+            key = tenants.find_active_key(session=session, secret=token)
+            if key is None:
+                raise Unauthenticated("invalid or revoked API key")
+            principal = Principal(tenant_id=key.tenant_id, is_admin=key.is_admin, key_id=key.id)
+    g.principal = principal
+    return principal
+
+
+def require_admin() -> Principal:
+    principal = authenticate()
+    if not principal.is_admin:
+        raise Forbidden("this endpoint needs an admin key")
+    return principal

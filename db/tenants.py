@@ -1,0 +1,94 @@
+"""Tenants and their API keys. A key is returned in clear only by `create_key`, once."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from daikon.errors import Conflict, NotFound
+from db.models import ApiKey, Tenant, utcnow
+
+KEY_PREFIX = "dk_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewKey:
+    key: ApiKey
+    secret: str  # the only time the clear key exists outside the client
+
+
+def create_tenant(*, session: Session, name: str) -> Tenant:
+    tenant = Tenant(name=name)
+    try:
+        with session.begin_nested():
+            session.add(tenant)
+    except IntegrityError as e:
+        raise Conflict(f"a tenant named {name!r} exists", param="name", code="tenant_exists") from e
+    return tenant
+
+
+def get_or_create_tenant(*, session: Session, name: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is not None:
+        return tenant
+    try:
+        return create_tenant(session=session, name=name)
+    except Conflict:  # created concurrently
+        return session.scalars(select(Tenant).where(Tenant.name == name)).one()
+
+
+def get_tenant(*, session: Session, tenant_id: str) -> Tenant:
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id!r} not found", param="id")
+    return tenant
+
+
+def list_tenants(*, session: Session) -> Sequence[Tenant]:
+    return session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id)).all()
+
+
+def create_key(*, session: Session, tenant_id: str, name: str = "", admin: bool = False) -> NewKey:
+    get_tenant(session=session, tenant_id=tenant_id)
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(
+        tenant_id=tenant_id, name=name, prefix=secret[:10], key_hash=hash_key(secret),
+        is_admin=admin,
+    )  # fmt: skip
+    session.add(key)
+    session.flush()
+    return NewKey(key=key, secret=secret)
+
+
+def find_active_key(*, session: Session, secret: str) -> ApiKey | None:
+    return session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
+    )
+
+
+def list_keys(*, session: Session, tenant_id: str) -> Sequence[ApiKey]:
+    return session.scalars(
+        select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at)
+    ).all()
+
+
+def revoke_key(*, session: Session, key_id: str) -> ApiKey:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFound(f"key {key_id!r} not found", param="id")
+    session.execute(
+        update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )  # fmt: skip
+    session.refresh(key)
+    return key

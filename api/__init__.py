@@ -35,8 +35,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         CORS(
             app,
             origins=settings.cors_origin_list,
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-None-Match",
-                           "Last-Event-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "If-None-Match",
+                "Last-Event-ID",
+            ],
             expose_headers=["ETag", "Location", "Retry-After", "Idempotent-Replayed"],
             max_age=600,
         )

@@ -34,9 +34,7 @@ def image_url(job: Job, image: JobImage) -> str:
     direct = svc.store.presigned_url(image.storage_key)
     if direct:
         return direct
-    expires, sig = signing.sign(
-        svc.signing_key, job.id, image.rank, svc.settings.presign_seconds
-    )
+    expires, sig = signing.sign(svc.signing_key, job.id, image.rank, svc.settings.presign_seconds)
     path = url_for("jobs.get_image", job_id=job.id, rank=image.rank, expires=expires, sig=sig)
     return _absolute(path)
 

@@ -109,7 +109,8 @@ def main() -> None:
     d, s = statistics.median(direct_s), statistics.median(service_s)
     print(f"params: {body}, {args.jobs} jobs, torch threads {torch.get_num_threads()}")
     print(f"direct call            median {d:.3f} s/job")
-    print(f"through the service    median {s:.3f} s/job  (worker inference {statistics.median(inference_s):.3f} s)")  # noqa: E501
+    inference = statistics.median(inference_s)
+    print(f"through the service    median {s:.3f} s/job  (worker inference {inference:.3f} s)")
     print(f"service / direct       {s / d:.2f}x  (overhead {s - d:+.3f} s/job)")
     print(f"burst of {args.jobs} queued at once: {burst / args.jobs:.3f} s/job "
           f"({burst / args.jobs / d:.2f}x direct)")  # fmt: skip

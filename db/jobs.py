@@ -111,9 +111,7 @@ def release_expired_idempotency_key(
 
 
 def find_by_idempotency_key(*, session: Session, tenant_id: str | None, key: str) -> Job | None:
-    return session.scalar(
-        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
-    )
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
 
 
 def get(*, session: Session, job_id: str, tenant_id: str | None = None) -> Job:

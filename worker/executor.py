@@ -158,9 +158,9 @@ class JobExecutor:
             raise JobFailure("unsupported_scheduler", str(e)) from e
         t = time.perf_counter()
         try:
-            images = runtime.generator.generate(
-                [request], on_step=self._on_step(job_id, attempt)
-            )[0]
+            images = runtime.generator.generate([request], on_step=self._on_step(job_id, attempt))[
+                0
+            ]
         except JobCanceled:
             raise
         except Exception as e:

@@ -20,7 +20,7 @@ ENV PYTHONUNBUFFERED=1 \
 ARG TORCH_SPEC="torch==2.13.0"
 RUN pip install --no-cache-dir ${TORCH_SPEC}
 
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini gunicorn.conf.py ./
 COPY api ./api
 COPY worker ./worker
 COPY db ./db
@@ -40,4 +40,5 @@ EXPOSE 8000
 # The API. The worker and migrations override the command:
 #   celery -A worker.main worker --pool solo --queues daikon.generate --loglevel INFO
 #   alembic upgrade head
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "--worker-class", "gthread", "--threads", "8", "api:create_app()"]
+# Threads per process: gunicorn.conf.py (copied above).
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "api:create_app()"]

@@ -67,6 +67,8 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
         while time.monotonic() < closes_at:
             out = _snapshot(svc, job_id, tenant_id)
             ident = event_id(out)
+            if out.status.terminal and ident <= last_id:
+                return  # the client already has the final event: nothing more will come
             if ident > last_id:
                 if out.status.terminal:
                     yield _sse("done", ident, out.model_dump(mode="json"))

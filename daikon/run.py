@@ -132,22 +132,8 @@ def main() -> int:
         children = [
             Child(
                 "api",
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "--bind",
-                    bind,
-                    "--workers",
-                    "2",
-                    "--worker-class",
-                    "gthread",
-                    "--threads",
-                    "8",
-                    "--access-logfile",
-                    "-",
-                    "api:create_app()",
-                ],
+                # Workers and threads: gunicorn.conf.py.
+                [sys.executable, "-m", "gunicorn", "--bind", bind, "api:create_app()"],
                 env,
             ),
             Child(

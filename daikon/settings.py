@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     cors_origins: str = ""  # comma-separated; "*" for any; empty = CORS off
     # Event streams per API process; kept below the server's threads so streams can never
     # take every thread and starve ordinary requests.
-    max_event_streams: int = Field(48, ge=1)
+    max_event_streams: int = Field(100, ge=1)
     event_stream_max_seconds: int = Field(3600, ge=5)
     openai_wait_seconds: float = Field(60.0, ge=0)
 

@@ -10,12 +10,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from flask import Flask
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session
 
-from daikon.settings import normalize_database_url
+from api import create_app
+from daikon.settings import Settings, normalize_database_url
 from db.session import make_engine
 from tests.stack import free_port, migrate
+
+ADMIN_KEY = "dk_test_admin"
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 POSTGRES_ADMIN_URL = normalize_database_url(
     os.environ.get("DAIKON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -61,6 +66,22 @@ def queue_name(redis_url: str) -> Iterator[str]:
 @pytest.fixture
 def redis_client(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def make_app(tmp_path: Path, redis_url: str, queue_name: str):  # type: ignore[no-untyped-def]
+    """Build an API app on a fresh SQLite file and the real Redis (no worker)."""
+
+    def build(**overrides: object) -> Flask:
+        values: dict[str, object] = {
+            "data_dir": tmp_path, "database_url": f"sqlite:///{tmp_path / 'api.db'}",
+            "redis_url": redis_url, "queue": queue_name, "admin_key": ADMIN_KEY,
+        }  # fmt: skip
+        settings = Settings(**{**values, **overrides})  # type: ignore[arg-type]
+        migrate(settings.sqlalchemy_url)
+        return create_app(settings)
+
+    return build
 
 
 # --- databases ------------------------------------------------------------------------------

@@ -18,21 +18,15 @@ from daikon.settings import Settings
 from db import jobs
 from db.models import Job
 from db.session import session_scope
+from tests.conftest import ADMIN_KEY, AUTH
 from tests.stack import free_port, migrate
 
-ADMIN_KEY = "dk_test_admin"
-AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 VALID = {"prompt": "a red circle", "steps": 4, "candidates": 2, "top_k": 1, "seed": 3}
 
 
 @pytest.fixture
-def app(tmp_path: Path, redis_url: str, queue_name: str) -> Flask:
-    settings = Settings(
-        data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'api.db'}",
-        redis_url=redis_url, queue=queue_name, max_body_bytes=4096, admin_key=ADMIN_KEY,
-    )  # fmt: skip
-    migrate(settings.sqlalchemy_url)
-    return create_app(settings)
+def app(make_app) -> Flask:  # type: ignore[no-untyped-def]
+    return make_app(max_body_bytes=4096)
 
 
 @pytest.fixture

@@ -30,19 +30,20 @@ from db.session import session_scope
 bp = Blueprint("events", __name__, url_prefix="/v1")
 
 RECHECK_SECONDS = 5.0
-KEEPALIVE_SECONDS = 15.0
+MIN_READ_INTERVAL = 0.25
+# A comment line every few quiet seconds: proxies keep the stream open, and a client that
+# went away is noticed (on the failed write) so its thread is freed within that time.
+KEEPALIVE_SECONDS = 5.0
 TERMINAL_ID = 10**9
 _open = 0
 _open_lock = threading.Lock()
 
 
-def event_id(out: JobOut) -> int:
-    """queued 1, running 2, running after step k: k + 2, terminal 10**9."""
-    if out.status.terminal:
+def status_event_id(status: JobStatus) -> int:
+    """queued 1, running 2, terminal 10**9; progress after step k is k + 2 (k >= 1)."""
+    if status.terminal:
         return TERMINAL_ID
-    if out.status is JobStatus.queued:
-        return 1
-    return (out.progress.step if out.progress else 0) + 2
+    return 1 if status is JobStatus.queued else 2
 
 
 def _sse(kind: str, ident: int, data: Any) -> str:
@@ -59,27 +60,30 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
     pubsub = svc.live.redis.pubsub(ignore_subscribe_messages=True)
     try:
         pubsub.subscribe(live.channel(job_id))  # before the first read: no change slips by
-        sent_status: str | None = None
         last_sent = time.monotonic()
         # A stream ends after a while even if the job does not; the client reconnects with
         # Last-Event-ID and loses nothing.
         closes_at = time.monotonic() + svc.settings.event_stream_max_seconds
+        last_read = 0.0
         while time.monotonic() < closes_at:
+            # At most a few reads a second per stream, however fast the steps are announced.
+            time.sleep(max(0.0, last_read + MIN_READ_INTERVAL - time.monotonic()))
+            last_read = time.monotonic()
             out = _snapshot(svc, job_id, tenant_id)
-            ident = event_id(out)
-            if out.status.terminal and ident <= last_id:
-                return  # the client already has the final event: nothing more will come
-            if ident > last_id:
-                if out.status.terminal:
-                    yield _sse("done", ident, out.model_dump(mode="json"))
-                    return
-                if out.status.value != sent_status:
-                    yield _sse("status", ident, {"id": out.id, "status": out.status.value,
+            status_id = status_event_id(out.status)
+            if out.status.terminal:
+                if status_id > last_id:
+                    yield _sse("done", status_id, out.model_dump(mode="json"))
+                return  # nothing can follow the final event
+            if status_id > last_id:
+                yield _sse("status", status_id, {"id": out.id, "status": out.status.value,
                                                  "queue_position": out.queue_position})  # fmt: skip
-                    sent_status = out.status.value
-                if out.progress is not None:
-                    yield _sse("progress", ident, out.progress.model_dump())
-                last_id, last_sent = ident, time.monotonic()
+                last_id, last_sent = status_id, time.monotonic()
+            if out.progress is not None and out.progress.step >= 1:
+                progress_id = out.progress.step + 2
+                if progress_id > last_id:
+                    yield _sse("progress", progress_id, out.progress.model_dump())
+                    last_id, last_sent = progress_id, time.monotonic()
             deadline = time.monotonic() + RECHECK_SECONDS
             while time.monotonic() < deadline:
                 if pubsub.get_message(timeout=min(1.0, deadline - time.monotonic())):

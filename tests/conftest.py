@@ -17,9 +17,8 @@ from sqlalchemy.orm import Session
 from api import create_app
 from daikon.settings import Settings, normalize_database_url
 from db.session import make_engine
-from tests.stack import free_port, migrate
+from tests.stack import ADMIN_KEY, free_port, migrate
 
-ADMIN_KEY = "dk_test_admin"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 POSTGRES_ADMIN_URL = normalize_database_url(

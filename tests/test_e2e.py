@@ -7,27 +7,16 @@ import io
 import shutil
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 import requests
 from PIL import Image
 
-from daikon.settings import Settings
-from tests.stack import Stack, running_stack
+from tests.stack import Stack, running_stack, settings_for
 
 pytestmark = pytest.mark.e2e
 FAST = {"steps": 3, "candidates": 4, "top_k": 2}
-ADMIN_KEY = "dk_test_admin_key"
-
-
-def settings_for(tmp: Path, redis_url: str, models: tuple[Path, Path], **kw: object) -> Settings:
-    return Settings(
-        data_dir=tmp, redis_url=redis_url, queue=f"daikon-e2e-{uuid.uuid4().hex[:8]}",
-        model=str(models[0]), clip_model=str(models[1]), torch_threads=1, admin_key=ADMIN_KEY,
-        **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -55,3 +55,24 @@ def test_downgrade_to_base_removes_the_tables(empty_db_url: str) -> None:
     with engine.connect() as conn:
         assert set(inspect(conn).get_table_names()) <= {"alembic_version"}
     engine.dispose()
+
+
+def test_jobs_made_before_tenancy_survive_the_upgrade(empty_db_url: str) -> None:
+    migrate(empty_db_url, "0001")
+    engine = create_engine(empty_db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, status, prompt, params, created_at, updated_at, attempts,"
+                " metrics) VALUES ('old-1', 'succeeded', 'p', '{}', :t, :t, 1, '{}')"
+            ),
+            {"t": "2026-01-01 00:00:00+00:00"},
+        )
+    migrate(empty_db_url)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT model, priority, webhook_events, tenant_id FROM jobs WHERE id='old-1'")
+        ).one()
+    engine.dispose()
+    assert (row.model, row.priority, row.tenant_id) == ("default", 5, None)
+    assert row.webhook_events in ("[]", [])

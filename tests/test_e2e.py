@@ -84,6 +84,7 @@ def test_a_redelivered_message_for_a_finished_job_does_nothing(pg_s3: Stack) -> 
     # The queue is FIFO and the worker runs one job at a time: once a later job is done,
     # the duplicate has been handled.
     pg_s3.wait(pg_s3.submit(prompt="a later job", **FAST)["id"])
+
     def unsigned(job: dict) -> dict:  # type: ignore[type-arg]
         # Presigned URLs carry their signing time; the objects they point at must not change.
         images = [{**i, "url": i["url"].split("?")[0]} for i in job["images"]]

@@ -97,3 +97,32 @@ def test_clip_scores_follow_the_images(generator: Generator, ranker: ClipRanker)
 
 def test_rank_orders_best_first_and_keeps_ties_in_generation_order() -> None:
     assert rank([0.1, 0.9, 0.5, 0.9]) == [1, 3, 2, 0]
+
+
+def test_every_scheduler_the_api_offers_is_supported_by_the_pipeline(generator: Generator) -> None:
+    from daikon.contract import SCHEDULERS
+
+    assert generator.supported_schedulers() == list(SCHEDULERS)
+
+
+def test_a_named_scheduler_changes_sampling_and_is_reproducible(generator: Generator) -> None:
+    (default,) = generator.generate([req(seeds=(4,), steps=4)])
+    (euler,) = generator.generate([req(seeds=(4,), steps=4, scheduler="euler")])
+    (euler_again,) = generator.generate([req(seeds=(4,), steps=4, scheduler="euler")])
+    (default_again,) = generator.generate([req(seeds=(4,), steps=4)])
+    assert not same(default[0], euler[0])
+    assert same(euler[0], euler_again[0])
+    assert same(default[0], default_again[0])  # switching back restores the model's own
+
+
+def test_an_unsupported_scheduler_is_refused_before_any_work(generator: Generator) -> None:
+    from worker.generation import UnsupportedScheduler
+
+    saved = generator._schedulers
+    generator.supported_schedulers = lambda: ["ddim"]  # type: ignore[method-assign]
+    try:
+        with pytest.raises(UnsupportedScheduler, match=r"'euler' is not supported .* ddim"):
+            generator.generate([req(scheduler="euler")])
+    finally:
+        del generator.supported_schedulers
+        generator._schedulers = saved

@@ -1,0 +1,54 @@
+"""Signed, expiring URLs for images the API serves itself (the local store's equivalent of an
+S3 presigned URL): a browser can use them in <img src> without an API key, and a job id alone,
+without the signature, opens nothing. Shared: the API signs and checks them, and the worker
+signs them too when it writes a job object into a webhook."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import math
+import os
+import secrets
+import time
+from pathlib import Path
+
+from daikon.settings import Settings
+
+# URLs expire on a coarse grid so the same image keeps the same URL for a while (caching).
+GRID_SECONDS = 600
+
+
+def secret_key(settings: Settings) -> bytes:
+    """DAIKON_SECRET_KEY, or a key kept in DATA_DIR/secret.key (made once, mode 0600)."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode()
+    path = settings.data_path / "secret.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{path}.{secrets.token_hex(4)}")
+        tmp.write_text(secrets.token_urlsafe(32))
+        tmp.chmod(0o600)
+        # A hard link is atomic and never replaces a key another process made first.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        tmp.unlink()
+    return path.read_text().strip().encode()
+
+
+def _mac(key: bytes, job_id: str, rank: int, expires: int) -> str:
+    digest = hmac.new(key, f"{job_id}/{rank}/{expires}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
+
+
+def sign(key: bytes, job_id: str, rank: int, ttl_seconds: int) -> tuple[int, str]:
+    expires = math.ceil((time.time() + ttl_seconds) / GRID_SECONDS) * GRID_SECONDS
+    return expires, _mac(key, job_id, rank, expires)
+
+
+def verify(key: bytes, job_id: str, rank: int, expires: int, signature: str) -> bool:
+    if expires < time.time():
+        return False
+    return hmac.compare_digest(_mac(key, job_id, rank, expires), signature)

@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     job_time_limit_seconds: int = Field(1800, ge=10)
     visibility_timeout_seconds: int = Field(3600, ge=20)
 
+    # --- webhooks -------------------------------------------------------------------------
+    webhook_queue: str = "daikon.webhooks"  # its own queue: a slow receiver never delays jobs
+    webhook_timeout_seconds: float = Field(15.0, gt=0, le=120)  # per attempt, all of it
+    # Receivers trusted even on internal addresses: host names, IPs, CIDRs (comma-separated).
+    # Empty = public addresses only. `make run` allows loopback unless this is set.
+    webhook_allow_hosts: str = ""
+    webhook_secret_overlap_hours: float = Field(24.0, ge=0, le=24 * 30)  # old secret still signs
+    webhook_concurrency: int = Field(8, ge=1)  # delivery threads `make run` gives its worker
+    webhook_dispatch_seconds: float = Field(5.0, gt=0)  # how often due retries are looked for
+
     # --- request defaults and bounds --------------------------------------------------------
     default_width: int = 64
     default_height: int = 64
@@ -120,6 +130,13 @@ class Settings(BaseSettings):
                 "DAIKON_JOB_TIME_LIMIT_SECONDS must be below DAIKON_VISIBILITY_TIMEOUT_SECONDS, "
                 "or the broker redelivers a job that is still running"
             )
+        if self.webhook_allow_hosts:
+            from daikon.webhooks.safety import Allowlist
+
+            try:
+                Allowlist.parse(self.webhook_allow_list)
+            except ValueError as e:
+                raise ValueError(f"DAIKON_WEBHOOK_ALLOW_HOSTS: {e}") from None
         if not (self.min_size <= self.default_width <= self.max_size):
             raise ValueError("DAIKON_DEFAULT_WIDTH is outside DAIKON_MIN_SIZE..DAIKON_MAX_SIZE")
         if not (self.min_size <= self.default_height <= self.max_size):
@@ -170,6 +187,10 @@ class Settings(BaseSettings):
     def queue_for(self, model: str) -> str:
         """Each model has its own queue: a worker consumes only the models it serves."""
         return f"{self.queue}.{model}"
+
+    @property
+    def webhook_allow_list(self) -> list[str]:
+        return [h.strip() for h in self.webhook_allow_hosts.split(",") if h.strip()]
 
     @property
     def cors_origin_list(self) -> list[str]:

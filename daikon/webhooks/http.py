@@ -1,0 +1,171 @@
+"""One webhook POST, connected to an address that was checked, never to one a second DNS
+lookup picks: the socket is opened here to the validated IP and handed to http.client, which
+sends the original Host (and, for https, SNI and certificate checks on the host name).
+
+Redirects are never followed, the whole attempt has one deadline however slowly a receiver
+trickles bytes, and at most READ_LIMIT bytes of the answer are read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from daikon.webhooks import safety
+from daikon.webhooks.schedule import parse_retry_after
+
+READ_LIMIT = 4096
+EXCERPT_LIMIT = 1024
+ERROR_LIMIT = 255
+USER_AGENT = "Daikon-Webhooks/1"
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    status_code: int | None
+    error: str | None  # None exactly when an HTTP answer came back
+    excerpt: str | None  # the start of the answer's body, at most EXCERPT_LIMIT characters
+    retry_after: float | None  # seconds, from Retry-After
+    duration_ms: int
+    address: str | None  # the IP connected to
+    refused: bool = False  # stopped by the destination checks: no connection was made
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 1] + "…"
+
+
+def _excerpt(raw: bytes) -> str:
+    """At most EXCERPT_LIMIT bytes of UTF-8, without NULs (PostgreSQL text refuses them)."""
+    text = raw[:EXCERPT_LIMIT].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    return text.encode()[:EXCERPT_LIMIT].decode("utf-8", errors="ignore")
+
+
+def _describe(e: BaseException, timed_out: bool, timeout: float) -> str:
+    if timed_out or isinstance(e, TimeoutError | socket.timeout):
+        return f"timed out after {timeout:g} s"
+    if isinstance(e, socket.gaierror):
+        return f"DNS lookup failed: {e.strerror or e}"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"TLS certificate rejected: {e.verify_message or e}"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS error: {e.reason or e}"
+    if isinstance(e, http.client.HTTPException):
+        return f"invalid HTTP answer: {type(e).__name__}"
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _connect(
+    dest: safety.Destination, addresses: list[safety.Address], deadline: float
+) -> socket.socket:
+    last: OSError | None = None
+    for ip in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            return socket.create_connection((str(ip), dest.port), timeout=remaining)
+        except OSError as e:
+            last = e
+    raise last or OSError("no address to connect to")
+
+
+def post(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    allow: safety.Allowlist,
+    resolver: safety.Resolver = safety.system_resolver,
+    tls: ssl.SSLContext | None = None,
+    now: datetime | None = None,
+) -> AttemptResult:
+    """POST body to url. Never raises for anything the receiver or the network does."""
+    started = time.monotonic()
+    deadline = started + timeout
+
+    def done(
+        *,
+        status_code: int | None = None,
+        error: str | None = None,
+        excerpt: str | None = None,
+        retry_after: float | None = None,
+        address: str | None = None,
+        refused: bool = False,
+    ) -> AttemptResult:
+        ms = int((time.monotonic() - started) * 1000)
+        return AttemptResult(status_code, error and _short(error), excerpt, retry_after, ms,
+                             address, refused)  # fmt: skip
+
+    try:
+        dest = safety.parse(url, allow)
+        addresses = safety.resolve(dest, allow, resolver)
+    except safety.UnsafeDestination as e:
+        return done(error=f"refused: {e}", refused=True)
+    except (OSError, UnicodeError) as e:
+        return done(error=_describe(e, False, timeout))
+
+    sock: socket.socket | None = None
+    address: str | None = None
+    timed_out = threading.Event()
+
+    def abort() -> None:
+        # The deadline passed mid-exchange: unblock whatever read or write is waiting.
+        timed_out.set()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(timeout, abort)
+    watchdog.daemon = True
+    watchdog.start()
+    conn: http.client.HTTPConnection | None = None
+    try:
+        sock = _connect(dest, addresses, deadline)
+        address = str(sock.getpeername()[0]).split("%", 1)[0]
+        peer = safety.literal_ip(address)
+        reason = None if dest.allowed_host or peer is None else safety.refusal(peer, allow)
+        if reason:  # what we reached is not what we checked: never send to it
+            return done(error=f"refused: {address} is {reason}", address=address, refused=True)
+        if dest.scheme == "https":
+            context = tls or ssl.create_default_context()
+            sock = context.wrap_socket(sock, server_hostname=dest.host)
+            conn = http.client.HTTPSConnection(dest.host, dest.port, timeout=timeout)
+        else:
+            conn = http.client.HTTPConnection(dest.host, dest.port, timeout=timeout)
+        conn.sock = sock  # connected above; http.client only writes the Host header from host
+        conn.request(
+            "POST",
+            dest.target,
+            body=body,
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
+                "Connection": "close",
+                **headers,
+            },
+        )
+        response = conn.getresponse()
+        raw = response.read(READ_LIMIT)
+        excerpt = _excerpt(raw)
+        retry_after = parse_retry_after(response.getheader("Retry-After"), now or datetime.now(UTC))
+        return done(status_code=response.status, excerpt=excerpt or None,
+                    retry_after=retry_after, address=address)  # fmt: skip
+    except Exception as e:
+        return done(error=_describe(e, timed_out.is_set(), timeout), address=address)
+    finally:
+        watchdog.cancel()
+        if conn is not None:
+            conn.close()
+        elif sock is not None:
+            sock.close()

@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from daikon.contract import JobStatus
+from daikon.webhooks import DeliveryStatus
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -157,3 +158,95 @@ class JobImage(Base):
     job: Mapped[Job] = relationship(back_populates="images")
 
     __table_args__ = (UniqueConstraint("job_id", "rank"),)
+
+
+# --- webhooks -------------------------------------------------------------------------------
+
+
+class WebhookSecret(Base):
+    """A tenant's signing secret. Stored in clear because signing needs it; shown to the tenant
+    only when made. `expires_at` is None for the current one; a rotation gives the previous
+    one an expiry (the overlap), during which both sign."""
+
+    __tablename__ = "webhook_secrets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """One event for one URL: its frozen body and where its delivery stands. The id is the
+    webhook-id header, the same on every attempt. The schedule lives here (next_attempt_at),
+    not in broker ETAs, so it survives worker and broker restarts."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # the exact body every attempt sends
+    status: Mapped[DeliveryStatus] = mapped_column(
+        Enum(DeliveryStatus, native_enum=False, length=16, create_constraint=True,
+             name="webhook_delivery_status"),
+        default=DeliveryStatus.pending,
+    )  # fmt: skip
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(SmallInteger)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When a broker message for the due attempt was last published; the dispatcher publishes
+    # again only if that message seems lost.
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # An attempt is in flight until then; a worker that died mid-attempt frees it by expiring.
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(255))
+
+    log: Mapped[list[WebhookAttempt]] = relationship(
+        order_by="WebhookAttempt.attempt", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+
+class WebhookAttempt(Base):
+    """One POST: when, how long, what came back (a short excerpt, never the whole body)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    address: Mapped[str | None] = mapped_column(String(64))  # the IP connected to
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(255))
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("delivery_id", "attempt"),)
+
+
+class WebhookDisabledUrl(Base):
+    """A tenant's URL that answered 410 Gone: later events to it are recorded, not sent."""
+
+    __tablename__ = "webhook_disabled_urls"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    url_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of url
+    url: Mapped[str] = mapped_column(Text)
+    disabled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivery_id: Mapped[str | None] = mapped_column(String(40))  # the one that got the 410

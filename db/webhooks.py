@@ -1,0 +1,381 @@
+"""Webhook records: signing secrets, deliveries (the outbox and the retry schedule) and their
+attempts. Every change of who may send an attempt is a conditional UPDATE, so duplicate
+broker messages, two dispatchers or a redelivery racing a retry never send one attempt twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from daikon.contract import JobStatus, WebhookEvent
+from daikon.errors import Conflict, NotFound
+from daikon.webhooks import DeliveryStatus, payload, signing
+from daikon.webhooks.schedule import MAX_ATTEMPTS
+from db.job_view import Links, job_object
+from db.models import (
+    Job,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookDisabledUrl,
+    WebhookSecret,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+# Expired secrets are kept a while after their overlap ends, then removed.
+SECRET_RETENTION = timedelta(days=7)
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rotation:
+    secret: WebhookSecret
+    previous_expires_at: datetime | None
+
+
+def rotate_secret(
+    *, session: Session, tenant_id: str, overlap: timedelta, now: datetime | None = None
+) -> Rotation:
+    """A new current secret; the current one (if any) keeps signing for `overlap`."""
+    now = now or utcnow()
+    previous_expires = now + overlap if overlap > timedelta(0) else now
+    result = session.execute(
+        update(WebhookSecret)
+        .where(WebhookSecret.tenant_id == tenant_id, WebhookSecret.expires_at.is_(None))
+        .values(expires_at=previous_expires)
+        .execution_options(synchronize_session=False)
+    )
+    # Shorten, never lengthen, older overlaps: an emergency rotation (overlap 0) must end them.
+    session.execute(
+        update(WebhookSecret)
+        .where(WebhookSecret.tenant_id == tenant_id, WebhookSecret.expires_at > previous_expires)
+        .values(expires_at=previous_expires)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        delete(WebhookSecret).where(
+            WebhookSecret.tenant_id == tenant_id,
+            WebhookSecret.expires_at < now - SECRET_RETENTION,
+        )
+    )
+    secret = WebhookSecret(tenant_id=tenant_id, secret=signing.new_secret(), created_at=now)
+    session.add(secret)
+    session.flush()
+    had_one = result.rowcount > 0  # type: ignore[attr-defined]
+    return Rotation(secret, previous_expires if had_one else None)
+
+
+def signing_secrets(*, session: Session, tenant_id: str, now: datetime) -> list[str]:
+    """The secrets that sign now, newest first. A tenant that never made one gets one here
+    (deliveries are always signed); `POST /v1/webhooks/secret` then shows it a new one."""
+    rows = session.scalars(
+        select(WebhookSecret)
+        .where(
+            WebhookSecret.tenant_id == tenant_id,
+            or_(WebhookSecret.expires_at.is_(None), WebhookSecret.expires_at > now),
+        )
+        .order_by(WebhookSecret.created_at.desc())
+    ).all()
+    if rows:
+        return [r.secret for r in rows]
+    fresh = WebhookSecret(tenant_id=tenant_id, secret=signing.new_secret(), created_at=now)
+    session.add(fresh)
+    session.flush()
+    return [fresh.secret]
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+def url_hash(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+def is_disabled(*, session: Session, tenant_id: str, url: str) -> bool:
+    return session.get(WebhookDisabledUrl, (tenant_id, url_hash(url))) is not None
+
+
+def wants(job: Job, event: WebhookEvent) -> bool:
+    return (
+        bool(job.webhook_url)
+        and job.tenant_id is not None
+        and (event.value in (job.webhook_events or []))
+    )
+
+
+def event_time(job: Job, event: WebhookEvent) -> datetime:
+    """When the event happened, as the job records it (the payload's `timestamp`)."""
+    if event is WebhookEvent.started and job.started_at is not None:
+        return job.started_at
+    if event is not WebhookEvent.progress and job.finished_at is not None:
+        return job.finished_at
+    return utcnow()
+
+
+def record_event(
+    *,
+    session: Session,
+    job: Job,
+    event: WebhookEvent,
+    links: Links,
+    at: datetime | None = None,
+    step: tuple[int, int] | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> str | None:
+    """Freeze the event's body and schedule its first attempt (now), in the caller's
+    transaction: the state change and its webhook commit together or not at all. None if the
+    job did not subscribe to this event."""
+    if not wants(job, event):
+        return None
+    assert job.webhook_url is not None and job.tenant_id is not None
+    now = utcnow()
+    body = payload.render(event, at or event_time(job, event), job_object(job, links, step=step))
+    disabled = is_disabled(session=session, tenant_id=job.tenant_id, url=job.webhook_url)
+    delivery = WebhookDelivery(
+        id=signing.new_message_id(),
+        job_id=job.id,
+        tenant_id=job.tenant_id,
+        event=event.value,
+        url=job.webhook_url,
+        payload=body,
+        status=DeliveryStatus.disabled if disabled else DeliveryStatus.pending,
+        attempts=0,
+        max_attempts=max_attempts,
+        next_attempt_at=None if disabled else now,
+        queued_at=None if disabled else now,  # the caller publishes it after the commit
+        created_at=now,
+        updated_at=now,
+        last_error="endpoint disabled after 410 Gone" if disabled else None,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery.id
+
+
+@dataclass(frozen=True)
+class Emitter:
+    """Records events in the state change's transaction, then publishes them after commit.
+    A failed publish loses nothing: the dispatcher finds the row and publishes it again."""
+
+    links: Links
+    publish: Callable[[str], None]  # delivery id -> a broker message for the webhook queue
+
+    def record(self, session: Session, job: Job, event: WebhookEvent) -> list[str]:
+        delivery_id = record_event(session=session, job=job, event=event, links=self.links)
+        return [delivery_id] if delivery_id else []
+
+    def send(self, delivery_ids: Iterable[str]) -> None:
+        for delivery_id in delivery_ids:
+            try:
+                self.publish(delivery_id)
+            except Exception as e:
+                log.warning("webhook %s not published (the dispatcher retries): %s",
+                            delivery_id, e)  # fmt: skip
+
+
+# --- attempts -------------------------------------------------------------------------------
+
+
+def _due(now: datetime) -> list[object]:
+    return [
+        WebhookDelivery.status == DeliveryStatus.pending,
+        WebhookDelivery.next_attempt_at <= now,
+        WebhookDelivery.attempts < WebhookDelivery.max_attempts,
+        or_(WebhookDelivery.locked_until.is_(None), WebhookDelivery.locked_until <= now),
+    ]
+
+
+def claim_attempt(
+    *, session: Session, delivery_id: str, now: datetime, lease: timedelta
+) -> WebhookDelivery | None:
+    """Take the due attempt of a delivery; None if it is not due, done, or being sent."""
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, *_due(now))  # type: ignore[arg-type]
+        .values(locked_until=now + lease, attempts=WebhookDelivery.attempts + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    session.expire_all()
+    return session.get(WebhookDelivery, delivery_id)
+
+
+def take_due(
+    *, session: Session, now: datetime, requeue_after: timedelta, limit: int = 200
+) -> list[str]:
+    """Due deliveries with no live broker message, marked as published now (the caller
+    publishes them). Each row is taken by a conditional UPDATE: concurrent dispatchers split
+    the rows, never share one."""
+    lost = or_(
+        WebhookDelivery.queued_at.is_(None), WebhookDelivery.queued_at <= now - requeue_after
+    )
+    candidates = session.scalars(
+        select(WebhookDelivery.id)
+        .where(*_due(now), lost)  # type: ignore[arg-type]
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+    ).all()
+    taken: list[str] = []
+    for delivery_id in candidates:
+        result = session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id, *_due(now), lost)  # type: ignore[arg-type]
+            .values(queued_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            taken.append(delivery_id)
+    return taken
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    attempt: int
+    started_at: datetime
+    duration_ms: int
+    address: str | None
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+
+
+def finish_attempt(
+    *,
+    session: Session,
+    delivery: WebhookDelivery,
+    record: AttemptRecord,
+    status: DeliveryStatus,
+    next_attempt_at: datetime | None,
+    queued_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """Log the attempt and move the delivery on. False (and the delivery left alone) if the
+    attempt's lease ran out and another attempt has started since."""
+    session.add(
+        WebhookAttempt(
+            delivery_id=delivery.id, attempt=record.attempt, started_at=record.started_at,
+            duration_ms=record.duration_ms, address=record.address,
+            status_code=record.status_code, error=record.error,
+            response_excerpt=record.response_excerpt, next_attempt_at=next_attempt_at,
+        )
+    )  # fmt: skip
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery.id,
+            WebhookDelivery.attempts == record.attempt,
+            WebhookDelivery.status == DeliveryStatus.pending,
+        )
+        .values(
+            status=status,
+            next_attempt_at=next_attempt_at,
+            queued_at=queued_at,
+            locked_until=None,
+            last_status_code=record.status_code,
+            last_error=record.error,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if status is DeliveryStatus.disabled:
+        disable_url(session=session, tenant_id=delivery.tenant_id, url=delivery.url,
+                    delivery_id=delivery.id, now=now)  # fmt: skip
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def mark_disabled(*, session: Session, delivery_id: str, now: datetime) -> None:
+    """A claimed delivery whose URL was disabled meanwhile: end it unsent."""
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == DeliveryStatus.pending)
+        .values(
+            status=DeliveryStatus.disabled,
+            next_attempt_at=None,
+            queued_at=None,
+            locked_until=None,
+            attempts=WebhookDelivery.attempts - 1,
+            last_error="endpoint disabled after 410 Gone",
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def disable_url(
+    *, session: Session, tenant_id: str, url: str, delivery_id: str, now: datetime
+) -> None:
+    if is_disabled(session=session, tenant_id=tenant_id, url=url):
+        return
+    try:
+        with session.begin_nested():
+            session.add(WebhookDisabledUrl(tenant_id=tenant_id, url_hash=url_hash(url), url=url,
+                                           disabled_at=now, delivery_id=delivery_id))  # fmt: skip
+    except IntegrityError:  # disabled concurrently
+        pass
+
+
+# --- reading and redelivery -----------------------------------------------------------------
+
+
+def list_for_job(*, session: Session, job_id: str) -> Sequence[WebhookDelivery]:
+    return session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.job_id == job_id)
+        .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+    ).all()
+
+
+def get(*, session: Session, delivery_id: str) -> WebhookDelivery:
+    delivery = session.get(WebhookDelivery, delivery_id)
+    if delivery is None:
+        raise NotFound(f"webhook delivery {delivery_id!r} not found", param="id")
+    return delivery
+
+
+def redeliver(
+    *, session: Session, delivery_id: str, now: datetime | None = None
+) -> WebhookDelivery:
+    """Schedule one more attempt now, same webhook-id and body, whatever the delivery's state;
+    a URL disabled by a 410 is enabled again (an operator asked for this send)."""
+    now = now or utcnow()
+    delivery = get(session=session, delivery_id=delivery_id)
+    if delivery.locked_until is not None and delivery.locked_until > now:
+        raise Conflict(f"an attempt of {delivery_id!r} is in flight; retry in a moment",
+                       param="id", code="delivery_in_flight")  # fmt: skip
+    session.execute(
+        delete(WebhookDisabledUrl).where(
+            WebhookDisabledUrl.tenant_id == delivery.tenant_id,
+            WebhookDisabledUrl.url_hash == url_hash(delivery.url),
+        )
+    )
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.attempts == delivery.attempts,
+               or_(WebhookDelivery.locked_until.is_(None), WebhookDelivery.locked_until <= now))
+        .values(status=DeliveryStatus.pending, next_attempt_at=now, queued_at=now,
+                locked_until=None, updated_at=now,
+                max_attempts=max(delivery.max_attempts, delivery.attempts + 1))
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict(f"an attempt of {delivery_id!r} started meanwhile; retry in a moment",
+                       param="id", code="delivery_in_flight")  # fmt: skip
+    session.expire_all()
+    return get(session=session, delivery_id=delivery_id)
+
+
+def job_is_running(*, session: Session, job_id: str) -> Job | None:
+    job = session.get(Job, job_id)
+    return job if job is not None and job.status is JobStatus.running else None

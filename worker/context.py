@@ -6,11 +6,17 @@ import functools
 import os
 import socket
 
+from daikon import image_urls
+from daikon.celery_config import make_celery
 from daikon.live import LiveState
 from daikon.settings import Settings
-from daikon.storage import make_store
+from daikon.storage import ImageStore, make_store
+from daikon.webhooks import TASK_DELIVER, TASK_PROGRESS
+from db.job_view import Links
 from db.session import make_engine, make_session_factory
+from db.webhooks import Emitter
 from worker.executor import JobExecutor
+from worker.job_events import JobWebhooks
 from worker.runtime import get_runtime
 
 
@@ -19,14 +25,31 @@ def settings() -> Settings:
     return Settings()
 
 
+def job_webhooks(s: Settings, store: ImageStore) -> JobWebhooks:
+    """Publishes by task name to the webhook queue: deliveries run in the webhook worker."""
+    app = make_celery(s, main="daikon-worker-events")
+    queue = s.webhook_queue
+    return JobWebhooks(
+        emitter=Emitter(
+            links=Links.from_settings(s, store, image_urls.secret_key(s)),
+            publish=lambda d: app.send_task(TASK_DELIVER, args=[d], queue=queue),
+        ),
+        publish_progress=lambda job_id, step, total, at: app.send_task(
+            TASK_PROGRESS, args=[job_id, step, total, at], queue=queue
+        ),
+    )
+
+
 @functools.cache
 def executor() -> JobExecutor:
     s = settings()
+    store = make_store(s)
     return JobExecutor(
         sessions=make_session_factory(make_engine(s.sqlalchemy_url)),
-        store=make_store(s),
+        store=store,
         runtime=lambda model: get_runtime(s, model),
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
         key_prefix=s.s3_prefix if s.storage_backend == "s3" else "",
         live=LiveState(s.redis_url),
+        webhooks=job_webhooks(s, store),
     )

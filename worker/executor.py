@@ -18,12 +18,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
-from daikon.contract import SEED_MAX, JobParams
+from daikon.contract import SEED_MAX, JobParams, WebhookEvent
 from daikon.live import LiveState
 from daikon.storage import ImageStore, image_key
 from db import jobs
 from db.session import session_scope
 from worker.generation import GenerationRequest, UnsupportedScheduler
+from worker.job_events import JobWebhooks, StepHook
 from worker.ranking import rank
 from worker.runtime import ModelLoadError, ModelRuntime
 
@@ -74,6 +75,14 @@ class JobExecutor:
     worker_name: str
     key_prefix: str = ""
     live: LiveState | None = None  # progress, cancel and change notices (Redis)
+    webhooks: JobWebhooks | None = None  # job events for webhook receivers
+
+    def _webhook(self, session: Session, job_id: str, event: WebhookEvent) -> list[str]:
+        return self.webhooks.record(session, job_id, event) if self.webhooks else []
+
+    def _send_webhooks(self, delivery_ids: list[str]) -> None:
+        if self.webhooks is not None:
+            self.webhooks.send(delivery_ids)
 
     def _announce(self, job_id: str) -> None:
         if self.live is not None:
@@ -82,12 +91,16 @@ class JobExecutor:
             except Exception as e:  # a lost notice only delays an event stream
                 log.warning("could not announce job %s: %s", job_id, e)
 
-    def _on_step(self, job_id: str, attempt: int) -> Callable[[int, int], None]:
+    def _on_step(
+        self, job_id: str, attempt: int, progress: StepHook | None = None
+    ) -> Callable[[int, int], None]:
         live = self.live
 
         def on_step(step: int, total: int) -> None:
             if live is not None and live.step(job_id, step, total, attempt):
                 raise JobCanceled(job_id)
+            if progress is not None:
+                progress(step, total)
 
         return on_step
 
@@ -101,10 +114,13 @@ class JobExecutor:
             attempt = job.attempts
             assert job.started_at is not None
             metrics = {"queue_seconds": (job.started_at - job.created_at).total_seconds()}
+            sent = self._webhook(session, job_id, WebhookEvent.started)
+            progress = self.webhooks.progress_hook(job) if self.webhooks else None
         self._announce(job_id)
+        self._send_webhooks(sent)
         started = time.perf_counter()
         try:
-            return self._generate(job_id, params, metrics, attempt)
+            return self._generate(job_id, params, metrics, attempt, progress)
         except JobCanceled:
             log.info("job %s canceled while running; stopped", job_id)
             self._announce(job_id)
@@ -114,20 +130,27 @@ class JobExecutor:
             metrics["total_seconds"] = time.perf_counter() - started
             log.warning("job %s failed: %s: %s", job_id, failure.code, failure.message)
             with session_scope(self.sessions) as session:
-                jobs.fail(
+                failed = jobs.fail(
                     session=session,
                     job_id=job_id,
                     code=failure.code,
                     message=failure.message,
                     metrics=metrics,
                 )
+                sent = self._webhook(session, job_id, WebhookEvent.failed) if failed else []
             self._announce(job_id)
+            self._send_webhooks(sent)
             if not isinstance(e, Exception):
                 raise  # SystemExit / KeyboardInterrupt: record, then let the process go
             return Outcome.failed
 
     def _generate(
-        self, job_id: str, params: JobParams, metrics: dict[str, float], attempt: int
+        self,
+        job_id: str,
+        params: JobParams,
+        metrics: dict[str, float],
+        attempt: int,
+        progress: StepHook | None = None,
     ) -> Outcome:
         started = time.perf_counter()
         try:
@@ -158,9 +181,8 @@ class JobExecutor:
             raise JobFailure("unsupported_scheduler", str(e)) from e
         t = time.perf_counter()
         try:
-            images = runtime.generator.generate([request], on_step=self._on_step(job_id, attempt))[
-                0
-            ]
+            on_step = self._on_step(job_id, attempt, progress)
+            images = runtime.generator.generate([request], on_step=on_step)[0]
         except JobCanceled:
             raise
         except Exception as e:
@@ -203,7 +225,9 @@ class JobExecutor:
             recorded = jobs.succeed(
                 session=session, job_id=job_id, seed=base_seed, images=kept, metrics=metrics
             )
+            sent = self._webhook(session, job_id, WebhookEvent.succeeded) if recorded else []
         self._announce(job_id)
+        self._send_webhooks(sent)
         if not recorded:
             # The job left `running` while we worked: its images are not ours to keep.
             for image in kept:

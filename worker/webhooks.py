@@ -1,0 +1,199 @@
+"""Delivering webhooks: one attempt per task, on the webhook queue, in the webhook worker
+(`celery -A worker.webhook_main worker`), never in a GPU worker.
+
+The database holds the schedule. A task claims the due attempt with a conditional UPDATE,
+signs, POSTs, records the attempt and sets the next attempt's time. Retries due within
+SHORT_DELAY are published as broker countdowns; later ones, and any message the broker lost,
+are published by the dispatcher, which every few seconds looks for due deliveries with no
+live message. The clock and the random source are injected, so tests drive a whole
+27-hour schedule in milliseconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from celery import shared_task
+from sqlalchemy.orm import Session, sessionmaker
+
+from daikon import image_urls
+from daikon.celery_config import make_celery
+from daikon.contract import WebhookEvent
+from daikon.settings import Settings
+from daikon.storage import make_store
+from daikon.webhooks import TASK_DELIVER, TASK_PROGRESS, DeliveryStatus, http, signing
+from daikon.webhooks.safety import Allowlist, Resolver, system_resolver
+from daikon.webhooks.schedule import Uniform, decide
+from db import webhooks
+from db.job_view import Links
+from db.models import utcnow
+from db.session import make_engine, make_session_factory, session_scope
+
+log = logging.getLogger("daikon.webhooks")
+
+# Retries due this soon ride a broker countdown (far below the visibility timeout).
+SHORT_DELAY_SECONDS = 60.0
+# A published message not acted on for this long is taken as lost and published again.
+REQUEUE_AFTER = timedelta(minutes=2)
+# An attempt holds its delivery for its timeout plus this; a worker that dies mid-attempt
+# frees it when the lease runs out.
+LEASE_MARGIN = timedelta(seconds=30)
+
+Publish = Callable[[str, float], None]  # (delivery id, countdown seconds)
+
+
+@dataclass
+class Deliverer:
+    sessions: sessionmaker[Session]
+    settings: Settings
+    publish: Publish
+    links: Links  # for job objects in progress events
+    clock: Callable[[], datetime] = utcnow  # the schedule's clock
+    wall: Callable[[], float] = time.time  # webhook-timestamp: when a request really goes out
+    rng: Uniform = field(default_factory=random.SystemRandom)
+    resolver: Resolver = system_resolver
+    allow: Allowlist = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.allow = Allowlist.parse(self.settings.webhook_allow_list)
+
+    def deliver(self, delivery_id: str) -> DeliveryStatus | None:
+        """Make the delivery's due attempt, if it is due and nobody else is making it."""
+        now = self.clock()
+        lease = timedelta(seconds=self.settings.webhook_timeout_seconds) + LEASE_MARGIN
+        with session_scope(self.sessions) as session:
+            d = webhooks.claim_attempt(session=session, delivery_id=delivery_id, now=now,
+                                       lease=lease)  # fmt: skip
+            if d is None:
+                return None
+            if webhooks.is_disabled(session=session, tenant_id=d.tenant_id, url=d.url):
+                webhooks.mark_disabled(session=session, delivery_id=d.id, now=now)
+                return DeliveryStatus.disabled
+            keys = webhooks.signing_secrets(session=session, tenant_id=d.tenant_id, now=now)
+            attempt, url, body, limit, event = d.attempts, d.url, d.payload, d.max_attempts, d.event
+        result = http.post(
+            url,
+            body.encode(),
+            signing.headers(keys, delivery_id, int(self.wall()), body),
+            timeout=self.settings.webhook_timeout_seconds,
+            allow=self.allow,
+            resolver=self.resolver,
+            now=now,
+        )
+        decision = decide(status_code=result.status_code, retry_after=result.retry_after,
+                          attempts_done=attempt, max_attempts=limit, rng=self.rng)  # fmt: skip
+        finished = max(self.clock(), now)
+        delay = decision.delay
+        next_at = finished + timedelta(seconds=delay) if delay is not None else None
+        soon = delay is not None and delay <= SHORT_DELAY_SECONDS
+        record = webhooks.AttemptRecord(
+            attempt=attempt, started_at=now, duration_ms=result.duration_ms,
+            address=result.address, status_code=result.status_code, error=result.error,
+            response_excerpt=result.excerpt,
+        )  # fmt: skip
+        with session_scope(self.sessions) as session:
+            current = webhooks.finish_attempt(
+                session=session, delivery=d, record=record, status=decision.status,
+                next_attempt_at=next_at, queued_at=next_at if soon else None, now=finished,
+            )  # fmt: skip
+        log.info(
+            "webhook %s (%s) attempt %d/%d: %s -> %s%s", delivery_id, event, attempt, limit,
+            result.status_code or result.error, decision.status.value,
+            f", next in {decision.delay:.0f} s" if decision.delay is not None else "",
+        )  # fmt: skip
+        if current and soon and decision.delay is not None:
+            self._publish(delivery_id, decision.delay)
+        return decision.status
+
+    def dispatch(self) -> list[str]:
+        """Publish every due delivery that has no live broker message (a retry whose time has
+        come, or a message lost to a broker or worker restart)."""
+        with session_scope(self.sessions) as session:
+            due = webhooks.take_due(session=session, now=self.clock(),
+                                    requeue_after=REQUEUE_AFTER)  # fmt: skip
+        for delivery_id in due:
+            self._publish(delivery_id, 0.0)
+        return due
+
+    def progress(self, job_id: str, step: int, total: int, at: datetime) -> DeliveryStatus | None:
+        """A job.progress event: one attempt, never retried, dropped once the job has left
+        `running` (a late progress event would only mislead)."""
+        with session_scope(self.sessions) as session:
+            job = webhooks.job_is_running(session=session, job_id=job_id)
+            if job is None:
+                return None
+            delivery_id = webhooks.record_event(
+                session=session, job=job, event=WebhookEvent.progress, links=self.links,
+                at=at, step=(step, total), max_attempts=1,
+            )  # fmt: skip
+        return self.deliver(delivery_id) if delivery_id else None
+
+    def _publish(self, delivery_id: str, countdown: float) -> None:
+        try:
+            self.publish(delivery_id, countdown)
+        except Exception as e:  # the dispatcher publishes it again after REQUEUE_AFTER
+            log.warning("webhook %s not published: %s", delivery_id, e)
+
+
+class DispatchLoop(threading.Thread):
+    """The dispatcher inside each webhook worker: several may run, the claims keep them
+    from sending one attempt twice."""
+
+    def __init__(self, tick: Callable[[], object], every: float):
+        super().__init__(name="webhook-dispatch", daemon=True)
+        self.tick = tick
+        self.every = every
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("webhook dispatch failed; trying again")
+            if self.stopped.wait(self.every):
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def publisher(settings: Settings) -> Publish:
+    app = make_celery(settings, main="daikon-webhook-publisher")
+
+    def publish(delivery_id: str, countdown: float) -> None:
+        app.send_task(TASK_DELIVER, args=[delivery_id], queue=settings.webhook_queue,
+                      countdown=countdown or None)  # fmt: skip
+
+    return publish
+
+
+@functools.cache
+def deliverer() -> Deliverer:
+    settings = Settings()
+    store = make_store(settings, create_bucket=False)
+    return Deliverer(
+        sessions=make_session_factory(make_engine(settings.sqlalchemy_url)),
+        settings=settings,
+        publish=publisher(settings),
+        links=Links.from_settings(settings, store, image_urls.secret_key(settings)),
+    )
+
+
+@shared_task(name=TASK_DELIVER, ignore_result=True)
+def deliver_webhook(delivery_id: str) -> str:
+    status = deliverer().deliver(delivery_id)
+    return status.value if status else "skipped"
+
+
+@shared_task(name=TASK_PROGRESS, ignore_result=True)
+def webhook_progress(job_id: str, step: int, total: int, at: str) -> str:
+    status = deliverer().progress(job_id, step, total, datetime.fromisoformat(at))
+    return status.value if status else "dropped"

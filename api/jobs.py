@@ -16,7 +16,8 @@ from api.serialize import etag, job_out, job_outs
 from api.services import services
 from api.signing import verify
 from api.submission import submit
-from daikon.contract import JobList, JobStatus
+from api.webhook_events import emitter as webhook_emitter
+from daikon.contract import JobList, JobStatus, WebhookEvent
 from daikon.errors import BadRequest, Conflict, InvalidRequest, NotFound, UnsupportedMediaType
 from db import jobs
 from db.session import session_scope
@@ -142,15 +143,18 @@ def cancel_job(job_id: str) -> Any:
     svc = services()
     with session_scope(svc.sessions) as session:
         job = jobs.get(session=session, job_id=job_id, tenant_id=principal.tenant_id)
+        events = webhook_emitter(svc)
+        sent: list[str] = []
         if job.status is not JobStatus.canceled:
             canceled = jobs.cancel(session=session, job_id=job_id)
-            if canceled is None:
-                session.refresh(job)
-                if job.status is not JobStatus.canceled:
-                    raise Conflict(
-                        f"job {job_id!r} already {job.status.value}; it cannot be canceled",
-                        param="id", code="job_finished",
-                    )  # fmt: skip
+            session.refresh(job)
+            if canceled is not None:  # this request canceled it: one job.canceled, committed
+                sent = events.record(session, job, WebhookEvent.canceled)  # with the change
+            elif job.status is not JobStatus.canceled:
+                raise Conflict(
+                    f"job {job_id!r} already {job.status.value}; it cannot be canceled",
+                    param="id", code="job_finished",
+                )  # fmt: skip
     # After the commit: the worker may look at any moment and must find the row canceled.
     try:
         svc.live.request_cancel(job_id)
@@ -159,6 +163,7 @@ def cancel_job(job_id: str) -> Any:
         # Still canceled, exactly once: a worker that misses the flag finishes its run, finds
         # the job no longer running and discards its images.
         log.warning("cancel flag for job %s not set: %s", job_id, e)
+    events.send(sent)
     with session_scope(svc.sessions) as session:
         return job_out(session, jobs.get(session=session, job_id=job_id)).model_dump(mode="json")
 

@@ -14,6 +14,7 @@ import redis
 
 from api.auth import Principal
 from api.services import Services
+from api.webhook_events import check_webhook_url
 from daikon.contract import (
     DEFAULT_PRIORITY,
     DEFAULT_WEBHOOK_EVENTS,
@@ -69,6 +70,7 @@ def submit(
 ) -> Submitted:
     settings = svc.settings
     req = JobRequest.model_validate(body, context={"settings": settings})
+    check_webhook_url(svc, req.webhook_url)
     params = req.resolve(settings)
     digest = request_hash(body)
     if idempotency_key is not None and not (0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX):

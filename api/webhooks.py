@@ -1,0 +1,122 @@
+"""Webhooks over HTTP: a tenant's signing secret, a job's deliveries with every attempt, and an
+admin's redelivery. Sending happens in the webhook worker, never here."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Blueprint, request
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.auth import authenticate, require_admin
+from api.jobs import json_body
+from api.services import services
+from api.webhook_events import emitter
+from daikon.webhooks import DeliveryStatus
+from db import jobs, webhooks
+from db.models import WebhookAttempt, WebhookDelivery
+from db.session import session_scope
+
+bp = Blueprint("webhooks", __name__, url_prefix="/v1")
+
+
+class SecretCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    overlap_hours: float | None = Field(
+        None, ge=0, le=24 * 30,
+        description="How long the previous secret keeps signing (default "
+        "DAIKON_WEBHOOK_SECRET_OVERLAP_HOURS); 0 ends it at once, e.g. after a leak.",
+    )  # fmt: skip
+
+
+class SecretOut(BaseModel):
+    secret: str = Field(description="whsec_...: shown only in this response.")
+    created_at: datetime
+    previous_expires_at: datetime | None = Field(
+        description="Until when the previous secret still signs; null if there was none."
+    )
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    started_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None = Field(description="At most the first 1 KiB of the answer.")
+    next_attempt_at: datetime | None
+
+
+class DeliveryOut(BaseModel):
+    id: str = Field(description="The webhook-id header: the same on every attempt.")
+    job_id: str
+    event: str
+    url: str
+    status: DeliveryStatus
+    attempt_count: int
+    max_attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    last_status_code: int | None
+    last_error: str | None
+    attempts: list[AttemptOut]
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[DeliveryOut]
+
+
+def attempt_out(a: WebhookAttempt) -> AttemptOut:
+    return AttemptOut(
+        attempt=a.attempt, started_at=a.started_at, duration_ms=a.duration_ms,
+        status_code=a.status_code, error=a.error, response_excerpt=a.response_excerpt,
+        next_attempt_at=a.next_attempt_at,
+    )  # fmt: skip
+
+
+def delivery_out(d: WebhookDelivery) -> DeliveryOut:
+    return DeliveryOut(
+        id=d.id, job_id=d.job_id, event=d.event, url=d.url, status=d.status,
+        attempt_count=d.attempts, max_attempts=d.max_attempts, next_attempt_at=d.next_attempt_at,
+        created_at=d.created_at, last_status_code=d.last_status_code, last_error=d.last_error,
+        attempts=[attempt_out(a) for a in d.log],
+    )  # fmt: skip
+
+
+@bp.post("/webhooks/secret")
+def create_secret() -> Any:
+    principal = authenticate()
+    svc = services()
+    body = SecretCreate.model_validate(json_body() if request.get_data() else {})
+    hours = svc.settings.webhook_secret_overlap_hours
+    if body.overlap_hours is not None:
+        hours = body.overlap_hours
+    with session_scope(svc.sessions) as session:
+        made = webhooks.rotate_secret(
+            session=session, tenant_id=principal.tenant_id, overlap=timedelta(hours=hours)
+        )
+        out = SecretOut(secret=made.secret.secret, created_at=made.secret.created_at,
+                        previous_expires_at=made.previous_expires_at)  # fmt: skip
+    return out.model_dump(mode="json"), 201, {"Cache-Control": "no-store"}
+
+
+@bp.get("/jobs/<job_id>/webhooks")
+def list_deliveries(job_id: str) -> Any:
+    principal = authenticate()
+    svc = services()
+    with session_scope(svc.sessions) as session:
+        jobs.get(session=session, job_id=job_id, tenant_id=principal.tenant_id)
+        rows = webhooks.list_for_job(session=session, job_id=job_id)
+        return DeliveryList(deliveries=[delivery_out(d) for d in rows]).model_dump(mode="json")
+
+
+@bp.post("/admin/webhooks/<delivery_id>/redeliver")
+def redeliver(delivery_id: str) -> Any:
+    require_admin()
+    svc = services()
+    with session_scope(svc.sessions) as session:
+        out = delivery_out(webhooks.redeliver(session=session, delivery_id=delivery_id))
+    # Scheduled in the database: if this publish fails, the dispatcher publishes it later.
+    emitter(svc).send([delivery_id])
+    return out.model_dump(mode="json"), 202

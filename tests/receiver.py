@@ -1,0 +1,112 @@
+"""A real webhook receiver for tests: an HTTP server on 127.0.0.1 in a thread that records
+every request and connection and answers from a script; `verify` checks a request with the
+official Standard Webhooks library, as a Daikon user's receiver would."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from standardwebhooks import Webhook
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b"ok"
+    delay: float = 0.0  # seconds before answering
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.time() when it arrived
+
+    @property
+    def id(self) -> str:
+        return self.headers["webhook-id"]
+
+    def verify(self, secret: str) -> dict[str, Any]:
+        """The payload, if the signature verifies with this secret (raises otherwise)."""
+        payload: dict[str, Any] = Webhook(secret).verify(self.body, self.headers)
+        return payload
+
+
+class Receiver:
+    def __init__(self, *replies: Reply, default: Reply | None = None):
+        self.script = list(replies)
+        self.default = default or Reply()
+        self.received: list[Received] = []
+        self.connections = 0
+        self._lock = threading.Condition()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                with outer._lock:
+                    reply = outer.script.pop(0) if outer.script else outer.default
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    outer.received.append(Received(self.path, headers, body, time.time()))
+                    outer._lock.notify_all()
+                if reply.delay:
+                    time.sleep(reply.delay)
+                try:
+                    self.send_response(reply.status)
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except OSError:  # the client gave up (timeouts, capped reads)
+                    pass
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                with outer._lock:
+                    outer.connections += 1
+                super().process_request(request, client_address)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self.received) >= count, timeout):
+                raise AssertionError(f"{len(self.received)} of {count} webhooks arrived")
+            return list(self.received)
+
+    def start(self) -> Receiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextmanager
+def receiver(*replies: Reply, default: Reply | None = None) -> Iterator[Receiver]:
+    r = Receiver(*replies, default=default).start()
+    try:
+        yield r
+    finally:
+        r.stop()

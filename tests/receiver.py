@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,9 +41,17 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, *replies: Reply, default: Reply | None = None):
+    """Answers with `replies` in order, then `default`; or, with `reply_for`, by request."""
+
+    def __init__(
+        self,
+        *replies: Reply,
+        default: Reply | None = None,
+        reply_for: Callable[[Received, list[Received]], Reply] | None = None,
+    ):
         self.script = list(replies)
         self.default = default or Reply()
+        self.reply_for = reply_for
         self.received: list[Received] = []
         self.connections = 0
         self._lock = threading.Condition()
@@ -54,9 +62,13 @@ class Receiver:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 with outer._lock:
-                    reply = outer.script.pop(0) if outer.script else outer.default
                     headers = {k.lower(): v for k, v in self.headers.items()}
-                    outer.received.append(Received(self.path, headers, body, time.time()))
+                    got = Received(self.path, headers, body, time.time())
+                    if outer.reply_for is not None:
+                        reply = outer.reply_for(got, list(outer.received))
+                    else:
+                        reply = outer.script.pop(0) if outer.script else outer.default
+                    outer.received.append(got)
                     outer._lock.notify_all()
                 if reply.delay:
                     time.sleep(reply.delay)
@@ -89,9 +101,14 @@ class Receiver:
         return f"http://{host}:{self.port}{path}"
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
+        return self.wait_until(lambda got: len(got) >= count, timeout, f"{count} webhooks")
+
+    def wait_until(
+        self, done: Callable[[list[Received]], bool], timeout: float = 30.0, what: str = ""
+    ) -> list[Received]:
         with self._lock:
-            if not self._lock.wait_for(lambda: len(self.received) >= count, timeout):
-                raise AssertionError(f"{len(self.received)} of {count} webhooks arrived")
+            if not self._lock.wait_for(lambda: done(self.received), timeout):
+                raise AssertionError(f"never got {what or 'there'}: {len(self.received)} came")
             return list(self.received)
 
     def start(self) -> Receiver:
@@ -104,8 +121,12 @@ class Receiver:
 
 
 @contextmanager
-def receiver(*replies: Reply, default: Reply | None = None) -> Iterator[Receiver]:
-    r = Receiver(*replies, default=default).start()
+def receiver(
+    *replies: Reply,
+    default: Reply | None = None,
+    reply_for: Callable[[Received, list[Received]], Reply] | None = None,
+) -> Iterator[Receiver]:
+    r = Receiver(*replies, default=default, reply_for=reply_for).start()
     try:
         yield r
     finally:

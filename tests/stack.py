@@ -68,6 +68,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DAIKON_TORCH_THREADS": str(settings.torch_threads),
         "DAIKON_MODELS": json.dumps({n: m.model_dump() for n, m in settings.model_specs.items()}),
         "DAIKON_WORKER_MODELS": settings.worker_models,
+        "DAIKON_PUBLIC_URL": settings.public_url,
+        "DAIKON_WEBHOOK_QUEUE": settings.webhook_queue,
+        "DAIKON_WEBHOOK_ALLOW_HOSTS": settings.webhook_allow_hosts,
+        "DAIKON_WEBHOOK_TIMEOUT_SECONDS": str(settings.webhook_timeout_seconds),
+        "DAIKON_WEBHOOK_DISPATCH_SECONDS": str(settings.webhook_dispatch_seconds),
     }
     if settings.admin_key is not None:
         env["DAIKON_ADMIN_KEY"] = settings.admin_key.get_secret_value()
@@ -81,14 +86,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """`celery -A worker.main worker` as a child process, logging to a file."""
 
-    def __init__(self, settings: Settings, log_path: Path, *, concurrency: int = 1):
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        *,
+        concurrency: int = 1,
+        app: str = "worker.main",
+        extra: tuple[str, ...] = (),
+    ):
         self.log_path = log_path
         env = {**os.environ, **settings_env(settings), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         argv = [
-            sys.executable, "-m", "celery", "-A", "worker.main", "worker",
+            sys.executable, "-m", "celery", "-A", app, "worker",
             "--concurrency", str(concurrency),
             "--loglevel", "INFO", "--hostname", f"{settings.queue}@%h",
-            "--without-gossip", "--without-mingle",
+            "--without-gossip", "--without-mingle", *extra,
         ]  # fmt: skip
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)

@@ -4,8 +4,12 @@
   file under DAIKON_DATA_DIR, so the queue survives a restart.
 - No `DATABASE_URL`: SQLite under DAIKON_DATA_DIR. No S3 bucket: local image storage there.
 - No DAIKON_MODEL / DAIKON_CLIP_MODEL: the tiny models are built once into DAIKON_DATA_DIR.
-Then migrations run, and the API (gunicorn) and one worker (celery) start. A child that dies is
-restarted after a short pause; queued work continues because it lives in the broker.
+Then migrations run, and the API (gunicorn), one worker (celery) and the webhook worker (celery,
+threads, its own queue) start. A child that dies is restarted after a short pause; queued work
+continues because it lives in the broker, and webhook retries because they live in the database.
+Being a local setup, it lets webhooks reach receivers on loopback (127.0.0.1, ::1, localhost)
+unless DAIKON_WEBHOOK_ALLOW_HOSTS is set, and gives job objects absolute URLs
+(DAIKON_PUBLIC_URL) so a webhook receiver can fetch the images.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 from daikon.settings import Settings
 
 RESTART_DELAY_SECONDS = 2.0
+# Local development: webhook receivers on this machine are fine (never a production default).
+LOCAL_WEBHOOK_HOSTS = "127.0.0.1,::1,localhost"
 
 
 def say(msg: str) -> None:
@@ -107,6 +113,8 @@ def main() -> int:
         valkey = start_valkey(settings)
         env["REDIS_URL"] = f"{valkey.connection_url}/0"
         say(f"embedded valkey on {env['REDIS_URL']} (data in {settings.data_path / 'valkey'})")
+    if "DAIKON_WEBHOOK_ALLOW_HOSTS" not in {k.upper() for k in os.environ}:
+        env["DAIKON_WEBHOOK_ALLOW_HOSTS"] = LOCAL_WEBHOOK_HOSTS
     admin_key_note = "DAIKON_ADMIN_KEY from the environment"
     if not settings.admin_key:
         env["DAIKON_ADMIN_KEY"] = dev_admin_key(settings)
@@ -129,6 +137,8 @@ def main() -> int:
         run([sys.executable, "-m", "alembic", "upgrade", "head"], env)
 
         bind = f"127.0.0.1:{settings.port}"
+        if not settings.public_url:
+            env["DAIKON_PUBLIC_URL"] = f"http://{bind}"
         children = [
             Child(
                 "api",
@@ -153,6 +163,28 @@ def main() -> int:
                     "INFO",
                     "--hostname",
                     "daikon@%h",
+                ],
+                env,
+            ),
+            Child(
+                "webhooks",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.webhook_main",
+                    "worker",
+                    "--pool",
+                    "threads",
+                    "--concurrency",
+                    str(settings.webhook_concurrency),
+                    "--queues",
+                    settings.webhook_queue,
+                    "--loglevel",
+                    "INFO",
+                    "--hostname",
+                    "daikon-webhooks@%h",
                 ],
                 env,
             ),

@@ -33,8 +33,8 @@ class AttemptResult:
     excerpt: str | None  # the start of the answer's body, at most EXCERPT_LIMIT characters
     retry_after: float | None  # seconds, from Retry-After
     duration_ms: int
-    address: str | None  # the IP connected to
-    refused: bool = False  # stopped by the destination checks: no connection was made
+    address: str | None  # the IP connected to, or the one refused (operators only)
+    refused: bool = False  # stopped by the destination checks: nothing was sent
 
 
 def _short(text: str) -> str:
@@ -111,7 +111,8 @@ def post(
         dest = safety.parse(url, allow)
         addresses = safety.resolve(dest, allow, resolver)
     except safety.UnsafeDestination as e:
-        return done(error=f"refused: {e}", refused=True)
+        address = str(e.address) if e.address is not None else None
+        return done(error=f"refused: {e}", address=address, refused=True)
     except (OSError, UnicodeError) as e:
         return done(error=_describe(e, False, timeout))
 
@@ -136,7 +137,8 @@ def post(
         peer = safety.literal_ip(address)
         reason = None if dest.allowed_host or peer is None else safety.refusal(peer, allow)
         if reason:  # what we reached is not what we checked: never send to it
-            return done(error=f"refused: {address} is {reason}", address=address, refused=True)
+            return done(error=f"refused: the address reached is {reason}", address=address,
+                        refused=True)  # fmt: skip
         if dest.scheme == "https":
             context = tls or ssl.create_default_context()
             sock = context.wrap_socket(sock, server_hostname=dest.host)

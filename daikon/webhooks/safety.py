@@ -28,7 +28,13 @@ SUBMIT_DNS_SECONDS = 2.0
 
 
 class UnsafeDestination(ValueError):
-    """The URL's destination is not allowed; the message says why (never the allowlist)."""
+    """The URL's destination is not allowed. The message says why, but never shows what a
+    name resolved to (that would map internal DNS for whoever submits URLs); `address` keeps
+    it for the operator's records."""
+
+    def __init__(self, message: str, address: Address | None = None):
+        super().__init__(message)
+        self.address = address
 
 
 def literal_ip(host: str) -> Address | None:
@@ -170,8 +176,12 @@ def resolve(dest: Destination, allow: Allowlist, resolver: Resolver) -> list[Add
         for ip in addresses:
             reason = refusal(ip, allow)
             if reason:
-                shown = dest.host if dest.host == str(ip) else f"{dest.host} ({ip})"
-                raise UnsafeDestination(f"{shown} is {reason}; webhooks go to public addresses")
+                if literal is None:
+                    what = f"{dest.host} resolves to {reason}"
+                else:  # the client's own spelling, and what it means
+                    shown = dest.host if dest.host == str(ip) else f"{dest.host} ({ip})"
+                    what = f"{shown} is {reason}"
+                raise UnsafeDestination(f"{what}; webhooks go to public addresses", ip)
     return addresses
 
 

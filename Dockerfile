@@ -38,7 +38,7 @@ USER daikon
 EXPOSE 8000
 
 # The API. The worker and migrations override the command:
-#   celery -A worker.main worker --pool solo --queues daikon.generate --loglevel INFO
+#   celery -A worker.main worker --pool solo --loglevel INFO   (its queues: DAIKON_WORKER_MODELS)
 #   celery -A worker.webhook_main worker --pool threads --queues daikon.webhooks --loglevel INFO
 #   alembic upgrade head
 # Threads per process: gunicorn.conf.py (copied above).

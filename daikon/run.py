@@ -155,8 +155,8 @@ def main() -> int:
                     "-A",
                     "worker.main",
                     "worker",
-                    "--queues",
-                    settings.queue,
+                    # No --queues: it would replace the per-model queues worker/main.py
+                    # subscribes to (DAIKON_WORKER_MODELS), and no job would ever be taken.
                     "--concurrency",
                     str(settings.worker_concurrency),
                     "--loglevel",

@@ -111,8 +111,8 @@ def post(
         dest = safety.parse(url, allow)
         addresses = safety.resolve(dest, allow, resolver)
     except safety.UnsafeDestination as e:
-        address = str(e.address) if e.address is not None else None
-        return done(error=f"refused: {e}", address=address, refused=True)
+        refused_ip = str(e.address) if e.address is not None else None
+        return done(error=f"refused: {e}", address=refused_ip, refused=True)
     except (OSError, UnicodeError) as e:
         return done(error=_describe(e, False, timeout))
 

@@ -1,4 +1,4 @@
-"""Liveness: the process answers. (Readiness checks come with the operations work.)"""
+"""Liveness: the process answers. Readiness (dependencies, workers) is /readyz, in readiness.py."""
 
 from __future__ import annotations
 

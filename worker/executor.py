@@ -18,6 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from daikon import stage_metrics
 from daikon.contract import SEED_MAX, JobParams
 from daikon.live import LiveState
 from daikon.storage import ImageStore, image_key
@@ -74,6 +75,8 @@ class JobExecutor:
     worker_name: str
     key_prefix: str = ""
     live: LiveState | None = None  # progress, cancel and change notices (Redis)
+    # Finished jobs' stage timings go to Redis under this name for /metrics; None = not kept.
+    stage_namespace: str | None = None
 
     def _announce(self, job_id: str) -> None:
         if self.live is not None:
@@ -91,6 +94,14 @@ class JobExecutor:
 
         return on_step
 
+    def _record_stages(self, job_id: str, metrics: dict[str, float]) -> None:
+        if self.live is None or self.stage_namespace is None:
+            return
+        try:
+            stage_metrics.record(self.live.redis, self.stage_namespace, metrics)
+        except Exception as e:  # a lost sample never fails the job
+            log.warning("stage timings of job %s not recorded: %s", job_id, e)
+
     def run(self, job_id: str) -> Outcome:
         with session_scope(self.sessions) as session:
             job = jobs.claim(session=session, job_id=job_id, worker=self.worker_name)
@@ -104,7 +115,7 @@ class JobExecutor:
         self._announce(job_id)
         started = time.perf_counter()
         try:
-            return self._generate(job_id, params, metrics, attempt)
+            outcome = self._generate(job_id, params, metrics, attempt)
         except JobCanceled:
             log.info("job %s canceled while running; stopped", job_id)
             self._announce(job_id)
@@ -122,9 +133,12 @@ class JobExecutor:
                     metrics=metrics,
                 )
             self._announce(job_id)
+            self._record_stages(job_id, metrics)
             if not isinstance(e, Exception):
                 raise  # SystemExit / KeyboardInterrupt: record, then let the process go
             return Outcome.failed
+        self._record_stages(job_id, metrics)
+        return outcome
 
     def _generate(
         self, job_id: str, params: JobParams, metrics: dict[str, float], attempt: int

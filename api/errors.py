@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify
@@ -22,12 +23,18 @@ def error_response(
     return jsonify(body), status
 
 
-def validation_error(exc: ValidationError) -> tuple[Response, int]:
-    """Name every bad field in the message; the first one is `param`."""
+def validation_error(
+    exc: ValidationError, *, status: int = 422, rename: Mapping[str, str] | None = None
+) -> tuple[Response, int]:
+    """Name every bad field in the message; the first one is `param`. `rename` maps a model's
+    field names to the ones the client sent (for routes that translate a request)."""
     parts: list[str] = []
     first: str | None = None
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or None
+        names = [str(p) for p in err["loc"]]
+        if names and rename:
+            names[0] = rename.get(names[0], names[0])
+        loc = ".".join(names) or None
         first = first or loc
         text = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
@@ -36,7 +43,7 @@ def validation_error(exc: ValidationError) -> tuple[Response, int]:
             text = "is required"
         parts.append(f"{loc}: {text}" if loc else text)
     return error_response(
-        422,
+        status,
         type="invalid_request_error",
         code="invalid_request",
         message="; ".join(parts),

@@ -98,7 +98,7 @@ def job_events(job_id: str) -> Response:
     svc = services()
     _snapshot(svc, job_id, principal.tenant_id)  # 404 for unknown or foreign jobs, before 200
     raw = request.headers.get("Last-Event-ID", "0")
-    last_id = int(raw) if raw.isdigit() else 0
+    last_id = int(raw) if raw.isascii() and raw.isdigit() else 0
     with _open_lock:
         if _open >= svc.settings.max_event_streams:
             raise ServiceUnavailable(

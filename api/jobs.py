@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -28,12 +28,19 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1")
 RETRY_AFTER = {JobStatus.queued: "2", JobStatus.running: "1"}
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def json_body() -> dict[str, Any]:
     if not request.is_json:
         raise UnsupportedMediaType("Content-Type must be application/json")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise BadRequest("request body is not valid JSON", code="invalid_json")
+    try:
+        # Strictly JSON: Python's NaN and Infinity would be stored and answered as invalid JSON,
+        # and deep nesting raises RecursionError, which is not a ValueError.
+        body = json.loads(request.get_data(cache=True), parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        raise BadRequest("request body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json")
     return body
@@ -73,7 +80,10 @@ def get_job(job_id: str) -> Any:
 def _cursor_decode(raw: str) -> tuple[datetime, str]:
     try:
         at, job_id = json.loads(base64.urlsafe_b64decode(raw.encode() + b"=="))
-        return datetime.fromisoformat(at), str(job_id)
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError("no time zone")
+        return when.astimezone(UTC), str(job_id)  # OverflowError near year 1 or 9999
     except Exception as e:
         raise InvalidRequest("cursor is not one this API returned", param="cursor") from e
 
@@ -103,6 +113,10 @@ def _list_filter(tenant_id: str) -> jobs.ListFilter:
                                  param="created_after") from e  # fmt: skip
         if created_after.tzinfo is None:
             raise InvalidRequest("created_after needs a time zone (e.g. Z)", param="created_after")
+        try:
+            created_after = created_after.astimezone(UTC)
+        except OverflowError as e:  # 0001-01-01T00:00+01:00 is before the year 1 in UTC
+            raise InvalidRequest("created_after is out of range", param="created_after") from e
     cursor = args.get("cursor")
     return jobs.ListFilter(
         tenant_id=tenant_id,
@@ -119,7 +133,7 @@ def list_jobs() -> Any:
     svc = services()
     raw = request.args.get("limit", "20")
     limit_max = svc.settings.list_limit_max
-    if not raw.isdigit() or not (1 <= int(raw) <= limit_max):
+    if not (raw.isascii() and raw.isdigit()) or not (1 <= int(raw) <= limit_max):
         raise InvalidRequest(f"limit must be an integer between 1 and {limit_max}", param="limit")
     limit = int(raw)
     where = _list_filter(principal.tenant_id)
@@ -169,7 +183,9 @@ def get_image(job_id: str, rank: int) -> Response:
     svc = services()
     expires = request.args.get("expires", "")
     signature = request.args.get("sig", "")
-    if not (expires.isdigit() and verify(svc.signing_key, job_id, rank, int(expires), signature)):
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    number = expires.isascii() and expires.isdigit()
+    if not (number and verify(svc.signing_key, job_id, rank, int(expires), signature)):
         # Same answer as for a missing image: a job id alone reveals nothing.
         raise NotFound(f"image {rank} of job {job_id!r} not found (or the URL expired)")
     with session_scope(svc.sessions) as session:

@@ -22,13 +22,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["daikon"] = Services.build(settings)
 
-    from api import admin, errors, events, health, jobs
+    from api import admin, errors, events, health, jobs, openapi
 
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(openapi.bp)
     if settings.cors_origin_list:
         from flask_cors import CORS
 

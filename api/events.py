@@ -18,6 +18,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request, stream_with_context
 
+from api import openapi
 from api.auth import authenticate
 from api.serialize import job_out
 from api.services import Services, services
@@ -92,6 +93,18 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
 
 
 @bp.get("/jobs/<job_id>/events")
+@openapi.operation(
+    "Stream a job's events (SSE)", tags=["jobs"],
+    params=[openapi.header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]+$"},
+                           "Resume a dropped stream: events up to this id are not sent again.")],
+    responses={200: openapi.Reply(
+        "Server-Sent Events: `status` {id, status, queue_position}, `progress` {step, total, "
+        "fraction}, and a final `done` carrying the job object; then the stream closes.",
+        media_type="text/event-stream", schema={"type": "string"},
+        headers={"Cache-Control": True})},
+    errors={503: "`too_many_streams` (poll GET /v1/jobs/{id} instead) or "
+                 "`database_unavailable`."},
+)  # fmt: skip
 def job_events(job_id: str) -> Response:
     global _open
     principal = authenticate()

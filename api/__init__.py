@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         jobs,
         metrics,
         openai_compat,
+        openapi,
         readiness,
     )
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(readiness.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openai_compat.bp)
+    app.register_blueprint(openapi.bp)
     if settings.cors_origin_list:
         from flask_cors import CORS
 

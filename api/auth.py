@@ -52,7 +52,10 @@ def authenticate() -> Principal:
     svc = services()
     admin = svc.settings.admin_key
     with session_scope(svc.sessions) as session:
-        if admin is not None and hmac.compare_digest(token, admin.get_secret_value()):
+        # As bytes: compare_digest refuses str with non-ASCII characters (TypeError).
+        if admin is not None and hmac.compare_digest(
+            token.encode(), admin.get_secret_value().encode()
+        ):
             tenant = tenants.get_or_create_tenant(session=session, name=ADMIN_TENANT)
             principal = Principal(tenant_id=tenant.id, is_admin=True, key_id=None)
         else:

@@ -9,6 +9,7 @@ import redis
 from flask import Blueprint
 from pydantic import BaseModel
 
+from api import openapi
 from api.auth import authenticate
 from api.services import services
 from daikon import workers
@@ -31,6 +32,10 @@ class ModelList(BaseModel):
 
 
 @bp.get("/models")
+@openapi.operation(
+    "List models", tags=["models"], responses={200: ModelList},
+    errors={503: "`broker_unavailable`: Redis, which holds the worker heartbeats, is down."},
+)  # fmt: skip
 def list_models() -> Any:
     authenticate()
     svc = services()

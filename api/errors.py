@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -16,11 +16,24 @@ from daikon.errors import DaikonError
 log = logging.getLogger("daikon.api")
 
 
+class ErrorBody(BaseModel):
+    type: str = Field(description="The error's family, e.g. invalid_request_error.")
+    code: str = Field(description="Machine-readable reason, e.g. invalid_request, not_found.")
+    message: str = Field(description="For people; names every bad field.")
+    param: str | None = Field(description="The field, parameter or header at fault, if any.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorBody
+
+
 def error_response(
     status: int, *, type: str, code: str, message: str, param: str | None = None
 ) -> tuple[Response, int]:
-    body = {"error": {"type": type, "code": code, "message": message, "param": param}}
-    return jsonify(body), status
+    body = ErrorResponse(error=ErrorBody(type=type, code=code, message=message, param=param))
+    return jsonify(body.model_dump(mode="json")), status
 
 
 def validation_error(

@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request, stream_with_context
 
-from api import slots
+from api import openapi, slots
 from api.auth import authenticate
 from api.serialize import job_out
 from api.services import Services, services
@@ -93,12 +93,24 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
 
 
 @bp.get("/jobs/<job_id>/events")
+@openapi.operation(
+    "Stream a job's events (SSE)", tags=["jobs"],
+    params=[openapi.header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]+$"},
+                           "Resume a dropped stream: events up to this id are not sent again.")],
+    responses={200: openapi.Reply(
+        "Server-Sent Events: `status` {id, status, queue_position}, `progress` {step, total, "
+        "fraction}, and a final `done` carrying the job object; then the stream closes.",
+        media_type="text/event-stream", schema={"type": "string"},
+        headers={"Cache-Control": True})},
+    errors={503: "`too_many_streams` (poll GET /v1/jobs/{id} instead) or "
+                 "`database_unavailable`."},
+)  # fmt: skip
 def job_events(job_id: str) -> Response:
     principal = authenticate()
     svc = services()
     _snapshot(svc, job_id, principal.tenant_id)  # 404 for unknown or foreign jobs, before 200
     raw = request.headers.get("Last-Event-ID", "0")
-    last_id = int(raw) if raw.isdigit() else 0
+    last_id = int(raw) if raw.isascii() and raw.isdigit() else 0
     slots.acquire(
         svc.settings.max_long_requests,
         code="too_many_streams",

@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from api import openapi
 from api.services import Services, services
 from daikon import stage_metrics, workers
 from daikon.contract import PRIORITY_MAX
@@ -99,6 +100,11 @@ class DaikonCollector(Collector):
 
 
 @bp.get("/metrics")
+@openapi.operation(
+    "Prometheus metrics", tags=["health"], auth=None,
+    responses={200: openapi.Reply("Prometheus text format.", media_type="text/plain",
+                                  schema={"type": "string"})},
+)  # fmt: skip
 def metrics() -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaikonCollector(services()))

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from redis.client import PubSub
 from sqlalchemy.exc import OperationalError
 
-from api import slots
+from api import openapi, slots
 from api.auth import authenticate
 from api.errors import error_response, validation_error
 from api.jobs import json_body
@@ -212,7 +212,32 @@ def _job_error(
     return resp, status
 
 
+class ImageData(BaseModel):
+    url: str | None = None
+    b64_json: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+
+
 @bp.post("/images/generations")
+@openapi.operation(
+    "Generate images (OpenAI-compatible)", tags=["openai"], body=ImageGenerationRequest,
+    params=[openapi.header("Idempotency-Key", {"type": "string", "minLength": 1,
+                                               "maxLength": 255},
+                           "A retry with the same key rejoins the same job.")],
+    responses={200: openapi.Reply("The images, best first.", ImagesResponse,
+                                  headers={"Location": True})},
+    errors={
+        409: "`job_canceled`: the job was canceled while the request waited.",
+        429: "Per-tenant submission limits, as for POST /v1/jobs.",
+        500: "The job failed (its error code), or its result could not be read.",
+        503: "`too_many_waiting` (nothing created), or the queue or database is down.",
+        504: "`job_not_finished`: still running at the deadline; `Location` names the job.",
+    },
+)  # fmt: skip
 def generate_images() -> Any:
     principal = authenticate()
     svc = services()

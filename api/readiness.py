@@ -14,15 +14,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from flask import Blueprint, jsonify
+from pydantic import BaseModel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
+from api import openapi
 from api.services import Services, services
 from daikon import workers
 from daikon.settings import Settings
@@ -156,7 +158,21 @@ def run_checks(svc: Services, deadline: float = DEADLINE_SECONDS) -> dict[str, D
     return {name: dict(results.get(name) or timed_out) for name in CHECKS}
 
 
+class Ready(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, dict[str, Any]]
+
+
 @bp.get("/readyz")
+@openapi.operation(
+    "Readiness", tags=["health"], auth=None,
+    responses={
+        200: openapi.Reply("Database, broker, storage and a worker all answer.", Ready,
+                           headers={"Cache-Control": True}),
+    },
+    errors={503: "`not_ready`: the message names the failing checks; the body also carries "
+                 "`checks`, each with `ok` and the reason."},
+)  # fmt: skip
 def readyz() -> Any:
     checks = run_checks(services())
     failing = [name for name, result in checks.items() if not result["ok"]]

@@ -50,4 +50,5 @@ def sign(key: bytes, job_id: str, rank: int, ttl_seconds: int) -> tuple[int, str
 def verify(key: bytes, job_id: str, rank: int, expires: int, signature: str) -> bool:
     if expires < time.time():
         return False
-    return hmac.compare_digest(_mac(key, job_id, rank, expires), signature)
+    # As bytes: compare_digest refuses str with non-ASCII characters (TypeError).
+    return hmac.compare_digest(_mac(key, job_id, rank, expires).encode(), signature.encode())

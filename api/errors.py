@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -64,7 +64,23 @@ def validation_error(
     )
 
 
+def _refuse_nul() -> Any:
+    """A NUL in the path, query or headers would reach the database (PostgreSQL refuses it)."""
+    query = request.query_string
+    if (
+        "\x00" in request.path
+        or b"%00" in query
+        or b"\x00" in query
+        or any("\x00" in v for v in request.headers.values())
+    ):
+        return error_response(400, type="invalid_request_error", code="bad_request",
+                              message="the request contains a NUL character")  # fmt: skip
+    return None
+
+
 def register(app: Flask) -> None:
+    app.before_request(_refuse_nul)
+
     @app.errorhandler(DaikonError)
     def _daikon(e: DaikonError) -> Any:
         resp, status = error_response(

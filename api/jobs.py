@@ -51,7 +51,20 @@ def json_body() -> dict[str, Any]:
         raise BadRequest("request body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json")
+    if _has_nul(body):
+        raise BadRequest("request body contains a NUL character (\\u0000)", code="invalid_json")
     return body
+
+
+def _has_nul(value: Any) -> bool:
+    """PostgreSQL stores no NUL in text or JSONB: refuse it here rather than fail there."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 @bp.post("/jobs")

@@ -50,7 +50,8 @@ SWAGGER_UI_JS_SRI = "sha384-gjRm0bEPMeTmMh5jT2cHccIwCUZSTd8YC+j0d0sXw0MdGEfScduG
 
 # When each error status happens, unless a route says more precisely.
 ERROR_WHEN: dict[int, str] = {
-    400: "`invalid_json`: the body is not valid JSON, or not a JSON object.",
+    400: "`invalid_json`: the body is not valid JSON, or not a JSON object; `bad_request`: a NUL "
+    "character in the path, query, headers or body (PostgreSQL stores none).",
     401: "`invalid_api_key`: no API key, or an unknown or revoked one.",
     403: "`forbidden`: this endpoint needs an admin key.",
     404: "`not_found`: nothing here (or it belongs to another tenant).",
@@ -277,7 +278,7 @@ def undocumented_routes(app: Flask) -> list[str]:
 
 
 def _error_statuses(op: Operation, has_path_params: bool) -> dict[int, str]:
-    inferred: set[int] = set()
+    inferred: set[int] = {400}  # every route refuses NUL characters (api/errors.py)
     if op.auth is not None:
         inferred |= {401, 503}
     if op.auth == "admin":

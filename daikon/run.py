@@ -145,8 +145,7 @@ def main() -> int:
                     "-A",
                     "worker.main",
                     "worker",
-                    "--queues",
-                    settings.queue,
+                    # No --queues: the worker consumes its models' queues (worker/main.py).
                     "--concurrency",
                     str(settings.worker_concurrency),
                     "--loglevel",

@@ -9,23 +9,11 @@ from dataclasses import dataclass
 from flask import g, request
 
 from api.services import services
-from daikon.errors import DaikonError
+from daikon.errors import Forbidden, Unauthenticated
 from db import tenants
 from db.session import session_scope
 
 ADMIN_TENANT = "admin"
-
-
-class Unauthenticated(DaikonError):
-    status = 401
-    type = "authentication_error"
-    code = "invalid_api_key"
-
-
-class Forbidden(DaikonError):
-    status = 403
-    type = "permission_error"
-    code = "forbidden"
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,6 @@ def app(make_app) -> Flask:  # type: ignore[no-untyped-def]
     return make_app(max_body_bytes=4096)
 
 
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_KEY}"
-    return client
-
-
 def job_count(app: Flask) -> int:
     with session_scope(app.extensions["daikon"].sessions) as s:
         return int(s.scalar(select(func.count()).select_from(Job)) or 0)

@@ -179,13 +179,6 @@ def test_every_secured_operation_refuses_a_missing_key(app: Flask) -> None:
 # --- what the fuzzing (and probing around it) found: each was a 500 -----------------------
 
 
-@pytest.fixture
-def client(app: Flask) -> Any:
-    client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_KEY}"
-    return client
-
-
 def test_webhook_events_that_are_not_strings_are_a_422(client: Any) -> None:
     r = client.post("/v1/jobs", json={"prompt": "x", "webhook_events": [{}]})
     assert r.status_code == 422 and r.get_json()["error"]["param"] == "webhook_events"

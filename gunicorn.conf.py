@@ -1,9 +1,9 @@
 """gunicorn settings for Daikon's API, read automatically from the working directory.
 
 Threads, not processes, carry the concurrency: most requests wait on the database or Redis,
-and each open event stream (SSE) holds a thread. Streams are capped per process by
-DAIKON_MAX_EVENT_STREAMS (default 100), below the 128 threads, so ordinary requests always
-have threads left.
+and each open event stream (SSE) or OpenAI-route wait holds a thread. Those are capped per
+process by DAIKON_MAX_LONG_REQUESTS (default 100), below the 128 threads, so ordinary
+requests always have threads left.
 """
 
 import os

@@ -22,13 +22,30 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["daikon"] = Services.build(settings)
 
-    from api import admin, errors, events, health, jobs, webhooks
+    from api import (
+        admin,
+        catalog,
+        errors,
+        events,
+        health,
+        jobs,
+        metrics,
+        openai_compat,
+        openapi,
+        readiness,
+        webhooks,
+    )
 
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(catalog.bp)
+    app.register_blueprint(readiness.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(openai_compat.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(webhooks.bp)
     if settings.cors_origin_list:
         from flask_cors import CORS
@@ -43,7 +60,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
                 "If-None-Match",
                 "Last-Event-ID",
             ],
-            expose_headers=["ETag", "Location", "Retry-After", "Idempotent-Replayed"],
+            expose_headers=[
+                "ETag",
+                "Location",
+                "Retry-After",
+                "Idempotent-Replayed",
+                "x-should-retry",
+            ],
             max_age=600,
         )
     logging.getLogger("daikon").setLevel(logging.INFO)

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import openapi
 from api.auth import require_admin
 from api.jobs import json_body
 from api.services import services
@@ -53,6 +54,17 @@ class TenantList(BaseModel):
     tenants: list[TenantOut]
 
 
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
+TENANT_LINKS = {
+    "create_key": openapi.Link("admin.create_key", {"tenant_id": "$response.body#/id"}),
+    "list_keys": openapi.Link("admin.list_keys", {"tenant_id": "$response.body#/id"}),
+}
+KEY_LINKS = {"revoke": openapi.Link("admin.revoke_key", {"key_id": "$response.body#/id"})}
+
+
 def tenant_out(t: Tenant) -> TenantOut:
     return TenantOut(id=t.id, name=t.name, created_at=t.created_at)
 
@@ -65,6 +77,11 @@ def key_out(k: ApiKey) -> dict[str, Any]:
 
 
 @bp.post("/tenants")
+@openapi.operation(
+    "Create a tenant", tags=["admin"], auth="admin", body=TenantCreate,
+    responses={201: openapi.Reply("Created.", TenantOut, links=TENANT_LINKS)},
+    errors={409: "`tenant_exists`: a tenant has this name."},
+)  # fmt: skip
 def create_tenant() -> Any:
     require_admin()
     body = TenantCreate.model_validate(json_body())
@@ -74,6 +91,7 @@ def create_tenant() -> Any:
 
 
 @bp.get("/tenants")
+@openapi.operation("List tenants", tags=["admin"], auth="admin", responses={200: TenantList})
 def list_tenants() -> Any:
     require_admin()
     with session_scope(services().sessions) as session:
@@ -82,6 +100,11 @@ def list_tenants() -> Any:
 
 
 @bp.post("/tenants/<tenant_id>/keys")
+@openapi.operation(
+    "Create an API key", tags=["admin"], auth="admin", body=KeyCreate,
+    responses={201: openapi.Reply("Created: the only response that shows the key.", NewKeyOut,
+                                  links=KEY_LINKS)},
+)  # fmt: skip
 def create_key(tenant_id: str) -> Any:
     require_admin()
     body = KeyCreate.model_validate(json_body())
@@ -93,6 +116,8 @@ def create_key(tenant_id: str) -> Any:
 
 
 @bp.get("/tenants/<tenant_id>/keys")
+@openapi.operation("List a tenant's API keys", tags=["admin"], auth="admin",
+                   responses={200: KeyList})  # fmt: skip
 def list_keys(tenant_id: str) -> Any:
     require_admin()
     with session_scope(services().sessions) as session:
@@ -102,6 +127,12 @@ def list_keys(tenant_id: str) -> Any:
 
 
 @bp.delete("/keys/<key_id>")
+@openapi.operation(
+    "Revoke an API key",
+    tags=["admin"],
+    auth="admin",
+    responses={200: openapi.Reply("The key, revoked (again: no change).", KeyOut)},
+)
 def revoke_key(key_id: str) -> Any:
     require_admin()
     with session_scope(services().sessions) as session:

@@ -9,23 +9,11 @@ from dataclasses import dataclass
 from flask import g, request
 
 from api.services import services
-from daikon.errors import DaikonError
+from daikon.errors import Forbidden, Unauthenticated
 from db import tenants
 from db.session import session_scope
 
 ADMIN_TENANT = "admin"
-
-
-class Unauthenticated(DaikonError):
-    status = 401
-    type = "authentication_error"
-    code = "invalid_api_key"
-
-
-class Forbidden(DaikonError):
-    status = 403
-    type = "permission_error"
-    code = "forbidden"
 
 
 @dataclass(frozen=True)
@@ -52,7 +40,10 @@ def authenticate() -> Principal:
     svc = services()
     admin = svc.settings.admin_key
     with session_scope(svc.sessions) as session:
-        if admin is not None and hmac.compare_digest(token, admin.get_secret_value()):
+        # As bytes: compare_digest refuses str with non-ASCII characters (TypeError).
+        if admin is not None and hmac.compare_digest(
+            token.encode(), admin.get_secret_value().encode()
+        ):
             tenant = tenants.get_or_create_tenant(session=session, name=ADMIN_TENANT)
             principal = Principal(tenant_id=tenant.id, is_admin=True, key_id=None)
         else:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify
-from pydantic import ValidationError
+from flask import Flask, Response, jsonify, request
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -15,19 +16,38 @@ from daikon.errors import DaikonError
 log = logging.getLogger("daikon.api")
 
 
+class ErrorBody(BaseModel):
+    type: str = Field(description="The error's family, e.g. invalid_request_error.")
+    code: str = Field(description="Machine-readable reason, e.g. invalid_request, not_found.")
+    message: str = Field(description="For people; names every bad field.")
+    param: str | None = Field(description="The field, parameter or header at fault, if any.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorBody
+
+
 def error_response(
     status: int, *, type: str, code: str, message: str, param: str | None = None
 ) -> tuple[Response, int]:
-    body = {"error": {"type": type, "code": code, "message": message, "param": param}}
-    return jsonify(body), status
+    body = ErrorResponse(error=ErrorBody(type=type, code=code, message=message, param=param))
+    return jsonify(body.model_dump(mode="json")), status
 
 
-def validation_error(exc: ValidationError) -> tuple[Response, int]:
-    """Name every bad field in the message; the first one is `param`."""
+def validation_error(
+    exc: ValidationError, *, status: int = 422, rename: Mapping[str, str] | None = None
+) -> tuple[Response, int]:
+    """Name every bad field in the message; the first one is `param`. `rename` maps a model's
+    field names to the ones the client sent (for routes that translate a request)."""
     parts: list[str] = []
     first: str | None = None
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or None
+        names = [str(p) for p in err["loc"]]
+        if names and rename:
+            names[0] = rename.get(names[0], names[0])
+        loc = ".".join(names) or None
         first = first or loc
         text = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
@@ -36,7 +56,7 @@ def validation_error(exc: ValidationError) -> tuple[Response, int]:
             text = "is required"
         parts.append(f"{loc}: {text}" if loc else text)
     return error_response(
-        422,
+        status,
         type="invalid_request_error",
         code="invalid_request",
         message="; ".join(parts),
@@ -44,7 +64,23 @@ def validation_error(exc: ValidationError) -> tuple[Response, int]:
     )
 
 
+def _refuse_nul() -> Any:
+    """A NUL in the path, query or headers would reach the database (PostgreSQL refuses it)."""
+    query = request.query_string
+    if (
+        "\x00" in request.path
+        or b"%00" in query
+        or b"\x00" in query
+        or any("\x00" in v for v in request.headers.values())
+    ):
+        return error_response(400, type="invalid_request_error", code="bad_request",
+                              message="the request contains a NUL character")  # fmt: skip
+    return None
+
+
 def register(app: Flask) -> None:
+    app.before_request(_refuse_nul)
+
     @app.errorhandler(DaikonError)
     def _daikon(e: DaikonError) -> Any:
         resp, status = error_response(

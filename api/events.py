@@ -11,19 +11,18 @@ the server's threads, so streams can never starve ordinary requests.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, request, stream_with_context
 
+from api import openapi, slots
 from api.auth import authenticate
 from api.serialize import job_out
 from api.services import Services, services
 from daikon import live
 from daikon.contract import JobOut, JobStatus
-from daikon.errors import ServiceUnavailable
 from db import jobs
 from db.session import session_scope
 
@@ -35,8 +34,6 @@ MIN_READ_INTERVAL = 0.25
 # went away is noticed (on the failed write) so its thread is freed within that time.
 KEEPALIVE_SECONDS = 5.0
 TERMINAL_ID = 10**9
-_open = 0
-_open_lock = threading.Lock()
 
 
 def status_event_id(status: JobStatus) -> int:
@@ -56,7 +53,6 @@ def _snapshot(svc: Services, job_id: str, tenant_id: str) -> JobOut:
 
 
 def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterator[str]:
-    global _open
     pubsub = svc.live.redis.pubsub(ignore_subscribe_messages=True)
     try:
         pubsub.subscribe(live.channel(job_id))  # before the first read: no change slips by
@@ -93,25 +89,33 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
                 last_sent = time.monotonic()
     finally:
         pubsub.close()
-        with _open_lock:
-            _open -= 1
+        slots.release()
 
 
 @bp.get("/jobs/<job_id>/events")
+@openapi.operation(
+    "Stream a job's events (SSE)", tags=["jobs"],
+    params=[openapi.header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]+$"},
+                           "Resume a dropped stream: events up to this id are not sent again.")],
+    responses={200: openapi.Reply(
+        "Server-Sent Events: `status` {id, status, queue_position}, `progress` {step, total, "
+        "fraction}, and a final `done` carrying the job object; then the stream closes.",
+        media_type="text/event-stream", schema={"type": "string"},
+        headers={"Cache-Control": True})},
+    errors={503: "`too_many_streams` (poll GET /v1/jobs/{id} instead) or "
+                 "`database_unavailable`."},
+)  # fmt: skip
 def job_events(job_id: str) -> Response:
-    global _open
     principal = authenticate()
     svc = services()
     _snapshot(svc, job_id, principal.tenant_id)  # 404 for unknown or foreign jobs, before 200
     raw = request.headers.get("Last-Event-ID", "0")
-    last_id = int(raw) if raw.isdigit() else 0
-    with _open_lock:
-        if _open >= svc.settings.max_event_streams:
-            raise ServiceUnavailable(
-                "too many open event streams on this server; poll GET /v1/jobs/{id} instead",
-                code="too_many_streams",
-            )
-        _open += 1
+    last_id = int(raw) if raw.isascii() and raw.isdigit() else 0
+    slots.acquire(
+        svc.settings.max_long_requests,
+        code="too_many_streams",
+        message="too many open event streams on this server; poll GET /v1/jobs/{id} instead",
+    )
     return Response(
         stream_with_context(_stream(svc, job_id, principal.tenant_id, last_id)),
         mimetype="text/event-stream",

@@ -5,19 +5,20 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from flask import Blueprint, Response, request, url_for
 
+from api import openapi
 from api.auth import authenticate
 from api.serialize import etag, job_out, job_outs
 from api.services import services
 from api.signing import verify
 from api.submission import submit
 from api.webhook_events import emitter as webhook_emitter
-from daikon.contract import JobList, JobStatus, WebhookEvent
+from daikon.contract import JobList, JobOut, JobRequest, JobStatus, WebhookEvent
 from daikon.errors import BadRequest, Conflict, InvalidRequest, NotFound, UnsupportedMediaType
 from db import jobs
 from db.session import session_scope
@@ -28,19 +29,64 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1")
 # How soon a poller should come back, by status.
 RETRY_AFTER = {JobStatus.queued: "2", JobStatus.running: "1"}
 
+# Where a returned job's id leads (OpenAPI links).
+JOB_LINKS = {
+    name: openapi.Link(endpoint, {"job_id": "$response.body#/id"})
+    for name, endpoint in [("get", "jobs.get_job"), ("cancel", "jobs.cancel_job"),
+                           ("events", "events.job_events")]
+}  # fmt: skip
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
 
 def json_body() -> dict[str, Any]:
     if not request.is_json:
         raise UnsupportedMediaType("Content-Type must be application/json")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise BadRequest("request body is not valid JSON", code="invalid_json")
+    try:
+        # Strictly JSON: Python's NaN and Infinity would be stored and answered as invalid JSON,
+        # and deep nesting raises RecursionError, which is not a ValueError.
+        body = json.loads(request.get_data(cache=True), parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        raise BadRequest("request body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json")
+    if _has_nul(body):
+        raise BadRequest("request body contains a NUL character (\\u0000)", code="invalid_json")
     return body
 
 
+def _has_nul(value: Any) -> bool:
+    """PostgreSQL stores no NUL in text or JSONB: refuse it here rather than fail there."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 @bp.post("/jobs")
+@openapi.operation(
+    "Submit a job", tags=["jobs"], body=JobRequest,
+    params=[openapi.header("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 255},
+                           "Retrying with the same key and body answers the same job again.")],
+    responses={
+        202: openapi.Reply("Created and queued.", JobOut, headers={"Location": True},
+                           links=JOB_LINKS),
+        200: openapi.Reply("A retry with an earlier Idempotency-Key: the job it created.", JobOut,
+                           headers={"Location": True, "Idempotent-Replayed": True},
+                           links=JOB_LINKS),
+    },
+    errors={
+        409: "`idempotency_key_reused`: the Idempotency-Key came with a different body.",
+        429: "`rate_limited` (DAIKON_TENANT_SUBMITS_PER_MINUTE) or `too_many_active_jobs` "
+             "(DAIKON_TENANT_MAX_ACTIVE_JOBS); retry after `Retry-After` seconds.",
+        503: "`queue_unavailable` (nothing was created; retry) or `database_unavailable`.",
+    },
+)  # fmt: skip
 def create_job() -> Any:
     principal = authenticate()
     svc = services()
@@ -56,6 +102,17 @@ def create_job() -> Any:
 
 
 @bp.get("/jobs/<job_id>")
+@openapi.operation(
+    "Get a job", tags=["jobs"],
+    params=[openapi.header("If-None-Match", {"type": "string"},
+                           "An ETag from an earlier answer: 304 while the job is unchanged.")],
+    responses={
+        200: openapi.Reply("The job.", JobOut, headers={"ETag": True, "Cache-Control": True,
+                                                        "Retry-After": False}),
+        304: openapi.Reply("Unchanged since the ETag sent.", media_type=None,
+                           headers={"ETag": True, "Retry-After": False}),
+    },
+)  # fmt: skip
 def get_job(job_id: str) -> Any:
     principal = authenticate()
     svc = services()
@@ -74,7 +131,10 @@ def get_job(job_id: str) -> Any:
 def _cursor_decode(raw: str) -> tuple[datetime, str]:
     try:
         at, job_id = json.loads(base64.urlsafe_b64decode(raw.encode() + b"=="))
-        return datetime.fromisoformat(at), str(job_id)
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError("no time zone")
+        return when.astimezone(UTC), str(job_id)  # OverflowError near year 1 or 9999
     except Exception as e:
         raise InvalidRequest("cursor is not one this API returned", param="cursor") from e
 
@@ -104,6 +164,10 @@ def _list_filter(tenant_id: str) -> jobs.ListFilter:
                                  param="created_after") from e  # fmt: skip
         if created_after.tzinfo is None:
             raise InvalidRequest("created_after needs a time zone (e.g. Z)", param="created_after")
+        try:
+            created_after = created_after.astimezone(UTC)
+        except OverflowError as e:  # 0001-01-01T00:00+01:00 is before the year 1 in UTC
+            raise InvalidRequest("created_after is out of range", param="created_after") from e
     cursor = args.get("cursor")
     return jobs.ListFilter(
         tenant_id=tenant_id,
@@ -115,12 +179,25 @@ def _list_filter(tenant_id: str) -> jobs.ListFilter:
 
 
 @bp.get("/jobs")
+@openapi.operation(
+    "List jobs, newest first", tags=["jobs"],
+    params=[
+        openapi.query("status", {"type": "string", "enum": [s.value for s in JobStatus]}),
+        openapi.query("model", {"type": "string"}, "Only jobs of this model."),
+        openapi.query("created_after", {"type": "string", "format": "date-time"},
+                      "Only jobs created after this time (with a time zone)."),
+        openapi.query("limit", lambda s: {"type": "integer", "minimum": 1,
+                                          "maximum": s.list_limit_max, "default": 20}),
+        openapi.query("cursor", {"type": "string"}, "`next_cursor` of the previous page."),
+    ],
+    responses={200: JobList}, errors=[422],
+)  # fmt: skip
 def list_jobs() -> Any:
     principal = authenticate()
     svc = services()
     raw = request.args.get("limit", "20")
     limit_max = svc.settings.list_limit_max
-    if not raw.isdigit() or not (1 <= int(raw) <= limit_max):
+    if not (raw.isascii() and raw.isdigit()) or not (1 <= int(raw) <= limit_max):
         raise InvalidRequest(f"limit must be an integer between 1 and {limit_max}", param="limit")
     limit = int(raw)
     where = _list_filter(principal.tenant_id)
@@ -136,6 +213,10 @@ def list_jobs() -> Any:
 
 
 @bp.post("/jobs/<job_id>/cancel")
+@openapi.operation(
+    "Cancel a job", tags=["jobs"], responses={200: JobOut},
+    errors={409: "`job_finished`: the job already succeeded or failed."},
+)  # fmt: skip
 def cancel_job(job_id: str) -> Any:
     """queued or running -> canceled, at once and exactly once; the worker stops at its next
     denoising step. Canceling a canceled job is a no-op; a finished one is a conflict."""
@@ -169,12 +250,24 @@ def cancel_job(job_id: str) -> Any:
 
 
 @bp.get("/jobs/<job_id>/images/<int:rank>")
+@openapi.operation(
+    "Get an image (signed URL)", tags=["jobs"], auth=None,
+    params=[openapi.query("expires", {"type": "integer"}, "From the signed URL.", required=True),
+            openapi.query("sig", {"type": "string"}, "From the signed URL.", required=True)],
+    responses={200: openapi.Reply("The image.", media_type="image/png",
+                                  schema={"type": "string", "format": "binary"},
+                                  headers={"Cache-Control": True})},
+    errors={404: "`not_found`: no such image, or the signature is wrong or expired.",
+            503: ""},
+)  # fmt: skip
 def get_image(job_id: str, rank: int) -> Response:
     """Open to whoever holds the signed URL (as with S3 presigned URLs), no API key needed."""
     svc = services()
     expires = request.args.get("expires", "")
     signature = request.args.get("sig", "")
-    if not (expires.isdigit() and verify(svc.signing_key, job_id, rank, int(expires), signature)):
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    number = expires.isascii() and expires.isdigit()
+    if not (number and verify(svc.signing_key, job_id, rank, int(expires), signature)):
         # Same answer as for a missing image: a job id alone reveals nothing.
         raise NotFound(f"image {rank} of job {job_id!r} not found (or the URL expired)")
     with session_scope(svc.sessions) as session:

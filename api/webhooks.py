@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import openapi
 from api.auth import authenticate, require_admin
 from api.jobs import json_body
 from api.services import services
@@ -85,6 +86,11 @@ def delivery_out(d: WebhookDelivery) -> DeliveryOut:
 
 
 @bp.post("/webhooks/secret")
+@openapi.operation(
+    "Make or rotate the webhook signing secret", tags=["webhooks"], body=SecretCreate,
+    responses={201: openapi.Reply("The new secret: the only response that shows it.", SecretOut,
+                                  headers={"Cache-Control": True})},
+)  # fmt: skip
 def create_secret() -> Any:
     principal = authenticate()
     svc = services()
@@ -102,6 +108,10 @@ def create_secret() -> Any:
 
 
 @bp.get("/jobs/<job_id>/webhooks")
+@openapi.operation(
+    "List a job's webhook deliveries and their attempts", tags=["webhooks"],
+    responses={200: DeliveryList},
+)  # fmt: skip
 def list_deliveries(job_id: str) -> Any:
     principal = authenticate()
     svc = services()
@@ -112,6 +122,11 @@ def list_deliveries(job_id: str) -> Any:
 
 
 @bp.post("/admin/webhooks/<delivery_id>/redeliver")
+@openapi.operation(
+    "Redeliver a webhook (same webhook-id)", tags=["admin", "webhooks"], auth="admin",
+    responses={202: openapi.Reply("Scheduled now.", DeliveryOut)},
+    errors={409: "`delivery_in_flight`: an attempt is being sent right now; retry shortly."},
+)  # fmt: skip
 def redeliver(delivery_id: str) -> Any:
     require_admin()
     svc = services()

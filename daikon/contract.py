@@ -104,7 +104,7 @@ class JobRequest(BaseModel):
         # Strict mode would refuse plain JSON strings for the enum: convert, naming bad ones.
         if isinstance(v, list):
             known = {e.value: e for e in WebhookEvent}
-            bad = [x for x in v if x not in known]
+            bad = [x for x in v if not isinstance(x, str) or x not in known]
             if bad:
                 raise ValueError(f"unknown events {bad}; known: {sorted(known)}")
             return [known[x] for x in v]

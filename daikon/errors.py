@@ -22,6 +22,18 @@ class InvalidRequest(DaikonError):
     code = "invalid_request"
 
 
+class Unauthenticated(DaikonError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(DaikonError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
 class NotFound(DaikonError):
     status = 404
     type = "not_found_error"

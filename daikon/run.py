@@ -155,8 +155,7 @@ def main() -> int:
                     "-A",
                     "worker.main",
                     "worker",
-                    # No --queues: it would replace the per-model queues worker/main.py
-                    # subscribes to (DAIKON_WORKER_MODELS), and no job would ever be taken.
+                    # No --queues: the worker consumes its models' queues (worker/main.py).
                     "--concurrency",
                     str(settings.worker_concurrency),
                     "--loglevel",

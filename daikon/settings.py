@@ -71,9 +71,9 @@ class Settings(BaseSettings):
     idempotency_hours: int = Field(24, ge=1)
     max_metadata_bytes: int = Field(16 * 1024, ge=0)
     cors_origins: str = ""  # comma-separated; "*" for any; empty = CORS off
-    # Event streams per API process; kept below the server's threads so streams can never
-    # take every thread and starve ordinary requests.
-    max_event_streams: int = Field(100, ge=1)
+    # Requests that hold a thread for long (event streams, OpenAI-route waits), per API process;
+    # kept below the server's threads so they can never starve ordinary requests.
+    max_long_requests: int = Field(100, ge=1)
     event_stream_max_seconds: int = Field(3600, ge=5)
     openai_wait_seconds: float = Field(60.0, ge=0)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session
 
@@ -65,6 +66,20 @@ def queue_name(redis_url: str) -> Iterator[str]:
 @pytest.fixture
 def redis_client(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
+
+
+def authed(app: Flask, key: str | None = ADMIN_KEY) -> FlaskClient:
+    """A test client that sends `key` as its Bearer key (none when `key` is None)."""
+    client = app.test_client()
+    if key is not None:
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """The admin's client for the module's `app` fixture."""
+    return authed(app)
 
 
 @pytest.fixture

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 import requests
 from alembic import command
 from alembic.config import Config
 from werkzeug.serving import make_server
 
 from api import create_app
+from daikon import stage_metrics
 from daikon.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +159,16 @@ class Stack:
             time.sleep(0.1)
 
 
+def forget_redis_state(settings: Settings) -> None:
+    """Delete what a stack's queue left in the shared Redis: its broker lists (every model and
+    priority) and its stage-time histograms."""
+    client = redis.Redis.from_url(settings.redis_url)
+    for pattern in (f"{settings.queue}*", stage_metrics.stage_key(settings.queue, "*")):
+        for key in client.scan_iter(pattern):
+            client.delete(key)
+    client.close()
+
+
 @contextmanager
 def running_stack(settings: Settings, log_dir: Path) -> Iterator[Stack]:
     """Migrate, start a worker process and serve the API on a free port; stop both after."""
@@ -175,3 +187,4 @@ def running_stack(settings: Settings, log_dir: Path) -> Iterator[Stack]:
         http.close()
         server.shutdown()
         worker.stop()
+        forget_redis_state(settings)

@@ -29,13 +29,6 @@ def app(make_app) -> Flask:  # type: ignore[no-untyped-def]
     return make_app(max_body_bytes=4096)
 
 
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_KEY}"
-    return client
-
-
 def job_count(app: Flask) -> int:
     with session_scope(app.extensions["daikon"].sessions) as s:
         return int(s.scalar(select(func.count()).select_from(Job)) or 0)
@@ -184,3 +177,23 @@ def test_the_api_starts_and_answers_while_s3_is_unreachable(tmp_path: Path) -> N
 
 def test_healthz(client: FlaskClient) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/v1/jobs", {**VALID, "prompt": "a red\u0000circle"}),
+        ("post", "/v1/jobs", {**VALID, "metadata": {"note\u0000": "x"}}),
+        ("get", "/v1/jobs/abc%00def", None),
+        ("get", "/v1/jobs?model=a%00b", None),
+    ],
+)
+def test_nul_characters_are_refused_before_they_reach_postgresql(  # type: ignore[no-untyped-def]
+    make_app, postgres_url, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    app = make_app(database_url=postgres_url)
+    c = app.test_client()
+    r = getattr(c, method)(path, json=body, headers=AUTH)
+    assert r.status_code == 400, r.get_json()
+    assert "NUL character" in r.get_json()["error"]["message"]
+    assert c.get("/v1/jobs", headers=AUTH).status_code == 200

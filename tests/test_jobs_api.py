@@ -15,7 +15,7 @@ from sqlalchemy import update
 from db import jobs
 from db.models import Job
 from db.session import session_scope
-from tests.conftest import ADMIN_KEY
+from tests.conftest import authed
 from tests.test_api import job_count, queued_job_ids, queued_messages
 
 BODY = {"prompt": "a red circle", "steps": 2, "candidates": 2, "top_k": 1, "seed": 1}
@@ -24,12 +24,6 @@ BODY = {"prompt": "a red circle", "steps": 2, "candidates": 2, "top_k": 1, "seed
 @pytest.fixture
 def app(make_app) -> Flask:  # type: ignore[no-untyped-def]
     return make_app()
-
-
-def authed(app: Flask, key: str = ADMIN_KEY) -> FlaskClient:
-    c = app.test_client()
-    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
-    return c
 
 
 def submit(c: FlaskClient, **body: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ def gunicorn(tmp_path: Path, redis_url: str, tiny_models, queue_name: str) -> It
     # No worker serves this queue: jobs stay queued, so their streams stay open.
     settings = settings_for(tmp_path, redis_url, tiny_models, queue=queue_name)
     migrate(settings.sqlalchemy_url)
-    env = {**os.environ, **settings_env(settings), "DAIKON_MAX_EVENT_STREAMS": str(STREAMS)}
+    env = {**os.environ, **settings_env(settings), "DAIKON_MAX_LONG_REQUESTS": str(STREAMS)}
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy import select
 
@@ -16,7 +15,7 @@ from api import signing
 from db import jobs, tenants
 from db.models import ApiKey
 from db.session import session_scope
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, authed
 from tests.factories import image
 
 BODY = {"prompt": "a red circle", "steps": 2, "candidates": 1, "top_k": 1}
@@ -27,15 +26,8 @@ def app(make_app) -> Flask:  # type: ignore[no-untyped-def]
     return make_app()
 
 
-def client(app: Flask, key: str | None) -> FlaskClient:
-    c = app.test_client()
-    if key is not None:
-        c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
-    return c
-
-
 def new_tenant(app: Flask, name: str, *, admin: bool = False) -> tuple[str, dict[str, Any]]:
-    root = client(app, ADMIN_KEY)
+    root = authed(app, ADMIN_KEY)
     tenant = root.post("/v1/admin/tenants", json={"name": name})
     assert tenant.status_code == 201, tenant.get_json()
     key = root.post(f"/v1/admin/tenants/{tenant.get_json()['id']}/keys",
@@ -59,7 +51,7 @@ def test_admin_creates_tenants_and_a_key_is_shown_only_once(app: Flask) -> None:
     secret = created["key"]
     assert secret.startswith("dk_") and created["prefix"] == secret[:10]
     assert created["admin"] is False and created["revoked_at"] is None
-    root = client(app, ADMIN_KEY)
+    root = authed(app, ADMIN_KEY)
     listed = root.get(f"/v1/admin/tenants/{tenant_id}/keys").get_json()["keys"]
     assert [k["id"] for k in listed] == [created["id"]]
     assert "key" not in listed[0]
@@ -69,11 +61,11 @@ def test_admin_creates_tenants_and_a_key_is_shown_only_once(app: Flask) -> None:
         row = s.scalars(select(ApiKey).where(ApiKey.id == created["id"])).one()
         assert row.key_hash == tenants.hash_key(secret)
         assert secret not in repr([getattr(row, c.key) for c in ApiKey.__table__.columns])
-    assert client(app, secret).get("/v1/jobs").status_code == 200
+    assert authed(app, secret).get("/v1/jobs").status_code == 200
 
 
 def test_admin_input_errors(app: Flask) -> None:
-    root = client(app, ADMIN_KEY)
+    root = authed(app, ADMIN_KEY)
     new_tenant(app, "dupe")
     r = root.post("/v1/admin/tenants", json={"name": "dupe"})
     assert r.status_code == 409 and r.get_json()["error"]["code"] == "tenant_exists"
@@ -86,19 +78,19 @@ def test_admin_input_errors(app: Flask) -> None:
 
 def test_tenant_keys_get_403_on_admin_endpoints(app: Flask) -> None:
     _, key = new_tenant(app, "plain")
-    c = client(app, key["key"])
+    c = authed(app, key["key"])
     for method, path in [("get", "/v1/admin/tenants"), ("post", "/v1/admin/tenants"),
                          ("delete", f"/v1/admin/keys/{key['id']}")]:  # fmt: skip
         r = getattr(c, method)(path, json={"name": "x"} if method == "post" else None)
         assert r.status_code == 403 and r.get_json()["error"]["type"] == "permission_error"
     _, admin_key = new_tenant(app, "ops", admin=True)
-    assert client(app, admin_key["key"]).get("/v1/admin/tenants").status_code == 200
+    assert authed(app, admin_key["key"]).get("/v1/admin/tenants").status_code == 200
 
 
 def test_a_tenant_sees_and_touches_only_its_own_jobs(app: Flask) -> None:
     _, a = new_tenant(app, "tenant-a")
     _, b = new_tenant(app, "tenant-b")
-    alice, bob = client(app, a["key"]), client(app, b["key"])
+    alice, bob = authed(app, a["key"]), authed(app, b["key"])
     job = alice.post("/v1/jobs", json=BODY).get_json()
     for path, method in [(f"/v1/jobs/{job['id']}", "get"), (f"/v1/jobs/{job['id']}/cancel", "post"),
                          (f"/v1/jobs/{job['id']}/events", "get")]:  # fmt: skip
@@ -113,12 +105,12 @@ def test_a_tenant_sees_and_touches_only_its_own_jobs(app: Flask) -> None:
 
 def test_a_revoked_key_stops_working_at_once(app: Flask) -> None:
     tenant_id, first = new_tenant(app, "rev")
-    second = client(app, ADMIN_KEY).post(f"/v1/admin/tenants/{tenant_id}/keys", json={})
-    assert client(app, first["key"]).get("/v1/jobs").status_code == 200
-    r = client(app, ADMIN_KEY).delete(f"/v1/admin/keys/{first['id']}")
+    second = authed(app, ADMIN_KEY).post(f"/v1/admin/tenants/{tenant_id}/keys", json={})
+    assert authed(app, first["key"]).get("/v1/jobs").status_code == 200
+    r = authed(app, ADMIN_KEY).delete(f"/v1/admin/keys/{first['id']}")
     assert r.status_code == 200 and r.get_json()["revoked_at"] is not None
-    assert client(app, first["key"]).get("/v1/jobs").status_code == 401
-    assert client(app, second.get_json()["key"]).get("/v1/jobs").status_code == 200
+    assert authed(app, first["key"]).get("/v1/jobs").status_code == 401
+    assert authed(app, second.get_json()["key"]).get("/v1/jobs").status_code == 200
 
 
 def test_image_urls_are_signed_and_open_only_with_their_signature(app: Flask) -> None:
@@ -126,7 +118,7 @@ def test_image_urls_are_signed_and_open_only_with_their_signature(app: Flask) ->
     png = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 10, 10)).save(png, format="PNG")
     _, key = new_tenant(app, "pics")
-    owner = client(app, key["key"])
+    owner = authed(app, key["key"])
     job_id = owner.post("/v1/jobs", json=BODY).get_json()["id"]
     svc.store.put(f"{job_id}/rank-1.png", png.getvalue(), "image/png")
     with session_scope(svc.sessions) as s:

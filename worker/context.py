@@ -51,5 +51,6 @@ def executor() -> JobExecutor:
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
         key_prefix=s.s3_prefix if s.storage_backend == "s3" else "",
         live=LiveState(s.redis_url),
+        stage_namespace=s.queue,
         webhooks=job_webhooks(s, store),
     )

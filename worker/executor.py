@@ -18,6 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from daikon import stage_metrics
 from daikon.contract import SEED_MAX, JobParams, WebhookEvent
 from daikon.live import LiveState
 from daikon.storage import ImageStore, image_key
@@ -75,6 +76,8 @@ class JobExecutor:
     worker_name: str
     key_prefix: str = ""
     live: LiveState | None = None  # progress, cancel and change notices (Redis)
+    # Finished jobs' stage timings go to Redis under this name for /metrics; None = not kept.
+    stage_namespace: str | None = None
     webhooks: JobWebhooks | None = None  # job events for webhook receivers
 
     def _webhook(self, session: Session, job_id: str, event: WebhookEvent) -> list[str]:
@@ -104,6 +107,14 @@ class JobExecutor:
 
         return on_step
 
+    def _record_stages(self, job_id: str, metrics: dict[str, float]) -> None:
+        if self.live is None or self.stage_namespace is None:
+            return
+        try:
+            stage_metrics.record(self.live.redis, self.stage_namespace, metrics)
+        except Exception as e:  # a lost sample never fails the job
+            log.warning("stage timings of job %s not recorded: %s", job_id, e)
+
     def run(self, job_id: str) -> Outcome:
         with session_scope(self.sessions) as session:
             job = jobs.claim(session=session, job_id=job_id, worker=self.worker_name)
@@ -120,7 +131,7 @@ class JobExecutor:
         self._send_webhooks(sent)
         started = time.perf_counter()
         try:
-            return self._generate(job_id, params, metrics, attempt, progress)
+            outcome = self._generate(job_id, params, metrics, attempt, progress)
         except JobCanceled:
             log.info("job %s canceled while running; stopped", job_id)
             self._announce(job_id)
@@ -140,9 +151,12 @@ class JobExecutor:
                 sent = self._webhook(session, job_id, WebhookEvent.failed) if failed else []
             self._announce(job_id)
             self._send_webhooks(sent)
+            self._record_stages(job_id, metrics)
             if not isinstance(e, Exception):
                 raise  # SystemExit / KeyboardInterrupt: record, then let the process go
             return Outcome.failed
+        self._record_stages(job_id, metrics)
+        return outcome
 
     def _generate(
         self,

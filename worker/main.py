@@ -8,11 +8,13 @@ which is how one process per GPU is run in production.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from kombu import Queue
 
+from daikon import live, workers
 from daikon.celery_config import make_celery
 from worker import context
 from worker.runtime import get_runtime
@@ -45,7 +47,33 @@ def _preload_in_child(**_: Any) -> None:
 
 @worker_ready.connect
 def _preload_solo(sender: Any = None, **_: Any) -> None:
-    pool = getattr(sender, "pool_cls", None)
+    # The sender is the Consumer; its WorkController knows the pool. Only the solo pool runs
+    # jobs in this (main) process, so only then is this the process to load models into.
+    pool = getattr(getattr(sender, "controller", None), "pool_cls", None)
     name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     if "solo" in str(name):
         _preload()
+
+
+_heartbeat: workers.Heartbeat | None = None
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Announce this worker (the main process) so the API can list who serves which model."""
+    global _heartbeat
+    consumer = getattr(sender, "task_consumer", None)  # what it really consumes, -Q included
+    queues = consumer.queues if consumer is not None else app.conf.task_queues
+    _heartbeat = workers.Heartbeat(
+        live.client(settings.redis_url),
+        hostname=str(getattr(sender, "hostname", "") or socket.gethostname()),
+        models=settings.served_models,
+        queues=sorted(q.name for q in queues),
+    )
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()

@@ -1,0 +1,489 @@
+"""OpenAPI 3.1 for this API, served at `GET /openapi.json` and rendered at `GET /docs`.
+
+Nothing here is written by hand twice: the spec is assembled from the Flask url_map, an
+`@operation(...)` note on each view, and the same pydantic models that validate requests and
+serialise responses. Bounds that come from settings (image sizes, steps, the model names, ...)
+are written into the request schemas for this deployment's settings when the spec is built.
+
+Every route must carry a note (tests/test_openapi.py fails otherwise). A new endpoint:
+
+    @bp.get("/models")
+    @openapi.operation("List the models", tags=["models"], responses={200: ModelList})
+    def list_models() -> Any: ...
+
+What a route can answer follows from the note: `auth="key"` (the default) adds the bearer
+scheme with 401 and 503 (authentication reads the database), `auth="admin"` also 403,
+`auth=None` makes a public route; a JSON `body` adds 400, 413, 415 and 422; a path parameter
+adds 404. Anything else goes in `errors`, with a line saying when.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from importlib import metadata
+from typing import Any, Literal, TypeVar
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, url_for
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from api.errors import ErrorResponse
+from daikon.contract import DEFAULT_PRIORITY, PRIORITY_MAX, SCHEDULERS, SEED_MAX, JobRequest
+from daikon.settings import Settings
+
+log = logging.getLogger("daikon.api")
+REF = "#/components/schemas/{model}"
+ATTR = "__openapi__"
+SKIP_METHODS = frozenset({"HEAD", "OPTIONS"})  # answered by Flask for every route
+View = TypeVar("View", bound=Callable[..., Any])
+Auth = Literal["key", "admin"] | None
+
+# Swagger UI from a CDN, pinned, with subresource integrity (hashes of the npm package's files).
+SWAGGER_UI = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.35.0"
+SWAGGER_UI_CSS_SRI = "sha384-WlYgdmXYOOBWL5apwjDEZwN+U3HmXSSu5R6V5aGxEcf7z+KuRNwBhoxKVN1i3D5I"
+SWAGGER_UI_JS_SRI = "sha384-gjRm0bEPMeTmMh5jT2cHccIwCUZSTd8YC+j0d0sXw0MdGEfScduGpSyF3ZSSLkX9"
+
+# When each error status happens, unless a route says more precisely.
+ERROR_WHEN: dict[int, str] = {
+    400: "`invalid_json`: the body is not valid JSON, or not a JSON object; `bad_request`: a NUL "
+    "character in the path, query, headers or body (PostgreSQL stores none).",
+    401: "`invalid_api_key`: no API key, or an unknown or revoked one.",
+    403: "`forbidden`: this endpoint needs an admin key.",
+    404: "`not_found`: nothing here (or it belongs to another tenant).",
+    405: "`method_not_allowed`: the path exists but not with this method; `Allow` lists those "
+    "that do.",
+    409: "`conflict`: the request conflicts with the resource's state.",
+    413: "`request_entity_too_large`: the body is larger than DAIKON_MAX_BODY_BYTES.",
+    415: "`unsupported_media_type`: the Content-Type is not application/json.",
+    422: "`invalid_request`: a field, parameter or header is missing, unknown, of the wrong type "
+    "or out of bounds; `param` names the first one.",
+    429: "`rate_limited`: too many requests; retry after `Retry-After` seconds.",
+    503: "`database_unavailable`: the database cannot be reached; retry shortly.",
+}
+
+# Response headers, shared through components/headers.
+HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ETag": ("The job's version: send it back in `If-None-Match`.", {"type": "string"}),
+    "Location": ("The path of the job.", {"type": "string"}),
+    "Retry-After": ("Seconds to wait before polling or retrying.", {"type": "integer"}),
+    "Cache-Control": ("Caching rules for this response.", {"type": "string"}),
+    "Idempotent-Replayed": (
+        "`true`: this answers an earlier request with the same `Idempotency-Key`.",
+        {"type": "string", "enum": ["true"]},
+    ),
+    "WWW-Authenticate": ("The authentication scheme: `Bearer`.", {"type": "string"}),
+    "Allow": ("The methods this path answers.", {"type": "string"}),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query or header parameter. `schema` may depend on the settings."""
+
+    name: str
+    location: Literal["query", "header"]
+    schema: Mapping[str, Any] | Callable[[Settings], Mapping[str, Any]]
+    description: str = ""
+    required: bool = False
+
+
+def query(name: str, schema: Any, description: str = "", *, required: bool = False) -> Param:
+    return Param(name, "query", schema, description, required)
+
+
+def header(name: str, schema: Any, description: str = "", *, required: bool = False) -> Param:
+    return Param(name, "header", schema, description, required)
+
+
+@dataclass(frozen=True)
+class Link:
+    """A value of this response that an operation takes as a path parameter."""
+
+    operation_id: str  # the endpoint name, e.g. "jobs.get_job"
+    parameters: Mapping[str, str]  # e.g. {"job_id": "$response.body#/id"}
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One documented response. `model` for JSON from pydantic; `schema` for anything else;
+    `media_type=None` for no body. `headers` maps a name from HEADERS to whether it is always
+    sent."""
+
+    description: str
+    model: type[BaseModel] | None = None
+    media_type: str | None = "application/json"
+    schema: Mapping[str, Any] | None = None
+    headers: Mapping[str, bool] = field(default_factory=dict)
+    links: Mapping[str, Link] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    responses: Mapping[int, Reply]
+    tags: tuple[str, ...] = ()
+    auth: Auth = "key"
+    body: type[BaseModel] | None = None
+    params: tuple[Param, ...] = ()
+    errors: Mapping[int, str] = field(default_factory=dict)
+    description: str | None = None
+
+
+HIDDEN = Operation(summary="", responses={})
+
+
+def operation(
+    summary: str,
+    *,
+    responses: Mapping[int, Reply | type[BaseModel]],
+    tags: Iterable[str] = (),
+    auth: Auth = "key",
+    body: type[BaseModel] | None = None,
+    params: Iterable[Param] = (),
+    errors: Iterable[int] | Mapping[int, str] = (),
+    description: str | None = None,
+) -> Callable[[View], View]:
+    """Document a view. `responses` are the successes (a model stands for a JSON reply);
+    `errors` the statuses the note cannot infer, each with a line on when (or a bare status for
+    the stock line). The description defaults to the view's docstring."""
+    replies = {
+        int(status): r if isinstance(r, Reply) else Reply(HTTPStatus(status).phrase, model=r)
+        for status, r in responses.items()
+    }
+    when = dict(errors) if isinstance(errors, Mapping) else {int(s): "" for s in errors}
+    op = Operation(
+        summary=summary, responses=replies, tags=tuple(tags), auth=auth, body=body,
+        params=tuple(params), errors=when, description=description,
+    )  # fmt: skip
+
+    def attach(view: View) -> View:
+        setattr(view, ATTR, op)
+        return view
+
+    return attach
+
+
+def hidden(view: View) -> View:
+    """Left out of the spec on purpose (the spec and docs routes themselves)."""
+    setattr(view, ATTR, HIDDEN)
+    return view
+
+
+# --- settings-driven bounds -----------------------------------------------------------------
+
+SchemaPatch = Callable[[dict[str, Any], Settings], None]
+_BOUNDS: dict[type[BaseModel], SchemaPatch] = {}
+
+
+def bounds(model: type[BaseModel]) -> Callable[[SchemaPatch], SchemaPatch]:
+    """Register a function that writes the settings' bounds into `model`'s request schema."""
+
+    def register(patch: SchemaPatch) -> SchemaPatch:
+        _BOUNDS[model] = patch
+        return patch
+
+    return register
+
+
+def non_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """The non-null branch of an optional property's schema (or the property itself)."""
+    for branch in prop.get("anyOf", ()):
+        if branch.get("type") != "null":
+            return branch  # type: ignore[no-any-return]
+    return prop
+
+
+@bounds(JobRequest)
+def _job_request_bounds(schema: dict[str, Any], s: Settings) -> None:
+    """What JobRequest's validators check against the settings, as JSON Schema. Two checks do
+    not fit one property and stay in the descriptions: top_k <= candidates, and the metadata's
+    size as JSON."""
+    props = schema["properties"]
+
+    def bound(name: str, default: Any = None, **keywords: Any) -> None:
+        non_null(props[name]).update(keywords)
+        if default is not None:
+            props[name]["default"] = default
+
+    bound("prompt", minLength=1, maxLength=s.max_prompt_chars, pattern=r"\S")
+    bound("negative_prompt", maxLength=s.max_prompt_chars)
+    size = {"minimum": s.min_size, "maximum": s.max_size, "multipleOf": 8}
+    bound("width", s.default_width, **size)
+    bound("height", s.default_height, **size)
+    bound("steps", s.default_steps, minimum=1, maximum=s.max_steps)
+    bound("guidance_scale", s.default_guidance_scale, minimum=0, maximum=s.max_guidance_scale)
+    bound("candidates", s.default_candidates, minimum=1, maximum=s.max_candidates)
+    bound("top_k", min(s.default_top_k, s.default_candidates), minimum=1,
+          maximum=s.max_candidates)  # fmt: skip
+    bound("seed", minimum=0, maximum=SEED_MAX)
+    bound("model", s.default_model_name, enum=sorted(s.model_specs))
+    bound("scheduler", enum=[*SCHEDULERS, *SCHEDULERS.values()])
+    bound("priority", DEFAULT_PRIORITY, minimum=0, maximum=PRIORITY_MAX)
+    bound("webhook_url", maxLength=2048, format="uri", pattern="^https?://")
+    props["metadata"]["description"] += f" At most {s.max_metadata_bytes} bytes as JSON."
+
+
+# --- assembling the spec --------------------------------------------------------------------
+
+_PATH_ARG = re.compile(r"<(?:(?P<conv>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
+_CONVERTERS: dict[str, dict[str, Any]] = {
+    "int": {"type": "integer", "minimum": 0},
+    "float": {"type": "number", "minimum": 0},
+    "uuid": {"type": "string", "format": "uuid"},
+    "path": {"type": "string", "minLength": 1},
+    "default": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+}
+
+
+def openapi_path(rule: str) -> tuple[str, list[dict[str, Any]]]:
+    """A Flask rule as an OpenAPI path, with its path parameters."""
+    params = [
+        {
+            "name": m["name"],
+            "in": "path",
+            "required": True,
+            "schema": dict(_CONVERTERS.get(m["conv"] or "default", _CONVERTERS["default"])),
+        }
+        for m in _PATH_ARG.finditer(rule)
+    ]
+    return _PATH_ARG.sub(lambda m: "{" + m["name"] + "}", rule), params
+
+
+def documented_routes(app: Flask) -> list[tuple[str, str, str, Operation]]:
+    """(rule, method, endpoint, note) for each documented route and method, in path order."""
+    found = []
+    for rule in app.url_map.iter_rules():
+        op = getattr(app.view_functions.get(rule.endpoint), ATTR, None)
+        if op is None or op is HIDDEN:
+            continue
+        for method in sorted((rule.methods or set()) - SKIP_METHODS):
+            found.append((rule.rule, method, rule.endpoint, op))
+    return sorted(found, key=lambda r: (r[0], r[1]))
+
+
+def undocumented_routes(app: Flask) -> list[str]:
+    """Routes without an `@operation` (nor `@hidden`): each is a gap in the spec."""
+    return sorted(
+        f"{' '.join(sorted((rule.methods or set()) - SKIP_METHODS))} {rule.rule}"
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        and getattr(app.view_functions.get(rule.endpoint), ATTR, None) is None
+    )
+
+
+def _error_statuses(op: Operation, has_path_params: bool) -> dict[int, str]:
+    inferred: set[int] = {400}  # every route refuses NUL characters (api/errors.py)
+    if op.auth is not None:
+        inferred |= {401, 503}
+    if op.auth == "admin":
+        inferred.add(403)
+    if op.body is not None:
+        inferred |= {400, 413, 415, 422}
+    if has_path_params:
+        inferred.add(404)
+    when = {s: ERROR_WHEN.get(s, HTTPStatus(s).phrase) for s in inferred}
+    when.update(
+        {s: text or ERROR_WHEN.get(s, HTTPStatus(s).phrase) for s, text in op.errors.items()}
+    )
+    return dict(sorted(when.items()))
+
+
+def _header_refs(headers: Mapping[str, bool]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, always in headers.items():
+        ref = {"$ref": f"#/components/headers/{name}"}
+        # A reference takes no siblings in 3.1 headers: a header sent always is inlined.
+        out[name] = {**_header(name), "required": True} if always else ref
+    return out
+
+
+def _header(name: str) -> dict[str, Any]:
+    description, schema = HEADERS[name]
+    return {"description": description, "schema": schema}
+
+
+def _models(routes: list[tuple[str, str, str, Operation]]) -> list[tuple[type[BaseModel], Any]]:
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
+    for *_, op in routes:
+        if op.body is not None:
+            wanted.append((op.body, "validation"))
+        wanted.extend((r.model, "serialization") for r in op.responses.values() if r.model)
+    return list(dict.fromkeys(wanted))
+
+
+def build_spec(app: Flask) -> dict[str, Any]:
+    settings: Settings = app.extensions["daikon"].settings
+    routes = documented_routes(app)
+    for gap in undocumented_routes(app):
+        log.warning("route %s has no @openapi.operation: it is missing from the spec", gap)
+    refs, defs = models_json_schema(_models(routes), ref_template=REF)
+    schemas: dict[str, Any] = defs.get("$defs", {})
+    for model, patch in _BOUNDS.items():
+        if (model, "validation") in refs:
+            patch(schemas[refs[model, "validation"]["$ref"].rsplit("/", 1)[1]], settings)
+    error_ref = refs[ErrorResponse, "serialization"]
+
+    paths: dict[str, dict[str, Any]] = {}
+    for rule, method, endpoint, op in routes:
+        path, path_params = openapi_path(rule)
+        view = app.view_functions[endpoint]
+        methods = [m for r, m, e, _ in routes if e == endpoint and r == rule]
+        out: dict[str, Any] = {
+            "operationId": endpoint if len(methods) == 1 else f"{endpoint}.{method.lower()}",
+            "summary": op.summary,
+        }
+        description = op.description or inspect.getdoc(view)
+        if description:
+            out["description"] = description
+        if op.tags:
+            out["tags"] = list(op.tags)
+        params = path_params + [
+            {
+                "name": p.name,
+                "in": p.location,
+                "required": p.required,
+                "schema": dict(p.schema(settings) if callable(p.schema) else p.schema),
+                **({"description": p.description} if p.description else {}),
+            }
+            for p in op.params
+        ]
+        if params:
+            out["parameters"] = params
+        if op.body is not None:
+            out["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": refs[op.body, "validation"]}},
+            }
+        responses: dict[str, Any] = {}
+        for status, reply in sorted(op.responses.items()):
+            item: dict[str, Any] = {"description": reply.description}
+            if reply.headers:
+                item["headers"] = _header_refs(reply.headers)
+            if reply.media_type is not None:
+                schema = (
+                    refs[reply.model, "serialization"]
+                    if reply.model is not None
+                    else dict(reply.schema or {})
+                )
+                item["content"] = {reply.media_type: {"schema": schema}}
+            if reply.links:
+                item["links"] = {
+                    name: {
+                        "operationId": link.operation_id,
+                        "parameters": dict(link.parameters),
+                        **({"description": link.description} if link.description else {}),
+                    }
+                    for name, link in reply.links.items()
+                }
+            responses[str(status)] = item
+        for status, when in _error_statuses(op, bool(path_params)).items():
+            item = {"description": when, "content": {"application/json": {"schema": error_ref}}}
+            if status == 401:
+                item["headers"] = _header_refs({"WWW-Authenticate": True})
+            elif status == 429:
+                item["headers"] = _header_refs({"Retry-After": True})
+            responses[str(status)] = item
+        out["responses"] = responses
+        out["security"] = [{"bearerAuth": []}] if op.auth is not None else []
+        paths.setdefault(path, {})[method.lower()] = out
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Daikon",
+            "version": _version(),
+            "description": INFO,
+        },
+        **({"servers": [{"url": settings.public_url}]} if settings.public_url else {}),
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "headers": {name: _header(name) for name in HEADERS},
+            "responses": {
+                "MethodNotAllowed": {
+                    "description": ERROR_WHEN[405],
+                    "headers": _header_refs({"Allow": True}),
+                    "content": {"application/json": {"schema": error_ref}},
+                }
+            },
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A tenant's API key, or the deployment's DAIKON_ADMIN_KEY.",
+                }
+            },
+        },
+        "security": [{"bearerAuth": []}],
+    }
+
+
+INFO = """Asynchronous text-to-image jobs: submit a job, then poll it, stream its events, or
+receive webhooks; finished jobs carry CLIP-ranked images.
+
+Every error, whatever the status, has one shape: `ErrorResponse`,
+`{"error": {"type", "code", "message", "param"}}`. A path that exists but not with the method
+used answers `405` with an `Allow` header (`#/components/responses/MethodNotAllowed`); an
+unknown path answers `404`.
+
+The bounds in the request schemas are this deployment's settings."""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("daikon")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def spec(app: Flask) -> dict[str, Any]:
+    """The spec of `app`, built once (settings are frozen and routes are fixed by then)."""
+    built: dict[str, Any] | None = app.extensions.get("daikon.openapi")
+    if built is None:
+        built = app.extensions["daikon.openapi"] = build_spec(app)
+    return built
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+bp = Blueprint("openapi", __name__)
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Daikon API</title>
+<link rel="stylesheet" href="{ui}/swagger-ui.css" integrity="{css_sri}" crossorigin="anonymous">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{ui}/swagger-ui-bundle.js" integrity="{js_sri}" crossorigin="anonymous"></script>
+<script>
+window.ui = SwaggerUIBundle({{url: "{spec_url}", dom_id: "#swagger-ui", deepLinking: true}});
+</script>
+</body>
+</html>
+"""
+
+
+@bp.get("/openapi.json")
+@hidden
+def openapi_json() -> Response:
+    return jsonify(spec(current_app))
+
+
+@bp.get("/docs")
+@hidden
+def docs() -> Response:
+    page = DOCS_PAGE.format(
+        ui=SWAGGER_UI, css_sri=SWAGGER_UI_CSS_SRI, js_sri=SWAGGER_UI_JS_SRI,
+        spec_url=url_for("openapi.openapi_json"),
+    )  # fmt: skip
+    return Response(page, mimetype="text/html")

@@ -80,7 +80,8 @@ def test_make_run_serves_jobs_restarts_a_dead_worker_and_stops_on_ctrl_c(
         assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
 
         # Kill the worker's main process: the launcher restarts it, and work continues.
-        worker_pids = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "-A worker.main "],
+        generation = "celery -A worker[.]main worker"  # not the webhook worker
+        worker_pids = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), generation],
                                      capture_output=True, text=True).stdout.split()  # fmt: skip
         assert worker_pids, "no worker child found"
         os.kill(int(worker_pids[0]), signal.SIGKILL)

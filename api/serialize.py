@@ -13,7 +13,7 @@ from api.services import Services, services
 from daikon.contract import JobOut, JobStatus
 from db import jobs
 from db.job_view import Links, job_object
-from db.models import Job
+from db.models import Job, JobImage
 
 
 def links(svc: Services | None = None) -> Links:
@@ -22,6 +22,11 @@ def links(svc: Services | None = None) -> Links:
     base = svc.settings.public_url.rstrip("/") or request.host_url.rstrip("/")
     return Links(base + request.script_root, svc.store, svc.signing_key,
                  svc.settings.presign_seconds)  # fmt: skip
+
+
+def image_url(job: Job, image: JobImage) -> str:
+    """One image's URL as this request reaches the API."""
+    return links().image_url(job, image)
 
 
 def job_outs(session: Session, rows: Sequence[Job]) -> list[JobOut]:

@@ -172,7 +172,13 @@ class Emitter:
     publish: Callable[[str], None]  # delivery id -> a broker message for the webhook queue
 
     def record(self, session: Session, job: Job, event: WebhookEvent) -> list[str]:
-        delivery_id = record_event(session=session, job=job, event=event, links=self.links)
+        """Inside the state change's transaction. A webhook problem is logged, never allowed
+        to stop the job's own state change."""
+        try:
+            delivery_id = record_event(session=session, job=job, event=event, links=self.links)
+        except Exception:
+            log.exception("webhook %s for job %s not recorded", event.value, job.id)
+            return []
         return [delivery_id] if delivery_id else []
 
     def send(self, delivery_ids: Iterable[str]) -> None:

@@ -371,3 +371,15 @@ def test_a_failed_job_sends_started_and_failed_recorded_with_its_state(
     assert failed["data"]["error"]["code"] == "model_load_failed"
     assert failed["timestamp"] == job.finished_at.isoformat().replace("+00:00", "Z")
     assert WebhookEvent(failed["type"]) is WebhookEvent.failed
+
+
+def test_a_backlog_is_dispatched_in_batches_within_one_tick(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("worker.webhooks.DISPATCH_BATCH", 2)
+    with receiver() as r:
+        lost = {rig.event(r.url()) for _ in range(5)}  # their messages never arrive
+        rig.clock.advance(121)
+        assert set(rig.deliverer.dispatch()) == lost and len(rig.published) == 5
+        assert rig.pump() == [DeliveryStatus.delivered] * 5
+        assert {m.id for m in r.received} == lost

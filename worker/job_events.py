@@ -31,14 +31,8 @@ class JobWebhooks:
     clock: Callable[[], float] = time.monotonic
 
     def record(self, session: Session, job_id: str, event: WebhookEvent) -> list[str]:
-        """Inside the state change's transaction. A webhook problem is logged, never allowed
-        to undo the job's own state change."""
-        try:
-            job = jobs.get(session=session, job_id=job_id)
-            return self.emitter.record(session, job, event)
-        except Exception:
-            log.exception("webhook %s for job %s not recorded", event.value, job_id)
-            return []
+        """Inside the state change's transaction, with the job as it now stands."""
+        return self.emitter.record(session, jobs.get(session=session, job_id=job_id), event)
 
     def send(self, delivery_ids: list[str]) -> None:
         self.emitter.send(delivery_ids)

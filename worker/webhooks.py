@@ -45,6 +45,9 @@ REQUEUE_AFTER = timedelta(minutes=2)
 # An attempt holds its delivery for its timeout plus this; a worker that dies mid-attempt
 # frees it when the lease runs out.
 LEASE_MARGIN = timedelta(seconds=30)
+# Each dispatcher tick publishes at most this many batches of due deliveries.
+DISPATCH_BATCH = 200
+DISPATCH_BATCHES = 25
 
 Publish = Callable[[str, float], None]  # (delivery id, countdown seconds)
 
@@ -114,13 +117,21 @@ class Deliverer:
 
     def dispatch(self) -> list[str]:
         """Publish every due delivery that has no live broker message (a retry whose time has
-        come, or a message lost to a broker or worker restart)."""
-        with session_scope(self.sessions) as session:
-            due = webhooks.take_due(session=session, now=self.clock(),
-                                    requeue_after=REQUEUE_AFTER)  # fmt: skip
-        for delivery_id in due:
-            self._publish(delivery_id, 0.0)
-        return due
+        come, or a message lost to a broker or worker restart), in batches so a backlog after
+        an outage drains at once without one huge transaction."""
+        published: list[str] = []
+        for _ in range(DISPATCH_BATCHES):
+            with session_scope(self.sessions) as session:
+                due = webhooks.take_due(
+                    session=session, now=self.clock(), requeue_after=REQUEUE_AFTER,
+                    limit=DISPATCH_BATCH,
+                )  # fmt: skip
+            for delivery_id in due:
+                self._publish(delivery_id, 0.0)
+            published += due
+            if len(due) < DISPATCH_BATCH:
+                break
+        return published
 
     def progress(self, job_id: str, step: int, total: int, at: datetime) -> DeliveryStatus | None:
         """A job.progress event: one attempt, never retried, dropped once the job has left

@@ -383,3 +383,22 @@ def test_a_backlog_is_dispatched_in_batches_within_one_tick(
         assert set(rig.deliverer.dispatch()) == lost and len(rig.published) == 5
         assert rig.pump() == [DeliveryStatus.delivered] * 5
         assert {m.id for m in r.received} == lost
+
+
+def test_every_loopback_spelling_is_refused_at_delivery_without_a_connection(
+    make_app, queue_name: str
+) -> None:  # type: ignore[no-untyped-def]
+    # Accepted when submitted (an allowlist trusted loopback then); delivered by a worker whose
+    # settings trust nothing.
+    trusting = make_rig(make_app(webhook_queue=f"{queue_name}-wh",
+                                 webhook_allow_hosts="127.0.0.0/8,::1,localhost"))  # fmt: skip
+    strict = make_rig(trusting.app, webhook_allow_hosts="")
+    spellings = ["127.0.0.1", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "127.1",
+                 "[::ffff:127.0.0.1]", "[::1]", "localhost", "LocalHost."]  # fmt: skip
+    with receiver() as r:
+        ids = {h: trusting.event(f"http://{h}:{r.port}/hook") for h in spellings}
+        outcomes = {h: strict.deliverer.deliver(d) for h, d in ids.items()}
+        assert r.connections == 0
+    assert outcomes == dict.fromkeys(spellings, DeliveryStatus.pending)
+    errors = {h: trusting.delivery(d)["attempts"][0]["error"] for h, d in ids.items()}
+    assert all(e.startswith("refused: ") and "loopback" in e for e in errors.values()), errors

@@ -15,11 +15,10 @@ import redis
 from api.auth import Principal
 from api.services import Services
 from api.webhook_events import check_webhook_url
+from daikon.celery_config import publish_job
 from daikon.contract import (
     DEFAULT_PRIORITY,
     DEFAULT_WEBHOOK_EVENTS,
-    PRIORITY_MAX,
-    TASK_GENERATE,
     JobRequest,
 )
 from daikon.errors import Conflict, DaikonError, InvalidRequest, ServiceUnavailable
@@ -122,19 +121,20 @@ def submit(
         except jobs.IdempotencyConflict as race:  # the same key won a concurrent request
             return _replay(race.job, digest, idempotency_key or "")
         job_id, model, priority = job.id, job.model, job.priority
-    # Published after the commit so the worker always finds the row.
+    # Published after the commit so the worker always finds the row (an outbox: should this
+    # process die before `enqueued_at` is set, a worker's sweeper publishes the job again).
     try:
-        svc.celery.send_task(
-            TASK_GENERATE,
-            args=[job_id],
-            queue=settings.queue_for(model),
-            priority=PRIORITY_MAX - priority,  # the Redis transport serves 0 first
-        )
+        publish_job(svc.celery, settings, job_id=job_id, model=model, priority=priority)
     except Exception as e:
         log.error("enqueue of job %s failed: %s", job_id, e)
         with session_scope(svc.sessions) as session:
             jobs.delete(session=session, job_id=job_id)
         raise _queue_unavailable() from e
+    try:
+        with session_scope(svc.sessions) as session:
+            jobs.mark_enqueued(session=session, job_id=job_id)
+    except Exception as e:  # published already: at worst the sweeper publishes it once more
+        log.warning("could not mark job %s published: %s", job_id, e)
     return Submitted(job_id, created=True)
 
 

@@ -67,3 +67,16 @@ def make_celery(settings: Settings, *, main: str = "daikon") -> Celery:
     app = Celery(main)
     app.conf.update(celery_config(settings))
     return app
+
+
+def publish_job(app: Celery, settings: Settings, *, job_id: str, model: str, priority: int) -> None:
+    """Publish a job's message on its model's queue at its priority. Publishing twice is
+    harmless: the claim lets one message run the job and the others find nothing to do."""
+    from daikon.contract import PRIORITY_MAX, TASK_GENERATE
+
+    app.send_task(
+        TASK_GENERATE,
+        args=[job_id],
+        queue=settings.queue_for(model),
+        priority=PRIORITY_MAX - priority,  # the Redis transport serves level 0 first
+    )

@@ -83,6 +83,18 @@ class Settings(BaseSettings):
     # Order matters (see daikon/celery_config.py): hard limit < visibility timeout.
     job_time_limit_seconds: int = Field(1800, ge=10)
     visibility_timeout_seconds: int = Field(3600, ge=20)
+    # A running job holds a lease in the database, renewed by its worker every third of this;
+    # a job whose lease lapsed (its worker died) may be claimed again, up to max_attempts.
+    lease_seconds: int = Field(60, ge=3)
+    max_attempts: int = Field(3, ge=1)
+    # The sweeper's threshold, the last safety net: a job whose message the broker lost is
+    # published again once it has been stuck this long. Must exceed the visibility timeout.
+    stale_job_seconds: int = Field(4000, ge=30)
+    # A job committed but never confirmed published is published again after this.
+    republish_after_seconds: int = Field(30, ge=1)
+    sweep_interval_seconds: float = Field(15.0, gt=0)
+    # How long an upload keeps retrying (with backoff) while storage is down.
+    storage_retry_seconds: float = Field(60.0, ge=0)
 
     # --- webhooks -------------------------------------------------------------------------
     webhook_queue: str = "daikon.webhooks"  # its own queue: a slow receiver never delays jobs
@@ -125,6 +137,11 @@ class Settings(BaseSettings):
         unknown = set(self.served_models) - set(self.model_specs)
         if unknown:
             raise ValueError(f"DAIKON_WORKER_MODELS names unknown models: {sorted(unknown)}")
+        if self.visibility_timeout_seconds >= self.stale_job_seconds:
+            raise ValueError(
+                "DAIKON_VISIBILITY_TIMEOUT_SECONDS must be below DAIKON_STALE_JOB_SECONDS, "
+                "or the sweeper republishes jobs the broker is about to redeliver"
+            )
         if self.job_time_limit_seconds >= self.visibility_timeout_seconds:
             raise ValueError(
                 "DAIKON_JOB_TIME_LIMIT_SECONDS must be below DAIKON_VISIBILITY_TIMEOUT_SECONDS, "

@@ -3,7 +3,7 @@ redelivered messages can never move a job backwards or finish it twice."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -192,20 +192,37 @@ def delete(*, session: Session, job_id: str) -> None:
         session.delete(job)
 
 
-def claim(*, session: Session, job_id: str, worker: str) -> Job | None:
-    """queued -> running, only if still queued. None means someone else has (or had) it."""
+def claim(
+    *,
+    session: Session,
+    job_id: str,
+    worker: str,
+    lease_seconds: float = 60,
+    max_attempts: int | None = None,
+) -> Job | None:
+    """Take the job to run it: queued -> running, or a running job whose lease lapsed (its
+    worker died) or is this worker's own. None means it is not ours to run now."""
     now = utcnow()
+    runnable = or_(
+        Job.status == JobStatus.queued,
+        and_(
+            Job.status == JobStatus.running,
+            or_(Job.lease_expires_at < now, Job.lease_owner == worker),
+        ),
+    )
+    stmt = update(Job).where(Job.id == job_id, runnable)
+    if max_attempts is not None:
+        stmt = stmt.where(Job.attempts < max_attempts)
     result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued)
-        .values(
+        stmt.values(
             status=JobStatus.running,
             started_at=now,
             updated_at=now,
             worker=worker,
+            lease_owner=worker,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
             attempts=Job.attempts + 1,
-        )
-        .execution_options(synchronize_session=False)
+        ).execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
@@ -213,15 +230,93 @@ def claim(*, session: Session, job_id: str, worker: str) -> Job | None:
     return session.get(Job, job_id)
 
 
-def _finish(
-    *, session: Session, job_id: str, status: JobStatus, values: dict[str, Any]
-) -> datetime | None:
+@dataclass(frozen=True)
+class Acquired:
+    """What a delivered message may do with its job."""
+
+    job: Job | None = None  # claimed: run it
+    busy_for: float | None = None  # a live worker holds it: look again in this many seconds
+    gave_up: Job | None = None  # its workers died max_attempts times: now failed
+
+
+def acquire(
+    *,
+    session: Session,
+    job_id: str,
+    worker: str,
+    lease_seconds: float,
+    max_attempts: int,
+    owner_alive: Callable[[str], bool],
+) -> Acquired:
+    """Claim for a delivered message, deciding the cases a bare claim cannot: another live
+    worker runs it (come back later, never run it twice), its worker is known dead (take it
+    at once), or workers died on it too often (a poison input: fail it with the reason)."""
+    for _ in range(2):
+        job = claim(session=session, job_id=job_id, worker=worker,
+                    lease_seconds=lease_seconds, max_attempts=max_attempts)  # fmt: skip
+        if job is not None:
+            return Acquired(job=job)
+        job = session.get(Job, job_id)
+        if job is None or job.status is not JobStatus.running:
+            return Acquired()  # finished, canceled, gone, or queued but used up (see below)
+        now = utcnow()
+        lapsed = job.lease_expires_at is None or job.lease_expires_at < now
+        if not lapsed and job.lease_owner and owner_alive(job.lease_owner):
+            assert job.lease_expires_at is not None
+            return Acquired(busy_for=(job.lease_expires_at - now).total_seconds())
+        if job.attempts >= max_attempts:
+            failed = _finish(
+                session=session, job_id=job_id, status=JobStatus.failed,
+                values={
+                    "error_code": "worker_lost",
+                    "error_message": f"the worker running this job stopped {job.attempts} "
+                    f"times (killed, crashed or out of memory); gave up after {max_attempts} "
+                    "attempts, so this input may be what kills it",
+                },
+                expected_owner=job.lease_owner,
+            )  # fmt: skip
+            session.expire_all()
+            return Acquired(gave_up=session.get(Job, job_id) if failed else None)
+        # Its worker is dead but the lease has not run out: end the lease, then claim.
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == job.lease_owner)
+            .values(lease_expires_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return Acquired()
+
+
+def renew_lease(*, session: Session, job_id: str, worker: str, lease_seconds: float) -> bool:
+    """Extend this worker's lease; False if the job is no longer running under it."""
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.running)
-        .values(status=status, finished_at=now, updated_at=now, **values)
+        .where(Job.id == job_id, Job.status == JobStatus.running, Job.lease_owner == worker)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def _finish(
+    *,
+    session: Session,
+    job_id: str,
+    status: JobStatus,
+    values: dict[str, Any],
+    expected_owner: str | None = None,
+) -> datetime | None:
+    """running -> a terminal status; with `expected_owner`, only under that worker's lease,
+    so a worker that lost its lease can never write results over another's."""
+    now = utcnow()
+    stmt = update(Job).where(Job.id == job_id, Job.status == JobStatus.running)
+    if expected_owner is not None:
+        stmt = stmt.where(Job.lease_owner == expected_owner)
+    result = session.execute(
+        stmt.values(
+            status=status, finished_at=now, updated_at=now, lease_expires_at=None, **values
+        ).execution_options(synchronize_session=False)
     )
     return now if result.rowcount == 1 else None  # type: ignore[attr-defined]
 
@@ -233,14 +328,17 @@ def succeed(
     seed: int,
     images: Sequence[NewImage],
     metrics: dict[str, float],
+    worker: str | None = None,
 ) -> bool:
-    """running -> succeeded with its images, in one transaction. False if no longer running."""
+    """running -> succeeded with its images, in one transaction. False if no longer running
+    (or, given `worker`, no longer under that worker's lease)."""
     if (
         _finish(
             session=session,
             job_id=job_id,
             status=JobStatus.succeeded,
             values={"seed": seed, "metrics": metrics},
+            expected_owner=worker,
         )
         is None
     ):
@@ -251,15 +349,71 @@ def succeed(
 
 
 def fail(
-    *, session: Session, job_id: str, code: str, message: str, metrics: dict[str, float]
+    *,
+    session: Session,
+    job_id: str,
+    code: str,
+    message: str,
+    metrics: dict[str, float],
+    worker: str | None = None,
 ) -> bool:
-    """running -> failed with a reason. False if no longer running."""
+    """running -> failed with a reason. False if no longer running (or not under `worker`)."""
     return (
         _finish(
             session=session,
             job_id=job_id,
             status=JobStatus.failed,
             values={"error_code": code, "error_message": message[:4000], "metrics": metrics},
+            expected_owner=worker,
         )
         is not None
     )
+
+
+# --- outbox and sweeper -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToPublish:
+    job_id: str
+    model: str
+    priority: int
+
+
+def mark_enqueued(*, session: Session, job_id: str) -> None:
+    session.execute(
+        update(Job).where(Job.id == job_id).values(enqueued_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+
+
+def take_for_republish(
+    *, session: Session, unpublished_before: datetime, stale_before: datetime, limit: int = 100
+) -> list[ToPublish]:
+    """Jobs whose message may be lost, each taken by one sweeper only (a conditional UPDATE
+    of `enqueued_at`): queued and never confirmed published; queued and published so long ago
+    the broker must have lost it; running under a lease that lapsed long ago."""
+    candidates = session.execute(
+        select(Job.id, Job.model, Job.priority, Job.enqueued_at)
+        .where(
+            or_(
+                and_(Job.status == JobStatus.queued, Job.enqueued_at.is_(None),
+                     Job.created_at < unpublished_before),
+                and_(Job.status == JobStatus.queued, Job.enqueued_at < stale_before),
+                and_(Job.status == JobStatus.running, Job.lease_expires_at < stale_before,
+                     or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before)),
+            )
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()  # fmt: skip
+    taken = []
+    for job_id, model, priority, seen in candidates:
+        same = Job.enqueued_at.is_(None) if seen is None else Job.enqueued_at == seen
+        result = session.execute(
+            update(Job).where(Job.id == job_id, same).values(enqueued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )  # fmt: skip
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            taken.append(ToPublish(job_id, model, priority))
+    return taken

@@ -123,6 +123,12 @@ class Job(Base):
     webhook_events: Mapped[list[str]] = mapped_column(JSONType, default=list)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # Outbox: set once the job's message is confirmed published; the sweeper publishes again
+    # a queued job that has none after a while (the API died between commit and publish).
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Lease of the worker running the job ("host:pid"), renewed while it runs.
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     images: Mapped[list[JobImage]] = relationship(
         back_populates="job",
@@ -136,6 +142,7 @@ class Job(Base):
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
         Index("ix_jobs_model_status_priority", "model", "status", "priority", "created_at"),
+        Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id_idempotency_key"),
     )
 

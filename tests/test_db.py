@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from daikon.contract import JobStatus
 from daikon.errors import NotFound
 from db import jobs
-from db.models import JobImage
+from db.models import Job, JobImage, utcnow
 from tests.factories import image, make_job
 
 
@@ -92,3 +94,46 @@ def test_delete_removes_the_row(session: Session) -> None:
     session.flush()
     with pytest.raises(NotFound):
         jobs.get(session=session, job_id=job.id)
+
+
+def _age(session: Session, job_id: str, **values: object) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def test_the_sweeper_takes_each_possibly_lost_job_once(session: Session) -> None:
+    now = utcnow()
+    old, ancient = now - timedelta(minutes=5), now - timedelta(hours=3)
+    never_published = make_job(session).id
+    just_submitted = make_job(session).id  # the API may still be publishing it
+    published = make_job(session).id
+    lost_in_broker = make_job(session).id
+    dead_runner = make_job(session).id
+    _age(session, never_published, created_at=old)
+    _age(session, published, created_at=old, enqueued_at=old)
+    _age(session, lost_in_broker, created_at=ancient, enqueued_at=ancient)
+    jobs.claim(session=session, job_id=dead_runner, worker="gone:1", lease_seconds=-7200)
+    _age(session, dead_runner, enqueued_at=ancient)
+
+    def take() -> set[str]:
+        return {t.job_id for t in jobs.take_for_republish(
+            session=session, unpublished_before=now - timedelta(seconds=30),
+            stale_before=now - timedelta(hours=1))}  # fmt: skip
+
+    assert take() == {never_published, lost_in_broker, dead_runner}
+    assert just_submitted not in take() and published not in take()
+    assert take() == set()  # each was taken once: its enqueued_at moved on
+
+
+def test_a_lease_is_renewed_only_by_its_holder(session: Session) -> None:
+    job = make_job(session)
+    jobs.claim(session=session, job_id=job.id, worker="w1", lease_seconds=5)
+    assert jobs.renew_lease(session=session, job_id=job.id, worker="w1", lease_seconds=60)
+    assert not jobs.renew_lease(session=session, job_id=job.id, worker="w2", lease_seconds=60)
+    session.expire_all()
+    left = (jobs.get(session=session, job_id=job.id).lease_expires_at - utcnow()).total_seconds()
+    assert 55 < left <= 60
+    # Results are written only under the lease: another worker's late write is refused.
+    assert not jobs.succeed(session=session, job_id=job.id, seed=1, images=[], metrics={},
+                            worker="w2")  # fmt: skip
+    assert jobs.succeed(session=session, job_id=job.id, seed=1, images=[], metrics={},
+                        worker="w1")  # fmt: skip

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import socket
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daikon.contract import JobStatus
@@ -19,7 +22,7 @@ from db import jobs
 from db.models import Job, JobImage
 from db.session import make_session_factory, session_scope
 from tests.factories import make_job
-from worker.executor import JobExecutor, Outcome
+from worker.executor import JobBusy, JobExecutor, Outcome
 from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker
 from worker.runtime import ModelLoadError, ModelRuntime
@@ -134,13 +137,106 @@ def test_a_model_that_cannot_load_fails_the_job(sessions, store) -> None:  # typ
     )  # fmt: skip
 
 
-def test_a_job_claimed_elsewhere_is_left_alone(sessions, store, runtime) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_running_on_a_live_worker_is_deferred_never_run_twice(  # type: ignore[no-untyped-def]
+    sessions, store, runtime
+) -> None:
     job_id = new_job(sessions)
     with session_scope(sessions) as s:
-        jobs.claim(session=s, job_id=job_id, worker="other-worker")
-    assert executor(sessions, store, runtime).run(job_id) is Outcome.skipped
+        jobs.claim(session=s, job_id=job_id, worker="elsewhere:123", lease_seconds=60)
+    with pytest.raises(JobBusy) as busy:
+        executor(sessions, store, runtime).run(job_id)
+    assert 55 < busy.value.retry_in <= 60  # come back when that lease would have lapsed
     job = load(sessions, job_id)
-    assert (job.status, job.worker, job.attempts) == (JobStatus.running, "other-worker", 1)
+    assert (job.status, job.worker, job.attempts) == (JobStatus.running, "elsewhere:123", 1)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("owner", ["dead-here", "lapsed-elsewhere"])
+def test_a_job_whose_worker_died_is_taken_over(sessions, store, runtime, owner) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job(sessions)
+    with session_scope(sessions) as s:
+        if owner == "dead-here":  # a killed pool process on this host: taken over at once
+            jobs.claim(session=s, job_id=job_id, worker=f"{socket.gethostname()}:{dead_pid()}")
+        else:  # another host: taken over once its lease has lapsed
+            jobs.claim(session=s, job_id=job_id, worker="elsewhere:1", lease_seconds=-1)
+    assert executor(sessions, store, runtime).run(job_id) is Outcome.succeeded
+    job = load(sessions, job_id)
+    assert (job.status, job.worker, job.attempts) == (JobStatus.succeeded, "t", 2)
+    assert len(job.images) == 1
+
+
+def test_a_job_that_keeps_killing_its_worker_fails_after_max_attempts(  # type: ignore[no-untyped-def]
+    sessions, store, runtime
+) -> None:
+    job_id = new_job(sessions)
+    for _ in range(3):  # three workers died on it, one after another
+        with session_scope(sessions) as s:
+            assert jobs.claim(session=s, job_id=job_id, worker=f"{socket.gethostname()}:"
+                              f"{dead_pid()}", lease_seconds=-1) is not None  # fmt: skip
+    assert executor(sessions, store, runtime).run(job_id) is Outcome.failed
+    job = load(sessions, job_id)
+    assert (job.status, job.error_code, job.attempts) == (JobStatus.failed, "worker_lost", 3)
+    assert "stopped 3 times" in (job.error_message or "")
+    assert "gave up after 3 attempts" in (job.error_message or "")
+
+
+def test_a_worker_that_lost_its_lease_writes_nothing(sessions, store, runtime) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job(sessions, candidates=2, top_k=2)
+
+    class TakenOver:
+        def check(self, request: GenerationRequest) -> None:
+            pass
+
+        def generate(self, requests: Sequence[GenerationRequest], **kw: Any) -> Any:
+            images = runtime.generator.generate(requests)
+            with session_scope(sessions) as s:  # meanwhile another worker took the job over
+                s.execute(update(Job).where(Job.id == job_id).values(lease_owner="thief:1"))
+            return images
+
+    rt = ModelRuntime(TakenOver(), runtime.ranker, "cpu", 0.0)  # type: ignore[arg-type]
+    assert executor(sessions, store, rt).run(job_id) is Outcome.superseded
+    job = load(sessions, job_id)
+    assert job.status is JobStatus.running and job.images == []  # left to its new owner
+    assert not list(store.root.rglob("*.png"))
+
+
+class FlakyStore(LocalStore):
+    """Refuses the first `failures` uploads, as a storage outage would."""
+
+    def __init__(self, root: Path, failures: int):
+        super().__init__(root)
+        self.failures = failures
+        self.calls = 0
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise StorageError("connection refused (on purpose)")
+        super().put(key, data, content_type)
+
+
+def test_uploads_retry_through_a_storage_outage(sessions, tmp_path, runtime) -> None:  # type: ignore[no-untyped-def]
+    store = FlakyStore(tmp_path / "s", failures=2)
+    ex = executor(sessions, store, runtime)
+    ex.storage_retry_seconds = 10
+    job_id = new_job(sessions)
+    assert ex.run(job_id) is Outcome.succeeded
+    assert store.calls == 3 and len(load(sessions, job_id).images) == 1
+
+
+def test_uploads_give_up_when_storage_stays_down(sessions, tmp_path, runtime) -> None:  # type: ignore[no-untyped-def]
+    ex = executor(sessions, FlakyStore(tmp_path / "s", failures=10**6), runtime)
+    ex.storage_retry_seconds = 1
+    job_id = new_job(sessions)
+    assert ex.run(job_id) is Outcome.failed
+    job = load(sessions, job_id)
+    assert job.error_code == "upload_failed" and "connection refused" in (job.error_message or "")
+    assert job.images == []
 
 
 def test_a_job_that_leaves_running_mid_flight_keeps_no_images(  # type: ignore[no-untyped-def]

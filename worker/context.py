@@ -53,4 +53,7 @@ def executor() -> JobExecutor:
         live=LiveState(s.redis_url),
         stage_namespace=s.queue,
         webhooks=job_webhooks(s, store),
+        lease_seconds=s.lease_seconds,
+        max_attempts=s.max_attempts,
+        storage_retry_seconds=s.storage_retry_seconds,
     )

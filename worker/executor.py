@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import secrets
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +48,66 @@ class JobCanceled(Exception):
     """Raised from the step callback when the job's cancel was requested."""
 
 
+class LeaseLost(Exception):
+    """Raised from the step callback when this worker no longer holds the job's lease."""
+
+
+class JobBusy(Exception):
+    """Another live worker runs this job: the message should come back after `retry_in`."""
+
+    def __init__(self, job_id: str, retry_in: float):
+        super().__init__(f"job {job_id} is running on another worker")
+        self.retry_in = retry_in
+
+
+def same_host_owner_alive(owner: str) -> bool:
+    """Whether the worker process named "host:pid" may still be alive. On this host we can
+    tell (a killed pool process frees its job at once); elsewhere only its lease can."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LeaseKeeper:
+    """Renews the job's lease from a thread while the pipeline runs on the main thread."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, worker: str, seconds: float):
+        self.sessions, self.job_id, self.worker, self.seconds = sessions, job_id, worker, seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                with session_scope(self.sessions) as session:
+                    held = jobs.renew_lease(
+                        session=session, job_id=self.job_id, worker=self.worker,
+                        lease_seconds=self.seconds,
+                    )  # fmt: skip
+            except Exception as e:  # the database is down: keep trying while the lease lasts
+                log.warning("could not renew the lease of job %s: %s", self.job_id, e)
+                continue
+            if not held:
+                self.lost.set()
+                return
+
+
 class JobFailure(Exception):
     """A failure with the code a client sees in `error.code`."""
 
@@ -79,6 +142,10 @@ class JobExecutor:
     # Finished jobs' stage timings go to Redis under this name for /metrics; None = not kept.
     stage_namespace: str | None = None
     webhooks: JobWebhooks | None = None  # job events for webhook receivers
+    lease_seconds: float = 60.0
+    max_attempts: int = 3
+    owner_alive: Callable[[str], bool] = same_host_owner_alive
+    storage_retry_seconds: float = 0.0  # keep retrying uploads this long while storage is down
 
     def _webhook(self, session: Session, job_id: str, event: WebhookEvent) -> list[str]:
         return self.webhooks.record(session, job_id, event) if self.webhooks else []
@@ -95,11 +162,17 @@ class JobExecutor:
                 log.warning("could not announce job %s: %s", job_id, e)
 
     def _on_step(
-        self, job_id: str, attempt: int, progress: StepHook | None = None
+        self,
+        job_id: str,
+        attempt: int,
+        progress: StepHook | None = None,
+        lease: LeaseKeeper | None = None,
     ) -> Callable[[int, int], None]:
         live = self.live
 
         def on_step(step: int, total: int) -> None:
+            if lease is not None and lease.lost.is_set():
+                raise LeaseLost(job_id)
             if live is not None and live.step(job_id, step, total, attempt):
                 raise JobCanceled(job_id)
             if progress is not None:
@@ -116,26 +189,46 @@ class JobExecutor:
             log.warning("stage timings of job %s not recorded: %s", job_id, e)
 
     def run(self, job_id: str) -> Outcome:
+        """Run the job if this message may; raises JobBusy when another live worker has it."""
         with session_scope(self.sessions) as session:
-            job = jobs.claim(session=session, job_id=job_id, worker=self.worker_name)
-            if job is None:
-                log.info("job %s not claimable (already taken, finished or missing)", job_id)
-                return Outcome.skipped
-            params = JobParams.model_validate(job.params)
-            attempt = job.attempts
-            assert job.started_at is not None
-            metrics = {"queue_seconds": (job.started_at - job.created_at).total_seconds()}
-            sent = self._webhook(session, job_id, WebhookEvent.started)
-            progress = self.webhooks.progress_hook(job) if self.webhooks else None
+            got = jobs.acquire(
+                session=session, job_id=job_id, worker=self.worker_name,
+                lease_seconds=self.lease_seconds, max_attempts=self.max_attempts,
+                owner_alive=self.owner_alive,
+            )  # fmt: skip
+            if got.busy_for is not None:
+                raise JobBusy(job_id, got.busy_for)
+            if got.gave_up is not None:  # a poison input: failed, with its event, right here
+                sent = self._webhook(session, job_id, WebhookEvent.failed)
+            elif got.job is not None:
+                job = got.job
+                params = JobParams.model_validate(job.params)
+                attempt = job.attempts
+                assert job.started_at is not None
+                metrics = {"queue_seconds": (job.started_at - job.created_at).total_seconds()}
+                sent = self._webhook(session, job_id, WebhookEvent.started)
+                progress = self.webhooks.progress_hook(job) if self.webhooks else None
+        if got.gave_up is not None:
+            log.warning("job %s: %s", job_id, got.gave_up.error_message)
+            self._announce(job_id)
+            self._send_webhooks(sent)
+            return Outcome.failed
+        if got.job is None:
+            log.info("job %s not claimable (already finished, canceled or missing)", job_id)
+            return Outcome.skipped
         self._announce(job_id)
         self._send_webhooks(sent)
         started = time.perf_counter()
         try:
-            outcome = self._generate(job_id, params, metrics, attempt, progress)
+            with LeaseKeeper(self.sessions, job_id, self.worker_name, self.lease_seconds) as lease:
+                outcome = self._generate(job_id, params, metrics, attempt, progress, lease)
         except JobCanceled:
             log.info("job %s canceled while running; stopped", job_id)
             self._announce(job_id)
             return Outcome.canceled
+        except LeaseLost:
+            log.warning("job %s: lease lost (taken over or finished elsewhere); stopped", job_id)
+            return Outcome.superseded
         except BaseException as e:
             failure = _as_failure(e)
             metrics["total_seconds"] = time.perf_counter() - started
@@ -147,6 +240,7 @@ class JobExecutor:
                     code=failure.code,
                     message=failure.message,
                     metrics=metrics,
+                    worker=self.worker_name,
                 )
                 sent = self._webhook(session, job_id, WebhookEvent.failed) if failed else []
             self._announce(job_id)
@@ -158,6 +252,22 @@ class JobExecutor:
         self._record_stages(job_id, metrics)
         return outcome
 
+    def _put_with_retry(self, key: str, data: bytes) -> None:
+        """Upload, retrying with backoff while storage is down, up to storage_retry_seconds;
+        then the last error fails the job (no row ever points at a missing object)."""
+        deadline = time.monotonic() + self.storage_retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                self.store.put(key, data, PNG)
+                return
+            except Exception as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("upload of %s failed (%s); retrying in %.1f s", key, e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     def _generate(
         self,
         job_id: str,
@@ -165,6 +275,7 @@ class JobExecutor:
         metrics: dict[str, float],
         attempt: int,
         progress: StepHook | None = None,
+        lease: LeaseKeeper | None = None,
     ) -> Outcome:
         started = time.perf_counter()
         try:
@@ -195,9 +306,9 @@ class JobExecutor:
             raise JobFailure("unsupported_scheduler", str(e)) from e
         t = time.perf_counter()
         try:
-            on_step = self._on_step(job_id, attempt, progress)
+            on_step = self._on_step(job_id, attempt, progress, lease)
             images = runtime.generator.generate([request], on_step=on_step)[0]
-        except JobCanceled:
+        except (JobCanceled, LeaseLost):
             raise
         except Exception as e:
             raise JobFailure("generation_failed", _describe(e)) from e
@@ -217,7 +328,7 @@ class JobExecutor:
             for position, index in enumerate(order, start=1):
                 data = _png(images[index])
                 key = image_key(self.key_prefix, job_id, position)
-                self.store.put(key, data, PNG)
+                self._put_with_retry(key, data)
                 kept.append(
                     jobs.NewImage(
                         rank=position,
@@ -237,8 +348,9 @@ class JobExecutor:
 
         with session_scope(self.sessions) as session:
             recorded = jobs.succeed(
-                session=session, job_id=job_id, seed=base_seed, images=kept, metrics=metrics
-            )
+                session=session, job_id=job_id, seed=base_seed, images=kept, metrics=metrics,
+                worker=self.worker_name,
+            )  # fmt: skip
             sent = self._webhook(session, job_id, WebhookEvent.succeeded) if recorded else []
         self._announce(job_id)
         self._send_webhooks(sent)

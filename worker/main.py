@@ -16,8 +16,10 @@ from kombu import Queue
 
 from daikon import live, workers
 from daikon.celery_config import make_celery
+from db.session import make_engine, make_session_factory
 from worker import context
 from worker.runtime import get_runtime
+from worker.sweeper import Sweeper
 
 log = logging.getLogger("daikon.worker")
 
@@ -77,3 +79,15 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
 def _stop_heartbeat(**_: Any) -> None:
     if _heartbeat is not None:
         _heartbeat.stop()
+    if _sweeper is not None:
+        _sweeper.stop()
+
+
+_sweeper: Sweeper | None = None
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    global _sweeper
+    _sweeper = Sweeper(app, settings, make_session_factory(make_engine(settings.sqlalchemy_url)))
+    _sweeper.start()

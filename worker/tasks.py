@@ -1,13 +1,34 @@
-"""Celery tasks: thin wrappers that hand the job id to the executor."""
+"""Celery tasks: thin wrappers that hand the job id to the executor.
+
+A message is never dropped for a reason outside the job: when another live worker holds the
+job, or the database cannot be reached, the task is retried later (a new message) instead of
+being acked as done.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import shared_task
+from sqlalchemy.exc import OperationalError
 
 from daikon.contract import TASK_GENERATE
 from worker import context
+from worker.executor import JobBusy
+
+log = logging.getLogger(__name__)
+DB_RETRY_MAX_SECONDS = 30
 
 
-@shared_task(name=TASK_GENERATE, ignore_result=True)
-def generate_job(job_id: str) -> str:
-    return context.executor().run(job_id).value
+@shared_task(name=TASK_GENERATE, bind=True, ignore_result=True, max_retries=None)
+def generate_job(self: Any, job_id: str) -> str:
+    try:
+        return context.executor().run(job_id).value
+    except JobBusy as busy:
+        # Never run twice in parallel: look again once the holder's lease would have lapsed.
+        raise self.retry(countdown=max(1.0, busy.retry_in + 1.0)) from None
+    except OperationalError as e:
+        delay = min(2 ** min(self.request.retries, 5), DB_RETRY_MAX_SECONDS)
+        log.warning("job %s: database unavailable (%s); retrying in %s s", job_id, e.orig, delay)
+        raise self.retry(countdown=delay) from None

@@ -1,0 +1,63 @@
+"""The sweeper: the last safety net for jobs whose message was lost.
+
+It runs in each worker's main process and, every DAIKON_SWEEP_INTERVAL_SECONDS, publishes again
+(1) queued jobs never confirmed published (the API died between commit and publish), and
+(2) jobs stuck longer than DAIKON_STALE_JOB_SECONDS: queued with a message the broker lost, or
+running under a lease that lapsed long ago. Its threshold is above the broker's visibility
+timeout (checked in Settings), so it only acts once the broker has had its chance to redeliver.
+Each job is taken by one sweeper only (a conditional UPDATE), and a second message is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from daikon.celery_config import publish_job
+from daikon.settings import Settings
+from db import jobs
+from db.models import utcnow
+from db.session import session_scope
+
+log = logging.getLogger(__name__)
+
+
+def sweep_once(app: Celery, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """Publish every job that needs it now; the number published."""
+    now = utcnow()
+    with session_scope(sessions) as session:
+        taken = jobs.take_for_republish(
+            session=session,
+            unpublished_before=now - timedelta(seconds=settings.republish_after_seconds),
+            stale_before=now - timedelta(seconds=settings.stale_job_seconds),
+        )
+    for job in taken:
+        publish_job(app, settings, job_id=job.job_id, model=job.model, priority=job.priority)
+        log.warning("sweeper: published job %s again (its message may have been lost)",
+                    job.job_id)  # fmt: skip
+    return len(taken)
+
+
+class Sweeper:
+    def __init__(self, app: Celery, settings: Settings, sessions: sessionmaker[Session]):
+        self.app, self.settings, self.sessions = app, settings, sessions
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="daikon-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.sweep_interval_seconds):
+            try:
+                sweep_once(self.app, self.settings, self.sessions)
+            except Exception as e:  # database or broker down: try again next round
+                log.warning("sweeper: %s", e)

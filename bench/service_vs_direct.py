@@ -32,7 +32,6 @@ def main() -> None:
     import logging
 
     import redis
-    import requests
     import torch
 
     from daikon.settings import Settings
@@ -82,7 +81,7 @@ def main() -> None:
         valkey.start()
         redis_url = f"{valkey.connection_url}/0"
     settings = Settings(data_dir=tmp, redis_url=redis_url, queue="daikon-bench",
-                        model=str(sd), clip_model=str(clip))  # fmt: skip
+                        model=str(sd), clip_model=str(clip), admin_key="dk_bench")  # fmt: skip
     service_s, inference_s = [], []
     with running_stack(settings, tmp) as stack:
         stack.wait(stack.submit(**body, seed=0)["id"], timeout=300)  # warm-up
@@ -90,7 +89,7 @@ def main() -> None:
             t = time.perf_counter()
             job_id = stack.submit(**body, seed=1000 + n)["id"]
             while True:
-                job = requests.get(stack.url(f"/v1/jobs/{job_id}"), timeout=10).json()
+                job = stack.http.get(stack.url(f"/v1/jobs/{job_id}"), timeout=10).json()
                 if job["status"] in ("succeeded", "failed", "canceled"):
                     break
                 time.sleep(0.05)

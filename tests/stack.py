@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +148,21 @@ class Stack:
         r = self.http.get(self.url(f"/v1/jobs/{job_id}"), timeout=10)
         assert r.status_code == 200, r.text
         return dict(r.json())
+
+    def wait_until(
+        self, job_id: str, check: Callable[[dict[str, Any]], bool], timeout: float = 90.0
+    ) -> dict[str, Any]:
+        """Poll until `check(job)` holds (a status, a progress step...), as a client would."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if check(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"job {job_id} never got there: {job}\n{self.worker.log_tail(60)}"
+                )
+            time.sleep(0.05)
 
     def wait(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
         """Poll until the job is terminal, as a client would."""

@@ -26,16 +26,6 @@ def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  # type:
         yield s
 
 
-def wait_until(stack: Stack, job_id: str, check: Any, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = stack.get(job_id)
-        if check(job):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never got there: {job}\n{stack.worker.log_tail()}")
-
-
 def read_events(stack: Stack, job_id: str, last_id: str | None = None) -> list[dict[str, Any]]:
     """Every event of one SSE response, until the server closes it."""
     headers = {"Last-Event-ID": last_id} if last_id else {}
@@ -80,7 +70,7 @@ def test_a_running_job_reports_progress_and_cancel_stops_it_within_a_step(
     stack: Stack, redis_url: str
 ) -> None:
     job = stack.submit(prompt="a long one", **LONG)
-    running = wait_until(stack, job["id"], lambda j: (j["progress"] or {}).get("step", 0) >= 3)
+    running = stack.wait_until(job["id"], lambda j: (j["progress"] or {}).get("step", 0) >= 3)
     assert running["status"] == "running" and running["progress"]["total"] == 150
     assert 0 < running["progress"]["fraction"] < 1
 
@@ -102,7 +92,7 @@ def test_a_running_job_reports_progress_and_cancel_stops_it_within_a_step(
 
 def test_a_canceled_queued_job_never_runs(stack: Stack) -> None:
     blocker = stack.submit(prompt="blocker", **LONG)
-    wait_until(stack, blocker["id"], lambda j: j["status"] == "running")
+    stack.wait_until(blocker["id"], lambda j: j["status"] == "running")
     queued = stack.submit(prompt="never", **QUICK)
     assert stack.get(queued["id"])["queue_position"] == 0
     assert stack.http.post(stack.url(f"/v1/jobs/{queued['id']}/cancel")).json()["status"] == (
@@ -133,7 +123,7 @@ def test_cancel_racing_completion_ends_in_exactly_one_terminal_state(stack: Stac
 
 def test_higher_priority_runs_first_under_load(stack: Stack) -> None:
     blocker = stack.submit(prompt="blocker", steps=60, candidates=4, top_k=1)
-    wait_until(stack, blocker["id"], lambda j: j["status"] == "running")
+    stack.wait_until(blocker["id"], lambda j: j["status"] == "running")
     names = {}
     for name, priority in [("p0", 0), ("p9", 9), ("p5", 5), ("p9b", 9), ("p1", 1)]:
         names[stack.submit(prompt=name, priority=priority, **QUICK)["id"]] = name

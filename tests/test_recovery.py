@@ -8,7 +8,6 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -31,16 +30,6 @@ def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  # type:
         yield s
 
 
-def wait_until(stack: Stack, job_id: str, check: Any, timeout: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = stack.get(job_id)
-        if check(job):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id}: {job}\n{stack.worker.log_tail(60)}")
-
-
 def row(stack: Stack, job_id: str) -> Job:
     sessions = make_session_factory(make_engine(stack.settings.sqlalchemy_url))
     with session_scope(sessions) as s:
@@ -49,7 +38,7 @@ def row(stack: Stack, job_id: str) -> Job:
 
 def test_a_pool_process_killed_mid_denoise_loses_nothing(stack: Stack) -> None:
     job = stack.submit(prompt="survives a kill", **LONG)
-    wait_until(stack, job["id"], lambda j: (j["progress"] or {}).get("step", 0) >= 2)
+    stack.wait_until(job["id"], lambda j: (j["progress"] or {}).get("step", 0) >= 2)
     owner = row(stack, job["id"]).lease_owner
     assert owner is not None
     os.kill(int(owner.rpartition(":")[2]), signal.SIGKILL)  # the process running the pipeline
@@ -83,7 +72,7 @@ def test_a_job_committed_but_never_published_is_published_by_the_sweeper(stack: 
 def test_sigterm_lets_the_running_job_finish(stack: Stack) -> None:
     """Runs last in this module: it stops the module's worker."""
     job = stack.submit(prompt="finish before leaving", steps=60, candidates=4, top_k=1)
-    wait_until(stack, job["id"], lambda j: j["status"] == "running")
+    stack.wait_until(job["id"], lambda j: j["status"] == "running")
     stack.worker.proc.send_signal(signal.SIGTERM)
     assert stack.worker.proc.wait(120) == 0
     final = stack.get(job["id"])

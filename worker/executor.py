@@ -27,6 +27,7 @@ from daikon.live import LiveState
 from daikon.storage import ImageStore, image_key
 from db import jobs
 from db.session import session_scope
+from worker import faults
 from worker.generation import GenerationRequest, UnsupportedScheduler
 from worker.job_events import JobWebhooks, StepHook
 from worker.ranking import rank
@@ -167,10 +168,12 @@ class JobExecutor:
         attempt: int,
         progress: StepHook | None = None,
         lease: LeaseKeeper | None = None,
+        prompt: str = "",
     ) -> Callable[[int, int], None]:
         live = self.live
 
         def on_step(step: int, total: int) -> None:
+            faults.on_step(prompt, step)  # inert unless DAIKON_FAULTS=1 (the chaos suite)
             if lease is not None and lease.lost.is_set():
                 raise LeaseLost(job_id)
             if live is not None and live.step(job_id, step, total, attempt):
@@ -306,7 +309,7 @@ class JobExecutor:
             raise JobFailure("unsupported_scheduler", str(e)) from e
         t = time.perf_counter()
         try:
-            on_step = self._on_step(job_id, attempt, progress, lease)
+            on_step = self._on_step(job_id, attempt, progress, lease, params.prompt)
             images = runtime.generator.generate([request], on_step=on_step)[0]
         except (JobCanceled, LeaseLost):
             raise

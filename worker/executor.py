@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daikon import stage_metrics
@@ -233,6 +234,13 @@ class JobExecutor:
             log.warning("job %s: lease lost (taken over or finished elsewhere); stopped", job_id)
             return Outcome.superseded
         except BaseException as e:
+            if not isinstance(e, Exception) or isinstance(e, OperationalError):
+                # Not the job's fault: this process is being stopped (SystemExit, e.g. Celery
+                # cancelling the task when its broker connection dropped) or the database went
+                # away. Record nothing: the message comes back (or the task is retried) and the
+                # job is taken over once its lease lapses. Failing it here lost it for good.
+                log.warning("job %s interrupted (%s); left for redelivery", job_id, _describe(e))
+                raise
             failure = _as_failure(e)
             metrics["total_seconds"] = time.perf_counter() - started
             log.warning("job %s failed: %s: %s", job_id, failure.code, failure.message)
@@ -249,8 +257,6 @@ class JobExecutor:
             self._announce(job_id)
             self._send_webhooks(sent)
             self._record_stages(job_id, metrics)
-            if not isinstance(e, Exception):
-                raise  # SystemExit / KeyboardInterrupt: record, then let the process go
             return Outcome.failed
         self._record_stages(job_id, metrics)
         return outcome

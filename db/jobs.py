@@ -387,6 +387,14 @@ def mark_enqueued(*, session: Session, job_id: str) -> None:
     )  # fmt: skip
 
 
+def mark_unpublished(*, session: Session, job_id: str) -> None:
+    """A sweeper took the job but could not publish it: the next sweep takes it again."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+
+
 def take_for_republish(
     *,
     session: Session,

@@ -40,11 +40,19 @@ def sweep_once(app: Celery, settings: Settings, sessions: sessionmaker[Session])
             # A whole lease past its end: its holder is gone (a live one renews every third).
             lapsed_before=now - timedelta(seconds=settings.lease_seconds),
         )
+    published = 0
     for job in taken:
-        publish_job(app, settings, job_id=job.job_id, model=job.model, priority=job.priority)
+        try:
+            publish_job(app, settings, job_id=job.job_id, model=job.model, priority=job.priority)
+        except Exception as e:  # the broker is down: hand the job back for the next round
+            log.warning("sweeper: could not publish job %s (%s); will try again", job.job_id, e)
+            with session_scope(sessions) as session:
+                jobs.mark_unpublished(session=session, job_id=job.job_id)
+            continue
+        published += 1
         log.warning("sweeper: published job %s again (its message may have been lost)",
                     job.job_id)  # fmt: skip
-    return len(taken)
+    return published
 
 
 class Sweeper:

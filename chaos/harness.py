@@ -378,4 +378,7 @@ class Cluster:
     def http(self) -> requests.Session:
         s = requests.Session()
         s.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+        # A fresh connection per request: reusing one gunicorn is closing (its keep-alive is
+        # 2 s) fails with RemoteDisconnected, which would look like an API that did not answer.
+        s.headers["Connection"] = "close"
         return s

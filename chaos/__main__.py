@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -16,7 +17,12 @@ from chaos import scenarios
 from chaos.harness import CHAOS_SETTINGS, Cluster
 
 
+def _terminated(*_: object) -> None:
+    raise SystemExit(143)  # run the finally blocks: stop every process, drop the database
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminated)
     ap = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
     ap.add_argument("--only", nargs="*", choices=list(scenarios.SCENARIOS),
                     help="run only these scenarios (default: all, in order)")  # fmt: skip
@@ -67,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             for v in result.violations:
                 print(f"chaos |   ! {v}", flush=True)
             ok = ok and result.ok
+        if len(names) == len(scenarios.SCENARIOS):
+            final = scenarios.ledger(cluster)
+            print(final.line(), flush=True)
+            for v in final.violations:
+                print(f"chaos |   ! {v}", flush=True)
+            ok = ok and final.ok
     except Exception as e:
         print(f"chaos | harness failed: {type(e).__name__}: {e}", flush=True)
         ok = False

@@ -418,3 +418,38 @@ SCENARIOS: dict[str, Callable[..., Result]] = {
     "storage": storage_down,
     "database": database_down,
 }
+
+
+# --- the whole run ----------------------------------------------------------------------------
+
+
+def ledger(c: Cluster) -> Result:
+    """Across every scenario: each succeeded job finished once (one 'succeeded' task outcome in
+    the worker's log per succeeded row), every image row's object exists, no object in the
+    bucket is unreferenced, and no job is left queued or running."""
+    sc = Scenario(c, "ledger")
+    with c.engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, status FROM jobs")).all()
+        keys = {r.storage_key for r in conn.execute(text("SELECT storage_key FROM job_images"))}
+    by_status: dict[str, int] = {}
+    for row in rows:
+        st = status(dict(row._mapping))
+        by_status[st] = by_status.get(st, 0) + 1
+    log = c.services["worker"].log_path.read_text(errors="replace")
+    runs = log.count(": 'succeeded'")
+    s3 = c.s3()
+    stored: set[str] = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=S3_PREFIX):
+        stored |= {o["Key"] for o in page.get("Contents", [])}
+    r = sc.r
+    r.submitted = len(rows)
+    r.succeeded = by_status.get("succeeded", 0)
+    r.failed_with_reason = by_status.get("failed", 0)
+    r.lost = by_status.get("queued", 0) + by_status.get("running", 0) + len(keys - stored)
+    r.duplicated = abs(runs - r.succeeded) + len(stored - keys)
+    r.figures = {"succeeded_runs": runs, "objects": len(stored), "image_rows": len(keys)}
+    sc.expect(runs == r.succeeded, f"{runs} successful runs for {r.succeeded} succeeded jobs")
+    sc.expect(keys <= stored, f"rows point at missing objects: {sorted(keys - stored)[:3]}")
+    sc.expect(stored <= keys, f"unreferenced objects: {sorted(stored - keys)[:3]}")
+    sc.http.close()
+    return r

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.daikon-installed
 # On a GPU host pick the build you need, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test lint typecheck models bench clean
+.PHONY: install run test chaos lint typecheck models bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+# Fault injection against the real processes (docs/reliability.md); about 6 minutes.
+chaos: install
+	$(PY) -m chaos
 
 lint: install
 	$(PY) -m ruff check .

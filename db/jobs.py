@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, false, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -387,12 +387,34 @@ def mark_enqueued(*, session: Session, job_id: str) -> None:
     )  # fmt: skip
 
 
+def mark_unpublished(*, session: Session, job_id: str) -> None:
+    """A sweeper took the job but could not publish it: the next sweep takes it again."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+
+
 def take_for_republish(
-    *, session: Session, unpublished_before: datetime, stale_before: datetime, limit: int = 100
+    *,
+    session: Session,
+    unpublished_before: datetime,
+    stale_before: datetime,
+    lapsed_before: datetime | None = None,
+    limit: int = 100,
 ) -> list[ToPublish]:
     """Jobs whose message may be lost, each taken by one sweeper only (a conditional UPDATE
     of `enqueued_at`): queued and never confirmed published; queued and published so long ago
-    the broker must have lost it; running under a lease that lapsed long ago."""
+    the broker must have lost it; running under a lease that lapsed long ago; and, with
+    `lapsed_before`, running under a lease that lapsed before it and not published since
+    (its worker died while its message was out of reach, e.g. the broker connection dropped:
+    the message sits unacked until the visibility timeout). Taken once per lapsed lease."""
+    lapsed = (
+        and_(Job.status == JobStatus.running, Job.lease_expires_at < lapsed_before,
+             or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at))
+        if lapsed_before is not None
+        else false()
+    )  # fmt: skip
     candidates = session.execute(
         select(Job.id, Job.model, Job.priority, Job.enqueued_at)
         .where(
@@ -402,6 +424,7 @@ def take_for_republish(
                 and_(Job.status == JobStatus.queued, Job.enqueued_at < stale_before),
                 and_(Job.status == JobStatus.running, Job.lease_expires_at < stale_before,
                      or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before)),
+                lapsed,
             )
         )
         .order_by(Job.created_at)

@@ -137,3 +137,26 @@ def test_a_lease_is_renewed_only_by_its_holder(session: Session) -> None:
                             worker="w2")  # fmt: skip
     assert jobs.succeed(session=session, job_id=job.id, seed=1, images=[], metrics={},
                         worker="w1")  # fmt: skip
+
+
+def test_a_running_job_whose_lease_lapsed_a_lease_ago_is_republished_once(
+    session: Session,
+) -> None:
+    """Its worker died while its message was out of the broker's reach (the connection dropped
+    mid-job: the message sits unacked until the visibility timeout): publish it again now."""
+    now = utcnow()
+    dead = make_job(session).id
+    alive = make_job(session).id
+    jobs.claim(session=session, job_id=dead, worker="gone:1", lease_seconds=-30)
+    jobs.claim(session=session, job_id=alive, worker="here:1", lease_seconds=60)
+    _age(session, dead, enqueued_at=now - timedelta(minutes=2))
+    _age(session, alive, enqueued_at=now - timedelta(minutes=2))
+
+    def take() -> set[str]:
+        return {t.job_id for t in jobs.take_for_republish(
+            session=session, unpublished_before=now - timedelta(seconds=30),
+            stale_before=now - timedelta(hours=1), lapsed_before=now - timedelta(seconds=10),
+        )}  # fmt: skip
+
+    assert take() == {dead}
+    assert take() == set()  # once per lapsed lease, not at every sweep

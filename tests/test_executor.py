@@ -79,6 +79,34 @@ class BrokenStore(LocalStore):
         raise StorageError("bucket unreachable (on purpose)")
 
 
+class StoppedGenerator:
+    """As when Celery cancels the task (SystemExit in the pool process), e.g. on broker loss."""
+
+    def check(self, request: GenerationRequest) -> None:
+        pass
+
+    def generate(self, requests: Sequence[GenerationRequest], **_: Any) -> list[list[Image.Image]]:
+        raise SystemExit(-15)
+
+
+def test_a_job_whose_process_is_stopped_is_left_for_redelivery_not_failed(  # type: ignore[no-untyped-def]
+    sessions, store, runtime
+) -> None:
+    job_id = new_job(sessions)
+    stopped = ModelRuntime(StoppedGenerator(), runtime.ranker, "cpu", 0.0)  # type: ignore[arg-type]
+    with pytest.raises(SystemExit):
+        executor(sessions, store, stopped).run(job_id)
+    job = load(sessions, job_id)
+    assert job.status is JobStatus.running and job.error_code is None
+    # Once its lease lapses the redelivered message (or the sweeper's) runs it to the end.
+    with session_scope(sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=job.started_at))
+    other = JobExecutor(sessions=sessions, store=store, runtime=lambda _m: runtime,
+                        worker_name="t2")  # fmt: skip
+    assert other.run(job_id) is Outcome.succeeded
+    assert load(sessions, job_id).attempts == 2
+
+
 def test_a_job_runs_to_ranked_pngs(sessions, store, runtime) -> None:  # type: ignore[no-untyped-def]
     job_id = new_job(sessions, candidates=4, top_k=3, seed=100, width=64, height=32)
     assert executor(sessions, store, runtime).run(job_id) is Outcome.succeeded

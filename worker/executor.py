@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daikon import stage_metrics
@@ -27,6 +28,7 @@ from daikon.live import LiveState
 from daikon.storage import ImageStore, image_key
 from db import jobs
 from db.session import session_scope
+from worker import faults
 from worker.generation import GenerationRequest, UnsupportedScheduler
 from worker.job_events import JobWebhooks, StepHook
 from worker.ranking import rank
@@ -167,10 +169,12 @@ class JobExecutor:
         attempt: int,
         progress: StepHook | None = None,
         lease: LeaseKeeper | None = None,
+        prompt: str = "",
     ) -> Callable[[int, int], None]:
         live = self.live
 
         def on_step(step: int, total: int) -> None:
+            faults.on_step(prompt, step)  # inert unless DAIKON_FAULTS=1 (the chaos suite)
             if lease is not None and lease.lost.is_set():
                 raise LeaseLost(job_id)
             if live is not None and live.step(job_id, step, total, attempt):
@@ -230,6 +234,13 @@ class JobExecutor:
             log.warning("job %s: lease lost (taken over or finished elsewhere); stopped", job_id)
             return Outcome.superseded
         except BaseException as e:
+            if not isinstance(e, Exception) or isinstance(e, OperationalError):
+                # Not the job's fault: this process is being stopped (SystemExit, e.g. Celery
+                # cancelling the task when its broker connection dropped) or the database went
+                # away. Record nothing: the message comes back (or the task is retried) and the
+                # job is taken over once its lease lapses. Failing it here lost it for good.
+                log.warning("job %s interrupted (%s); left for redelivery", job_id, _describe(e))
+                raise
             failure = _as_failure(e)
             metrics["total_seconds"] = time.perf_counter() - started
             log.warning("job %s failed: %s: %s", job_id, failure.code, failure.message)
@@ -246,8 +257,6 @@ class JobExecutor:
             self._announce(job_id)
             self._send_webhooks(sent)
             self._record_stages(job_id, metrics)
-            if not isinstance(e, Exception):
-                raise  # SystemExit / KeyboardInterrupt: record, then let the process go
             return Outcome.failed
         self._record_stages(job_id, metrics)
         return outcome
@@ -306,7 +315,7 @@ class JobExecutor:
             raise JobFailure("unsupported_scheduler", str(e)) from e
         t = time.perf_counter()
         try:
-            on_step = self._on_step(job_id, attempt, progress, lease)
+            on_step = self._on_step(job_id, attempt, progress, lease, params.prompt)
             images = runtime.generator.generate([request], on_step=on_step)[0]
         except (JobCanceled, LeaseLost):
             raise

@@ -2,7 +2,10 @@
 
 It runs in each worker's main process and, every DAIKON_SWEEP_INTERVAL_SECONDS, publishes again
 (1) queued jobs never confirmed published (the API died between commit and publish), and
-(2) jobs stuck longer than DAIKON_STALE_JOB_SECONDS: queued with a message the broker lost, or
+(2) running jobs whose lease lapsed a whole DAIKON_LEASE_SECONDS ago, once per lapsed lease
+(their worker is gone and their message may sit unacked in the broker until its visibility
+timeout, e.g. after the broker connection dropped mid-job), and
+(3) jobs stuck longer than DAIKON_STALE_JOB_SECONDS: queued with a message the broker lost, or
 running under a lease that lapsed long ago. Its threshold is above the broker's visibility
 timeout (checked in Settings), so it only acts once the broker has had its chance to redeliver.
 Each job is taken by one sweeper only (a conditional UPDATE), and a second message is harmless.
@@ -34,12 +37,22 @@ def sweep_once(app: Celery, settings: Settings, sessions: sessionmaker[Session])
             session=session,
             unpublished_before=now - timedelta(seconds=settings.republish_after_seconds),
             stale_before=now - timedelta(seconds=settings.stale_job_seconds),
+            # A whole lease past its end: its holder is gone (a live one renews every third).
+            lapsed_before=now - timedelta(seconds=settings.lease_seconds),
         )
+    published = 0
     for job in taken:
-        publish_job(app, settings, job_id=job.job_id, model=job.model, priority=job.priority)
+        try:
+            publish_job(app, settings, job_id=job.job_id, model=job.model, priority=job.priority)
+        except Exception as e:  # the broker is down: hand the job back for the next round
+            log.warning("sweeper: could not publish job %s (%s); will try again", job.job_id, e)
+            with session_scope(sessions) as session:
+                jobs.mark_unpublished(session=session, job_id=job.job_id)
+            continue
+        published += 1
         log.warning("sweeper: published job %s again (its message may have been lost)",
                     job.job_id)  # fmt: skip
-    return len(taken)
+    return published
 
 
 class Sweeper:

@@ -1,0 +1,1 @@
+"""Fault-injection suite (`make chaos`): real processes, real kills, real server stops."""

@@ -1,0 +1,455 @@
+"""The chaos scenarios. Each one does real damage to the running processes, then counts what
+became of every job it submitted and prints one line:
+
+    name  submitted  succeeded  failed_with_reason  lost  duplicated  [refused]  figures
+
+- lost: an accepted job not finished by the deadline (stuck queued or running), failed with no
+  reason, succeeded with no images, or with an image row whose object does not exist.
+- duplicated: a job with more images than top_k (or a rank twice), or objects in storage under
+  the job's prefix that no image row references.
+- refused: submissions answered with a clean 503 JSON error (nothing created): not lost.
+Any other broken expectation is listed as a violation and fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from botocore.exceptions import ClientError
+from sqlalchemy import text
+
+from chaos.harness import BUCKET, Cluster, wait_for
+from worker.faults import KILL_WORKER
+
+TERMINAL = ("succeeded", "failed", "canceled")
+S3_PREFIX = "jobs/"
+
+
+@dataclass
+class Result:
+    name: str
+    submitted: int = 0
+    succeeded: int = 0
+    failed_with_reason: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    refused: int = 0
+    figures: dict[str, Any] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)  # error code -> count
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.duplicated == 0 and not self.violations
+
+    def line(self) -> str:
+        fails = ",".join(f"{k}:{v}" for k, v in sorted(self.failures.items()))
+        figs = " ".join(f"{k}={v}" for k, v in self.figures.items())
+        return (
+            f"chaos | {self.name:<16} submitted={self.submitted:<3} succeeded={self.succeeded:<3} "
+            f"failed_with_reason={self.failed_with_reason}{f' ({fails})' if fails else ''} "
+            f"lost={self.lost} duplicated={self.duplicated} refused_503={self.refused} {figs} "
+            f"{'OK' if self.ok else 'FAIL'}"
+        )
+
+
+class Scenario:
+    """Shared plumbing: submitting through the API, reading rows directly, counting."""
+
+    def __init__(self, cluster: Cluster, name: str):
+        self.c = cluster
+        self.r = Result(name)
+        self.ids: list[str] = []
+        self.http = cluster.http()
+        self.started = time.monotonic()
+
+    # --- API ------------------------------------------------------------------------------
+    def submit(self, expect_refusal_codes: tuple[str, ...] = (), **body: Any) -> str | None:
+        """Submit; a job id when accepted, None when refused cleanly with an allowed code."""
+        body = {"steps": 20, "candidates": 2, "top_k": 1, **body}
+        try:
+            resp = self.http.post(f"{self.c.api_url}/v1/jobs", json=body, timeout=30)
+        except requests.RequestException as e:
+            self.r.violations.append(f"submit: no answer ({type(e).__name__})")
+            return None
+        if resp.status_code == 202:
+            job_id = str(resp.json()["id"])
+            self.ids.append(job_id)
+            self.r.submitted += 1
+            return job_id
+        code = self.error_code(resp)
+        if resp.status_code == 503 and code in expect_refusal_codes:
+            self.r.refused += 1
+            return None
+        self.r.violations.append(f"submit answered {resp.status_code} {code or resp.text[:80]!r}")
+        return None
+
+    @staticmethod
+    def error_code(resp: requests.Response) -> str | None:
+        """The JSON error shape's code; None when the body is not that shape (HTML, trace)."""
+        if not resp.headers.get("Content-Type", "").startswith("application/json"):
+            return None
+        try:
+            err = resp.json()["error"]
+            assert {"type", "code", "message"} <= set(err)
+            return str(err["code"])
+        except Exception:
+            return None
+
+    def progress_step(self, job_id: str) -> int:
+        try:
+            resp = self.http.get(f"{self.c.api_url}/v1/jobs/{job_id}", timeout=5)
+            return int(((resp.json().get("progress") or {}).get("step")) or 0)
+        except Exception:
+            return 0
+
+    # --- database (directly, never through the proxy) ---------------------------------------
+    def rows(self, ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        ids = self.ids if ids is None else ids
+        if not ids:
+            return {}
+        with self.c.engine.connect() as conn:
+            result = conn.execute(
+                text("SELECT id, status, attempts, lease_owner, error_code, error_message, "
+                     "params FROM jobs WHERE id = ANY(:ids)"), {"ids": ids},
+            )  # fmt: skip
+            return {r.id: dict(r._mapping) for r in result}
+
+    def images(self, job_id: str) -> list[tuple[int, str]]:
+        with self.c.engine.connect() as conn:
+            result = conn.execute(
+                text("SELECT rank, storage_key FROM job_images WHERE job_id = :id"),
+                {"id": job_id},
+            )
+            return [(r.rank, r.storage_key) for r in result]
+
+    def wait_all_terminal(self, timeout: float) -> None:
+        def done() -> bool:
+            rows = self.rows()
+            return all(str(r["status"]).lower().endswith(TERMINAL) for r in rows.values())
+
+        with suppress(TimeoutError):  # what is not finished is counted as lost
+            wait_for(done, timeout, "every job to finish", poll=0.25)
+
+    def running_owner(self, job_id: str) -> str | None:
+        row = self.rows([job_id]).get(job_id)
+        if row and status(row) == "running" and row["lease_owner"]:
+            return str(row["lease_owner"])
+        return None
+
+    def wait_mid_denoise(self, job_id: str, timeout: float = 60) -> str:
+        """Wait until the job is at its second step or later; its lease owner (host:pid)."""
+        owner: list[str] = []
+
+        def mid() -> bool:
+            o = self.running_owner(job_id)
+            if o and self.progress_step(job_id) >= 2:
+                owner[:] = [o]
+                return True
+            return False
+
+        wait_for(mid, timeout, f"job {job_id} mid-denoise", poll=0.05)
+        return owner[0]
+
+    # --- the tally --------------------------------------------------------------------------
+    def tally(self) -> Result:
+        s3 = self.c.s3()
+        rows = self.rows()
+        for job_id in self.ids:
+            row = rows.get(job_id)
+            if row is None:
+                self.r.lost += 1
+                self.r.violations.append(f"job {job_id}: accepted but no row")
+                continue
+            st = status(row)
+            images = self.images(job_id)
+            top_k = int(row["params"].get("top_k", 1))
+            keys = {k for _, k in images}
+            try:
+                listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{S3_PREFIX}{job_id}/")
+                stored = {o["Key"] for o in listed.get("Contents", [])}
+            except Exception as e:
+                self.r.violations.append(f"could not list storage: {e}")
+                stored = set()
+            if len(images) > top_k or len({rank for rank, _ in images}) != len(images):
+                self.r.duplicated += 1
+                continue
+            if stored - keys:
+                self.r.duplicated += 1
+                self.r.figures.setdefault("orphan_objects", 0)
+                self.r.figures["orphan_objects"] += len(stored - keys)
+                continue
+            if st == "succeeded":
+                missing = [k for k in keys if not object_exists(s3, k)]
+                if len(images) != top_k or missing:
+                    self.r.lost += 1
+                    self.r.violations.append(f"job {job_id}: succeeded, images missing {missing}")
+                else:
+                    self.r.succeeded += 1
+            elif st == "failed":
+                if row["error_code"] and row["error_message"]:
+                    self.r.failed_with_reason += 1
+                    code = str(row["error_code"])
+                    self.r.failures[code] = self.r.failures.get(code, 0) + 1
+                    if images:
+                        self.r.violations.append(f"job {job_id}: failed but has image rows")
+                else:
+                    self.r.lost += 1
+            else:
+                self.r.lost += 1  # queued or running after the deadline, or canceled
+                self.r.figures.setdefault("stuck", []).append(f"{job_id[:8]}:{st}")
+        self.r.figures["seconds"] = round(time.monotonic() - self.started, 1)
+        self.http.close()
+        return self.r
+
+    def expect(self, cond: bool, message: str) -> None:
+        if not cond:
+            self.r.violations.append(message)
+
+
+def status(row: dict[str, Any]) -> str:
+    return str(row["status"]).rsplit(".", 1)[-1].lower()
+
+
+def object_exists(s3: Any, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=BUCKET, Key=key)
+        return True
+    except ClientError:
+        return False
+
+
+def kill_owner(owner: str) -> int:
+    pid = int(owner.rpartition(":")[2])
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+# --- (a) SIGKILL mid-denoise, 20 times -------------------------------------------------------
+
+
+def kills(c: Cluster, n: int = 20) -> Result:
+    sc = Scenario(c, "kill-mid-denoise")
+    body: dict[str, Any] = {"steps": 40, "candidates": 2, "top_k": 2}
+    for i in range(n):
+        sc.submit(prompt=f"kill me once {i}", **body)
+    killed: set[str] = set()
+    deadline = time.monotonic() + 60 * n
+    while len(killed) < n and time.monotonic() < deadline:
+        rows = sc.rows()
+        target = next((j for j, r in rows.items() if status(r) == "running" and j not in killed
+                       and r["attempts"] == 1 and r["lease_owner"]), None)  # fmt: skip
+        if target is None:
+            if all(status(r) in TERMINAL for r in rows.values()):
+                break
+            time.sleep(0.05)
+            continue
+        try:
+            owner = sc.wait_mid_denoise(target, timeout=30)
+            kill_owner(owner)
+            killed.add(target)
+        except (TimeoutError, ProcessLookupError):
+            continue
+    sc.expect(len(killed) == n, f"only {len(killed)} of {n} kills landed mid-denoise")
+    sc.wait_all_terminal(120)
+    r = sc.tally()
+    r.figures = {"kills": len(killed), **r.figures}
+    sc.expect(r.succeeded == r.submitted, "not every killed job succeeded")
+    attempts = [int(x["attempts"]) for x in sc.rows().values()]
+    sc.expect(all(a == 2 for a in attempts), f"attempts per job {attempts}, expected 2 each")
+    sc.expect(c.services["worker"].alive(), "the worker's main process died")
+    return r
+
+
+# --- (b) a poison input ----------------------------------------------------------------------
+
+
+def poison(c: Cluster) -> Result:
+    sc = Scenario(c, "poison-input")
+    bad = sc.submit(prompt=f"a cat {KILL_WORKER}", steps=10)
+    good = sc.submit(prompt="an ordinary cat after the poison", steps=10)
+    sc.wait_all_terminal(120)
+    rows = sc.rows()
+    r = sc.tally()
+    if bad and good:
+        b = rows[bad]
+        r.figures = {"poison_attempts": b["attempts"], **r.figures}
+        sc.expect(status(b) == "failed" and b["error_code"] == "worker_lost",
+                  f"poison job ended {status(b)} / {b['error_code']}")  # fmt: skip
+        sc.expect(b["attempts"] == c_max_attempts(), f"poison job attempts {b['attempts']}")
+        sc.expect(status(rows[good]) == "succeeded", "the job after the poison did not succeed")
+    return r
+
+
+def c_max_attempts() -> int:
+    from chaos.harness import CHAOS_SETTINGS
+
+    return int(CHAOS_SETTINGS["DAIKON_MAX_ATTEMPTS"])
+
+
+# --- (c) broker down --------------------------------------------------------------------------
+
+
+def broker_down(c: Cluster, outage: float) -> Result:
+    sc = Scenario(c, "broker-down")
+    first = [sc.submit(prompt=f"queued before the outage {i}", steps=30) for i in range(4)]
+    if first[0]:
+        sc.wait_mid_denoise(first[0])
+    c.services["redis"].stop()  # SIGTERM: a clean stop; the append-only file keeps the queue
+    down_at = time.monotonic()
+    i = 0
+    while time.monotonic() - down_at < outage:
+        sc.submit(("queue_unavailable",), prompt=f"submitted during the outage {i}", steps=10)
+        i += 1
+        time.sleep(2)
+    c.services["redis"].start()
+    outage_s = time.monotonic() - down_at
+    accepted_during = sc.r.submitted - len([x for x in first if x])
+    for i in range(2):
+        sc.submit(prompt=f"after the outage {i}", steps=10)
+    back = time.monotonic()
+    sc.wait_all_terminal(180)
+    recovered = time.monotonic() - back
+    r = sc.tally()
+    r.figures = {"outage_s": round(outage_s), "accepted_during": accepted_during,
+                 "drained_after_s": round(recovered, 1), **r.figures}  # fmt: skip
+    sc.expect(r.succeeded == r.submitted, "not every accepted job succeeded")
+    return r
+
+
+# --- (d) storage down -------------------------------------------------------------------------
+
+
+def storage_down(c: Cluster, short: float, retry_window: float) -> Result:
+    sc = Scenario(c, "storage-down")
+    s3 = c.services["s3"]
+    # Within the window: stopped while the first job denoises, back before its retries end.
+    within = [sc.submit(prompt=f"upload survives {i}", steps=20, top_k=2) for i in range(3)]
+    if within[0]:
+        sc.wait_mid_denoise(within[0])
+    s3.kill()
+    time.sleep(short)
+    c.restart_s3()
+    sc.wait_all_terminal(120)
+    ok_within = sum(1 for r in sc.rows([x for x in within if x]).values()
+                    if status(r) == "succeeded")  # fmt: skip
+    # Longer than the window: the jobs fail with upload_failed and nothing is recorded.
+    beyond = [sc.submit(prompt=f"upload gives up {i}", steps=10, top_k=2) for i in range(2)]
+    if beyond[0]:
+        sc.wait_mid_denoise(beyond[0])
+    s3.kill()
+    down_at = time.monotonic()
+    ids = [x for x in beyond if x]
+    with suppress(TimeoutError):
+        wait_for(lambda: all(status(r) in TERMINAL for r in sc.rows(ids).values()),
+                 retry_window * 2 + 60, "the jobs to give up", poll=0.5)  # fmt: skip
+    long_outage = time.monotonic() - down_at
+    c.restart_s3()
+    rows = sc.rows(ids)
+    r = sc.tally()
+    r.figures = {"short_outage_s": short, "long_outage_s": round(long_outage),
+                 "retry_window_s": retry_window, **r.figures}  # fmt: skip
+    sc.expect(ok_within == len([x for x in within if x]), "a job failed within the retry window")
+    for job_id, row in rows.items():
+        sc.expect(
+            status(row) == "failed" and row["error_code"] == "upload_failed",
+            f"job {job_id} beyond the window ended {status(row)}/{row['error_code']}",
+        )
+        sc.expect(bool(row["error_message"]), f"job {job_id}: no reason given")
+    return r
+
+
+# --- (e) database connection broken -----------------------------------------------------------
+
+
+def database_down(c: Cluster, outage: float) -> Result:
+    sc = Scenario(c, "database-down")
+    proxy = c.services["dbproxy"]
+    first = [sc.submit(prompt=f"running through a db cut {i}", steps=30) for i in range(3)]
+    if first[0]:
+        sc.wait_mid_denoise(first[0])
+    proxy.kill()  # the listener and every connection, at once
+    down_at = time.monotonic()
+    answers: dict[str, int] = {}
+    while time.monotonic() - down_at < outage:
+        sc.submit(("database_unavailable",), prompt="submitted while the db is cut", steps=10)
+        if first[0]:
+            resp = sc.http.get(f"{c.api_url}/v1/jobs/{first[0]}", timeout=30)
+            code = sc.error_code(resp)
+            key = f"{resp.status_code}:{code}" if code else f"{resp.status_code}:not-json"
+            answers[key] = answers.get(key, 0) + 1
+        time.sleep(1)
+    proxy.start()
+    back = time.monotonic()
+    sc.expect(set(answers) == {"503:database_unavailable"},
+              f"GET during the cut answered {answers}")  # fmt: skip
+    api_back: list[float] = []
+
+    def api_answers() -> bool:
+        resp = sc.http.get(f"{c.api_url}/v1/jobs/{first[0]}", timeout=10)
+        return resp.status_code == 200
+
+    try:
+        wait_for(api_answers, 30, "the API to answer again", poll=0.2)
+        api_back.append(time.monotonic() - back)
+    except TimeoutError:
+        sc.expect(False, "the API did not recover without a restart")
+    sc.submit(prompt="after the db is back", steps=10)
+    sc.wait_all_terminal(120)
+    r = sc.tally()
+    r.figures = {"outage_s": round(outage), "api_back_after_s": round(api_back[0], 1)
+                 if api_back else None, "api_refusals_during": sum(answers.values()),
+                 **r.figures}  # fmt: skip
+    sc.expect(r.succeeded == r.submitted, "not every accepted job succeeded")
+    return r
+
+
+SCENARIOS: dict[str, Callable[..., Result]] = {
+    "kills": kills,
+    "poison": poison,
+    "broker": broker_down,
+    "storage": storage_down,
+    "database": database_down,
+}
+
+
+# --- the whole run ----------------------------------------------------------------------------
+
+
+def ledger(c: Cluster) -> Result:
+    """Across every scenario: each succeeded job finished once (one 'succeeded' task outcome in
+    the worker's log per succeeded row), every image row's object exists, no object in the
+    bucket is unreferenced, and no job is left queued or running."""
+    sc = Scenario(c, "ledger")
+    with c.engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, status FROM jobs")).all()
+        keys = {r.storage_key for r in conn.execute(text("SELECT storage_key FROM job_images"))}
+    by_status: dict[str, int] = {}
+    for row in rows:
+        st = status(dict(row._mapping))
+        by_status[st] = by_status.get(st, 0) + 1
+    log = c.services["worker"].log_path.read_text(errors="replace")
+    runs = log.count(": 'succeeded'")
+    s3 = c.s3()
+    stored: set[str] = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=S3_PREFIX):
+        stored |= {o["Key"] for o in page.get("Contents", [])}
+    r = sc.r
+    r.submitted = len(rows)
+    r.succeeded = by_status.get("succeeded", 0)
+    r.failed_with_reason = by_status.get("failed", 0)
+    r.lost = by_status.get("queued", 0) + by_status.get("running", 0) + len(keys - stored)
+    r.duplicated = abs(runs - r.succeeded) + len(stored - keys)
+    r.figures = {"succeeded_runs": runs, "objects": len(stored), "image_rows": len(keys)}
+    sc.expect(runs == r.succeeded, f"{runs} successful runs for {r.succeeded} succeeded jobs")
+    sc.expect(keys <= stored, f"rows point at missing objects: {sorted(keys - stored)[:3]}")
+    sc.expect(stored <= keys, f"unreferenced objects: {sorted(stored - keys)[:3]}")
+    sc.http.close()
+    return r

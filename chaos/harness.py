@@ -34,6 +34,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, make_url, text
 
+from daikon.run import stop_process, worker_argv
 from daikon.settings import normalize_database_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,12 +123,7 @@ class Service:
         """SIGTERM, then SIGKILL after `timeout`: a clean stop."""
         if self.alive():
             assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, timeout)
         self._reap()
 
     def kill(self) -> None:
@@ -306,22 +302,11 @@ class Cluster:
             ),
             "worker": Service(
                 "worker",
-                [
-                    py,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker.main",
-                    "worker",
-                    "--concurrency",
-                    "1",
-                    "--loglevel",
-                    "INFO",
-                    "--hostname",
-                    f"{self.queue}@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
+                worker_argv(
+                    concurrency=1,
+                    hostname=f"{self.queue}@%h",
+                    extra=("--without-gossip", "--without-mingle"),
+                ),
                 env,
                 logs / "worker.log",
             ),

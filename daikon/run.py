@@ -30,6 +30,30 @@ RESTART_DELAY_SECONDS = 2.0
 LOCAL_WEBHOOK_HOSTS = "127.0.0.1,::1,localhost"
 
 
+def worker_argv(
+    *, app: str = "worker.main", concurrency: int, hostname: str, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """The generation worker's command line: one place, so the launcher, the tests and the
+    chaos suite start it the same way. No --queues: a worker consumes its models' queues
+    itself (worker/main.py), and a --queues here would replace them."""
+    return [
+        sys.executable, "-m", "celery", "-A", app, "worker",
+        "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", hostname, *extra,
+    ]  # fmt: skip
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM (celery finishes or hands back the running job), then SIGKILL after `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def say(msg: str) -> None:
     print(f"daikon | {msg}", flush=True)
 
@@ -60,14 +84,8 @@ class Child:
             self.start()
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()  # SIGTERM: celery finishes (or hands back) the running job
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout)
 
 
 def start_valkey(settings: Settings) -> Any:
@@ -148,21 +166,7 @@ def main() -> int:
             ),
             Child(
                 "worker",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker.main",
-                    "worker",
-                    # No --queues: the worker consumes its models' queues (worker/main.py).
-                    "--concurrency",
-                    str(settings.worker_concurrency),
-                    "--loglevel",
-                    "INFO",
-                    "--hostname",
-                    "daikon@%h",
-                ],
+                worker_argv(concurrency=settings.worker_concurrency, hostname="daikon@%h"),
                 env,
             ),
             Child(

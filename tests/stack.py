@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,6 +24,7 @@ from werkzeug.serving import make_server
 
 from api import create_app
 from daikon import stage_metrics
+from daikon.run import stop_process, worker_argv
 from daikon.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,12 +103,10 @@ class WorkerProcess:
     ):
         self.log_path = log_path
         env = {**os.environ, **settings_env(settings), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-        argv = [
-            sys.executable, "-m", "celery", "-A", app, "worker",
-            "--concurrency", str(concurrency),
-            "--loglevel", "INFO", "--hostname", f"{settings.queue}@%h",
-            "--without-gossip", "--without-mingle", *extra,
-        ]  # fmt: skip
+        argv = worker_argv(
+            app=app, concurrency=concurrency, hostname=f"{settings.queue}@%h",
+            extra=("--without-gossip", "--without-mingle", *extra),
+        )  # fmt: skip
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -118,13 +115,7 @@ class WorkerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         self._log.close()
 
 

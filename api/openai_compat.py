@@ -94,7 +94,7 @@ class ImageGenerationRequest(BaseModel):
         s = _settings(info)
         match = SIZE.fullmatch(v)
         sides = [int(x) for x in match.groups()] if match else []
-        if not sides or any(x % 8 or not (s.min_size <= x <= s.max_size) for x in sides):
+        if not sides or not all(s.size_allowed(x) for x in sides):
             raise ValueError(
                 f"must be 'WIDTHxHEIGHT' (or 'auto'), each side a multiple of 8 between "
                 f"{s.min_size} and {s.max_size}; got {v!r}"

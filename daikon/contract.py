@@ -134,7 +134,7 @@ class JobRequest(BaseModel):
         if v is None:
             return v
         s = _settings(info)
-        if v % 8 or not (s.min_size <= v <= s.max_size):
+        if not s.size_allowed(v):
             raise ValueError(f"must be a multiple of 8 between {s.min_size} and {s.max_size}")
         return v
 

@@ -183,6 +183,10 @@ class Settings(BaseSettings):
     def local_storage_path(self) -> Path:
         return self.data_path / "images"
 
+    def size_allowed(self, side: int) -> bool:
+        """One image side as the pipelines accept it: a multiple of 8 within the bounds."""
+        return side % 8 == 0 and self.min_size <= side <= self.max_size
+
     @property
     def model_specs(self) -> dict[str, ModelSpec]:
         if self.models:

@@ -25,11 +25,17 @@ COPY api ./api
 COPY worker ./worker
 COPY db ./db
 COPY daikon ./daikon
+COPY shapeworld ./shapeworld
+COPY training ./training
 COPY migrations ./migrations
 RUN pip install --no-cache-dir '.[worker]'
+# The embedded shapes models (a few MB); a real deployment points DAIKON_MODEL elsewhere.
+COPY models ./models
+ENV DAIKON_MODEL=/app/models/shapes-sd \
+    DAIKON_CLIP_MODEL=/app/models/shapes-clip
 
 # Run as a non-root user. HF_HOME (model downloads) and DAIKON_DATA_DIR (SQLite, local images
-# and tiny models when no external services are configured) are writable by it.
+# when no external services are configured) are writable by it.
 RUN useradd --create-home --uid 10001 --user-group daikon \
     && mkdir -p "$HF_HOME" "$DAIKON_DATA_DIR" \
     && chown -R daikon:daikon /home/daikon/.cache "$DAIKON_DATA_DIR"

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.daikon-installed
 # On a GPU host pick the build you need, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test chaos lint typecheck models bench clean
+.PHONY: install run test chaos lint typecheck train-models eval-quality bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,13 @@ lint: install
 typecheck: install
 	$(PY) -m mypy
 
-models: install
-	$(PY) -m worker.tiny_models --out $${DAIKON_DATA_DIR:-.daikon}/models
+# Retrain the committed shapes models from scratch (fixed seeds; 42 min on 2 CPU cores).
+train-models: install
+	$(PY) -m training --out models
+
+# Guidance and CLIP-ranking measurements with the oracle -> docs/quality.md (~10 min on CPU).
+eval-quality: install
+	$(PY) -m training.evaluate --out docs
 
 bench: install
 	$(PY) bench/service_vs_direct.py

@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--candidates", type=int, default=4)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=32)
     args = parser.parse_args()
 
     import logging
@@ -34,15 +34,14 @@ def main() -> None:
     import redis
     import torch
 
-    from daikon.settings import Settings
+    from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
     from tests.stack import running_stack
     from worker.generation import GenerationRequest, Generator
     from worker.ranking import ClipRanker, rank
-    from worker.tiny_models import ensure_tiny_models
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="daikon-bench-"))
-    sd, clip = ensure_tiny_models(tmp / "models")
+    sd, clip = Path(EMBEDDED_PIPELINE), Path(EMBEDDED_CLIP)  # the default models
     body = {
         "prompt": "a red circle above a blue square",
         "width": args.size,

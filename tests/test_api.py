@@ -58,7 +58,7 @@ def test_submit_commits_a_row_queues_its_id_and_answers_202(
     job = r.get_json()
     assert r.headers["Location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["images"] == [] and job["error"] is None
-    defaults = {"negative_prompt": None, "width": 64, "height": 64, "guidance_scale": 7.5,
+    defaults = {"negative_prompt": None, "width": 32, "height": 32, "guidance_scale": 7.5,
                 "model": "default", "scheduler": None}  # fmt: skip
     assert job["params"] == {**VALID, **defaults}
     assert job["priority"] == 5 and job["queue_position"] == 0 and job["progress"] is None

@@ -104,7 +104,7 @@ def test_sqlite_and_local_storage_serve_images_through_the_api(sqlite_local: Sta
     url = jobs[0]["images"][0]["url"]
     assert url.startswith(f"{sqlite_local.base_url}/v1/jobs/{ids[0]}/images/1?expires=")
     data, png = fetch_png(url)
-    assert png.size == (64, 64)
+    assert png.size == (32, 32)  # the default size
     stored = sqlite_local.settings.local_storage_path / ids[0] / "rank-1.png"
     assert stored.read_bytes() == data
     listed = sqlite_local.http.get(sqlite_local.url("/v1/jobs?limit=2"), timeout=10).json()["jobs"]

@@ -5,9 +5,9 @@ stopped and restarted by the harness, and always cleaned up (try/finally and ate
   restart on the same port keeps the queue.
 - PostgreSQL: the machine's server; a throwaway database, reached by API and worker through
   `chaos.proxy`, which the harness kills (every connection cut) and starts again.
-- S3: `python -m moto.server` on a fixed port. moto keeps its state in memory; a real S3 keeps
-  its bucket and objects across an outage, so the server records every request (moto's
-  recorder) and the harness replays the recording into the restarted server.
+- S3: `python -m moto.server`, reached by API and worker through another `chaos.proxy`. An
+  outage kills that proxy: connections are cut and refused, while moto, like a real S3, keeps
+  its bucket and objects for when the path comes back.
 - API: gunicorn, one process. Worker: one Celery worker, concurrency 1, DAIKON_FAULTS=1.
 """
 
@@ -228,7 +228,7 @@ class Cluster:
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        for name in ("redis", "s3", "dbproxy", "api"):
+        for name in ("redis", "s3", "s3server", "dbproxy", "api"):
             self.ports[name] = free_port()
         (self.work / "data").mkdir(parents=True, exist_ok=True)
         (self.work / "valkey").mkdir(parents=True, exist_ok=True)
@@ -259,15 +259,20 @@ class Cluster:
                 logs / "redis.log",
                 self.ports["redis"],
             ),
+            "s3server": Service(
+                "s3server",
+                [py, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.ports["s3server"])],
+                env,
+                logs / "s3.log",
+                self.ports["s3server"],
+            ),
+            # What the services reach as S3: killing it is the outage, the objects stay.
             "s3": Service(
                 "s3",
-                [py, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.ports["s3"])],
-                {
-                    **env,
-                    "MOTO_ENABLE_RECORDING": "1",
-                    "MOTO_RECORDER_FILEPATH": str(self.work / "s3-recording.jsonl"),
-                },
-                logs / "s3.log",
+                [py, "-m", "chaos.proxy", str(self.ports["s3"]), "127.0.0.1",
+                 str(self.ports["s3server"])],
+                env,
+                logs / "s3proxy.log",
                 self.ports["s3"],
             ),
             "dbproxy": Service(
@@ -319,7 +324,7 @@ class Cluster:
         cfg.attributes["configure_logger"] = False
         command.upgrade(cfg, "head")
         self.engine = create_engine(normalize_database_url(self.direct_db_url))
-        for name in ("redis", "s3", "dbproxy"):
+        for name in ("redis", "s3server", "s3", "dbproxy"):
             self.services[name].start()
         self.s3().create_bucket(Bucket=BUCKET)
         self.services["api"].start()
@@ -327,7 +332,7 @@ class Cluster:
         wait_for(self.worker_ready, 120, "the worker to be ready")
 
     def stop(self) -> None:
-        for name in ("worker", "api", "dbproxy", "s3", "redis"):
+        for name in ("worker", "api", "dbproxy", "s3", "s3server", "redis"):
             svc = self.services.get(name)
             if svc is not None:
                 svc.stop(timeout=15) if name == "worker" else svc.kill()
@@ -344,11 +349,10 @@ class Cluster:
 
     # --- faults ---------------------------------------------------------------------------
     def restart_s3(self) -> None:
-        """Start moto again and give it back what a real S3 would have kept: replay every
-        request it recorded before it stopped (the bucket and its objects)."""
+        """S3 is reachable again, with everything it held, as a real S3 after an outage.
+        (Restarting moto and replaying its recording raced: uploads that arrived during the
+        replay were not recorded, and the next restart lost them.)"""
         self.services["s3"].start()
-        r = requests.post(f"{self.s3_url}/moto-api/recorder/replay-recording", timeout=120)
-        r.raise_for_status()
 
     # --- clients --------------------------------------------------------------------------
     def s3(self) -> Any:

@@ -11,7 +11,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from shapeworld.world import COLOURS, OPPOSITE, RELATIONS, SHAPES, Scene
+from shapeworld.world import COLOURS, OPPOSITE, RELATIONS, SHAPES, Scene, describe
 
 PHRASES: dict[str, tuple[str, ...]] = {
     "above": ("above", "over", "on top of"),
@@ -51,8 +51,7 @@ def spec_of(scene: Scene) -> Spec:
 
 
 def caption_for(spec: Spec) -> str:
-    parts = [f"a {c} {s}" for c, s in spec.objects]
-    return f" {spec.relation} ".join(parts) if spec.relation else parts[0]
+    return describe(spec.objects, spec.relation)
 
 
 def varied_caption(spec: Spec, rng: random.Random, p_variation: float = 0.3) -> str:

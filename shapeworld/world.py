@@ -8,6 +8,7 @@ centres are further apart. The generator only places pairs where that axis is un
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
@@ -51,9 +52,13 @@ class Scene:
     relation: str | None = None  # of objects[0] to objects[1]
 
     def caption(self) -> str:
-        """The canonical caption: `a {colour} {shape}[ {relation} a {colour} {shape}]`."""
-        parts = [f"a {o.colour} {o.shape}" for o in self.objects]
-        return f" {self.relation} ".join(parts) if self.relation else parts[0]
+        return describe([(o.colour, o.shape) for o in self.objects], self.relation)
+
+
+def describe(objects: Sequence[tuple[str, str]], relation: str | None) -> str:
+    """The canonical caption: `a {colour} {shape}[ {relation} a {colour} {shape}]`."""
+    parts = [f"a {colour} {shape}" for colour, shape in objects]
+    return f" {relation} ".join(parts) if relation else parts[0]
 
 
 def relation_between(a: tuple[float, float], b: tuple[float, float]) -> str:

@@ -21,11 +21,10 @@ def test_the_oracle_agrees_with_the_generator_on_held_out_images() -> None:
     n, agreed = 1500, 0
     for _ in range(n):
         scene = sample_scene(rng)
-        seen = read(render(scene))
+        image = render(scene)
         labels = sorted((o.colour, o.shape) for o in scene.objects)
-        agreed += sorted((s.colour, s.shape) for s in seen) == labels and judge(
-            scene.caption(), render(scene)
-        ).match
+        seen = sorted((s.colour, s.shape) for s in read(image))
+        agreed += seen == labels and judge(scene.caption(), image).match
     assert agreed / n >= 0.99, f"oracle agreed on {agreed} of {n}"
 
 

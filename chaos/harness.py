@@ -269,8 +269,14 @@ class Cluster:
             # What the services reach as S3: killing it is the outage, the objects stay.
             "s3": Service(
                 "s3",
-                [py, "-m", "chaos.proxy", str(self.ports["s3"]), "127.0.0.1",
-                 str(self.ports["s3server"])],
+                [
+                    py,
+                    "-m",
+                    "chaos.proxy",
+                    str(self.ports["s3"]),
+                    "127.0.0.1",
+                    str(self.ports["s3server"]),
+                ],
                 env,
                 logs / "s3proxy.log",
                 self.ports["s3"],

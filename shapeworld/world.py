@@ -80,9 +80,7 @@ def sample_scene(rng: random.Random, n_objects: int | None = None) -> Scene:
     return place(pair, rng.choice(RELATIONS), rng)
 
 
-def place(
-    objects: tuple[tuple[str, str], ...], relation: str | None, rng: random.Random
-) -> Scene:
+def place(objects: tuple[tuple[str, str], ...], relation: str | None, rng: random.Random) -> Scene:
     """A random layout of the given (colour, shape) objects in the given relation."""
     if len(objects) == 1:
         (colour, shape), side = objects[0], rng.randint(*ONE_OBJECT_SIDES)

@@ -57,12 +57,18 @@ def test_the_oracle_ignores_specks_and_reads_larger_images() -> None:
     [
         ("a red circle", Spec((("red", "circle"),))),
         ("an orange square", Spec((("orange", "square"),))),
-        ("a blue square above a yellow triangle",
-         Spec((("blue", "square"), ("yellow", "triangle")), "above")),
-        ("A green circle to the left of a purple square!",
-         Spec((("green", "circle"), ("purple", "square")), "left of")),
-        ("a red circle under a blue square",
-         Spec((("red", "circle"), ("blue", "square")), "below")),
+        (
+            "a blue square above a yellow triangle",
+            Spec((("blue", "square"), ("yellow", "triangle")), "above"),
+        ),
+        (
+            "A green circle to the left of a purple square!",
+            Spec((("green", "circle"), ("purple", "square")), "left of"),
+        ),
+        (
+            "a red circle under a blue square",
+            Spec((("red", "circle"), ("blue", "square")), "below"),
+        ),
         ("a purple elephant", None),
         ("a red circle near a blue square", None),
         ("", None),

@@ -1,7 +1,7 @@
 """`make train-models`: train the shapes pipeline and CLIP from scratch into --out.
 
-    python -m training --out models            # the committed models: 42 min on 2 CPU cores
-    python -m training --out /tmp/m --scale 0.1  # a quick smoke run of every stage
+python -m training --out models            # the committed models: 42 min on 2 CPU cores
+python -m training --out /tmp/m --scale 0.1  # a quick smoke run of every stage
 """
 
 from __future__ import annotations

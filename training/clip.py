@@ -73,14 +73,18 @@ def key(spec: Spec) -> tuple[object, ...]:
 def confuser(spec: Spec, rng: random.Random) -> Spec:
     """A caption for a different scene that shares most of the words."""
     if spec.relation is None:
-        (c, s), = spec.objects
+        ((c, s),) = spec.objects
         options = [Spec(((c2, s),)) for c2 in COLOURS if c2 != c]
         options += [Spec(((c, s2),)) for s2 in SHAPES if s2 != s]
         return rng.choice(options)
     (c0, s0), (c1, s1) = spec.objects
     rel = spec.relation
-    perpendicular = {"above": "left of", "below": "right of", "left of": "below",
-                     "right of": "above"}
+    perpendicular = {
+        "above": "left of",
+        "below": "right of",
+        "left of": "below",
+        "right of": "above",
+    }
     options = [
         Spec(((c1, s0), (c0, s1)), rel),  # colours bound to the other shapes
         Spec(((c0, s0), (c1, s1)), OPPOSITE[rel]),  # the other way round

@@ -26,8 +26,12 @@ LR = 1e-3
 P_UNCONDITIONAL = 0.1
 MIN_SNR_GAMMA = 5.0
 EMA_DECAY = 0.999
-SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
-            "beta_schedule": "linear"}
+SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+}
 
 
 def build_unet() -> Any:  # diffusers' models are untyped for mypy
@@ -52,7 +56,10 @@ def build_text_encoder(tokenizer: Any) -> Any:
 def inference_scheduler() -> DDIMScheduler:
     """DDIM over the training schedule; trailing spacing starts sampling from pure noise."""
     return DDIMScheduler(
-        **SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        **SCHEDULE,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
         timestep_spacing="trailing",
     )
 

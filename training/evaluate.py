@@ -82,8 +82,15 @@ def seeds_for(index: int) -> tuple[int, ...]:
     return tuple(BASE_SEED + 100 * index + i for i in range(CANDIDATES))
 
 
-def run(generator: Generator, ranker: ClipRanker, results: Results, kind: str,
-        prompts: list[str], scale: float, first_index: int) -> None:
+def run(
+    generator: Generator,
+    ranker: ClipRanker,
+    results: Results,
+    kind: str,
+    prompts: list[str],
+    scale: float,
+    first_index: int,
+) -> None:
     cell = results.cells.setdefault((kind, scale), Cell())
     for start in range(0, len(prompts), PROMPTS_PER_CALL):
         chunk = prompts[start : start + PROMPTS_PER_CALL]
@@ -155,9 +162,13 @@ def report(results: Results, one: list[str], two: list[str], meta: dict[str, Any
     def rates(kind: str, scale: float) -> dict[str, float]:
         if kind == "all":
             a, b = results.cells[("one", scale)], results.cells[("two", scale)]
-            merged = Cell(a.prompts + b.prompts, a.images + b.images,
-                          a.matched_images + b.matched_images, a.best_matched + b.best_matched,
-                          a.any_matched + b.any_matched)
+            merged = Cell(
+                a.prompts + b.prompts,
+                a.images + b.images,
+                a.matched_images + b.matched_images,
+                a.best_matched + b.best_matched,
+                a.any_matched + b.any_matched,
+            )
             return merged.rates()
         return results.cells[(kind, scale)].rates()
 
@@ -192,6 +203,7 @@ def report(results: Results, one: list[str], two: list[str], meta: dict[str, Any
             f"| {pct(t['unranked'])} | {pct(t['clip_best'])} | {pct(t['any'])} "
             f"| {pct(a['unranked'])} | {pct(a['clip_best'])} |"
         )
+
     def best_scale(kind: str) -> float:
         return max(results.scales, key=lambda s: rates(kind, s)["unranked"])
 
@@ -199,8 +211,18 @@ def report(results: Results, one: list[str], two: list[str], meta: dict[str, Any
         scale, base = best_scale(kind), rates(kind, 1.0)["unranked"]
         best = rates(kind, scale)["unranked"]
         lift = best / base if base else float("inf")
-        return (f"guidance at its best scale at least doubles scale 1 ({label}, unranked)",
-                f"scale {scale:g}: {pct(best)} vs {pct(base)} = {lift:.2f}x", lift >= 2.0)
+        # Misses say what a ratio of match rates cannot once scale 1 matches most of the time.
+        value = (
+            f"scale {scale:g}: {pct(best)} vs {pct(base)} = {lift:.2f}x; "
+            f"misses {pct(1 - base)} -> {pct(1 - best)}"
+        )
+        if base > 0.5:
+            value += " (doubling is out of reach: scale 1 already matches over half)"
+        return (
+            f"guidance at its best scale at least doubles scale 1 ({label}, unranked)",
+            value,
+            lift >= 2.0,
+        )
 
     scale_all = best_scale("all")
     at_best = rates("all", scale_all)
@@ -211,21 +233,36 @@ def report(results: Results, one: list[str], two: list[str], meta: dict[str, Any
         doubling("all", "all prompts"),
         doubling("two", "two-object prompts"),
         doubling("one", "one-object prompts"),
-        (f"CLIP best-of-8 beats a random pick by at least 10 points (all prompts, scale "
-         f"{scale_all:g})", f"{pct(at_best['clip_best'])} vs {pct(at_best['unranked'])} = "
-         f"{100 * ranking_gain:+.1f} points", ranking_gain >= 0.10),
-        ("one-object prompts at least 90% with guidance plus ranking (best scale)",
-         pct(one_best), one_best >= 0.90),
-        ("two-object prompts at least 50% with guidance plus ranking (best scale)",
-         pct(two_best), two_best >= 0.50),
+        (
+            f"CLIP best-of-8 beats a random pick by at least 10 points (all prompts, scale "
+            f"{scale_all:g})",
+            f"{pct(at_best['clip_best'])} vs {pct(at_best['unranked'])} = "
+            f"{100 * ranking_gain:+.1f} points",
+            ranking_gain >= 0.10,
+        ),
+        (
+            "one-object prompts at least 90% with guidance plus ranking (best scale)",
+            pct(one_best),
+            one_best >= 0.90,
+        ),
+        (
+            "two-object prompts at least 50% with guidance plus ranking (best scale)",
+            pct(two_best),
+            two_best >= 0.50,
+        ),
     ]
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {name} | {value} | {'yes' if ok else '**no**'} |"
-              for name, value, ok in targets]
-    lines += ["", "## Time per image", "",
-              f"On {meta['machine']} ({meta['threads']} torch threads), batches of "
-              f"{PROMPTS_PER_CALL * CANDIDATES} images:", "",
-              "| scale | generation | CLIP scoring |", "|---:|---:|---:|"]
+    lines += [f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in targets]
+    lines += [
+        "",
+        "## Time per image",
+        "",
+        f"On {meta['machine']} ({meta['threads']} torch threads), batches of "
+        f"{PROMPTS_PER_CALL * CANDIDATES} images:",
+        "",
+        "| scale | generation | CLIP scoring |",
+        "|---:|---:|---:|",
+    ]
     for scale in results.scales:
         cells = [results.cells[(k, scale)] for k in ("one", "two")]
         images = sum(c.images for c in cells)
@@ -277,8 +314,11 @@ def main() -> None:
         run(generator, ranker, extra, "grid", grid_extra, scale, 500)
         results.grid.update(extra.grid)
         cells = results.cells
-        print(f"scale {scale:g}: one {cells[('one', scale)].rates()} "
-              f"two {cells[('two', scale)].rates()}", flush=True)
+        print(
+            f"scale {scale:g}: one {cells[('one', scale)].rates()} "
+            f"two {cells[('two', scale)].rates()}",
+            flush=True,
+        )
     meta = {
         "machine": f"{platform.processor() or platform.machine()} CPU",
         "threads": torch.get_num_threads(),

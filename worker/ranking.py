@@ -43,7 +43,10 @@ class ClipRanker:
         # Truncate to what this CLIP's position table holds (77 for OpenAI's, 16 for shapes).
         max_length = self.processor.tokenizer.model_max_length
         text = self.processor(
-            text=[prompt], return_tensors="pt", padding=True, truncation=True,
+            text=[prompt],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
             max_length=max_length,
         )
         pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]

@@ -16,6 +16,13 @@ META = {
     "models": "`m`, `c`",
     "oracle_agreement": 1.0,
     "two_object_types": 540,
+    "training": {
+        "seed": 1,
+        "steps": {"vae": 10, "clip": 20, "diffusion": 30},
+        "seconds": {"vae": 30.0, "clip": 30.0, "diffusion": 120.0},
+        "device": "cpu",
+        "threads": 2,
+    },
 }
 
 
@@ -57,6 +64,10 @@ def test_the_report_marks_each_target_from_the_counts() -> None:
         "yes",
     )
     assert "| 5 | 97.5% | 100.0% | 100.0% | 50.0% | 70.0% | 100.0% | 73.8% | 85.0% |" in text
+    assert text.endswith(
+        "Trained by `make train-models` (seed 1; steps: vae 10, clip 20, diffusion 30) in 3 min "
+        "on cpu with 2 threads.\n"
+    )
 
 
 def test_the_grid_has_a_row_per_prompt_and_a_column_per_scale_plus_the_clip_pick(

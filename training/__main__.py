@@ -17,13 +17,12 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPProcessor
 
 from training import clip, diffusion, vae
-from training.common import device, seeded
+from training.common import RECORD, device, seeded
 from training.tokenizer import build_tokenizer
 
 SEED = 20261125
 PIPELINE_DIR = "shapes-sd"
 CLIP_DIR = "shapes-clip"
-RECORD = "daikon-training.json"
 
 
 def main() -> None:

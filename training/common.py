@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+RECORD = "daikon-training.json"  # how a model folder was trained, beside its weights
+
 
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"

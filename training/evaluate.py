@@ -29,6 +29,7 @@ from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE
 from shapeworld.oracle import judge
 from shapeworld.prompts import ALL_TWO_OBJECT_TYPES, HELD_OUT_COUNT, eval_prompts
 from shapeworld.world import render, sample_scene
+from training.common import RECORD
 from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker, rank
 
@@ -152,6 +153,21 @@ def oracle_agreement() -> float:
 def shown(path: str) -> str:
     resolved = Path(path).resolve()
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
+
+
+def training_record(pipeline: str) -> dict[str, Any] | None:
+    """What `make train-models` wrote beside the weights, when they came from it."""
+    path = Path(pipeline) / RECORD
+    return json.loads(path.read_text()) if path.is_file() else None  # type: ignore[no-any-return]
+
+
+def trained(record: dict[str, Any]) -> str:
+    steps = ", ".join(f"{stage} {n}" for stage, n in record["steps"].items())
+    minutes = sum(record["seconds"].values()) / 60
+    return (
+        f"Trained by `make train-models` (seed {record['seed']}; steps: {steps}) in "
+        f"{minutes:.0f} min on {record['device']} with {record['threads']} threads."
+    )
 
 
 def pct(x: float) -> str:
@@ -285,6 +301,8 @@ def report(results: Results, one: list[str], two: list[str], meta: dict[str, Any
         f"Evaluated in {meta['seconds']:.0f} s; models: {meta['models']}.",
         "",
     ]
+    if meta.get("training"):
+        lines[-1:] = [trained(meta["training"]), ""]
     return "\n".join(lines)
 
 
@@ -326,6 +344,7 @@ def main() -> None:
         "models": f"`{shown(args.pipeline)}`, `{shown(args.clip)}`",
         "oracle_agreement": oracle_agreement(),
         "two_object_types": len(ALL_TWO_OBJECT_TYPES),
+        "training": training_record(args.pipeline),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     draw_grid(results, args.out / "quality-grid.png")

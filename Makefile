@@ -37,11 +37,11 @@ lint: install
 typecheck: install
 	$(PY) -m mypy
 
-# Retrain the committed shapes models from scratch (fixed seeds; 42 min on 2 CPU cores).
+# Retrain the committed shapes models from scratch (fixed seeds; 42-60 min on 2 CPU cores).
 train-models: install
 	$(PY) -m training --out models
 
-# Guidance and CLIP-ranking measurements with the oracle -> docs/quality.md (~10 min on CPU).
+# Guidance and CLIP-ranking measurements with the oracle -> docs/quality.md (~6 min on CPU).
 eval-quality: install
 	$(PY) -m training.evaluate --out docs
 

@@ -1,9 +1,11 @@
-"""`make run` as a new user meets it: `python -m daikon.run` with no service URLs set starts an
-embedded valkey, migrates SQLite, serves the API with gunicorn and runs a worker; the printed
-admin key submits a job that succeeds; a worker that dies is restarted; Ctrl-C stops it all."""
+"""`make run` as a new user meets it: `python -m daikon.run` with no service URLs or models set
+starts an embedded valkey, migrates SQLite, serves the API with gunicorn and runs a worker on the
+committed shapes models; the printed admin key submits a prompt and gets back a picture of it;
+a worker that dies is restarted; Ctrl-C stops it all."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -13,10 +15,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
+from shapeworld.oracle import judge
 from tests.stack import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
+SEED = 7  # the CLIP pick of 8 matched both prompts for each of seeds 0 to 19
 
 
 def wait_for(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -32,16 +37,13 @@ def wait_for(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_make_run_serves_jobs_restarts_a_dead_worker_and_stops_on_ctrl_c(
-    tmp_path: Path, tiny_models: tuple[Path, Path]
+def test_make_run_draws_the_prompt_restarts_a_dead_worker_and_stops_on_ctrl_c(
+    tmp_path: Path,
 ) -> None:
     port = free_port()
-    env = {
-        k: v for k, v in os.environ.items()
-        if k not in ("REDIS_URL", "DATABASE_URL", "DAIKON_ADMIN_KEY")
-    }  # fmt: skip
+    unset = ("REDIS_URL", "DATABASE_URL", "DAIKON_ADMIN_KEY", "DAIKON_MODEL", "DAIKON_CLIP_MODEL")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(DAIKON_DATA_DIR=str(tmp_path / "data"), DAIKON_PORT=str(port),
-               DAIKON_MODEL=str(tiny_models[0]), DAIKON_CLIP_MODEL=str(tiny_models[1]),
                DAIKON_TORCH_THREADS="1")  # fmt: skip
     log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "daikon.run"], cwd=ROOT, env=env,
@@ -60,8 +62,8 @@ def test_make_run_serves_jobs_restarts_a_dead_worker_and_stops_on_ctrl_c(
         assert f"admin key: {key}" in printed and "embedded valkey on redis://" in printed
 
         def run_job(prompt: str) -> dict:  # type: ignore[type-arg]
-            r = http.post(f"{base}/v1/jobs", json={"prompt": prompt, "steps": 3, "candidates": 2,
-                                                   "top_k": 1}, timeout=10)  # fmt: skip
+            body = {"prompt": prompt, "candidates": 8, "top_k": 1, "seed": SEED}
+            r = http.post(f"{base}/v1/jobs", json=body, timeout=10)
             assert r.status_code == 202, r.text
             job_id = r.json()["id"]
             return wait_for(  # type: ignore[no-any-return]
@@ -74,10 +76,17 @@ def test_make_run_serves_jobs_restarts_a_dead_worker_and_stops_on_ctrl_c(
                 f"job {prompt!r}",
             )
 
-        job = run_job("a red circle")
-        assert job["status"] == "succeeded", job["error"]
-        image = requests.get(job["images"][0]["url"], timeout=10)
-        assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+        def drawn(job: dict) -> Image.Image:  # type: ignore[type-arg]
+            assert job["status"] == "succeeded", job["error"]
+            r = requests.get(job["images"][0]["url"], timeout=10)
+            assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+            return Image.open(io.BytesIO(r.content))
+
+        prompt = "a red circle above a blue square"
+        image = drawn(run_job(prompt))
+        assert image.size == (32, 32)  # the embedded models' default size
+        verdict = judge(prompt, image)
+        assert verdict.match, verdict.reason
 
         # Kill the worker's main process: the launcher restarts it, and work continues.
         generation = "celery -A worker[.]main worker"  # not the webhook worker
@@ -87,8 +96,8 @@ def test_make_run_serves_jobs_restarts_a_dead_worker_and_stops_on_ctrl_c(
         os.kill(int(worker_pids[0]), signal.SIGKILL)
         wait_for(lambda: "worker exited with code" in (tmp_path / "run.log").read_text(), 30,
                  "the launcher to notice the dead worker")  # fmt: skip
-        again = run_job("a blue square")
-        assert again["status"] == "succeeded", again["error"]
+        verdict = judge("a yellow triangle", drawn(run_job("a yellow triangle")))
+        assert verdict.match, verdict.reason
     finally:
         proc.send_signal(signal.SIGINT)
         try:

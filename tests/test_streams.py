@@ -37,9 +37,10 @@ def gunicorn(tmp_path: Path, redis_url: str, tiny_models, queue_name: str) -> It
         deadline = time.monotonic() + 30
         while True:
             try:
-                requests.get(f"{base}/healthz", timeout=1)
+                requests.get(f"{base}/healthz", timeout=5)
                 break
-            except requests.ConnectionError:
+            # Refused before gunicorn listens; a read timeout while its worker still boots.
+            except (requests.ConnectionError, requests.Timeout):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
                 time.sleep(0.2)

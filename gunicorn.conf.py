@@ -10,7 +10,8 @@ import os
 
 bind = os.environ.get("DAIKON_BIND", f"127.0.0.1:{os.environ.get('DAIKON_PORT', '8000')}")
 workers = int(os.environ.get("DAIKON_API_WORKERS", "2"))
-worker_class = "gthread"
+# gthread, but no thread waits on a client that sends its request slowly (api/gunicorn_worker.py).
+worker_class = "api.gunicorn_worker.SlowClientSafeWorker"
 threads = int(os.environ.get("DAIKON_API_THREADS", "128"))
 accesslog = "-"
 # Event streams are long requests; the gthread worker is not killed for them.

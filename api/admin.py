@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import openapi
 from api.auth import require_admin
-from api.jobs import json_body
+from api.bodies import json_body
 from api.services import services
 from db import tenants
 from db.models import ApiKey, Tenant

@@ -7,13 +7,14 @@ from typing import Any
 
 import redis
 from flask import Blueprint
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api import openapi
 from api.auth import authenticate
 from api.services import services
 from daikon import workers
 from daikon.errors import ServiceUnavailable
+from daikon.limits import ModelLimits
 from db import stats
 from db.session import session_scope
 
@@ -25,6 +26,13 @@ class ModelOut(BaseModel):
     default: bool
     workers: int
     queued: int
+    device: str | None = Field(
+        description="Where its workers run it (cpu, cuda, ...); null until one has loaded it."
+    )
+    limits: ModelLimits | None = Field(
+        description="What one job may cost there, and each tenant's budget; null until a "
+        "worker has loaded it (jobs are then checked by the worker)."
+    )
 
 
 class ModelList(BaseModel):
@@ -48,15 +56,17 @@ def list_models() -> Any:
         ) from e
     with session_scope(svc.sessions) as session:
         queued = stats.queued_by_model(session=session)
-    out = ModelList(
-        models=[
+    out = ModelList(models=[])
+    for name in settings.model_specs:
+        served = svc.served_models.get(name)
+        out.models.append(
             ModelOut(
                 name=name,
                 default=name == settings.default_model_name,
                 workers=serving[name],
                 queued=queued.get(name, 0),
+                device=served.device if served else None,
+                limits=served.limits if served else None,
             )
-            for name in settings.model_specs
-        ]
-    )
+        )
     return out.model_dump(mode="json")

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from gunicorn.http.errors import ParseException
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -108,6 +109,12 @@ def register(app: Flask) -> None:
         if status == 405 and e.get_response().headers.get("Allow"):
             resp.headers["Allow"] = e.get_response().headers["Allow"]
         return resp, status
+
+    @app.errorhandler(ParseException)
+    def _unreadable_body(e: ParseException) -> Any:
+        # gunicorn parses a chunked body as the app reads it: a bad chunk is the client's fault.
+        return error_response(400, type="invalid_request_error", code="bad_request",
+                              message=f"the request body is malformed: {e}")  # fmt: skip
 
     @app.errorhandler(OperationalError)
     def _db_down(e: OperationalError) -> Any:

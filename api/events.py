@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request, stream_with_context
 
-from api import openapi, slots
+from api import openapi
 from api.auth import authenticate
 from api.serialize import job_out
 from api.services import Services, services
@@ -89,14 +89,14 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
                 last_sent = time.monotonic()
     finally:
         pubsub.close()
-        slots.release()
 
 
 @bp.get("/jobs/<job_id>/events")
 @openapi.operation(
     "Stream a job's events (SSE)", tags=["jobs"],
-    params=[openapi.header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]+$"},
-                           "Resume a dropped stream: events up to this id are not sent again.")],
+    params=[openapi.header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,10}$"},
+                           "Resume a dropped stream: events up to this id are not sent again "
+                           "(another value is ignored).")],
     responses={200: openapi.Reply(
         "Server-Sent Events: `status` {id, status, queue_position}, `progress` {step, total, "
         "fraction}, and a final `done` carrying the job object; then the stream closes.",
@@ -109,15 +109,37 @@ def job_events(job_id: str) -> Response:
     principal = authenticate()
     svc = services()
     _snapshot(svc, job_id, principal.tenant_id)  # 404 for unknown or foreign jobs, before 200
-    raw = request.headers.get("Last-Event-ID", "0")
-    last_id = int(raw) if raw.isascii() and raw.isdigit() else 0
-    slots.acquire(
-        svc.settings.max_long_requests,
-        code="too_many_streams",
-        message="too many open event streams on this server; poll GET /v1/jobs/{id} instead",
-    )
-    return Response(
-        stream_with_context(_stream(svc, job_id, principal.tenant_id, last_id)),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    last_id = _last_event_id()
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if request.method == "HEAD":  # the headers a GET would get; no stream, so no slot
+        return Response(mimetype="text/event-stream", headers=headers)
+    slot = svc.long_requests.acquire(
+        principal.tenant_id, code="too_many_streams", what="open event streams",
+        instead="poll GET /v1/jobs/{id} instead",
+    )  # fmt: skip
+    try:
+        response = Response(
+            stream_with_context(_stream(svc, job_id, principal.tenant_id, last_id)),
+            mimetype="text/event-stream",
+            headers=headers,
+        )
+    except BaseException:
+        slot.release()
+        raise
+    # The server closes every response it was handed, whether its body was sent, cut short
+    # by a client that went away, or never iterated: the slot comes back on each path.
+    response.call_on_close(slot.release)
+    return response
+
+
+# Event ids are below 2**31; a longer value is not one this API sent.
+LAST_EVENT_ID_DIGITS = 10
+
+
+def _last_event_id() -> int:
+    """The id to resume after; a value this API never sent (not digits, or too long for one
+    of its ids, e.g. 5,000 digits that int() would refuse) is ignored: a fresh stream."""
+    raw = request.headers.get("Last-Event-ID", "")
+    if raw.isascii() and raw.isdigit() and len(raw) <= LAST_EVENT_ID_DIGITS:
+        return int(raw)
+    return 0

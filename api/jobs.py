@@ -13,13 +13,14 @@ from flask import Blueprint, Response, request, url_for
 
 from api import openapi
 from api.auth import authenticate
+from api.bodies import json_body
 from api.serialize import etag, job_out, job_outs
 from api.services import services
 from api.signing import verify
 from api.submission import submit
 from api.webhook_events import emitter as webhook_emitter
 from daikon.contract import JobList, JobOut, JobRequest, JobStatus, WebhookEvent
-from daikon.errors import BadRequest, Conflict, InvalidRequest, NotFound, UnsupportedMediaType
+from daikon.errors import Conflict, InvalidRequest, NotFound
 from db import jobs
 from db.session import session_scope
 
@@ -35,37 +36,6 @@ JOB_LINKS = {
     for name, endpoint in [("get", "jobs.get_job"), ("cancel", "jobs.cancel_job"),
                            ("events", "events.job_events")]
 }  # fmt: skip
-
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
-
-
-def json_body() -> dict[str, Any]:
-    if not request.is_json:
-        raise UnsupportedMediaType("Content-Type must be application/json")
-    try:
-        # Strictly JSON: Python's NaN and Infinity would be stored and answered as invalid JSON,
-        # and deep nesting raises RecursionError, which is not a ValueError.
-        body = json.loads(request.get_data(cache=True), parse_constant=_not_json)
-    except (ValueError, RecursionError):
-        raise BadRequest("request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object", code="invalid_json")
-    if _has_nul(body):
-        raise BadRequest("request body contains a NUL character (\\u0000)", code="invalid_json")
-    return body
-
-
-def _has_nul(value: Any) -> bool:
-    """PostgreSQL stores no NUL in text or JSONB: refuse it here rather than fail there."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
 
 
 @bp.post("/jobs")

@@ -19,7 +19,7 @@ from api import openapi
 from api.services import Services, services
 from daikon import stage_metrics, workers
 from daikon.contract import PRIORITY_MAX
-from db import stats
+from db import stats, webhooks
 from db.session import session_scope
 
 log = logging.getLogger("daikon.api")
@@ -58,10 +58,17 @@ class DaikonCollector(Collector):
     def _database(self) -> Iterator[Metric]:
         with session_scope(self.svc.sessions) as session:
             counts = stats.jobs_by_status(session=session)
+            unrendered = webhooks.count_unrendered(session=session)
         jobs = GaugeMetricFamily("daikon_jobs", "Jobs by status.", labels=["status"])
         for status, n in counts.items():
             jobs.add_metric([status.value], n)
         yield jobs
+        yield GaugeMetricFamily(
+            "daikon_webhook_unrendered_events",
+            "Webhook events that could not be rendered, so were never sent; each shows as a "
+            "failed delivery on its job (GET /v1/jobs/{id}/webhooks).",
+            value=unrendered,
+        )
 
     def _redis(self) -> Iterator[Metric]:
         settings = self.svc.settings

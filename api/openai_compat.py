@@ -19,8 +19,6 @@ import base64
 import logging
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import redis
@@ -29,12 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from redis.client import PubSub
 from sqlalchemy.exc import OperationalError
 
-from api import openapi, slots
+from api import openapi
 from api.auth import authenticate
+from api.bodies import json_body
 from api.errors import error_response, validation_error
-from api.jobs import json_body
 from api.serialize import image_url
 from api.services import Services, services
+from api.slots import Slot
 from api.submission import Submitted, submit
 from daikon import live
 from daikon.contract import JobStatus
@@ -130,21 +129,14 @@ def _invalid_header(e: InvalidRequest) -> Any:
     return error_response(400, type=e.type, code=e.code, message=e.message, param=e.param)
 
 
-@contextmanager
-def _waiting_slot(svc: Services) -> Iterator[None]:
-    """A waiting request holds a server thread: cap them per process, like event streams, so
-    they cannot starve ordinary requests. Taken before submitting, so a refusal creates
-    nothing and the client may simply retry."""
-    slots.acquire(
-        svc.settings.max_long_requests,
-        code="too_many_waiting",
-        message="too many image requests are waiting on this server; retry shortly, or use "
-        "POST /v1/jobs and poll",
-    )
-    try:
-        yield
-    finally:
-        slots.release()
+def _waiting_slot(svc: Services, tenant_id: str) -> Slot:
+    """A waiting request holds a server thread: capped per process and per tenant, like event
+    streams, so waits cannot starve ordinary requests. Taken before submitting, so a refusal
+    creates nothing and the client may simply retry."""
+    return svc.long_requests.acquire(
+        tenant_id, code="too_many_waiting", what="image requests waiting",
+        instead="retry shortly, or use POST /v1/jobs and poll",
+    )  # fmt: skip
 
 
 def _status(svc: Services, job_id: str, tenant_id: str) -> JobStatus:
@@ -243,7 +235,7 @@ def generate_images() -> Any:
     svc = services()
     req = ImageGenerationRequest.model_validate(json_body(), context={"settings": svc.settings})
     key = request.headers.get("Idempotency-Key")
-    with _waiting_slot(svc):
+    with _waiting_slot(svc, principal.tenant_id):
         result = submit(svc, principal, req.job_body(svc.settings), idempotency_key=key)
         try:
             return _answer(svc, req, result, principal.tenant_id, retry=key is not None)

@@ -9,8 +9,12 @@ from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.signing import secret_key
+from api.slots import LongRequests
+from daikon import encryption
 from daikon.celery_config import make_celery
+from daikon.encryption import Cipher
 from daikon.live import LiveState
+from daikon.served_models import ServedModels
 from daikon.settings import Settings
 from daikon.storage import ImageStore, make_store
 from db.session import make_engine, make_session_factory
@@ -24,9 +28,13 @@ class Services:
     celery: Celery
     live: LiveState
     signing_key: bytes
+    long_requests: LongRequests  # this process's slots for streams and waits
+    cipher: Cipher  # secrets stored encrypted (webhook signing secrets)
+    served_models: ServedModels  # what workers published about the models they loaded
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
+        live = LiveState(settings.redis_url)
         return cls(
             settings=settings,
             sessions=make_session_factory(make_engine(settings.sqlalchemy_url)),
@@ -34,8 +42,14 @@ class Services:
             # and creating the bucket is the worker's business.
             store=make_store(settings, create_bucket=False),
             celery=make_celery(settings, main="daikon-api"),
-            live=LiveState(settings.redis_url),
+            live=live,
+            served_models=ServedModels(live.redis, settings),
             signing_key=secret_key(settings),
+            cipher=encryption.cipher(settings),
+            long_requests=LongRequests(
+                settings.max_long_requests,
+                min(settings.max_long_requests_per_tenant, settings.max_long_requests),
+            ),
         )
 
 

@@ -11,17 +11,21 @@ from datetime import timedelta
 from typing import Any
 
 import redis
+from sqlalchemy.orm import Session
 
 from api.auth import Principal
 from api.services import Services
 from api.webhook_events import check_webhook_url
-from daikon.celery_config import publish_job
+from daikon import limits
+from daikon.celery_config import publish_job, soft_time_limit
 from daikon.contract import (
     DEFAULT_PRIORITY,
     DEFAULT_WEBHOOK_EVENTS,
+    JobParams,
     JobRequest,
 )
 from daikon.errors import Conflict, DaikonError, InvalidRequest, ServiceUnavailable
+from daikon.served_models import ServedModel
 from db import jobs
 from db.models import Job
 from db.session import session_scope
@@ -71,6 +75,9 @@ def submit(
     req = JobRequest.model_validate(body, context={"settings": settings})
     check_webhook_url(svc, req.webhook_url)
     params = req.resolve(settings)
+    served = svc.served_models.get(params.model)
+    if served is not None:  # else no worker has served it yet: the worker checks (same code)
+        _check_cost(params, served)
     digest = request_hash(body)
     if idempotency_key is not None and not (0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX):
         raise InvalidRequest(
@@ -114,6 +121,8 @@ def submit(
                 f"{settings.tenant_max_active_jobs}",
                 retry_after=5, code="too_many_active_jobs",
             )  # fmt: skip
+        if served is not None:
+            _check_queued_cost(session, principal.tenant_id, params, served)
         try:
             job = jobs.create(
                 session=session, params=params, tenant_id=principal.tenant_id, options=options
@@ -121,10 +130,16 @@ def submit(
         except jobs.IdempotencyConflict as race:  # the same key won a concurrent request
             return _replay(race.job, digest, idempotency_key or "")
         job_id, model, priority = job.id, job.model, job.priority
+    allowance = (
+        limits.time_allowance(params.cost, served.limits, soft_time_limit(settings))
+        if served is not None
+        else None
+    )
     # Published after the commit so the worker always finds the row (an outbox: should this
     # process die before `enqueued_at` is set, a worker's sweeper publishes the job again).
     try:
-        publish_job(svc.celery, settings, job_id=job_id, model=model, priority=priority)
+        publish_job(svc.celery, settings, job_id=job_id, model=model, priority=priority,
+                    allowance=allowance)  # fmt: skip
     except Exception as e:
         log.error("enqueue of job %s failed: %s", job_id, e)
         with session_scope(svc.sessions) as session:
@@ -136,6 +151,29 @@ def submit(
     except Exception as e:  # published already: at worst the sweeper publishes it once more
         log.warning("could not mark job %s published: %s", job_id, e)
     return Submitted(job_id, created=True)
+
+
+def _check_cost(params: JobParams, served: ServedModel) -> None:
+    refusal = limits.too_large(params.cost, served.limits, model=params.model,
+                               device=served.device, describe=params.describe_cost())  # fmt: skip
+    if refusal:
+        raise InvalidRequest(refusal, code=limits.TOO_LARGE)
+
+
+def _check_queued_cost(
+    session: Session, tenant_id: str, params: JobParams, served: ServedModel
+) -> None:
+    """One tenant's queued and running work for a model stays within its budget, so it can
+    never fill the model's queue with what belongs to all."""
+    budget = served.limits.tenant_queued_cost
+    held = jobs.active_cost(session=session, tenant_id=tenant_id, model=params.model)
+    if held + params.cost > budget:
+        raise TooManyRequests(
+            f"this tenant's queued and running jobs for model {params.model!r} cost "
+            f"{held:.4g} megapixel-steps; with this one ({params.cost:.4g}) they would pass "
+            f"the budget of {budget:g}: retry once some have finished",
+            retry_after=10, code="too_much_queued_work",
+        )  # fmt: skip
 
 
 def _queue_unavailable() -> ServiceUnavailable:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import openapi
 from api.auth import authenticate, require_admin
-from api.jobs import json_body
+from api.bodies import json_body, read_body
 from api.services import services
 from api.webhook_events import emitter
 from daikon.webhooks import DeliveryStatus
@@ -45,7 +45,11 @@ class AttemptOut(BaseModel):
     duration_ms: int
     status_code: int | None
     error: str | None
-    response_excerpt: str | None = Field(description="At most the first 1 KiB of the answer.")
+    response_excerpt: str | None = Field(
+        description="At most the first 1 KiB of the answer; only from receivers outside the "
+        "deployment's allowlist (an allowlisted receiver may be an internal service)."
+    )
+    response_bytes: int | None = Field(description="How much of the answer was read (<= 4 KiB).")
     next_attempt_at: datetime | None
 
 
@@ -72,6 +76,7 @@ def attempt_out(a: WebhookAttempt) -> AttemptOut:
     return AttemptOut(
         attempt=a.attempt, started_at=a.started_at, duration_ms=a.duration_ms,
         status_code=a.status_code, error=a.error, response_excerpt=a.response_excerpt,
+        response_bytes=a.response_bytes,
         next_attempt_at=a.next_attempt_at,
     )  # fmt: skip
 
@@ -94,15 +99,16 @@ def delivery_out(d: WebhookDelivery) -> DeliveryOut:
 def create_secret() -> Any:
     principal = authenticate()
     svc = services()
-    body = SecretCreate.model_validate(json_body() if request.get_data() else {})
+    body = SecretCreate.model_validate(json_body() if read_body() else {})
     hours = svc.settings.webhook_secret_overlap_hours
     if body.overlap_hours is not None:
         hours = body.overlap_hours
     with session_scope(svc.sessions) as session:
         made = webhooks.rotate_secret(
-            session=session, tenant_id=principal.tenant_id, overlap=timedelta(hours=hours)
-        )
-        out = SecretOut(secret=made.secret.secret, created_at=made.secret.created_at,
+            session=session, tenant_id=principal.tenant_id, overlap=timedelta(hours=hours),
+            cipher=svc.cipher,
+        )  # fmt: skip
+        out = SecretOut(secret=made.secret, created_at=made.created_at,
                         previous_expires_at=made.previous_expires_at)  # fmt: skip
     return out.model_dump(mode="json"), 201, {"Cache-Control": "no-store"}
 

@@ -46,7 +46,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_time_limit": settings.job_time_limit_seconds,
-        "task_soft_time_limit": max(settings.job_time_limit_seconds - 30, 5),
+        "task_soft_time_limit": soft_time_limit(settings),
         "task_ignore_result": True,  # results live in the database, not in Redis
         "task_default_queue": settings.queue,
         "task_serializer": "json",
@@ -63,20 +63,51 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+# Celery's soft limit for a job sits this far past its allowance: the executor's own check,
+# at each denoising step, fails it first; the soft limit interrupts an operation that hangs.
+SOFT_LIMIT_MARGIN_SECONDS = 10.0
+
+
+def soft_time_limit(settings: Settings) -> int:
+    """Celery's soft limit: the job fails cleanly before the hard limit kills its process."""
+    return max(settings.job_time_limit_seconds - 30, 5)
+
+
 def make_celery(settings: Settings, *, main: str = "daikon") -> Celery:
     app = Celery(main)
     app.conf.update(celery_config(settings))
     return app
 
 
-def publish_job(app: Celery, settings: Settings, *, job_id: str, model: str, priority: int) -> None:
+def publish_job(
+    app: Celery,
+    settings: Settings,
+    *,
+    job_id: str,
+    model: str,
+    priority: int,
+    allowance: float | None = None,
+) -> None:
     """Publish a job's message on its model's queue at its priority. Publishing twice is
-    harmless: the claim lets one message run the job and the others find nothing to do."""
-    from daikon.contract import PRIORITY_MAX, TASK_GENERATE
+    harmless: the claim lets one message run the job and the others find nothing to do.
 
+    `allowance` is the time the job's cost allows (daikon/limits.py), when known: the message
+    then carries Celery time limits just past it (the worker's own check fails the job at the
+    allowance; these catch a process that did not stop), instead of the deployment's."""
+    from daikon.contract import PRIORITY_MAX, TASK_GENERATE
+    from daikon.limits import HARD_LIMIT_GRACE_SECONDS
+
+    limits: dict[str, float] = {}
+    if allowance is not None:
+        soft = min(allowance + SOFT_LIMIT_MARGIN_SECONDS, soft_time_limit(settings))
+        limits = {
+            "soft_time_limit": soft,
+            "time_limit": min(soft + HARD_LIMIT_GRACE_SECONDS, settings.job_time_limit_seconds),
+        }
     app.send_task(
         TASK_GENERATE,
         args=[job_id],
         queue=settings.queue_for(model),
         priority=PRIORITY_MAX - priority,  # the Redis transport serves level 0 first
+        **limits,
     )

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import enum
 import json
+import unicodedata
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from daikon.limits import job_cost
 from daikon.settings import Settings
 
 TASK_GENERATE = "daikon.generate_job"
@@ -65,6 +67,12 @@ class JobStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled})
+
+
+def visible(char: str) -> bool:
+    """A character that draws something: a letter, number, punctuation or symbol (not a space,
+    control, format character such as U+200B ZERO WIDTH SPACE, or a lone combining mark)."""
+    return unicodedata.category(char)[0] in "LNPS"
 
 
 def _settings(info: ValidationInfo) -> Settings:
@@ -124,8 +132,14 @@ class JobRequest(BaseModel):
         limit = _settings(info).max_prompt_chars
         if len(v) > limit:
             raise ValueError(f"must be at most {limit} characters (got {len(v)})")
-        if info.field_name == "prompt" and not v.strip():
-            raise ValueError("must not be empty")
+        if info.field_name == "prompt":
+            if not v.strip():
+                raise ValueError("must not be empty")
+            if not any(visible(c) for c in v):
+                raise ValueError(
+                    "must contain a visible character (it has only invisible ones, such as "
+                    "zero-width spaces or joiners)"
+                )
         return v
 
     @field_validator("width", "height")
@@ -268,6 +282,16 @@ class JobParams(BaseModel):
     seed: int | None  # None until the worker picks one; the job then records the one used
     model: str = "default"
     scheduler: str | None = None  # None = the pipeline's own
+
+    @property
+    def cost(self) -> float:
+        """Megapixel-steps (daikon/limits.py): what bounds how long the job holds a worker."""
+        return job_cost(width=self.width, height=self.height, candidates=self.candidates,
+                        steps=self.steps)  # fmt: skip
+
+    def describe_cost(self) -> str:
+        return (f"{self.width}x{self.height} px x {self.candidates} candidates x "
+                f"{self.steps} steps")  # fmt: skip
 
 
 class ImageOut(BaseModel):

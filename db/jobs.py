@@ -67,6 +67,7 @@ def create(
         prompt=params.prompt,
         params=params.model_dump(mode="json"),
         model=params.model,
+        cost=params.cost,
         status=JobStatus.queued,
         priority=options.priority,
         client_metadata=options.metadata,
@@ -158,6 +159,14 @@ def count_active(*, session: Session, tenant_id: str | None) -> int:
         .where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
     )
     return int(session.scalar(stmt) or 0)
+
+
+def active_cost(*, session: Session, tenant_id: str | None, model: str) -> float:
+    """Megapixel-steps of the tenant's queued and running jobs for one model."""
+    stmt = select(func.coalesce(func.sum(Job.cost), 0.0)).where(
+        Job.tenant_id == tenant_id, Job.status.in_(ACTIVE), Job.model == model
+    )
+    return float(session.scalar(stmt) or 0.0)
 
 
 def queue_position(*, session: Session, job: Job) -> int:

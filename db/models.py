@@ -117,6 +117,8 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     model: Mapped[str] = mapped_column(String(64), default="default")
+    # Megapixel-steps (JobParams.cost): summed per tenant and model for the queued-cost budget.
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
     priority: Mapped[int] = mapped_column(SmallInteger, default=5)
     client_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     webhook_url: Mapped[str | None] = mapped_column(Text)
@@ -141,6 +143,7 @@ class Job(Base):
         Index("ix_jobs_created_at", "created_at"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
+        Index("ix_jobs_tenant_id_status_model", "tenant_id", "status", "model"),
         Index("ix_jobs_model_status_priority", "model", "status", "priority", "created_at"),
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id_idempotency_key"),
@@ -171,15 +174,16 @@ class JobImage(Base):
 
 
 class WebhookSecret(Base):
-    """A tenant's signing secret. Stored in clear because signing needs it; shown to the tenant
-    only when made. `expires_at` is None for the current one; a rotation gives the previous
-    one an expiry (the overlap), during which both sign."""
+    """A tenant's signing secret, encrypted at rest (daikon/encryption.py): signing needs the
+    secret itself, so it cannot be hashed. Shown to the tenant only when made. `expires_at` is
+    None for the current one; a rotation gives the previous one an expiry (the overlap), during
+    which both sign."""
 
     __tablename__ = "webhook_secrets"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    secret: Mapped[str] = mapped_column(String(64))
+    secret: Mapped[str] = mapped_column(Text)  # "fernet:<token>"
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -239,7 +243,10 @@ class WebhookAttempt(Base):
     address: Mapped[str | None] = mapped_column(String(64))  # the IP connected to
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(String(255))
+    # The start of the answer, only from receivers outside the operator's allowlist: an
+    # allowlisted host may be an internal service whose answers a tenant must not read.
     response_excerpt: Mapped[str | None] = mapped_column(Text)
+    response_bytes: Mapped[int | None] = mapped_column(Integer)  # how much of it was read
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (UniqueConstraint("delivery_id", "attempt"),)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,18 +11,25 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from daikon.private_files import DIR_MODE, FILE_MODE
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         database = make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        on_disk = bool(database) and database != ":memory:"
+        if on_disk:
+            Path(str(database)).parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         # API and worker are separate processes sharing one file: WAL lets readers run beside
         # the single writer, and busy_timeout waits for the write lock instead of failing.
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            if on_disk:
+                # Before WAL mode: SQLite gives its -wal and -shm files the database's mode.
+                # It holds secrets (webhook signing secrets, key hashes): owner only.
+                os.chmod(str(database), FILE_MODE)
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=30000")

@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from daikon.contract import JobStatus, WebhookEvent
+from daikon.encryption import Cipher, is_encrypted
 from daikon.errors import Conflict, NotFound
 from daikon.webhooks import DeliveryStatus, payload, signing
 from daikon.webhooks.schedule import MAX_ATTEMPTS
@@ -40,12 +41,18 @@ SECRET_RETENTION = timedelta(days=7)
 
 @dataclass(frozen=True)
 class Rotation:
-    secret: WebhookSecret
+    secret: str  # in clear: shown to the tenant once, never stored so
+    created_at: datetime
     previous_expires_at: datetime | None
 
 
 def rotate_secret(
-    *, session: Session, tenant_id: str, overlap: timedelta, now: datetime | None = None
+    *,
+    session: Session,
+    tenant_id: str,
+    overlap: timedelta,
+    cipher: Cipher,
+    now: datetime | None = None,
 ) -> Rotation:
     """A new current secret; the current one (if any) keeps signing for `overlap`."""
     now = now or utcnow()
@@ -69,16 +76,19 @@ def rotate_secret(
             WebhookSecret.expires_at < now - SECRET_RETENTION,
         )
     )
-    secret = WebhookSecret(tenant_id=tenant_id, secret=signing.new_secret(), created_at=now)
-    session.add(secret)
+    plain = signing.new_secret()
+    session.add(WebhookSecret(tenant_id=tenant_id, secret=cipher.encrypt(plain), created_at=now))
     session.flush()
     had_one = result.rowcount > 0  # type: ignore[attr-defined]
-    return Rotation(secret, previous_expires if had_one else None)
+    return Rotation(plain, now, previous_expires if had_one else None)
 
 
-def signing_secrets(*, session: Session, tenant_id: str, now: datetime) -> list[str]:
-    """The secrets that sign now, newest first. A tenant that never made one gets one here
-    (deliveries are always signed); `POST /v1/webhooks/secret` then shows it a new one."""
+def signing_secrets(
+    *, session: Session, tenant_id: str, now: datetime, cipher: Cipher
+) -> list[str]:
+    """The secrets that sign now, newest first, in clear. A tenant that never made one gets
+    one here (deliveries are always signed); `POST /v1/webhooks/secret` then shows it a new
+    one. A secret stored before encryption at rest is encrypted on the way."""
     rows = session.scalars(
         select(WebhookSecret)
         .where(
@@ -88,11 +98,23 @@ def signing_secrets(*, session: Session, tenant_id: str, now: datetime) -> list[
         .order_by(WebhookSecret.created_at.desc())
     ).all()
     if rows:
-        return [r.secret for r in rows]
-    fresh = WebhookSecret(tenant_id=tenant_id, secret=signing.new_secret(), created_at=now)
-    session.add(fresh)
+        for row in rows:
+            if not is_encrypted(row.secret):
+                row.secret = cipher.encrypt(row.secret)
+        return [cipher.decrypt(r.secret) for r in rows]
+    plain = signing.new_secret()
+    session.add(WebhookSecret(tenant_id=tenant_id, secret=cipher.encrypt(plain), created_at=now))
     session.flush()
-    return [fresh.secret]
+    return [plain]
+
+
+def reencrypt_secrets(*, session: Session, cipher: Cipher) -> int:
+    """Every stored secret encrypted under the cipher's first key (key rotation)."""
+    rows = session.scalars(select(WebhookSecret)).all()
+    for row in rows:
+        row.secret = cipher.rotate(row.secret)
+    session.flush()
+    return len(rows)
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -140,7 +162,15 @@ def record_event(
         return None
     assert job.webhook_url is not None and job.tenant_id is not None
     now = utcnow()
-    body = payload.render(event, at or event_time(job, event), job_object(job, links, step=step))
+    try:
+        body = payload.render(event, at or event_time(job, event),
+                              job_object(job, links, step=step))  # fmt: skip
+    except Exception as e:
+        # Never silence: the event is recorded as a failed delivery the tenant sees on the
+        # job (GET /v1/jobs/{id}/webhooks), operators see in /metrics, and the log explains.
+        log.exception("webhook %s for job %s could not be rendered", event.value, job.id)
+        _record_unrenderable(session=session, job=job, event=event, error=e, now=now)
+        return None  # nothing to send
     disabled = is_disabled(session=session, tenant_id=job.tenant_id, url=job.webhook_url)
     delivery = WebhookDelivery(
         id=signing.new_message_id(),
@@ -161,6 +191,35 @@ def record_event(
     session.add(delivery)
     session.flush()
     return delivery.id
+
+
+UNRENDERED_PREFIX = "the event could not be rendered"
+
+
+def _record_unrenderable(
+    *, session: Session, job: Job, event: WebhookEvent, error: Exception, now: datetime
+) -> None:
+    assert job.webhook_url is not None and job.tenant_id is not None
+    delivery = WebhookDelivery(
+        id=signing.new_message_id(), job_id=job.id, tenant_id=job.tenant_id, event=event.value,
+        url=job.webhook_url, payload="", status=DeliveryStatus.failed, attempts=0,
+        max_attempts=0, next_attempt_at=None, queued_at=None, created_at=now, updated_at=now,
+        last_error=f"{UNRENDERED_PREFIX}: {type(error).__name__}: {error}"[:255],
+    )  # fmt: skip
+    session.add(delivery)
+    session.flush()
+
+
+def count_unrendered(*, session: Session) -> int:
+    """Events that could not be rendered (failed before any attempt): for /metrics."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(WebhookDelivery)
+            .where(WebhookDelivery.status == DeliveryStatus.failed, WebhookDelivery.attempts == 0)
+        )
+        or 0
+    )
 
 
 @dataclass(frozen=True)
@@ -255,6 +314,7 @@ class AttemptRecord:
     status_code: int | None
     error: str | None
     response_excerpt: str | None
+    response_bytes: int | None = None
 
 
 def finish_attempt(
@@ -274,7 +334,8 @@ def finish_attempt(
             delivery_id=delivery.id, attempt=record.attempt, started_at=record.started_at,
             duration_ms=record.duration_ms, address=record.address,
             status_code=record.status_code, error=record.error,
-            response_excerpt=record.response_excerpt, next_attempt_at=next_attempt_at,
+            response_excerpt=record.response_excerpt, response_bytes=record.response_bytes,
+            next_attempt_at=next_attempt_at,
         )
     )  # fmt: skip
     result = session.execute(

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -178,6 +179,39 @@ def forget_redis_state(settings: Settings) -> None:
         for key in client.scan_iter(pattern):
             client.delete(key)
     client.close()
+
+
+@contextmanager
+def gunicorn_api(
+    settings: Settings, log_path: Path, *, workers: int = 1, **env: str
+) -> Iterator[str]:
+    """The API under gunicorn with gunicorn.conf.py, as `make run` serves it; its base URL.
+    `env` adds variables (e.g. DAIKON_API_THREADS)."""
+    migrate(settings.sqlalchemy_url)
+    port = free_port()
+    full_env = {**os.environ, **settings_env(settings), "DAIKON_API_WORKERS": str(workers),
+                "DAIKON_PORT": str(port), **env}  # fmt: skip
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "api:create_app()"], cwd=ROOT,
+                            env=full_env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"{base}/healthz", timeout=5)
+                break
+            # Refused before gunicorn listens; a read timeout while its worker still boots.
+            except (requests.ConnectionError, requests.Timeout):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError(
+                        f"gunicorn did not start:\n{log_path.read_text(errors='replace')}"
+                    ) from None
+                time.sleep(0.2)
+        yield base
+    finally:
+        stop_process(proc, 30)
+        log.close()
 
 
 @contextmanager

@@ -152,6 +152,44 @@ def test_a_failing_stage_fails_the_job_with_its_reason(  # type: ignore[no-untyp
     assert job.images == [] and job.finished_at is not None
 
 
+class CountingGenerator(ExplodingGenerator):
+    calls = 0
+
+    def generate(self, requests: Sequence[GenerationRequest], **_: Any) -> list[list[Image.Image]]:
+        CountingGenerator.calls += 1
+        return super().generate(requests)
+
+
+def test_a_job_too_large_for_its_model_fails_before_any_gpu_work(  # type: ignore[no-untyped-def]
+    sessions, store, runtime
+) -> None:
+    """A deployment whose workers never published the model's limits let the API accept it:
+    the worker refuses it, with the code and message the API would have answered."""
+    job_id = new_job(sessions, width=1024, height=1024, candidates=16, steps=150)
+    counting = ModelRuntime(CountingGenerator(), runtime.ranker, "cpu", 0.0)  # type: ignore[arg-type]
+    assert executor(sessions, store, counting).run(job_id) is Outcome.failed
+    job = load(sessions, job_id)
+    assert (job.error_code, job.error_message) == (
+        "job_too_large",
+        "this job costs 2517 megapixel-steps (1024x1024 px x 16 candidates x 150 steps); model "
+        "'default' on cpu allows at most 4: ask for a smaller size, fewer candidates or fewer "
+        "steps",
+    )
+    assert CountingGenerator.calls == 0
+
+
+def test_a_job_past_the_time_its_cost_allows_fails_at_the_next_step(  # type: ignore[no-untyped-def]
+    sessions, store, runtime
+) -> None:
+    job_id = new_job(sessions, steps=20)
+    ex = executor(sessions, store, runtime)
+    ex.time_limit_seconds = 0.0  # the deployment's ceiling caps every allowance
+    assert ex.run(job_id) is Outcome.failed
+    job = load(sessions, job_id)
+    assert job.error_code == "time_limit_exceeded" and job.images == []
+    assert (job.error_message or "").startswith("the job ran past its time limit of 0 s")
+
+
 def test_a_model_that_cannot_load_fails_the_job(sessions, store) -> None:  # type: ignore[no-untyped-def]
     def no_model(_model: str) -> ModelRuntime:
         raise ModelLoadError("cannot load pipeline '/nowhere': not a folder")

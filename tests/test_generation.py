@@ -126,3 +126,21 @@ def test_an_unsupported_scheduler_is_refused_before_any_work(generator: Generato
     finally:
         del generator.supported_schedulers
         generator._schedulers = saved
+
+
+def test_candidates_run_in_chunks_with_the_same_images_and_one_progress_count(
+    tiny_models: tuple[Path, Path], generator: Generator
+) -> None:
+    """Five candidates, at most two per call: three calls, each denoised and decoded on its
+    own (a cancel waits for one step of one chunk), the progress counting all their steps, and
+    every image the one its seed gives in one call of all five."""
+    chunked = Generator(generator.pipe, "cpu", images_per_call=2)
+    seen: list[tuple[int, int]] = []
+    (images,) = chunked.generate([req(seeds=(1, 2, 3, 4, 5))], on_step=lambda *s: seen.append(s))
+    assert seen == [(k, 9) for k in range(1, 10)]  # 3 calls x 3 steps, never backwards
+    (whole,) = Generator(generator.pipe, "cpu", images_per_call=8).generate(
+        [req(seeds=(1, 2, 3, 4, 5))]
+    )
+    assert len(images) == 5
+    for got, want in zip(images, whole, strict=True):
+        assert np.abs(pixels(got) - pixels(want)).max() <= 1  # batch kernels may round apart

@@ -90,6 +90,25 @@ def test_a_running_job_reports_progress_and_cancel_stops_it_within_a_step(
     assert "canceled while running; stopped" in stack.worker.log_tail(300)
 
 
+def test_a_cancel_of_a_job_with_many_candidates_frees_the_worker_within_a_chunks_step(
+    stack: Stack, redis_url: str
+) -> None:
+    """16 candidates run 4 at a time on a CPU worker (DAIKON_IMAGES_PER_CALL's device default):
+    a step is one step of one chunk, so the cancel stops the run within one such step."""
+    job = stack.submit(prompt="a crowd", steps=60, candidates=16, top_k=2)
+    running = stack.wait_until(job["id"], lambda j: (j["progress"] or {}).get("step", 0) >= 63)
+    assert running["progress"]["total"] == 4 * 60  # four chunks of 60 steps each
+    r = stack.http.post(stack.url(f"/v1/jobs/{job['id']}/cancel"), timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    steps = redis.Redis.from_url(redis_url)
+    step_at_cancel = int(steps.hget(live.progress_key(job["id"]), "step") or 0)
+    time.sleep(1.5)
+    step_later = int(steps.hget(live.progress_key(job["id"]), "step") or 0)
+    assert step_later - step_at_cancel <= 1, "the worker kept denoising after the cancel"
+    after = stack.wait(stack.submit(prompt="next", **QUICK)["id"])  # the worker is free again
+    assert after["status"] == "succeeded"
+
+
 def test_a_canceled_queued_job_never_runs(stack: Stack) -> None:
     blocker = stack.submit(prompt="blocker", **LONG)
     stack.wait_until(blocker["id"], lambda j: j["status"] == "running")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 from PIL import Image
 
@@ -59,7 +61,14 @@ def test_make_run_draws_the_prompt_restarts_a_dead_worker_and_stops_on_ctrl_c(
         wait_for(lambda: requests.get(f"{base}/readyz", timeout=3).status_code == 200, 90,
                  "readiness (API, valkey, storage and a worker heartbeat)")  # fmt: skip
         printed = (tmp_path / "run.log").read_text()
-        assert f"admin key: {key}" in printed and "embedded valkey on redis://" in printed
+        assert f"admin key: {key}" in printed
+        # The embedded valkey wants its password, which is in the data dir and in no log.
+        port_of_valkey = int(re.search(r"embedded valkey on 127\.0\.0\.1:(\d+)", printed)[1])  # type: ignore[index]
+        password = (tmp_path / "data" / "valkey.password").read_text().strip()
+        assert len(password) >= 32 and password not in printed
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port_of_valkey).ping()
+        assert redis.Redis(port=port_of_valkey, password=password).ping()
 
         def run_job(prompt: str) -> dict:  # type: ignore[type-arg]
             body = {"prompt": prompt, "candidates": 8, "top_k": 1, "seed": SEED}
@@ -98,6 +107,16 @@ def test_make_run_draws_the_prompt_restarts_a_dead_worker_and_stops_on_ctrl_c(
                  "the launcher to notice the dead worker")  # fmt: skip
         verdict = judge("a yellow triangle", drawn(run_job("a yellow triangle")))
         assert verdict.match, verdict.reason
+        # Everything the data dir holds (database and its WAL, keys, images, the broker's
+        # files) is the owner's alone.
+        data = tmp_path / "data"
+        modes = {str(p.relative_to(data)): oct(p.stat().st_mode & 0o777) for p in data.rglob("*")}
+        assert oct(data.stat().st_mode & 0o777) == "0o700"
+        assert {"daikon.db", "daikon.db-wal", "secret.key", "valkey.password"} <= set(modes)
+        assert any(name.endswith(".png") for name in modes)
+        loose = {name: mode for name, mode in modes.items()
+                 if mode != ("0o700" if (data / name).is_dir() else "0o600")}  # fmt: skip
+        assert loose == {}
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -3,9 +3,6 @@ must not starve ordinary requests."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.stack import ROOT, free_port, migrate, settings_env, settings_for
+from tests.stack import gunicorn_api, settings_for
 
 pytestmark = pytest.mark.e2e
 STREAMS = 50
@@ -24,30 +21,10 @@ STREAMS = 50
 def gunicorn(tmp_path: Path, redis_url: str, tiny_models, queue_name: str) -> Iterator[str]:  # type: ignore[no-untyped-def]
     # No worker serves this queue: jobs stay queued, so their streams stay open.
     settings = settings_for(tmp_path, redis_url, tiny_models, queue=queue_name)
-    migrate(settings.sqlalchemy_url)
-    env = {**os.environ, **settings_env(settings), "DAIKON_MAX_LONG_REQUESTS": str(STREAMS)}
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "api:create_app()"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{base}/healthz", timeout=5)
-                break
-            # Refused before gunicorn listens; a read timeout while its worker still boots.
-            except (requests.ConnectionError, requests.Timeout):
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
+    with gunicorn_api(settings, tmp_path / "gunicorn.log",
+                      DAIKON_MAX_LONG_REQUESTS=str(STREAMS),
+                      DAIKON_MAX_LONG_REQUESTS_PER_TENANT=str(STREAMS)) as base:  # fmt: skip
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def test_fifty_open_event_streams_leave_ordinary_requests_fast(gunicorn: str) -> None:

@@ -7,7 +7,7 @@ import os
 import socket
 
 from daikon import image_urls
-from daikon.celery_config import make_celery
+from daikon.celery_config import make_celery, soft_time_limit
 from daikon.live import LiveState
 from daikon.settings import Settings
 from daikon.storage import ImageStore, make_store
@@ -56,4 +56,5 @@ def executor() -> JobExecutor:
         lease_seconds=s.lease_seconds,
         max_attempts=s.max_attempts,
         storage_retry_seconds=s.storage_retry_seconds,
+        time_limit_seconds=soft_time_limit(s),
     )

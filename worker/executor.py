@@ -22,7 +22,7 @@ from PIL import Image
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daikon import stage_metrics
+from daikon import limits, stage_metrics
 from daikon.contract import SEED_MAX, JobParams, WebhookEvent
 from daikon.live import LiveState
 from daikon.storage import ImageStore, image_key
@@ -52,6 +52,16 @@ class JobCanceled(Exception):
 
 class LeaseLost(Exception):
     """Raised from the step callback when this worker no longer holds the job's lease."""
+
+
+class OverTime(Exception):
+    """Raised from the step callback once the job has used the time its cost allows."""
+
+    def __init__(self, seconds: float, cost: float):
+        super().__init__(
+            f"the job ran past its time limit of {seconds:.0f} s (allowed for its cost of "
+            f"{cost:.4g} megapixel-steps)"
+        )
 
 
 class JobBusy(Exception):
@@ -128,6 +138,8 @@ def _as_failure(e: BaseException) -> JobFailure:
     # Checked first: a stage wraps whatever interrupted it, the time limit included.
     if isinstance(e, SoftTimeLimitExceeded) or isinstance(e.__cause__, SoftTimeLimitExceeded):
         return JobFailure("time_limit_exceeded", "the job ran past its time limit")
+    if isinstance(e, OverTime):
+        return JobFailure("time_limit_exceeded", str(e))
     if isinstance(e, JobFailure):
         return e
     return JobFailure("internal_error", _describe(e))
@@ -148,6 +160,8 @@ class JobExecutor:
     max_attempts: int = 3
     owner_alive: Callable[[str], bool] = same_host_owner_alive
     storage_retry_seconds: float = 0.0  # keep retrying uploads this long while storage is down
+    # No job runs longer than this, whatever its cost allows (below Celery's soft limit).
+    time_limit_seconds: float = 1770.0
 
     def _webhook(self, session: Session, job_id: str, event: WebhookEvent) -> list[str]:
         return self.webhooks.record(session, job_id, event) if self.webhooks else []
@@ -170,6 +184,7 @@ class JobExecutor:
         progress: StepHook | None = None,
         lease: LeaseKeeper | None = None,
         prompt: str = "",
+        over_time: Callable[[], None] | None = None,
     ) -> Callable[[int, int], None]:
         live = self.live
 
@@ -177,6 +192,8 @@ class JobExecutor:
             faults.on_step(prompt, step)  # inert unless DAIKON_FAULTS=1 (the chaos suite)
             if lease is not None and lease.lost.is_set():
                 raise LeaseLost(job_id)
+            if over_time is not None:
+                over_time()
             if live is not None and live.step(job_id, step, total, attempt):
                 raise JobCanceled(job_id)
             if progress is not None:
@@ -292,6 +309,24 @@ class JobExecutor:
         except ModelLoadError as e:
             raise JobFailure("model_load_failed", str(e)) from e
         metrics["load_seconds"] = time.perf_counter() - started
+        # Checked here too, before any GPU work: the API can check only once some worker has
+        # published the model's limits.
+        refusal = limits.too_large(
+            params.cost,
+            runtime.limits,
+            model=params.model,
+            device=runtime.device,
+            describe=params.describe_cost(),
+        )
+        if refusal:
+            raise JobFailure(limits.TOO_LARGE, refusal)
+        # The allowance runs from here: loading a model is not the job's doing.
+        allowance = limits.time_allowance(params.cost, runtime.limits, self.time_limit_seconds)
+        loaded = time.perf_counter()
+
+        def over_time() -> None:
+            if time.perf_counter() - loaded > allowance:
+                raise OverTime(allowance, params.cost)
 
         base_seed = (
             params.seed
@@ -315,9 +350,9 @@ class JobExecutor:
             raise JobFailure("unsupported_scheduler", str(e)) from e
         t = time.perf_counter()
         try:
-            on_step = self._on_step(job_id, attempt, progress, lease, params.prompt)
+            on_step = self._on_step(job_id, attempt, progress, lease, params.prompt, over_time)
             images = runtime.generator.generate([request], on_step=on_step)[0]
-        except (JobCanceled, LeaseLost):
+        except (JobCanceled, LeaseLost, OverTime):
             raise
         except Exception as e:
             raise JobFailure("generation_failed", _describe(e)) from e

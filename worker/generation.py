@@ -35,14 +35,27 @@ class GenerationRequest:
         return (self.width, self.height, self.steps, self.guidance_scale, self.scheduler)
 
 
+@dataclass(frozen=True)
+class _Progress:
+    """A call's step as the whole generation's: `offset` steps were done by earlier calls."""
+
+    report: StepCallback
+    offset: int
+    total: int
+
+    def __call__(self, step: int) -> None:
+        self.report(self.offset + step, self.total)
+
+
 class UnsupportedScheduler(ValueError):
     pass
 
 
 class Generator:
-    def __init__(self, pipe: Any, device: str):
+    def __init__(self, pipe: Any, device: str, *, images_per_call: int = 4):
         self.pipe = pipe
         self.device = device
+        self.images_per_call = images_per_call
         self.base_scheduler = pipe.scheduler
         self._schedulers: dict[str | None, Any] = {None: pipe.scheduler}
 
@@ -68,7 +81,7 @@ class Generator:
         return self._schedulers[name]
 
     @classmethod
-    def load(cls, model_id: str, *, device: str, dtype: Any) -> Generator:
+    def load(cls, model_id: str, *, device: str, dtype: Any, images_per_call: int = 4) -> Generator:
         from diffusers import AutoPipelineForText2Image
         from diffusers.utils import logging as diffusers_logging
 
@@ -76,43 +89,55 @@ class Generator:
         pipe = AutoPipelineForText2Image.from_pretrained(model_id, dtype=dtype)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, device)
+        return cls(pipe, device, images_per_call=images_per_call)
 
     def generate(
         self, requests: Sequence[GenerationRequest], *, on_step: StepCallback | None = None
     ) -> list[list[Image.Image]]:
-        """Images for each request, in request order; compatible requests share one call."""
+        """Images for each request, in request order. Compatible requests share calls; every
+        call denoises and decodes at most `images_per_call` images, so the work between two
+        step callbacks (where a cancel or a lost lease stops the run) stays bounded whatever
+        the candidate count. Progress counts the steps of every call: (done, total)."""
         groups: dict[tuple[int, int, int, float, str | None], list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
             self.check(req)
             groups[req.batch_key].append(i)
-        results: list[list[Image.Image]] = [[] for _ in requests]
+        # Each call: one request's seeds, or several requests' at once, at most images_per_call.
+        calls: list[list[tuple[int, int]]] = []  # (request index, seed)
         for indices in groups.values():
-            batch = [requests[i] for i in indices]
-            images = self._run(batch, on_step)
-            offset = 0
-            for i in indices:
-                n = len(requests[i].seeds)
-                results[i] = images[offset : offset + n]
-                offset += n
+            pending = [(i, seed) for i in indices for seed in requests[i].seeds]
+            calls += [pending[k : k + self.images_per_call]
+                      for k in range(0, len(pending), self.images_per_call)]  # fmt: skip
+        total = sum(requests[call[0][0]].steps for call in calls)
+        results: list[list[Image.Image]] = [[] for _ in requests]
+        done = 0
+        for call in calls:
+            first = requests[call[0][0]]
+            progress = None if on_step is None else _Progress(on_step, done, total)
+            images = self._run(first, [(requests[i], seed) for i, seed in call], progress)
+            for (i, _), image in zip(call, images, strict=True):
+                results[i].append(image)
+            done += first.steps
         return results
 
     def _run(
-        self, batch: Sequence[GenerationRequest], on_step: StepCallback | None
+        self,
+        first: GenerationRequest,
+        images: Sequence[tuple[GenerationRequest, int]],
+        on_step: Callable[[int], None] | None,
     ) -> list[Image.Image]:
+        """One pipeline call: one image per (request, seed), all sharing `first`'s batch key."""
         import torch
 
-        first = batch[0]
-        prompts = [r.prompt for r in batch for _ in r.seeds]
-        negatives = [r.negative_prompt or "" for r in batch for _ in r.seeds]
+        prompts = [r.prompt for r, _ in images]
+        negatives = [r.negative_prompt or "" for r, _ in images]
         # CPU generators make a seed give the same starting noise on any device.
-        generators = [torch.Generator("cpu").manual_seed(s) for r in batch for s in r.seeds]
+        generators = [torch.Generator("cpu").manual_seed(seed) for _, seed in images]
         kwargs: dict[str, Any] = {}
         if on_step is not None:
-            total = first.steps
 
             def _callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
-                on_step(step + 1, total)
+                on_step(step + 1)
                 return tensors
 
             kwargs["callback_on_step_end"] = _callback

@@ -6,7 +6,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from daikon import limits, live, served_models
+from daikon.limits import ModelLimits
+from daikon.served_models import ServedModel
 from daikon.settings import Settings
 from worker.generation import Generator
 from worker.ranking import ClipRanker
@@ -20,6 +24,12 @@ class ModelRuntime:
     ranker: ClipRanker
     device: str
     load_seconds: float
+    # For this model on this device (daikon/limits.py); None = the device's defaults.
+    limits: ModelLimits = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.limits is None:
+            self.limits = limits.resolve(self.device)
 
 
 class ModelLoadError(Exception):
@@ -43,9 +53,11 @@ def load_runtime(settings: Settings, model: str) -> ModelRuntime:
     if spec is None:
         raise ModelLoadError(f"model {model!r} is not configured on this worker")
     clip_id = settings.clip_for(model)
+    model_limits = limits.resolve(device, spec.limits)
     started = time.perf_counter()
     try:
-        generator = Generator.load(spec.pipeline, device=device, dtype=dtype)
+        generator = Generator.load(spec.pipeline, device=device, dtype=dtype,
+                                   images_per_call=model_limits.images_per_call)  # fmt: skip
     except Exception as e:
         raise ModelLoadError(f"cannot load pipeline {spec.pipeline!r}: {e}") from e
     try:
@@ -54,7 +66,18 @@ def load_runtime(settings: Settings, model: str) -> ModelRuntime:
         raise ModelLoadError(f"cannot load CLIP model {clip_id!r}: {e}") from e
     seconds = time.perf_counter() - started
     log.info("model %s loaded on %s (%s) in %.1fs", model, device, dtype, seconds)
-    return ModelRuntime(generator, ranker, device, seconds)
+    _publish(settings, ServedModel(model=model, device=device, limits=model_limits,
+                                   loaded_at=datetime.now(UTC)))  # fmt: skip
+    return ModelRuntime(generator, ranker, device, seconds, model_limits)
+
+
+def _publish(settings: Settings, info: ServedModel) -> None:
+    """Tell the API what this model allows here; a Redis outage only delays that (the
+    worker's own check refuses what is too large meanwhile)."""
+    try:
+        served_models.publish(live.client(settings.redis_url), settings, info)
+    except Exception as e:
+        log.warning("could not publish the limits of model %s: %s", info.model, e)
 
 
 def get_runtime(settings: Settings, model: str) -> ModelRuntime:

@@ -23,9 +23,10 @@ from datetime import datetime, timedelta
 from celery import shared_task
 from sqlalchemy.orm import Session, sessionmaker
 
-from daikon import image_urls
+from daikon import encryption, image_urls
 from daikon.celery_config import make_celery
 from daikon.contract import WebhookEvent
+from daikon.encryption import Cipher
 from daikon.settings import Settings
 from daikon.storage import make_store
 from daikon.webhooks import TASK_DELIVER, TASK_PROGRESS, DeliveryStatus, http, signing
@@ -63,9 +64,11 @@ class Deliverer:
     rng: Uniform = field(default_factory=random.SystemRandom)
     resolver: Resolver = system_resolver
     allow: Allowlist = field(init=False)
+    cipher: Cipher = field(init=False)
 
     def __post_init__(self) -> None:
         self.allow = Allowlist.parse(self.settings.webhook_allow_list)
+        self.cipher = encryption.cipher(self.settings)
 
     def deliver(self, delivery_id: str) -> DeliveryStatus | None:
         """Make the delivery's due attempt, if it is due and nobody else is making it."""
@@ -79,7 +82,8 @@ class Deliverer:
             if webhooks.is_disabled(session=session, tenant_id=d.tenant_id, url=d.url):
                 webhooks.mark_disabled(session=session, delivery_id=d.id, now=now)
                 return DeliveryStatus.disabled
-            keys = webhooks.signing_secrets(session=session, tenant_id=d.tenant_id, now=now)
+            keys = webhooks.signing_secrets(session=session, tenant_id=d.tenant_id, now=now,
+                                            cipher=self.cipher)  # fmt: skip
             attempt, url, body, limit, event = d.attempts, d.url, d.payload, d.max_attempts, d.event
         result = http.post(
             url,
@@ -99,7 +103,7 @@ class Deliverer:
         record = webhooks.AttemptRecord(
             attempt=attempt, started_at=now, duration_ms=result.duration_ms,
             address=result.address, status_code=result.status_code, error=result.error,
-            response_excerpt=result.excerpt,
+            response_excerpt=result.excerpt, response_bytes=result.body_bytes,
         )  # fmt: skip
         with session_scope(self.sessions) as session:
             current = webhooks.finish_attempt(

@@ -30,11 +30,14 @@ USER_AGENT = "Daikon-Webhooks/1"
 class AttemptResult:
     status_code: int | None
     error: str | None  # None exactly when an HTTP answer came back
-    excerpt: str | None  # the start of the answer's body, at most EXCERPT_LIMIT characters
+    # The start of the answer's body, at most EXCERPT_LIMIT characters; None from a receiver
+    # reached through the allowlist (it may be an internal service a tenant must not read).
+    excerpt: str | None
     retry_after: float | None  # seconds, from Retry-After
     duration_ms: int
     address: str | None  # the IP connected to, or the one refused (operators only)
     refused: bool = False  # stopped by the destination checks: nothing was sent
+    body_bytes: int | None = None  # how much of the answer was read (at most READ_LIMIT)
 
 
 def _short(text: str) -> str:
@@ -62,6 +65,15 @@ def _describe(e: BaseException, timed_out: bool, timeout: float) -> str:
         return f"invalid HTTP answer: {type(e).__name__}"
     text = str(e).strip()
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def answer_excerpt(dest: safety.Destination, peer: safety.Address | None, raw: bytes) -> str | None:
+    """What the attempt log may show of an answer. A receiver reached only because the
+    operator trusts it (an allowlisted name, or an address that is internal) may be an
+    internal service, and the log is the tenant's to read: nothing of it, only its length."""
+    if dest.allowed_host or peer is None or safety.blocked_reason(peer) is not None:
+        return None
+    return _excerpt(raw) or None
 
 
 def _connect(
@@ -102,10 +114,11 @@ def post(
         retry_after: float | None = None,
         address: str | None = None,
         refused: bool = False,
+        body_bytes: int | None = None,
     ) -> AttemptResult:
         ms = int((time.monotonic() - started) * 1000)
         return AttemptResult(status_code, error and _short(error), excerpt, retry_after, ms,
-                             address, refused)  # fmt: skip
+                             address, refused, body_bytes)  # fmt: skip
 
     try:
         dest = safety.parse(url, allow)
@@ -159,10 +172,10 @@ def post(
         )
         response = conn.getresponse()
         raw = response.read(READ_LIMIT)
-        excerpt = _excerpt(raw)
+        excerpt = answer_excerpt(dest, peer, raw)
         retry_after = parse_retry_after(response.getheader("Retry-After"), now or datetime.now(UTC))
-        return done(status_code=response.status, excerpt=excerpt or None,
-                    retry_after=retry_after, address=address)  # fmt: skip
+        return done(status_code=response.status, excerpt=excerpt, retry_after=retry_after,
+                    address=address, body_bytes=len(raw))  # fmt: skip
     except Exception as e:
         return done(error=_describe(e, timed_out.is_set(), timeout), address=address)
     finally:

@@ -1,0 +1,177 @@
+"""Attacks on the API process itself, against the real server (gunicorn with gunicorn.conf.py,
+as `make run` serves it): a flood that leaks stream slots, one tenant taking every slot, bodies
+the server parses, and slow clients that hold threads. No worker: jobs stay queued, so their
+event streams stay open."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, suppress
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from tests.stack import ADMIN_KEY, gunicorn_api, settings_for
+
+pytestmark = pytest.mark.e2e
+CAP, PER_TENANT = 6, 3
+
+
+@dataclass
+class Api:
+    base: str
+
+    def tenant(self, name: str) -> requests.Session:
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        r = requests.post(f"{self.base}/v1/admin/tenants", json={"name": name}, headers=admin,
+                          timeout=10)  # fmt: skip
+        assert r.status_code == 201, r.text
+        r = requests.post(f"{self.base}/v1/admin/tenants/{r.json()['id']}/keys", json={},
+                          headers=admin, timeout=10)  # fmt: skip
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {r.json()['key']}"
+        return http
+
+    def job(self, http: requests.Session) -> str:
+        r = http.post(f"{self.base}/v1/jobs", json={"prompt": "waits"}, timeout=10)
+        assert r.status_code == 202, r.text
+        return str(r.json()["id"])
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_models) -> Iterator[Api]:  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("hardening")
+    settings = settings_for(tmp, redis_url, tiny_models)
+    with gunicorn_api(
+        settings, tmp / "gunicorn.log", DAIKON_MAX_LONG_REQUESTS=str(CAP),
+        DAIKON_MAX_LONG_REQUESTS_PER_TENANT=str(PER_TENANT), DAIKON_OPENAI_WAIT_SECONDS="1",
+        DAIKON_API_THREADS="16", DAIKON_REQUEST_READ_TIMEOUT_SECONDS="20",
+    ) as base:  # fmt: skip
+        yield Api(base)
+
+
+def open_stream(http: requests.Session, url: str) -> requests.Response:
+    r = http.get(url, stream=True, timeout=30)
+    if r.status_code == 200:
+        assert next(r.iter_lines(decode_unicode=True)) == "id: 1"  # live, not just headers
+    return r
+
+
+def open_streams(http: requests.Session, url: str, n: int, stack: ExitStack) -> None:
+    """n open streams. A stream whose client went away holds its slot until the server next
+    writes to it (a keep-alive within about 10 s), so a refusal is retried; the streams that
+    opened stay open meanwhile, so retrying never makes new holders."""
+    deadline = time.monotonic() + 60
+    opened = 0
+    while opened < n:
+        r = open_stream(http, url)
+        if r.status_code == 200:
+            stack.callback(r.close)
+            opened += 1
+            continue
+        r.close()
+        assert time.monotonic() < deadline, (r.status_code, r.text)
+        time.sleep(1)
+
+
+def test_head_floods_and_clients_gone_early_give_every_stream_slot_back(api: Api) -> None:
+    a, b, c = api.tenant("flood-a"), api.tenant("flood-b"), api.tenant("flood-c")
+    events = f"{api.base}/v1/jobs/{api.job(a)}/events"
+    for _ in range(200):  # the attack: each HEAD took a slot the body never gave back
+        r = a.head(events, timeout=10)
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    request = (f"GET {events.removeprefix(api.base)} HTTP/1.1\r\nHost: x\r\n"
+               f"Authorization: {a.headers['Authorization']}\r\n\r\n").encode()  # fmt: skip
+    for _ in range(50):  # gone before the first byte
+        with closing(socket.create_connection(("127.0.0.1", int(api.base.rsplit(":", 1)[1])))) as s:
+            s.sendall(request)
+
+    with ExitStack() as held:
+        # Every slot came back: tenant a gets its whole share, and no more.
+        open_streams(a, events, PER_TENANT, held)
+        over = a.get(events, timeout=10)
+        assert over.status_code == 503 and over.json()["error"]["code"] == "too_many_streams"
+        assert f"this tenant has {PER_TENANT} open event streams" in over.json()["error"]["message"]
+        # ... and a wait of a's on the OpenAI route is refused the same way, creating nothing.
+        waited = a.post(f"{api.base}/v1/images/generations", json={"prompt": "x"}, timeout=10)
+        assert waited.status_code == 503 and waited.json()["error"]["code"] == "too_many_waiting"
+        assert len(a.get(f"{api.base}/v1/jobs", timeout=10).json()["jobs"]) == 1
+        # Another tenant still has its own share; the process's cap holds for all together.
+        b_events = f"{api.base}/v1/jobs/{api.job(b)}/events"
+        open_streams(b, b_events, CAP - PER_TENANT, held)
+        full = c.get(f"{api.base}/v1/jobs/{api.job(c)}/events", timeout=10)
+        assert full.status_code == 503
+        assert full.json()["error"]["message"].startswith("too many open event streams")
+    # Closed streams free their slots too: c can stream now.
+    with ExitStack() as held:
+        open_streams(c, f"{api.base}/v1/jobs/{api.job(c)}/events", PER_TENANT, held)
+
+
+def raw(api: Api, data: bytes) -> tuple[int, bytes]:
+    port = int(api.base.rsplit(":", 1)[1])
+    with closing(socket.create_connection(("127.0.0.1", port), timeout=10)) as s:
+        s.sendall(data)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+CHUNKED = (b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + ADMIN_KEY.encode()
+           + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+           b"Connection: close\r\n\r\n")  # fmt: skip
+
+
+def test_malformed_and_oversized_chunked_bodies_are_client_errors(api: Api) -> None:
+    status, body = raw(api, CHUNKED + b"zz\r\n{}\r\n0\r\n\r\n")
+    assert status == 400 and b'"code":"bad_request"' in body and b"chunk" in body.lower()
+    big = b'{"prompt":"' + b"a" * 70_000 + b'"}'
+    status, body = raw(api, CHUNKED + f"{len(big):x}\r\n".encode() + big + b"\r\n0\r\n\r\n")
+    assert status == 413 and b"request_entity_too_large" in body
+    fine = b'{"prompt":"a chunked job"}'
+    status, body = raw(api, CHUNKED + f"{len(fine):x}\r\n".encode() + fine + b"\r\n0\r\n\r\n")
+    assert status == 202 and b"a chunked job" in body
+
+
+def test_three_hundred_slow_clients_do_not_stop_ordinary_requests(api: Api) -> None:
+    """16 threads: the stock gthread worker answered none of these while the sockets trickled
+    (each held a thread), nor for about 2 s per socket once they stopped (its graceful close
+    lingers on the main loop)."""
+    port = int(api.base.rsplit(":", 1)[1])
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
+    for s in slow[:150]:  # a request head, a byte at a time
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    for s in slow[150:]:  # a whole request, then never closing (the linger attack)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(1.0):
+            for s in slow[:150]:
+                with suppress(OSError):
+                    s.sendall(b"X")
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    try:
+        for _ in range(30):
+            r = requests.get(f"{api.base}/healthz", timeout=10)
+            assert r.status_code == 200
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        sender.join()
+    # The slow heads are closed once DAIKON_REQUEST_READ_TIMEOUT_SECONDS (20) have passed.
+    deadline = time.monotonic() + 90
+    for s in slow[:150]:
+        s.settimeout(max(1.0, deadline - time.monotonic()))
+        with suppress(ConnectionResetError):
+            assert s.recv(1024) == b""
+        s.close()
+    for s in slow[150:]:
+        s.close()

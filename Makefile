@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.daikon-installed
 # On a GPU host pick the build you need, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test chaos lint typecheck train-models eval-quality bench clean
+.PHONY: install run test chaos abuse lint typecheck train-models eval-quality bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: install
 # Fault injection against the real processes (docs/reliability.md); about 6 minutes.
 chaos: install
 	$(PY) -m chaos
+
+# A hostile tenant's attacks replayed against `make run` (docs/reliability.md); about 1 minute.
+abuse: install
+	$(PY) -m chaos.abuse
 
 lint: install
 	$(PY) -m ruff check .

@@ -26,27 +26,27 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         admin,
         catalog,
         errors,
-        events,
         health,
         jobs,
         metrics,
         openai_compat,
         openapi,
         readiness,
-        webhooks,
+        streams,
+        webhook_routes,
     )
 
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
-    app.register_blueprint(events.bp)
+    app.register_blueprint(streams.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(catalog.bp)
     app.register_blueprint(readiness.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openai_compat.bp)
     app.register_blueprint(openapi.bp)
-    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(webhook_routes.bp)
     if settings.cors_origin_list:
         from flask_cors import CORS
 

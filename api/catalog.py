@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from api import openapi
 from api.auth import authenticate
 from api.services import services
-from daikon import workers
+from daikon import heartbeats
 from daikon.errors import ServiceUnavailable
 from daikon.limits import ModelLimits
 from db import stats
@@ -29,6 +29,10 @@ class ModelOut(BaseModel):
     device: str | None = Field(
         description="Where its workers run it (cpu, cuda, ...); null until one has loaded it."
     )
+    load_errors: dict[str, str] | None = Field(
+        None, description="Admins only: workers told to serve it that could not load it (worker "
+        "name -> why); they are not counted in `workers`."
+    )  # fmt: skip
     limits: ModelLimits | None = Field(
         description="What one job may cost there, and each tenant's budget; null until a "
         "worker has loaded it (jobs are then checked by the worker)."
@@ -45,17 +49,25 @@ class ModelList(BaseModel):
     errors={503: "`broker_unavailable`: Redis, which holds the worker heartbeats, is down."},
 )  # fmt: skip
 def list_models() -> Any:
-    authenticate()
+    principal = authenticate()
     svc = services()
     settings = svc.settings
     try:
-        serving = workers.serving(settings, workers.live_workers(svc.live.redis))
+        live_workers = svc.live.live_workers()
+        serving = heartbeats.serving(settings, live_workers)
     except redis.RedisError as e:
         raise ServiceUnavailable(
             "worker heartbeats are unavailable (Redis); retry shortly", code="broker_unavailable"
         ) from e
     with session_scope(svc.sessions) as session:
         queued = stats.queued_by_model(session=session)
+
+    def errors_of(model: str) -> dict[str, str] | None:
+        if not principal.is_admin:
+            return None
+        queue = settings.queue_for(model)
+        return {w.hostname: w.load_errors[queue] for w in live_workers if queue in w.load_errors}
+
     out = ModelList(models=[])
     for name in settings.model_specs:
         served = svc.served_models.get(name)
@@ -67,6 +79,7 @@ def list_models() -> Any:
                 queued=queued.get(name, 0),
                 device=served.device if served else None,
                 limits=served.limits if served else None,
+                load_errors=errors_of(name),
             )
         )
     return out.model_dump(mode="json")

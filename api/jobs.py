@@ -14,13 +14,12 @@ from flask import Blueprint, Response, request, url_for
 from api import openapi
 from api.auth import authenticate
 from api.bodies import json_body
-from api.serialize import etag, job_out, job_outs
+from api.serialize import etag, job_out, job_outs, outbox
 from api.services import services
-from api.signing import verify
 from api.submission import submit
-from api.webhook_events import emitter as webhook_emitter
 from daikon.contract import JobList, JobOut, JobRequest, JobStatus, WebhookEvent
 from daikon.errors import Conflict, InvalidRequest, NotFound
+from daikon.image_urls import verify
 from db import jobs
 from db.session import session_scope
 
@@ -194,7 +193,7 @@ def cancel_job(job_id: str) -> Any:
     svc = services()
     with session_scope(svc.sessions) as session:
         job = jobs.get(session=session, job_id=job_id, tenant_id=principal.tenant_id)
-        events = webhook_emitter(svc)
+        events = outbox(svc)
         sent: list[str] = []
         if job.status is not JobStatus.canceled:
             canceled = jobs.cancel(session=session, job_id=job_id)

@@ -17,9 +17,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from api import openapi
 from api.services import Services, services
-from daikon import stage_metrics, workers
+from daikon import heartbeats
 from daikon.contract import PRIORITY_MAX
-from db import stats, webhooks
+from db import deliveries, stats
 from db.session import session_scope
 
 log = logging.getLogger("daikon.api")
@@ -58,7 +58,7 @@ class DaikonCollector(Collector):
     def _database(self) -> Iterator[Metric]:
         with session_scope(self.svc.sessions) as session:
             counts = stats.jobs_by_status(session=session)
-            unrendered = webhooks.count_unrendered(session=session)
+            unrendered = deliveries.count_unrendered(session=session)
         jobs = GaugeMetricFamily("daikon_jobs", "Jobs by status.", labels=["status"])
         for status, n in counts.items():
             jobs.add_metric([status.value], n)
@@ -72,14 +72,12 @@ class DaikonCollector(Collector):
 
     def _redis(self) -> Iterator[Metric]:
         settings = self.svc.settings
-        client = self.svc.live.redis
+        live_state = self.svc.live
         models = list(settings.model_specs)
-
-        pipe = client.pipeline(transaction=False)
-        for model in models:
-            for priority in range(PRIORITY_MAX + 1):  # client priority p is Celery level 9 - p
-                pipe.llen(broker_list(settings.queue_for(model), PRIORITY_MAX - priority))
-        lengths = iter(pipe.execute())
+        lengths = iter(live_state.list_lengths([
+            broker_list(settings.queue_for(model), PRIORITY_MAX - priority)  # p is level 9 - p
+            for model in models for priority in range(PRIORITY_MAX + 1)
+        ]))  # fmt: skip
         depth = GaugeMetricFamily(
             "daikon_queue_depth",
             "Messages waiting in the broker, by model and client priority (0-9, 9 runs first).",
@@ -89,7 +87,7 @@ class DaikonCollector(Collector):
             for priority in range(PRIORITY_MAX + 1):
                 depth.add_metric([model, str(priority)], int(next(lengths)))
 
-        serving = workers.serving(settings, workers.live_workers(client))
+        serving = heartbeats.serving(settings, live_state.live_workers())
         live = GaugeMetricFamily(
             "daikon_workers", "Workers with a live heartbeat serving the model.", labels=["model"]
         )
@@ -101,7 +99,7 @@ class DaikonCollector(Collector):
             "Duration of each stage of finished jobs (succeeded or failed).",
             labels=["stage"],
         )
-        for stage, hist in stage_metrics.read(client, settings.queue).items():
+        for stage, hist in live_state.stage_histograms().items():
             stages.add_metric([stage], hist.buckets, hist.sum)
         yield from (depth, live, stages)
 

@@ -21,10 +21,8 @@ import re
 import time
 from typing import Any, Literal
 
-import redis
 from flask import Blueprint, Response, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
-from redis.client import PubSub
 from sqlalchemy.exc import OperationalError
 
 from api import openapi
@@ -35,7 +33,6 @@ from api.serialize import image_url
 from api.services import Services, services
 from api.slots import Slot
 from api.submission import Submitted, submit
-from daikon import live
 from daikon.contract import JobStatus
 from daikon.errors import InvalidRequest
 from daikon.settings import Settings
@@ -144,53 +141,17 @@ def _status(svc: Services, job_id: str, tenant_id: str) -> JobStatus:
         return jobs.get(session=session, job_id=job_id, tenant_id=tenant_id).status
 
 
-def _subscribe(svc: Services, job_id: str) -> PubSub | None:
-    """The job's change notices, or None while Redis is unreachable (re-reads still work)."""
-    pubsub = svc.live.redis.pubsub(ignore_subscribe_messages=True)
-    try:
-        pubsub.subscribe(live.channel(job_id))
-    except redis.RedisError as e:
-        log.warning("no change notices for job %s, re-reading only: %s", job_id, e)
-        pubsub.close()
-        return None
-    return pubsub
-
-
 def _wait_for_end(svc: Services, job_id: str, tenant_id: str, seconds: float) -> JobStatus:
-    """The job's status once terminal, or when `seconds` have passed. Subscribed before the
-    first read, so a change between the two is not missed."""
+    """The job's status once terminal, or when `seconds` have passed. Watched before the first
+    read, so a change between the two is not missed; progress notices don't end a wait."""
     deadline = time.monotonic() + seconds
-    pubsub = _subscribe(svc, job_id)
-    try:
+    with svc.live.watch(job_id) as watch:
         while True:
             status = _status(svc, job_id, tenant_id)
             left = deadline - time.monotonic()
             if status.terminal or left <= 0:
                 return status
-            pubsub = _until_notice(pubsub, min(RECHECK_SECONDS, left))
-    finally:
-        if pubsub is not None:
-            pubsub.close()
-
-
-def _until_notice(pubsub: PubSub | None, seconds: float) -> PubSub | None:
-    """Block until a status notice or `seconds`; per-step progress notices don't end the wait.
-    Returns the subscription, or None once Redis failed (the re-checks still end the wait)."""
-    until = time.monotonic() + seconds
-    while (left := until - time.monotonic()) > 0:
-        if pubsub is None:
-            time.sleep(left)
-            break
-        try:
-            message = pubsub.get_message(timeout=left)
-        except redis.RedisError as e:
-            log.warning("change notices lost, re-reading only: %s", e)
-            pubsub.close()
-            pubsub = None
-            continue
-        if message is not None and message.get("data") != b"progress":
-            break
-    return pubsub
+            watch.wait(min(RECHECK_SECONDS, left), status_only=True)
 
 
 def _job_error(

@@ -26,7 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from api import openapi
 from api.services import Services, services
-from daikon import workers
+from daikon import heartbeats
 from daikon.settings import Settings
 from db.session import make_engine
 
@@ -108,13 +108,15 @@ class NotReady(Exception):
 
 
 def check_workers(settings: Settings) -> Details:
-    live = workers.for_deployment(settings, workers.live_workers(_probe_redis(settings.redis_url)))
+    live = heartbeats.for_deployment(
+        settings, heartbeats.live_workers(_probe_redis(settings.redis_url))
+    )
     if not live:
         raise NotReady(
-            f"no worker heartbeat in the last {workers.TTL_SECONDS} s from a worker consuming "
+            f"no worker heartbeat in the last {heartbeats.TTL_SECONDS} s from a worker consuming "
             "this deployment's queues"
         )
-    serving = workers.serving(settings, live)
+    serving = heartbeats.serving(settings, live)
     return {"count": len(live), "unserved_models": [m for m, n in serving.items() if n == 0]}
 
 

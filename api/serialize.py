@@ -1,5 +1,5 @@
 """Job rows to the public job object, with the live parts (progress, queue position). The
-object itself is built by db.job_view, which the worker shares for webhooks."""
+object itself is built by daikon.job_view, which the worker shares for webhooks."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from sqlalchemy.orm import Session
 
 from api.services import Services, services
 from daikon.contract import JobOut, JobStatus
+from daikon.job_view import EventRenderer, Links, job_object
+from daikon.webhooks import TASK_DELIVER
 from db import jobs
-from db.job_view import Links, job_object
+from db.deliveries import Outbox
 from db.models import Job, JobImage
 
 
@@ -22,6 +24,17 @@ def links(svc: Services | None = None) -> Links:
     base = svc.settings.public_url.rstrip("/") or request.host_url.rstrip("/")
     return Links(base + request.script_root, svc.store, svc.signing_key,
                  svc.settings.presign_seconds)  # fmt: skip
+
+
+def outbox(svc: Services | None = None) -> Outbox:
+    """Webhook events the API raises (cancel), with job objects as this request sees them,
+    published by task name to the webhook queue."""
+    svc = svc or services()
+    queue = svc.settings.webhook_queue
+    return Outbox(
+        EventRenderer(links(svc)),
+        lambda d: svc.celery.send_task(TASK_DELIVER, args=[d], queue=queue),
+    )
 
 
 def image_url(job: Job, image: JobImage) -> str:

@@ -8,11 +8,12 @@ from celery import Celery
 from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.signing import secret_key
+from api.rate_limit import SubmitRateLimit
 from api.slots import LongRequests
 from daikon import encryption
 from daikon.celery_config import make_celery
 from daikon.encryption import Cipher
+from daikon.image_urls import secret_key
 from daikon.live import LiveState
 from daikon.served_models import ServedModels
 from daikon.settings import Settings
@@ -31,10 +32,11 @@ class Services:
     long_requests: LongRequests  # this process's slots for streams and waits
     cipher: Cipher  # secrets stored encrypted (webhook signing secrets)
     served_models: ServedModels  # what workers published about the models they loaded
+    rate_limit: SubmitRateLimit  # submissions per tenant and minute
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        live = LiveState(settings.redis_url)
+        live = LiveState(settings.redis_url, settings.queue)
         return cls(
             settings=settings,
             sessions=make_session_factory(make_engine(settings.sqlalchemy_url)),
@@ -44,6 +46,7 @@ class Services:
             celery=make_celery(settings, main="daikon-api"),
             live=live,
             served_models=ServedModels(live.redis, settings),
+            rate_limit=SubmitRateLimit(live.redis, settings.tenant_submits_per_minute),
             signing_key=secret_key(settings),
             cipher=encryption.cipher(settings),
             long_requests=LongRequests(

@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from api.auth import Principal
 from api.services import Services
-from api.webhook_events import check_webhook_url
 from daikon import limits
 from daikon.celery_config import publish_job, soft_time_limit
 from daikon.contract import (
@@ -24,24 +23,15 @@ from daikon.contract import (
     JobParams,
     JobRequest,
 )
-from daikon.errors import Conflict, DaikonError, InvalidRequest, ServiceUnavailable
+from daikon.errors import Conflict, InvalidRequest, ServiceUnavailable, TooManyRequests
 from daikon.served_models import ServedModel
+from daikon.webhooks.safety import Allowlist, UnsafeDestination, check_url
 from db import jobs
 from db.models import Job
 from db.session import session_scope
 
 log = logging.getLogger("daikon.api")
 IDEMPOTENCY_KEY_MAX = 255
-
-
-class TooManyRequests(DaikonError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after: int, code: str | None = None):
-        super().__init__(message, code=code)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -106,7 +96,7 @@ def submit(
             if held is not None:
                 return _replay(held, digest, idempotency_key)
         try:
-            wait = svc.live.hit_rate_limit(principal.tenant_id, settings.tenant_submits_per_minute)
+            wait = svc.rate_limit.hit(principal.tenant_id)
         except redis.RedisError as e:  # the broker is the same Redis: nothing could be queued
             raise _queue_unavailable() from e
         if wait is not None:
@@ -151,6 +141,16 @@ def submit(
     except Exception as e:  # published already: at worst the sweeper publishes it once more
         log.warning("could not mark job %s published: %s", job_id, e)
     return Submitted(job_id, created=True)
+
+
+def check_webhook_url(svc: Services, url: str | None) -> None:
+    """Submit-time destination check: 422 naming webhook_url, before anything is written."""
+    if url is None:
+        return
+    try:
+        check_url(url, Allowlist.parse(svc.settings.webhook_allow_list))
+    except UnsafeDestination as e:
+        raise InvalidRequest(f"webhook_url: {e}", param="webhook_url") from None
 
 
 def _check_cost(params: JobParams, served: ServedModel) -> None:

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster: Cluster | None = None
     ok = True
     try:
-        from worker.tiny_models import ensure_tiny_models
+        from tests.tiny_models import ensure_tiny_models
 
         models = ensure_tiny_models(work / "models")
         cluster = Cluster(work, models)

@@ -99,7 +99,7 @@ class Stack:
 
 @contextmanager
 def make_run(work: Path) -> Iterator[Stack]:
-    """`python -m daikon.run` as a new user starts it: no service URLs, no models set."""
+    """`python -m daikon.launcher` as a new user starts it: no service URLs, no models set."""
     port = free_port()
     unset = ("REDIS_URL", "DATABASE_URL", "DAIKON_ADMIN_KEY", "DAIKON_MODEL", "DAIKON_CLIP_MODEL",
              "DAIKON_WEBHOOK_ALLOW_HOSTS")  # fmt: skip
@@ -108,8 +108,9 @@ def make_run(work: Path) -> Iterator[Stack]:
                DAIKON_TORCH_THREADS="1")  # fmt: skip
     log_path = work / "run.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "daikon.run"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "daikon.launcher"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         key_file = work / "data" / "admin.key"

@@ -8,7 +8,8 @@ stopped and restarted by the harness, and always cleaned up (try/finally and ate
 - S3: `python -m moto.server`, reached by API and worker through another `chaos.proxy`. An
   outage kills that proxy: connections are cut and refused, while moto, like a real S3, keeps
   its bucket and objects for when the path comes back.
-- API: gunicorn, one process. Worker: one Celery worker, concurrency 1, DAIKON_FAULTS=1.
+- API: gunicorn, one process. Worker: one Celery worker (chaos/faulty_worker.py: the real
+  one with the fault hook), concurrency 1, DAIKON_FAULTS=1.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, make_url, text
 
-from daikon.run import stop_process, worker_argv
+from daikon.launcher import stop_process, worker_argv
 from daikon.settings import normalize_database_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,7 +221,7 @@ class Cluster:
             "DAIKON_PUBLIC_URL": self.api_url,
             "DAIKON_API_WORKERS": "1",
             "DAIKON_API_THREADS": "16",
-            "DAIKON_FAULTS": "1",  # the poison-input hook (worker/faults.py)
+            "DAIKON_FAULTS": "1",  # the poison-input hook (chaos/faults.py)
             "PGCONNECT_TIMEOUT": "3",
             **({"PGUSER": pg.username} if pg.username else {}),
             **CHAOS_SETTINGS,
@@ -314,6 +315,7 @@ class Cluster:
             "worker": Service(
                 "worker",
                 worker_argv(
+                    app="chaos.faulty_worker",  # the real worker, with the fault hook
                     concurrency=1,
                     hostname=f"{self.queue}@%h",
                     extra=("--without-gossip", "--without-mingle"),

@@ -25,8 +25,8 @@ import requests
 from botocore.exceptions import ClientError
 from sqlalchemy import text
 
+from chaos.faults import KILL_WORKER
 from chaos.harness import BUCKET, Cluster, wait_for
-from worker.faults import KILL_WORKER
 
 TERMINAL = ("succeeded", "failed", "canceled")
 S3_PREFIX = "jobs/"

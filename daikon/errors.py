@@ -46,6 +46,18 @@ class Conflict(DaikonError):
     code = "conflict"
 
 
+class TooManyRequests(DaikonError):
+    """A limit of the tenant's; the answer carries Retry-After."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(DaikonError):
     status = 503
     type = "service_unavailable"

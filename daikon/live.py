@@ -11,8 +11,13 @@ import functools
 import logging
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import redis
+
+if TYPE_CHECKING:
+    from daikon.heartbeats import WorkerInfo
+    from daikon.stage_metrics import StageHistogram
 
 log = logging.getLogger(__name__)
 PREFIX = "daikon"
@@ -38,10 +43,56 @@ def client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
 
 
+class JobWatch:
+    """Notices that one job changed, for a waiting request (an event stream, the OpenAI
+    route's wait). Subscribe (enter) before reading the job, so a change between the read and
+    the wait is not missed. Redis is never the record of truth: while it is unreachable a wait
+    just lasts its whole time, and the caller's next read of the database moves on."""
+
+    def __init__(self, client: redis.Redis, job_id: str):
+        self.job_id = job_id
+        self._pubsub: redis.client.PubSub | None = client.pubsub(ignore_subscribe_messages=True)
+
+    def __enter__(self) -> JobWatch:
+        try:
+            assert self._pubsub is not None
+            self._pubsub.subscribe(channel(self.job_id))
+        except redis.RedisError as e:
+            self._lost(e)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._pubsub is not None:
+            self._pubsub.close()
+            self._pubsub = None
+
+    def _lost(self, e: Exception) -> None:
+        log.warning("no change notices for job %s, re-reading only: %s", self.job_id, e)
+        self.__exit__()
+
+    def wait(self, seconds: float, *, status_only: bool = False) -> bool:
+        """Block until a notice (with `status_only`, one that is not a per-step progress
+        notice) or until `seconds` pass; True if a notice came."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            if self._pubsub is None:
+                time.sleep(left)
+                return False
+            try:
+                message = self._pubsub.get_message(timeout=min(left, 1.0))
+            except redis.RedisError as e:
+                self._lost(e)
+                continue
+            if message is not None and not (status_only and message.get("data") == b"progress"):
+                return True
+        return False
+
+
 class LiveState:
-    def __init__(self, url: str):
+    def __init__(self, url: str, namespace: str = ""):
         self.url = url
         self.redis = client(url)
+        self.namespace = namespace  # the deployment's queue name: stage timings live under it
 
     # --- progress -------------------------------------------------------------------------
     def step(self, job_id: str, step: int, total: int, attempt: int) -> bool:
@@ -84,16 +135,31 @@ class LiveState:
     def announce(self, job_id: str, what: str = "status") -> None:
         self.redis.publish(channel(job_id), what)
 
-    # --- limits ---------------------------------------------------------------------------
-    def hit_rate_limit(self, tenant_id: str, per_minute: int) -> int | None:
-        """Count one submission; None if allowed, else seconds until the window resets."""
-        now = time.time()
-        window = int(now // 60)
-        key = f"{PREFIX}:rate:{tenant_id}:{window}"
+    def watch(self, job_id: str) -> JobWatch:
+        """Notices of the job's changes, as a context manager (see JobWatch)."""
+        return JobWatch(self.redis, job_id)
+
+    # --- what operators read --------------------------------------------------------------
+    def record_stages(self, metrics: dict[str, float]) -> None:
+        """A finished job's stage timings, for /metrics (daikon/stage_metrics.py)."""
+        from daikon import stage_metrics
+
+        stage_metrics.record(self.redis, self.namespace, metrics)
+
+    def stage_histograms(self) -> dict[str, StageHistogram]:
+        from daikon import stage_metrics
+
+        return stage_metrics.read(self.redis, self.namespace)
+
+    def live_workers(self) -> list[WorkerInfo]:
+        """Every worker with a live heartbeat (daikon/heartbeats.py)."""
+        from daikon import heartbeats
+
+        return heartbeats.live_workers(self.redis)
+
+    def list_lengths(self, keys: list[str]) -> list[int]:
+        """Lengths of broker lists (queue depths), in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        count = int(pipe.execute()[0])
-        if count <= per_minute:
-            return None
-        return max(1, int((window + 1) * 60 - now) + 1)
+        for key in keys:
+            pipe.llen(key)
+        return [int(n) for n in pipe.execute()]

@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 
 from daikon.encryption import cipher
 from daikon.settings import Settings
-from db import webhooks
+from db import deliveries
 from db.session import make_engine, make_session_factory, session_scope
 
 
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
         settings = Settings()
         sessions = make_session_factory(make_engine(settings.sqlalchemy_url))
         with session_scope(sessions) as session:
-            count = webhooks.reencrypt_secrets(session=session, cipher=cipher(settings))
+            count = deliveries.reencrypt_secrets(session=session, cipher=cipher(settings))
         print(f"re-encrypted {count} webhook secrets under the first key")
         return 0
     print("usage: python -m db.maintenance new-encryption-key | rotate-encryption-key",

@@ -182,6 +182,6 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The shipped builder's tiny pipeline and CLIP, built fresh for this run (~5 s)."""
-    from worker.tiny_models import ensure_tiny_models
+    from tests.tiny_models import ensure_tiny_models
 
     return ensure_tiny_models(tmp_path_factory.mktemp("models"))

@@ -25,7 +25,7 @@ from werkzeug.serving import make_server
 
 from api import create_app
 from daikon import stage_metrics
-from daikon.run import stop_process, worker_argv
+from daikon.launcher import stop_process, worker_argv
 from daikon.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

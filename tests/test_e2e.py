@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -121,6 +122,16 @@ def test_a_failing_pipeline_ends_failed_with_its_reason(  # type: ignore[no-unty
                             database_url=sqlite_url)  # fmt: skip
     with running_stack(settings, tmp_path) as stack:
         job = stack.wait(stack.submit(prompt="a red circle", **FAST)["id"])
+        # The worker does not advertise the model it cannot load; an admin sees why.
+        deadline = time.monotonic() + 60
+        while True:
+            (model,) = stack.http.get(stack.url("/v1/models"), timeout=10).json()["models"]
+            if (model["load_errors"] and model["workers"] == 0) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert model["workers"] == 0
+        (why,) = model["load_errors"].values()
+        assert f"cannot load pipeline {str(broken)!r}" in why
     redis.Redis.from_url(redis_url).delete(settings.queue)
     assert job["status"] == "failed" and job["images"] == []
     assert job["error"]["code"] == "model_load_failed"

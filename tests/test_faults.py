@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from worker import faults
+from chaos import faults
 
 
 def test_the_kill_marker_does_nothing_without_the_env_var(

@@ -21,18 +21,19 @@ from daikon import served_models
 from daikon.contract import WebhookEvent
 from daikon.encryption import Cipher, DecryptionError
 from daikon.errors import ServiceUnavailable
+from daikon.job_view import EventRenderer, Links
 from daikon.limits import LimitOverrides, ModelLimits, resolve
 from daikon.served_models import ServedModel
 from daikon.storage import LocalStore
 from daikon.webhooks import safety
-from daikon.webhooks.http import answer_excerpt
-from db import webhooks
-from db.job_view import Links
+from db import deliveries
+from db.deliveries import Outbox
 from db.models import Job, WebhookSecret
 from db.session import session_scope
 from db.tenants import create_tenant
 from tests.conftest import authed
 from tests.factories import make_job
+from worker.delivery_http import answer_excerpt
 
 VALID = {"prompt": "a red circle", "steps": 4, "candidates": 2, "top_k": 1, "seed": 3}
 
@@ -247,7 +248,7 @@ def test_a_webhook_event_that_cannot_be_rendered_is_a_failed_delivery_on_the_job
         job_id = job.id
     links = Links("", LocalStore(tmp_path), b"k", 60)
     with session_scope(svc.sessions) as s:
-        emitted = webhooks.Emitter(links, publish=lambda _: None).record(
+        emitted = Outbox(EventRenderer(links), publish=lambda _: None).record(
             s, s.get(Job, job_id), WebhookEvent.canceled
         )
     assert emitted == []  # nothing to send...
@@ -265,20 +266,21 @@ OLD_KEY, NEW_KEY = Fernet.generate_key().decode(), Fernet.generate_key().decode(
 def test_webhook_secrets_are_encrypted_at_rest_and_rotate_to_a_new_key(session: Session) -> None:
     old, rotating = Cipher([OLD_KEY]), Cipher([NEW_KEY, OLD_KEY])
     tenant_id = create_tenant(session=session, name="encrypted").id
-    made = webhooks.rotate_secret(session=session, tenant_id=tenant_id, overlap=timedelta(0),
+    made = deliveries.rotate_secret(session=session, tenant_id=tenant_id, overlap=timedelta(0),
                                   cipher=old)  # fmt: skip
-    stored = session.scalars(select(WebhookSecret.secret)).all()
+    mine = select(WebhookSecret.secret).where(WebhookSecret.tenant_id == tenant_id)
+    stored = session.scalars(mine).all()
     assert len(stored) == 1 and stored[0].startswith("fernet:") and made.secret not in stored[0]
     now = datetime.now(UTC)
-    assert webhooks.signing_secrets(session=session, tenant_id=tenant_id, now=now,
+    assert deliveries.signing_secrets(session=session, tenant_id=tenant_id, now=now,
                                     cipher=old) == [made.secret]  # fmt: skip
     # Rotation: the new key first, the old one still listed; re-encrypt; then only the new.
-    assert webhooks.reencrypt_secrets(session=session, cipher=rotating) == 1
+    assert deliveries.reencrypt_secrets(session=session, cipher=rotating, tenant_id=tenant_id) == 1
     only_new = Cipher([NEW_KEY])
-    assert webhooks.signing_secrets(session=session, tenant_id=tenant_id, now=now,
+    assert deliveries.signing_secrets(session=session, tenant_id=tenant_id, now=now,
                                     cipher=only_new) == [made.secret]  # fmt: skip
     with pytest.raises(DecryptionError):
-        old.decrypt(session.scalars(select(WebhookSecret.secret)).one())
+        old.decrypt(session.scalars(mine).one())
 
 
 def test_a_secret_stored_in_clear_before_encryption_is_encrypted_when_read(
@@ -289,10 +291,12 @@ def test_a_secret_stored_in_clear_before_encryption_is_encrypted_when_read(
     session.add(WebhookSecret(tenant_id=tenant_id, secret="whsec_legacy", created_at=now))
     session.flush()
     cipher = Cipher([OLD_KEY])
-    clear = webhooks.signing_secrets(session=session, tenant_id=tenant_id, now=now, cipher=cipher)
+    clear = deliveries.signing_secrets(session=session, tenant_id=tenant_id, now=now, cipher=cipher)
     assert clear == ["whsec_legacy"]
     session.flush()
-    (stored,) = session.scalars(select(WebhookSecret.secret)).all()
+    (stored,) = session.scalars(
+        select(WebhookSecret.secret).where(WebhookSecret.tenant_id == tenant_id)
+    ).all()
     assert stored.startswith("fernet:") and cipher.decrypt(stored) == "whsec_legacy"
 
 

@@ -20,9 +20,10 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
-from daikon import stage_metrics, workers
+from daikon import heartbeats, stage_metrics
 from daikon.settings import Settings
 from tests.stack import Stack, free_port, migrate, running_stack
+from worker.heartbeat import Heartbeat
 
 ADMIN_KEY = "dk_test_ops_admin"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -76,11 +77,11 @@ def test_a_heartbeat_lists_its_worker_until_it_stops_or_expires(
     settings = api_settings(tmp_path, models={"default": {"pipeline": "x"},
                                               "other": {"pipeline": "y"}})  # fmt: skip
     hostname = f"{settings.queue}@test-host"
-    beat = workers.Heartbeat(redis_client, hostname=hostname, models=["default"],
+    beat = Heartbeat(redis_client, hostname=hostname, models=["default"],
                              queues=[settings.queue_for("default")], interval=0.05)  # fmt: skip
 
-    def mine() -> list[workers.WorkerInfo]:
-        return [w for w in workers.live_workers(redis_client) if w.hostname == hostname]
+    def mine() -> list[heartbeats.WorkerInfo]:
+        return [w for w in heartbeats.live_workers(redis_client) if w.hostname == hostname]
 
     try:
         beat.start()
@@ -90,20 +91,20 @@ def test_a_heartbeat_lists_its_worker_until_it_stops_or_expires(
         assert first.queues == [f"{settings.queue}.default"]
         wait_until(lambda: mine()[0].seen_at > first.seen_at, 5, "a second heartbeat")
         assert mine()[0].started_at == first.started_at
-        assert 0 < redis_client.ttl(workers.worker_key(hostname)) <= workers.TTL_SECONDS
-        live = workers.for_deployment(settings, workers.live_workers(redis_client))
-        assert workers.serving(settings, live) == {"default": 1, "other": 0}
+        assert 0 < redis_client.ttl(heartbeats.worker_key(hostname)) <= heartbeats.TTL_SECONDS
+        live = heartbeats.for_deployment(settings, heartbeats.live_workers(redis_client))
+        assert heartbeats.serving(settings, live) == {"default": 1, "other": 0}
     finally:
         beat.stop()
     assert mine() == []  # gone at once, not after the TTL
-    assert not redis_client.exists(workers.worker_key(hostname))
+    assert not redis_client.exists(heartbeats.worker_key(hostname))
 
     # A worker killed without a goodbye drops out when its key expires, index entry included.
-    workers.write(redis_client, first, ttl=1)
+    heartbeats.write(redis_client, first, ttl=1)
     assert len(mine()) == 1
     time.sleep(1.2)
     assert mine() == []
-    assert redis_client.zscore(workers.INDEX_KEY, hostname) is None
+    assert redis_client.zscore(heartbeats.INDEX_KEY, hostname) is None
 
 
 # --- /readyz and /metrics with no worker ----------------------------------------------------
@@ -290,12 +291,12 @@ def test_a_job_for_a_model_no_worker_serves_waits_queued_while_later_jobs_run(
     cpu = {"max_job_cost": 4.0, "images_per_call": 4, "seconds_per_cost": 120.0,
            "tenant_queued_cost": 200.0}  # fmt: skip
     assert listed["default"] == {"name": "default", "default": True, "workers": 1, "queued": 0,
-                                 "device": "cpu", "limits": cpu}  # fmt: skip
+                                 "device": "cpu", "limits": cpu, "load_errors": {}}  # fmt: skip
     assert listed["broken"]["workers"] == 1
     queued_other = stack.http.get(stack.url("/v1/jobs?status=queued&model=other"), timeout=10)
     assert listed["other"] == {"name": "other", "default": False, "workers": 0,
                                "queued": len(queued_other.json()["jobs"]),
-                               "device": None, "limits": None}  # fmt: skip
+                               "device": None, "limits": None, "load_errors": {}}  # fmt: skip
     assert listed["other"]["queued"] >= 1
 
 

@@ -1,4 +1,4 @@
-"""`make run` as a new user meets it: `python -m daikon.run` with no service URLs or models set
+"""`make run` as a new user meets it: `python -m daikon.launcher` with no service URLs or models set
 starts an embedded valkey, migrates SQLite, serves the API with gunicorn and runs a worker on the
 committed shapes models; the printed admin key submits a prompt and gets back a picture of it;
 a worker that dies is restarted; Ctrl-C stops it all."""
@@ -48,7 +48,7 @@ def test_make_run_draws_the_prompt_restarts_a_dead_worker_and_stops_on_ctrl_c(
     env.update(DAIKON_DATA_DIR=str(tmp_path / "data"), DAIKON_PORT=str(port),
                DAIKON_TORCH_THREADS="1")  # fmt: skip
     log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "daikon.run"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "daikon.launcher"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:

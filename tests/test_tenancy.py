@@ -11,7 +11,7 @@ from flask import Flask
 from PIL import Image
 from sqlalchemy import select
 
-from api import signing
+from daikon import image_urls
 from db import jobs, tenants
 from db.models import ApiKey
 from db.session import session_scope
@@ -137,5 +137,5 @@ def test_image_urls_are_signed_and_open_only_with_their_signature(app: Flask) ->
     assert anonymous.get(path.replace("sig=", "sig=x")).status_code == 404
     assert anonymous.get(path.replace("/images/1?", "/images/2?")).status_code == 404
     past = int(time.time()) - 10
-    stale_sig = signing._mac(svc.signing_key, job_id, 1, past)
+    stale_sig = image_urls._mac(svc.signing_key, job_id, 1, past)
     assert anonymous.get(f"{unsigned}?expires={past}&sig={stale_sig}").status_code == 404

@@ -23,17 +23,18 @@ from flask.testing import FlaskClient
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from daikon.contract import WebhookEvent
+from daikon.job_view import EventRenderer, Links
 from daikon.storage import LocalStore
 from daikon.webhooks import DeliveryStatus
-from db import jobs, webhooks
-from db.job_view import Links
+from db import deliveries, jobs
+from db.deliveries import Outbox
 from db.session import session_scope
 from tests.receiver import Reply, receiver
 from tests.test_jobs_api import authed
+from worker.delivery import Deliverer
 from worker.executor import JobExecutor, Outcome
-from worker.job_events import JobWebhooks
+from worker.job_webhooks import JobWebhooks
 from worker.runtime import ModelLoadError
-from worker.webhooks import Deliverer
 
 BODY = {"prompt": "a red circle", "steps": 2, "candidates": 2, "top_k": 1, "seed": 1}
 
@@ -82,7 +83,7 @@ class Rig:
 
     def delivery(self, delivery_id: str) -> dict[str, Any]:
         with session_scope(self.app.extensions["daikon"].sessions) as s:
-            job_id = webhooks.get(session=s, delivery_id=delivery_id).job_id
+            job_id = deliveries.get(session=s, delivery_id=delivery_id).job_id
         return next(d for d in self.listing(job_id) if d["id"] == delivery_id)
 
     def pump(self) -> list[DeliveryStatus | None]:
@@ -319,7 +320,7 @@ def test_dispatchers_never_share_an_attempt_and_a_lost_one_comes_back(rig: Rig) 
         # A worker claims the attempt and dies before sending: the lease runs out, and the
         # dispatcher hands the delivery on.
         with session_scope(rig.app.extensions["daikon"].sessions) as s:
-            webhooks.claim_attempt(session=s, delivery_id=d, now=rig.clock(),
+            deliveries.claim_attempt(session=s, delivery_id=d, now=rig.clock(),
                                    lease=timedelta(seconds=32))  # fmt: skip
         assert twin.deliverer.deliver(d) is None and twin.deliverer.dispatch() == []
         rig.clock.advance(121)
@@ -344,7 +345,7 @@ def test_a_failed_job_sends_started_and_failed_recorded_with_its_state(
     svc = rig.app.extensions["daikon"]
     published: list[str] = []
     hooks = JobWebhooks(
-        emitter=webhooks.Emitter(Links("", svc.store, svc.signing_key, 60), published.append),
+        outbox=Outbox(EventRenderer(Links("", svc.store, svc.signing_key, 60)), published.append),
         publish_progress=lambda *a: None,
     )
 
@@ -365,7 +366,7 @@ def test_a_failed_job_sends_started_and_failed_recorded_with_its_state(
     assert [d["event"] for d in listed] == ["job.started", "job.failed"]
     assert published == [d["id"] for d in listed]
     with session_scope(svc.sessions) as s:
-        bodies = [webhooks.get(session=s, delivery_id=d["id"]).payload for d in listed]
+        bodies = [deliveries.get(session=s, delivery_id=d["id"]).payload for d in listed]
         job = jobs.get(session=s, job_id=job_id)
     started, failed = (json.loads(b) for b in bodies)
     assert started["data"]["status"] == "running" and started["data"]["progress"]["step"] == 0
@@ -378,7 +379,7 @@ def test_a_failed_job_sends_started_and_failed_recorded_with_its_state(
 def test_a_backlog_is_dispatched_in_batches_within_one_tick(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("worker.webhooks.DISPATCH_BATCH", 2)
+    monkeypatch.setattr("worker.delivery.DISPATCH_BATCH", 2)
     with receiver() as r:
         lost = {rig.event(r.url()) for _ in range(5)}  # their messages never arrive
         rig.clock.advance(121)

@@ -15,15 +15,15 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from daikon.contract import WebhookEvent
+from daikon.job_view import EventRenderer, Links
 from daikon.settings import Settings
 from daikon.storage import LocalStore
 from daikon.webhooks import DeliveryStatus, signing
 from daikon.webhooks.safety import Allowlist, UnsafeDestination, blocked_reason, literal_ip, parse
-from daikon.webhooks.schedule import SCHEDULE, decide, next_delay, parse_retry_after
-from db.job_view import Links
+from db.deliveries import Outbox
 from db.models import Job
-from db.webhooks import Emitter
-from worker.job_events import JobWebhooks
+from worker.job_webhooks import JobWebhooks
+from worker.retry_schedule import SCHEDULE, decide, next_delay, parse_retry_after
 
 
 class Edge:
@@ -190,7 +190,7 @@ def test_progress_events_go_out_at_most_every_half_second(tmp_path: Path) -> Non
     t = [0.0]
     sent: list[tuple[str, int, int]] = []
     hooks = JobWebhooks(
-        emitter=Emitter(links=Links("", LocalStore(tmp_path), b"k", 60), publish=lambda _: None),
+        outbox=Outbox(EventRenderer(Links("", LocalStore(tmp_path), b"k", 60)), lambda _: None),
         publish_progress=lambda job_id, step, total, _at: sent.append((job_id, step, total)),
         clock=lambda: t[0],
     )

@@ -32,7 +32,7 @@ def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[tuple[Stack, Wor
     )  # fmt: skip
     with running_stack(settings, tmp) as s:
         hooks = WorkerProcess(
-            settings, tmp / "webhooks.log", concurrency=4, app="worker.webhook_main",
+            settings, tmp / "webhooks.log", concurrency=4, app="worker.delivery_main",
             extra=("--pool", "threads", "--queues", queue, "--hostname", f"{queue}@%h"),
         )  # fmt: skip
         try:

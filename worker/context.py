@@ -5,19 +5,31 @@ from __future__ import annotations
 import functools
 import os
 import socket
+from collections.abc import Callable
 
 from daikon import image_urls
 from daikon.celery_config import make_celery, soft_time_limit
+from daikon.contract import JobParams
+from daikon.job_view import EventRenderer, Links
 from daikon.live import LiveState
 from daikon.settings import Settings
 from daikon.storage import ImageStore, make_store
 from daikon.webhooks import TASK_DELIVER, TASK_PROGRESS
-from db.job_view import Links
+from db.deliveries import Outbox
 from db.session import make_engine, make_session_factory
-from db.webhooks import Emitter
 from worker.executor import JobExecutor
-from worker.job_events import JobWebhooks
+from worker.job_webhooks import JobWebhooks
 from worker.runtime import get_runtime
+
+_step_hook: Callable[[JobParams, int], None] | None = None
+
+
+def install_step_hook(hook: Callable[[JobParams, int], None]) -> None:
+    """Call `hook(params, step)` at every denoising step of every job of this process: for a
+    test harness's worker app (the chaos suite's faults, chaos/faulty_worker.py), installed
+    before the executor is first built. Production workers install none."""
+    global _step_hook
+    _step_hook = hook
 
 
 @functools.cache
@@ -30,8 +42,8 @@ def job_webhooks(s: Settings, store: ImageStore) -> JobWebhooks:
     app = make_celery(s, main="daikon-worker-events")
     queue = s.webhook_queue
     return JobWebhooks(
-        emitter=Emitter(
-            links=Links.from_settings(s, store, image_urls.secret_key(s)),
+        outbox=Outbox(
+            EventRenderer(Links.from_settings(s, store, image_urls.secret_key(s))),
             publish=lambda d: app.send_task(TASK_DELIVER, args=[d], queue=queue),
         ),
         publish_progress=lambda job_id, step, total, at: app.send_task(
@@ -44,17 +56,19 @@ def job_webhooks(s: Settings, store: ImageStore) -> JobWebhooks:
 def executor() -> JobExecutor:
     s = settings()
     store = make_store(s)
-    return JobExecutor(
+    executor = JobExecutor(
         sessions=make_session_factory(make_engine(s.sqlalchemy_url)),
         store=store,
         runtime=lambda model: get_runtime(s, model),
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
         key_prefix=s.s3_prefix if s.storage_backend == "s3" else "",
-        live=LiveState(s.redis_url),
-        stage_namespace=s.queue,
+        live=LiveState(s.redis_url, s.queue),
         webhooks=job_webhooks(s, store),
         lease_seconds=s.lease_seconds,
         max_attempts=s.max_attempts,
         storage_retry_seconds=s.storage_retry_seconds,
         time_limit_seconds=soft_time_limit(s),
     )
+    if _step_hook is not None:
+        executor.step_hook = _step_hook
+    return executor

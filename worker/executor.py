@@ -14,28 +14,29 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, stop_after_delay, wait_exponential
 
-from daikon import limits, stage_metrics
+from daikon import limits
 from daikon.contract import SEED_MAX, JobParams, WebhookEvent
-from daikon.live import LiveState
 from daikon.storage import ImageStore, image_key
 from db import jobs
 from db.session import session_scope
-from worker import faults
 from worker.generation import GenerationRequest, UnsupportedScheduler
-from worker.job_events import JobWebhooks, StepHook
+from worker.job_webhooks import NO_WEBHOOKS, JobEvents, StepHook
 from worker.ranking import rank
 from worker.runtime import ModelLoadError, ModelRuntime
 
 log = logging.getLogger(__name__)
 PNG = "image/png"
+T = TypeVar("T")
 
 
 class Outcome(StrEnum):
@@ -152,10 +153,10 @@ class JobExecutor:
     runtime: Callable[[str], ModelRuntime]  # model name -> its loaded runtime
     worker_name: str
     key_prefix: str = ""
-    live: LiveState | None = None  # progress, cancel and change notices (Redis)
-    # Finished jobs' stage timings go to Redis under this name for /metrics; None = not kept.
-    stage_namespace: str | None = None
-    webhooks: JobWebhooks | None = None  # job events for webhook receivers
+    live: JobSignals = field(default_factory=lambda: NO_SIGNALS)  # progress, cancel, notices
+    webhooks: JobEvents = field(default_factory=lambda: NO_WEBHOOKS)  # events for receivers
+    # Called at every denoising step with the job's parameters (the chaos suite's faults).
+    step_hook: Callable[[JobParams, int], None] = field(default_factory=lambda: _no_step_hook)
     lease_seconds: float = 60.0
     max_attempts: int = 3
     owner_alive: Callable[[str], bool] = same_host_owner_alive
@@ -163,38 +164,44 @@ class JobExecutor:
     # No job runs longer than this, whatever its cost allows (below Celery's soft limit).
     time_limit_seconds: float = 1770.0
 
-    def _webhook(self, session: Session, job_id: str, event: WebhookEvent) -> list[str]:
-        return self.webhooks.record(session, job_id, event) if self.webhooks else []
-
-    def _send_webhooks(self, delivery_ids: list[str]) -> None:
-        if self.webhooks is not None:
-            self.webhooks.send(delivery_ids)
+    def _commit(
+        self, job_id: str, change: Callable[[Session], T], event: Callable[[T], WebhookEvent | None]
+    ) -> T:
+        """One state change: made, with its webhook event recorded in the same transaction,
+        then announced and the event published once it committed (in that order, so whoever
+        hears of the change finds it in the database)."""
+        with session_scope(self.sessions) as session:
+            result = change(session)
+            happened = event(result)
+            sent = self.webhooks.record(session, job_id, happened) if happened else []
+        if happened is not None:
+            self._announce(job_id)
+        self.webhooks.send(sent)
+        return result
 
     def _announce(self, job_id: str) -> None:
-        if self.live is not None:
-            try:
-                self.live.announce(job_id)
-            except Exception as e:  # a lost notice only delays an event stream
-                log.warning("could not announce job %s: %s", job_id, e)
+        try:
+            self.live.announce(job_id)
+        except Exception as e:  # a lost notice only delays an event stream
+            log.warning("could not announce job %s: %s", job_id, e)
 
     def _on_step(
         self,
         job_id: str,
         attempt: int,
-        progress: StepHook | None = None,
-        lease: LeaseKeeper | None = None,
-        prompt: str = "",
-        over_time: Callable[[], None] | None = None,
+        params: JobParams,
+        progress: StepHook | None,
+        lease: LeaseKeeper,
+        over_time: Callable[[], None],
     ) -> Callable[[int, int], None]:
         live = self.live
 
         def on_step(step: int, total: int) -> None:
-            faults.on_step(prompt, step)  # inert unless DAIKON_FAULTS=1 (the chaos suite)
-            if lease is not None and lease.lost.is_set():
+            self.step_hook(params, step)
+            if lease.lost.is_set():
                 raise LeaseLost(job_id)
-            if over_time is not None:
-                over_time()
-            if live is not None and live.step(job_id, step, total, attempt):
+            over_time()
+            if live.step(job_id, step, total, attempt):
                 raise JobCanceled(job_id)
             if progress is not None:
                 progress(step, total)
@@ -202,47 +209,50 @@ class JobExecutor:
         return on_step
 
     def _record_stages(self, job_id: str, metrics: dict[str, float]) -> None:
-        if self.live is None or self.stage_namespace is None:
-            return
         try:
-            stage_metrics.record(self.live.redis, self.stage_namespace, metrics)
+            self.live.record_stages(metrics)
         except Exception as e:  # a lost sample never fails the job
             log.warning("stage timings of job %s not recorded: %s", job_id, e)
 
     def run(self, job_id: str) -> Outcome:
         """Run the job if this message may; raises JobBusy when another live worker has it."""
-        with session_scope(self.sessions) as session:
+
+        def acquire(session: Session) -> tuple[jobs.Acquired, JobParams | None, StepHook | None]:
             got = jobs.acquire(
                 session=session, job_id=job_id, worker=self.worker_name,
                 lease_seconds=self.lease_seconds, max_attempts=self.max_attempts,
                 owner_alive=self.owner_alive,
             )  # fmt: skip
-            if got.busy_for is not None:
-                raise JobBusy(job_id, got.busy_for)
+            if got.job is None:
+                return got, None, None
+            return (
+                got,
+                JobParams.model_validate(got.job.params),
+                self.webhooks.progress_hook(got.job),
+            )
+
+        def raised(result: tuple[jobs.Acquired, object, object]) -> WebhookEvent | None:
+            got = result[0]
             if got.gave_up is not None:  # a poison input: failed, with its event, right here
-                sent = self._webhook(session, job_id, WebhookEvent.failed)
-            elif got.job is not None:
-                job = got.job
-                params = JobParams.model_validate(job.params)
-                attempt = job.attempts
-                assert job.started_at is not None
-                metrics = {"queue_seconds": (job.started_at - job.created_at).total_seconds()}
-                sent = self._webhook(session, job_id, WebhookEvent.started)
-                progress = self.webhooks.progress_hook(job) if self.webhooks else None
+                return WebhookEvent.failed
+            return WebhookEvent.started if got.job is not None else None
+
+        got, params, progress = self._commit(job_id, acquire, raised)
+        if got.busy_for is not None:
+            raise JobBusy(job_id, got.busy_for)
         if got.gave_up is not None:
             log.warning("job %s: %s", job_id, got.gave_up.error_message)
-            self._announce(job_id)
-            self._send_webhooks(sent)
             return Outcome.failed
-        if got.job is None:
+        if got.job is None or params is None:
             log.info("job %s not claimable (already finished, canceled or missing)", job_id)
             return Outcome.skipped
-        self._announce(job_id)
-        self._send_webhooks(sent)
+        job = got.job
+        assert job.started_at is not None
+        metrics = {"queue_seconds": (job.started_at - job.created_at).total_seconds()}
         started = time.perf_counter()
         try:
             with LeaseKeeper(self.sessions, job_id, self.worker_name, self.lease_seconds) as lease:
-                outcome = self._generate(job_id, params, metrics, attempt, progress, lease)
+                outcome = self._generate(job_id, params, metrics, job.attempts, progress, lease)
         except JobCanceled:
             log.info("job %s canceled while running; stopped", job_id)
             self._announce(job_id)
@@ -261,38 +271,35 @@ class JobExecutor:
             failure = _as_failure(e)
             metrics["total_seconds"] = time.perf_counter() - started
             log.warning("job %s failed: %s: %s", job_id, failure.code, failure.message)
-            with session_scope(self.sessions) as session:
-                failed = jobs.fail(
-                    session=session,
-                    job_id=job_id,
-                    code=failure.code,
-                    message=failure.message,
-                    metrics=metrics,
-                    worker=self.worker_name,
-                )
-                sent = self._webhook(session, job_id, WebhookEvent.failed) if failed else []
-            self._announce(job_id)
-            self._send_webhooks(sent)
+            self._commit(
+                job_id,
+                lambda session: jobs.fail(
+                    session=session, job_id=job_id, code=failure.code, message=failure.message,
+                    metrics=metrics, worker=self.worker_name,
+                ),
+                lambda failed: WebhookEvent.failed if failed else None,
+            )  # fmt: skip
             self._record_stages(job_id, metrics)
             return Outcome.failed
         self._record_stages(job_id, metrics)
         return outcome
 
     def _put_with_retry(self, key: str, data: bytes) -> None:
-        """Upload, retrying with backoff while storage is down, up to storage_retry_seconds;
-        then the last error fails the job (no row ever points at a missing object)."""
-        deadline = time.monotonic() + self.storage_retry_seconds
-        delay = 0.5
-        while True:
-            try:
+        """Upload, retrying with backoff (0.5 s doubling to 10 s) while storage is down, for up
+        to storage_retry_seconds; then the last error fails the job (no row ever points at a
+        missing object)."""
+        for attempt in Retrying(
+            stop=stop_after_delay(self.storage_retry_seconds),
+            wait=wait_exponential(multiplier=0.5, max=10.0),
+            before_sleep=lambda state: log.warning(
+                "upload of %s failed (%s); retrying",
+                key,
+                state.outcome and state.outcome.exception(),
+            ),
+            reraise=True,
+        ):
+            with attempt:
                 self.store.put(key, data, PNG)
-                return
-            except Exception as e:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("upload of %s failed (%s); retrying in %.1f s", key, e, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     def _generate(
         self,
@@ -300,8 +307,8 @@ class JobExecutor:
         params: JobParams,
         metrics: dict[str, float],
         attempt: int,
-        progress: StepHook | None = None,
-        lease: LeaseKeeper | None = None,
+        progress: StepHook | None,
+        lease: LeaseKeeper,
     ) -> Outcome:
         started = time.perf_counter()
         try:
@@ -350,7 +357,7 @@ class JobExecutor:
             raise JobFailure("unsupported_scheduler", str(e)) from e
         t = time.perf_counter()
         try:
-            on_step = self._on_step(job_id, attempt, progress, lease, params.prompt, over_time)
+            on_step = self._on_step(job_id, attempt, params, progress, lease, over_time)
             images = runtime.generator.generate([request], on_step=on_step)[0]
         except (JobCanceled, LeaseLost, OverTime):
             raise
@@ -390,20 +397,48 @@ class JobExecutor:
         metrics["upload_seconds"] = time.perf_counter() - t
         metrics["total_seconds"] = time.perf_counter() - started
 
-        with session_scope(self.sessions) as session:
-            recorded = jobs.succeed(
+        recorded = self._commit(
+            job_id,
+            lambda session: jobs.succeed(
                 session=session, job_id=job_id, seed=base_seed, images=kept, metrics=metrics,
                 worker=self.worker_name,
-            )  # fmt: skip
-            sent = self._webhook(session, job_id, WebhookEvent.succeeded) if recorded else []
-        self._announce(job_id)
-        self._send_webhooks(sent)
+            ),
+            lambda done: WebhookEvent.succeeded if done else None,
+        )  # fmt: skip
         if not recorded:
             # The job left `running` while we worked: its images are not ours to keep.
             for image in kept:
                 self.store.delete(image.storage_key)
             return Outcome.superseded
         return Outcome.succeeded
+
+
+class JobSignals(Protocol):
+    """The fast, disposable side of a running job (daikon.live.LiveState in a worker)."""
+
+    def step(self, job_id: str, step: int, total: int, attempt: int) -> bool: ...
+    def announce(self, job_id: str, what: str = "status") -> None: ...
+    def record_stages(self, metrics: dict[str, float]) -> None: ...
+
+
+class _NoSignals:
+    """No Redis: no progress, no cancel requests, no notices (in-process tests)."""
+
+    def step(self, job_id: str, step: int, total: int, attempt: int) -> bool:
+        return False
+
+    def announce(self, job_id: str, what: str = "status") -> None:
+        pass
+
+    def record_stages(self, metrics: dict[str, float]) -> None:
+        pass
+
+
+NO_SIGNALS: JobSignals = _NoSignals()
+
+
+def _no_step_hook(params: JobParams, step: int) -> None:
+    pass
 
 
 def _png(image: Image.Image) -> bytes:

@@ -11,13 +11,14 @@ import logging
 import socket
 from typing import Any
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import celeryd_init, worker_process_init, worker_ready, worker_shutdown
 from kombu import Queue
 
-from daikon import live, workers
+from daikon import heartbeats, live
 from daikon.celery_config import make_celery
 from db.session import make_engine, make_session_factory
-from worker import context
+from worker import context, runtime
+from worker.heartbeat import Heartbeat
 from worker.runtime import get_runtime
 from worker.sweeper import Sweeper
 
@@ -31,6 +32,12 @@ app.conf.include = ["worker.tasks"]
 # Consume exactly the queues of the models this worker serves (DAIKON_WORKER_MODELS): a job
 # for a model no worker serves waits, visibly queued, instead of failing on the wrong worker.
 app.conf.task_queues = [Queue(settings.queue_for(m)) for m in settings.served_models]
+
+
+@celeryd_init.connect
+def _name_the_node(sender: Any = None, **_: Any) -> None:
+    # Before the pool forks: every child knows which worker it loads models for.
+    runtime.node_name = str(sender or socket.gethostname())
 
 
 def _preload() -> None:
@@ -57,7 +64,7 @@ def _preload_solo(sender: Any = None, **_: Any) -> None:
         _preload()
 
 
-_heartbeat: workers.Heartbeat | None = None
+_heartbeat: Heartbeat | None = None
 
 
 @worker_ready.connect
@@ -66,12 +73,17 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     global _heartbeat
     consumer = getattr(sender, "task_consumer", None)  # what it really consumes, -Q included
     queues = consumer.queues if consumer is not None else app.conf.task_queues
-    _heartbeat = workers.Heartbeat(
-        live.client(settings.redis_url),
-        hostname=str(getattr(sender, "hostname", "") or socket.gethostname()),
+    client = live.client(settings.redis_url)
+    hostname = str(getattr(sender, "hostname", "") or socket.gethostname())
+    _heartbeat = Heartbeat(
+        client,
+        hostname=hostname,
         models=settings.served_models,
         queues=sorted(q.name for q in queues),
-    )
+        failed=lambda: heartbeats.load_errors(client, settings, hostname=hostname,
+                                              models=settings.served_models),
+        queue_of=settings.queue_for,
+    )  # fmt: skip
     _heartbeat.start()
 
 

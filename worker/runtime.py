@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from daikon import limits, live, served_models
+from daikon import heartbeats, limits, live, served_models
 from daikon.limits import ModelLimits
 from daikon.served_models import ServedModel
 from daikon.settings import Settings
@@ -80,10 +80,30 @@ def _publish(settings: Settings, info: ServedModel) -> None:
         log.warning("could not publish the limits of model %s: %s", info.model, e)
 
 
+# The Celery node this process belongs to (set in its main process before the pool forks), so
+# the heartbeat can tell which models this worker failed to load.
+node_name: str | None = None
+
+
 def get_runtime(settings: Settings, model: str) -> ModelRuntime:
     """The process's runtime for a model, loaded once and kept warm; a failed load is
-    retried on the next call, not cached."""
+    retried on the next call, not cached. Either outcome is recorded for the heartbeat."""
     with _lock:
         if model not in _runtimes:
-            _runtimes[model] = load_runtime(settings, model)
+            try:
+                _runtimes[model] = load_runtime(settings, model)
+            except ModelLoadError as e:
+                _record_load(settings, model, str(e))
+                raise
+            _record_load(settings, model, None)
         return _runtimes[model]
+
+
+def _record_load(settings: Settings, model: str, error: str | None) -> None:
+    if node_name is None:
+        return
+    try:
+        heartbeats.record_load(live.client(settings.redis_url), settings, model=model,
+                               hostname=node_name, error=error)  # fmt: skip
+    except Exception as e:
+        log.warning("could not record the load of model %s: %s", model, e)

@@ -21,14 +21,15 @@ log = logging.getLogger(__name__)
 DB_RETRY_MAX_SECONDS = 30
 
 
-@shared_task(name=TASK_GENERATE, bind=True, ignore_result=True, max_retries=None)
+@shared_task(
+    name=TASK_GENERATE, bind=True, ignore_result=True, max_retries=None,
+    # The database is down: a new message after 1, 2, 4 ... up to 30 s, never an ack.
+    autoretry_for=(OperationalError,), retry_backoff=True,
+    retry_backoff_max=DB_RETRY_MAX_SECONDS, retry_jitter=False,
+)  # fmt: skip
 def generate_job(self: Any, job_id: str) -> str:
     try:
         return context.executor().run(job_id).value
     except JobBusy as busy:
         # Never run twice in parallel: look again once the holder's lease would have lapsed.
         raise self.retry(countdown=max(1.0, busy.retry_in + 1.0)) from None
-    except OperationalError as e:
-        delay = min(2 ** min(self.request.retries, 5), DB_RETRY_MAX_SECONDS)
-        log.warning("job %s: database unavailable (%s); retrying in %s s", job_id, e.orig, delay)
-        raise self.retry(countdown=delay) from None

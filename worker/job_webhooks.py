@@ -9,11 +9,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
 from daikon.contract import WebhookEvent
-from db import jobs, webhooks
+from db import deliveries, jobs
+from db.deliveries import Outbox
 from db.models import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -26,21 +28,21 @@ StepHook = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class JobWebhooks:
-    emitter: webhooks.Emitter
+    outbox: Outbox
     publish_progress: ProgressPublish
     clock: Callable[[], float] = time.monotonic
 
     def record(self, session: Session, job_id: str, event: WebhookEvent) -> list[str]:
         """Inside the state change's transaction, with the job as it now stands."""
-        return self.emitter.record(session, jobs.get(session=session, job_id=job_id), event)
+        return self.outbox.record(session, jobs.get(session=session, job_id=job_id), event)
 
     def send(self, delivery_ids: list[str]) -> None:
-        self.emitter.send(delivery_ids)
+        self.outbox.send(delivery_ids)
 
     def progress_hook(self, job: Job) -> StepHook | None:
         """A per-job step callback sending job.progress at most every 0.5 s, or None when the
         job did not subscribe."""
-        if not webhooks.wants(job, WebhookEvent.progress):
+        if not deliveries.wants(job, WebhookEvent.progress):
             return None
         job_id = job.id
         last = -math.inf
@@ -57,3 +59,27 @@ class JobWebhooks:
                 log.warning("job.progress for %s not published: %s", job_id, e)
 
         return on_step
+
+
+class JobEvents(Protocol):
+    """What the executor needs of webhooks (JobWebhooks, or none)."""
+
+    def record(self, session: Session, job_id: str, event: WebhookEvent) -> list[str]: ...
+    def send(self, delivery_ids: list[str]) -> None: ...
+    def progress_hook(self, job: Job) -> StepHook | None: ...
+
+
+class _NoWebhooks:
+    """Webhooks off (in-process tests): nothing recorded, nothing sent."""
+
+    def record(self, session: Session, job_id: str, event: WebhookEvent) -> list[str]:
+        return []
+
+    def send(self, delivery_ids: list[str]) -> None:
+        pass
+
+    def progress_hook(self, job: Job) -> StepHook | None:
+        return None
+
+
+NO_WEBHOOKS: JobEvents = _NoWebhooks()

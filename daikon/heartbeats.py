@@ -1,9 +1,10 @@
 """Worker heartbeats in Redis: which workers are alive and which model queues each consumes.
 
-A worker's main process rewrites `daikon:worker:<hostname>` every HEARTBEAT_SECONDS with a TTL
-of TTL_SECONDS, so a worker that dies without a word drops out within TTL_SECONDS, and a clean
-shutdown deletes its key at once. A sorted set indexes the hostnames so readers (the API's
-/v1/models, /readyz and /metrics) need no SCAN over the whole keyspace.
+A worker's main process (worker/heartbeat.py) rewrites `daikon:worker:<hostname>` every
+HEARTBEAT_SECONDS with a TTL of TTL_SECONDS, so a worker that dies without a word drops out
+within TTL_SECONDS, and a clean shutdown deletes its key at once. A sorted set indexes the
+hostnames so readers (the API's /v1/models, /readyz and /metrics) need no SCAN over the whole
+keyspace.
 
 Several deployments may share one Redis: a worker counts for a deployment only if it consumes
 one of that deployment's queues (`Settings.queue_for`).
@@ -12,10 +13,8 @@ one of that deployment's queues (`Settings.queue_for`).
 from __future__ import annotations
 
 import logging
-import os
-import threading
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from datetime import datetime
 
 import redis
 from pydantic import BaseModel, ValidationError
@@ -42,6 +41,35 @@ class WorkerInfo(BaseModel):
     pid: int
     started_at: datetime
     seen_at: datetime
+    # Models it was told to serve but could not load, by their queue (which names the
+    # deployment too): left out of `models` and `queues`, with the reason, for operators.
+    load_errors: dict[str, str] = {}
+
+
+def load_key(settings: Settings, model: str) -> str:
+    """Per model: each worker's last load of it (hash field: its hostname)."""
+    return f"{PREFIX}:model_load:{settings.queue_for(model)}"
+
+
+def record_load(
+    client: redis.Redis, settings: Settings, *, model: str, hostname: str, error: str | None
+) -> None:
+    """Written by the process that loaded (or failed to load) the model; read by its
+    worker's heartbeat."""
+    if error is None:
+        client.hdel(load_key(settings, model), hostname)
+    else:
+        client.hset(load_key(settings, model), hostname, error[:1000])
+
+
+def load_errors(
+    client: redis.Redis, settings: Settings, *, hostname: str, models: Iterable[str]
+) -> dict[str, str]:
+    models = list(models)
+    pipe = client.pipeline(transaction=False)
+    for model in models:
+        pipe.hget(load_key(settings, model), hostname)
+    return {m: e.decode() for m, e in zip(models, pipe.execute(), strict=True) if e is not None}
 
 
 def write(client: redis.Redis, info: WorkerInfo, *, ttl: int = TTL_SECONDS) -> None:
@@ -95,58 +123,3 @@ def for_deployment(settings: Settings, workers: Iterable[WorkerInfo]) -> list[Wo
     """The workers that consume at least one of this deployment's model queues."""
     queues = {settings.queue_for(m) for m in settings.model_specs}
     return [w for w in workers if queues.intersection(w.queues)]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class Heartbeat:
-    """Writes one worker's heartbeat from a daemon thread until `stop()`, which also deletes
-    it so the worker disappears from listings at once rather than after the TTL."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        *,
-        hostname: str,
-        models: list[str],
-        queues: list[str],
-        interval: float = HEARTBEAT_SECONDS,
-        ttl: int = TTL_SECONDS,
-        clock: Callable[[], datetime] = _now,
-    ):
-        self.client = client
-        self.interval = interval
-        self.ttl = ttl
-        self.clock = clock
-        started = clock()
-        self.info = WorkerInfo(hostname=hostname, models=models, queues=queues, pid=os.getpid(),
-                               started_at=started, seen_at=started)  # fmt: skip
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="daikon-heartbeat", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def beat(self) -> None:
-        self.info = self.info.model_copy(update={"seen_at": self.clock()})
-        write(self.client, self.info, ttl=self.ttl)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.beat()
-            except Exception as e:  # Redis away: keep trying; the TTL tells readers meanwhile
-                log.warning("worker heartbeat not written: %s", e)
-            self._stop.wait(self.interval)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            # Joined first: a beat still in flight must not land after the delete.
-            self._thread.join(timeout)
-        try:
-            remove(self.client, self.info.hostname)
-        except Exception as e:  # the key expires on its own
-            log.warning("worker heartbeat not removed: %s", e)

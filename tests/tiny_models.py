@@ -4,7 +4,7 @@ They exercise the exact `from_pretrained` path that real weights use (UNet, VAE,
 encoder + tokenizer, scheduler; CLIP vision + text + processor) but are a few MB and need no
 download. Weights are random, so images are noise: these prove plumbing, not quality.
 
-    python -m worker.tiny_models --out .daikon/models
+    python -m tests.tiny_models --out .daikon/models
 """
 
 from __future__ import annotations

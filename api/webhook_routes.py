@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from api import openapi
 from api.auth import authenticate, require_admin
 from api.bodies import json_body, read_body
+from api.serialize import outbox
 from api.services import services
-from api.webhook_events import emitter
 from daikon.webhooks import DeliveryStatus
-from db import jobs, webhooks
+from db import deliveries, jobs
 from db.models import WebhookAttempt, WebhookDelivery
 from db.session import session_scope
 
@@ -104,7 +104,7 @@ def create_secret() -> Any:
     if body.overlap_hours is not None:
         hours = body.overlap_hours
     with session_scope(svc.sessions) as session:
-        made = webhooks.rotate_secret(
+        made = deliveries.rotate_secret(
             session=session, tenant_id=principal.tenant_id, overlap=timedelta(hours=hours),
             cipher=svc.cipher,
         )  # fmt: skip
@@ -123,7 +123,7 @@ def list_deliveries(job_id: str) -> Any:
     svc = services()
     with session_scope(svc.sessions) as session:
         jobs.get(session=session, job_id=job_id, tenant_id=principal.tenant_id)
-        rows = webhooks.list_for_job(session=session, job_id=job_id)
+        rows = deliveries.list_for_job(session=session, job_id=job_id)
         return DeliveryList(deliveries=[delivery_out(d) for d in rows]).model_dump(mode="json")
 
 
@@ -137,7 +137,7 @@ def redeliver(delivery_id: str) -> Any:
     require_admin()
     svc = services()
     with session_scope(svc.sessions) as session:
-        out = delivery_out(webhooks.redeliver(session=session, delivery_id=delivery_id))
+        out = delivery_out(deliveries.redeliver(session=session, delivery_id=delivery_id))
     # Scheduled in the database: if this publish fails, the dispatcher publishes it later.
-    emitter(svc).send([delivery_id])
+    outbox(svc).send([delivery_id])
     return out.model_dump(mode="json"), 202

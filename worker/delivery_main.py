@@ -1,6 +1,6 @@
 """Webhook worker entrypoint (nothing imports this module):
 
-    celery -A worker.webhook_main worker --pool threads --concurrency 8 --queues daikon.webhooks
+    celery -A worker.delivery_main worker --pool threads --concurrency 8 --queues daikon.webhooks
 
 Deliveries wait on the network, not on a GPU: threads carry them, in a process of their own
 that loads no model, so a slow receiver never holds up generation. Each such worker also runs
@@ -16,11 +16,11 @@ from kombu import Queue
 
 from daikon.celery_config import make_celery
 from daikon.settings import Settings
-from worker.webhooks import DispatchLoop, deliverer
+from worker.delivery import DispatchLoop, deliverer
 
 settings = Settings()
 app = make_celery(settings, main="daikon-webhooks")
-app.conf.include = ["worker.webhooks"]
+app.conf.include = ["worker.delivery"]
 app.conf.task_queues = [Queue(settings.webhook_queue)]
 app.conf.task_default_queue = settings.webhook_queue
 # An attempt is bounded by its own timeout (the thread pool enforces no time limits).

@@ -1,5 +1,5 @@
 """Delivering webhooks: one attempt per task, on the webhook queue, in the webhook worker
-(`celery -A worker.webhook_main worker`), never in a GPU worker.
+(`celery -A worker.delivery_main worker`), never in a GPU worker.
 
 The database holds the schedule. A task claims the due attempt with a conditional UPDATE,
 signs, POSTs, records the attempt and sets the next attempt's time. Retries due within
@@ -27,15 +27,17 @@ from daikon import encryption, image_urls
 from daikon.celery_config import make_celery
 from daikon.contract import WebhookEvent
 from daikon.encryption import Cipher
+from daikon.job_view import EventRenderer, Links
 from daikon.settings import Settings
 from daikon.storage import make_store
-from daikon.webhooks import TASK_DELIVER, TASK_PROGRESS, DeliveryStatus, http, signing
+from daikon.webhooks import TASK_DELIVER, TASK_PROGRESS, DeliveryStatus, signing
 from daikon.webhooks.safety import Allowlist, Resolver, system_resolver
-from daikon.webhooks.schedule import Uniform, decide
-from db import webhooks
-from db.job_view import Links
+from db import deliveries
+from db.deliveries import Outbox
 from db.models import utcnow
 from db.session import make_engine, make_session_factory, session_scope
+from worker import delivery_http
+from worker.retry_schedule import Uniform, decide
 
 log = logging.getLogger("daikon.webhooks")
 
@@ -75,17 +77,17 @@ class Deliverer:
         now = self.clock()
         lease = timedelta(seconds=self.settings.webhook_timeout_seconds) + LEASE_MARGIN
         with session_scope(self.sessions) as session:
-            d = webhooks.claim_attempt(session=session, delivery_id=delivery_id, now=now,
+            d = deliveries.claim_attempt(session=session, delivery_id=delivery_id, now=now,
                                        lease=lease)  # fmt: skip
             if d is None:
                 return None
-            if webhooks.is_disabled(session=session, tenant_id=d.tenant_id, url=d.url):
-                webhooks.mark_disabled(session=session, delivery_id=d.id, now=now)
+            if deliveries.is_disabled(session=session, tenant_id=d.tenant_id, url=d.url):
+                deliveries.mark_disabled(session=session, delivery_id=d.id, now=now)
                 return DeliveryStatus.disabled
-            keys = webhooks.signing_secrets(session=session, tenant_id=d.tenant_id, now=now,
+            keys = deliveries.signing_secrets(session=session, tenant_id=d.tenant_id, now=now,
                                             cipher=self.cipher)  # fmt: skip
             attempt, url, body, limit, event = d.attempts, d.url, d.payload, d.max_attempts, d.event
-        result = http.post(
+        result = delivery_http.post(
             url,
             body.encode(),
             signing.headers(keys, delivery_id, int(self.wall()), body),
@@ -100,13 +102,13 @@ class Deliverer:
         delay = decision.delay
         next_at = finished + timedelta(seconds=delay) if delay is not None else None
         soon = delay is not None and delay <= SHORT_DELAY_SECONDS
-        record = webhooks.AttemptRecord(
+        record = deliveries.AttemptRecord(
             attempt=attempt, started_at=now, duration_ms=result.duration_ms,
             address=result.address, status_code=result.status_code, error=result.error,
             response_excerpt=result.excerpt, response_bytes=result.body_bytes,
         )  # fmt: skip
         with session_scope(self.sessions) as session:
-            current = webhooks.finish_attempt(
+            current = deliveries.finish_attempt(
                 session=session, delivery=d, record=record, status=decision.status,
                 next_attempt_at=next_at, queued_at=next_at if soon else None, now=finished,
             )  # fmt: skip
@@ -126,7 +128,7 @@ class Deliverer:
         published: list[str] = []
         for _ in range(DISPATCH_BATCHES):
             with session_scope(self.sessions) as session:
-                due = webhooks.take_due(
+                due = deliveries.take_due(
                     session=session, now=self.clock(), requeue_after=REQUEUE_AFTER,
                     limit=DISPATCH_BATCH,
                 )  # fmt: skip
@@ -141,14 +143,13 @@ class Deliverer:
         """A job.progress event: one attempt, never retried, dropped once the job has left
         `running` (a late progress event would only mislead)."""
         with session_scope(self.sessions) as session:
-            job = webhooks.job_is_running(session=session, job_id=job_id)
+            job = deliveries.job_is_running(session=session, job_id=job_id)
             if job is None:
                 return None
-            delivery_id = webhooks.record_event(
-                session=session, job=job, event=WebhookEvent.progress, links=self.links,
-                at=at, step=(step, total), max_attempts=1,
-            )  # fmt: skip
-        return self.deliver(delivery_id) if delivery_id else None
+            sent = Outbox(EventRenderer(self.links), lambda _d: None).record(
+                session, job, WebhookEvent.progress, at=at, step=(step, total), max_attempts=1
+            )
+        return self.deliver(sent[0]) if sent else None
 
     def _publish(self, delivery_id: str, countdown: float) -> None:
         try:

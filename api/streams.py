@@ -21,7 +21,6 @@ from api import openapi
 from api.auth import authenticate
 from api.serialize import job_out
 from api.services import Services, services
-from daikon import live
 from daikon.contract import JobOut, JobStatus
 from db import jobs
 from db.session import session_scope
@@ -53,9 +52,7 @@ def _snapshot(svc: Services, job_id: str, tenant_id: str) -> JobOut:
 
 
 def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterator[str]:
-    pubsub = svc.live.redis.pubsub(ignore_subscribe_messages=True)
-    try:
-        pubsub.subscribe(live.channel(job_id))  # before the first read: no change slips by
+    with svc.live.watch(job_id) as watch:  # before the first read: no change slips by
         last_sent = time.monotonic()
         # A stream ends after a while even if the job does not; the client reconnects with
         # Last-Event-ID and loses nothing.
@@ -80,15 +77,10 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
                 if progress_id > last_id:
                     yield _sse("progress", progress_id, out.progress.model_dump())
                     last_id, last_sent = progress_id, time.monotonic()
-            deadline = time.monotonic() + RECHECK_SECONDS
-            while time.monotonic() < deadline:
-                if pubsub.get_message(timeout=min(1.0, deadline - time.monotonic())):
-                    break
+            watch.wait(RECHECK_SECONDS)
             if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
                 yield ": keep-alive\n\n"
                 last_sent = time.monotonic()
-    finally:
-        pubsub.close()
 
 
 @bp.get("/jobs/<job_id>/events")

@@ -1,5 +1,5 @@
-"""Webhook records: signing secrets, deliveries (the outbox and the retry schedule) and their
-attempts. Every change of who may send an attempt is a conditional UPDATE, so duplicate
+"""Webhook records: signing secrets (encrypted), deliveries (the outbox and the retry schedule)
+and their attempts. Every change of who may send an attempt is a conditional UPDATE, so duplicate
 broker messages, two dispatchers or a redelivery racing a retry never send one attempt twice.
 """
 
@@ -18,9 +18,7 @@ from sqlalchemy.orm import Session
 from daikon.contract import JobStatus, WebhookEvent
 from daikon.encryption import Cipher, is_encrypted
 from daikon.errors import Conflict, NotFound
-from daikon.webhooks import DeliveryStatus, payload, signing
-from daikon.webhooks.schedule import MAX_ATTEMPTS
-from db.job_view import Links, job_object
+from daikon.webhooks import MAX_ATTEMPTS, DeliveryStatus, signing
 from db.models import (
     Job,
     WebhookAttempt,
@@ -30,10 +28,11 @@ from db.models import (
     utcnow,
 )
 
-log = logging.getLogger(__name__)
-
 # Expired secrets are kept a while after their overlap ends, then removed.
 SECRET_RETENTION = timedelta(days=7)
+log = logging.getLogger(__name__)
+# (job, event, at, step) -> the event's body
+Render = Callable[[Job, WebhookEvent, datetime | None, tuple[int, int] | None], str]
 
 
 # --- secrets --------------------------------------------------------------------------------
@@ -108,9 +107,13 @@ def signing_secrets(
     return [plain]
 
 
-def reencrypt_secrets(*, session: Session, cipher: Cipher) -> int:
-    """Every stored secret encrypted under the cipher's first key (key rotation)."""
-    rows = session.scalars(select(WebhookSecret)).all()
+def reencrypt_secrets(*, session: Session, cipher: Cipher, tenant_id: str | None = None) -> int:
+    """Every stored secret (of every tenant, or of one) encrypted under the cipher's first key
+    (key rotation); the number re-encrypted."""
+    stmt = select(WebhookSecret)
+    if tenant_id is not None:
+        stmt = stmt.where(WebhookSecret.tenant_id == tenant_id)
+    rows = session.scalars(stmt).all()
     for row in rows:
         row.secret = cipher.rotate(row.secret)
     session.flush()
@@ -136,41 +139,18 @@ def wants(job: Job, event: WebhookEvent) -> bool:
     )
 
 
-def event_time(job: Job, event: WebhookEvent) -> datetime:
-    """When the event happened, as the job records it (the payload's `timestamp`)."""
-    if event is WebhookEvent.started and job.started_at is not None:
-        return job.started_at
-    if event is not WebhookEvent.progress and job.finished_at is not None:
-        return job.finished_at
-    return utcnow()
-
-
-def record_event(
+def record(
     *,
     session: Session,
     job: Job,
     event: WebhookEvent,
-    links: Links,
-    at: datetime | None = None,
-    step: tuple[int, int] | None = None,
+    payload: str,
     max_attempts: int = MAX_ATTEMPTS,
-) -> str | None:
-    """Freeze the event's body and schedule its first attempt (now), in the caller's
-    transaction: the state change and its webhook commit together or not at all. None if the
-    job did not subscribe to this event."""
-    if not wants(job, event):
-        return None
+) -> str:
+    """Store the event's frozen body and schedule its first attempt (now), in the caller's
+    transaction: the state change and its webhook commit together or not at all."""
     assert job.webhook_url is not None and job.tenant_id is not None
     now = utcnow()
-    try:
-        body = payload.render(event, at or event_time(job, event),
-                              job_object(job, links, step=step))  # fmt: skip
-    except Exception as e:
-        # Never silence: the event is recorded as a failed delivery the tenant sees on the
-        # job (GET /v1/jobs/{id}/webhooks), operators see in /metrics, and the log explains.
-        log.exception("webhook %s for job %s could not be rendered", event.value, job.id)
-        _record_unrenderable(session=session, job=job, event=event, error=e, now=now)
-        return None  # nothing to send
     disabled = is_disabled(session=session, tenant_id=job.tenant_id, url=job.webhook_url)
     delivery = WebhookDelivery(
         id=signing.new_message_id(),
@@ -178,7 +158,7 @@ def record_event(
         tenant_id=job.tenant_id,
         event=event.value,
         url=job.webhook_url,
-        payload=body,
+        payload=payload,
         status=DeliveryStatus.disabled if disabled else DeliveryStatus.pending,
         attempts=0,
         max_attempts=max_attempts,
@@ -196,15 +176,16 @@ def record_event(
 UNRENDERED_PREFIX = "the event could not be rendered"
 
 
-def _record_unrenderable(
-    *, session: Session, job: Job, event: WebhookEvent, error: Exception, now: datetime
-) -> None:
+def record_unrenderable(*, session: Session, job: Job, event: WebhookEvent, error: str) -> None:
+    """An event whose body could not be made: a failed delivery with no attempt, which the
+    tenant sees on the job and /metrics counts."""
     assert job.webhook_url is not None and job.tenant_id is not None
+    now = utcnow()
     delivery = WebhookDelivery(
         id=signing.new_message_id(), job_id=job.id, tenant_id=job.tenant_id, event=event.value,
         url=job.webhook_url, payload="", status=DeliveryStatus.failed, attempts=0,
         max_attempts=0, next_attempt_at=None, queued_at=None, created_at=now, updated_at=now,
-        last_error=f"{UNRENDERED_PREFIX}: {type(error).__name__}: {error}"[:255],
+        last_error=f"{UNRENDERED_PREFIX}: {error}"[:255],
     )  # fmt: skip
     session.add(delivery)
     session.flush()
@@ -223,22 +204,47 @@ def count_unrendered(*, session: Session) -> int:
 
 
 @dataclass(frozen=True)
-class Emitter:
-    """Records events in the state change's transaction, then publishes them after commit.
-    A failed publish loses nothing: the dispatcher finds the row and publishes it again."""
+class Outbox:
+    """Webhook events raised where a job changes (the API's cancel, the worker's state
+    changes): rendered and recorded in the transaction that changes the job, published after
+    it commits. A failed publish loses nothing: the dispatcher finds the row and publishes it
+    again. An event that cannot be rendered is never silent: it becomes a failed delivery the
+    tenant sees on the job, /metrics counts, and the log explains."""
 
-    links: Links
+    render: Render  # the frozen body (daikon.job_view.EventRenderer)
     publish: Callable[[str], None]  # delivery id -> a broker message for the webhook queue
 
-    def record(self, session: Session, job: Job, event: WebhookEvent) -> list[str]:
-        """Inside the state change's transaction. A webhook problem is logged, never allowed
-        to stop the job's own state change."""
+    def record(
+        self,
+        session: Session,
+        job: Job,
+        event: WebhookEvent,
+        *,
+        at: datetime | None = None,
+        step: tuple[int, int] | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> list[str]:
+        """Inside the state change's transaction: the delivery ids to send after the commit
+        (none if the job did not subscribe). A webhook problem never stops the job's own
+        state change."""
+        if not wants(job, event):
+            return []
         try:
-            delivery_id = record_event(session=session, job=job, event=event, links=self.links)
+            body = self.render(job, event, at, step)
+        except Exception as e:
+            log.exception("webhook %s for job %s could not be rendered", event.value, job.id)
+            record_unrenderable(session=session, job=job, event=event,
+                                           error=f"{type(e).__name__}: {e}")  # fmt: skip
+            return []
+        try:
+            with session.begin_nested():
+                delivery_id = record(
+                    session=session, job=job, event=event, payload=body, max_attempts=max_attempts
+                )
         except Exception:
             log.exception("webhook %s for job %s not recorded", event.value, job.id)
             return []
-        return [delivery_id] if delivery_id else []
+        return [delivery_id]
 
     def send(self, delivery_ids: Iterable[str]) -> None:
         for delivery_id in delivery_ids:

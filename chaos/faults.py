@@ -20,7 +20,7 @@ def enabled() -> bool:
 
 
 def on_step(prompt: str, step: int) -> None:
-    """Called by the executor at each denoising step; does nothing unless faults are on."""
+    """Called at each denoising step (chaos/faulty_worker.py); does nothing unless faults are on."""
     if not enabled():
         return
     if KILL_WORKER in prompt and step >= 1:

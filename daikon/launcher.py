@@ -198,7 +198,7 @@ def main() -> int:
                     "-m",
                     "celery",
                     "-A",
-                    "worker.webhook_main",
+                    "worker.delivery_main",
                     "worker",
                     "--pool",
                     "threads",

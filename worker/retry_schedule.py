@@ -1,5 +1,6 @@
-"""When to try a webhook again. Pure functions of the attempt count, the answer and a random
-source, so tests check the exact schedule without waiting for it."""
+"""When the webhook worker tries a delivery again (SCHEDULE itself is in daikon.webhooks).
+Pure functions of the attempt count, the answer and a random source, so tests check the exact
+schedule without waiting for it."""
 
 from __future__ import annotations
 
@@ -9,12 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from daikon.webhooks import DeliveryStatus
+from daikon.webhooks import MAX_ATTEMPTS, SCHEDULE, DeliveryStatus
 
-# Seconds before attempt 1, 2, ... 8: immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
-# 10 h. The retries span 27.6 h; jitter only ever adds (up to JITTER), so never less.
-SCHEDULE: tuple[int, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
-MAX_ATTEMPTS = len(SCHEDULE)
 JITTER = 0.10
 # A receiver's Retry-After is honoured up to this long; beyond it the next attempt is only
 # postponed this much (a header cannot park an event for a year).

@@ -1,9 +1,15 @@
 """A job row as the public job object, without Flask: the API answers with it and the worker
-writes it into webhooks, so a receiver gets exactly what `GET /v1/jobs/{id}` returns."""
+writes it into webhooks, so a receiver gets exactly what `GET /v1/jobs/{id}` returns.
+
+The row is described by its shape (JobRow), not imported from db/: the contract depends on no
+storage layer."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from daikon import image_urls
 from daikon.contract import (
@@ -18,7 +24,39 @@ from daikon.contract import (
 )
 from daikon.settings import Settings
 from daikon.storage import ImageStore
-from db.models import Job, JobImage
+from daikon.webhooks import payload
+
+
+class ImageRow(Protocol):
+    rank: int
+    clip_score: float
+    seed: int
+    width: int
+    height: int
+    content_type: str
+    storage_key: str
+
+
+class JobRow(Protocol):
+    """What a stored job offers (db.models.Job)."""
+
+    id: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    params: dict[str, Any]
+    seed: int | None
+    priority: int
+    client_metadata: dict[str, Any] | None
+    webhook_url: str | None
+    webhook_events: list[str]
+    error_code: str | None
+    error_message: str | None
+    metrics: dict[str, Any]
+
+    @property
+    def images(self) -> Sequence[ImageRow]: ...
 
 
 @dataclass(frozen=True)
@@ -38,7 +76,7 @@ class Links:
     def absolute(self, path: str) -> str:
         return self.base + path
 
-    def image_url(self, job: Job, image: JobImage) -> str:
+    def image_url(self, job: JobRow, image: ImageRow) -> str:
         direct = self.store.presigned_url(image.storage_key)
         if direct:
             return direct
@@ -47,7 +85,7 @@ class Links:
 
 
 def job_object(
-    job: Job,
+    job: JobRow,
     links: Links,
     *,
     step: tuple[int, int] | None = None,
@@ -99,3 +137,30 @@ def job_object(
             events=links.absolute(f"{path}/events"),
         ),
     )
+
+
+def event_time(job: JobRow, event: WebhookEvent) -> datetime:
+    """When the event happened, as the job records it (the payload's `timestamp`)."""
+    if event is WebhookEvent.started and job.started_at is not None:
+        return job.started_at
+    if event is not WebhookEvent.progress and job.finished_at is not None:
+        return job.finished_at
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class EventRenderer:
+    """A webhook event's body: the job object as it now stands, frozen once (every attempt
+    sends these exact bytes)."""
+
+    links: Links
+
+    def __call__(
+        self,
+        job: JobRow,
+        event: WebhookEvent,
+        at: datetime | None = None,
+        step: tuple[int, int] | None = None,
+    ) -> str:
+        return payload.render(event, at or event_time(job, event),
+                              job_object(job, self.links, step=step))  # fmt: skip

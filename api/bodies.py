@@ -1,4 +1,5 @@
-"""Reading request bodies: the bytes within the size limit, then strictly JSON.
+"""Reading requests: bodies (the bytes within the size limit, then strictly JSON), and the
+query string and headers into their contract models (daikon/contract.py).
 
 Everything a body may carry that the database or a later step would choke on is refused here,
 with a 400 naming the problem, before any validation recurses into it or anything is written:
@@ -12,9 +13,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import current_app, g, request
+from pydantic import BaseModel
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from daikon.errors import BadRequest, UnsupportedMediaType
@@ -119,3 +121,18 @@ def json_body() -> dict[str, Any]:
     if problem:
         raise BadRequest(f"request body contains {problem}", code="invalid_json")
     return body
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def query_params(model: type[M]) -> M:
+    """The query string as `model` (a repeated parameter counts once, its first value);
+    a bad or unknown parameter is a 422 naming it."""
+    return model.model_validate(request.args.to_dict())
+
+
+def header_params(model: type[M]) -> M:
+    """The headers `model` names (by alias), validated: a bad one is a 422 naming it."""
+    names = {f.alias or n for n, f in model.model_fields.items()}
+    return model.model_validate({k: v for k, v in request.headers.items() if k in names})

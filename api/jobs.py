@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -13,12 +10,23 @@ from flask import Blueprint, Response, request, url_for
 
 from api import openapi
 from api.auth import authenticate
-from api.bodies import json_body
+from api.bodies import header_params, json_body, query_params
 from api.serialize import etag, job_out, job_outs, outbox
 from api.services import services
 from api.submission import submit
-from daikon.contract import JobList, JobOut, JobRequest, JobStatus, WebhookEvent
-from daikon.errors import Conflict, InvalidRequest, NotFound
+from daikon.contract import (
+    ImageQuery,
+    JobList,
+    JobOut,
+    JobRequest,
+    JobStatus,
+    ListQuery,
+    PollHeaders,
+    SubmitHeaders,
+    WebhookEvent,
+    encode_cursor,
+)
+from daikon.errors import Conflict, NotFound
 from daikon.image_urls import verify
 from db import jobs
 from db.session import session_scope
@@ -39,9 +47,7 @@ JOB_LINKS = {
 
 @bp.post("/jobs")
 @openapi.operation(
-    "Submit a job", tags=["jobs"], body=JobRequest,
-    params=[openapi.header("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 255},
-                           "Retrying with the same key and body answers the same job again.")],
+    "Submit a job", tags=["jobs"], body=JobRequest, headers=SubmitHeaders,
     responses={
         202: openapi.Reply("Created and queued.", JobOut, headers={"Location": True},
                            links=JOB_LINKS),
@@ -59,9 +65,8 @@ JOB_LINKS = {
 def create_job() -> Any:
     principal = authenticate()
     svc = services()
-    result = submit(
-        svc, principal, json_body(), idempotency_key=request.headers.get("Idempotency-Key")
-    )
+    given = header_params(SubmitHeaders)
+    result = submit(svc, principal, json_body(), idempotency_key=given.idempotency_key)
     with session_scope(svc.sessions) as session:
         body = job_out(session, jobs.get(session=session, job_id=result.job_id))
     headers = {"Location": url_for("jobs.get_job", job_id=result.job_id)}
@@ -72,9 +77,7 @@ def create_job() -> Any:
 
 @bp.get("/jobs/<job_id>")
 @openapi.operation(
-    "Get a job", tags=["jobs"],
-    params=[openapi.header("If-None-Match", {"type": "string"},
-                           "An ETag from an earlier answer: 304 while the job is unchanged.")],
+    "Get a job", tags=["jobs"], headers=PollHeaders,
     responses={
         200: openapi.Reply("The job.", JobOut, headers={"ETag": True, "Cache-Control": True,
                                                         "Retry-After": False}),
@@ -97,86 +100,27 @@ def get_job(job_id: str) -> Any:
     return out.model_dump(mode="json"), 200, headers
 
 
-def _cursor_decode(raw: str) -> tuple[datetime, str]:
-    try:
-        at, job_id = json.loads(base64.urlsafe_b64decode(raw.encode() + b"=="))
-        when = datetime.fromisoformat(at)
-        if when.tzinfo is None:
-            raise ValueError("no time zone")
-        return when.astimezone(UTC), str(job_id)  # OverflowError near year 1 or 9999
-    except Exception as e:
-        raise InvalidRequest("cursor is not one this API returned", param="cursor") from e
-
-
-def _cursor_encode(at: datetime, job_id: str) -> str:
-    raw = json.dumps([at.isoformat(), job_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _list_filter(tenant_id: str) -> jobs.ListFilter:
-    args = request.args
-    unknown = set(args) - {"status", "model", "created_after", "limit", "cursor"}
-    if unknown:
-        raise InvalidRequest(f"unknown query parameter {sorted(unknown)[0]!r}",
-                             param=sorted(unknown)[0])  # fmt: skip
-    status = args.get("status")
-    if status is not None and status not in JobStatus.__members__:
-        raise InvalidRequest(
-            f"status must be one of {', '.join(JobStatus.__members__)}", param="status"
-        )
-    created_after = None
-    if "created_after" in args:
-        try:
-            created_after = datetime.fromisoformat(args["created_after"].replace("Z", "+00:00"))
-        except ValueError as e:
-            raise InvalidRequest("created_after must be an ISO 8601 time",
-                                 param="created_after") from e  # fmt: skip
-        if created_after.tzinfo is None:
-            raise InvalidRequest("created_after needs a time zone (e.g. Z)", param="created_after")
-        try:
-            created_after = created_after.astimezone(UTC)
-        except OverflowError as e:  # 0001-01-01T00:00+01:00 is before the year 1 in UTC
-            raise InvalidRequest("created_after is out of range", param="created_after") from e
-    cursor = args.get("cursor")
-    return jobs.ListFilter(
-        tenant_id=tenant_id,
-        status=JobStatus(status) if status else None,
-        model=args.get("model"),
-        created_after=created_after,
-        before=_cursor_decode(cursor) if cursor else None,
-    )
-
-
 @bp.get("/jobs")
 @openapi.operation(
-    "List jobs, newest first", tags=["jobs"],
-    params=[
-        openapi.query("status", {"type": "string", "enum": [s.value for s in JobStatus]}),
-        openapi.query("model", {"type": "string"}, "Only jobs of this model."),
-        openapi.query("created_after", {"type": "string", "format": "date-time"},
-                      "Only jobs created after this time (with a time zone)."),
-        openapi.query("limit", lambda s: {"type": "integer", "minimum": 1,
-                                          "maximum": s.list_limit_max, "default": 20}),
-        openapi.query("cursor", {"type": "string"}, "`next_cursor` of the previous page."),
-    ],
+    "List jobs, newest first", tags=["jobs"], query=ListQuery,
     responses={200: JobList}, errors=[422],
 )  # fmt: skip
 def list_jobs() -> Any:
     principal = authenticate()
     svc = services()
-    raw = request.args.get("limit", "20")
-    limit_max = svc.settings.list_limit_max
-    if not (raw.isascii() and raw.isdigit()) or not (1 <= int(raw) <= limit_max):
-        raise InvalidRequest(f"limit must be an integer between 1 and {limit_max}", param="limit")
-    limit = int(raw)
-    where = _list_filter(principal.tenant_id)
+    q = query_params(ListQuery.for_settings(svc.settings))
+    limit = q.limit
+    where = jobs.ListFilter(
+        tenant_id=principal.tenant_id, status=q.status, model=q.model,
+        created_after=q.created_after, before=q.cursor,
+    )  # fmt: skip
     with session_scope(svc.sessions) as session:
         rows = list(jobs.list_recent(session=session, limit=limit + 1, where=where))
         page, more = rows[:limit], len(rows) > limit
         out = JobList(
             jobs=job_outs(session, page),
             has_more=more,
-            next_cursor=_cursor_encode(page[-1].created_at, page[-1].id) if more else None,
+            next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None,
         )
     return out.model_dump(mode="json")
 
@@ -220,9 +164,7 @@ def cancel_job(job_id: str) -> Any:
 
 @bp.get("/jobs/<job_id>/images/<int:rank>")
 @openapi.operation(
-    "Get an image (signed URL)", tags=["jobs"], auth=None,
-    params=[openapi.query("expires", {"type": "integer"}, "From the signed URL.", required=True),
-            openapi.query("sig", {"type": "string"}, "From the signed URL.", required=True)],
+    "Get an image (signed URL)", tags=["jobs"], auth=None, query=ImageQuery,
     responses={200: openapi.Reply("The image.", media_type="image/png",
                                   schema={"type": "string", "format": "binary"},
                                   headers={"Cache-Control": True})},
@@ -232,7 +174,7 @@ def cancel_job(job_id: str) -> Any:
 def get_image(job_id: str, rank: int) -> Response:
     """Open to whoever holds the signed URL (as with S3 presigned URLs), no API key needed."""
     svc = services()
-    expires = request.args.get("expires", "")
+    expires = request.args.get("expires", "")  # anything odd is a 404, as a wrong signature
     signature = request.args.get("sig", "")
     # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
     number = expires.isascii() and expires.isdigit()

@@ -16,24 +16,26 @@ rejoins the same job).
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import re
 import time
 from typing import Any, Literal
 
-from flask import Blueprint, Response, request, url_for
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from flask import Blueprint, Response, url_for
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from sqlalchemy.exc import OperationalError
 
 from api import openapi
 from api.auth import authenticate
-from api.bodies import json_body
+from api.bodies import header_params, json_body
 from api.errors import error_response, validation_error
 from api.serialize import image_url
 from api.services import Services, services
 from api.slots import Slot
 from api.submission import Submitted, submit
-from daikon.contract import JobStatus
+from daikon import rules
+from daikon.contract import JobStatus, SubmitHeaders
 from daikon.errors import InvalidRequest
 from daikon.settings import Settings
 from db import jobs
@@ -44,6 +46,7 @@ bp = Blueprint("openai_compat", __name__, url_prefix="/v1")
 
 # How often a waiting request re-reads the job even without a notice (a notice can be lost).
 RECHECK_SECONDS = 2.0
+SIZE_PATTERN = r"^(auto|\d{1,5}x\d{1,5})$"
 SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
 # Daikon names the client knows by their OpenAI names in error messages and `param`.
 OPENAI_PARAMS = {
@@ -53,49 +56,29 @@ OPENAI_PARAMS = {
 CLIENT_JOB_ERRORS = frozenset({"unsupported_scheduler"})
 
 
-def _settings(info: ValidationInfo) -> Settings:
-    settings = (info.context or {}).get("settings")
-    if not isinstance(settings, Settings):
-        raise RuntimeError("ImageGenerationRequest needs context={'settings': Settings}")
-    return settings
-
-
 class ImageGenerationRequest(BaseModel):
-    """The OpenAI body. `prompt`, `model` and `user` are checked again as a Daikon job."""
+    """The OpenAI body. It becomes a Daikon job, validated as one (sizes, model, user's
+    metadata) with the job's field names mapped back to OpenAI's in errors; `n`'s bound is
+    the deployment's candidate bound (ImageGenerationRequest.for_settings)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str
     n: int | None = Field(None, description="Images returned (default 1).")
-    size: str | None = Field(None, description="'WIDTHxHEIGHT' or 'auto' (the default size).")
+    size: str | None = Field(
+        None, pattern=SIZE_PATTERN,
+        description="'WIDTHxHEIGHT' (each side as a job's width and height) or 'auto' (the "
+        "default size).",
+    )  # fmt: skip
     response_format: Literal["url", "b64_json"] | None = None
     model: str | None = Field(None, description="A Daikon model name; omitted = the default.")
     user: str | None = Field(None, description="Stored as the job's metadata.openai_user.")
     quality: str | None = Field(None, description="Accepted and ignored.")
     style: str | None = Field(None, description="Accepted and ignored.")
 
-    @field_validator("n")
     @classmethod
-    def _n(cls, v: int | None, info: ValidationInfo) -> int | None:
-        limit = _settings(info).max_candidates
-        if v is not None and not (1 <= v <= limit):
-            raise ValueError(f"must be between 1 and {limit}")
-        return v
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is None or v == "auto":
-            return v
-        s = _settings(info)
-        match = SIZE.fullmatch(v)
-        sides = [int(x) for x in match.groups()] if match else []
-        if not sides or not all(s.size_allowed(x) for x in sides):
-            raise ValueError(
-                f"must be 'WIDTHxHEIGHT' (or 'auto'), each side a multiple of 8 between "
-                f"{s.min_size} and {s.max_size}; got {v!r}"
-            )
-        return v
+    def for_settings(cls, settings: Settings) -> type[ImageGenerationRequest]:
+        return _image_request(settings.max_candidates)
 
     def job_body(self, settings: Settings) -> dict[str, Any]:
         """The equivalent `POST /v1/jobs` body. More candidates than images, so that CLIP
@@ -107,13 +90,22 @@ class ImageGenerationRequest(BaseModel):
             "top_k": n,
         }
         match = SIZE.fullmatch(self.size or "")
-        if match:  # validated above; None and "auto" leave the deployment's default size
+        if match:  # None and "auto" leave the deployment's default size
             body["width"], body["height"] = int(match[1]), int(match[2])
         if self.model is not None:
             body["model"] = self.model
         if self.user is not None:
             body["metadata"] = {"openai_user": self.user}
         return body
+
+
+@functools.cache
+def _image_request(max_candidates: int) -> type[ImageGenerationRequest]:
+    n = (rules.between(1, max_candidates) | None,
+         Field(None, description="Images returned (default 1)."))  # fmt: skip
+    return create_model("ImageGenerationRequest", __base__=ImageGenerationRequest,
+                        __module__=__name__, __doc__="The OpenAI body; it becomes a Daikon job.",
+                        n=n)  # fmt: skip
 
 
 @bp.errorhandler(ValidationError)
@@ -178,9 +170,7 @@ class ImagesResponse(BaseModel):
 @bp.post("/images/generations")
 @openapi.operation(
     "Generate images (OpenAI-compatible)", tags=["openai"], body=ImageGenerationRequest,
-    params=[openapi.header("Idempotency-Key", {"type": "string", "minLength": 1,
-                                               "maxLength": 255},
-                           "A retry with the same key rejoins the same job.")],
+    headers=SubmitHeaders,
     responses={200: openapi.Reply("The images, best first.", ImagesResponse,
                                   headers={"Location": True})},
     errors={
@@ -194,8 +184,8 @@ class ImagesResponse(BaseModel):
 def generate_images() -> Any:
     principal = authenticate()
     svc = services()
-    req = ImageGenerationRequest.model_validate(json_body(), context={"settings": svc.settings})
-    key = request.headers.get("Idempotency-Key")
+    req = ImageGenerationRequest.for_settings(svc.settings).model_validate(json_body())
+    key = header_params(SubmitHeaders).idempotency_key
     with _waiting_slot(svc, principal.tenant_id):
         result = submit(svc, principal, req.job_body(svc.settings), idempotency_key=key)
         try:

@@ -33,7 +33,6 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from api.errors import ErrorResponse
-from daikon.contract import DEFAULT_PRIORITY, PRIORITY_MAX, SCHEDULERS, SEED_MAX, JobRequest
 from daikon.settings import Settings
 
 log = logging.getLogger("daikon.api")
@@ -43,10 +42,9 @@ SKIP_METHODS = frozenset({"HEAD", "OPTIONS"})  # answered by Flask for every rou
 View = TypeVar("View", bound=Callable[..., Any])
 Auth = Literal["key", "admin"] | None
 
-# Swagger UI from a CDN, pinned, with subresource integrity (hashes of the npm package's files).
-SWAGGER_UI = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.35.0"
-SWAGGER_UI_CSS_SRI = "sha384-WlYgdmXYOOBWL5apwjDEZwN+U3HmXSSu5R6V5aGxEcf7z+KuRNwBhoxKVN1i3D5I"
-SWAGGER_UI_JS_SRI = "sha384-gjRm0bEPMeTmMh5jT2cHccIwCUZSTd8YC+j0d0sXw0MdGEfScduGpSyF3ZSSLkX9"
+# Swagger UI 5 (renders OpenAPI 3.1), vendored from the npm package swagger-ui-dist into
+# api/static/vendor (scripts/vendor_assets.py): /docs works offline.
+SWAGGER_UI = "vendor/swagger-ui-dist"
 
 # When each error status happens, unless a route says more precisely.
 ERROR_WHEN: dict[int, str] = {
@@ -82,25 +80,6 @@ HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 @dataclass(frozen=True)
-class Param:
-    """A query or header parameter. `schema` may depend on the settings."""
-
-    name: str
-    location: Literal["query", "header"]
-    schema: Mapping[str, Any] | Callable[[Settings], Mapping[str, Any]]
-    description: str = ""
-    required: bool = False
-
-
-def query(name: str, schema: Any, description: str = "", *, required: bool = False) -> Param:
-    return Param(name, "query", schema, description, required)
-
-
-def header(name: str, schema: Any, description: str = "", *, required: bool = False) -> Param:
-    return Param(name, "header", schema, description, required)
-
-
-@dataclass(frozen=True)
 class Link:
     """A value of this response that an operation takes as a path parameter."""
 
@@ -130,7 +109,8 @@ class Operation:
     tags: tuple[str, ...] = ()
     auth: Auth = "key"
     body: type[BaseModel] | None = None
-    params: tuple[Param, ...] = ()
+    query: type[BaseModel] | None = None  # its fields are the query parameters
+    headers: type[BaseModel] | None = None  # its fields (by alias) are the header parameters
     errors: Mapping[int, str] = field(default_factory=dict)
     description: str | None = None
 
@@ -145,7 +125,8 @@ def operation(
     tags: Iterable[str] = (),
     auth: Auth = "key",
     body: type[BaseModel] | None = None,
-    params: Iterable[Param] = (),
+    query: type[BaseModel] | None = None,
+    headers: type[BaseModel] | None = None,
     errors: Iterable[int] | Mapping[int, str] = (),
     description: str | None = None,
 ) -> Callable[[View], View]:
@@ -159,7 +140,7 @@ def operation(
     when = dict(errors) if isinstance(errors, Mapping) else {int(s): "" for s in errors}
     op = Operation(
         summary=summary, responses=replies, tags=tuple(tags), auth=auth, body=body,
-        params=tuple(params), errors=when, description=description,
+        query=query, headers=headers, errors=when, description=description,
     )  # fmt: skip
 
     def attach(view: View) -> View:
@@ -175,20 +156,11 @@ def hidden(view: View) -> View:
     return view
 
 
-# --- settings-driven bounds -----------------------------------------------------------------
-
-SchemaPatch = Callable[[dict[str, Any], Settings], None]
-_BOUNDS: dict[type[BaseModel], SchemaPatch] = {}
-
-
-def bounds(model: type[BaseModel]) -> Callable[[SchemaPatch], SchemaPatch]:
-    """Register a function that writes the settings' bounds into `model`'s request schema."""
-
-    def register(patch: SchemaPatch) -> SchemaPatch:
-        _BOUNDS[model] = patch
-        return patch
-
-    return register
+def for_deployment(model: type[BaseModel], settings: Settings) -> type[BaseModel]:
+    """The deployment's version of a request model whose bounds come from settings (its
+    `for_settings`), else the model itself: the spec states exactly what is validated."""
+    build = getattr(model, "for_settings", None)
+    return build(settings) if callable(build) else model
 
 
 def non_null(prop: dict[str, Any]) -> dict[str, Any]:
@@ -197,36 +169,6 @@ def non_null(prop: dict[str, Any]) -> dict[str, Any]:
         if branch.get("type") != "null":
             return branch  # type: ignore[no-any-return]
     return prop
-
-
-@bounds(JobRequest)
-def _job_request_bounds(schema: dict[str, Any], s: Settings) -> None:
-    """What JobRequest's validators check against the settings, as JSON Schema. Two checks do
-    not fit one property and stay in the descriptions: top_k <= candidates, and the metadata's
-    size as JSON."""
-    props = schema["properties"]
-
-    def bound(name: str, default: Any = None, **keywords: Any) -> None:
-        non_null(props[name]).update(keywords)
-        if default is not None:
-            props[name]["default"] = default
-
-    bound("prompt", minLength=1, maxLength=s.max_prompt_chars, pattern=r"\S")
-    bound("negative_prompt", maxLength=s.max_prompt_chars)
-    size = {"minimum": s.min_size, "maximum": s.max_size, "multipleOf": 8}
-    bound("width", s.default_width, **size)
-    bound("height", s.default_height, **size)
-    bound("steps", s.default_steps, minimum=1, maximum=s.max_steps)
-    bound("guidance_scale", s.default_guidance_scale, minimum=0, maximum=s.max_guidance_scale)
-    bound("candidates", s.default_candidates, minimum=1, maximum=s.max_candidates)
-    bound("top_k", min(s.default_top_k, s.default_candidates), minimum=1,
-          maximum=s.max_candidates)  # fmt: skip
-    bound("seed", minimum=0, maximum=SEED_MAX)
-    bound("model", s.default_model_name, enum=sorted(s.model_specs))
-    bound("scheduler", enum=[*SCHEDULERS, *SCHEDULERS.values()])
-    bound("priority", DEFAULT_PRIORITY, minimum=0, maximum=PRIORITY_MAX)
-    bound("webhook_url", maxLength=2048, format="uri", pattern="^https?://")
-    props["metadata"]["description"] += f" At most {s.max_metadata_bytes} bytes as JSON."
 
 
 # --- assembling the spec --------------------------------------------------------------------
@@ -308,13 +250,41 @@ def _header(name: str) -> dict[str, Any]:
     return {"description": description, "schema": schema}
 
 
-def _models(routes: list[tuple[str, str, str, Operation]]) -> list[tuple[type[BaseModel], Any]]:
+def _models(
+    routes: list[tuple[str, str, str, Operation]], settings: Settings
+) -> list[tuple[type[BaseModel], Any]]:
     wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
     for *_, op in routes:
-        if op.body is not None:
-            wanted.append((op.body, "validation"))
+        for model in (op.body, op.query, op.headers):
+            if model is not None:
+                wanted.append((for_deployment(model, settings), "validation"))
         wanted.extend((r.model, "serialization") for r in op.responses.values() if r.model)
     return list(dict.fromkeys(wanted))
+
+
+def _parameters(
+    model: type[BaseModel] | None, where: str, schemas: dict[str, Any], refs: dict[Any, Any]
+) -> list[dict[str, Any]]:
+    """One parameter per field of a query or header model, named by its alias."""
+    if model is None:
+        return []
+    schema = schemas[refs[model, "validation"]["$ref"].rsplit("/", 1)[1]]
+    required = set(schema.get("required", ()))
+    out = []
+    for name, prop in schema["properties"].items():
+        value = {k: v for k, v in non_null(prop).items() if k not in ("title", "description")}
+        if "default" in prop and prop["default"] is not None:
+            value["default"] = prop["default"]
+        out.append(
+            {
+                "name": name,
+                "in": where,
+                "required": name in required,
+                "schema": value,
+                **({"description": prop["description"]} if "description" in prop else {}),
+            }
+        )
+    return out
 
 
 def build_spec(app: Flask) -> dict[str, Any]:
@@ -322,12 +292,12 @@ def build_spec(app: Flask) -> dict[str, Any]:
     routes = documented_routes(app)
     for gap in undocumented_routes(app):
         log.warning("route %s has no @openapi.operation: it is missing from the spec", gap)
-    refs, defs = models_json_schema(_models(routes), ref_template=REF)
+    refs, defs = models_json_schema(_models(routes, settings), ref_template=REF)
     schemas: dict[str, Any] = defs.get("$defs", {})
-    for model, patch in _BOUNDS.items():
-        if (model, "validation") in refs:
-            patch(schemas[refs[model, "validation"]["$ref"].rsplit("/", 1)[1]], settings)
     error_ref = refs[ErrorResponse, "serialization"]
+    # Query and header models are spelled out as parameters, not kept as schemas.
+    spelled_out = {for_deployment(m, settings) for *_, op in routes
+                   for m in (op.query, op.headers) if m is not None}  # fmt: skip
 
     paths: dict[str, dict[str, Any]] = {}
     for rule, method, endpoint, op in routes:
@@ -343,22 +313,22 @@ def build_spec(app: Flask) -> dict[str, Any]:
             out["description"] = description
         if op.tags:
             out["tags"] = list(op.tags)
-        params = path_params + [
-            {
-                "name": p.name,
-                "in": p.location,
-                "required": p.required,
-                "schema": dict(p.schema(settings) if callable(p.schema) else p.schema),
-                **({"description": p.description} if p.description else {}),
-            }
-            for p in op.params
-        ]
+        params = [
+            *path_params,
+            *_parameters(op.query and for_deployment(op.query, settings), "query", schemas, refs),
+            *_parameters(op.headers and for_deployment(op.headers, settings), "header", schemas,
+                         refs),
+        ]  # fmt: skip
         if params:
             out["parameters"] = params
         if op.body is not None:
             out["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": refs[op.body, "validation"]}},
+                "content": {
+                    "application/json": {
+                        "schema": refs[for_deployment(op.body, settings), "validation"]
+                    }
+                },
             }
         responses: dict[str, Any] = {}
         for status, reply in sorted(op.responses.items()):
@@ -393,6 +363,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
         out["security"] = [{"bearerAuth": []}] if op.auth is not None else []
         paths.setdefault(path, {})[method.lower()] = out
 
+    for model in spelled_out:
+        schemas.pop(refs[model, "validation"]["$ref"].rsplit("/", 1)[1], None)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -460,11 +432,11 @@ DOCS_PAGE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Daikon API</title>
-<link rel="stylesheet" href="{ui}/swagger-ui.css" integrity="{css_sri}" crossorigin="anonymous">
+<link rel="stylesheet" href="{css}">
 </head>
 <body>
 <div id="swagger-ui"></div>
-<script src="{ui}/swagger-ui-bundle.js" integrity="{js_sri}" crossorigin="anonymous"></script>
+<script src="{js}"></script>
 <script>
 window.ui = SwaggerUIBundle({{url: "{spec_url}", dom_id: "#swagger-ui", deepLinking: true}});
 </script>
@@ -483,7 +455,8 @@ def openapi_json() -> Response:
 @hidden
 def docs() -> Response:
     page = DOCS_PAGE.format(
-        ui=SWAGGER_UI, css_sri=SWAGGER_UI_CSS_SRI, js_sri=SWAGGER_UI_JS_SRI,
+        css=url_for("static", filename=f"{SWAGGER_UI}/swagger-ui.css"),
+        js=url_for("static", filename=f"{SWAGGER_UI}/swagger-ui-bundle.js"),
         spec_url=url_for("openapi.openapi_json"),
     )  # fmt: skip
     return Response(page, mimetype="text/html")

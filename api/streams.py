@@ -19,9 +19,10 @@ from flask import Blueprint, Response, request, stream_with_context
 
 from api import openapi
 from api.auth import authenticate
+from api.bodies import header_params
 from api.serialize import job_out
 from api.services import Services, services
-from daikon.contract import JobOut, JobStatus
+from daikon.contract import JobOut, JobStatus, StreamHeaders
 from db import jobs
 from db.session import session_scope
 
@@ -86,9 +87,7 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
 @bp.get("/jobs/<job_id>/events")
 @openapi.operation(
     "Stream a job's events (SSE)", tags=["jobs"],
-    params=[openapi.header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,10}$"},
-                           "Resume a dropped stream: events up to this id are not sent again "
-                           "(another value is ignored).")],
+    headers=StreamHeaders,
     responses={200: openapi.Reply(
         "Server-Sent Events: `status` {id, status, queue_position}, `progress` {step, total, "
         "fraction}, and a final `done` carrying the job object; then the stream closes.",
@@ -101,7 +100,7 @@ def job_events(job_id: str) -> Response:
     principal = authenticate()
     svc = services()
     _snapshot(svc, job_id, principal.tenant_id)  # 404 for unknown or foreign jobs, before 200
-    last_id = _last_event_id()
+    last_id = header_params(StreamHeaders).resume_after()
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     if request.method == "HEAD":  # the headers a GET would get; no stream, so no slot
         return Response(mimetype="text/event-stream", headers=headers)
@@ -122,16 +121,3 @@ def job_events(job_id: str) -> Response:
     # by a client that went away, or never iterated: the slot comes back on each path.
     response.call_on_close(slot.release)
     return response
-
-
-# Event ids are below 2**31; a longer value is not one this API sent.
-LAST_EVENT_ID_DIGITS = 10
-
-
-def _last_event_id() -> int:
-    """The id to resume after; a value this API never sent (not digits, or too long for one
-    of its ids, e.g. 5,000 digits that int() would refuse) is ignored: a fresh stream."""
-    raw = request.headers.get("Last-Event-ID", "")
-    if raw.isascii() and raw.isdigit() and len(raw) <= LAST_EVENT_ID_DIGITS:
-        return int(raw)
-    return 0

@@ -31,7 +31,6 @@ from db.models import Job
 from db.session import session_scope
 
 log = logging.getLogger("daikon.api")
-IDEMPOTENCY_KEY_MAX = 255
 
 
 @dataclass(frozen=True)
@@ -62,18 +61,13 @@ def submit(
     idempotency_key: str | None = None,
 ) -> Submitted:
     settings = svc.settings
-    req = JobRequest.model_validate(body, context={"settings": settings})
+    req = JobRequest.for_settings(settings).model_validate(body)
     check_webhook_url(svc, req.webhook_url)
     params = req.resolve(settings)
     served = svc.served_models.get(params.model)
     if served is not None:  # else no worker has served it yet: the worker checks (same code)
         _check_cost(params, served)
     digest = request_hash(body)
-    if idempotency_key is not None and not (0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX):
-        raise InvalidRequest(
-            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
-            param="Idempotency-Key",
-        )
 
     options = jobs.JobOptions(
         priority=req.priority if req.priority is not None else DEFAULT_PRIORITY,

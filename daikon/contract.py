@@ -6,15 +6,28 @@ in the API (before anything is written) and documents the API (OpenAPI, later).
 
 from __future__ import annotations
 
+import base64
 import enum
+import functools
 import json
-import unicodedata
-from datetime import datetime
-from typing import Any
-from urllib.parse import urlsplit
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
 
+from daikon import rules
 from daikon.limits import job_cost
 from daikon.settings import Settings
 
@@ -69,22 +82,12 @@ class JobStatus(enum.StrEnum):
 TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled})
 
 
-def visible(char: str) -> bool:
-    """A character that draws something: a letter, number, punctuation or symbol (not a space,
-    control, format character such as U+200B ZERO WIDTH SPACE, or a lone combining mark)."""
-    return unicodedata.category(char)[0] in "LNPS"
-
-
-def _settings(info: ValidationInfo) -> Settings:
-    ctx = info.context or {}
-    settings = ctx.get("settings")
-    if not isinstance(settings, Settings):
-        raise RuntimeError("JobRequest must be validated with context={'settings': Settings}")
-    return settings
-
-
 class JobRequest(BaseModel):
-    """The body of `POST /v1/jobs`. Omitted fields take the deployment's defaults."""
+    """The body of `POST /v1/jobs`. Omitted fields take the deployment's defaults.
+
+    The bounds are the deployment's: validate with `JobRequest.for_settings(settings)`, a
+    subclass whose fields carry the settings' rules (daikon/rules.py), from which OpenAPI and
+    the reference docs are generated too."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -98,13 +101,29 @@ class JobRequest(BaseModel):
     top_k: int | None = Field(None, description="Images kept after ranking (<= candidates).")
     seed: int | None = Field(None, description="Base seed; image i uses seed + i.")
     model: str | None = Field(None, description="A model name from GET /v1/models.")
-    scheduler: str | None = Field(None, description="A diffusers scheduler (see SCHEDULERS).")
+    scheduler: str | None = Field(None, description="A diffusers scheduler, by short name or "
+                                  "class name.")  # fmt: skip
     priority: int | None = Field(None, description="0-9, higher runs first (default 5).")
     metadata: dict[str, Any] | None = Field(None, description="Client JSON, stored as given.")
     webhook_url: str | None = Field(None, description="Where job events are POSTed.")
     webhook_events: list[WebhookEvent] | None = Field(
         None, description="Events to send (default: the terminal ones)."
     )
+
+    # The deployment's default candidate count, for `top_k <= candidates` when omitted.
+    default_candidates: ClassVar[int] = 4
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> type[JobRequest]:
+        """This deployment's request model (built once per set of bounds)."""
+        return _job_request(
+            settings.max_prompt_chars, settings.min_size, settings.max_size, settings.max_steps,
+            settings.max_guidance_scale, settings.max_candidates, settings.max_metadata_bytes,
+            tuple(sorted(settings.model_specs)), settings.default_model_name,
+            (settings.default_width, settings.default_height, settings.default_steps,
+             settings.default_guidance_scale, settings.default_candidates,
+             min(settings.default_top_k, settings.default_candidates)),
+        )  # fmt: skip
 
     @field_validator("webhook_events", mode="before")
     @classmethod
@@ -118,130 +137,13 @@ class JobRequest(BaseModel):
             return [known[x] for x in v]
         return v
 
-    @field_validator("guidance_scale", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, v: Any) -> Any:
-        # JSON has one number type: 7 and 7.0 are the same guidance scale.
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-    @field_validator("prompt", "negative_prompt")
-    @classmethod
-    def _text(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is None:
-            return v
-        limit = _settings(info).max_prompt_chars
-        if len(v) > limit:
-            raise ValueError(f"must be at most {limit} characters (got {len(v)})")
-        if info.field_name == "prompt":
-            if not v.strip():
-                raise ValueError("must not be empty")
-            if not any(visible(c) for c in v):
-                raise ValueError(
-                    "must contain a visible character (it has only invisible ones, such as "
-                    "zero-width spaces or joiners)"
-                )
-        return v
-
-    @field_validator("width", "height")
-    @classmethod
-    def _size(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v is None:
-            return v
-        s = _settings(info)
-        if not s.size_allowed(v):
-            raise ValueError(f"must be a multiple of 8 between {s.min_size} and {s.max_size}")
-        return v
-
-    @field_validator("steps")
-    @classmethod
-    def _steps(cls, v: int | None, info: ValidationInfo) -> int | None:
-        limit = _settings(info).max_steps
-        if v is not None and not (1 <= v <= limit):
-            raise ValueError(f"must be between 1 and {limit}")
-        return v
-
-    @field_validator("guidance_scale")
-    @classmethod
-    def _guidance(cls, v: float | None, info: ValidationInfo) -> float | None:
-        limit = _settings(info).max_guidance_scale
-        if v is not None and not (0.0 <= v <= limit):
-            raise ValueError(f"must be between 0 and {limit}")
-        return v
-
-    @field_validator("candidates")
-    @classmethod
-    def _candidates(cls, v: int | None, info: ValidationInfo) -> int | None:
-        limit = _settings(info).max_candidates
-        if v is not None and not (1 <= v <= limit):
-            raise ValueError(f"must be between 1 and {limit}")
-        return v
-
     @field_validator("top_k")
     @classmethod
     def _top_k(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v is None:
-            return v
-        if v < 1:
-            raise ValueError("must be at least 1")
         # `candidates` is declared first, so it is in info.data when it was valid.
-        candidates = info.data.get("candidates") or _settings(info).default_candidates
-        if v > candidates:
+        candidates = info.data.get("candidates") or cls.default_candidates
+        if v is not None and v > candidates:
             raise ValueError(f"must not exceed candidates ({candidates})")
-        return v
-
-    @field_validator("seed")
-    @classmethod
-    def _seed(cls, v: int | None) -> int | None:
-        if v is not None and not (0 <= v <= SEED_MAX):
-            raise ValueError(f"must be between 0 and {SEED_MAX}")
-        return v
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str | None, info: ValidationInfo) -> str | None:
-        known = sorted(_settings(info).model_specs)
-        if v is not None and v not in known:
-            raise ValueError(f"unknown model {v!r}; available: {', '.join(known)}")
-        return v
-
-    @field_validator("scheduler")
-    @classmethod
-    def _scheduler(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        by_class = {c: n for n, c in SCHEDULERS.items()}
-        name = v if v in SCHEDULERS else by_class.get(v)
-        if name is None:
-            raise ValueError(f"unknown scheduler {v!r}; available: {', '.join(SCHEDULERS)}")
-        return name
-
-    @field_validator("priority")
-    @classmethod
-    def _priority(cls, v: int | None) -> int | None:
-        if v is not None and not (0 <= v <= PRIORITY_MAX):
-            raise ValueError(f"must be between 0 and {PRIORITY_MAX}")
-        return v
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
-        limit = _settings(info).max_metadata_bytes
-        if v is not None and len(json.dumps(v, separators=(",", ":"))) > limit:
-            raise ValueError(f"must be at most {limit} bytes as JSON")
-        return v
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _webhook_url(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        url = urlsplit(v)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError("must be an absolute http or https URL")
-        if url.username or url.password:
-            raise ValueError("must not contain credentials")
-        if len(v) > 2048:
-            raise ValueError("must be at most 2048 characters")
         return v
 
     def resolve(self, settings: Settings) -> JobParams:
@@ -264,6 +166,58 @@ class JobRequest(BaseModel):
             model=self.model or settings.default_model_name,
             scheduler=self.scheduler,
         )
+
+
+PUBLIC_DOC = "The body of `POST /v1/jobs`. Omitted fields take the deployment's defaults."
+
+
+@functools.cache
+def _job_request(
+    max_chars: int,
+    min_size: int,
+    max_size: int,
+    max_steps: int,
+    max_guidance: float,
+    max_candidates: int,
+    max_metadata: int,
+    models: tuple[str, ...],
+    default_model: str,
+    defaults: tuple[int, int, int, float, int, int],
+) -> type[JobRequest]:
+    width, height, steps, guidance, candidates, top_k = defaults
+
+    fields: dict[str, Any] = {}
+    base = JobRequest.model_fields
+
+    def bounded(name: str, rule: Any, shown_default: Any = None, more: str = "") -> None:
+        description = (base[name].description or "") + more
+        extra = {"default": shown_default} if shown_default is not None else None
+        fields[name] = (rule | None, Field(None, description=description,
+                                           json_schema_extra=extra))  # fmt: skip
+
+    fields["prompt"] = (rules.text(max_chars, drawn=True),
+                        Field(description=base["prompt"].description))  # fmt: skip
+    bounded("negative_prompt", rules.text(max_chars))
+    side = rules.between(min_size, max_size, multiple_of=8)
+    bounded("width", side, width)
+    bounded("height", side, height)
+    bounded("steps", rules.between(1, max_steps), steps)
+    bounded("guidance_scale", rules.number_as_float(rules.between(0, max_guidance, kind=float)),
+            guidance)  # fmt: skip
+    bounded("candidates", rules.between(1, max_candidates), candidates)
+    bounded("top_k", rules.at_least(1, documented_maximum=max_candidates), top_k)
+    bounded("seed", rules.between(0, SEED_MAX))
+    bounded("model", rules.one_of(models, what="model"), default_model)
+    bounded("scheduler", rules.one_of(list(SCHEDULERS), what="scheduler",
+                                      aliases={c: n for n, c in SCHEDULERS.items()}))  # fmt: skip
+    bounded("priority", rules.between(0, PRIORITY_MAX), DEFAULT_PRIORITY)
+    bounded("metadata", rules.json_object(max_metadata),
+            more=f" At most {max_metadata} bytes as JSON.")  # fmt: skip
+    bounded("webhook_url", rules.http_url())
+    model = create_model("JobRequest", __base__=JobRequest, __module__=__name__,
+                         __doc__=PUBLIC_DOC, **fields)  # fmt: skip
+    model.default_candidates = candidates
+    return model
 
 
 class JobParams(BaseModel):
@@ -344,3 +298,107 @@ class JobList(BaseModel):
     jobs: list[JobOut]
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
     has_more: bool = False
+
+
+# --- query strings and headers ---------------------------------------------------------------
+# As pydantic models like the bodies, so the same statement validates them and documents them
+# (the OpenAPI builder turns each field into a parameter, its alias the parameter's name).
+
+CURSOR_SCHEMA = {"type": "string"}
+
+
+def decode_cursor(raw: Any) -> Any:
+    """`next_cursor` as the (created_at, id) it encodes; anything else is not one we sent."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        at, job_id = json.loads(base64.urlsafe_b64decode(raw.encode() + b"=="))
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError("no time zone")
+        return when.astimezone(UTC), str(job_id)  # OverflowError near year 1 or 9999
+    except Exception:
+        raise ValueError("is not a cursor this API returned") from None
+
+
+def encode_cursor(at: datetime, job_id: str) -> str:
+    raw = json.dumps([at.isoformat(), job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _in_utc(v: datetime) -> datetime:
+    try:
+        return v.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the year 1 in UTC
+        raise ValueError("is out of range") from None
+
+
+Cursor = Annotated[tuple[datetime, str], BeforeValidator(decode_cursor),
+                   WithJsonSchema(CURSOR_SCHEMA)]  # fmt: skip
+
+
+class ListQuery(BaseModel):
+    """The query string of `GET /v1/jobs`; `limit`'s bound is the deployment's
+    (ListQuery.for_settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: JobStatus | None = Field(None, description="Only jobs in this status.")
+    model: str | None = Field(None, description="Only jobs of this model.")
+    created_after: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = Field(
+        None, description="Only jobs created after this time (ISO 8601, with a time zone)."
+    )
+    limit: int = Field(20, description="Jobs per page.")
+    cursor: Cursor | None = Field(None, description="`next_cursor` of the previous page.")
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> type[ListQuery]:
+        return _list_query(settings.list_limit_max)
+
+
+@functools.cache
+def _list_query(limit_max: int) -> type[ListQuery]:
+    limit = (rules.between(1, limit_max), Field(20, description="Jobs per page."))
+    return create_model("ListQuery", __base__=ListQuery, __module__=__name__, limit=limit)
+
+
+IDEMPOTENCY_KEY_MAX = 255
+
+
+class SubmitHeaders(BaseModel):
+    idempotency_key: str | None = Field(
+        None, alias="Idempotency-Key", min_length=1, max_length=IDEMPOTENCY_KEY_MAX,
+        description="Retrying with the same key and body answers the same job again.",
+    )  # fmt: skip
+
+
+class PollHeaders(BaseModel):
+    if_none_match: str | None = Field(
+        None, alias="If-None-Match",
+        description="An ETag from an earlier answer: 304 while the job is unchanged.",
+    )  # fmt: skip
+
+
+# Event ids are below 2**31; a longer value is not one this API sent.
+LAST_EVENT_ID = "^[0-9]{1,10}$"
+
+
+class StreamHeaders(BaseModel):
+    last_event_id: Annotated[str, WithJsonSchema({"type": "string", "pattern": LAST_EVENT_ID})] | None = Field(  # noqa: E501
+        None, alias="Last-Event-ID",
+        description="Resume a dropped stream: events up to this id are not sent again "
+        "(another value is ignored: a fresh stream).",
+    )  # fmt: skip
+
+    def resume_after(self) -> int:
+        raw = self.last_event_id or ""
+        return int(raw) if re.fullmatch(LAST_EVENT_ID, raw) and raw.isascii() else 0
+
+
+class ImageQuery(BaseModel):
+    """A signed image URL's query (any other answers 404, as for a missing image)."""
+
+    expires: Annotated[str, WithJsonSchema({"type": "integer"})] = Field(
+        description="From the signed URL."
+    )
+    sig: str = Field(description="From the signed URL.")

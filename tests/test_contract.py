@@ -14,7 +14,7 @@ SETTINGS = Settings(database_url="sqlite://", redis_url="redis://unused")
 
 
 def validate(**body: Any) -> JobRequest:
-    return JobRequest.model_validate(body, context={"settings": SETTINGS})
+    return JobRequest.for_settings(SETTINGS).model_validate(body)
 
 
 def bad_fields(**body: Any) -> dict[str, str]:
@@ -94,9 +94,7 @@ def test_every_bad_field_is_reported_at_once() -> None:
 
 def test_top_k_defaults_never_exceed_small_candidate_counts() -> None:
     s = Settings(database_url="sqlite://", default_top_k=2, default_candidates=4)
-    params = JobRequest.model_validate(
-        {"prompt": "p", "candidates": 1}, context={"settings": s}
-    ).resolve(s)
+    params = JobRequest.for_settings(s).model_validate({"prompt": "p", "candidates": 1}).resolve(s)
     assert (params.candidates, params.top_k) == (1, 1)
 
 

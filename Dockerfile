@@ -44,8 +44,9 @@ USER daikon
 EXPOSE 8000
 
 # The API. The worker and migrations override the command:
-#   celery -A worker.main worker --pool solo --loglevel INFO   (its queues: DAIKON_WORKER_MODELS)
+#   celery -A worker.main worker --concurrency 1 --loglevel INFO   (one per GPU; its queues:
+#       DAIKON_WORKER_MODELS; prefork, which enforces time limits: see docs/deployment.md)
 #   celery -A worker.delivery_main worker --pool threads --queues daikon.webhooks --loglevel INFO
 #   alembic upgrade head
-# Threads per process: gunicorn.conf.py (copied above).
+# Threads per process, slow-client handling: gunicorn.conf.py (copied above).
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "api:create_app()"]

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.daikon-installed
 # On a GPU host pick the build you need, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test chaos abuse lint typecheck train-models eval-quality bench clean
+.PHONY: install run test test-fast docs chaos abuse lint typecheck train-models eval-quality bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+# Everything but the tests that start worker processes (the edit-test loop).
+test-fast: install
+	$(PY) -m pytest -m "not e2e"
+
+# The generated docs: docs/api.md's reference part and docs/configuration.md.
+docs: install
+	$(PY) -m api.reference
 
 # Fault injection against the real processes (docs/reliability.md); about 6 minutes.
 chaos: install

@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the app. `overrides` are Settings fields, for tests and embedding."""
     settings = settings or Settings(**overrides)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = settings.api.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["daikon"] = Services.build(settings)
 

@@ -38,7 +38,7 @@ def authenticate() -> Principal:
         return cached  # type: ignore[no-any-return]
     token = _bearer()
     svc = services()
-    admin = svc.settings.admin_key
+    admin = svc.settings.security.admin_key
     with session_scope(svc.sessions) as session:
         # As bytes: compare_digest refuses str with non-ASCII characters (TypeError).
         if admin is not None and hmac.compare_digest(

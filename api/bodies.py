@@ -134,5 +134,6 @@ def query_params(model: type[M]) -> M:
 
 def header_params(model: type[M]) -> M:
     """The headers `model` names (by alias), validated: a bad one is a 422 naming it."""
-    names = {f.alias or n for n, f in model.model_fields.items()}
-    return model.model_validate({k: v for k, v in request.headers.items() if k in names})
+    names = [f.alias or n for n, f in model.model_fields.items()]
+    given = {name: request.headers[name] for name in names if name in request.headers}
+    return model.model_validate(given)  # header names are case-insensitive

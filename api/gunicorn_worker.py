@@ -26,7 +26,6 @@ Daikon does not use) go the stock way.
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import selectors
@@ -37,6 +36,8 @@ from typing import Any
 
 from gunicorn.workers import gthread
 
+from daikon.settings import Settings
+
 HEAD_END = b"\r\n\r\n"
 # More than a request head may be (gunicorn refuses heads past about 8 KiB anyway).
 HEAD_LIMIT = 64 * 1024
@@ -44,10 +45,6 @@ BODY_WAIT_BYTES = 32 * 1024
 PEEK_LIMIT = HEAD_LIMIT + BODY_WAIT_BYTES
 _CLOSED = object()  # handle() already dropped the connection
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,9})[ \t]*\r\n", re.IGNORECASE)
-
-
-def read_timeout() -> float:
-    return float(os.environ.get("DAIKON_REQUEST_READ_TIMEOUT_SECONDS", "10"))
 
 
 def request_ready(data: bytes) -> bool:
@@ -117,6 +114,7 @@ class Closer:
 class SlowClientSafeWorker(gthread.ThreadWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         self.closer = Closer()
+        self.read_timeout = Settings().api.request_read_timeout_seconds
         super().init_process()
 
     def handle(self, conn: Any) -> Any:
@@ -140,9 +138,9 @@ class SlowClientSafeWorker(gthread.ThreadWorker):  # type: ignore[misc]
         if request_ready(buffered + (peeked or b"")):
             conn.daikon_first_seen = None  # the next request on this connection starts afresh
             return super().handle(conn)
-        if now - first_seen > read_timeout():
+        if now - first_seen > self.read_timeout:
             self.log.info("closing a connection whose request did not arrive within %.0f s",
-                          read_timeout())  # fmt: skip
+                          self.read_timeout)  # fmt: skip
             return self._drop(conn)
         conn.data_ready = False
         return gthread._DEFER  # back to the poller: no thread waits for this client

@@ -78,7 +78,7 @@ class ImageGenerationRequest(BaseModel):
 
     @classmethod
     def for_settings(cls, settings: Settings) -> type[ImageGenerationRequest]:
-        return _image_request(settings.max_candidates)
+        return _image_request(settings.limits.max_candidates)
 
     def job_body(self, settings: Settings) -> dict[str, Any]:
         """The equivalent `POST /v1/jobs` body. More candidates than images, so that CLIP
@@ -86,7 +86,7 @@ class ImageGenerationRequest(BaseModel):
         n = self.n or 1
         body: dict[str, Any] = {
             "prompt": self.prompt,
-            "candidates": max(n, settings.default_candidates),
+            "candidates": max(n, settings.limits.default_candidates),
             "top_k": n,
         }
         match = SIZE.fullmatch(self.size or "")
@@ -212,7 +212,7 @@ def _answer(
 ) -> Any:
     """Wait for the job, then answer as OpenAI would: the images in rank order, or an error."""
     job_id = result.job_id
-    wait = svc.settings.openai_wait_seconds
+    wait = svc.settings.api.openai_wait_seconds
     status = _wait_for_end(svc, job_id, tenant_id, wait)
     if status is JobStatus.canceled:
         return _job_error(409, job_id=job_id, type="conflict_error", code="job_canceled",

@@ -372,7 +372,11 @@ def build_spec(app: Flask) -> dict[str, Any]:
             "version": _version(),
             "description": INFO,
         },
-        **({"servers": [{"url": settings.public_url}]} if settings.public_url else {}),
+        **(
+            {"servers": [{"url": settings.services.public_url}]}
+            if settings.services.public_url
+            else {}
+        ),
         "paths": paths,
         "components": {
             "schemas": schemas,

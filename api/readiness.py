@@ -85,16 +85,16 @@ def check_database(settings: Settings) -> Details:
 
 
 def check_broker(settings: Settings) -> Details:
-    _probe_redis(settings.redis_url).ping()
+    _probe_redis(settings.services.redis_url).ping()
     return {}
 
 
 def check_storage(settings: Settings) -> Details:
     if settings.storage_backend == "s3":
         with _s3_lock:
-            client = _probe_s3(settings.s3_endpoint_url, settings.s3_region)
-        client.head_bucket(Bucket=settings.s3_bucket)
-        return {"backend": "s3", "bucket": settings.s3_bucket}
+            client = _probe_s3(settings.storage.s3_endpoint_url, settings.storage.s3_region)
+        client.head_bucket(Bucket=settings.storage.s3_bucket)
+        return {"backend": "s3", "bucket": settings.storage.s3_bucket}
     root = settings.local_storage_path
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=root, prefix=".readyz-") as f:
@@ -109,7 +109,7 @@ class NotReady(Exception):
 
 def check_workers(settings: Settings) -> Details:
     live = heartbeats.for_deployment(
-        settings, heartbeats.live_workers(_probe_redis(settings.redis_url))
+        settings, heartbeats.live_workers(_probe_redis(settings.services.redis_url))
     )
     if not live:
         raise NotReady(

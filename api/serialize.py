@@ -21,16 +21,16 @@ from db.models import Job, JobImage
 def links(svc: Services | None = None) -> Links:
     """URLs as this request reaches the API (DAIKON_PUBLIC_URL first)."""
     svc = svc or services()
-    base = svc.settings.public_url.rstrip("/") or request.host_url.rstrip("/")
+    base = svc.settings.services.public_url.rstrip("/") or request.host_url.rstrip("/")
     return Links(base + request.script_root, svc.store, svc.signing_key,
-                 svc.settings.presign_seconds)  # fmt: skip
+                 svc.settings.storage.presign_seconds)  # fmt: skip
 
 
 def outbox(svc: Services | None = None) -> Outbox:
     """Webhook events the API raises (cancel), with job objects as this request sees them,
     published by task name to the webhook queue."""
     svc = svc or services()
-    queue = svc.settings.webhook_queue
+    queue = svc.settings.webhooks.webhook_queue
     return Outbox(
         EventRenderer(links(svc)),
         lambda d: svc.celery.send_task(TASK_DELIVER, args=[d], queue=queue),

@@ -36,7 +36,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        live = LiveState(settings.redis_url, settings.queue)
+        live = LiveState(settings.services.redis_url, settings.services.queue)
         return cls(
             settings=settings,
             sessions=make_session_factory(make_engine(settings.sqlalchemy_url)),
@@ -46,12 +46,12 @@ class Services:
             celery=make_celery(settings, main="daikon-api"),
             live=live,
             served_models=ServedModels(live.redis, settings),
-            rate_limit=SubmitRateLimit(live.redis, settings.tenant_submits_per_minute),
+            rate_limit=SubmitRateLimit(live.redis, settings.limits.tenant_submits_per_minute),
             signing_key=secret_key(settings),
             cipher=encryption.cipher(settings),
             long_requests=LongRequests(
-                settings.max_long_requests,
-                min(settings.max_long_requests_per_tenant, settings.max_long_requests),
+                settings.api.max_long_requests,
+                min(settings.api.max_long_requests_per_tenant, settings.api.max_long_requests),
             ),
         )
 

@@ -57,7 +57,7 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
         last_sent = time.monotonic()
         # A stream ends after a while even if the job does not; the client reconnects with
         # Last-Event-ID and loses nothing.
-        closes_at = time.monotonic() + svc.settings.event_stream_max_seconds
+        closes_at = time.monotonic() + svc.settings.api.event_stream_max_seconds
         last_read = 0.0
         while time.monotonic() < closes_at:
             # At most a few reads a second per stream, however fast the steps are announced.

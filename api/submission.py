@@ -82,7 +82,7 @@ def submit(
             # A retry of an accepted request is answered before any limit applies.
             jobs.release_expired_idempotency_key(
                 session=session, tenant_id=principal.tenant_id, key=idempotency_key,
-                window=timedelta(hours=settings.idempotency_hours),
+                window=timedelta(hours=settings.api.idempotency_hours),
             )  # fmt: skip
             held = jobs.find_by_idempotency_key(
                 session=session, tenant_id=principal.tenant_id, key=idempotency_key
@@ -95,14 +95,14 @@ def submit(
             raise _queue_unavailable() from e
         if wait is not None:
             raise TooManyRequests(
-                f"more than {settings.tenant_submits_per_minute} submissions a minute",
+                f"more than {settings.limits.tenant_submits_per_minute} submissions a minute",
                 retry_after=wait,
             )
         active = jobs.count_active(session=session, tenant_id=principal.tenant_id)
-        if active >= settings.tenant_max_active_jobs:
+        if active >= settings.limits.tenant_max_active_jobs:
             raise TooManyRequests(
                 f"{active} jobs are queued or running; the limit is "
-                f"{settings.tenant_max_active_jobs}",
+                f"{settings.limits.tenant_max_active_jobs}",
                 retry_after=5, code="too_many_active_jobs",
             )  # fmt: skip
         if served is not None:

@@ -100,7 +100,7 @@ def create_secret() -> Any:
     principal = authenticate()
     svc = services()
     body = SecretCreate.model_validate(json_body() if read_body() else {})
-    hours = svc.settings.webhook_secret_overlap_hours
+    hours = svc.settings.webhooks.webhook_secret_overlap_hours
     if body.overlap_hours is not None:
         hours = body.overlap_hours
     with session_scope(svc.sessions) as session:

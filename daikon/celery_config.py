@@ -14,7 +14,7 @@ from daikon.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    # Why each setting (see shared/anchors.md, "Celery with a Redis broker"):
+    # Why each setting (docs/reliability.md has the guarantees they serve):
     # - task_acks_late: the message is acked only after the task returns, so a worker that dies
     #   mid-job leaves the message to be redelivered instead of losing the job.
     # - task_reject_on_worker_lost: a child killed by a signal (OOM killer, SIGKILL) is otherwise
@@ -30,25 +30,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # Priorities: one Redis list per level, consumed highest first (the Redis transport serves
     # 0 first, so a job's priority p is published as 9 - p).
     transport = {
-        "visibility_timeout": settings.visibility_timeout_seconds,
+        "visibility_timeout": settings.worker.visibility_timeout_seconds,
         "priority_steps": list(range(10)),
         "sep": ":",
         "queue_order_strategy": "priority",
     }
     return {
-        "broker_url": settings.redis_url,
+        "broker_url": settings.services.redis_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 5,
-        "visibility_timeout": settings.visibility_timeout_seconds,
+        "visibility_timeout": settings.worker.visibility_timeout_seconds,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_time_limit": settings.job_time_limit_seconds,
+        "task_time_limit": settings.worker.job_time_limit_seconds,
         "task_soft_time_limit": soft_time_limit(settings),
         "task_ignore_result": True,  # results live in the database, not in Redis
-        "task_default_queue": settings.queue,
+        "task_default_queue": settings.services.queue,
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_publish_retry": True,
@@ -70,7 +70,7 @@ SOFT_LIMIT_MARGIN_SECONDS = 10.0
 
 def soft_time_limit(settings: Settings) -> int:
     """Celery's soft limit: the job fails cleanly before the hard limit kills its process."""
-    return max(settings.job_time_limit_seconds - 30, 5)
+    return max(settings.worker.job_time_limit_seconds - 30, 5)
 
 
 def make_celery(settings: Settings, *, main: str = "daikon") -> Celery:
@@ -102,7 +102,9 @@ def publish_job(
         soft = min(allowance + SOFT_LIMIT_MARGIN_SECONDS, soft_time_limit(settings))
         limits = {
             "soft_time_limit": soft,
-            "time_limit": min(soft + HARD_LIMIT_GRACE_SECONDS, settings.job_time_limit_seconds),
+            "time_limit": min(
+                soft + HARD_LIMIT_GRACE_SECONDS, settings.worker.job_time_limit_seconds
+            ),
         }
     app.send_task(
         TASK_GENERATE,

@@ -1,7 +1,8 @@
 """The job contract between API, database and worker: what a client may ask for and what it gets.
 
-Bounds come from `Settings` through pydantic's validation context, so the same model validates
-in the API (before anything is written) and documents the API (OpenAPI, later).
+Bounds come from `Settings`: each request model has a per-deployment version (`for_settings`)
+whose fields carry the rules (daikon/rules.py), so one model validates a request in the API
+(before anything is written) and documents it (GET /openapi.json, docs/api.md).
 """
 
 from __future__ import annotations
@@ -67,6 +68,26 @@ class WebhookEvent(enum.StrEnum):
 DEFAULT_WEBHOOK_EVENTS = (WebhookEvent.succeeded, WebhookEvent.failed, WebhookEvent.canceled)
 
 
+# A failed job's error.code, and when each happens: the one list the docs are generated from
+# (tests/test_reference.py checks the worker raises no other).
+JOB_ERROR_CODES: dict[str, str] = {
+    "model_load_failed": "The model's pipeline or its CLIP could not be loaded.",
+    "job_too_large": "The job costs more megapixel-steps than its model allows on its "
+    "device (refused at submit once a worker has published the model's limits).",
+    "unsupported_scheduler": "The model cannot use the scheduler asked for (checked before "
+    "any GPU work; the message lists those it can).",
+    "generation_failed": "The pipeline raised an error while generating the candidates.",
+    "ranking_failed": "CLIP scoring raised an error.",
+    "upload_failed": "A kept image could not be encoded or stored (after retrying while "
+    "storage was down).",
+    "time_limit_exceeded": "The job ran past the time its cost allows, or past "
+    "DAIKON_JOB_TIME_LIMIT_SECONDS.",
+    "worker_lost": "The workers running it died DAIKON_MAX_ATTEMPTS times (killed, crashed, "
+    "out of memory): the input may be what kills them, so it is not tried again.",
+    "internal_error": "Anything else; the message names the exception.",
+}
+
+
 class JobStatus(enum.StrEnum):
     queued = "queued"
     running = "running"
@@ -116,13 +137,13 @@ class JobRequest(BaseModel):
     @classmethod
     def for_settings(cls, settings: Settings) -> type[JobRequest]:
         """This deployment's request model (built once per set of bounds)."""
+        b = settings.limits
         return _job_request(
-            settings.max_prompt_chars, settings.min_size, settings.max_size, settings.max_steps,
-            settings.max_guidance_scale, settings.max_candidates, settings.max_metadata_bytes,
-            tuple(sorted(settings.model_specs)), settings.default_model_name,
-            (settings.default_width, settings.default_height, settings.default_steps,
-             settings.default_guidance_scale, settings.default_candidates,
-             min(settings.default_top_k, settings.default_candidates)),
+            b.max_prompt_chars, b.min_size, b.max_size, b.max_steps, b.max_guidance_scale,
+            b.max_candidates, b.max_metadata_bytes, tuple(sorted(settings.model_specs)),
+            settings.default_model_name,
+            (b.default_width, b.default_height, b.default_steps, b.default_guidance_scale,
+             b.default_candidates, min(b.default_top_k, b.default_candidates)),
         )  # fmt: skip
 
     @field_validator("webhook_events", mode="before")
@@ -148,20 +169,24 @@ class JobRequest(BaseModel):
 
     def resolve(self, settings: Settings) -> JobParams:
         """Fill omitted fields from settings: the stored params are always complete."""
-        candidates = self.candidates if self.candidates is not None else settings.default_candidates
+        candidates = (
+            self.candidates if self.candidates is not None else settings.limits.default_candidates
+        )
         return JobParams(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
-            width=self.width or settings.default_width,
-            height=self.height or settings.default_height,
-            steps=self.steps or settings.default_steps,
+            width=self.width or settings.limits.default_width,
+            height=self.height or settings.limits.default_height,
+            steps=self.steps or settings.limits.default_steps,
             guidance_scale=(
                 self.guidance_scale
                 if self.guidance_scale is not None
-                else settings.default_guidance_scale
+                else settings.limits.default_guidance_scale
             ),
             candidates=candidates,
-            top_k=self.top_k if self.top_k is not None else min(settings.default_top_k, candidates),
+            top_k=self.top_k
+            if self.top_k is not None
+            else min(settings.limits.default_top_k, candidates),
             seed=self.seed,
             model=self.model or settings.default_model_name,
             scheduler=self.scheduler,
@@ -353,7 +378,7 @@ class ListQuery(BaseModel):
 
     @classmethod
     def for_settings(cls, settings: Settings) -> type[ListQuery]:
-        return _list_query(settings.list_limit_max)
+        return _list_query(settings.api.list_limit_max)
 
 
 @functools.cache

@@ -58,8 +58,8 @@ def is_encrypted(stored: str) -> bool:
 
 
 def keys(settings: Settings) -> list[str]:
-    if settings.encryption_keys is not None:
-        listed = settings.encryption_keys.get_secret_value().split(",")
+    if settings.security.encryption_keys is not None:
+        listed = settings.security.encryption_keys.get_secret_value().split(",")
         return [k.strip() for k in listed if k.strip()]
     path = settings.data_path / "encryption.key"
     return [read_or_create_secret(path, Fernet.generate_key().decode())]

@@ -20,8 +20,8 @@ GRID_SECONDS = 600
 
 def secret_key(settings: Settings) -> bytes:
     """DAIKON_SECRET_KEY, or a key kept in DATA_DIR/secret.key (made once, mode 0600)."""
-    if settings.secret_key is not None:
-        return settings.secret_key.get_secret_value().encode()
+    if settings.security.secret_key is not None:
+        return settings.security.secret_key.get_secret_value().encode()
     return read_or_create_secret(settings.data_path / "secret.key").encode()
 
 

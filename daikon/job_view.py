@@ -71,7 +71,12 @@ class Links:
 
     @classmethod
     def from_settings(cls, settings: Settings, store: ImageStore, signing_key: bytes) -> Links:
-        return cls(settings.public_url.rstrip("/"), store, signing_key, settings.presign_seconds)
+        return cls(
+            settings.services.public_url.rstrip("/"),
+            store,
+            signing_key,
+            settings.storage.presign_seconds,
+        )
 
     def absolute(self, path: str) -> str:
         return self.base + path

@@ -168,7 +168,7 @@ def main() -> int:
     if "DAIKON_WEBHOOK_ALLOW_HOSTS" not in {k.upper() for k in os.environ}:
         env["DAIKON_WEBHOOK_ALLOW_HOSTS"] = LOCAL_WEBHOOK_HOSTS
     admin_key_note = "DAIKON_ADMIN_KEY from the environment"
-    if not settings.admin_key:
+    if not settings.security.admin_key:
         env["DAIKON_ADMIN_KEY"] = dev_admin_key(settings)
         admin_key_note = f"{env['DAIKON_ADMIN_KEY']}  (kept in {settings.data_path / 'admin.key'})"
     children: list[Child] = []
@@ -176,8 +176,8 @@ def main() -> int:
         say("migrating the database")
         run([sys.executable, "-m", "alembic", "upgrade", "head"], env)
 
-        bind = f"127.0.0.1:{settings.port}"
-        if not settings.public_url:
+        bind = f"127.0.0.1:{settings.api.port}"
+        if not settings.services.public_url:
             env["DAIKON_PUBLIC_URL"] = f"http://{bind}"
         children = [
             Child(
@@ -188,7 +188,7 @@ def main() -> int:
             ),
             Child(
                 "worker",
-                worker_argv(concurrency=settings.worker_concurrency, hostname="daikon@%h"),
+                worker_argv(concurrency=settings.local.worker_concurrency, hostname="daikon@%h"),
                 env,
             ),
             Child(
@@ -203,9 +203,9 @@ def main() -> int:
                     "--pool",
                     "threads",
                     "--concurrency",
-                    str(settings.webhook_concurrency),
+                    str(settings.local.webhook_concurrency),
                     "--queues",
-                    settings.webhook_queue,
+                    settings.webhooks.webhook_queue,
                     "--loglevel",
                     "INFO",
                     "--hostname",

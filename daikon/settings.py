@@ -1,19 +1,29 @@
-"""One typed settings object, read from the environment, shared by API, worker and tools.
+"""Daikon's settings: read from the environment, grouped by concern, shared by every process.
 
-Service URLs use their conventional unprefixed names (`REDIS_URL`, `DATABASE_URL`) so a
-deployment's existing environment works; everything Daikon-specific is `DAIKON_*`.
+Every setting is an environment variable `DAIKON_<NAME>` (its field's name in capitals),
+whichever group it sits in; the service URLs also answer to their conventional unprefixed
+names (`REDIS_URL`, `DATABASE_URL`), so a deployment's existing environment works. The groups
+are what a reader holds in their head: `settings.api.max_long_requests` is plainly the API's.
+docs/configuration.md is generated from the descriptions here (`make docs`).
+
+For tests and embedding, `Settings(max_size=64, redis_url=...)` takes the same flat names.
+Rules across fields are checked when settings load: a process refuses to start on a setting
+that would misbehave later.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from daikon.limits import LimitOverrides
 
@@ -35,184 +45,433 @@ class ModelSpec(BaseModel):
     limits: LimitOverrides = Field(default_factory=LimitOverrides)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DAIKON_", extra="ignore", frozen=True)
+class Group(BaseModel):
+    """A group of settings: frozen, unknown names refused."""
 
-    # --- services -------------------------------------------------------------------------
-    data_dir: Path = Path(".daikon")
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Environment names besides DAIKON_<FIELD>, tried first.
+    aliases: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    title: ClassVar[str] = ""
+
+
+class Services(Group):
+    title = "Services"
+    aliases = {"redis_url": ("REDIS_URL",), "database_url": ("DATABASE_URL",)}
+
+    data_dir: Path = Field(
+        Path(".daikon"),
+        description="Where SQLite, local images, keys and "
+        "the embedded valkey live (0700, files 0600).",
+    )
     redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "DAIKON_REDIS_URL")
+        "redis://127.0.0.1:6379/0",
+        description="The broker and live "
+        "state (progress, cancel flags, heartbeats). Also `REDIS_URL`.",
     )
     database_url: str = Field(
-        "", validation_alias=AliasChoices("DATABASE_URL", "DAIKON_DATABASE_URL")
+        "",
+        description="SQLAlchemy URL of the job records; empty = "
+        "SQLite in the data directory. Also `DATABASE_URL`.",
     )
-    port: int = 8000
-    public_url: str = ""  # base URL clients use; empty = derive from each request
+    public_url: str = Field(
+        "",
+        description="The base URL clients use for the API; empty = "
+        "derived from each request (workers then write relative URLs).",
+    )
+    queue: str = Field(
+        "daikon.generate",
+        description="Prefix of the per-model job queues "
+        "(`<queue>.<model>`); deployments sharing a Redis keep theirs apart.",
+    )
 
-    # --- storage --------------------------------------------------------------------------
-    storage: Literal["local", "s3"] | None = None  # None = s3 when a bucket is set, else local
-    s3_bucket: str = ""
-    s3_endpoint_url: str | None = None
-    s3_region: str = "us-east-1"
-    s3_prefix: str = "jobs/"
-    presign_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
 
-    # --- models ---------------------------------------------------------------------------
-    # A Hub id or a local folder; empty = the embedded shapes models (models/ in the repo).
-    model: str = ""
-    clip_model: str = ""
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    torch_threads: int = Field(0, ge=0)  # 0 = leave torch's default
+class Api(Group):
+    title = "API server"
 
-    # Named models clients may ask for, as JSON: {"sd21": {"pipeline": "...", "clip": "..."}}.
-    # Empty = one model, "default", made of DAIKON_MODEL and DAIKON_CLIP_MODEL.
-    models: dict[str, ModelSpec] = Field(default_factory=dict)
-    default_model: str = ""  # empty = the first of `models`
-    # Which models this worker serves (comma-separated names); empty = all of them.
-    worker_models: str = ""
+    port: int = Field(
+        8000, description="Port the API listens on (127.0.0.1) unless DAIKON_BIND is set."
+    )
+    bind: str = Field(
+        "", description="gunicorn's bind address (host:port); empty = 127.0.0.1:DAIKON_PORT."
+    )
+    api_workers: int = Field(2, ge=1, description="gunicorn worker processes.")
+    api_threads: int = Field(
+        128,
+        ge=2,
+        description="Threads per API process; long requests (streams, waits) must stay fewer.",
+    )
+    request_read_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A request's head "
+        "(and a small body) must arrive within this "
+        "of its first byte, else it is dropped.",
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated origins allowed by CORS; `*` for any; empty = CORS off."
+    )
+    max_long_requests: int = Field(
+        100,
+        ge=1,
+        description="Open event streams and OpenAI-route "
+        "waits per API process; below DAIKON_API_THREADS.",
+    )
+    max_long_requests_per_tenant: int = Field(
+        25, ge=1, description="The same, per tenant and process."
+    )
+    event_stream_max_seconds: int = Field(
+        3600,
+        ge=5,
+        description="An event stream closes after this; the client resumes with Last-Event-ID.",
+    )
+    openai_wait_seconds: float = Field(
+        60.0, ge=0, description="How long POST /v1/images/generations waits for its job."
+    )
+    max_body_bytes: int = Field(64 * 1024, ge=1, description="Largest request body (413 past it).")
+    list_limit_max: int = Field(100, ge=1, description="Most jobs per page of GET /v1/jobs.")
+    idempotency_hours: int = Field(24, ge=1, description="How long an Idempotency-Key is held.")
 
-    # --- identity and limits --------------------------------------------------------------
-    admin_key: SecretStr | None = None
-    # Signs the API's own image URLs (local store). Empty = a key kept in DATA_DIR/secret.key.
-    secret_key: SecretStr | None = None
-    # Fernet keys (comma-separated; the first encrypts, all decrypt) for secrets stored in the
-    # database (webhook signing secrets). Empty = a key kept in DATA_DIR/encryption.key.
-    encryption_keys: SecretStr | None = None
-    tenant_max_active_jobs: int = Field(1000, ge=1)  # queued + running, per tenant
-    tenant_submits_per_minute: int = Field(600, ge=1)
-    # The default model's job limits (the model table's `limits` for DAIKON_MODELS entries);
-    # unset ones take the defaults of the device the model runs on (daikon/limits.py).
-    max_job_cost: float | None = Field(None, gt=0)
-    images_per_call: int | None = Field(None, ge=1)
-    idempotency_hours: int = Field(24, ge=1)
-    max_metadata_bytes: int = Field(16 * 1024, ge=0)
-    cors_origins: str = ""  # comma-separated; "*" for any; empty = CORS off
-    # Requests that hold a thread for long (event streams, OpenAI-route waits), per API process;
-    # kept below the server's threads so they can never starve ordinary requests.
-    max_long_requests: int = Field(100, ge=1)
-    # ... and per tenant, so one tenant can never hold every slot of a process.
-    max_long_requests_per_tenant: int = Field(25, ge=1)
-    event_stream_max_seconds: int = Field(3600, ge=5)
-    openai_wait_seconds: float = Field(60.0, ge=0)
 
-    # --- queue ----------------------------------------------------------------------------
-    queue: str = "daikon.generate"
-    worker_concurrency: int = Field(1, ge=1)
-    # Order matters (see daikon/celery_config.py): hard limit < visibility timeout.
-    job_time_limit_seconds: int = Field(1800, ge=10)
-    visibility_timeout_seconds: int = Field(3600, ge=20)
-    # A running job holds a lease in the database, renewed by its worker every third of this;
-    # a job whose lease lapsed (its worker died) may be claimed again, up to max_attempts.
-    lease_seconds: int = Field(60, ge=3)
-    max_attempts: int = Field(3, ge=1)
-    # The sweeper's threshold, the last safety net: a job whose message the broker lost is
-    # published again once it has been stuck this long. Must exceed the visibility timeout.
-    stale_job_seconds: int = Field(4000, ge=30)
-    # A job committed but never confirmed published is published again after this.
-    republish_after_seconds: int = Field(30, ge=1)
-    sweep_interval_seconds: float = Field(15.0, gt=0)
-    # How long an upload keeps retrying (with backoff) while storage is down.
-    storage_retry_seconds: float = Field(60.0, ge=0)
+class Security(Group):
+    title = "Keys and secrets"
 
-    # --- webhooks -------------------------------------------------------------------------
-    webhook_queue: str = "daikon.webhooks"  # its own queue: a slow receiver never delays jobs
-    webhook_timeout_seconds: float = Field(15.0, gt=0, le=120)  # per attempt, all of it
-    # Receivers trusted even on internal addresses: host names, IPs, CIDRs (comma-separated).
-    # Empty = public addresses only. `make run` allows loopback unless this is set.
-    webhook_allow_hosts: str = ""
-    webhook_secret_overlap_hours: float = Field(24.0, ge=0, le=24 * 30)  # old secret still signs
-    webhook_concurrency: int = Field(8, ge=1)  # delivery threads `make run` gives its worker
-    webhook_dispatch_seconds: float = Field(5.0, gt=0)  # how often due retries are looked for
+    admin_key: SecretStr | None = Field(
+        None, description="A key with admin rights (its jobs belong to the tenant `admin`)."
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Signs the API's own image URLs; empty = a key kept in the data directory.",
+    )
+    encryption_keys: SecretStr | None = Field(
+        None,
+        description="Fernet keys, comma-separated: "
+        "the first encrypts stored webhook secrets, all "
+        "decrypt; empty = a key kept in the data "
+        "directory.",
+    )
 
-    # --- request defaults and bounds --------------------------------------------------------
-    # The embedded shapes model's native size; set 512 or 1024 for Stable Diffusion models.
-    default_width: int = 32
-    default_height: int = 32
-    default_steps: int = 20
-    default_guidance_scale: float = 7.5
-    default_candidates: int = 4
-    default_top_k: int = 1
-    min_size: int = 32
-    max_size: int = 1024
-    max_steps: int = 150
-    max_guidance_scale: float = 30.0
-    max_candidates: int = 16
-    max_prompt_chars: int = 2000
-    max_body_bytes: int = 64 * 1024
-    list_limit_max: int = 100
+
+class Storage(Group):
+    title = "Image storage"
+
+    storage: Literal["local", "s3"] | None = Field(
+        None, description="`local` or `s3`; empty = s3 when a bucket is set, else local."
+    )
+    s3_bucket: str = Field("", description="The S3 (or MinIO) bucket.")
+    s3_endpoint_url: str | None = Field(None, description="An S3-compatible endpoint; empty = AWS.")
+    s3_region: str = Field("us-east-1", description="The bucket's region.")
+    s3_prefix: str = Field("jobs/", description="Key prefix of stored images.")
+    presign_seconds: int = Field(
+        3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="How long image URLs (presigned or signed) stay valid.",
+    )
+    storage_retry_seconds: float = Field(
+        60.0, ge=0, description="How long an upload keeps retrying while storage is down."
+    )
+
+
+class Catalog(Group):
+    title = "Models"
+
+    model: str = Field(
+        "",
+        description="The default model's diffusers pipeline (Hub id or "
+        "folder); empty = the embedded shapes model.",
+    )
+    clip_model: str = Field(
+        "", description="The CLIP that ranks candidates; empty = the embedded shapes CLIP."
+    )
+    models: dict[str, ModelSpec] = Field(
+        default_factory=dict,
+        description="Named models, as "
+        'JSON: {"sd21": {"pipeline": "...", "clip": "...", '
+        '"limits": {...}}}; empty = one model, `default`.',
+    )
+    default_model: str = Field(
+        "", description="The model a job gets when it names none; empty = the first."
+    )
+    max_job_cost: float | None = Field(
+        None,
+        gt=0,
+        description="The default model's most "
+        "megapixel-steps per job; empty = its device's "
+        "default (daikon/limits.py).",
+    )
+    images_per_call: int | None = Field(
+        None,
+        ge=1,
+        description="The default model's "
+        "candidates per pipeline call; empty = its device's "
+        "default.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
     def _models_json(cls, v: object) -> object:
         return json.loads(v) if isinstance(v, str) and v.strip() else (v or {})
 
+
+class Worker(Group):
+    title = "Workers"
+
+    worker_models: str = Field(
+        "", description="Models this worker serves, comma-separated; empty = all."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto = float16 on GPUs, float32 on CPUs."
+    )
+    torch_threads: int = Field(0, ge=0, description="torch's threads; 0 = its default.")
+    job_time_limit_seconds: int = Field(
+        1800, ge=10, description="Hard limit of any job; below the visibility timeout."
+    )
+    visibility_timeout_seconds: int = Field(
+        3600, ge=20, description="Redis redelivers an unacknowledged message after this."
+    )
+    lease_seconds: int = Field(
+        60,
+        ge=3,
+        description="A running job's lease, renewed every "
+        "third of it; a lapsed lease lets another worker take over.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Workers lost on one job before it fails `worker_lost`."
+    )
+    stale_job_seconds: int = Field(
+        4000,
+        ge=30,
+        description="The sweeper republishes a job stuck this long; above the visibility timeout.",
+    )
+    republish_after_seconds: int = Field(
+        30,
+        ge=1,
+        description="A job committed but never confirmed published is published again after this.",
+    )
+    sweep_interval_seconds: float = Field(15.0, gt=0, description="How often the sweeper looks.")
+
+
+class Webhooks(Group):
+    title = "Webhooks"
+
+    webhook_queue: str = Field(
+        "daikon.webhooks",
+        description="The delivery queue: its own, so a slow receiver never delays jobs.",
+    )
+    webhook_timeout_seconds: float = Field(
+        15.0, gt=0, le=120, description="One attempt, all of it."
+    )
+    webhook_allow_hosts: str = Field(
+        "",
+        description="Receivers trusted on internal "
+        "addresses: hosts, IPs, CIDRs, comma-separated. `make "
+        "run` allows loopback unless set.",
+    )
+    webhook_secret_overlap_hours: float = Field(
+        24.0, ge=0, le=24 * 30, description="How long a rotated secret still signs."
+    )
+    webhook_dispatch_seconds: float = Field(
+        5.0, gt=0, description="How often due retries are looked for."
+    )
+
+
+class Limits(Group):
+    title = "Request defaults and bounds"
+
+    default_width: int = Field(
+        32,
+        description="Width of a job that names none (the shapes "
+        "model's; 512 or 1024 for Stable Diffusion models).",
+    )
+    default_height: int = Field(32, description="Height of a job that names none.")
+    default_steps: int = Field(20, description="Denoising steps of a job that names none.")
+    default_guidance_scale: float = Field(7.5, description="Guidance of a job that names none.")
+    default_candidates: int = Field(4, description="Candidates of a job that names none.")
+    default_top_k: int = Field(1, description="Images kept of a job that names none.")
+    min_size: int = Field(32, description="Smallest side (multiple of 8).")
+    max_size: int = Field(1024, description="Largest side (multiple of 8).")
+    max_steps: int = Field(150, description="Most denoising steps.")
+    max_guidance_scale: float = Field(30.0, description="Largest guidance scale.")
+    max_candidates: int = Field(16, description="Most candidates per job.")
+    max_prompt_chars: int = Field(2000, description="Longest prompt or negative prompt.")
+    max_metadata_bytes: int = Field(16 * 1024, ge=0, description="Largest metadata, as JSON.")
+    tenant_max_active_jobs: int = Field(1000, ge=1, description="Queued + running jobs per tenant.")
+    tenant_submits_per_minute: int = Field(
+        600, ge=1, description="Submissions per tenant and minute."
+    )
+
+
+class Local(Group):
+    title = "make run"
+
+    worker_concurrency: int = Field(
+        1, ge=1, description="Pool processes of the worker `make run` starts."
+    )
+    webhook_concurrency: int = Field(8, ge=1, description="Delivery threads of its webhook worker.")
+
+
+GROUPS: dict[str, type[Group]] = {
+    "services": Services,
+    "api": Api,
+    "security": Security,
+    "storage": Storage,
+    "catalog": Catalog,
+    "worker": Worker,
+    "webhooks": Webhooks,
+    "limits": Limits,
+    "local": Local,
+}
+# Each flat name -> its group ("max_size" -> "limits").
+GROUP_OF: dict[str, str] = {name: g for g, cls in GROUPS.items() for name in cls.model_fields}
+
+
+def env_names(group: type[Group], name: str) -> tuple[str, ...]:
+    return (*group.aliases.get(name, ()), f"DAIKON_{name.upper()}")
+
+
+def environment_variables() -> set[str]:
+    """Every variable settings read."""
+    return {env for g in GROUPS.values() for n in g.model_fields for env in env_names(g, n)}
+
+
+class FlatEnvironment(PydanticBaseSettingsSource):
+    """DAIKON_<FIELD> (and the aliases) into the groups."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads everything at once
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, dict[str, Any]] = {}
+        upper = {k.upper(): v for k, v in os.environ.items()}
+        for group_name, group in GROUPS.items():
+            for name in group.model_fields:
+                for env in env_names(group, name):
+                    if env in upper:
+                        found.setdefault(group_name, {})[name] = upper[env]
+                        break
+        return found
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    services: Services = Services()
+    api: Api = Api()
+    security: Security = Security()
+    storage: Storage = Storage()
+    catalog: Catalog = Catalog()
+    worker: Worker = Worker()
+    webhooks: Webhooks = Webhooks()
+    limits: Limits = Limits()
+    local: Local = Local()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, FlatEnvironment(settings_cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_names(cls, data: Any) -> Any:
+        """Settings(max_size=64): flat names go to their group (given ones over the
+        environment's)."""
+        if not isinstance(data, dict):
+            return data
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in GROUPS:
+                current = out.setdefault(key, {})
+                given = value.model_dump() if isinstance(value, BaseModel) else dict(value)
+                out[key] = {**current, **given}
+            elif key in GROUP_OF:
+                out.setdefault(GROUP_OF[key], {})[key] = value
+            else:
+                out[key] = value  # refused below, naming it
+        return out
+
+    def evolve(self, **flat: Any) -> Settings:
+        """A copy with some settings changed, by their flat names."""
+        data = {g: getattr(self, g).model_dump() for g in GROUPS}
+        for key, value in flat.items():
+            data[GROUP_OF[key]][key] = value
+        return Settings.model_validate(data)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        for name in self.models:
+        catalog, worker, limits = self.catalog, self.worker, self.limits
+        for name in catalog.models:
             if not MODEL_NAME.match(name):
                 raise ValueError(f"model name {name!r} must match {MODEL_NAME.pattern}")
-        if self.default_model and self.default_model not in self.model_specs:
-            raise ValueError(f"DAIKON_DEFAULT_MODEL {self.default_model!r} is not in the models")
+        if catalog.default_model and catalog.default_model not in self.model_specs:
+            raise ValueError(f"DAIKON_DEFAULT_MODEL {catalog.default_model!r} is not in the models")
         unknown = set(self.served_models) - set(self.model_specs)
         if unknown:
             raise ValueError(f"DAIKON_WORKER_MODELS names unknown models: {sorted(unknown)}")
-        if self.visibility_timeout_seconds >= self.stale_job_seconds:
+        if worker.visibility_timeout_seconds >= worker.stale_job_seconds:
             raise ValueError(
                 "DAIKON_VISIBILITY_TIMEOUT_SECONDS must be below DAIKON_STALE_JOB_SECONDS, "
                 "or the sweeper republishes jobs the broker is about to redeliver"
             )
-        if self.job_time_limit_seconds >= self.visibility_timeout_seconds:
+        if worker.job_time_limit_seconds >= worker.visibility_timeout_seconds:
             raise ValueError(
                 "DAIKON_JOB_TIME_LIMIT_SECONDS must be below DAIKON_VISIBILITY_TIMEOUT_SECONDS, "
                 "or the broker redelivers a job that is still running"
             )
-        if self.webhook_allow_hosts:
+        if self.api.max_long_requests >= self.api.api_threads:
+            raise ValueError(
+                "DAIKON_MAX_LONG_REQUESTS must be below DAIKON_API_THREADS, or event streams "
+                "and waits can take every thread and starve ordinary requests"
+            )
+        if self.webhooks.webhook_allow_hosts:
             from daikon.webhooks.safety import Allowlist
 
             try:
                 Allowlist.parse(self.webhook_allow_list)
             except ValueError as e:
                 raise ValueError(f"DAIKON_WEBHOOK_ALLOW_HOSTS: {e}") from None
-        if not (self.min_size <= self.default_width <= self.max_size):
+        if not (limits.min_size <= limits.default_width <= limits.max_size):
             raise ValueError("DAIKON_DEFAULT_WIDTH is outside DAIKON_MIN_SIZE..DAIKON_MAX_SIZE")
-        if not (self.min_size <= self.default_height <= self.max_size):
+        if not (limits.min_size <= limits.default_height <= limits.max_size):
             raise ValueError("DAIKON_DEFAULT_HEIGHT is outside DAIKON_MIN_SIZE..DAIKON_MAX_SIZE")
-        if not (1 <= self.default_top_k <= self.default_candidates <= self.max_candidates):
+        if not (1 <= limits.default_top_k <= limits.default_candidates <= limits.max_candidates):
             raise ValueError("need 1 <= DAIKON_DEFAULT_TOP_K <= DAIKON_DEFAULT_CANDIDATES <= max")
         return self
 
     # --- derived --------------------------------------------------------------------------
     @cached_property
     def data_path(self) -> Path:
-        return self.data_dir.expanduser().resolve()
+        return self.services.data_dir.expanduser().resolve()
 
     @property
     def sqlalchemy_url(self) -> str:
-        if self.database_url:
-            return normalize_database_url(self.database_url)
+        if self.services.database_url:
+            return normalize_database_url(self.services.database_url)
         return f"sqlite:///{self.data_path / 'daikon.db'}"
 
     @property
     def storage_backend(self) -> Literal["local", "s3"]:
-        if self.storage:
-            return self.storage
-        return "s3" if self.s3_bucket else "local"
+        if self.storage.storage:
+            return self.storage.storage
+        return "s3" if self.storage.s3_bucket else "local"
 
     @property
     def local_storage_path(self) -> Path:
         return self.data_path / "images"
 
-    def size_allowed(self, side: int) -> bool:
-        """One image side as the pipelines accept it: a multiple of 8 within the bounds."""
-        return side % 8 == 0 and self.min_size <= side <= self.max_size
-
     @property
     def model_specs(self) -> dict[str, ModelSpec]:
-        if self.models:
-            return dict(self.models)
+        catalog = self.catalog
+        if catalog.models:
+            return dict(catalog.models)
         limits = LimitOverrides(
-            max_job_cost=self.max_job_cost, images_per_call=self.images_per_call
+            max_job_cost=catalog.max_job_cost, images_per_call=catalog.images_per_call
         )
         return {
             "default": ModelSpec(pipeline=self.model_id, clip=self.clip_model_id, limits=limits)
@@ -220,11 +479,11 @@ class Settings(BaseSettings):
 
     @property
     def default_model_name(self) -> str:
-        return self.default_model or next(iter(self.model_specs))
+        return self.catalog.default_model or next(iter(self.model_specs))
 
     @property
     def served_models(self) -> list[str]:
-        names = [n.strip() for n in self.worker_models.split(",") if n.strip()]
+        names = [n.strip() for n in self.worker.worker_models.split(",") if n.strip()]
         return names or list(self.model_specs)
 
     def clip_for(self, model: str) -> str:
@@ -232,23 +491,28 @@ class Settings(BaseSettings):
 
     def queue_for(self, model: str) -> str:
         """Each model has its own queue: a worker consumes only the models it serves."""
-        return f"{self.queue}.{model}"
+        return f"{self.services.queue}.{model}"
 
     @property
     def webhook_allow_list(self) -> list[str]:
-        return [h.strip() for h in self.webhook_allow_hosts.split(",") if h.strip()]
+        return [h.strip() for h in self.webhooks.webhook_allow_hosts.split(",") if h.strip()]
 
     @property
     def cors_origin_list(self) -> list[str]:
-        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+        return [o.strip() for o in self.api.cors_origins.split(",") if o.strip()]
 
     @property
     def model_id(self) -> str:
-        return self.model or EMBEDDED_PIPELINE
+        return self.catalog.model or EMBEDDED_PIPELINE
 
     @property
     def clip_model_id(self) -> str:
-        return self.clip_model or EMBEDDED_CLIP
+        return self.catalog.clip_model or EMBEDDED_CLIP
+
+    @property
+    def bind(self) -> str:
+        """Where gunicorn listens."""
+        return self.api.bind or f"127.0.0.1:{self.api.port}"
 
 
 def normalize_database_url(url: str) -> str:

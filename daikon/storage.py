@@ -160,13 +160,13 @@ class S3Store:
 
 def make_store(settings: Settings, *, create_bucket: bool = True) -> ImageStore:
     if settings.storage_backend == "s3":
-        if not settings.s3_bucket:
+        if not settings.storage.s3_bucket:
             raise ValueError("DAIKON_STORAGE=s3 needs DAIKON_S3_BUCKET")
         return S3Store(
-            bucket=settings.s3_bucket,
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            presign_seconds=settings.presign_seconds,
+            bucket=settings.storage.s3_bucket,
+            endpoint_url=settings.storage.s3_endpoint_url,
+            region=settings.storage.s3_region,
+            presign_seconds=settings.storage.presign_seconds,
             create_bucket=create_bucket,
         )
     return LocalStore(settings.local_storage_path)

@@ -60,33 +60,33 @@ def migrate(url: str, revision: str = "head") -> None:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process build the same Settings."""
     env = {
-        "REDIS_URL": settings.redis_url,
+        "REDIS_URL": settings.services.redis_url,
         "DATABASE_URL": settings.sqlalchemy_url,
         "DAIKON_DATA_DIR": str(settings.data_path),
-        "DAIKON_QUEUE": settings.queue,
+        "DAIKON_QUEUE": settings.services.queue,
         "DAIKON_MODEL": settings.model_id,
         "DAIKON_CLIP_MODEL": settings.clip_model_id,
         "DAIKON_STORAGE": settings.storage_backend,
-        "DAIKON_TORCH_THREADS": str(settings.torch_threads),
-        "DAIKON_LEASE_SECONDS": str(settings.lease_seconds),
-        "DAIKON_MAX_ATTEMPTS": str(settings.max_attempts),
-        "DAIKON_REPUBLISH_AFTER_SECONDS": str(settings.republish_after_seconds),
-        "DAIKON_SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
-        "DAIKON_STORAGE_RETRY_SECONDS": str(settings.storage_retry_seconds),
+        "DAIKON_TORCH_THREADS": str(settings.worker.torch_threads),
+        "DAIKON_LEASE_SECONDS": str(settings.worker.lease_seconds),
+        "DAIKON_MAX_ATTEMPTS": str(settings.worker.max_attempts),
+        "DAIKON_REPUBLISH_AFTER_SECONDS": str(settings.worker.republish_after_seconds),
+        "DAIKON_SWEEP_INTERVAL_SECONDS": str(settings.worker.sweep_interval_seconds),
+        "DAIKON_STORAGE_RETRY_SECONDS": str(settings.storage.storage_retry_seconds),
         "DAIKON_MODELS": json.dumps({n: m.model_dump() for n, m in settings.model_specs.items()}),
-        "DAIKON_WORKER_MODELS": settings.worker_models,
-        "DAIKON_PUBLIC_URL": settings.public_url,
-        "DAIKON_WEBHOOK_QUEUE": settings.webhook_queue,
-        "DAIKON_WEBHOOK_ALLOW_HOSTS": settings.webhook_allow_hosts,
-        "DAIKON_WEBHOOK_TIMEOUT_SECONDS": str(settings.webhook_timeout_seconds),
-        "DAIKON_WEBHOOK_DISPATCH_SECONDS": str(settings.webhook_dispatch_seconds),
+        "DAIKON_WORKER_MODELS": settings.worker.worker_models,
+        "DAIKON_PUBLIC_URL": settings.services.public_url,
+        "DAIKON_WEBHOOK_QUEUE": settings.webhooks.webhook_queue,
+        "DAIKON_WEBHOOK_ALLOW_HOSTS": settings.webhooks.webhook_allow_hosts,
+        "DAIKON_WEBHOOK_TIMEOUT_SECONDS": str(settings.webhooks.webhook_timeout_seconds),
+        "DAIKON_WEBHOOK_DISPATCH_SECONDS": str(settings.webhooks.webhook_dispatch_seconds),
     }
-    if settings.admin_key is not None:
-        env["DAIKON_ADMIN_KEY"] = settings.admin_key.get_secret_value()
-    if settings.s3_bucket:
-        env["DAIKON_S3_BUCKET"] = settings.s3_bucket
-    if settings.s3_endpoint_url:
-        env["DAIKON_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    if settings.security.admin_key is not None:
+        env["DAIKON_ADMIN_KEY"] = settings.security.admin_key.get_secret_value()
+    if settings.storage.s3_bucket:
+        env["DAIKON_S3_BUCKET"] = settings.storage.s3_bucket
+    if settings.storage.s3_endpoint_url:
+        env["DAIKON_S3_ENDPOINT_URL"] = settings.storage.s3_endpoint_url
     return env
 
 
@@ -105,7 +105,7 @@ class WorkerProcess:
         self.log_path = log_path
         env = {**os.environ, **settings_env(settings), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         argv = worker_argv(
-            app=app, concurrency=concurrency, hostname=f"{settings.queue}@%h",
+            app=app, concurrency=concurrency, hostname=f"{settings.services.queue}@%h",
             extra=("--without-gossip", "--without-mingle", *extra),
         )  # fmt: skip
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -174,8 +174,11 @@ class Stack:
 def forget_redis_state(settings: Settings) -> None:
     """Delete what a stack's queue left in the shared Redis: its broker lists (every model and
     priority) and its stage-time histograms."""
-    client = redis.Redis.from_url(settings.redis_url)
-    for pattern in (f"{settings.queue}*", stage_metrics.stage_key(settings.queue, "*")):
+    client = redis.Redis.from_url(settings.services.redis_url)
+    for pattern in (
+        f"{settings.services.queue}*",
+        stage_metrics.stage_key(settings.services.queue, "*"),
+    ):
         for key in client.scan_iter(pattern):
             client.delete(key)
     client.close()
@@ -218,14 +221,14 @@ def gunicorn_api(
 def running_stack(settings: Settings, log_dir: Path) -> Iterator[Stack]:
     """Migrate, start a worker process and serve the API on a free port; stop both after."""
     migrate(settings.sqlalchemy_url)
-    worker = WorkerProcess(settings, log_dir / f"worker-{settings.queue}.log")
+    worker = WorkerProcess(settings, log_dir / f"worker-{settings.services.queue}.log")
     app = create_app(settings)
     server = make_server("127.0.0.1", free_port(), app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     http = requests.Session()
-    if settings.admin_key is not None:
-        http.headers["Authorization"] = f"Bearer {settings.admin_key.get_secret_value()}"
+    if settings.security.admin_key is not None:
+        http.headers["Authorization"] = f"Bearer {settings.security.admin_key.get_secret_value()}"
     try:
         yield Stack(settings, f"http://127.0.0.1:{server.server_port}", worker, app, http)
     finally:

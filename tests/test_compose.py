@@ -3,12 +3,11 @@ test reads it the way Compose would and checks what a typo would break."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import yaml
 
-from daikon.settings import Settings
+from daikon.settings import environment_variables
 from tests.stack import ROOT
 
 
@@ -41,14 +40,12 @@ def test_dependencies_name_real_services_and_conditions() -> None:
 
 
 def test_every_daikon_variable_given_to_a_service_is_read() -> None:
-    fields = {f"DAIKON_{name.upper()}" for name in Settings.model_fields}
-    # DAIKON_BIND and friends are read by gunicorn.conf.py, not by Settings.
-    gunicorn = set(re.findall(r"DAIKON_[A-Z0-9_]+", (ROOT / "gunicorn.conf.py").read_text()))
+    fields = environment_variables()
     given: set[str] = set()
     for service in compose()["services"].values():
         env = service.get("environment") or {}
         names = env.keys() if isinstance(env, dict) else (e.split("=")[0] for e in env)
         given |= {n for n in names if n.startswith("DAIKON_")}
     assert given, "no service gets any DAIKON_ setting"
-    unknown = given - fields - gunicorn
+    unknown = given - fields
     assert not unknown, f"compose.yaml sets variables nothing reads: {sorted(unknown)}"

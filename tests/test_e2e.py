@@ -30,7 +30,7 @@ def pg_s3(tmp_path_factory, redis_url, postgres_url, s3_endpoint, tiny_models) -
     )  # fmt: skip
     with running_stack(settings, tmp) as stack:
         yield stack
-    redis.Redis.from_url(redis_url).delete(settings.queue)
+    redis.Redis.from_url(redis_url).delete(settings.services.queue)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def sqlite_local(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  
     tmp = tmp_path_factory.mktemp("sqlite_local")
     with running_stack(settings_for(tmp, redis_url, tiny_models), tmp) as stack:
         yield stack
-    redis.Redis.from_url(redis_url).delete(stack.settings.queue)
+    redis.Redis.from_url(redis_url).delete(stack.settings.services.queue)
 
 
 def fetch_png(url: str) -> tuple[bytes, Image.Image]:
@@ -61,7 +61,9 @@ def test_prompt_in_ranked_pngs_out_on_postgres_and_s3(pg_s3: Stack) -> None:
     assert len({i["seed"] for i in job["images"]}) == 2
     assert {i["seed"] for i in job["images"]} <= {1000, 1001, 1002, 1003}
     for image in job["images"]:
-        assert image["url"].startswith(pg_s3.settings.s3_endpoint_url or "?")  # presigned S3
+        assert image["url"].startswith(
+            pg_s3.settings.storage.s3_endpoint_url or "?"
+        )  # presigned S3
         data, png = fetch_png(image["url"])
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and png.format == "PNG"
         assert png.size == (96, 64) == (image["width"], image["height"])
@@ -132,7 +134,7 @@ def test_a_failing_pipeline_ends_failed_with_its_reason(  # type: ignore[no-unty
         assert model["workers"] == 0
         (why,) = model["load_errors"].values()
         assert f"cannot load pipeline {str(broken)!r}" in why
-    redis.Redis.from_url(redis_url).delete(settings.queue)
+    redis.Redis.from_url(redis_url).delete(settings.services.queue)
     assert job["status"] == "failed" and job["images"] == []
     assert job["error"]["code"] == "model_load_failed"
     assert f"cannot load pipeline {str(broken)!r}" in job["error"]["message"]

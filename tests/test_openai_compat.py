@@ -54,7 +54,7 @@ def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  # type:
     )  # fmt: skip
     with running_stack(settings, tmp) as running:
         yield running
-    drop_queues(redis_url, settings.queue)
+    drop_queues(redis_url, settings.services.queue)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_b64_json_answers_n_ranked_pngs_of_the_requested_size(
     job = stack.get(job_id_of(raw.headers["Location"]))
     assert job["status"] == "succeeded"
     params = job["params"]
-    assert (params["top_k"], params["candidates"]) == (2, stack.settings.default_candidates)
+    assert (params["top_k"], params["candidates"]) == (2, stack.settings.limits.default_candidates)
     assert (params["width"], params["height"]) == (96, 64)
     assert job["metadata"] == {"openai_user": "user-42"}
     # Rank order: the b64 images are the job's rank 1 and rank 2, in that order.
@@ -168,8 +168,8 @@ class IdleApi:
             return int(s.scalar(select(func.count()).select_from(Job)) or 0)
 
     def queued_messages(self) -> int:
-        r = redis.Redis.from_url(self.settings.redis_url)
-        return sum(int(r.llen(key)) for key in r.scan_iter(f"{self.settings.queue}*"))
+        r = redis.Redis.from_url(self.settings.services.redis_url)
+        return sum(int(r.llen(key)) for key in r.scan_iter(f"{self.settings.services.queue}*"))
 
     def wait_for_job(self, number: int = 1) -> Job:
         """The `number`th job, once a request in flight has created it."""
@@ -203,7 +203,7 @@ def serve_idle(data_dir: Path, redis_url: str, **overrides: Any) -> Iterator[Idl
         yield IdleApi(app, f"http://127.0.0.1:{server.server_port}", settings)
     finally:
         server.shutdown()
-        drop_queues(redis_url, settings.queue)
+        drop_queues(redis_url, settings.services.queue)
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +310,7 @@ def test_a_failed_job_answers_its_error_as_soon_as_it_is_announced(
             assert jobs.fail(session=s, job_id=job.id, code="generation_failed",
                              message="CUDA out of memory", metrics={})  # fmt: skip
         announced = time.monotonic()
-        LiveState(api.settings.redis_url).announce(job.id)
+        LiveState(api.settings.services.redis_url).announce(job.id)
         failed = call.error()
         assert time.monotonic() - announced < 5
         assert isinstance(failed, openai.InternalServerError)

@@ -76,7 +76,7 @@ def test_a_heartbeat_lists_its_worker_until_it_stops_or_expires(
 ) -> None:
     settings = api_settings(tmp_path, models={"default": {"pipeline": "x"},
                                               "other": {"pipeline": "y"}})  # fmt: skip
-    hostname = f"{settings.queue}@test-host"
+    hostname = f"{settings.services.queue}@test-host"
     beat = Heartbeat(redis_client, hostname=hostname, models=["default"],
                              queues=[settings.queue_for("default")], interval=0.05)  # fmt: skip
 
@@ -88,7 +88,7 @@ def test_a_heartbeat_lists_its_worker_until_it_stops_or_expires(
         wait_until(lambda: len(mine()) == 1, 5, "the first heartbeat")
         first = mine()[0]
         assert (first.models, first.pid) == (["default"], os.getpid())
-        assert first.queues == [f"{settings.queue}.default"]
+        assert first.queues == [f"{settings.services.queue}.default"]
         wait_until(lambda: mine()[0].seen_at > first.seen_at, 5, "a second heartbeat")
         assert mine()[0].started_at == first.started_at
         assert 0 < redis_client.ttl(heartbeats.worker_key(hostname)) <= heartbeats.TTL_SECONDS
@@ -184,18 +184,18 @@ def test_metrics_count_queued_jobs_and_their_broker_lists_by_priority(
         for priority in (5, 5, 9, 0):
             r = client.post("/v1/jobs", json={"prompt": "x", "priority": priority}, headers=AUTH)
             assert r.status_code == 202, r.get_data(as_text=True)
-        stage_metrics.record(redis_client, settings.queue, {"inference_seconds": 0.03})
-        stage_metrics.record(redis_client, settings.queue, {"inference_seconds": 0.05,
+        stage_metrics.record(redis_client, settings.services.queue, {"inference_seconds": 0.03})
+        stage_metrics.record(redis_client, settings.services.queue, {"inference_seconds": 0.05,
                                                             "upload_seconds": 400.0})  # fmt: skip
-        stage_metrics.record(redis_client, settings.queue, {"inference_seconds": 0.2})
+        stage_metrics.record(redis_client, settings.services.queue, {"inference_seconds": 0.2})
         r = client.get("/metrics")
         assert r.status_code == 200
         assert r.content_type.startswith("text/plain")
         m = parse(r.get_data(as_text=True))
     finally:
-        for key in redis_client.scan_iter(stage_metrics.stage_key(settings.queue, "*")):
+        for key in redis_client.scan_iter(stage_metrics.stage_key(settings.services.queue, "*")):
             redis_client.delete(key)
-        for key in redis_client.scan_iter(f"{settings.queue}*"):
+        for key in redis_client.scan_iter(f"{settings.services.queue}*"):
             redis_client.delete(key)
 
     jobs = {s: sample(m, "daikon_jobs", status=s) for s in

@@ -109,7 +109,7 @@ def make_rig(app: Flask, **settings: Any) -> Rig:
     rig = Rig(app, authed(app, key), clock, None)  # type: ignore[arg-type]
     rig.deliverer = Deliverer(
         sessions=svc.sessions,
-        settings=svc.settings.model_copy(update=settings),
+        settings=svc.settings.evolve(**settings),
         publish=lambda d, countdown: rig.published.append(
             (d, clock() + timedelta(seconds=countdown))
         ),
@@ -281,9 +281,7 @@ def test_answers_are_read_only_up_to_a_cap_and_a_hanging_receiver_times_out(rig:
         attempt = rig.delivery(d)["attempts"][0]
         assert (attempt["response_excerpt"], attempt["response_bytes"]) == (None, 4096)
 
-        rig.deliverer.settings = rig.deliverer.settings.model_copy(
-            update={"webhook_timeout_seconds": 0.5}
-        )
+        rig.deliverer.settings = rig.deliverer.settings.evolve(webhook_timeout_seconds=0.5)
         slow = rig.event(r.url())
         assert rig.deliverer.deliver(slow) is DeliveryStatus.pending
     attempt = rig.delivery(slow)["attempts"][0]

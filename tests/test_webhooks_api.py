@@ -49,7 +49,7 @@ def app(make_app, queue_name: str) -> Flask:  # type: ignore[no-untyped-def]
 
 def webhook_messages(app: Flask, redis_client: redis.Redis) -> list[str]:
     """Delivery ids published on the webhook queue."""
-    queue = app.extensions["daikon"].settings.webhook_queue
+    queue = app.extensions["daikon"].settings.webhooks.webhook_queue
     return [d for _key, d, _prio in queued_messages(redis_client, queue)]
 
 

@@ -40,7 +40,7 @@ def settings() -> Settings:
 def job_webhooks(s: Settings, store: ImageStore) -> JobWebhooks:
     """Publishes by task name to the webhook queue: deliveries run in the webhook worker."""
     app = make_celery(s, main="daikon-worker-events")
-    queue = s.webhook_queue
+    queue = s.webhooks.webhook_queue
     return JobWebhooks(
         outbox=Outbox(
             EventRenderer(Links.from_settings(s, store, image_urls.secret_key(s))),
@@ -61,12 +61,12 @@ def executor() -> JobExecutor:
         store=store,
         runtime=lambda model: get_runtime(s, model),
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
-        key_prefix=s.s3_prefix if s.storage_backend == "s3" else "",
-        live=LiveState(s.redis_url, s.queue),
+        key_prefix=s.storage.s3_prefix if s.storage_backend == "s3" else "",
+        live=LiveState(s.services.redis_url, s.services.queue),
         webhooks=job_webhooks(s, store),
-        lease_seconds=s.lease_seconds,
-        max_attempts=s.max_attempts,
-        storage_retry_seconds=s.storage_retry_seconds,
+        lease_seconds=s.worker.lease_seconds,
+        max_attempts=s.worker.max_attempts,
+        storage_retry_seconds=s.storage.storage_retry_seconds,
         time_limit_seconds=soft_time_limit(s),
     )
     if _step_hook is not None:

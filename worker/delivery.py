@@ -75,7 +75,7 @@ class Deliverer:
     def deliver(self, delivery_id: str) -> DeliveryStatus | None:
         """Make the delivery's due attempt, if it is due and nobody else is making it."""
         now = self.clock()
-        lease = timedelta(seconds=self.settings.webhook_timeout_seconds) + LEASE_MARGIN
+        lease = timedelta(seconds=self.settings.webhooks.webhook_timeout_seconds) + LEASE_MARGIN
         with session_scope(self.sessions) as session:
             d = deliveries.claim_attempt(session=session, delivery_id=delivery_id, now=now,
                                        lease=lease)  # fmt: skip
@@ -91,7 +91,7 @@ class Deliverer:
             url,
             body.encode(),
             signing.headers(keys, delivery_id, int(self.wall()), body),
-            timeout=self.settings.webhook_timeout_seconds,
+            timeout=self.settings.webhooks.webhook_timeout_seconds,
             allow=self.allow,
             resolver=self.resolver,
             now=now,
@@ -185,7 +185,7 @@ def publisher(settings: Settings) -> Publish:
     app = make_celery(settings, main="daikon-webhook-publisher")
 
     def publish(delivery_id: str, countdown: float) -> None:
-        app.send_task(TASK_DELIVER, args=[delivery_id], queue=settings.webhook_queue,
+        app.send_task(TASK_DELIVER, args=[delivery_id], queue=settings.webhooks.webhook_queue,
                       countdown=countdown or None)  # fmt: skip
 
     return publish

@@ -21,8 +21,8 @@ from worker.delivery import DispatchLoop, deliverer
 settings = Settings()
 app = make_celery(settings, main="daikon-webhooks")
 app.conf.include = ["worker.delivery"]
-app.conf.task_queues = [Queue(settings.webhook_queue)]
-app.conf.task_default_queue = settings.webhook_queue
+app.conf.task_queues = [Queue(settings.webhooks.webhook_queue)]
+app.conf.task_default_queue = settings.webhooks.webhook_queue
 # An attempt is bounded by its own timeout (the thread pool enforces no time limits).
 app.conf.task_time_limit = None
 app.conf.task_soft_time_limit = None
@@ -33,7 +33,7 @@ _loop: DispatchLoop | None = None
 @worker_ready.connect
 def _start_dispatcher(**_: Any) -> None:
     global _loop
-    _loop = DispatchLoop(deliverer().dispatch, settings.webhook_dispatch_seconds)
+    _loop = DispatchLoop(deliverer().dispatch, settings.webhooks.webhook_dispatch_seconds)
     _loop.start()
 
 

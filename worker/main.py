@@ -73,7 +73,7 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     global _heartbeat
     consumer = getattr(sender, "task_consumer", None)  # what it really consumes, -Q included
     queues = consumer.queues if consumer is not None else app.conf.task_queues
-    client = live.client(settings.redis_url)
+    client = live.client(settings.services.redis_url)
     hostname = str(getattr(sender, "hostname", "") or socket.gethostname())
     _heartbeat = Heartbeat(
         client,

@@ -45,10 +45,10 @@ def load_runtime(settings: Settings, model: str) -> ModelRuntime:
 
     from worker.devices import resolve_device, resolve_dtype
 
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
+    if settings.worker.torch_threads:
+        torch.set_num_threads(settings.worker.torch_threads)
+    device = resolve_device(settings.worker.device)
+    dtype = resolve_dtype(settings.worker.dtype, device)
     spec = settings.model_specs.get(model)
     if spec is None:
         raise ModelLoadError(f"model {model!r} is not configured on this worker")
@@ -75,7 +75,7 @@ def _publish(settings: Settings, info: ServedModel) -> None:
     """Tell the API what this model allows here; a Redis outage only delays that (the
     worker's own check refuses what is too large meanwhile)."""
     try:
-        served_models.publish(live.client(settings.redis_url), settings, info)
+        served_models.publish(live.client(settings.services.redis_url), settings, info)
     except Exception as e:
         log.warning("could not publish the limits of model %s: %s", info.model, e)
 
@@ -103,7 +103,7 @@ def _record_load(settings: Settings, model: str, error: str | None) -> None:
     if node_name is None:
         return
     try:
-        heartbeats.record_load(live.client(settings.redis_url), settings, model=model,
+        heartbeats.record_load(live.client(settings.services.redis_url), settings, model=model,
                                hostname=node_name, error=error)  # fmt: skip
     except Exception as e:
         log.warning("could not record the load of model %s: %s", model, e)

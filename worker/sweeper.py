@@ -35,10 +35,10 @@ def sweep_once(app: Celery, settings: Settings, sessions: sessionmaker[Session])
     with session_scope(sessions) as session:
         taken = jobs.take_for_republish(
             session=session,
-            unpublished_before=now - timedelta(seconds=settings.republish_after_seconds),
-            stale_before=now - timedelta(seconds=settings.stale_job_seconds),
+            unpublished_before=now - timedelta(seconds=settings.worker.republish_after_seconds),
+            stale_before=now - timedelta(seconds=settings.worker.stale_job_seconds),
             # A whole lease past its end: its holder is gone (a live one renews every third).
-            lapsed_before=now - timedelta(seconds=settings.lease_seconds),
+            lapsed_before=now - timedelta(seconds=settings.worker.lease_seconds),
         )
     published = 0
     for job in taken:
@@ -69,7 +69,7 @@ class Sweeper:
         self._thread.join(5)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.sweep_interval_seconds):
+        while not self._stop.wait(self.settings.worker.sweep_interval_seconds):
             try:
                 sweep_once(self.app, self.settings, self.sessions)
             except Exception as e:  # database or broker down: try again next round

@@ -28,7 +28,7 @@ from typing import Any
 import redis
 import requests
 
-from chaos.harness import ROOT, free_port, wait_for
+from chaos.harness import ROOT, free_port, raw_http, wait_for
 
 HUGE = {"prompt": "x", "width": 1024, "height": 1024, "steps": 150, "candidates": 16,
         "top_k": 16}  # fmt: skip
@@ -88,13 +88,7 @@ class Stack:
             cursor = page["next_cursor"]
 
     def raw(self, data: bytes) -> tuple[int, bytes]:
-        with closing(socket.create_connection(("127.0.0.1", self.port), timeout=15)) as s:
-            s.sendall(data)
-            reply = b""
-            while chunk := s.recv(65536):
-                reply += chunk
-        head, _, body = reply.partition(b"\r\n\r\n")
-        return int(head.split()[1]), body
+        return raw_http(self.port, data)
 
 
 @contextmanager

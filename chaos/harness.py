@@ -81,6 +81,18 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def raw_http(port: int, data: bytes, timeout: float = 15.0) -> tuple[int, bytes]:
+    """Send bytes as they are (a malformed or chunked request) and read the whole answer
+    (the request must ask for `Connection: close`): its status and body."""
+    with closing(socket.create_connection(("127.0.0.1", port), timeout=timeout)) as s:
+        s.sendall(data)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
 def wait_for(check: Callable[[], bool], timeout: float, what: str, poll: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

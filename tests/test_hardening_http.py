@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from chaos.harness import raw_http
 from tests.stack import ADMIN_KEY, gunicorn_api, settings_for
 
 pytestmark = pytest.mark.e2e
@@ -112,14 +113,7 @@ def test_head_floods_and_clients_gone_early_give_every_stream_slot_back(api: Api
 
 
 def raw(api: Api, data: bytes) -> tuple[int, bytes]:
-    port = int(api.base.rsplit(":", 1)[1])
-    with closing(socket.create_connection(("127.0.0.1", port), timeout=10)) as s:
-        s.sendall(data)
-        reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
+    return raw_http(int(api.base.rsplit(":", 1)[1]), data)
 
 
 CHUNKED = (b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + ADMIN_KEY.encode()

@@ -249,6 +249,12 @@ class Family:
         return True
 
     # running --------------------------------------------------------------------------------
+    def offload(self, pipe: Any, *, device: str, sequential: bool) -> None:
+        if sequential:
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            pipe.enable_model_cpu_offload(device=device)
+
     def negative(self, call: _Call) -> Any:
         return call.negatives if call.negatives is not None else self.negative_when_absent
 
@@ -502,6 +508,12 @@ class Kandinsky22(Family):
     def scheduler_host(self, pipe: Any) -> Any:
         return pipe.decoder_pipe
 
+    def offload(self, pipe: Any, *, device: str, sequential: bool) -> None:
+        # The combined pipeline's own offload sequence leaves out the prior transformer; each
+        # stage's pipeline has a complete one (what the img2img combined pipeline does).
+        for stage in (pipe.prior_pipe, pipe.decoder_pipe):
+            super().offload(stage, device=device, sequential=sequential)
+
     def scheduler_usable(self, pipe: Any, scheduler: Any) -> bool:
         # The decoder's loop passes `generator` to step() and never calls scale_model_input,
         # so only schedulers whose input scaling is the identity compute what they claim.
@@ -668,20 +680,20 @@ def family_for(pipe: Any) -> Family:
 
 
 def place(pipe: Any, *, device: str, options: ModelOptions) -> None:
-    """Put the pipeline on its device, or offload it to the CPU between uses, and apply the
-    VAE memory savers; an option this pipeline cannot honour is refused, not skipped."""
-    if options.cpu_offload is not None:
-        if device == "cpu" or device.startswith("cpu:"):
-            raise UnsupportedOption(
-                f"cpu_offload={options.cpu_offload!r} offloads from an accelerator to the CPU; "
-                "this worker's device is the CPU"
-            )
-        if options.cpu_offload == "model":
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            pipe.enable_sequential_cpu_offload(device=device)
-    else:
+    """Put the pipeline on its device, or have it offloaded to the CPU between uses."""
+    if options.cpu_offload is None:
         pipe.to(device)
+        return
+    if device == "cpu" or device.startswith("cpu:"):
+        raise UnsupportedOption(
+            f"cpu_offload={options.cpu_offload!r} offloads from an accelerator to the CPU; "
+            "this worker's device is the CPU"
+        )
+    family_for(pipe).offload(pipe, device=device, sequential=options.cpu_offload == "sequential")
+
+
+def apply_vae_options(pipe: Any, options: ModelOptions) -> None:
+    """VAE tiling and slicing as the options ask; one this VAE cannot do is refused."""
     vae = getattr(pipe, "vae", None) or getattr(pipe, "movq", None)
     for option, attribute, method in (
         ("vae_tiling", "use_tiling", "enable_tiling"),
@@ -720,6 +732,7 @@ class FamilyAdapter:
         self.device = device
         self.options = options or ModelOptions()
         self.family = family_for(pipe)
+        apply_vae_options(pipe, self.options)
         host = self.family.scheduler_host(pipe)
         self.base_scheduler = host.scheduler
         self._schedulers: dict[str, Any] = {}
@@ -854,6 +867,8 @@ class FamilyAdapter:
 
     # generation ------------------------------------------------------------------------------
     def _resolve(self, request: GenerationRequest) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if not request.seeds:
+            raise ValueError("a generation request needs at least one seed")
         self.check(request)
         r = self.capabilities.resolve(request)
         guidance = 0.0 if self.capabilities.guidance == "none" else r["guidance_scale"]

@@ -27,7 +27,7 @@ from worker.families import (
     GenerationRequest,
     UnsupportedOption,
     UnsupportedPipeline,
-    _call_params,
+    call_parameters,
 )
 from worker.ranking import ClipRanker, rank
 
@@ -577,7 +577,7 @@ def test_every_text_to_image_pipeline_in_diffusers_has_a_decision() -> None:
     assert sorted(set(HANDLED) | set(REFUSED)) == sorted(classes)  # no stale entries
     for class_name, family in HANDLED.items():
         for name, needed in family.requirements(class_name).items():
-            missing = needed - _call_params(getattr(diffusers, name))
+            missing = needed - call_parameters(getattr(diffusers, name))
             assert not missing, f"{name}.__call__ no longer takes {sorted(missing)}"
 
 

@@ -93,7 +93,7 @@ def _generators(seeds: Sequence[int]) -> list[Any]:
     return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
 
-def _call_params(cls: type) -> set[str]:
+def call_parameters(cls: type) -> set[str]:
     """The named parameters of a pipeline's __call__ (what `**kwargs` swallows is not there)."""
     return {
         name
@@ -667,7 +667,7 @@ def family_for(pipe: Any) -> Family:
         )
     for name, needed in family.requirements(cls).items():
         klass = type(pipe) if name == cls else getattr(diffusers, name)
-        missing = sorted(needed - _call_params(klass))
+        missing = sorted(needed - call_parameters(klass))
         if missing:
             raise UnsupportedPipeline(
                 f"{cls} cannot be served: {name}.__call__ lacks {', '.join(missing)}, which "

@@ -1,0 +1,273 @@
+"""What one served model can do, published by the worker that loads it and checked by the API.
+
+A worker derives a `ModelCapabilities` from the pipeline it loaded (worker/families.py) and
+publishes it; the API validates each submit against it, so a parameter a model cannot honour
+is refused with a 422 naming the parameter and the model instead of failing, or being quietly
+ignored, on the GPU. The worker runs the same `check` before any work, for deployments where no
+capabilities were published yet. Pure python (no torch): the API imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Schedulers a client may name, short name -> diffusers class. Which of them a model can use is
+# in its capabilities (`schedulers`): the UNet families take the k-diffusion set their default
+# scheduler declares compatible, SD3 and Flux only flow-matching ones, LCM only its own.
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+    "dpm_2": "KDPM2DiscreteScheduler",
+    "dpm_2_a": "KDPM2AncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "dpmpp_2s": "DPMSolverSinglestepScheduler",
+    "deis": "DEISMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "lcm": "LCMScheduler",
+    "tcd": "TCDScheduler",
+    "flow_match_euler": "FlowMatchEulerDiscreteScheduler",
+    "flow_match_heun": "FlowMatchHeunDiscreteScheduler",
+    "flow_match_lcm": "FlowMatchLCMScheduler",
+}
+SCHEDULER_BY_CLASS: dict[str, str] = {cls: name for name, cls in SCHEDULERS.items()}
+
+GuidanceKind = Literal["cfg", "distilled", "none"]
+
+# Violation codes: the scheduler keeps the code jobs already fail with; the rest share one.
+UNSUPPORTED_SCHEDULER = "unsupported_scheduler"
+UNSUPPORTED_PARAMETER = "unsupported_parameter"
+
+
+def scheduler_name(value: str) -> str | None:
+    """The short name for a short name or a diffusers class name; None if neither."""
+    if value in SCHEDULERS:
+        return value
+    return SCHEDULER_BY_CLASS.get(value)
+
+
+class ModelOptions(BaseModel):
+    """Per-model settings from the deployment's model table; every field optional.
+
+    Defaults apply to what a request omits. `guidance="none"` declares a checkpoint trained
+    without guidance whose architecture still has CFG (SDXL-Turbo, SD-Turbo): guidance_scale and
+    negative prompts are then refused instead of running a CFG pass the weights never learnt.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_width: int | None = Field(None, ge=1)
+    default_height: int | None = Field(None, ge=1)
+    default_steps: int | None = Field(None, ge=1)
+    default_guidance_scale: float | None = Field(None, ge=0)
+    default_true_cfg_scale: float | None = Field(None, ge=0)
+    default_scheduler: str | None = None  # a SCHEDULERS name; None = the model's own
+    max_steps: int | None = Field(None, ge=1)
+    guidance: Literal["none"] | None = None
+    # Kandinsky 2.2's prior (text -> image embedding); `steps` and `guidance_scale` are the
+    # decoder's. None = the pipeline's defaults (25 steps, 4.0).
+    prior_steps: int | None = Field(None, ge=1)
+    prior_guidance_scale: float | None = Field(None, ge=0)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = None
+    # Memory savers for big models on small GPUs: "model" moves each component to the GPU only
+    # while it runs (small slowdown), "sequential" each layer (large slowdown, least memory).
+    cpu_offload: Literal["model", "sequential"] | None = None
+    vae_tiling: bool = False  # decode large images tile by tile (seams blended)
+    vae_slicing: bool = False  # decode a batch one image at a time
+    # Images per pipeline call. None = all of a call's images at once (fastest), where batched
+    # kernels may round an image a level apart in a few pixels from the same seed drawn alone;
+    # 1 = each image alone: a seed's image is byte-identical whatever the candidate count.
+    batch_images: int | None = Field(None, ge=1)
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.default_scheduler is not None and scheduler_name(self.default_scheduler) is None:
+            raise ValueError(
+                f"default_scheduler {self.default_scheduler!r} is not a known scheduler; "
+                f"known: {', '.join(SCHEDULERS)}"
+            )
+
+
+class ModelDefaults(BaseModel):
+    """What a request that omits a parameter gets on this model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    true_cfg_scale: float | None = None  # only where supports_true_cfg
+    scheduler: str | None = None  # the loaded scheduler's short name (None: not in SCHEDULERS)
+
+
+class Violation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    param: str
+    code: str
+    message: str
+
+
+class UnsupportedParameters(ValueError):
+    """Raised by `ModelCapabilities.require`: one or more parameters this model cannot honour."""
+
+    def __init__(self, violations: list[Violation]):
+        self.violations = violations
+        super().__init__("; ".join(v.message for v in violations))
+
+    @property
+    def code(self) -> str:
+        return self.violations[0].code
+
+
+def _get(params: Mapping[str, Any] | object, key: str) -> Any:
+    if isinstance(params, Mapping):
+        return params.get(key)
+    return getattr(params, key, None)
+
+
+class ModelCapabilities(BaseModel):
+    """One served model's abilities and defaults, as its worker derived them from the pipeline.
+
+    Published as JSON (`model_dump(mode="json")`); unknown fields are ignored when read back so
+    a newer worker's additions never break an older API.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    model: str = Field(description="The served model's name (as in GET /v1/models).")
+    family: str = Field(description="e.g. stable-diffusion-xl, flux, pixart-sigma, kandinsky22.")
+    pipeline_class: str = Field(description="The diffusers pipeline that runs it.")
+    size_multiple: int = Field(description="Width and height must be multiples of this.")
+    min_size: int
+    max_size: int | None = Field(None, description="Architectural limit; None = none.")
+    native_width: int = Field(description="The resolution the model was trained at.")
+    native_height: int
+    min_steps: int = 1
+    max_steps: int | None = None
+    schedulers: list[str] = Field(description="Scheduler names this model can run.")
+    guidance: GuidanceKind = Field(
+        description="cfg: classifier-free guidance (two passes batched as one); distilled: "
+        "guidance_scale feeds a guidance embedding (one pass); none: no guidance."
+    )
+    supports_negative_prompt: bool
+    negative_prompt_needs_guidance: bool = Field(
+        False, description="The negative prompt acts through CFG: needs guidance_scale > 1."
+    )
+    supports_true_cfg: bool = Field(
+        False,
+        description="A negative prompt turns true CFG on at true_cfg_scale: a second "
+        "transformer pass per step (about twice the denoising time).",
+    )
+    supports_progress: bool = True
+    defaults: ModelDefaults
+    notes: list[str] = Field(default_factory=list, description="What parameters mean here.")
+
+    @property
+    def label(self) -> str:
+        return f"model {self.model!r} ({self.family}, {self.pipeline_class})"
+
+    def resolve(self, params: Mapping[str, Any] | object) -> dict[str, Any]:
+        """The generation parameters with omitted ones (None) taken from this model's defaults."""
+        d = self.defaults
+        scheduler = _get(params, "scheduler")
+        negative = _get(params, "negative_prompt") or None
+        true_cfg = _get(params, "true_cfg_scale")
+        if true_cfg is None and negative is not None:
+            true_cfg = d.true_cfg_scale
+        guidance = _get(params, "guidance_scale")
+        return {
+            "width": _get(params, "width") or d.width,
+            "height": _get(params, "height") or d.height,
+            "steps": _get(params, "steps") or d.steps,
+            "guidance_scale": d.guidance_scale if guidance is None else float(guidance),
+            "true_cfg_scale": true_cfg,
+            "scheduler": (scheduler_name(scheduler) or scheduler) if scheduler else d.scheduler,
+            "negative_prompt": negative,
+        }
+
+    def check(self, params: Mapping[str, Any] | object) -> list[Violation]:
+        """Every parameter this model would not honour as asked, each naming param and model.
+
+        `params` is a mapping or an object with the job's fields (None = omitted): prompt,
+        negative_prompt, width, height, steps, guidance_scale, true_cfg_scale, scheduler.
+        """
+        out: list[Violation] = []
+
+        def refuse(param: str, message: str, code: str = UNSUPPORTED_PARAMETER) -> None:
+            out.append(Violation(param=param, code=code, message=f"{param}: {message}"))
+
+        r = self.resolve(params)
+        m = self.label
+        for side in ("width", "height"):
+            value = r[side]
+            if value % self.size_multiple:
+                below = value - value % self.size_multiple
+                refuse(
+                    side,
+                    f"{value} is not a multiple of {self.size_multiple} for {m} "
+                    f"(nearest: {below or self.size_multiple} or {below + self.size_multiple})",
+                )
+            elif value < self.min_size or (self.max_size is not None and value > self.max_size):
+                top = self.max_size if self.max_size is not None else "any"
+                refuse(side, f"{value} is outside {self.min_size}..{top} for {m}")
+        steps = r["steps"]
+        if steps < self.min_steps or (self.max_steps is not None and steps > self.max_steps):
+            top = self.max_steps if self.max_steps is not None else "any"
+            refuse("steps", f"{steps} is outside {self.min_steps}..{top} for {m}")
+        scheduler = _get(params, "scheduler")
+        if scheduler and r["scheduler"] not in self.schedulers:
+            refuse(
+                "scheduler",
+                f"{scheduler!r} cannot run {m}; it can use: {', '.join(self.schedulers)}",
+                UNSUPPORTED_SCHEDULER,
+            )
+        guidance = _get(params, "guidance_scale")
+        if self.guidance == "none" and guidance is not None and float(guidance) != 0.0:
+            refuse(
+                "guidance_scale",
+                f"{m} runs without guidance, so guidance_scale {guidance} would do nothing; "
+                "omit it or send 0",
+            )
+        negative = r["negative_prompt"]
+        true_cfg = _get(params, "true_cfg_scale")
+        if negative is not None:
+            if not self.supports_negative_prompt:
+                why = (
+                    "it runs without guidance"
+                    if self.guidance == "none"
+                    else "its pipeline takes no negative prompt"
+                )
+                refuse("negative_prompt", f"{m} cannot use a negative prompt: {why}")
+            elif self.supports_true_cfg:
+                if r["true_cfg_scale"] is None or r["true_cfg_scale"] <= 1.0:
+                    refuse(
+                        "true_cfg_scale",
+                        f"a negative prompt on {m} acts through true CFG, which needs "
+                        f"true_cfg_scale > 1 (got {r['true_cfg_scale']})",
+                    )
+            elif self.negative_prompt_needs_guidance and r["guidance_scale"] <= 1.0:
+                refuse(
+                    "negative_prompt",
+                    f"{m} applies a negative prompt through classifier-free guidance, which is "
+                    f"off at guidance_scale {r['guidance_scale']}: use guidance_scale > 1",
+                )
+        if true_cfg is not None:
+            if not self.supports_true_cfg:
+                refuse("true_cfg_scale", f"{m} has no true CFG")
+            elif negative is None and float(true_cfg) > 1.0:
+                refuse("true_cfg_scale", f"true CFG on {m} needs a negative_prompt")
+        return out
+
+    def require(self, params: Mapping[str, Any] | object) -> None:
+        """Raise UnsupportedParameters if `check` finds anything."""
+        violations = self.check(params)
+        if violations:
+            raise UnsupportedParameters(violations)

@@ -13,6 +13,7 @@ from api import openapi
 from api.auth import authenticate
 from api.services import services
 from daikon import heartbeats
+from daikon.capabilities import ModelCapabilities
 from daikon.errors import ServiceUnavailable
 from daikon.limits import ModelLimits
 from db import stats
@@ -33,6 +34,10 @@ class ModelOut(BaseModel):
         None, description="Admins only: workers told to serve it that could not load it (worker "
         "name -> why); they are not counted in `workers`."
     )  # fmt: skip
+    capabilities: ModelCapabilities | None = Field(
+        description="What the model can do (sizes, schedulers, guidance, negative prompt, true "
+        "CFG) and its defaults, as its worker found them; null until one has loaded it."
+    )
     limits: ModelLimits | None = Field(
         description="What one job may cost there, and each tenant's budget; null until a "
         "worker has loaded it (jobs are then checked by the worker)."
@@ -79,6 +84,7 @@ def list_models() -> Any:
                 queued=queued.get(name, 0),
                 device=served.device if served else None,
                 limits=served.limits if served else None,
+                capabilities=served.capabilities if served else None,
                 load_errors=errors_of(name),
             )
         )

@@ -58,8 +58,11 @@ JOB_LINKS = {
     errors={
         409: "`idempotency_key_reused`: the Idempotency-Key came with a different body.",
         422: "`invalid_request`: a field is missing, unknown, of the wrong type or out of "
-             "bounds (`param` names the first); `job_too_large`: the job costs more "
-             "megapixel-steps than its model allows (GET /v1/models).",
+             "bounds (`param` names the first); `unsupported_parameter` or "
+             "`unsupported_scheduler`: the model cannot honour a parameter as asked (the "
+             "message names it and the model; GET /v1/models shows each model's "
+             "capabilities); `job_too_large`: the job costs more megapixel-steps than its model "
+             "allows.",
         429: "`rate_limited` (DAIKON_TENANT_SUBMITS_PER_MINUTE), `too_many_active_jobs` "
              "(DAIKON_TENANT_MAX_ACTIVE_JOBS) or `too_much_queued_work` (the model's "
              "`tenant_queued_cost`); retry after `Retry-After` seconds.",

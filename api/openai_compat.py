@@ -53,7 +53,7 @@ OPENAI_PARAMS = {
     "metadata": "user", "width": "size", "height": "size", "top_k": "n", "candidates": "n",
 }  # fmt: skip
 # Job error codes caused by the request itself; every other failure is the server's.
-CLIENT_JOB_ERRORS = frozenset({"unsupported_scheduler"})
+CLIENT_JOB_ERRORS = frozenset({"unsupported_scheduler", "unsupported_parameter", "job_too_large"})
 
 
 class ImageGenerationRequest(BaseModel):

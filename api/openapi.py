@@ -20,6 +20,7 @@ adds 404. Anything else goes in `errors`, with a line saying when.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -419,11 +420,37 @@ def _version() -> str:
 
 
 def spec(app: Flask) -> dict[str, Any]:
-    """The spec of `app`, built once (settings are frozen and routes are fixed by then)."""
-    built: dict[str, Any] | None = app.extensions.get("daikon.openapi")
-    if built is None:
-        built = app.extensions["daikon.openapi"] = build_spec(app)
-    return built
+    """The spec of `app`: built again only when the models' published capabilities changed
+    (settings are frozen and routes fixed by then), so its description shows what each model
+    can do once a worker has loaded it."""
+    svc = app.extensions["daikon"]
+    served = {m: svc.served_models.get(m) for m in svc.settings.model_specs}
+    key = json.dumps({m: s.capabilities.model_dump(mode="json") if s and s.capabilities else None
+                      for m, s in served.items()}, sort_keys=True)  # fmt: skip
+    cached: tuple[str, dict[str, Any]] | None = app.extensions.get("daikon.openapi")
+    if cached is None or cached[0] != key:
+        built = build_spec(app)
+        built["info"]["description"] += _models_description(served)
+        cached = app.extensions["daikon.openapi"] = (key, built)
+    return cached[1]
+
+
+def _models_description(served: Mapping[str, Any]) -> str:
+    lines = ["", "", "Models (GET /v1/models has their full capabilities and limits):"]
+    for name, info in served.items():
+        caps = info.capabilities if info is not None else None
+        if caps is None:
+            lines.append(f"- `{name}`: not loaded by any worker yet (its worker checks jobs).")
+            continue
+        d = caps.defaults
+        lines.append(
+            f"- `{name}`: {caps.family} ({caps.pipeline_class}); sides a multiple of "
+            f"{caps.size_multiple}; guidance {caps.guidance}; negative prompt "
+            f"{'yes' if caps.supports_negative_prompt else 'no'}; schedulers "
+            f"{', '.join(caps.schedulers)}; defaults {d.width}x{d.height}, {d.steps} steps, "
+            f"guidance {d.guidance_scale}."
+        )
+    return "\n".join(lines)
 
 
 # --- routes ---------------------------------------------------------------------------------

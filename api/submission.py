@@ -63,10 +63,12 @@ def submit(
     settings = svc.settings
     req = JobRequest.for_settings(settings).model_validate(body)
     check_webhook_url(svc, req.webhook_url)
-    params = req.resolve(settings)
-    served = svc.served_models.get(params.model)
-    if served is not None:  # else no worker has served it yet: the worker checks (same code)
-        _check_cost(params, served)
+    model = req.model or settings.default_model_name
+    served = svc.served_models.get(model)
+    capabilities = served.capabilities if served is not None else None
+    params = req.resolve(settings, capabilities)
+    if served is not None:  # else no worker has served it yet: the worker checks (same codes)
+        _check_model(params, served)
     digest = request_hash(body)
 
     options = jobs.JobOptions(
@@ -147,7 +149,14 @@ def check_webhook_url(svc: Services, url: str | None) -> None:
         raise InvalidRequest(f"webhook_url: {e}", param="webhook_url") from None
 
 
-def _check_cost(params: JobParams, served: ServedModel) -> None:
+def _check_model(params: JobParams, served: ServedModel) -> None:
+    """What this model can do (a parameter it would ignore or fail on is named, with the
+    model) and what one job may cost on its device."""
+    if served.capabilities is not None:
+        violations = served.capabilities.check(params)
+        if violations:
+            raise InvalidRequest("; ".join(v.message for v in violations),
+                                 param=violations[0].param, code=violations[0].code)  # fmt: skip
     refusal = limits.too_large(params.cost, served.limits, model=params.model,
                                device=served.device, describe=params.describe_cost())  # fmt: skip
     if refusal:

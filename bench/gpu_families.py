@@ -216,7 +216,7 @@ def _vae(b: Build, full: dict[str, Any], **extra: Any) -> Any:
 def build_sdxl(b: Build) -> Any:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
-    from worker.tiny_models import _tokenizer as clip_tokenizer
+    from tests.tiny_models import _tokenizer as clip_tokenizer
 
     tok = clip_tokenizer()
     return StableDiffusionXLPipeline(
@@ -244,7 +244,7 @@ def build_sd3(b: Build) -> Any:
     )
 
     from tests.families import t5_tokenizer
-    from worker.tiny_models import _tokenizer as clip_tokenizer
+    from tests.tiny_models import _tokenizer as clip_tokenizer
 
     tok, t5_tok = clip_tokenizer(), t5_tokenizer()
     return StableDiffusion3Pipeline(
@@ -264,7 +264,7 @@ def build_flux(b: Build) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     from tests.families import t5_tokenizer
-    from worker.tiny_models import _tokenizer as clip_tokenizer
+    from tests.tiny_models import _tokenizer as clip_tokenizer
 
     tok, t5_tok = clip_tokenizer(), t5_tokenizer()
     return FluxPipeline(
@@ -337,13 +337,13 @@ def run_arch(
 ) -> list[dict[str, Any]]:  # fmt: skip
     import torch
 
-    from worker.families import FamilyAdapter, GenerationRequest
+    from worker.generation import GenerationRequest, Generator
 
     dtype = getattr(torch, dtype_name or (arch.dtype if not smoke else "float32"))
     started = time.perf_counter()
     pipe = arch.build(Build(device=device, dtype=dtype, smoke=smoke))
     pipe.set_progress_bar_config(disable=True)
-    adapter = FamilyAdapter(pipe, model=arch.name, device=device)
+    adapter = Generator(pipe, model=arch.name, device=device)
     build_seconds = time.perf_counter() - started
     caps = adapter.capabilities
     # The smoke draws 64 px (every family's multiple divides it); a benchmark, the native size.

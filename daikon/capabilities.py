@@ -81,10 +81,7 @@ class ModelOptions(BaseModel):
     cpu_offload: Literal["model", "sequential"] | None = None
     vae_tiling: bool = False  # decode large images tile by tile (seams blended)
     vae_slicing: bool = False  # decode a batch one image at a time
-    # Images per pipeline call. None = all of a call's images at once (fastest), where batched
-    # kernels may round an image a level apart in a few pixels from the same seed drawn alone;
-    # 1 = each image alone: a seed's image is byte-identical whatever the candidate count.
-    batch_images: int | None = Field(None, ge=1)
+    # (Images per pipeline call are the model's `limits.images_per_call`, daikon/limits.py.)
 
     def model_post_init(self, _context: Any) -> None:
         if self.default_scheduler is not None and scheduler_name(self.default_scheduler) is None:

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from daikon import rules
+from daikon.capabilities import SCHEDULERS, ModelCapabilities
 from daikon.limits import job_cost
 from daikon.settings import Settings
 
@@ -36,25 +37,6 @@ TASK_GENERATE = "daikon.generate_job"
 SEED_MAX = 2**32 - 1
 PRIORITY_MAX = 9
 DEFAULT_PRIORITY = 5
-
-# Schedulers a client may name, as diffusers classes. All are compatible with the Stable
-# Diffusion family; the worker still checks the loaded pipeline's `compatibles` before any
-# GPU work and fails the job with `unsupported_scheduler` if a model does not support one.
-SCHEDULERS: dict[str, str] = {
-    "ddim": "DDIMScheduler",
-    "ddpm": "DDPMScheduler",
-    "pndm": "PNDMScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "heun": "HeunDiscreteScheduler",
-    "dpm_2": "KDPM2DiscreteScheduler",
-    "dpm_2_a": "KDPM2AncestralDiscreteScheduler",
-    "dpmpp_2m": "DPMSolverMultistepScheduler",
-    "dpmpp_2s": "DPMSolverSinglestepScheduler",
-    "deis": "DEISMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
 
 
 class WebhookEvent(enum.StrEnum):
@@ -76,6 +58,10 @@ JOB_ERROR_CODES: dict[str, str] = {
     "device (refused at submit once a worker has published the model's limits).",
     "unsupported_scheduler": "The model cannot use the scheduler asked for (checked before "
     "any GPU work; the message lists those it can).",
+    "unsupported_parameter": "The model cannot honour a parameter as asked (a size off its "
+    "multiple, a negative prompt without guidance, guidance on a guidance-free model...): "
+    "refused at submit once a worker has published the model's capabilities, else by the "
+    "worker before any GPU work; the message names the parameter and the model.",
     "generation_failed": "The pipeline raised an error while generating the candidates.",
     "ranking_failed": "CLIP scoring raised an error.",
     "upload_failed": "A kept image could not be encoded or stored (after retrying while "
@@ -117,13 +103,22 @@ class JobRequest(BaseModel):
     width: int | None = Field(None, description="Multiple of 8 within the configured bounds.")
     height: int | None = Field(None, description="Multiple of 8 within the configured bounds.")
     steps: int | None = Field(None, description="Denoising steps.")
-    guidance_scale: float | None = Field(None, description="Classifier-free guidance scale.")
+    guidance_scale: float | None = Field(
+        None, description="Guidance scale: classifier-free guidance, or a distilled model's "
+        "guidance embedding (the model's `guidance` in GET /v1/models)."
+    )  # fmt: skip
+    true_cfg_scale: float | None = Field(
+        None, description="Models with true CFG (FLUX): the scale a negative prompt applies at, "
+        "> 1 (a second pass per step, about twice the time)."
+    )  # fmt: skip
     candidates: int | None = Field(None, description="Images generated before CLIP ranking.")
     top_k: int | None = Field(None, description="Images kept after ranking (<= candidates).")
     seed: int | None = Field(None, description="Base seed; image i uses seed + i.")
     model: str | None = Field(None, description="A model name from GET /v1/models.")
-    scheduler: str | None = Field(None, description="A diffusers scheduler, by short name or "
-                                  "class name.")  # fmt: skip
+    scheduler: str | None = Field(
+        None, description="A diffusers scheduler, by short name or class name; which ones a "
+        "model can use: GET /v1/models."
+    )  # fmt: skip
     priority: int | None = Field(None, description="0-9, higher runs first (default 5).")
     metadata: dict[str, Any] | None = Field(None, description="Client JSON, stored as given.")
     webhook_url: str | None = Field(None, description="Where job events are POSTed.")
@@ -142,8 +137,7 @@ class JobRequest(BaseModel):
             b.max_prompt_chars, b.min_size, b.max_size, b.max_steps, b.max_guidance_scale,
             b.max_candidates, b.max_metadata_bytes, tuple(sorted(settings.model_specs)),
             settings.default_model_name,
-            (b.default_width, b.default_height, b.default_steps, b.default_guidance_scale,
-             b.default_candidates, min(b.default_top_k, b.default_candidates)),
+            _shown_defaults(settings),
         )  # fmt: skip
 
     @field_validator("webhook_events", mode="before")
@@ -167,33 +161,78 @@ class JobRequest(BaseModel):
             raise ValueError(f"must not exceed candidates ({candidates})")
         return v
 
-    def resolve(self, settings: Settings) -> JobParams:
-        """Fill omitted fields from settings: the stored params are always complete."""
-        candidates = (
-            self.candidates if self.candidates is not None else settings.limits.default_candidates
-        )
-        return JobParams(
+    def resolve(
+        self, settings: Settings, capabilities: ModelCapabilities | None = None
+    ) -> JobParams:
+        """The stored parameters: what the client omitted filled from, in order, the model's
+        options in the model table, the deployment's DAIKON_DEFAULT_*, and the model's own
+        defaults (its published capabilities). Without capabilities (no worker has loaded the
+        model yet) a field may stay null: the worker fills it from the model before it runs."""
+        limits = settings.limits
+        candidates = self.candidates if self.candidates is not None else limits.default_candidates
+        given = {name: getattr(self, name) for name in MODEL_DEFAULTED}
+        params = JobParams(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
-            width=self.width or settings.limits.default_width,
-            height=self.height or settings.limits.default_height,
-            steps=self.steps or settings.limits.default_steps,
-            guidance_scale=(
-                self.guidance_scale
-                if self.guidance_scale is not None
-                else settings.limits.default_guidance_scale
-            ),
             candidates=candidates,
-            top_k=self.top_k
-            if self.top_k is not None
-            else min(settings.limits.default_top_k, candidates),
+            top_k=self.top_k if self.top_k is not None else min(limits.default_top_k, candidates),
             seed=self.seed,
             model=self.model or settings.default_model_name,
             scheduler=self.scheduler,
+            true_cfg_scale=self.true_cfg_scale,
+            defaulted=[name for name, value in given.items() if value is None],
+            **given,
         )
+        return fill_defaults(params, settings, capabilities)
 
 
-PUBLIC_DOC = "The body of `POST /v1/jobs`. Omitted fields take the deployment's defaults."
+def _shown_defaults(
+    settings: Settings,
+) -> tuple[int | None, int | None, int | None, float | None, int, int]:
+    """The defaults the schema shows: the default model's (where the settings say them)."""
+    b = settings.limits
+    o = settings.model_specs[settings.default_model_name].options
+    return (o.default_width or b.default_width, o.default_height or b.default_height,
+            o.default_steps or b.default_steps,
+            o.default_guidance_scale if o.default_guidance_scale is not None
+            else b.default_guidance_scale,
+            b.default_candidates, min(b.default_top_k, b.default_candidates))  # fmt: skip
+
+
+# Fields whose default belongs to the model (its size, steps and guidance).
+MODEL_DEFAULTED = ("width", "height", "steps", "guidance_scale")
+
+
+def fill_defaults(
+    params: JobParams, settings: Settings, capabilities: ModelCapabilities | None
+) -> JobParams:
+    """Fill the fields still null (see JobRequest.resolve); the API and the worker use this
+    one function, so they choose alike."""
+    options = settings.model_specs[params.model].options
+    limits = settings.limits
+    update: dict[str, Any] = {}
+    for name in MODEL_DEFAULTED:
+        if getattr(params, name) is not None:
+            continue
+        for value in (
+            getattr(options, f"default_{name}"),
+            getattr(limits, f"default_{name}"),
+            getattr(capabilities.defaults, name) if capabilities is not None else None,
+        ):
+            if value is not None:
+                update[name] = value
+                break
+    if params.scheduler is None and options.default_scheduler is not None:
+        update["scheduler"] = options.default_scheduler
+    if params.true_cfg_scale is None and options.default_true_cfg_scale is not None:
+        update["true_cfg_scale"] = options.default_true_cfg_scale
+    return params.model_copy(update=update) if update else params
+
+
+PUBLIC_DOC = (
+    "The body of `POST /v1/jobs`. Omitted fields take the model's defaults (its options in "
+    "the model table, the deployment's DAIKON_DEFAULT_*, then the model's own)."
+)
 
 
 @functools.cache
@@ -207,7 +246,7 @@ def _job_request(
     max_metadata: int,
     models: tuple[str, ...],
     default_model: str,
-    defaults: tuple[int, int, int, float, int, int],
+    defaults: tuple[int | None, int | None, int | None, float | None, int, int],
 ) -> type[JobRequest]:
     width, height, steps, guidance, candidates, top_k = defaults
 
@@ -227,8 +266,9 @@ def _job_request(
     bounded("width", side, width)
     bounded("height", side, height)
     bounded("steps", rules.between(1, max_steps), steps)
-    bounded("guidance_scale", rules.number_as_float(rules.between(0, max_guidance, kind=float)),
-            guidance)  # fmt: skip
+    guidance_rule = rules.number_as_float(rules.between(0, max_guidance, kind=float))
+    bounded("guidance_scale", guidance_rule, guidance)
+    bounded("true_cfg_scale", guidance_rule)
     bounded("candidates", rules.between(1, max_candidates), candidates)
     bounded("top_k", rules.at_least(1, documented_maximum=max_candidates), top_k)
     bounded("seed", rules.between(0, SEED_MAX))
@@ -246,25 +286,36 @@ def _job_request(
 
 
 class JobParams(BaseModel):
-    """Complete, validated generation parameters as stored on the job row."""
+    """Validated generation parameters as stored on the job row: complete, except a model
+    default the API could not know yet (null until the worker fills it, like `seed`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt: str
     negative_prompt: str | None
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
+    width: int | None
+    height: int | None
+    steps: int | None
+    guidance_scale: float | None
     candidates: int
     top_k: int
     seed: int | None  # None until the worker picks one; the job then records the one used
     model: str = "default"
     scheduler: str | None = None  # None = the pipeline's own
+    true_cfg_scale: float | None = None  # None = the model's (only models with true CFG)
+    # What the client left out, filled with the model's (or deployment's) defaults.
+    defaulted: list[str] = Field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return None not in (self.width, self.height, self.steps, self.guidance_scale)
 
     @property
     def cost(self) -> float:
-        """Megapixel-steps (daikon/limits.py): what bounds how long the job holds a worker."""
+        """Megapixel-steps (daikon/limits.py): what bounds how long the job holds a worker;
+        0 while the size or steps are not known yet."""
+        if self.width is None or self.height is None or self.steps is None:
+            return 0.0
         return job_cost(width=self.width, height=self.height, candidates=self.candidates,
                         steps=self.steps)  # fmt: skip
 

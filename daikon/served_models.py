@@ -1,11 +1,12 @@
 """What a worker learned about a model when it loaded it, kept in Redis for the API.
 
-A worker resolves a model's limits (daikon/limits.py) for its device at load time and writes
-them here, under the model's queue name so deployments sharing a Redis stay apart. The record
-is kept after the worker stops (no expiry): the last known facts of a model still hold while
-its workers restart, so only a model that was never served is unknown. Workers serving one
-model are expected to run it on the same kind of device (else set the limits explicitly in the
-model table, and every worker resolves the same ones).
+A worker derives a model's capabilities from its pipeline (daikon/capabilities.py) and resolves
+its limits for its device (daikon/limits.py) at load time, and writes them here, under the
+model's queue name so deployments sharing a Redis stay apart. The record is kept after the
+worker stops (no expiry): the last known facts of a model still hold while its workers
+restart, so only a model that was never served is unknown. Workers serving one model are
+expected to run it on the same kind of device (else set the limits explicitly in the model
+table, and every worker resolves the same ones).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import datetime
 import redis
 from pydantic import BaseModel, ValidationError
 
+from daikon.capabilities import ModelCapabilities
 from daikon.limits import ModelLimits
 from daikon.live import PREFIX
 from daikon.settings import Settings
@@ -30,6 +32,8 @@ class ServedModel(BaseModel):
     model: str
     device: str
     limits: ModelLimits
+    # What its pipeline can do (None from a worker of an older version).
+    capabilities: ModelCapabilities | None = None
     loaded_at: datetime
 
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from daikon.capabilities import ModelOptions
 from daikon.limits import LimitOverrides
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -36,6 +37,12 @@ EMBEDDED_PIPELINE = str(EMBEDDED_MODELS / "shapes-sd")
 EMBEDDED_CLIP = str(EMBEDDED_MODELS / "shapes-clip")
 
 
+# The embedded shapes model's own defaults: trained and judged at 32 px, 20 DDIM steps, 7.5.
+EMBEDDED_OPTIONS = ModelOptions(
+    default_width=32, default_height=32, default_steps=20, default_guidance_scale=7.5
+)
+
+
 class ModelSpec(BaseModel):
     """A servable model: its diffusers pipeline and the CLIP that ranks its candidates."""
 
@@ -43,6 +50,8 @@ class ModelSpec(BaseModel):
     clip: str = ""  # empty = the deployment's DAIKON_CLIP_MODEL
     # Replaces the device's default job limits (daikon/limits.py) for this model.
     limits: LimitOverrides = Field(default_factory=LimitOverrides)
+    # Its defaults, dtype and memory options (daikon/capabilities.py), all optional.
+    options: ModelOptions = Field(default_factory=ModelOptions)
 
 
 class Group(BaseModel):
@@ -187,7 +196,7 @@ class Catalog(Group):
         default_factory=dict,
         description="Named models, as "
         'JSON: {"sd21": {"pipeline": "...", "clip": "...", '
-        '"limits": {...}}}; empty = one model, `default`.',
+        '"limits": {...}, "options": {...}}}; empty = one model, `default`.',
     )
     default_model: str = Field(
         "", description="The model a job gets when it names none; empty = the first."
@@ -279,14 +288,25 @@ class Webhooks(Group):
 class Limits(Group):
     title = "Request defaults and bounds"
 
-    default_width: int = Field(
-        32,
-        description="Width of a job that names none (the shapes "
-        "model's; 512 or 1024 for Stable Diffusion models).",
+    default_width: int | None = Field(
+        None,
+        description="Width of a job that names none, for every model without its own "
+        "(`options.default_width` in the model table); empty = each model's native size (the "
+        "embedded shapes model's is 32).",
     )
-    default_height: int = Field(32, description="Height of a job that names none.")
-    default_steps: int = Field(20, description="Denoising steps of a job that names none.")
-    default_guidance_scale: float = Field(7.5, description="Guidance of a job that names none.")
+    default_height: int | None = Field(
+        None, description="Height of a job that names none (as DAIKON_DEFAULT_WIDTH)."
+    )
+    default_steps: int | None = Field(
+        None,
+        description="Denoising steps of a job that names none; empty = each model's own (the "
+        "shapes model's 20, FLUX.1-schnell's 4, ...).",
+    )
+    default_guidance_scale: float | None = Field(
+        None,
+        description="Guidance of a job that names none; empty = each model's own (7.5, 3.5 "
+        "for FLUX.1-dev, none for turbo models).",
+    )
     default_candidates: int = Field(4, description="Candidates of a job that names none.")
     default_top_k: int = Field(1, description="Images kept of a job that names none.")
     min_size: int = Field(32, description="Smallest side (multiple of 8).")
@@ -436,10 +456,12 @@ class Settings(BaseSettings):
                 Allowlist.parse(self.webhook_allow_list)
             except ValueError as e:
                 raise ValueError(f"DAIKON_WEBHOOK_ALLOW_HOSTS: {e}") from None
-        if not (limits.min_size <= limits.default_width <= limits.max_size):
-            raise ValueError("DAIKON_DEFAULT_WIDTH is outside DAIKON_MIN_SIZE..DAIKON_MAX_SIZE")
-        if not (limits.min_size <= limits.default_height <= limits.max_size):
-            raise ValueError("DAIKON_DEFAULT_HEIGHT is outside DAIKON_MIN_SIZE..DAIKON_MAX_SIZE")
+        for side in ("default_width", "default_height"):
+            value = getattr(limits, side)
+            if value is not None and not (limits.min_size <= value <= limits.max_size):
+                raise ValueError(
+                    f"DAIKON_{side.upper()} is outside DAIKON_MIN_SIZE..DAIKON_MAX_SIZE"
+                )
         if not (1 <= limits.default_top_k <= limits.default_candidates <= limits.max_candidates):
             raise ValueError("need 1 <= DAIKON_DEFAULT_TOP_K <= DAIKON_DEFAULT_CANDIDATES <= max")
         return self
@@ -473,8 +495,11 @@ class Settings(BaseSettings):
         limits = LimitOverrides(
             max_job_cost=catalog.max_job_cost, images_per_call=catalog.images_per_call
         )
+        options = EMBEDDED_OPTIONS if not catalog.model else ModelOptions()
         return {
-            "default": ModelSpec(pipeline=self.model_id, clip=self.clip_model_id, limits=limits)
+            "default": ModelSpec(
+                pipeline=self.model_id, clip=self.clip_model_id, limits=limits, options=options
+            )
         }
 
     @property

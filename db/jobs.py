@@ -296,6 +296,18 @@ def acquire(
     return Acquired()
 
 
+def record_params(*, session: Session, job_id: str, params: JobParams, worker: str) -> bool:
+    """The parameters a worker completed (model defaults the API could not know), under its
+    lease; the cost follows them."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.running, Job.lease_owner == worker)
+        .values(params=params.model_dump(mode="json"), cost=params.cost)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
 def renew_lease(*, session: Session, job_id: str, worker: str, lease_seconds: float) -> bool:
     """Extend this worker's lease; False if the job is no longer running under it."""
     now = utcnow()

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from daikon.capabilities import ModelOptions
-from worker.tiny_models import _text_config
-from worker.tiny_models import _tokenizer as clip_tokenizer
+from tests.tiny_models import _text_config
+from tests.tiny_models import _tokenizer as clip_tokenizer
 
 SEED = 0
 BUILD_MARKER = "daikon-family.json"

@@ -30,8 +30,11 @@ from worker.runtime import ModelLoadError, ModelRuntime
 
 @pytest.fixture(scope="module")
 def runtime(tiny_models: tuple[Path, Path]) -> ModelRuntime:
+    global CAPABILITIES
+    generator = Generator.load(str(tiny_models[0]), device="cpu", dtype=torch.float32)
+    CAPABILITIES = generator.capabilities  # what the fakes below claim to be able to do
     return ModelRuntime(
-        generator=Generator.load(str(tiny_models[0]), device="cpu", dtype=torch.float32),
+        generator=generator,
         ranker=ClipRanker.load(str(tiny_models[1]), device="cpu", dtype=torch.float32),
         device="cpu",
         load_seconds=0.0,
@@ -66,9 +69,21 @@ def executor(sessions: sessionmaker[Session], store: Any, runtime: Any) -> JobEx
     )
 
 
-class ExplodingGenerator:
+CAPABILITIES: Any = None
+
+
+class Fake:
+    """A generator that fails on purpose; it can do what the tiny model can."""
+
+    @property
+    def capabilities(self) -> Any:
+        return CAPABILITIES
+
     def check(self, request: GenerationRequest) -> None:
         pass
+
+
+class ExplodingGenerator(Fake):
 
     def generate(self, requests: Sequence[GenerationRequest], **_: Any) -> list[list[Image.Image]]:
         raise RuntimeError("CUDA out of memory (on purpose)")
@@ -79,11 +94,8 @@ class BrokenStore(LocalStore):
         raise StorageError("bucket unreachable (on purpose)")
 
 
-class StoppedGenerator:
+class StoppedGenerator(Fake):
     """As when Celery cancels the task (SystemExit in the pool process), e.g. on broker loss."""
-
-    def check(self, request: GenerationRequest) -> None:
-        pass
 
     def generate(self, requests: Sequence[GenerationRequest], **_: Any) -> list[list[Image.Image]]:
         raise SystemExit(-15)
@@ -254,9 +266,7 @@ def test_a_job_that_keeps_killing_its_worker_fails_after_max_attempts(  # type: 
 def test_a_worker_that_lost_its_lease_writes_nothing(sessions, store, runtime) -> None:  # type: ignore[no-untyped-def]
     job_id = new_job(sessions, candidates=2, top_k=2)
 
-    class TakenOver:
-        def check(self, request: GenerationRequest) -> None:
-            pass
+    class TakenOver(Fake):
 
         def generate(self, requests: Sequence[GenerationRequest], **kw: Any) -> Any:
             images = runtime.generator.generate(requests)
@@ -310,9 +320,7 @@ def test_a_job_that_leaves_running_mid_flight_keeps_no_images(  # type: ignore[n
 ) -> None:
     job_id = new_job(sessions, candidates=2, top_k=2)
 
-    class CancelingGenerator:
-        def check(self, request: GenerationRequest) -> None:
-            pass
+    class CancelingGenerator(Fake):
 
         def generate(self, requests: Sequence[GenerationRequest], **kw: Any) -> Any:
             with session_scope(sessions) as s:  # another actor finishes the job meanwhile

@@ -18,13 +18,13 @@ from PIL import Image
 
 from daikon.capabilities import SCHEDULERS, ModelOptions, UnsupportedParameters
 from tests.families import FAMILIES, Family, FamilyBuilds, build_kandinsky22_prior, build_sd1
-from worker.families import (
+from worker.generation import (
     FAMILIES as HANDLED,
 )
-from worker.families import (
+from worker.generation import (
     REFUSED,
-    FamilyAdapter,
     GenerationRequest,
+    Generator,
     UnsupportedOption,
     UnsupportedPipeline,
     call_parameters,
@@ -58,18 +58,19 @@ class Adapters:
 
     def __init__(self, builds: FamilyBuilds):
         self.builds = builds
-        self._loaded: dict[tuple[str, tuple[tuple[str, Any], ...]], FamilyAdapter] = {}
+        self._loaded: dict[tuple[str, tuple[tuple[str, Any], ...]], Generator] = {}
 
-    def __call__(self, name: str, **options: Any) -> FamilyAdapter:
-        key = (name, tuple(sorted(options.items())))
+    def __call__(self, name: str, images_per_call: int | None = None, **options: Any) -> Generator:
+        key = (name, tuple(sorted({**options, "_per_call": images_per_call}.items())))
         if key not in self._loaded:
             family = FAMILIES[name]
-            self._loaded[key] = FamilyAdapter.load(
+            self._loaded[key] = Generator.load(
                 str(self.builds.path(name)),
                 model=name,
                 device="cpu",
                 dtype=torch.float32,
                 options=family.options.model_copy(update=options),
+                images_per_call=images_per_call,
             )
         return self._loaded[key]
 
@@ -104,7 +105,7 @@ def request(name: str, **kw: Any) -> GenerationRequest:
     return GenerationRequest(**{**base, **kw})
 
 
-def one(adapter: FamilyAdapter, name: str, **kw: Any) -> Image.Image:
+def one(adapter: Generator, name: str, **kw: Any) -> Image.Image:
     (images,) = adapter.generate([request(name, seeds=(3,), **kw)])
     return images[0]
 
@@ -487,7 +488,7 @@ def test_a_seed_gives_the_same_image_whatever_the_candidate_count(
     adapters: Adapters, name: str, negative: str | None
 ) -> None:
     # One image per pipeline call: byte-identical.
-    exact = adapters(name, batch_images=1)
+    exact = adapters(name, images_per_call=1)
     progress = Progress()
     (three,) = exact.generate(
         [request(name, negative_prompt=negative, seeds=(5, 6, 7))], on_step=progress
@@ -508,7 +509,7 @@ def test_a_seed_gives_the_same_image_whatever_the_candidate_count(
 def test_requests_batched_in_one_call_keep_their_own_images_in_order(
     adapters: Adapters, name: str
 ) -> None:
-    adapter = adapters(name, batch_images=1)
+    adapter = adapters(name, images_per_call=1)
     first = request(name, seeds=(11, 12))
     second = request(name, prompt="a green triangle", seeds=(13,))
     batched = adapter.generate([first, second])
@@ -548,15 +549,15 @@ def test_vae_tiling_decodes_in_tiles_at_the_exact_size(adapters: Adapters) -> No
 
 def test_memory_options_a_pipeline_cannot_honour_are_refused_at_load(builds: FamilyBuilds) -> None:
     with pytest.raises(UnsupportedOption, match=r"cpu_offload='model'.*CPU"):
-        FamilyAdapter.load(
+        Generator.load(
             str(builds.path("sd1")), device="cpu", options=ModelOptions(cpu_offload="model")
         )
     with pytest.raises(UnsupportedOption, match="vae_tiling: VQModel"):
-        FamilyAdapter.load(
+        Generator.load(
             str(builds.path("kandinsky22")), device="cpu", options=ModelOptions(vae_tiling=True)
         )
     with pytest.raises(UnsupportedOption, match="default_scheduler 'ddim' cannot run"):
-        FamilyAdapter.load(
+        Generator.load(
             str(builds.path("flux-schnell")),
             device="cpu",
             options=ModelOptions(default_scheduler="ddim"),
@@ -585,9 +586,9 @@ def test_a_pipeline_daikon_does_not_serve_is_refused_with_the_reason() -> None:
     from diffusers import StableDiffusionPAGPipeline
 
     with pytest.raises(UnsupportedPipeline, match=r"KandinskyV22PriorPipeline .*not a text-to"):
-        FamilyAdapter(build_kandinsky22_prior())
+        Generator(build_kandinsky22_prior())
     with pytest.raises(UnsupportedPipeline, match=r"StableDiffusionPAGPipeline .*enable_pag"):
-        FamilyAdapter(StableDiffusionPAGPipeline(**build_sd1().components))
+        Generator(StableDiffusionPAGPipeline(**build_sd1().components))
 
 
 def test_a_pipeline_whose_call_lacks_what_the_family_passes_is_refused() -> None:
@@ -596,6 +597,6 @@ def test_a_pipeline_whose_call_lacks_what_the_family_passes_is_refused() -> None
 
     stale = type("StableDiffusionPipeline", (), {"__call__": __call__})()
     with pytest.raises(UnsupportedPipeline) as refused:
-        FamilyAdapter(stale)
+        Generator(stale)
     message = str(refused.value)
     assert "callback_on_step_end" in message and "negative_prompt" in message

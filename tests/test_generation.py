@@ -99,10 +99,15 @@ def test_rank_orders_best_first_and_keeps_ties_in_generation_order() -> None:
     assert rank([0.1, 0.9, 0.5, 0.9]) == [1, 3, 2, 0]
 
 
-def test_every_scheduler_the_api_offers_is_supported_by_the_pipeline(generator: Generator) -> None:
-    from daikon.contract import SCHEDULERS
+def test_every_stable_diffusion_scheduler_the_api_offers_is_supported_by_the_pipeline(
+    generator: Generator,
+) -> None:
+    """The k-diffusion schedulers; LCM, TCD and flow-matching ones belong to other families
+    (tests/test_families.py checks each family's list runs)."""
+    from daikon.capabilities import SCHEDULERS
 
-    assert generator.supported_schedulers() == list(SCHEDULERS)
+    others = {"lcm", "tcd", "flow_match_euler", "flow_match_heun", "flow_match_lcm"}
+    assert generator.supported_schedulers() == [n for n in SCHEDULERS if n not in others]
 
 
 def test_a_named_scheduler_changes_sampling_and_is_reproducible(generator: Generator) -> None:
@@ -116,16 +121,16 @@ def test_a_named_scheduler_changes_sampling_and_is_reproducible(generator: Gener
 
 
 def test_an_unsupported_scheduler_is_refused_before_any_work(generator: Generator) -> None:
-    from worker.generation import UnsupportedScheduler
+    from daikon.capabilities import UnsupportedParameters
 
-    saved = generator._schedulers
-    generator.supported_schedulers = lambda: ["ddim"]  # type: ignore[method-assign]
+    saved = generator.capabilities
+    generator.capabilities = saved.model_copy(update={"schedulers": ["ddim"]})
     try:
-        with pytest.raises(UnsupportedScheduler, match=r"'euler' is not supported .* ddim"):
+        with pytest.raises(UnsupportedParameters, match=r"'euler' cannot run .* ddim") as refused:
             generator.generate([req(scheduler="euler")])
+        assert refused.value.code == "unsupported_scheduler"
     finally:
-        del generator.supported_schedulers
-        generator._schedulers = saved
+        generator.capabilities = saved
 
 
 def test_candidates_run_in_chunks_with_the_same_images_and_one_progress_count(
@@ -134,11 +139,11 @@ def test_candidates_run_in_chunks_with_the_same_images_and_one_progress_count(
     """Five candidates, at most two per call: three calls, each denoised and decoded on its
     own (a cancel waits for one step of one chunk), the progress counting all their steps, and
     every image the one its seed gives in one call of all five."""
-    chunked = Generator(generator.pipe, "cpu", images_per_call=2)
+    chunked = Generator(generator.pipe, device="cpu", images_per_call=2)
     seen: list[tuple[int, int]] = []
     (images,) = chunked.generate([req(seeds=(1, 2, 3, 4, 5))], on_step=lambda *s: seen.append(s))
     assert seen == [(k, 9) for k in range(1, 10)]  # 3 calls x 3 steps, never backwards
-    (whole,) = Generator(generator.pipe, "cpu", images_per_call=8).generate(
+    (whole,) = Generator(generator.pipe, device="cpu", images_per_call=8).generate(
         [req(seeds=(1, 2, 3, 4, 5))]
     )
     assert len(images) == 5

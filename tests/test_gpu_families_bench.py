@@ -49,7 +49,7 @@ def test_full_size_configs_have_the_published_sizes_and_capabilities() -> None:
     checkpoints, and the capabilities the adapter derives from them."""
     import torch
 
-    from worker.families import FamilyAdapter
+    from worker.generation import Generator
 
     bench = _bench_module()
     expected = {
@@ -63,6 +63,6 @@ def test_full_size_configs_have_the_published_sizes_and_capabilities() -> None:
         for component, billions in sizes.items():
             count = sum(p.numel() for p in getattr(pipe, component).parameters()) / 1e9
             assert round(count, 3) == billions, (name, component, count)
-        caps = FamilyAdapter(pipe, model=name).capabilities
+        caps = Generator(pipe, model=name).capabilities
         assert (caps.native_width, caps.native_height) == (1024, 1024), name
         assert (caps.size_multiple, caps.max_size) == (multiple, max_size), name

@@ -61,6 +61,7 @@ def executor() -> JobExecutor:
         store=store,
         runtime=lambda model: get_runtime(s, model),
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
+        settings=s,
         key_prefix=s.storage.s3_prefix if s.storage_backend == "s3" else "",
         live=LiveState(s.services.redis_url, s.services.queue),
         webhooks=job_webhooks(s, store),

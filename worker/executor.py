@@ -25,11 +25,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from daikon import limits
-from daikon.contract import SEED_MAX, JobParams, WebhookEvent
+from daikon.capabilities import UnsupportedParameters
+from daikon.contract import SEED_MAX, JobParams, WebhookEvent, fill_defaults
+from daikon.settings import Settings
 from daikon.storage import ImageStore, image_key
 from db import jobs
 from db.session import session_scope
-from worker.generation import GenerationRequest, UnsupportedScheduler
+from worker.generation import GenerationRequest
 from worker.job_webhooks import NO_WEBHOOKS, JobEvents, StepHook
 from worker.ranking import rank
 from worker.runtime import ModelLoadError, ModelRuntime
@@ -152,6 +154,7 @@ class JobExecutor:
     store: ImageStore
     runtime: Callable[[str], ModelRuntime]  # model name -> its loaded runtime
     worker_name: str
+    settings: Settings = field(default_factory=Settings)  # the model table's defaults
     key_prefix: str = ""
     live: JobSignals = field(default_factory=lambda: NO_SIGNALS)  # progress, cancel, notices
     webhooks: JobEvents = field(default_factory=lambda: NO_WEBHOOKS)  # events for receivers
@@ -284,6 +287,17 @@ class JobExecutor:
         self._record_stages(job_id, metrics)
         return outcome
 
+    def _complete(self, job_id: str, params: JobParams, runtime: ModelRuntime) -> JobParams:
+        """Fill what the API could not know (a model no worker had loaded yet) from the model
+        itself, and record it on the job, so the job object shows what ran."""
+        if params.complete:
+            return params
+        filled = fill_defaults(params, self.settings, runtime.generator.capabilities)
+        with session_scope(self.sessions) as session:
+            jobs.record_params(session=session, job_id=job_id, params=filled,
+                               worker=self.worker_name)  # fmt: skip
+        return filled
+
     def _put_with_retry(self, key: str, data: bytes) -> None:
         """Upload, retrying with backoff (0.5 s doubling to 10 s) while storage is down, for up
         to storage_retry_seconds; then the last error fails the job (no row ever points at a
@@ -316,8 +330,13 @@ class JobExecutor:
         except ModelLoadError as e:
             raise JobFailure("model_load_failed", str(e)) from e
         metrics["load_seconds"] = time.perf_counter() - started
+        params = self._complete(job_id, params, runtime)
         # Checked here too, before any GPU work: the API can check only once some worker has
-        # published the model's limits.
+        # published the model's capabilities and limits, and refuses with the same codes.
+        try:
+            runtime.generator.capabilities.require(params)
+        except UnsupportedParameters as e:
+            raise JobFailure(e.code, str(e)) from e
         refusal = limits.too_large(
             params.cost,
             runtime.limits,
@@ -350,11 +369,8 @@ class JobExecutor:
             guidance_scale=params.guidance_scale,
             seeds=seeds,
             scheduler=params.scheduler,
+            true_cfg_scale=params.true_cfg_scale,
         )
-        try:
-            runtime.generator.check(request)
-        except UnsupportedScheduler as e:
-            raise JobFailure("unsupported_scheduler", str(e)) from e
         t = time.perf_counter()
         try:
             on_step = self._on_step(job_id, attempt, params, progress, lease, over_time)

@@ -56,8 +56,10 @@ def load_runtime(settings: Settings, model: str) -> ModelRuntime:
     model_limits = limits.resolve(device, spec.limits)
     started = time.perf_counter()
     try:
-        generator = Generator.load(spec.pipeline, device=device, dtype=dtype,
-                                   images_per_call=model_limits.images_per_call)  # fmt: skip
+        generator = Generator.load(
+            spec.pipeline, model=model, device=device, dtype=dtype, options=spec.options,
+            images_per_call=model_limits.images_per_call,
+        )  # fmt: skip
     except Exception as e:
         raise ModelLoadError(f"cannot load pipeline {spec.pipeline!r}: {e}") from e
     try:
@@ -67,13 +69,14 @@ def load_runtime(settings: Settings, model: str) -> ModelRuntime:
     seconds = time.perf_counter() - started
     log.info("model %s loaded on %s (%s) in %.1fs", model, device, dtype, seconds)
     _publish(settings, ServedModel(model=model, device=device, limits=model_limits,
+                                   capabilities=generator.capabilities,
                                    loaded_at=datetime.now(UTC)))  # fmt: skip
     return ModelRuntime(generator, ranker, device, seconds, model_limits)
 
 
 def _publish(settings: Settings, info: ServedModel) -> None:
-    """Tell the API what this model allows here; a Redis outage only delays that (the
-    worker's own check refuses what is too large meanwhile)."""
+    """Tell the API what this model can do and allows here; a Redis outage only delays that
+    (the worker's own checks refuse meanwhile)."""
     try:
         served_models.publish(live.client(settings.services.redis_url), settings, info)
     except Exception as e:

@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from daikon import rules
-from daikon.capabilities import SCHEDULERS, ModelCapabilities
+from daikon.capabilities import SCHEDULERS, ModelCapabilities, ModelOptions
 from daikon.limits import job_cost
 from daikon.settings import Settings
 
@@ -208,7 +208,8 @@ def fill_defaults(
 ) -> JobParams:
     """Fill the fields still null (see JobRequest.resolve); the API and the worker use this
     one function, so they choose alike."""
-    options = settings.model_specs[params.model].options
+    spec = settings.model_specs.get(params.model)
+    options = spec.options if spec is not None else ModelOptions()
     limits = settings.limits
     update: dict[str, Any] = {}
     for name in MODEL_DEFAULTED:

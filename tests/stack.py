@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "dk_test_admin"
 
 
-def settings_for(tmp: Path, redis_url: str, models: tuple[Path, Path], **kw: object) -> Settings:
+def settings_for(tmp: Path, redis_url: str, weights: tuple[Path, Path], **kw: object) -> Settings:
     """Settings for a test stack: its own queue, the tiny models, one torch thread."""
     values: dict[str, object] = {
         "data_dir": tmp, "redis_url": redis_url, "queue": f"daikon-e2e-{uuid.uuid4().hex[:8]}",
-        "model": str(models[0]), "clip_model": str(models[1]), "torch_threads": 1,
+        "model": str(weights[0]), "clip_model": str(weights[1]), "torch_threads": 1,
         "admin_key": ADMIN_KEY,
     }  # fmt: skip
     return Settings(**{**values, **kw})  # type: ignore[arg-type]

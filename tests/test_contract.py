@@ -23,21 +23,49 @@ def bad_fields(**body: Any) -> dict[str, str]:
     return {".".join(map(str, e["loc"])): e["msg"] for e in info.value.errors()}
 
 
-def test_omitted_fields_take_the_settings_defaults() -> None:
+def test_omitted_fields_take_the_models_defaults() -> None:
+    """The embedded shapes model's own (32 px, 20 steps, 7.5): no DAIKON_DEFAULT_* is set."""
     params = validate(prompt="a red circle").resolve(SETTINGS)
+    own = SETTINGS.model_specs["default"].options
     assert params.model_dump() == {
         "prompt": "a red circle",
         "negative_prompt": None,
-        "width": SETTINGS.limits.default_width,
-        "height": SETTINGS.limits.default_height,
-        "steps": SETTINGS.limits.default_steps,
-        "guidance_scale": SETTINGS.limits.default_guidance_scale,
+        "width": own.default_width,
+        "height": own.default_height,
+        "steps": own.default_steps,
+        "guidance_scale": own.default_guidance_scale,
         "candidates": SETTINGS.limits.default_candidates,
         "top_k": SETTINGS.limits.default_top_k,
         "seed": None,
         "model": "default",
         "scheduler": None,
+        "true_cfg_scale": None,
+        "defaulted": ["width", "height", "steps", "guidance_scale"],
     }
+    assert (own.default_width, own.default_steps, own.default_guidance_scale) == (32, 20, 7.5)
+
+
+def test_defaults_come_from_the_model_table_then_the_deployment_then_the_model() -> None:
+    from daikon.capabilities import ModelCapabilities, ModelDefaults, ModelOptions
+    from daikon.settings import ModelSpec
+
+    table = Settings(database_url="sqlite://", default_steps=30, models={
+        "flux": ModelSpec(pipeline="f", options=ModelOptions(default_guidance_scale=3.5)),
+    })  # fmt: skip
+    caps = ModelCapabilities(
+        model="flux", family="flux", pipeline_class="FluxPipeline", size_multiple=16,
+        min_size=16, native_width=1024, native_height=1024, schedulers=["flow_match_euler"],
+        guidance="distilled", supports_negative_prompt=True,
+        defaults=ModelDefaults(width=1024, height=1024, steps=28, guidance_scale=4.0),
+    )  # fmt: skip
+    request = JobRequest.for_settings(table).model_validate({"prompt": "p", "width": 512})
+    resolved = request.resolve(table, caps)
+    assert (resolved.width, resolved.height, resolved.steps, resolved.guidance_scale) == (
+        512, 1024, 30, 3.5)  # fmt: skip
+    assert resolved.defaulted == ["height", "steps", "guidance_scale"]
+    # Before any worker has loaded the model, what only the model knows stays open.
+    cold = request.resolve(table)
+    assert (cold.height, cold.steps, cold.guidance_scale, cold.complete) == (None, 30, 3.5, False)
 
 
 def test_given_fields_are_kept_and_an_integer_guidance_is_a_float() -> None:

@@ -84,7 +84,6 @@ class Fake:
 
 
 class ExplodingGenerator(Fake):
-
     def generate(self, requests: Sequence[GenerationRequest], **_: Any) -> list[list[Image.Image]]:
         raise RuntimeError("CUDA out of memory (on purpose)")
 
@@ -267,7 +266,6 @@ def test_a_worker_that_lost_its_lease_writes_nothing(sessions, store, runtime) -
     job_id = new_job(sessions, candidates=2, top_k=2)
 
     class TakenOver(Fake):
-
         def generate(self, requests: Sequence[GenerationRequest], **kw: Any) -> Any:
             images = runtime.generator.generate(requests)
             with session_scope(sessions) as s:  # meanwhile another worker took the job over
@@ -321,7 +319,6 @@ def test_a_job_that_leaves_running_mid_flight_keeps_no_images(  # type: ignore[n
     job_id = new_job(sessions, candidates=2, top_k=2)
 
     class CancelingGenerator(Fake):
-
         def generate(self, requests: Sequence[GenerationRequest], **kw: Any) -> Any:
             with session_scope(sessions) as s:  # another actor finishes the job meanwhile
                 jobs.fail(session=s, job_id=job_id, code="canceled_elsewhere", message="",
@@ -335,3 +332,40 @@ def test_a_job_that_leaves_running_mid_flight_keeps_no_images(  # type: ignore[n
     assert not list(store.root.rglob("*.png"))  # uploads of a superseded run are removed
     with session_scope(sessions) as s:
         assert s.scalars(select(JobImage).where(JobImage.job_id == job_id)).all() == []
+
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory: pytest.TempPathFactory, runtime: ModelRuntime) -> ModelRuntime:
+    from tests.families import FamilyBuilds
+
+    path = FamilyBuilds(tmp_path_factory.mktemp("flux")).path("flux-dev")
+    generator = Generator.load(str(path), model="flux", device="cpu", dtype=torch.float32)
+    return ModelRuntime(generator, runtime.ranker, "cpu", 0.0)
+
+
+def test_a_cold_deployments_job_a_model_cannot_honour_fails_with_the_apis_code(  # type: ignore[no-untyped-def]
+    sessions, store, flux
+) -> None:
+    """No worker had published the model's capabilities, so the API accepted it: the worker
+    refuses before any GPU work, with the code and message the API would have answered."""
+    job_id = new_job(sessions, model="flux", width=72, height=64, steps=2)
+    assert executor(sessions, store, flux).run(job_id) is Outcome.failed
+    job = load(sessions, job_id)
+    assert job.error_code == "unsupported_parameter" and job.images == []
+    assert (job.error_message or "").startswith(
+        "width: 72 is not a multiple of 16 for model 'flux' (flux, FluxPipeline)"
+    )
+
+
+def test_what_the_api_could_not_know_is_filled_from_the_model_and_recorded(  # type: ignore[no-untyped-def]
+    sessions, store, flux
+) -> None:
+    job_id = new_job(sessions, model="flux", width=None, height=None, steps=2,
+                     guidance_scale=None, candidates=1, defaulted=["width", "height",
+                                                                    "guidance_scale"])  # fmt: skip
+    assert executor(sessions, store, flux).run(job_id) is Outcome.succeeded
+    job = load(sessions, job_id)
+    own = flux.generator.capabilities.defaults
+    assert (job.params["width"], job.params["height"], job.params["guidance_scale"]) == (
+        own.width, own.height, own.guidance_scale)  # fmt: skip
+    assert job.cost > 0 and (job.images[0].width, job.images[0].height) == (own.width, own.height)

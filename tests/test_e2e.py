@@ -107,7 +107,11 @@ def test_sqlite_and_local_storage_serve_images_through_the_api(sqlite_local: Sta
     url = jobs[0]["images"][0]["url"]
     assert url.startswith(f"{sqlite_local.base_url}/v1/jobs/{ids[0]}/images/1?expires=")
     data, png = fetch_png(url)
-    assert png.size == (32, 32)  # the default size
+    # The default size: the model's own (it published its capabilities when it loaded).
+    (model,) = sqlite_local.http.get(sqlite_local.url("/v1/models"), timeout=10).json()["models"]
+    own = model["capabilities"]["defaults"]
+    assert png.size == (own["width"], own["height"]) == (jobs[0]["params"]["width"],
+                                                         jobs[0]["params"]["height"])  # fmt: skip
     stored = sqlite_local.settings.local_storage_path / ids[0] / "rank-1.png"
     assert stored.read_bytes() == data
     listed = sqlite_local.http.get(sqlite_local.url("/v1/jobs?limit=2"), timeout=10).json()["jobs"]

@@ -290,13 +290,16 @@ def test_a_job_for_a_model_no_worker_serves_waits_queued_while_later_jobs_run(
     assert list(listed) == ["default", "other", "broken"]
     cpu = {"max_job_cost": 4.0, "images_per_call": 4, "seconds_per_cost": 120.0,
            "tenant_queued_cost": 200.0}  # fmt: skip
+    capabilities = listed["default"].pop("capabilities")
+    assert capabilities["pipeline_class"] == "StableDiffusionPipeline"
     assert listed["default"] == {"name": "default", "default": True, "workers": 1, "queued": 0,
                                  "device": "cpu", "limits": cpu, "load_errors": {}}  # fmt: skip
     assert listed["broken"]["workers"] == 1
     queued_other = stack.http.get(stack.url("/v1/jobs?status=queued&model=other"), timeout=10)
     assert listed["other"] == {"name": "other", "default": False, "workers": 0,
                                "queued": len(queued_other.json()["jobs"]),
-                               "device": None, "limits": None, "load_errors": {}}  # fmt: skip
+                               "device": None, "limits": None, "load_errors": {},
+                               "capabilities": None}  # fmt: skip
     assert listed["other"]["queued"] >= 1
 
 

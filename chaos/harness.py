@@ -233,6 +233,7 @@ class Cluster:
             "DAIKON_PUBLIC_URL": self.api_url,
             "DAIKON_API_WORKERS": "1",
             "DAIKON_API_THREADS": "16",
+            "DAIKON_MAX_LONG_REQUESTS": "8",  # settings keep long requests below the threads
             "DAIKON_FAULTS": "1",  # the poison-input hook (chaos/faults.py)
             "PGCONNECT_TIMEOUT": "3",
             **({"PGUSER": pg.username} if pg.username else {}),

@@ -117,7 +117,11 @@ def submit(
             return _replay(race.job, digest, idempotency_key or "")
         job_id, model, priority = job.id, job.model, job.priority
     allowance = (
-        limits.time_allowance(params.cost, served.limits, soft_time_limit(settings))
+        limits.time_allowance(
+            limits.batch_ceiling(params.cost, params.candidates, served.limits),
+            served.limits,
+            soft_time_limit(settings),
+        )
         if served is not None
         else None
     )

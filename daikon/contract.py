@@ -320,6 +320,15 @@ class JobParams(BaseModel):
         return job_cost(width=self.width, height=self.height, candidates=self.candidates,
                         steps=self.steps)  # fmt: skip
 
+    @property
+    def batch_key(self) -> tuple[object, ...] | None:
+        """What jobs must share to run in one pipeline call (prompts, negative prompts and
+        seeds are per image); None when a default is still unknown."""
+        if not self.complete:
+            return None
+        return (self.model, self.width, self.height, self.steps, self.guidance_scale,
+                self.scheduler, self.true_cfg_scale, self.negative_prompt is not None)  # fmt: skip
+
     def describe_cost(self) -> str:
         return (f"{self.width}x{self.height} px x {self.candidates} candidates x "
                 f"{self.steps} steps")  # fmt: skip

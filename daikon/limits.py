@@ -104,6 +104,13 @@ def too_large(cost: float, limits: ModelLimits, *, model: str, device: str,
     )
 
 
+def batch_ceiling(cost: float, candidates: int, limits: ModelLimits) -> float:
+    """The most a batch that a job of this cost may run in can cost: one full pipeline call
+    of images like its own (workers batch compatible jobs up to `images_per_call` images), so
+    the job's message carries time limits that cover the batch."""
+    return max(cost, cost / max(candidates, 1) * limits.images_per_call)
+
+
 def time_allowance(cost: float, limits: ModelLimits, ceiling: float) -> float:
     """Seconds a job of this cost may run, never past the deployment's hard limit."""
     return min(BASE_SECONDS + cost * limits.seconds_per_cost, ceiling)

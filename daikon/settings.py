@@ -259,6 +259,18 @@ class Worker(Group):
         description="A job committed but never confirmed published is published again after this.",
     )
     sweep_interval_seconds: float = Field(15.0, gt=0, description="How often the sweeper looks.")
+    batch_jobs: bool = Field(
+        True,
+        description="Run compatible queued jobs of a model (same size, steps, guidance, "
+        "scheduler) in one pipeline call, up to the model's images per call.",
+    )
+    batch_wait_ms: float = Field(
+        20.0,
+        ge=0,
+        le=1000,
+        description="Under load, how long a batch that is not full waits for more company; "
+        "never when no other job is queued.",
+    )
 
 
 class Webhooks(Group):

@@ -223,20 +223,69 @@ def claim(
     if max_attempts is not None:
         stmt = stmt.where(Job.attempts < max_attempts)
     result = session.execute(
-        stmt.values(
-            status=JobStatus.running,
-            started_at=now,
-            updated_at=now,
-            worker=worker,
-            lease_owner=worker,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            attempts=Job.attempts + 1,
-        ).execution_options(synchronize_session=False)
+        stmt.values(**_running_under(worker, now, lease_seconds)).execution_options(
+            synchronize_session=False
+        )
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
     session.expire_all()
     return session.get(Job, job_id)
+
+
+def _running_under(worker: str, now: datetime, lease_seconds: float) -> dict[str, Any]:
+    """The columns a claim sets: running under this worker's fresh lease, one more attempt."""
+    return {
+        "status": JobStatus.running,
+        "started_at": now,
+        "updated_at": now,
+        "worker": worker,
+        "lease_owner": worker,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "attempts": Job.attempts + 1,
+    }
+
+
+def claim_companions(
+    *,
+    session: Session,
+    leader: Job,
+    worker: str,
+    lease_seconds: float,
+    fits: Callable[[Job], bool],
+    limit: int,
+) -> list[Job]:
+    """Queued jobs to run in one pipeline call with `leader` (already claimed), taken from the
+    head of its model's queue in run order (priority, then age) for as long as `fits` accepts
+    them: the first that does not ends the batch, so a batch never runs a job before one that
+    would have run first. Each is claimed by the same conditional UPDATE as `claim`; on
+    PostgreSQL rows another worker is claiming are skipped (FOR UPDATE SKIP LOCKED) rather than
+    waited for. Their own broker messages find them running or finished and do nothing."""
+    heads = session.scalars(
+        select(Job)
+        .where(Job.model == leader.model, Job.status == JobStatus.queued, Job.id != leader.id)
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    now = utcnow()
+    taken: list[str] = []
+    for job in heads:
+        if not fits(job):
+            break
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.queued)
+            .values(**_running_under(worker, now, lease_seconds))
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            taken.append(job.id)
+    if not taken:
+        return []
+    session.expire_all()
+    found = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(taken)))}
+    return [found[i] for i in taken if i in found]
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ def executor() -> JobExecutor:
         max_attempts=s.worker.max_attempts,
         storage_retry_seconds=s.storage.storage_retry_seconds,
         time_limit_seconds=soft_time_limit(s),
+        batch_jobs=s.worker.batch_jobs,
+        batch_wait_seconds=s.worker.batch_wait_ms / 1000,
     )
     if _step_hook is not None:
         executor.step_hook = _step_hook

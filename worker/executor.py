@@ -91,13 +91,16 @@ def same_host_owner_alive(owner: str) -> bool:
 
 
 class LeaseKeeper:
-    """Renews the job's lease from a thread while the pipeline runs on the main thread."""
+    """Renews the leases of the jobs a worker runs (one, or a batch) from a thread while the
+    pipeline runs on the main thread; a job whose lease is lost is marked, the others go on."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, worker: str, seconds: float):
-        self.sessions, self.job_id, self.worker, self.seconds = sessions, job_id, worker, seconds
-        self.lost = threading.Event()
+    def __init__(
+        self, sessions: sessionmaker[Session], job_ids: list[str], worker: str, seconds: float
+    ):
+        self.sessions, self.worker, self.seconds = sessions, worker, seconds
+        self._lost = {job_id: threading.Event() for job_id in job_ids}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_ids[0]}", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
@@ -107,20 +110,47 @@ class LeaseKeeper:
         self._stop.set()
         self._thread.join(5)
 
+    def lost(self, job_id: str) -> bool:
+        return self._lost[job_id].is_set()
+
     def _loop(self) -> None:
         while not self._stop.wait(self.seconds / 3):
-            try:
-                with session_scope(self.sessions) as session:
-                    held = jobs.renew_lease(
-                        session=session, job_id=self.job_id, worker=self.worker,
-                        lease_seconds=self.seconds,
-                    )  # fmt: skip
-            except Exception as e:  # the database is down: keep trying while the lease lasts
-                log.warning("could not renew the lease of job %s: %s", self.job_id, e)
-                continue
-            if not held:
-                self.lost.set()
+            for job_id, lost in self._lost.items():
+                if lost.is_set():
+                    continue
+                try:
+                    with session_scope(self.sessions) as session:
+                        held = jobs.renew_lease(
+                            session=session, job_id=job_id, worker=self.worker,
+                            lease_seconds=self.seconds,
+                        )  # fmt: skip
+                except Exception as e:  # the database is down: keep trying while it lasts
+                    log.warning("could not renew the lease of job %s: %s", job_id, e)
+                    continue
+                if not held:
+                    lost.set()
+            if all(lost.is_set() for lost in self._lost.values()):
                 return
+
+
+@dataclass
+class Member:
+    """One job of a pipeline call (alone, or in a batch): its own parameters, seeds, progress,
+    metrics and fate. A member that is canceled, loses its lease or fails while the batch runs
+    is `stopped`: its images are dropped and the others go on."""
+
+    job_id: str
+    params: JobParams
+    attempt: int
+    progress: StepHook | None
+    metrics: dict[str, float]
+    seeds: tuple[int, ...] = ()
+    stopped: BaseException | None = None
+    outcome: Outcome | None = None
+
+
+class BatchStopped(Exception):
+    """Every member of the call stopped: the pipeline call ends at this step."""
 
 
 class JobFailure(Exception):
@@ -166,6 +196,11 @@ class JobExecutor:
     storage_retry_seconds: float = 0.0  # keep retrying uploads this long while storage is down
     # No job runs longer than this, whatever its cost allows (below Celery's soft limit).
     time_limit_seconds: float = 1770.0
+    # Compatible queued jobs run in one pipeline call (up to the model's images per call); a
+    # batch that is not full waits this long for company, only while other jobs are queued.
+    batch_jobs: bool = False
+    batch_wait_seconds: float = 0.0
+    sleep: Callable[[float], None] = time.sleep
 
     def _commit(
         self, job_id: str, change: Callable[[Session], T], event: Callable[[T], WebhookEvent | None]
@@ -188,26 +223,46 @@ class JobExecutor:
         except Exception as e:  # a lost notice only delays an event stream
             log.warning("could not announce job %s: %s", job_id, e)
 
-    def _on_step(
-        self,
-        job_id: str,
-        attempt: int,
-        params: JobParams,
-        progress: StepHook | None,
-        lease: LeaseKeeper,
-        over_time: Callable[[], None],
-    ) -> Callable[[int, int], None]:
-        live = self.live
+    def _member_step(self, member: Member, lease: LeaseKeeper) -> Callable[[int, int], None]:
+        """The job's own checks at each step: the chaos hook, its lease, its cancel, its
+        progress webhook. Raises to stop this job."""
+        live, job_id, params = self.live, member.job_id, member.params
 
         def on_step(step: int, total: int) -> None:
             self.step_hook(params, step)
-            if lease.lost.is_set():
+            if lease.lost(job_id):
                 raise LeaseLost(job_id)
-            over_time()
-            if live.step(job_id, step, total, attempt):
+            if live.step(job_id, step, total, member.attempt):
                 raise JobCanceled(job_id)
-            if progress is not None:
-                progress(step, total)
+            if member.progress is not None:
+                member.progress(step, total)
+
+        return on_step
+
+    def _on_step(
+        self, members: list[Member], lease: LeaseKeeper, over_time: Callable[[], None]
+    ) -> Callable[[int, int], None]:
+        """One step of the call: the time allowance for all, then each job's own checks. A
+        job alone stops the call by raising; in a batch it only stops itself, and the call ends
+        when none is left."""
+        steps = [(m, self._member_step(m, lease)) for m in members]
+
+        def on_step(step: int, total: int) -> None:
+            over_time()
+            if len(steps) == 1:
+                steps[0][1](step, total)
+                return
+            for member, own in steps:
+                if member.stopped is not None:
+                    continue
+                try:
+                    own(step, total)
+                except (JobCanceled, LeaseLost) as e:
+                    member.stopped = e
+                except Exception as e:
+                    member.stopped = JobFailure("generation_failed", _describe(e))
+            if all(m.stopped is not None for m in members):
+                raise BatchStopped()
 
         return on_step
 
@@ -218,7 +273,8 @@ class JobExecutor:
             log.warning("stage timings of job %s not recorded: %s", job_id, e)
 
     def run(self, job_id: str) -> Outcome:
-        """Run the job if this message may; raises JobBusy when another live worker has it."""
+        """Run the job if this message may (with compatible queued jobs, when batching);
+        raises JobBusy when another live worker has it."""
 
         def acquire(session: Session) -> tuple[jobs.Acquired, JobParams | None, StepHook | None]:
             got = jobs.acquire(
@@ -249,43 +305,115 @@ class JobExecutor:
         if got.job is None or params is None:
             log.info("job %s not claimable (already finished, canceled or missing)", job_id)
             return Outcome.skipped
-        job = got.job
+        members = [self._member(got.job, params, progress)]
+        if self.batch_jobs and got.job.attempts == 1 and params.batch_key is not None:
+            # A job retried after its worker died runs alone: a poison input then fails by
+            # itself after max_attempts, never taking its batch's companions with it.
+            members += self._companions(got.job, params)
+        with LeaseKeeper(self.sessions, [m.job_id for m in members], self.worker_name,
+                         self.lease_seconds) as lease:  # fmt: skip
+            try:
+                self._generate(members, lease)
+            except BaseException as e:
+                if not isinstance(e, Exception) or isinstance(e, OperationalError):
+                    # Not the jobs' fault: this process is being stopped (SystemExit, e.g.
+                    # Celery cancelling the task when its broker connection dropped) or the
+                    # database went away. Record nothing: the messages come back (or the task
+                    # is retried) and the jobs are taken over once their leases lapse.
+                    log.warning("job %s interrupted (%s); left for redelivery",
+                                job_id, _describe(e))  # fmt: skip
+                    raise
+                for member in members:
+                    if member.outcome is None:
+                        self._settle(member, e if member.stopped is None else member.stopped)
+        for member in members:
+            self._record_stages(member.job_id, member.metrics)
+        outcome = members[0].outcome
+        assert outcome is not None
+        return outcome
+
+    def _member(self, job: jobs.Job, params: JobParams, progress: StepHook | None) -> Member:
         assert job.started_at is not None
-        metrics = {"queue_seconds": (job.started_at - job.created_at).total_seconds()}
-        started = time.perf_counter()
+        return Member(
+            job_id=job.id, params=params, attempt=job.attempts, progress=progress,
+            metrics={"queue_seconds": (job.started_at - job.created_at).total_seconds()},
+        )  # fmt: skip
+
+    def _companions(self, leader: jobs.Job, params: JobParams) -> list[Member]:
+        """Queued jobs that run in the leader's pipeline call: same batch key, first attempt,
+        and together no more images than the model denoises at once. Waits
+        `batch_wait_seconds` once for more, only while the queue is giving some (under load;
+        never when no other job is queued)."""
         try:
-            with LeaseKeeper(self.sessions, job_id, self.worker_name, self.lease_seconds) as lease:
-                outcome = self._generate(job_id, params, metrics, job.attempts, progress, lease)
-        except JobCanceled:
+            capacity = self.runtime(params.model).limits.images_per_call
+        except ModelLoadError:
+            return []  # the leader fails with the reason; nothing to batch
+        room = capacity - params.candidates
+        taken, room, drained = self._claim_round(leader, params, room, capacity)
+        if taken and drained and room > 0 and self.batch_wait_seconds > 0:
+            self.sleep(self.batch_wait_seconds)
+            more, room, _ = self._claim_round(leader, params, room, capacity)
+            taken += more
+        if taken:
+            log.info("job %s runs with %d queued jobs in one call", leader.id, len(taken))
+        return taken
+
+    def _claim_round(
+        self, leader: jobs.Job, params: JobParams, room: int, capacity: int
+    ) -> tuple[list[Member], int, bool]:
+        """Claim what fits now, with each job's `started` event. Returns the members, the room
+        left and whether the queue ran dry (rather than a job that does not fit ending it)."""
+        key = params.batch_key
+        ended = False
+
+        def fits(job: jobs.Job) -> bool:
+            nonlocal room, ended
+            other = JobParams.model_validate(job.params)
+            if other.batch_key != key or other.candidates > room:
+                ended = True
+                return False
+            room -= other.candidates
+            return True
+
+        members: list[Member] = []
+        sent: list[str] = []
+        if room > 0:
+            with session_scope(self.sessions) as session:
+                for job in jobs.claim_companions(
+                    session=session, leader=leader, worker=self.worker_name,
+                    lease_seconds=self.lease_seconds, fits=fits, limit=capacity,
+                ):  # fmt: skip
+                    other = JobParams.model_validate(job.params)
+                    members.append(self._member(job, other, self.webhooks.progress_hook(job)))
+                    sent += self.webhooks.record(session, job.id, WebhookEvent.started)
+        for member in members:
+            self._announce(member.job_id)
+        self.webhooks.send(sent)
+        return members, room, not ended
+
+    def _settle(self, member: Member, e: BaseException) -> None:
+        """Record how a member ended when it did not succeed."""
+        job_id = member.job_id
+        if isinstance(e, JobCanceled):
             log.info("job %s canceled while running; stopped", job_id)
             self._announce(job_id)
-            return Outcome.canceled
-        except LeaseLost:
+            member.outcome = Outcome.canceled
+            return
+        if isinstance(e, LeaseLost):
             log.warning("job %s: lease lost (taken over or finished elsewhere); stopped", job_id)
-            return Outcome.superseded
-        except BaseException as e:
-            if not isinstance(e, Exception) or isinstance(e, OperationalError):
-                # Not the job's fault: this process is being stopped (SystemExit, e.g. Celery
-                # cancelling the task when its broker connection dropped) or the database went
-                # away. Record nothing: the message comes back (or the task is retried) and the
-                # job is taken over once its lease lapses. Failing it here lost it for good.
-                log.warning("job %s interrupted (%s); left for redelivery", job_id, _describe(e))
-                raise
-            failure = _as_failure(e)
-            metrics["total_seconds"] = time.perf_counter() - started
-            log.warning("job %s failed: %s: %s", job_id, failure.code, failure.message)
-            self._commit(
-                job_id,
-                lambda session: jobs.fail(
-                    session=session, job_id=job_id, code=failure.code, message=failure.message,
-                    metrics=metrics, worker=self.worker_name,
-                ),
-                lambda failed: WebhookEvent.failed if failed else None,
-            )  # fmt: skip
-            self._record_stages(job_id, metrics)
-            return Outcome.failed
-        self._record_stages(job_id, metrics)
-        return outcome
+            member.outcome = Outcome.superseded
+            return
+        failure = _as_failure(e)
+        log.warning("job %s failed: %s: %s", job_id, failure.code, failure.message)
+        self._commit(
+            job_id,
+            lambda session: jobs.fail(
+                session=session, job_id=job_id, code=failure.code, message=failure.message,
+                metrics=member.metrics, worker=self.worker_name,
+            ),
+            lambda failed: WebhookEvent.failed if failed else None,
+        )  # fmt: skip
+        member.outcome = Outcome.failed
 
     def _complete(self, job_id: str, params: JobParams, runtime: ModelRuntime) -> JobParams:
         """Fill what the API could not know (a model no worker had loaded yet) from the model
@@ -315,72 +443,117 @@ class JobExecutor:
             with attempt:
                 self.store.put(key, data, PNG)
 
-    def _generate(
-        self,
-        job_id: str,
-        params: JobParams,
-        metrics: dict[str, float],
-        attempt: int,
-        progress: StepHook | None,
-        lease: LeaseKeeper,
-    ) -> Outcome:
+    def _generate(self, members: list[Member], lease: LeaseKeeper) -> None:
+        """Generate, rank, upload and record each member's images. Raises for what ends every
+        member at once (the model, the time allowance, the call itself failing)."""
         started = time.perf_counter()
+        model = members[0].params.model
         try:
-            runtime = self.runtime(params.model)
+            runtime = self.runtime(model)
         except ModelLoadError as e:
             raise JobFailure("model_load_failed", str(e)) from e
-        metrics["load_seconds"] = time.perf_counter() - started
-        params = self._complete(job_id, params, runtime)
-        # Checked here too, before any GPU work: the API can check only once some worker has
-        # published the model's capabilities and limits, and refuses with the same codes.
+        load_seconds = time.perf_counter() - started
+        running: list[Member] = []
+        for member in members:
+            member.metrics["load_seconds"] = load_seconds
+            try:
+                member.params = self._complete(member.job_id, member.params, runtime)
+                self._admit(member.params, runtime)
+            except JobFailure as e:
+                self._settle(member, e)  # this job only: its companions go on
+                continue
+            running.append(member)
+        if not running:
+            return
+        # The allowance runs from here: loading a model is not the jobs' doing.
+        cost = sum(m.params.cost for m in running)
+        allowance = limits.time_allowance(cost, runtime.limits, self.time_limit_seconds)
+        loaded = time.perf_counter()
+
+        def over_time() -> None:
+            if time.perf_counter() - loaded > allowance:
+                raise OverTime(allowance, cost)
+
+        requests = [self._request(m) for m in running]
+        t = time.perf_counter()
+        try:
+            on_step = self._on_step(running, lease, over_time)
+            batches = runtime.generator.generate(requests, on_step=on_step)
+        except BatchStopped:
+            for member in running:
+                assert member.stopped is not None
+                self._settle(member, member.stopped)
+            return
+        except (JobCanceled, LeaseLost, OverTime):
+            raise
+        except Exception as e:
+            if len(running) > 1:
+                # A batch failing must not fail a job that would succeed alone: each runs by
+                # itself, so the failure stays with the job that causes it.
+                log.warning("batch of %d failed (%s); running each alone", len(running),
+                            _describe(e))  # fmt: skip
+                for member in running:
+                    self._run_alone(member, lease)
+                return
+            raise JobFailure("generation_failed", _describe(e)) from e
+        inference = time.perf_counter() - t
+        for member, images in zip(running, batches, strict=True):
+            if member.stopped is not None:  # canceled or lost mid-batch: images dropped
+                self._settle(member, member.stopped)
+                continue
+            member.metrics["inference_seconds"] = inference
+            member.metrics["batch_size"] = len(running)
+            try:
+                self._keep(member, runtime, images, started)
+            except JobFailure as e:
+                self._settle(member, e)
+
+    def _run_alone(self, member: Member, lease: LeaseKeeper) -> None:
+        try:
+            self._generate([member], lease)
+        except Exception as e:
+            if member.outcome is None:
+                self._settle(member, e)
+
+    def _admit(self, params: JobParams, runtime: ModelRuntime) -> None:
+        """Checked here too, before any GPU work: the API can check only once some worker has
+        published the model's capabilities and limits, and refuses with the same codes."""
         try:
             runtime.generator.capabilities.require(params)
         except UnsupportedParameters as e:
             raise JobFailure(e.code, str(e)) from e
         refusal = limits.too_large(
-            params.cost,
-            runtime.limits,
-            model=params.model,
-            device=runtime.device,
+            params.cost, runtime.limits, model=params.model, device=runtime.device,
             describe=params.describe_cost(),
-        )
+        )  # fmt: skip
         if refusal:
             raise JobFailure(limits.TOO_LARGE, refusal)
-        # The allowance runs from here: loading a model is not the job's doing.
-        allowance = limits.time_allowance(params.cost, runtime.limits, self.time_limit_seconds)
-        loaded = time.perf_counter()
 
-        def over_time() -> None:
-            if time.perf_counter() - loaded > allowance:
-                raise OverTime(allowance, params.cost)
-
+    def _request(self, member: Member) -> GenerationRequest:
+        params = member.params
         base_seed = (
             params.seed
             if params.seed is not None
             else secrets.randbelow(SEED_MAX - params.candidates + 1)
         )
-        seeds = tuple(base_seed + i for i in range(params.candidates))
-        request = GenerationRequest(
+        member.seeds = tuple(base_seed + i for i in range(params.candidates))
+        return GenerationRequest(
             prompt=params.prompt,
             negative_prompt=params.negative_prompt,
             width=params.width,
             height=params.height,
             steps=params.steps,
             guidance_scale=params.guidance_scale,
-            seeds=seeds,
+            seeds=member.seeds,
             scheduler=params.scheduler,
             true_cfg_scale=params.true_cfg_scale,
         )
-        t = time.perf_counter()
-        try:
-            on_step = self._on_step(job_id, attempt, params, progress, lease, over_time)
-            images = runtime.generator.generate([request], on_step=on_step)[0]
-        except (JobCanceled, LeaseLost, OverTime):
-            raise
-        except Exception as e:
-            raise JobFailure("generation_failed", _describe(e)) from e
-        metrics["inference_seconds"] = time.perf_counter() - t
 
+    def _keep(
+        self, member: Member, runtime: ModelRuntime, images: list[Image.Image], started: float
+    ) -> None:
+        """Rank one job's candidates, upload the best, record success."""
+        job_id, params, seeds, metrics = member.job_id, member.params, member.seeds, member.metrics
         t = time.perf_counter()
         try:
             scores = runtime.ranker.score(params.prompt, images)
@@ -416,7 +589,7 @@ class JobExecutor:
         recorded = self._commit(
             job_id,
             lambda session: jobs.succeed(
-                session=session, job_id=job_id, seed=base_seed, images=kept, metrics=metrics,
+                session=session, job_id=job_id, seed=seeds[0], images=kept, metrics=metrics,
                 worker=self.worker_name,
             ),
             lambda done: WebhookEvent.succeeded if done else None,
@@ -425,8 +598,9 @@ class JobExecutor:
             # The job left `running` while we worked: its images are not ours to keep.
             for image in kept:
                 self.store.delete(image.storage_key)
-            return Outcome.superseded
-        return Outcome.succeeded
+            member.outcome = Outcome.superseded
+            return
+        member.outcome = Outcome.succeeded
 
 
 class JobSignals(Protocol):

@@ -59,6 +59,7 @@ eval-quality: install
 
 bench: install
 	$(PY) bench/service_vs_direct.py
+	$(PY) bench/throughput.py --plot docs/benchmarks-batch.png
 
 clean:
 	rm -rf $(VENV) .daikon .pytest_cache .ruff_cache .mypy_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage-outage", type=float, default=8.0,
                     help="seconds S3 is down within the retry window")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) afterwards")
+    ap.add_argument("--busy-core", action="store_true",
+                    help="keep one core busy with another process (a loaded machine)")  # fmt: skip
     args = ap.parse_args(argv)
     names = args.only or list(scenarios.SCENARIOS)
     retry_window = float(CHAOS_SETTINGS["DAIKON_STORAGE_RETRY_SECONDS"])
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[scenarios.Result] = []
     cluster: Cluster | None = None
     ok = True
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy_core else None
     try:
         from tests.tiny_models import ensure_tiny_models
 
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         runs = {
             "kills": lambda: scenarios.kills(cluster, args.kills),
+            "batch": lambda: scenarios.kill_mid_batch(cluster),
             "poison": lambda: scenarios.poison(cluster),
             "broker": lambda: scenarios.broker_down(cluster, args.broker_outage),
             "storage": lambda: scenarios.storage_down(cluster, args.storage_outage, retry_window),
@@ -83,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chaos | harness failed: {type(e).__name__}: {e}", flush=True)
         ok = False
     finally:
+        if busy is not None:
+            busy.kill()
         if cluster is not None:
             if not ok:
                 for svc in ("worker", "api"):

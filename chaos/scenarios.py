@@ -144,6 +144,11 @@ class Scenario:
             return str(row["lease_owner"])
         return None
 
+    def running_under(self, owner: str) -> set[str]:
+        """This scenario's jobs running under one worker's lease (a batch, or one job)."""
+        return {j for j, r in self.rows().items()
+                if status(r) == "running" and r["lease_owner"] == owner}  # fmt: skip
+
     def wait_mid_denoise(self, job_id: str, timeout: float = 60) -> str:
         """Wait until the job is at its second step or later; its lease owner (host:pid)."""
         owner: list[str] = []
@@ -213,6 +218,19 @@ class Scenario:
         if not cond:
             self.r.violations.append(message)
 
+    def expect_all_succeeded(self, r: Result, what: str) -> None:
+        """Every submitted job succeeded; otherwise name each one that did not, and how."""
+        if r.succeeded == r.submitted:
+            return
+        rows = self.rows()
+        others = [f"{j[:8]}:{status(rows[j])}" + (f"/{rows[j]['error_code']}" if
+                  rows[j]["error_code"] else "") + f" attempts={rows[j]['attempts']}"
+                  for j in self.ids if j in rows and status(rows[j]) != "succeeded"]  # fmt: skip
+        self.r.violations.append(
+            f"expected all {r.submitted} {what} to succeed; saw {r.succeeded} succeeded, "
+            f"the others: {', '.join(others) or 'no row'}"
+        )
+
 
 def status(row: dict[str, Any]) -> str:
     return str(row["status"]).rsplit(".", 1)[-1].lower()
@@ -241,6 +259,7 @@ def kills(c: Cluster, n: int = 20) -> Result:
     for i in range(n):
         sc.submit(prompt=f"kill me once {i}", **body)
     killed: set[str] = set()
+    kills_done = 0
     deadline = time.monotonic() + 60 * n
     while len(killed) < n and time.monotonic() < deadline:
         rows = sc.rows()
@@ -253,18 +272,72 @@ def kills(c: Cluster, n: int = 20) -> Result:
             continue
         try:
             owner = sc.wait_mid_denoise(target, timeout=30)
+            batch = sc.running_under(owner)  # its batch's companions die with it
             kill_owner(owner)
-            killed.add(target)
+            killed |= {target, *batch}
+            kills_done += 1
         except (TimeoutError, ProcessLookupError):
             continue
-    sc.expect(len(killed) == n, f"only {len(killed)} of {n} kills landed mid-denoise")
+    sc.expect(len(killed) >= n, f"only {len(killed)} of {n} jobs were killed mid-denoise")
     sc.wait_all_terminal(120)
     r = sc.tally()
-    r.figures = {"kills": len(killed), **r.figures}
-    sc.expect(r.succeeded == r.submitted, "not every killed job succeeded")
+    r.figures = {"kills": kills_done, "jobs_killed": len(killed), **r.figures}
+    sc.expect_all_succeeded(r, "killed jobs")
     attempts = [int(x["attempts"]) for x in sc.rows().values()]
-    sc.expect(all(a == 2 for a in attempts), f"attempts per job {attempts}, expected 2 each")
-    sc.expect(c.services["worker"].alive(), "the worker's main process died")
+    sc.expect(all(a == 2 for a in attempts), f"expected 2 attempts per job; saw {attempts}")
+    sc.expect(c.services["worker"].alive(), "expected the worker's main process alive; it died")
+    return r
+
+
+# --- (a2) SIGKILL mid-batch ------------------------------------------------------------------
+
+
+def kill_mid_batch(c: Cluster, rounds: int = 3) -> Result:
+    """Compatible jobs queue up behind a long one, so the worker runs them as one batch; the
+    batch is killed mid-denoise. Every job of it must still succeed once, each after exactly
+    one more attempt, alone (a retried job never joins a batch)."""
+    sc = Scenario(c, "kill-mid-batch")
+    body: dict[str, Any] = {"steps": 30, "candidates": 1, "top_k": 1}
+    batches: list[int] = []
+    killed: set[str] = set()
+    for round_ in range(rounds):
+        blocker = sc.submit(prompt=f"a long job ahead of batch {round_}", steps=60, candidates=1)
+        if blocker is None:
+            break
+
+        def blocking(b: str = blocker) -> bool:
+            return sc.running_owner(b) is not None
+
+        with suppress(TimeoutError):
+            wait_for(blocking, 60, "the blocker to run")
+        group = [sc.submit(prompt=f"batch {round_} job {i}", **body) for i in range(4)]
+        ids = [g for g in group if g is not None]
+
+        def batched(ids: list[str] = ids) -> bool:
+            owners = [sc.running_owner(j) for j in ids]
+            return any(o is not None and owners.count(o) >= 2 for o in owners)
+
+        try:
+            wait_for(batched, 120, f"batch {round_} to run as one call", poll=0.05)
+            owner = next(o for j in ids if (o := sc.running_owner(j)) and
+                         sum(sc.running_owner(k) == o for k in ids) >= 2)  # fmt: skip
+            batch = sc.running_under(owner)
+            sc.wait_mid_denoise(sorted(batch & set(ids))[0], timeout=60)
+            kill_owner(owner)
+            killed |= batch & set(ids)
+            batches.append(len(batch & set(ids)))
+        except (TimeoutError, ProcessLookupError, StopIteration) as e:
+            sc.expect(False, f"round {round_}: no batch killed mid-denoise ({e})")
+    sc.wait_all_terminal(180)
+    rows = sc.rows()
+    r = sc.tally()
+    r.figures = {"batches_killed": batches, "jobs_killed": len(killed), **r.figures}
+    sc.expect(len(batches) == rounds, f"expected {rounds} batches killed; saw {len(batches)}")
+    sc.expect_all_succeeded(r, "jobs of the killed batches")
+    again = {j: rows[j]["attempts"] for j in killed}
+    sc.expect(all(a == 2 for a in again.values()),
+              f"expected 2 attempts for each killed job; saw {sorted(again.values())}")  # fmt: skip
+    sc.expect(c.services["worker"].alive(), "expected the worker's main process alive; it died")
     return r
 
 
@@ -281,10 +354,17 @@ def poison(c: Cluster) -> Result:
     if bad and good:
         b = rows[bad]
         r.figures = {"poison_attempts": b["attempts"], **r.figures}
-        sc.expect(status(b) == "failed" and b["error_code"] == "worker_lost",
-                  f"poison job ended {status(b)} / {b['error_code']}")  # fmt: skip
-        sc.expect(b["attempts"] == c_max_attempts(), f"poison job attempts {b['attempts']}")
-        sc.expect(status(rows[good]) == "succeeded", "the job after the poison did not succeed")
+        ended = f"{status(b)}/{b['error_code']}"
+        sc.expect(ended == "failed/worker_lost",
+                  f"expected the poison job failed/worker_lost; saw {ended}")  # fmt: skip
+        sc.expect(
+            b["attempts"] == c_max_attempts(),
+            f"expected the poison job to take {c_max_attempts()} attempts; saw {b['attempts']}",
+        )
+        sc.expect(
+            status(rows[good]) == "succeeded",
+            f"expected the job after the poison to succeed; saw {status(rows[good])}",
+        )
     return r
 
 
@@ -320,7 +400,7 @@ def broker_down(c: Cluster, outage: float) -> Result:
     r = sc.tally()
     r.figures = {"outage_s": round(outage_s), "accepted_during": accepted_during,
                  "drained_after_s": round(recovered, 1), **r.figures}  # fmt: skip
-    sc.expect(r.succeeded == r.submitted, "not every accepted job succeeded")
+    sc.expect_all_succeeded(r, "accepted jobs")
     return r
 
 
@@ -407,12 +487,13 @@ def database_down(c: Cluster, outage: float) -> Result:
     r.figures = {"outage_s": round(outage), "api_back_after_s": round(api_back[0], 1)
                  if api_back else None, "api_refusals_during": sum(answers.values()),
                  **r.figures}  # fmt: skip
-    sc.expect(r.succeeded == r.submitted, "not every accepted job succeeded")
+    sc.expect_all_succeeded(r, "accepted jobs")
     return r
 
 
 SCENARIOS: dict[str, Callable[..., Result]] = {
     "kills": kills,
+    "batch": kill_mid_batch,
     "poison": poison,
     "broker": broker_down,
     "storage": storage_down,

@@ -23,3 +23,17 @@ def test_service_vs_direct_bench_runs_and_reports_its_ratio() -> None:
     lines = out.stdout.splitlines()
     assert any(line.startswith("service / direct") and "x" in line for line in lines), out.stdout
     assert any(line.startswith("burst of 1 queued at once") for line in lines), out.stdout
+
+
+def test_throughput_bench_runs_and_reports_every_ratio(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    plot = tmp_path / "plot.png"
+    out = subprocess.run(
+        [sys.executable, "bench/throughput.py", "--burst", "3", "--idle", "2", "--trivial", "4",
+         "--steps", "2", "--rounds", "1", "--plot", str(plot)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    for prefix in ("1. burst of 3", "2. batched", "3. idle overhead", "5. CLIP ranking share",
+                   "5b. 4 trivial jobs"):  # fmt: skip
+        assert any(line.startswith(prefix) for line in out.stdout.splitlines()), out.stdout
+    assert plot.read_bytes().startswith(b"\x89PNG")

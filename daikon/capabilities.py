@@ -81,6 +81,11 @@ class ModelOptions(BaseModel):
     cpu_offload: Literal["model", "sequential"] | None = None
     vae_tiling: bool = False  # decode large images tile by tile (seams blended)
     vae_slicing: bool = False  # decode a batch one image at a time
+    # Speed: the denoiser (UNet or transformer) in channels-last memory layout (faster
+    # convolutions on GPUs), and compiled with torch.compile, warmed up at load so the first
+    # job does not pay for the compilation.
+    channels_last: bool = False
+    compile: bool = False
     # (Images per pipeline call are the model's `limits.images_per_call`, daikon/limits.py.)
 
     def model_post_init(self, _context: Any) -> None:

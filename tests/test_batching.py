@@ -279,3 +279,18 @@ def test_batching_off_runs_one_job_per_call(sessions, generator, ranker, model, 
     gen = Recording(generator)
     make_executor(sessions, LocalStore(tmp_path), gen, ranker, batch=False).run(ids[0])
     assert gen.calls == [1] and row(sessions, ids[1]).status is JobStatus.queued
+
+
+def test_jobs_queued_before_the_models_defaults_were_known_batch_on_what_they_will_run(  # type: ignore[no-untyped-def]
+    sessions, generator, ranker, model, tmp_path
+) -> None:
+    cold = {"width": None, "height": None, "steps": None, "guidance_scale": None}
+    ids = [submit(sessions, model, prompt=f"cold {i}", **cold) for i in range(3)]
+    gen = Recording(generator)
+    make_executor(sessions, LocalStore(tmp_path), gen, ranker).run(ids[0])
+    assert gen.calls == [3]
+    rows = [row(sessions, i) for i in ids]
+    assert [r.status for r in rows] == [JobStatus.succeeded] * 3
+    native = generator.capabilities.defaults.width
+    assert {(r.params["width"], r.params["steps"]) for r in rows} == {
+        (native, generator.capabilities.defaults.steps)}  # fmt: skip

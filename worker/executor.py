@@ -306,7 +306,7 @@ class JobExecutor:
             log.info("job %s not claimable (already finished, canceled or missing)", job_id)
             return Outcome.skipped
         members = [self._member(got.job, params, progress)]
-        if self.batch_jobs and got.job.attempts == 1 and params.batch_key is not None:
+        if self.batch_jobs and got.job.attempts == 1:
             # A job retried after its worker died runs alone: a poison input then fails by
             # itself after max_attempts, never taking its batch's companions with it.
             members += self._companions(got.job, params)
@@ -345,31 +345,47 @@ class JobExecutor:
         `batch_wait_seconds` once for more, only while the queue is giving some (under load;
         never when no other job is queued)."""
         try:
-            capacity = self.runtime(params.model).limits.images_per_call
+            runtime = self.runtime(params.model)
         except ModelLoadError:
             return []  # the leader fails with the reason; nothing to batch
+        capacity = runtime.limits.images_per_call
+
+        def key(p: JobParams) -> tuple[object, ...] | None:
+            # What the job will run with: a job queued before any worker published the model's
+            # defaults gets them now, as it would when run (the executor records them).
+            filled = p if p.complete else fill_defaults(p, self.settings,
+                                                        runtime.generator.capabilities)  # fmt: skip
+            return filled.batch_key
+
+        leader_key = key(params)
+        if leader_key is None:
+            return []
         room = capacity - params.candidates
-        taken, room, drained = self._claim_round(leader, params, room, capacity)
+        taken, room, drained = self._claim_round(leader, leader_key, key, room, capacity)
         if taken and drained and room > 0 and self.batch_wait_seconds > 0:
             self.sleep(self.batch_wait_seconds)
-            more, room, _ = self._claim_round(leader, params, room, capacity)
+            more, room, _ = self._claim_round(leader, leader_key, key, room, capacity)
             taken += more
         if taken:
             log.info("job %s runs with %d queued jobs in one call", leader.id, len(taken))
         return taken
 
     def _claim_round(
-        self, leader: jobs.Job, params: JobParams, room: int, capacity: int
+        self,
+        leader: jobs.Job,
+        leader_key: tuple[object, ...],
+        key: Callable[[JobParams], tuple[object, ...] | None],
+        room: int,
+        capacity: int,
     ) -> tuple[list[Member], int, bool]:
         """Claim what fits now, with each job's `started` event. Returns the members, the room
         left and whether the queue ran dry (rather than a job that does not fit ending it)."""
-        key = params.batch_key
         ended = False
 
         def fits(job: jobs.Job) -> bool:
             nonlocal room, ended
             other = JobParams.model_validate(job.params)
-            if other.batch_key != key or other.candidates > room:
+            if key(other) != leader_key or other.candidates > room:
                 ended = True
                 return False
             room -= other.candidates

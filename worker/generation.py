@@ -708,6 +708,31 @@ def apply_vae_options(pipe: Any, options: ModelOptions) -> None:
         getattr(vae, method)()
 
 
+def denoiser_name(pipe: Any) -> str | None:
+    """The attribute holding the pipeline's denoiser: its UNet or its transformer."""
+    return next((n for n in ("unet", "transformer") if getattr(pipe, n, None) is not None), None)
+
+
+def apply_speed_options(pipe: Any, options: ModelOptions) -> None:
+    """channels_last and torch.compile of the denoiser, as the options ask; a pipeline with no
+    single denoiser to apply them to (Kandinsky's combined prior and decoder) is refused."""
+    if not (options.channels_last or options.compile):
+        return
+    import torch
+
+    name = denoiser_name(pipe)
+    if name is None:
+        asked = [o for o in ("channels_last", "compile") if getattr(options, o)]
+        raise UnsupportedOption(
+            f"{', '.join(asked)}: {type(pipe).__name__} has no single UNet or transformer"
+        )
+    denoiser = getattr(pipe, name)
+    if options.channels_last:
+        denoiser.to(memory_format=torch.channels_last)
+    if options.compile:
+        setattr(pipe, name, torch.compile(denoiser))
+
+
 # Settings for a scheduler built from another one's config. PNDM's Runge-Kutta warm-up (its
 # default when the config does not say) fails below about a dozen steps; SD 1.5's own PNDM
 # config skips it, and so does a PNDM a client picks.
@@ -739,6 +764,7 @@ class Generator:
         self.options = options or ModelOptions()
         self.family = family_for(pipe)
         apply_vae_options(pipe, self.options)
+        apply_speed_options(pipe, self.options)
         host = self.family.scheduler_host(pipe)
         self.base_scheduler = host.scheduler
         self._schedulers: dict[str, Any] = {}
@@ -767,8 +793,21 @@ class Generator:
         family_for(pipe)  # refuse before moving weights to the device
         place(pipe, device=device, options=options)
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, model=model, options=options, device=device,
-                   images_per_call=images_per_call)  # fmt: skip
+        generator = cls(pipe, model=model, options=options, device=device,
+                        images_per_call=images_per_call)  # fmt: skip
+        if options.compile:
+            generator.warm_up()
+        return generator
+
+    def warm_up(self) -> None:
+        """One short generation at the model's native size: a compiled denoiser compiles here,
+        at load, not in the first job."""
+        caps = self.capabilities
+        self.generate([GenerationRequest(
+            prompt="warm-up", negative_prompt=None, width=caps.native_width,
+            height=caps.native_height, steps=max(caps.min_steps, 2), guidance_scale=None,
+            seeds=(0,),
+        )])  # fmt: skip
 
     # capabilities ----------------------------------------------------------------------------
     def _usable_schedulers(self) -> dict[str, Any]:

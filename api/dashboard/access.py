@@ -104,7 +104,9 @@ def count_login_attempt() -> None:
     limit = svc.settings.security.login_attempts_per_minute
     now = time.time()
     window = int(now // 60)
-    key = f"{PREFIX}:login:{request.remote_addr or '-'}:{window}"
+    # Per deployment (several may share a Redis), client address and minute.
+    where = f"{svc.settings.services.queue}:{request.remote_addr or '-'}"
+    key = f"{PREFIX}:login:{where}:{window}"
     pipe = svc.live.redis.pipeline(transaction=False)
     pipe.incr(key)
     pipe.expire(key, 120)

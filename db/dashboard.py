@@ -277,7 +277,7 @@ class Series:
 
     start: datetime
     step: timedelta
-    queued: list[int] = field(default_factory=list)  # queue depth at the end of each minute
+    queued: list[int] = field(default_factory=list)  # jobs that waited in the queue each minute
     finished: list[int] = field(default_factory=list)  # jobs that finished in each minute
     images: list[int] = field(default_factory=list)  # images kept in each minute
 
@@ -296,13 +296,10 @@ def series(*, session: Session, since: datetime, now: datetime, step: timedelta)
             Job.created_at < now, or_(left_queue.is_(None), left_queue > start)
         )
     ).all()
+    spans = [(_aware(created), None if left is None else _aware(left)) for created, left in rows]
     for index in range(n):
-        t = start + (index + 1) * step
-        out.queued[index] = sum(
-            1
-            for created, left in rows
-            if _aware(created) <= t and (left is None or _aware(left) > t)
-        )
+        t0, t1 = start + index * step, start + (index + 1) * step
+        out.queued[index] = sum(1 for c, left in spans if c < t1 and (left is None or left > t0))
     for (finished,) in session.execute(
         select(Job.finished_at).where(Job.finished_at >= start, Job.finished_at < now)
     ).all():

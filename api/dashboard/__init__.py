@@ -228,14 +228,17 @@ def _overview_data() -> dict[str, Any]:
     devices = {}
     for model in settings.model_specs:
         served = svc.served_models.get(model)
-        devices[model] = served.device if served is not None else "?"
+        devices[model] = served.device if served is not None else "not loaded yet"
+    ours = {settings.queue_for(m) for m in settings.model_specs}
     worker_rows = []
     for w in workers:
+        if not ours & set(w.queues):  # another deployment's worker on the same Redis
+            continue
         host = w.hostname.partition("@")[2] or w.hostname
         mine = [r for r in running if r.owner.rpartition(":")[0] == host]
         worker_rows.append({
             "hostname": w.hostname, "models": w.models, "seen_at": w.seen_at,
-            "devices": sorted({devices.get(m, "?") for m in w.models}),
+            "devices": sorted({devices.get(m, "not loaded yet") for m in w.models}),
             "running": mine, "load_errors": w.load_errors,
         })  # fmt: skip
     return {
@@ -263,7 +266,8 @@ def charts() -> Response:
                              step=timedelta(minutes=1))  # fmt: skip
     return _page(
         "_charts.html",
-        depth=line_chart(s.queued, start=s.start, step=s.step, title="Queued jobs"),
+        depth=line_chart(s.queued, start=s.start, step=s.step,
+                         title="Jobs waiting in the queue, per minute"),
         finished=line_chart(s.finished, start=s.start, step=s.step, kind="bar",
                             title="Jobs finished per minute"),
         images=line_chart(s.images, start=s.start, step=s.step, kind="bar",

@@ -70,8 +70,9 @@ def queued_job(app: Flask, **params: Any) -> str:
 
 
 @pytest.fixture
-def app(make_app: Any) -> Flask:
-    return make_app()  # type: ignore[no-any-return]
+def app(make_app: Any, queue_name: str) -> Flask:
+    # Its own webhook queue too (removed with the test's queue): nobody else consumes it.
+    return make_app(webhook_queue=f"{queue_name}-wh")  # type: ignore[no-any-return]
 
 
 # --- sign-in and sessions -------------------------------------------------------------------
@@ -290,6 +291,23 @@ def test_cancel_from_the_dashboard(app: Flask) -> None:
     assert authed(app).get(f"/v1/jobs/{job_id}").get_json()["status"] == "canceled"
     page = client.get(f"/admin/jobs/{job_id}").text
     assert 'id="cancel-job"' not in page and 'id="retry-job"' in page
+
+
+def test_a_webhook_is_redelivered_from_the_job_page(app: Flask) -> None:
+    job_id = queued_job(app, webhook_url="https://93.184.215.14/hook",
+                        webhook_events=["job.canceled"])  # fmt: skip
+    client, token = login(app)
+    client.post(f"/admin/jobs/{job_id}/cancel", data={"csrf_token": token})
+    (delivery,) = authed(app).get(f"/v1/jobs/{job_id}/webhooks").get_json()["deliveries"]
+    page = client.get(f"/admin/jobs/{job_id}").text
+    assert f'data-delivery="{delivery["id"]}"' in page and "job.canceled" in page
+    r = client.post(f"/admin/webhooks/{delivery['id']}/redeliver", data={"csrf_token": token})
+    assert r.status_code == 303 and "redelivery+scheduled" in r.headers["Location"]
+    with session_scope(sessions_of(app)) as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "webhook.redeliver")).one()
+        assert entry.target == delivery["id"] and entry.detail == {"job": job_id}
+    r = client.post("/admin/webhooks/msg_nope/redeliver", data={"csrf_token": token})
+    assert r.status_code == 404
 
 
 def test_the_jobs_table_filters_by_several_statuses_and_searches_prompts(app: Flask) -> None:

@@ -62,8 +62,9 @@ def line_chart(
     for k in range(marks + 1):
         i = (n - (0 if kind == "bar" else 1)) * k / marks
         at = start + step * (i + (0 if kind == "bar" else 1))
+        anchor = "start" if k == 0 else "end" if k == marks else "middle"
         parts.append(
-            f'<text x="{x(i):.1f}" y="{HEIGHT - 6}" class="axis middle">'
+            f'<text x="{x(i):.1f}" y="{HEIGHT - 6}" class="axis {anchor}">'
             f"{at.strftime('%H:%M')}</text>"
         )
     if kind == "bar":

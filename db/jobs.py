@@ -481,9 +481,12 @@ def take_for_republish(
         select(Job.id, Job.model, Job.priority, Job.enqueued_at)
         .where(
             or_(
+                # A paused model's queued jobs are left alone: their messages come back every
+                # few seconds by themselves; the sweep takes them again after the resume.
                 and_(Job.status == JobStatus.queued, Job.enqueued_at.is_(None),
-                     Job.created_at < unpublished_before),
-                and_(Job.status == JobStatus.queued, Job.enqueued_at < stale_before),
+                     Job.created_at < unpublished_before, ~model_paused(Job.model)),
+                and_(Job.status == JobStatus.queued, Job.enqueued_at < stale_before,
+                     ~model_paused(Job.model)),
                 and_(Job.status == JobStatus.running, Job.lease_expires_at < stale_before,
                      or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before)),
                 lapsed,

@@ -391,7 +391,13 @@ def test_workers_claim_no_job_of_a_paused_model(session: Session) -> None:
     session.refresh(job)
     assert job.status is JobStatus.queued and job.attempts == 0
     assert jobs.claim(session=session, job_id=other.id, worker="w:1") is not None  # m2 runs
+    # The sweeper publishes no extra message for a paused job, however old its own.
+    later = utcnow() + timedelta(days=1)
+    taken = jobs.take_for_republish(session=session, unpublished_before=later, stale_before=later)
+    assert job.id not in [t.job_id for t in taken]
     assert dashboard.resume(session=session, model="m1")
+    taken = jobs.take_for_republish(session=session, unpublished_before=later, stale_before=later)
+    assert job.id in [t.job_id for t in taken]  # resumed: its lost message would be replaced
     claimed = jobs.claim(session=session, job_id=job.id, worker="w:1")
     assert claimed is not None and claimed.status is JobStatus.running
 

@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from api import (
         admin,
         catalog,
+        dashboard,
         errors,
         health,
         jobs,
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(openai_compat.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(webhook_routes.bp)
+    app.register_blueprint(dashboard.bp)
     if settings.cors_origin_list:
         from flask_cors import CORS
 

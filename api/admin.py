@@ -6,14 +6,14 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api import openapi
 from api.auth import require_admin
 from api.bodies import json_body
 from api.services import services
 from db import tenants
-from db.models import ApiKey, Tenant
+from db.models import ApiKey, KeyScope, Tenant
 from db.session import session_scope
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
@@ -27,7 +27,19 @@ class TenantCreate(BaseModel):
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field("", max_length=128)
-    admin: bool = False
+    admin: bool = Field(False, description="The same as `scope: admin`.")
+    scope: KeyScope | None = Field(
+        None,
+        strict=False,  # a JSON string names the scope
+        description="`tenant` (the default): the tenant's jobs; `admin`: everything; "
+        "`operator`: the dashboard, read-only (refused by every /v1 route).",
+    )
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> KeyCreate:
+        if self.admin and self.scope not in (None, KeyScope.admin):
+            raise ValueError(f"admin: true contradicts scope {self.scope.value!r}")
+        return self
 
 
 class TenantOut(BaseModel):
@@ -42,6 +54,7 @@ class KeyOut(BaseModel):
     name: str
     prefix: str
     admin: bool
+    scope: KeyScope
     created_at: datetime
     revoked_at: datetime | None
 
@@ -72,7 +85,7 @@ def tenant_out(t: Tenant) -> TenantOut:
 def key_out(k: ApiKey) -> dict[str, Any]:
     return KeyOut(
         id=k.id, tenant_id=k.tenant_id, name=k.name, prefix=k.prefix, admin=k.is_admin,
-        created_at=k.created_at, revoked_at=k.revoked_at,
+        scope=k.scope, created_at=k.created_at, revoked_at=k.revoked_at,
     ).model_dump(mode="json")  # fmt: skip
 
 
@@ -110,7 +123,11 @@ def create_key(tenant_id: str) -> Any:
     body = KeyCreate.model_validate(json_body())
     with session_scope(services().sessions) as session:
         new = tenants.create_key(
-            session=session, tenant_id=tenant_id, name=body.name, admin=body.admin
+            session=session,
+            tenant_id=tenant_id,
+            name=body.name,
+            admin=body.admin,
+            scope=body.scope,
         )
         return {**key_out(new.key), "key": new.secret}, 201
 

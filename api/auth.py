@@ -7,10 +7,12 @@ import hmac
 from dataclasses import dataclass
 
 from flask import g, request
+from sqlalchemy.orm import Session
 
 from api.services import services
 from daikon.errors import Forbidden, Unauthenticated
 from db import tenants
+from db.models import ApiKey, KeyScope
 from db.session import session_scope
 
 ADMIN_TENANT = "admin"
@@ -21,6 +23,33 @@ class Principal:
     tenant_id: str
     is_admin: bool
     key_id: str | None  # None for the settings' admin key
+
+
+@dataclass(frozen=True)
+class KeyHolder:
+    """Who a key belongs to, as the dashboard's sign-in sees it."""
+
+    key_id: str | None
+    scope: KeyScope
+    actor: str  # how the audit log names them: a key's prefix and name, never the key
+
+
+def actor_name(key: ApiKey | None) -> str:
+    if key is None:
+        return "admin key (settings)"
+    return f"key {key.prefix}… {key.name}".rstrip() + f" ({key.tenant.name})"
+
+
+def identify(session: Session, token: str) -> KeyHolder | None:
+    """The holder of a key, or None if it is unknown or revoked."""
+    admin = services().settings.security.admin_key
+    # As bytes: compare_digest refuses str with non-ASCII characters (TypeError).
+    if admin is not None and hmac.compare_digest(token.encode(), admin.get_secret_value().encode()):
+        return KeyHolder(None, KeyScope.admin, actor_name(None))
+    key = tenants.find_active_key(session=session, secret=token)
+    if key is None:
+        return None
+    return KeyHolder(key.id, key.scope, actor_name(key))
 
 
 def _bearer() -> str:
@@ -50,6 +79,8 @@ def authenticate() -> Principal:
             key = tenants.find_active_key(session=session, secret=token)
             if key is None:
                 raise Unauthenticated("invalid or revoked API key")
+            if key.scope is KeyScope.operator:
+                raise Forbidden("an operator key is read-only and for the dashboard (/admin) only")
             principal = Principal(tenant_id=key.tenant_id, is_admin=key.is_admin, key_id=key.id)
     g.principal = principal
     return principal

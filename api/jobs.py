@@ -12,7 +12,7 @@ from api import openapi
 from api.auth import authenticate
 from api.bodies import header_params, json_body, query_params
 from api.serialize import etag, job_out, job_outs, outbox
-from api.services import services
+from api.services import Services, services
 from api.submission import submit
 from daikon.contract import (
     ImageQuery,
@@ -142,10 +142,19 @@ def cancel_job(job_id: str) -> Any:
     denoising step. Canceling a canceled job is a no-op; a finished one is a conflict."""
     principal = authenticate()
     svc = services()
+    cancel(svc, job_id, tenant_id=principal.tenant_id)
     with session_scope(svc.sessions) as session:
-        job = jobs.get(session=session, job_id=job_id, tenant_id=principal.tenant_id)
+        return job_out(session, jobs.get(session=session, job_id=job_id)).model_dump(mode="json")
+
+
+def cancel(svc: Services, job_id: str, *, tenant_id: str | None = None) -> bool:
+    """Cancel one job (of `tenant_id`, if given): True if this call canceled it, False if it
+    was canceled already; Conflict if it finished. Shared with the dashboard."""
+    with session_scope(svc.sessions) as session:
+        job = jobs.get(session=session, job_id=job_id, tenant_id=tenant_id)
         events = outbox(svc)
         sent: list[str] = []
+        canceled = None
         if job.status is not JobStatus.canceled:
             canceled = jobs.cancel(session=session, job_id=job_id)
             session.refresh(job)
@@ -165,8 +174,7 @@ def cancel_job(job_id: str) -> Any:
         # the job no longer running and discards its images.
         log.warning("cancel flag for job %s not set: %s", job_id, e)
     events.send(sent)
-    with session_scope(svc.sessions) as session:
-        return job_out(session, jobs.get(session=session, job_id=job_id)).model_dump(mode="json")
+    return canceled is not None
 
 
 @bp.get("/jobs/<job_id>/images/<int:rank>")

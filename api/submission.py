@@ -27,7 +27,7 @@ from daikon.errors import Conflict, InvalidRequest, ServiceUnavailable, TooManyR
 from daikon.served_models import ServedModel
 from daikon.webhooks.safety import Allowlist, UnsafeDestination, check_url
 from db import jobs
-from db.models import Job
+from db.models import Job, Tenant
 from db.session import session_scope
 
 log = logging.getLogger("daikon.api")
@@ -91,20 +91,28 @@ def submit(
             )
             if held is not None:
                 return _replay(held, digest, idempotency_key)
+        own = session.get(Tenant, principal.tenant_id)  # its own limits, set by an admin
+        max_candidates = own.max_candidates if own is not None else None
+        if max_candidates is not None and params.candidates > max_candidates:
+            raise InvalidRequest(
+                f"candidates: {params.candidates} is more than this tenant's limit of "
+                f"{max_candidates}", param="candidates",
+            )  # fmt: skip
+        per_minute = own.submits_per_minute if own is not None else None
         try:
-            wait = svc.rate_limit.hit(principal.tenant_id)
+            wait = svc.rate_limit.hit(principal.tenant_id, per_minute)
         except redis.RedisError as e:  # the broker is the same Redis: nothing could be queued
             raise _queue_unavailable() from e
         if wait is not None:
-            raise TooManyRequests(
-                f"more than {settings.limits.tenant_submits_per_minute} submissions a minute",
-                retry_after=wait,
-            )
+            limit = per_minute or settings.limits.tenant_submits_per_minute
+            raise TooManyRequests(f"more than {limit} submissions a minute", retry_after=wait)
+        max_active = (own.max_active_jobs if own is not None else None) or (
+            settings.limits.tenant_max_active_jobs
+        )
         active = jobs.count_active(session=session, tenant_id=principal.tenant_id)
-        if active >= settings.limits.tenant_max_active_jobs:
+        if active >= max_active:
             raise TooManyRequests(
-                f"{active} jobs are queued or running; the limit is "
-                f"{settings.limits.tenant_max_active_jobs}",
+                f"{active} jobs are queued or running; the limit is {max_active}",
                 retry_after=5, code="too_many_active_jobs",
             )  # fmt: skip
         if served is not None:
@@ -116,9 +124,21 @@ def submit(
         except jobs.IdempotencyConflict as race:  # the same key won a concurrent request
             return _replay(race.job, digest, idempotency_key or "")
         job_id, model, priority = job.id, job.model, job.priority
+    enqueue(svc, job_id=job_id, model=model, priority=priority, cost=params.cost,
+            candidates=params.candidates)  # fmt: skip
+    return Submitted(job_id, created=True)
+
+
+def enqueue(
+    svc: Services, *, job_id: str, model: str, priority: int, cost: float, candidates: int
+) -> None:
+    """Publish a committed job; if the broker refuses, delete it (nothing left behind) and
+    raise 503. Shared by submissions and the dashboard's retry."""
+    settings = svc.settings
+    served = svc.served_models.get(model)
     allowance = (
         limits.time_allowance(
-            limits.batch_ceiling(params.cost, params.candidates, served.limits),
+            limits.batch_ceiling(cost, candidates, served.limits),
             served.limits,
             soft_time_limit(settings),
         )
@@ -140,7 +160,6 @@ def submit(
             jobs.mark_enqueued(session=session, job_id=job_id)
     except Exception as e:  # published already: at worst the sweeper publishes it once more
         log.warning("could not mark job %s published: %s", job_id, e)
-    return Submitted(job_id, created=True)
 
 
 def check_webhook_url(svc: Services, url: str | None) -> None:

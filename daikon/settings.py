@@ -158,6 +158,12 @@ class Security(Group):
         "decrypt; empty = a key kept in the data "
         "directory.",
     )
+    dashboard_session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="How long a dashboard sign-in lasts."
+    )
+    login_attempts_per_minute: int = Field(
+        10, ge=1, description="Dashboard sign-in attempts per client address and minute."
+    )
 
 
 class Storage(Group):

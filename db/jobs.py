@@ -8,15 +8,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, false, func, or_, select, update
+from sqlalchemy import and_, exists, false, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from daikon.contract import DEFAULT_PRIORITY, JobParams, JobStatus
-from daikon.errors import NotFound
-from db.models import Job, JobImage, utcnow
+from daikon.errors import Conflict, NotFound
+from db.models import Job, JobImage, PausedModel, utcnow
 
 ACTIVE = (JobStatus.queued, JobStatus.running)
+RETRYABLE = (JobStatus.failed, JobStatus.canceled)
+# How soon a message for a paused model's job comes back to look again.
+PAUSE_RECHECK_SECONDS = 2.0
+
+
+def model_paused(model: Any) -> Any:
+    """SQL: the model's queue is paused (a row in paused_models)."""
+    return exists(select(PausedModel.model).where(PausedModel.model == model))
 
 
 @dataclass(frozen=True)
@@ -209,11 +217,13 @@ def claim(
     lease_seconds: float = 60,
     max_attempts: int | None = None,
 ) -> Job | None:
-    """Take the job to run it: queued -> running, or a running job whose lease lapsed (its
-    worker died) or is this worker's own. None means it is not ours to run now."""
+    """Take the job to run it: queued -> running (unless its model's queue is paused), or a
+    running job whose lease lapsed (its worker died) or is this worker's own. None means it
+    is not ours to run now. The pause is checked in the same UPDATE, so a job can never start
+    after the pause committed."""
     now = utcnow()
     runnable = or_(
-        Job.status == JobStatus.queued,
+        and_(Job.status == JobStatus.queued, ~model_paused(Job.model)),
         and_(
             Job.status == JobStatus.running,
             or_(Job.lease_expires_at < now, Job.lease_owner == worker),
@@ -264,6 +274,7 @@ def claim_companions(
     heads = session.scalars(
         select(Job)
         .where(Job.model == leader.model, Job.status == JobStatus.queued, Job.id != leader.id)
+        .where(~model_paused(Job.model))
         .order_by(Job.priority.desc(), Job.created_at, Job.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -275,7 +286,7 @@ def claim_companions(
             break
         result = session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.queued)
+            .where(Job.id == job.id, Job.status == JobStatus.queued, ~model_paused(Job.model))
             .values(**_running_under(worker, now, lease_seconds))
             .execution_options(synchronize_session=False)
         )
@@ -294,6 +305,7 @@ class Acquired:
 
     job: Job | None = None  # claimed: run it
     busy_for: float | None = None  # a live worker holds it: look again in this many seconds
+    paused: bool = False  # with busy_for: its model's queue is paused, it stays queued
     gave_up: Job | None = None  # its workers died max_attempts times: now failed
 
 
@@ -315,6 +327,12 @@ def acquire(
         if job is not None:
             return Acquired(job=job)
         job = session.get(Job, job_id)
+        if (
+            job is not None
+            and job.status is JobStatus.queued
+            and is_paused(session=session, model=job.model)
+        ):
+            return Acquired(busy_for=PAUSE_RECHECK_SECONDS, paused=True)
         if job is None or job.status is not JobStatus.running:
             return Acquired()  # finished, canceled, gone, or queued but used up (see below)
         now = utcnow()
@@ -343,6 +361,30 @@ def acquire(
             .execution_options(synchronize_session=False)
         )
     return Acquired()
+
+
+def is_paused(*, session: Session, model: str) -> bool:
+    return session.get(PausedModel, model) is not None
+
+
+def retry(*, session: Session, job_id: str) -> Job:
+    """A new queued job with the parameters and options of a failed or canceled one, linked
+    to it by `retry_of`; the caller publishes it."""
+    old = get(session=session, job_id=job_id)
+    if old.status not in RETRYABLE:
+        raise Conflict(
+            f"job {job_id!r} is {old.status.value}; only failed or canceled jobs are retried",
+            param="id", code="job_not_retryable",
+        )  # fmt: skip
+    job = Job(
+        tenant_id=old.tenant_id, prompt=old.prompt, params=dict(old.params), model=old.model,
+        cost=old.cost, status=JobStatus.queued, priority=old.priority,
+        client_metadata=old.client_metadata, webhook_url=old.webhook_url,
+        webhook_events=list(old.webhook_events), metrics={}, images=[], retry_of=old.id,
+    )  # fmt: skip
+    session.add(job)
+    session.flush()
+    return job
 
 
 def record_params(*, session: Session, job_id: str, params: JobParams, worker: str) -> bool:
@@ -489,9 +531,12 @@ def take_for_republish(
         select(Job.id, Job.model, Job.priority, Job.enqueued_at)
         .where(
             or_(
+                # A paused model's queued jobs are left alone: their messages come back every
+                # few seconds by themselves; the sweep takes them again after the resume.
                 and_(Job.status == JobStatus.queued, Job.enqueued_at.is_(None),
-                     Job.created_at < unpublished_before),
-                and_(Job.status == JobStatus.queued, Job.enqueued_at < stale_before),
+                     Job.created_at < unpublished_before, ~model_paused(Job.model)),
+                and_(Job.status == JobStatus.queued, Job.enqueued_at < stale_before,
+                     ~model_paused(Job.model)),
                 and_(Job.status == JobStatus.running, Job.lease_expires_at < stale_before,
                      or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before)),
                 lapsed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -75,6 +76,19 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The tenant's own limits, set on the dashboard; None = the deployment's (Settings.limits).
+    submits_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_candidates: Mapped[int | None] = mapped_column(Integer)
+
+
+class KeyScope(StrEnum):
+    """What a key may do: a tenant's jobs; everything (admin); or look at everything on the
+    dashboard and change nothing (operator)."""
+
+    tenant = "tenant"
+    admin = "admin"
+    operator = "operator"
 
 
 class ApiKey(Base):
@@ -89,6 +103,10 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))  # shown in listings to tell keys apart
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    scope: Mapped[KeyScope] = mapped_column(
+        Enum(KeyScope, native_enum=False, length=16, create_constraint=True, name="key_scope"),
+        default=KeyScope.tenant,
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -131,6 +149,10 @@ class Job(Base):
     # Lease of the worker running the job ("host:pid"), renewed while it runs.
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A retry from the dashboard: the job whose parameters this one repeats.
+    retry_of: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
 
     images: Mapped[list[JobImage]] = relationship(
         back_populates="job",
@@ -264,3 +286,48 @@ class WebhookDisabledUrl(Base):
     url: Mapped[str] = mapped_column(Text)
     disabled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivery_id: Mapped[str | None] = mapped_column(String(40))  # the one that got the 410
+
+
+# --- dashboard ------------------------------------------------------------------------------
+
+
+class DashboardSession(Base):
+    """A signed-in operator. The cookie holds a random id; only its SHA-256 is stored, so a
+    leaked table opens nothing. `key_id` None is the settings' admin key; a session of a key
+    that is revoked ends with it."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    actor: Mapped[str] = mapped_column(String(255))  # who, as the audit log names them
+    scope: Mapped[KeyScope] = mapped_column(
+        Enum(KeyScope, native_enum=False, length=16, create_constraint=True,
+             name="session_scope"),
+    )  # fmt: skip
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class AuditEntry(Base):
+    """One admin action: who (a key's id and prefix, never the key), what, on what, when."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    key_id: Mapped[str | None] = mapped_column(String(36))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class PausedModel(Base):
+    """A model whose queue is paused: its queued jobs stay queued, workers start none."""
+
+    __tablename__ = "paused_models"
+
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    paused_by: Mapped[str] = mapped_column(String(255), default="")

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from daikon.errors import Conflict, NotFound
-from db.models import ApiKey, Tenant, utcnow
+from db.models import ApiKey, KeyScope, Tenant, utcnow
 
 KEY_PREFIX = "dk_"
 
@@ -58,12 +58,21 @@ def list_tenants(*, session: Session) -> Sequence[Tenant]:
     return session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id)).all()
 
 
-def create_key(*, session: Session, tenant_id: str, name: str = "", admin: bool = False) -> NewKey:
+def create_key(
+    *,
+    session: Session,
+    tenant_id: str,
+    name: str = "",
+    admin: bool = False,
+    scope: KeyScope | None = None,
+) -> NewKey:
+    """`scope` wins over `admin` (kept for callers of the first API); admin=True = admin."""
     get_tenant(session=session, tenant_id=tenant_id)
+    scope = scope or (KeyScope.admin if admin else KeyScope.tenant)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         tenant_id=tenant_id, name=name, prefix=secret[:10], key_hash=hash_key(secret),
-        is_admin=admin,
+        is_admin=scope is KeyScope.admin, scope=scope,
     )  # fmt: skip
     session.add(key)
     session.flush()
@@ -80,6 +89,31 @@ def list_keys(*, session: Session, tenant_id: str) -> Sequence[ApiKey]:
     return session.scalars(
         select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at)
     ).all()
+
+
+def get_key(*, session: Session, key_id: str) -> ApiKey:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFound(f"key {key_id!r} not found", param="id")
+    return key
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    """A tenant's own limits; None = the deployment's."""
+
+    submits_per_minute: int | None = None
+    max_active_jobs: int | None = None
+    max_candidates: int | None = None
+
+
+def set_limits(*, session: Session, tenant_id: str, limits: TenantLimits) -> Tenant:
+    tenant = get_tenant(session=session, tenant_id=tenant_id)
+    tenant.submits_per_minute = limits.submits_per_minute
+    tenant.max_active_jobs = limits.max_active_jobs
+    tenant.max_candidates = limits.max_candidates
+    session.flush()
+    return tenant
 
 
 def revoke_key(*, session: Session, key_id: str) -> ApiKey:

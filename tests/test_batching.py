@@ -294,3 +294,19 @@ def test_jobs_queued_before_the_models_defaults_were_known_batch_on_what_they_wi
     native = generator.capabilities.defaults.width
     assert {(r.params["width"], r.params["steps"]) for r in rows} == {
         (native, generator.capabilities.defaults.steps)}  # fmt: skip
+
+
+def test_a_queue_paused_after_the_leader_started_gives_it_no_company(  # type: ignore[no-untyped-def]
+    sessions, generator, ranker, model, tmp_path
+) -> None:
+    from db.models import PausedModel
+
+    ids = [submit(sessions, model, prompt=f"job {i}") for i in range(3)]
+    with session_scope(sessions) as s:  # the leader was claimed, then the queue was paused
+        assert jobs.claim(session=s, job_id=ids[0], worker="w1") is not None
+        s.add(PausedModel(model=model, paused_by="test"))
+    gen = Recording(generator)
+    make_executor(sessions, LocalStore(tmp_path), gen, ranker).run(ids[0])
+    assert gen.calls == [1]
+    assert [row(sessions, i).status for i in ids] == [
+        JobStatus.succeeded, JobStatus.queued, JobStatus.queued]  # fmt: skip

@@ -68,10 +68,12 @@ class OverTime(Exception):
 
 
 class JobBusy(Exception):
-    """Another live worker runs this job: the message should come back after `retry_in`."""
+    """Another live worker runs this job, or its model's queue is paused: the message should
+    come back after `retry_in`."""
 
-    def __init__(self, job_id: str, retry_in: float):
-        super().__init__(f"job {job_id} is running on another worker")
+    def __init__(self, job_id: str, retry_in: float, *, paused: bool = False):
+        reason = "its model's queue is paused" if paused else "it is running on another worker"
+        super().__init__(f"job {job_id}: {reason}")
         self.retry_in = retry_in
 
 
@@ -298,7 +300,7 @@ class JobExecutor:
 
         got, params, progress = self._commit(job_id, acquire, raised)
         if got.busy_for is not None:
-            raise JobBusy(job_id, got.busy_for)
+            raise JobBusy(job_id, got.busy_for, paused=got.paused)
         if got.gave_up is not None:
             log.warning("job %s: %s", job_id, got.gave_up.error_message)
             return Outcome.failed

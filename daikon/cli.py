@@ -29,6 +29,7 @@ from rich.progress import (
 )
 from rich.prompt import Confirm
 from rich.table import Table
+from rich.text import Text
 
 from daikon.client import APIConnectionError, APIError, ConflictError, Daikon, DaikonError
 from daikon.client.models import (
@@ -58,8 +59,9 @@ keys_app = typer.Typer(help="API keys (admin keys only).", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No markup: prompts, messages and codes such as "[invalid_api_key, ...]" print as they are.
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the API's JSON (for scripts).")]
 
@@ -325,7 +327,7 @@ def show(
     for image in job.images:
         rows.append((f"image {image.rank}", f"clip {image.clip_score:.2f}  {image.url}"))
     for k, v in rows:
-        table.add_row(f"[bold]{k}[/bold]", v)
+        table.add_row(Text(k, style="bold"), v)
     out.print(table)
 
 

@@ -112,6 +112,7 @@ class Display:
         self.progress: Progress | None = None
         self.task: TaskID | None = None
         self._last = ""
+        self._tenth = -1
 
     @contextmanager
     def shown(self) -> Iterator[Display]:
@@ -151,9 +152,19 @@ class Display:
             if done:
                 task = self.progress.tasks[0]
                 self.progress.update(self.task, completed=task.total or 1, total=task.total or 1)
-        elif text != self._last:
+        elif self._worth_a_line(text, step, total):
             err.print(f"{self.job_id} {text}")
         self._last = text
+
+    def _worth_a_line(self, text: str, step: int | None, total: int | None) -> bool:
+        """On a pipe, a line for each status and each tenth of the steps (logs stay short)."""
+        if step is None or not total:
+            return text != self._last
+        tenth = step * 10 // total
+        if tenth <= self._tenth:
+            return False
+        self._tenth = tenth
+        return True
 
 
 def follow(daikon: Daikon, job_id: str, *, show: bool, poll: bool = False) -> JobOut:
@@ -289,8 +300,13 @@ def jobs(
     if as_json:
         _print_json([j.model_dump(mode="json") for j in rows])
         return
-    table = Table("id", "status", "created", "model", "prompt", "images", "best clip",
-                  box=None, header_style="bold")  # fmt: skip
+    table = Table(box=None, header_style="bold")
+    table.add_column("id", no_wrap=True, min_width=36)  # whole: people copy it
+    for name in ("status", "created", "model"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("prompt")  # the one that wraps in a narrow terminal
+    table.add_column("images", justify="right", no_wrap=True)
+    table.add_column("best clip", justify="right", no_wrap=True)
     for j in rows:
         best = max((i.clip_score for i in j.images), default=None)
         table.add_row(j.id, j.status.value, j.created_at.strftime("%Y-%m-%d %H:%M:%S"),

@@ -125,6 +125,7 @@ class AsyncDaikon:
         return await self._send(Endpoints.submit(request, idempotency_key, fields))
 
     async def get(self, job_id: str) -> JobOut:
+        """GET /v1/jobs/{id}: the job now."""
         return await self._send(Endpoints.get(job_id))
 
     async def cancel(self, job_id: str) -> JobOut:
@@ -287,12 +288,15 @@ class AsyncDaikon:
     # --- models, admin, webhooks -------------------------------------------------------------
 
     async def models(self) -> ModelList:
+        """GET /v1/models: the models jobs may name, their workers, queues and capabilities."""
         return await self._send(Endpoints.models())
 
     async def create_tenant(self, name: str) -> TenantOut:
+        """POST /v1/admin/tenants (admin key)."""
         return await self._send(Endpoints.create_tenant(name))
 
     async def tenants(self) -> TenantList:
+        """GET /v1/admin/tenants (admin key)."""
         return await self._send(Endpoints.tenants())
 
     async def create_key(self, tenant_id: str, *, name: str = "", admin: bool = False) -> NewKeyOut:
@@ -300,9 +304,11 @@ class AsyncDaikon:
         return await self._send(Endpoints.create_key(tenant_id, name, admin))
 
     async def keys(self, tenant_id: str) -> KeyList:
+        """GET /v1/admin/tenants/{id}/keys (admin key); never the keys themselves."""
         return await self._send(Endpoints.keys(tenant_id))
 
     async def revoke_key(self, key_id: str) -> KeyOut:
+        """DELETE /v1/admin/keys/{id} (admin key): refused from now on."""
         return await self._send(Endpoints.revoke_key(key_id))
 
     async def rotate_webhook_secret(self, *, overlap_hours: float | None = None) -> SecretOut:
@@ -310,7 +316,9 @@ class AsyncDaikon:
         return await self._send(Endpoints.rotate_webhook_secret(overlap_hours))
 
     async def deliveries(self, job_id: str) -> DeliveryList:
+        """GET /v1/jobs/{id}/webhooks: the job's webhook deliveries and every attempt."""
         return await self._send(Endpoints.deliveries(job_id))
 
     async def redeliver(self, delivery_id: str) -> DeliveryOut:
+        """POST /v1/admin/webhooks/{id}/redeliver (admin key): send again, same webhook-id."""
         return await self._send(Endpoints.redeliver(delivery_id))

@@ -123,6 +123,7 @@ class Daikon:
         return self._send(Endpoints.submit(request, idempotency_key, fields))
 
     def get(self, job_id: str) -> JobOut:
+        """GET /v1/jobs/{id}: the job now."""
         return self._send(Endpoints.get(job_id))
 
     def cancel(self, job_id: str) -> JobOut:
@@ -282,12 +283,15 @@ class Daikon:
     # --- models, admin, webhooks -------------------------------------------------------------
 
     def models(self) -> ModelList:
+        """GET /v1/models: the models jobs may name, their workers, queues and capabilities."""
         return self._send(Endpoints.models())
 
     def create_tenant(self, name: str) -> TenantOut:
+        """POST /v1/admin/tenants (admin key)."""
         return self._send(Endpoints.create_tenant(name))
 
     def tenants(self) -> TenantList:
+        """GET /v1/admin/tenants (admin key)."""
         return self._send(Endpoints.tenants())
 
     def create_key(self, tenant_id: str, *, name: str = "", admin: bool = False) -> NewKeyOut:
@@ -295,9 +299,11 @@ class Daikon:
         return self._send(Endpoints.create_key(tenant_id, name, admin))
 
     def keys(self, tenant_id: str) -> KeyList:
+        """GET /v1/admin/tenants/{id}/keys (admin key); never the keys themselves."""
         return self._send(Endpoints.keys(tenant_id))
 
     def revoke_key(self, key_id: str) -> KeyOut:
+        """DELETE /v1/admin/keys/{id} (admin key): refused from now on."""
         return self._send(Endpoints.revoke_key(key_id))
 
     def rotate_webhook_secret(self, *, overlap_hours: float | None = None) -> SecretOut:
@@ -305,7 +311,9 @@ class Daikon:
         return self._send(Endpoints.rotate_webhook_secret(overlap_hours))
 
     def deliveries(self, job_id: str) -> DeliveryList:
+        """GET /v1/jobs/{id}/webhooks: the job's webhook deliveries and every attempt."""
         return self._send(Endpoints.deliveries(job_id))
 
     def redeliver(self, delivery_id: str) -> DeliveryOut:
+        """POST /v1/admin/webhooks/{id}/redeliver (admin key): send again, same webhook-id."""
         return self._send(Endpoints.redeliver(delivery_id))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 
@@ -16,7 +17,8 @@ class Proxy:
         self.upstream_port = upstream_port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.requests: list[bytes] = []  # the first chunk of each request (its head)
+        self.requests: list[tuple[float, bytes]] = []  # (when, the first chunk: its head)
+        self.responses: list[bytes] = []  # the first chunk of each answer passed on
         self._drops: list[bytes] = []
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -44,7 +46,17 @@ class Proxy:
 
     def heads(self, prefix: bytes) -> list[bytes]:
         with self._lock:
-            return [r for r in self.requests if r.startswith(prefix)]
+            return [r for _, r in self.requests if r.startswith(prefix)]
+
+    def times(self, prefix: bytes) -> list[float]:
+        """When each request starting with `prefix` came (time.monotonic())."""
+        with self._lock:
+            return [t for t, r in self.requests if r.startswith(prefix)]
+
+    def answered(self, prefix: bytes) -> int:
+        """How many answers starting with `prefix` (b"HTTP/1.1 429") were passed on."""
+        with self._lock:
+            return sum(r.startswith(prefix) for r in self.responses)
 
     def close(self) -> None:
         self._stopped = True
@@ -71,7 +83,7 @@ class Proxy:
             while data := client.recv(65536):
                 if data[:8].split(b" ")[0] in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD"):
                     with self._lock:
-                        self.requests.append(data)
+                        self.requests.append((time.monotonic(), data))
                         for prefix in self._drops:
                             if data.startswith(prefix):
                                 self._drops.remove(prefix)
@@ -86,6 +98,9 @@ class Proxy:
             while data := upstream.recv(65536):
                 if pair.swallow:
                     break
+                if data.startswith(b"HTTP/"):
+                    with self._lock:
+                        self.responses.append(data)
                 client.sendall(data)
         self._close(client, upstream)
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from werkzeug.serving import make_server
 
 from daikon.client import (
     AsyncDaikon,
@@ -25,6 +28,8 @@ from daikon.client import (
     JobEvent,
     NotFoundError,
     ProgressEvent,
+    RateLimitError,
+    RetryPolicy,
     StatusEvent,
     WebhookVerificationError,
     verify_webhook,
@@ -33,7 +38,14 @@ from daikon.client.models import Job, JobStatus, WebhookPayload
 from daikon.webhooks.signing import new_secret
 from tests.proxy import proxy_to
 from tests.receiver import receiver
-from tests.stack import ADMIN_KEY, Stack, WorkerProcess, running_stack, settings_for
+from tests.stack import (
+    ADMIN_KEY,
+    Stack,
+    WorkerProcess,
+    free_port,
+    running_stack,
+    settings_for,
+)
 
 pytestmark = pytest.mark.e2e
 QUICK = {"steps": 3, "candidates": 2, "top_k": 1}
@@ -163,6 +175,42 @@ def test_a_submit_retried_after_its_answer_was_lost_makes_one_job(stack: Stack) 
     r = stack.http.get(stack.url("/v1/jobs"), params={"limit": 100}, timeout=10)
     same = [j["id"] for j in r.json()["jobs"] if j["params"]["prompt"] == prompt]
     assert same == [job.id]
+
+
+@pytest.fixture
+def one_active_job(make_app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """An API (no worker: jobs stay queued) that lets each tenant one active job; its URL."""
+    app = make_app(tenant_max_active_jobs=1)
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+def test_a_429_is_retried_after_its_retry_after_and_then_succeeds(one_active_job: str) -> None:
+    with proxy_to(one_active_job) as proxy, Daikon(proxy.url, ADMIN_KEY) as daikon:
+        blocker = daikon.submit("holds the only slot")
+        impatient = Daikon(proxy.url, ADMIN_KEY, retry=RetryPolicy(max_retries=0))
+        with impatient, pytest.raises(RateLimitError) as refused:
+            impatient.submit("no retries")
+        assert refused.value.code == "too_many_active_jobs" and refused.value.retry_after == 5
+
+        def free_the_slot() -> None:  # once the next submit has been refused
+            while proxy.answered(b"HTTP/1.1 429") < 2:
+                time.sleep(0.05)
+            daikon.cancel(blocker.id)
+
+        before = len(proxy.heads(b"POST /v1/jobs "))
+        helper = threading.Thread(target=free_the_slot)
+        helper.start()
+        job = daikon.submit("waits for the slot")
+        helper.join(10)
+        posts = proxy.times(b"POST /v1/jobs ")[before:]
+    assert job.status is JobStatus.queued
+    assert len(posts) == 2 and posts[1] - posts[0] >= 5  # it waited the Retry-After
 
 
 def test_errors_carry_the_apis_code_and_message(stack: Stack, daikon: Daikon) -> None:

@@ -289,13 +289,20 @@ def jobs(
     ctx: typer.Context,
     status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this status.")] = None,
     model: Annotated[str | None, typer.Option(help="Only jobs of this model.")] = None,
+    created_after: Annotated[
+        str | None,
+        typer.Option(
+            help="Only jobs created after this time (ISO 8601 with a zone: 2026-12-01T00:00Z)."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 20,
     show_all: Annotated[bool, typer.Option("--all", help="Every job (all pages).")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """List jobs, newest first."""
     with _client(ctx) as daikon:
-        found = daikon.list(status=status, model=model, page_size=min(max(limit, 1), 100))
+        found = daikon.list(status=status, model=model, created_after=created_after,
+                            page_size=min(max(limit, 1), 100))  # fmt: skip
         rows = list(found if show_all else itertools.islice(found, max(limit, 0)))
     if as_json:
         _print_json([j.model_dump(mode="json") for j in rows])

@@ -102,6 +102,9 @@ def test_no_wait_json_show_wait_and_jobs_are_for_scripts(stack: Stack, tmp_path:
 
     plain = daikon(stack, "generate", "a green triangle", *QUICK, "--no-wait")
     assert plain.returncode == 0 and re.fullmatch(r"[0-9a-f-]{36}\n", plain.stdout)
+    later = json.loads(daikon(stack, "jobs", "--json", "--created-after", job["created_at"]).stdout)
+    assert plain.stdout.strip() in [j["id"] for j in later]
+    assert job["id"] not in [j["id"] for j in later]  # strictly after
     table = daikon(stack, "jobs", "--status", "queued", "--limit", "50").stdout
     assert plain.stdout.strip() in table or stack.get(plain.stdout.strip())["status"] != "queued"
 

@@ -6,6 +6,7 @@ and webhooks verified with the helper."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import threading
@@ -31,6 +32,7 @@ from daikon.client import (
     RateLimitError,
     RetryPolicy,
     StatusEvent,
+    WaitTimeout,
     WebhookVerificationError,
     verify_webhook,
 )
@@ -213,6 +215,20 @@ def test_a_429_is_retried_after_its_retry_after_and_then_succeeds(one_active_job
         posts = proxy.times(b"POST /v1/jobs ")[before:]
     assert job.status is JobStatus.queued
     assert len(posts) == 2 and posts[1] - posts[0] >= 5  # it waited the Retry-After
+
+
+def test_polling_sends_the_etag_and_keeps_the_servers_pace(one_active_job: str) -> None:
+    """No worker here: the job stays queued, so every poll after the first is a 304."""
+    with proxy_to(one_active_job) as proxy, Daikon(proxy.url, ADMIN_KEY) as daikon:
+        job = daikon.submit("stays queued")
+        with pytest.raises(WaitTimeout):
+            daikon.wait(job.id, poll=True, timeout=7)
+        polls = proxy.heads(f"GET /v1/jobs/{job.id} ".encode())
+        times = proxy.times(f"GET /v1/jobs/{job.id} ".encode())
+        unchanged = proxy.answered(b"HTTP/1.1 304")
+    assert len(polls) >= 2 and unchanged == len(polls) - 1
+    assert all(re.search(rb"(?i)if-none-match: ", p) for p in polls[1:])
+    assert all(b - a >= 2 for a, b in itertools.pairwise(times))  # queued: Retry-After 2
 
 
 def test_errors_carry_the_apis_code_and_message(stack: Stack, daikon: Daikon) -> None:

@@ -30,7 +30,7 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not e2e"
 
-# The generated docs: docs/api.md's reference part and docs/configuration.md.
+# The generated docs: docs/api.md's and docs/client.md's reference parts, docs/configuration.md.
 docs: install
 	$(PY) -m api.reference
 

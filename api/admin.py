@@ -2,73 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from flask import Blueprint
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api import openapi
 from api.auth import require_admin
 from api.bodies import json_body
 from api.services import services
+from daikon.resources import (
+    KeyCreate,
+    KeyList,
+    KeyOut,
+    NewKeyOut,
+    TenantCreate,
+    TenantList,
+    TenantOut,
+)
 from db import tenants
-from db.models import ApiKey, KeyScope, Tenant
+from db.models import ApiKey, Tenant
 from db.session import session_scope
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
-
-
-class TenantCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
-
-
-class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    name: str = Field("", max_length=128)
-    admin: bool = Field(False, description="The same as `scope: admin`.")
-    scope: KeyScope | None = Field(
-        None,
-        strict=False,  # a JSON string names the scope
-        description="`tenant` (the default): the tenant's jobs; `admin`: everything; "
-        "`operator`: the dashboard, read-only (refused by every /v1 route).",
-    )
-
-    @model_validator(mode="after")
-    def _one_answer(self) -> KeyCreate:
-        if self.admin and self.scope not in (None, KeyScope.admin):
-            raise ValueError(f"admin: true contradicts scope {self.scope.value!r}")
-        return self
-
-
-class TenantOut(BaseModel):
-    id: str
-    name: str
-    created_at: datetime
-
-
-class KeyOut(BaseModel):
-    id: str
-    tenant_id: str
-    name: str
-    prefix: str
-    admin: bool
-    scope: KeyScope
-    created_at: datetime
-    revoked_at: datetime | None
-
-
-class NewKeyOut(KeyOut):
-    key: str = Field(description="The API key. Shown only in this response.")
-
-
-class TenantList(BaseModel):
-    tenants: list[TenantOut]
-
-
-class KeyList(BaseModel):
-    keys: list[KeyOut]
 
 
 TENANT_LINKS = {

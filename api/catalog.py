@@ -7,45 +7,17 @@ from typing import Any
 
 import redis
 from flask import Blueprint
-from pydantic import BaseModel, Field
 
 from api import openapi
 from api.auth import authenticate
 from api.services import services
 from daikon import heartbeats
-from daikon.capabilities import ModelCapabilities
 from daikon.errors import ServiceUnavailable
-from daikon.limits import ModelLimits
+from daikon.resources import ModelList, ModelOut
 from db import stats
 from db.session import session_scope
 
 bp = Blueprint("catalog", __name__, url_prefix="/v1")
-
-
-class ModelOut(BaseModel):
-    name: str
-    default: bool
-    workers: int
-    queued: int
-    device: str | None = Field(
-        description="Where its workers run it (cpu, cuda, ...); null until one has loaded it."
-    )
-    load_errors: dict[str, str] | None = Field(
-        None, description="Admins only: workers told to serve it that could not load it (worker "
-        "name -> why); they are not counted in `workers`."
-    )  # fmt: skip
-    capabilities: ModelCapabilities | None = Field(
-        description="What the model can do (sizes, schedulers, guidance, negative prompt, true "
-        "CFG) and its defaults, as its worker found them; null until one has loaded it."
-    )
-    limits: ModelLimits | None = Field(
-        description="What one job may cost there, and each tenant's budget; null until a "
-        "worker has loaded it (jobs are then checked by the worker)."
-    )
-
-
-class ModelList(BaseModel):
-    models: list[ModelOut]
 
 
 @bp.get("/models")

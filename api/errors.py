@@ -8,26 +8,14 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from gunicorn.http.errors import ParseException
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from daikon.errors import DaikonError
+from daikon.resources import ErrorBody, ErrorResponse
 
 log = logging.getLogger("daikon.api")
-
-
-class ErrorBody(BaseModel):
-    type: str = Field(description="The error's family, e.g. invalid_request_error.")
-    code: str = Field(description="Machine-readable reason, e.g. invalid_request, not_found.")
-    message: str = Field(description="For people; names every bad field.")
-    param: str | None = Field(description="The field, parameter or header at fault, if any.")
-
-
-class ErrorResponse(BaseModel):
-    """The body of every error response."""
-
-    error: ErrorBody
 
 
 def error_response(

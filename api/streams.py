@@ -23,6 +23,7 @@ from api.bodies import header_params
 from api.serialize import job_out
 from api.services import Services, services
 from daikon.contract import JobOut, JobStatus, StreamHeaders
+from daikon.resources import StreamStatus
 from db import jobs
 from db.session import session_scope
 
@@ -70,8 +71,10 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
                     yield _sse("done", status_id, out.model_dump(mode="json"))
                 return  # nothing can follow the final event
             if status_id > last_id:
-                yield _sse("status", status_id, {"id": out.id, "status": out.status.value,
-                                                 "queue_position": out.queue_position})  # fmt: skip
+                status = StreamStatus(
+                    id=out.id, status=out.status, queue_position=out.queue_position
+                )
+                yield _sse("status", status_id, status.model_dump(mode="json"))
                 last_id, last_sent = status_id, time.monotonic()
             if out.progress is not None and out.progress.step >= 1:
                 progress_id = out.progress.step + 2

@@ -3,73 +3,22 @@ admin's redelivery. Sending happens in the webhook worker, never here."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint
-from pydantic import BaseModel, ConfigDict, Field
 
 from api import openapi
 from api.auth import authenticate, require_admin
 from api.bodies import json_body, read_body
 from api.serialize import outbox
 from api.services import services
-from daikon.webhooks import DeliveryStatus
+from daikon.resources import AttemptOut, DeliveryList, DeliveryOut, SecretCreate, SecretOut
 from db import deliveries, jobs
 from db.models import WebhookAttempt, WebhookDelivery
 from db.session import session_scope
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
-
-
-class SecretCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    overlap_hours: float | None = Field(
-        None, ge=0, le=24 * 30,
-        description="How long the previous secret keeps signing (default "
-        "DAIKON_WEBHOOK_SECRET_OVERLAP_HOURS); 0 ends it at once, e.g. after a leak.",
-    )  # fmt: skip
-
-
-class SecretOut(BaseModel):
-    secret: str = Field(description="whsec_...: shown only in this response.")
-    created_at: datetime
-    previous_expires_at: datetime | None = Field(
-        description="Until when the previous secret still signs; null if there was none."
-    )
-
-
-class AttemptOut(BaseModel):
-    attempt: int
-    started_at: datetime
-    duration_ms: int
-    status_code: int | None
-    error: str | None
-    response_excerpt: str | None = Field(
-        description="At most the first 1 KiB of the answer; only from receivers outside the "
-        "deployment's allowlist (an allowlisted receiver may be an internal service)."
-    )
-    response_bytes: int | None = Field(description="How much of the answer was read (<= 4 KiB).")
-    next_attempt_at: datetime | None
-
-
-class DeliveryOut(BaseModel):
-    id: str = Field(description="The webhook-id header: the same on every attempt.")
-    job_id: str
-    event: str
-    url: str
-    status: DeliveryStatus
-    attempt_count: int
-    max_attempts: int
-    next_attempt_at: datetime | None
-    created_at: datetime
-    last_status_code: int | None
-    last_error: str | None
-    attempts: list[AttemptOut]
-
-
-class DeliveryList(BaseModel):
-    deliveries: list[DeliveryOut]
 
 
 def attempt_out(a: WebhookAttempt) -> AttemptOut:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -28,6 +27,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from daikon.contract import JobStatus
+from daikon.resources import KeyScope  # the API contract names the scopes
 from daikon.webhooks import DeliveryStatus
 
 NAMING = {
@@ -80,15 +80,6 @@ class Tenant(Base):
     submits_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_active_jobs: Mapped[int | None] = mapped_column(Integer)
     max_candidates: Mapped[int | None] = mapped_column(Integer)
-
-
-class KeyScope(StrEnum):
-    """What a key may do: a tenant's jobs; everything (admin); or look at everything on the
-    dashboard and change nothing (operator)."""
-
-    tenant = "tenant"
-    admin = "admin"
-    operator = "operator"
 
 
 class ApiKey(Base):

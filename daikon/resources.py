@@ -1,0 +1,187 @@
+"""The API's answers and small request bodies as pydantic models, shared by the API (which
+validates and documents with them) and the Python client (which returns them), so both sides
+agree on every field by construction. Job models are daikon/contract.py's."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from daikon.capabilities import ModelCapabilities
+from daikon.contract import JobStatus
+from daikon.limits import ModelLimits
+from daikon.webhooks import DeliveryStatus
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="The error's family, e.g. invalid_request_error.")
+    code: str = Field(description="Machine-readable reason, e.g. invalid_request, not_found.")
+    message: str = Field(description="For people; names every bad field.")
+    param: str | None = Field(description="The field, parameter or header at fault, if any.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorBody
+
+
+# --- event stream -----------------------------------------------------------------------------
+
+
+class StreamStatus(BaseModel):
+    """The data of a `status` event on GET /v1/jobs/{id}/events."""
+
+    id: str
+    status: JobStatus
+    queue_position: int | None
+
+
+# --- admin: tenants and keys ------------------------------------------------------------------
+
+
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
+
+
+class KeyScope(StrEnum):
+    """What a key may do: a tenant's jobs; everything (admin); or look at everything on the
+    dashboard and change nothing (operator)."""
+
+    tenant = "tenant"
+    admin = "admin"
+    operator = "operator"
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field("", max_length=128)
+    admin: bool = Field(False, description="The same as `scope: admin`.")
+    scope: KeyScope | None = Field(
+        None,
+        strict=False,  # a JSON string names the scope
+        description="`tenant` (the default): the tenant's jobs; `admin`: everything; "
+        "`operator`: the dashboard, read-only (refused by every /v1 route).",
+    )
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> KeyCreate:
+        if self.admin and self.scope not in (None, KeyScope.admin):
+            raise ValueError(f"admin: true contradicts scope {self.scope.value!r}")
+        return self
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant_id: str
+    name: str
+    prefix: str
+    admin: bool
+    scope: KeyScope
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="The API key. Shown only in this response.")
+
+
+class TenantList(BaseModel):
+    tenants: list[TenantOut]
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+class ModelOut(BaseModel):
+    name: str
+    default: bool
+    workers: int
+    queued: int
+    device: str | None = Field(
+        description="Where its workers run it (cpu, cuda, ...); null until one has loaded it."
+    )
+    load_errors: dict[str, str] | None = Field(
+        None, description="Admins only: workers told to serve it that could not load it (worker "
+        "name -> why); they are not counted in `workers`."
+    )  # fmt: skip
+    capabilities: ModelCapabilities | None = Field(
+        description="What the model can do (sizes, schedulers, guidance, negative prompt, true "
+        "CFG) and its defaults, as its worker found them; null until one has loaded it."
+    )
+    limits: ModelLimits | None = Field(
+        description="What one job may cost there, and each tenant's budget; null until a "
+        "worker has loaded it (jobs are then checked by the worker)."
+    )
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+class SecretCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    overlap_hours: float | None = Field(
+        None, ge=0, le=24 * 30,
+        description="How long the previous secret keeps signing (default "
+        "DAIKON_WEBHOOK_SECRET_OVERLAP_HOURS); 0 ends it at once, e.g. after a leak.",
+    )  # fmt: skip
+
+
+class SecretOut(BaseModel):
+    secret: str = Field(description="whsec_...: shown only in this response.")
+    created_at: datetime
+    previous_expires_at: datetime | None = Field(
+        description="Until when the previous secret still signs; null if there was none."
+    )
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    started_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None = Field(
+        description="At most the first 1 KiB of the answer; only from receivers outside the "
+        "deployment's allowlist (an allowlisted receiver may be an internal service)."
+    )
+    response_bytes: int | None = Field(description="How much of the answer was read (<= 4 KiB).")
+    next_attempt_at: datetime | None
+
+
+class DeliveryOut(BaseModel):
+    id: str = Field(description="The webhook-id header: the same on every attempt.")
+    job_id: str
+    event: str
+    url: str
+    status: DeliveryStatus
+    attempt_count: int
+    max_attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    last_status_code: int | None
+    last_error: str | None
+    attempts: list[AttemptOut]
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[DeliveryOut]

@@ -149,6 +149,7 @@ class Member:
     seeds: tuple[int, ...] = ()
     stopped: BaseException | None = None
     outcome: Outcome | None = None
+    since: float = field(default_factory=time.perf_counter)  # when it was claimed
 
 
 class BatchStopped(Exception):
@@ -422,6 +423,7 @@ class JobExecutor:
             member.outcome = Outcome.superseded
             return
         failure = _as_failure(e)
+        member.metrics.setdefault("total_seconds", time.perf_counter() - member.since)
         log.warning("job %s failed: %s: %s", job_id, failure.code, failure.message)
         self._commit(
             job_id,

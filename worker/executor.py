@@ -384,10 +384,11 @@ class JobExecutor:
         """Claim what fits now, with each job's `started` event. Returns the members, the room
         left and whether the queue ran dry (rather than a job that does not fit ending it)."""
         ended = False
+        validated: dict[str, JobParams] = {}
 
         def fits(job: jobs.Job) -> bool:
             nonlocal room, ended
-            other = JobParams.model_validate(job.params)
+            other = validated[job.id] = JobParams.model_validate(job.params)
             if key(other) != leader_key or other.candidates > room:
                 ended = True
                 return False
@@ -402,8 +403,9 @@ class JobExecutor:
                     session=session, leader=leader, worker=self.worker_name,
                     lease_seconds=self.lease_seconds, fits=fits, limit=capacity,
                 ):  # fmt: skip
-                    other = JobParams.model_validate(job.params)
-                    members.append(self._member(job, other, self.webhooks.progress_hook(job)))
+                    members.append(
+                        self._member(job, validated[job.id], self.webhooks.progress_hook(job))
+                    )
                     sent += self.webhooks.record(session, job.id, WebhookEvent.started)
         for member in members:
             self._announce(member.job_id)

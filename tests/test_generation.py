@@ -95,6 +95,23 @@ def test_clip_scores_follow_the_images(generator: Generator, ranker: ClipRanker)
     assert other[0] != pytest.approx(scores[0], abs=1e-4)  # the prompt matters
 
 
+def test_a_batch_of_jobs_is_scored_in_one_call_each_against_its_own_prompt(
+    generator: Generator, ranker: ClipRanker
+) -> None:
+    (images,) = generator.generate([req(seeds=(1, 2, 3, 4))])
+    groups = [
+        ("a red circle", images[:2]),
+        ("a blue square above a long green triangle", images[2:3]),  # longer: padded beside
+        ("a red circle", images[3:]),
+    ]
+    together = ranker.score_groups(groups)
+    alone = [ranker.score(prompt, group) for prompt, group in groups]
+    assert [len(g) for g in together] == [2, 1, 1]
+    for got, want in zip(together, alone, strict=True):
+        assert got == pytest.approx(want, abs=1e-3)
+    assert together[1][0] != pytest.approx(ranker.score("a red circle", images[2:3])[0], abs=1e-3)
+
+
 def test_rank_orders_best_first_and_keeps_ties_in_generation_order() -> None:
     assert rank([0.1, 0.9, 0.5, 0.9]) == [1, 3, 2, 0]
 

@@ -519,14 +519,30 @@ class JobExecutor:
                 return
             raise JobFailure("generation_failed", _describe(e)) from e
         inference = time.perf_counter() - t
+        finished: list[tuple[Member, list[Image.Image]]] = []
         for member, images in zip(running, batches, strict=True):
             if member.stopped is not None:  # canceled or lost mid-batch: images dropped
                 self._settle(member, member.stopped)
                 continue
             member.metrics["inference_seconds"] = inference
             member.metrics["batch_size"] = len(running)
+            finished.append((member, images))
+        if not finished:
+            return
+        # Every job's candidates ranked against its own prompt in one CLIP call.
+        t = time.perf_counter()
+        try:
+            scores = runtime.ranker.score_groups([(m.params.prompt, im) for m, im in finished])
+        except Exception as e:
+            failure = JobFailure("ranking_failed", _describe(e))
+            for member, _ in finished:
+                self._settle(member, failure)
+            return
+        ranking = time.perf_counter() - t
+        for (member, images), job_scores in zip(finished, scores, strict=True):
+            member.metrics["ranking_seconds"] = ranking
             try:
-                self._keep(member, runtime, images, started)
+                self._keep(member, images, job_scores, started)
             except JobFailure as e:
                 self._settle(member, e)
 
@@ -572,17 +588,11 @@ class JobExecutor:
         )
 
     def _keep(
-        self, member: Member, runtime: ModelRuntime, images: list[Image.Image], started: float
+        self, member: Member, images: list[Image.Image], scores: list[float], started: float
     ) -> None:
-        """Rank one job's candidates, upload the best, record success."""
+        """Upload one job's best candidates by their scores, record success."""
         job_id, params, seeds, metrics = member.job_id, member.params, member.seeds, member.metrics
-        t = time.perf_counter()
-        try:
-            scores = runtime.ranker.score(params.prompt, images)
-        except Exception as e:
-            raise JobFailure("ranking_failed", _describe(e)) from e
         order = rank(scores)[: params.top_k]
-        metrics["ranking_seconds"] = time.perf_counter() - t
 
         t = time.perf_counter()
         kept: list[jobs.NewImage] = []

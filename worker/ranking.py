@@ -38,18 +38,28 @@ class ClipRanker:
 
     def score(self, prompt: str, images: Sequence[Image.Image]) -> list[float]:
         """100 x cosine similarity between the prompt and each image (CLIPScore's scale)."""
+        return self.score_groups([(prompt, images)])[0]
+
+    def score_groups(
+        self, groups: Sequence[tuple[str, Sequence[Image.Image]]]
+    ) -> list[list[float]]:
+        """Each group's images scored against its own prompt, in one text and one image
+        forward for all groups (a batch of jobs ranks at the cost of one call). The same
+        scores as group by group, up to batched kernels' float rounding."""
         import torch
 
+        prompts = list(dict.fromkeys(prompt for prompt, _ in groups))  # each once, in order
+        images = [image for _, group in groups for image in group]
         # Truncate to what this CLIP's position table holds (77 for OpenAI's, 16 for shapes).
         max_length = self.processor.tokenizer.model_max_length
         text = self.processor(
-            text=[prompt],
+            text=prompts,
             return_tensors="pt",
             padding=True,
             truncation=True,
             max_length=max_length,
         )
-        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
         dtype = next(self.model.parameters()).dtype
         with torch.inference_mode():
             t = _embeds(
@@ -61,8 +71,14 @@ class ClipRanker:
             v = _embeds(self.model.get_image_features(pixel_values=pixels.to(self.device, dtype)))
             t = torch.nn.functional.normalize(t.float(), dim=-1)
             v = torch.nn.functional.normalize(v.float(), dim=-1)
-            scores = (v @ t.T).squeeze(-1) * 100.0
-        return [float(s) for s in scores.cpu()]
+            similarity = (v @ t.T * 100.0).cpu()  # images x prompts
+        out: list[list[float]] = []
+        first = 0
+        for prompt, group in groups:
+            column = prompts.index(prompt)
+            out.append([float(similarity[first + i, column]) for i in range(len(group))])
+            first += len(group)
+        return out
 
 
 def rank(scores: Sequence[float]) -> list[int]:

@@ -153,6 +153,12 @@ class Stack:
     def url(self, path: str) -> str:
         return self.base_url + path
 
+    def restart_worker(self) -> None:
+        """Stop the worker (gracefully) and start a fresh one with the same settings."""
+        self.worker.stop()
+        log = self.worker.log_path
+        self.worker = WorkerProcess(self.settings, log.with_name(f"{log.stem}-again{log.suffix}"))
+
     def submit(self, **body: Any) -> dict[str, Any]:
         r = self.http.post(self.url("/v1/jobs"), json=body, timeout=10)
         assert r.status_code == 202, r.text
@@ -251,10 +257,13 @@ def running_stack(settings: Settings, log_dir: Path) -> Iterator[Stack]:
     http = requests.Session()
     if settings.security.admin_key is not None:
         http.headers["Authorization"] = f"Bearer {settings.security.admin_key.get_secret_value()}"
+    stack = Stack(settings, f"http://127.0.0.1:{server.server_port}", worker, app, http)
     try:
-        yield Stack(settings, f"http://127.0.0.1:{server.server_port}", worker, app, http)
+        yield stack
     finally:
         http.close()
         server.shutdown()
         worker.stop()
+        if stack.worker is not worker:  # the caller started another one (Stack.restart_worker)
+            stack.worker.stop()
         forget_redis_state(settings)

@@ -34,6 +34,6 @@ def test_throughput_bench_runs_and_reports_every_ratio(tmp_path) -> None:  # typ
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     for prefix in ("1. burst of 3", "2. batched", "3. idle overhead", "5. CLIP ranking share",
-                   "5b. 4 trivial jobs"):  # fmt: skip
+                   "5b. 4 trivial jobs queued"):  # fmt: skip
         assert any(line.startswith(prefix) for line in out.stdout.splitlines()), out.stdout
     assert plot.read_bytes().startswith(b"\x89PNG")

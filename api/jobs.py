@@ -6,12 +6,12 @@ import logging
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, request, url_for
+from flask import Blueprint, Response, current_app, request, url_for
 
 from api import openapi
 from api.auth import authenticate
 from api.bodies import header_params, json_body, query_params
-from api.serialize import etag, job_out, job_outs, outbox
+from api.serialize import bodies, job_out, links, outbox, polled
 from api.services import Services, services
 from api.submission import submit
 from daikon.contract import (
@@ -28,6 +28,7 @@ from daikon.contract import (
 )
 from daikon.errors import Conflict, NotFound
 from daikon.image_urls import verify
+from daikon.job_view import job_object
 from db import jobs
 from db.session import session_scope
 
@@ -74,8 +75,11 @@ def create_job() -> Any:
     svc = services()
     given = header_params(SubmitHeaders)
     result = submit(svc, principal, json_body(), idempotency_key=given.idempotency_key)
-    with session_scope(svc.sessions) as session:
-        body = job_out(session, jobs.get(session=session, job_id=result.job_id))
+    if result.job is not None:  # new, queued: as committed
+        body = job_object(result.job, links(svc), queue_position=result.queue_position)
+    else:
+        with session_scope(svc.sessions) as session:
+            body = job_out(session, jobs.get(session=session, job_id=result.job_id))
     headers = {"Location": url_for("jobs.get_job", job_id=result.job_id)}
     if not result.created:
         headers["Idempotent-Replayed"] = "true"
@@ -93,18 +97,26 @@ def create_job() -> Any:
     },
 )  # fmt: skip
 def get_job(job_id: str) -> Any:
+    """The most frequent request Daikon answers: one indexed read decides the ETag (a 304
+    builds nothing) and whether the body built for the row as it stands is at hand."""
     principal = authenticate()
     svc = services()
     with session_scope(svc.sessions) as session:
-        out = job_out(session, jobs.get(session=session, job_id=job_id,
-                                        tenant_id=principal.tenant_id))  # fmt: skip
-    tag = etag(out)
+        state = jobs.poll_state(session=session, job_id=job_id, tenant_id=principal.tenant_id)
+        poll = polled(svc, [state])[0]
+        tag = poll.etag
+        if request.if_none_match.contains(tag):
+            return Response(status=304, headers=_poll_headers(tag, state.status))
+        body, tag = bodies(session, svc, [poll])[0]
+    return Response(body + b"\n", mimetype="application/json",
+                    headers=_poll_headers(tag, state.status))  # fmt: skip
+
+
+def _poll_headers(tag: str, status: JobStatus) -> dict[str, str]:
     headers = {"ETag": f'"{tag}"', "Cache-Control": "no-cache"}
-    if out.status in RETRY_AFTER:
-        headers["Retry-After"] = RETRY_AFTER[out.status]
-    if request.if_none_match.contains(tag):
-        return Response(status=304, headers=headers)
-    return out.model_dump(mode="json"), 200, headers
+    if status in RETRY_AFTER:
+        headers["Retry-After"] = RETRY_AFTER[status]
+    return headers
 
 
 @bp.get("/jobs")
@@ -113,6 +125,7 @@ def get_job(job_id: str) -> Any:
     responses={200: JobList}, errors=[422],
 )  # fmt: skip
 def list_jobs() -> Any:
+    """One query for the page's states, one for the rows whose body is not at hand."""
     principal = authenticate()
     svc = services()
     q = query_params(ListQuery.for_settings(svc.settings))
@@ -122,14 +135,15 @@ def list_jobs() -> Any:
         created_after=q.created_after, before=q.cursor,
     )  # fmt: skip
     with session_scope(svc.sessions) as session:
-        rows = list(jobs.list_recent(session=session, limit=limit + 1, where=where))
-        page, more = rows[:limit], len(rows) > limit
-        out = JobList(
-            jobs=job_outs(session, page),
-            has_more=more,
-            next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None,
-        )
-    return out.model_dump(mode="json")
+        states = jobs.list_states(session=session, limit=limit + 1, where=where)
+        page, more = states[:limit], len(states) > limit
+        built = bodies(session, svc, polled(svc, page))
+    cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
+    # JobList's fields in order, around the jobs' own bytes (as Flask's JSON would write it).
+    tail = current_app.json.dumps({"next_cursor": cursor, "has_more": more},
+                                  separators=(",", ":"))[1:]  # fmt: skip
+    body = b'{"jobs":[' + b",".join(b for b, _ in built) + b"]," + tail.encode() + b"\n"
+    return Response(body, mimetype="application/json")
 
 
 @bp.post("/jobs/<job_id>/cancel")

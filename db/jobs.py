@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, false, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, false, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from daikon.contract import DEFAULT_PRIORITY, JobParams, JobStatus
 from daikon.errors import Conflict, NotFound
@@ -141,10 +141,8 @@ class ListFilter:
     before: tuple[datetime, str] | None = None
 
 
-def list_recent(*, session: Session, limit: int, where: ListFilter | None = None) -> Sequence[Job]:
-    """Newest first, stable under inserts: pages continue strictly after the cursor."""
+def _listed(stmt: Any, limit: int, where: ListFilter | None) -> Any:
     where = where or ListFilter()
-    stmt = select(Job)
     if where.tenant_id is not None:
         stmt = stmt.where(Job.tenant_id == where.tenant_id)
     if where.status is not None:
@@ -156,17 +154,93 @@ def list_recent(*, session: Session, limit: int, where: ListFilter | None = None
     if where.before is not None:
         at, job_id = where.before
         stmt = stmt.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < job_id)))
-    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
-    return session.scalars(stmt).all()
+    return stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
 
 
-def count_active(*, session: Session, tenant_id: str | None) -> int:
-    stmt = (
+def list_recent(*, session: Session, limit: int, where: ListFilter | None = None) -> Sequence[Job]:
+    """Newest first, stable under inserts: pages continue strictly after the cursor."""
+    return session.scalars(_listed(select(Job), limit, where)).all()
+
+
+@dataclass(frozen=True)
+class PollState:
+    """What decides a job object's ETag and whether a built one is still current, read in one
+    indexed query (no images, no parameters)."""
+
+    id: str
+    tenant_id: str | None
+    status: JobStatus
+    created_at: datetime
+    finished_at: datetime | None
+    updated_at: datetime
+    queue_position: int | None  # only while queued
+
+
+def _position_of(target: Any) -> Any:
+    """Queued jobs of the target's model that run before it (see queue_position), as a
+    correlated subquery: an index range count on ix_jobs_model_status_priority."""
+    ahead = aliased(Job)
+    count = (
         select(func.count())
-        .select_from(Job)
-        .where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+        .select_from(ahead)
+        .where(
+            ahead.model == target.model,
+            ahead.status == JobStatus.queued,
+            or_(
+                ahead.priority > target.priority,
+                and_(ahead.priority == target.priority, ahead.created_at < target.created_at),
+            ),
+        )
+        .scalar_subquery()
     )
-    return int(session.scalar(stmt) or 0)
+    return case((target.status == JobStatus.queued, count), else_=None)
+
+
+# Built once: composing the correlated subquery costs more than running it.
+_STATE_SELECT = select(Job.id, Job.tenant_id, Job.status, Job.created_at, Job.finished_at,
+                       Job.updated_at, _position_of(Job))  # fmt: skip
+_POLL_STMT = _STATE_SELECT.where(Job.id == bindparam("job_id"))
+_POSITIONS_STMT = select(Job.id, _position_of(Job)).where(
+    Job.id.in_(bindparam("job_ids", expanding=True))
+)
+
+
+def poll_state(*, session: Session, job_id: str, tenant_id: str | None = None) -> PollState:
+    """A job's PollState, if it exists and (given a tenant) belongs to that tenant."""
+    row = session.execute(_POLL_STMT, {"job_id": job_id}).one_or_none()
+    if row is None or (tenant_id is not None and row[1] != tenant_id):
+        raise NotFound(f"job {job_id!r} not found", param="id")
+    return PollState(*row)
+
+
+def list_states(
+    *, session: Session, limit: int, where: ListFilter | None = None
+) -> list[PollState]:
+    """list_recent's page as PollStates, in one query."""
+    rows = session.execute(_listed(_STATE_SELECT, limit, where))
+    return [PollState(*row) for row in rows]
+
+
+def queue_positions(*, session: Session, job_ids: Sequence[str]) -> dict[str, int]:
+    """queue_position of each queued job among `job_ids`, in one query."""
+    rows = session.execute(_POSITIONS_STMT, {"job_ids": list(job_ids)})
+    return {job_id: int(n) for job_id, n in rows if n is not None}
+
+
+def get_many(*, session: Session, job_ids: Sequence[str]) -> dict[str, Job]:
+    """Whole rows (with images), by id, in two queries whatever their number."""
+    if not job_ids:
+        return {}
+    return {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(job_ids))).all()}
+
+
+def count_active(*, session: Session, tenant_id: str | None, up_to: int | None = None) -> int:
+    """The tenant's queued and running jobs; with `up_to`, counting stops there (a limit
+    check needs no more, and a tenant's backlog then costs a submission nothing)."""
+    rows = select(Job.id).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+    if up_to is not None:
+        rows = rows.limit(up_to)
+    return int(session.scalar(select(func.count()).select_from(rows.subquery())) or 0)
 
 
 def active_cost(*, session: Session, tenant_id: str | None, model: str) -> float:
@@ -497,6 +571,15 @@ def mark_enqueued(*, session: Session, job_id: str) -> None:
         update(Job).where(Job.id == job_id).values(enqueued_at=utcnow())
         .execution_options(synchronize_session=False)
     )  # fmt: skip
+
+
+def mark_enqueued_many(*, session: Session, job_ids: Sequence[str]) -> None:
+    """mark_enqueued for several jobs in one statement (moments after they were published)."""
+    if job_ids:
+        session.execute(
+            update(Job).where(Job.id.in_(list(job_ids))).values(enqueued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )  # fmt: skip
 
 
 def mark_unpublished(*, session: Session, job_id: str) -> None:

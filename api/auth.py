@@ -118,6 +118,32 @@ def keys_changed(svc: Services) -> None:
         ) from e
 
 
+def authenticate_in_read() -> tuple[Principal, str | None]:
+    """For a request whose one database read can also check the key (a status poll): the
+    caller from this process's key cache without asking Redis, and the key id the read must
+    find unrevoked (`check_key`); None when nothing is left to check. A key not in the cache
+    is looked up as by `authenticate`."""
+    cached = g.get("principal")
+    if cached is not None:
+        return cached, None
+    svc = services()
+    token = _bearer()
+    admin = svc.settings.security.admin_key
+    if admin is None or not hmac.compare_digest(token.encode(), admin.get_secret_value().encode()):
+        principal = svc.keys.peek(tenants.hash_key(token))
+        # An operator key is refused by `authenticate`, the ordinary way.
+        key_id = principal.key_id if principal is not None else None
+        if principal is not None and key_id is not None and principal.scope is not KeyScope.operator:
+            return principal, key_id
+    return authenticate(), None
+
+
+def check_key(key_id: str | None, active: bool | None) -> None:
+    """What the read found about the key `authenticate_in_read` left to check."""
+    if key_id is not None and not active:
+        raise Unauthenticated("invalid or revoked API key")
+
+
 def require_admin() -> Principal:
     principal = authenticate()
     if not principal.is_admin:

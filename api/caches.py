@@ -22,6 +22,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import redis
@@ -87,6 +88,12 @@ class KeyCache(Generic[V]):
         hit = self._lru.get(key_hash)
         return hit[1] if hit is not None and hit[0] == generation else None
 
+    def peek(self, key_hash: str) -> V | None:
+        """The entry whatever its generation: only for a caller that checks the key itself
+        in the same read that serves the request (api/auth.py: authenticate_in_read)."""
+        hit = self._lru.get(key_hash)
+        return hit[1] if hit is not None else None
+
     def put(self, key_hash: str, generation: bytes | None, value: V) -> None:
         if generation is not None:
             self._lru.put(key_hash, (generation, value))
@@ -97,11 +104,23 @@ class KeyCache(Generic[V]):
         self.client.set(KEY_GENERATION, uuid.uuid4().hex)  # never a value seen before
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A finished job's answer. Nothing writes a job row once it is terminal (every update in
+    db/jobs.py is conditioned on an active status), so it holds until its URLs age."""
+
+    tenant_id: str | None
+    etag: str
+    body: bytes
+
+
 class BodyCache:
-    """Serialised job objects by (job id, public base URL), valid while their tag matches."""
+    """Serialised job objects by (job id, public base URL), valid while their tag matches;
+    finished ones also without reading the row (`finished`)."""
 
     def __init__(self, *, size: int = 20_000, ttl_seconds: float = 30.0):
         self._lru: _Lru[tuple[Hashable, bytes]] = _Lru(size, ttl_seconds)
+        self._finished: _Lru[Finished] = _Lru(size, ttl_seconds)
 
     def get(self, key: Hashable, tag: Hashable) -> bytes | None:
         hit = self._lru.get(key)
@@ -109,3 +128,9 @@ class BodyCache:
 
     def put(self, key: Hashable, tag: Hashable, body: bytes) -> None:
         self._lru.put(key, (tag, body))
+
+    def finished(self, key: Hashable) -> Finished | None:
+        return self._finished.get(key)
+
+    def put_finished(self, key: Hashable, value: Finished) -> None:
+        self._finished.put(key, value)

@@ -7,11 +7,12 @@ from typing import Any
 
 import redis
 from flask import Blueprint, Response, current_app, request, url_for
+from sqlalchemy import Connection
 
 from api import openapi
-from api.auth import authenticate
+from api.auth import authenticate, authenticate_in_read, check_key
 from api.bodies import header_params, json_body, query_params
-from api.serialize import bodies, job_out, links, outbox, polled
+from api.serialize import bodies, finished, job_out, links, outbox, polled
 from api.services import Services, services
 from api.submission import submit
 from daikon.contract import (
@@ -30,7 +31,7 @@ from daikon.errors import Conflict, NotFound
 from daikon.image_urls import verify
 from daikon.job_view import job_object
 from db import jobs
-from db.session import session_scope
+from db.session import read_retrying, session_scope
 
 log = logging.getLogger("daikon.api")
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
@@ -99,17 +100,38 @@ def create_job() -> Any:
 def get_job(job_id: str) -> Any:
     """The most frequent request Daikon answers: one indexed read decides the ETag (a 304
     builds nothing) and whether the body built for the row as it stands is at hand."""
-    principal = authenticate()
+    principal, key_to_check = authenticate_in_read()
     svc = services()
-    with session_scope(svc.sessions) as session:
-        state = jobs.poll_state(session=session, job_id=job_id, tenant_id=principal.tenant_id)
+    not_modified = request.if_none_match
+    done = finished(svc, job_id, principal.tenant_id)
+    if done is not None:
+        authenticate()  # nothing else to read: the key is checked the ordinary way
+        if not_modified.contains(done.etag):
+            # Terminal: no Retry-After, whichever terminal status it is.
+            return Response(status=304, headers=_poll_headers(done.etag, JobStatus.succeeded))
+        return Response(done.body + b"\n", mimetype="application/json",
+                        headers=_poll_headers(done.etag, JobStatus.succeeded))  # fmt: skip
+
+    def read(conn: Connection) -> tuple[bytes | None, str, JobStatus]:
+        state, key_active = jobs.poll_state(
+            session=conn, job_id=job_id, tenant_id=principal.tenant_id, key_id=key_to_check
+        )
+        if state is None:
+            if key_to_check is not None and not key_active:
+                authenticate()  # the key, checked the ordinary way before any 404
+            raise NotFound(f"job {job_id!r} not found", param="id")
+        check_key(key_to_check, key_active)
         poll = polled(svc, [state])[0]
-        tag = poll.etag
-        if request.if_none_match.contains(tag):
-            return Response(status=304, headers=_poll_headers(tag, state.status))
-        body, tag = bodies(session, svc, [poll])[0]
+        if not_modified.contains(poll.etag):
+            return None, poll.etag, state.status
+        body, tag = bodies(conn, svc, [poll])[0]
+        return body, tag, state.status
+
+    body, tag, status = read_retrying(svc.reads, read)
+    if body is None:
+        return Response(status=304, headers=_poll_headers(tag, status))
     return Response(body + b"\n", mimetype="application/json",
-                    headers=_poll_headers(tag, state.status))  # fmt: skip
+                    headers=_poll_headers(tag, status))  # fmt: skip
 
 
 def _poll_headers(tag: str, status: JobStatus) -> dict[str, str]:
@@ -134,10 +156,13 @@ def list_jobs() -> Any:
         tenant_id=principal.tenant_id, status=q.status, model=q.model,
         created_after=q.created_after, before=q.cursor,
     )  # fmt: skip
-    with session_scope(svc.sessions) as session:
-        states = jobs.list_states(session=session, limit=limit + 1, where=where)
-        page, more = states[:limit], len(states) > limit
-        built = bodies(session, svc, polled(svc, page))
+
+    def read(conn: Connection) -> tuple[list[jobs.PollState], list[tuple[bytes, str]]]:
+        states = jobs.list_states(session=conn, limit=limit + 1, where=where)
+        return states, bodies(conn, svc, polled(svc, states[:limit]))
+
+    states, built = read_retrying(svc.reads, read)
+    page, more = states[:limit], len(states) > limit
     cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
     # JobList's fields in order, around the jobs' own bytes (as Flask's JSON would write it).
     tail = current_app.json.dumps({"next_cursor": cursor, "has_more": more},

@@ -10,8 +10,10 @@ from datetime import datetime
 
 from flask import current_app, request
 from pydantic import BaseModel
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
+from api.caches import Finished
 from api.services import Services, services
 from daikon.contract import JobOut, JobStatus
 from daikon.errors import NotFound
@@ -102,7 +104,7 @@ def polled(svc: Services, states: Sequence[jobs.PollState]) -> list[Polled]:
     return [Polled(s, live.get(s.id)) for s in states]
 
 
-def bodies(session: Session, svc: Services, items: Sequence[Polled]) -> list[tuple[bytes, str]]:
+def bodies(conn: Connection, svc: Services, items: Sequence[Polled]) -> list[tuple[bytes, str]]:
     """The job objects as JSON bytes, each with its ETag: from the body cache while the row
     is unchanged, the others built from whole rows read in one query (their ETag then from
     what was built, should the row have moved on since its state was read)."""
@@ -112,7 +114,10 @@ def bodies(session: Session, svc: Services, items: Sequence[Polled]) -> list[tup
         hit = svc.bodies.get((p.state.id, where.base), p.version)
         out.append((hit, p.etag) if hit is not None else None)
     missing = [p for p, done in zip(items, out, strict=True) if done is None]
-    rows = jobs.get_many(session=session, job_ids=[p.state.id for p in missing])
+    if not missing:
+        return [done for done in out if done is not None]
+    with Session(bind=conn, expire_on_commit=False) as session:
+        rows = jobs.get_many(session=session, job_ids=[p.state.id for p in missing])
     built: dict[str, tuple[bytes, str]] = {}
     for p in missing:
         row = rows.get(p.state.id)
@@ -120,11 +125,20 @@ def bodies(session: Session, svc: Services, items: Sequence[Polled]) -> list[tup
             raise NotFound(f"job {p.state.id!r} not found", param="id")
         obj = job_object(row, where, step=p.step, queue_position=p.state.queue_position)
         body = json_bytes(obj)
+        tag = etag(obj)
         if row.updated_at == p.state.updated_at and row.status is p.state.status:
             svc.bodies.put((p.state.id, where.base), p.version, body)
-        built[p.state.id] = (body, etag(obj))
+        if row.status.terminal:
+            svc.bodies.put_finished((row.id, where.base), Finished(row.tenant_id, tag, body))
+        built[p.state.id] = (body, tag)
     return [done if done is not None else built[p.state.id]
             for p, done in zip(items, out, strict=True)]  # fmt: skip
+
+
+def finished(svc: Services, job_id: str, tenant_id: str) -> Finished | None:
+    """A finished job's answer when this process built it lately (no read needed)."""
+    hit = svc.bodies.finished((job_id, links(svc).base))
+    return hit if hit is not None and hit.tenant_id == tenant_id else None
 
 
 def json_bytes(out: BaseModel) -> bytes:

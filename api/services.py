@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Celery
 from flask import current_app
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.caches import BodyCache, KeyCache
@@ -21,13 +22,14 @@ from daikon.live import LiveState
 from daikon.served_models import ServedModels
 from daikon.settings import Settings
 from daikon.storage import ImageStore, make_store
-from db.session import make_engine, make_session_factory
+from db.session import make_engine, make_session_factory, read_engine
 
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
     sessions: sessionmaker[Session]
+    reads: Engine  # for requests that only read: db.session.read_retrying
     store: ImageStore
     celery: Celery
     live: LiveState
@@ -43,10 +45,12 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         live = LiveState(settings.services.redis_url, settings.services.queue)
-        sessions = make_session_factory(make_engine(settings.sqlalchemy_url))
+        engine = make_engine(settings.sqlalchemy_url)
+        sessions = make_session_factory(engine)
         return cls(
             settings=settings,
             sessions=sessions,
+            reads=read_engine(settings.sqlalchemy_url, engine),
             enqueued=EnqueuedMarks(sessions),
             # The API only reads and presigns: it must start even while S3 is unreachable,
             # and creating the bucket is the worker's business.

@@ -257,8 +257,9 @@ def main() -> None:
             "DAIKON_API_WORKERS": os.environ.get("DAIKON_API_WORKERS", "2"),
             "DAIKON_PUBLIC_URL": "http://127.0.0.1:8000",
         }  # fmt: skip
-        settings = Settings(database_url=db_url, redis_url=redis_url, data_dir=tmp, queue=queue,
-                            admin_key=ADMIN_KEY)  # type: ignore[arg-type]
+        settings = Settings(
+            database_url=db_url, redis_url=redis_url, data_dir=tmp, queue=queue, admin_key=ADMIN_KEY
+        )  # type: ignore[arg-type]
         migrate(settings.sqlalchemy_url)
         fx = make_rows(settings, redis_url, queue)
         auth = {"Authorization": f"Bearer {fx.key}"}

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, exists, false, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, exists, false, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from daikon.contract import DEFAULT_PRIORITY, JobParams, JobStatus
 from daikon.errors import Conflict, NotFound
-from db.models import Job, JobImage, PausedModel, utcnow
+from db.models import ApiKey, Job, JobImage, PausedModel, utcnow
 
 ACTIVE = (JobStatus.queued, JobStatus.running)
 RETRYABLE = (JobStatus.failed, JobStatus.canceled)
@@ -199,22 +199,42 @@ def _position_of(target: Any) -> Any:
 # Built once: composing the correlated subquery costs more than running it.
 _STATE_SELECT = select(Job.id, Job.tenant_id, Job.status, Job.created_at, Job.finished_at,
                        Job.updated_at, _position_of(Job))  # fmt: skip
-_POLL_STMT = _STATE_SELECT.where(Job.id == bindparam("job_id"))
+# With the poll: whether the caller's key (by id) is still unrevoked, in the same read.
+_KEY_ACTIVE = (
+    select(func.count())
+    .select_from(ApiKey)
+    .where(ApiKey.id == bindparam("key_id"), ApiKey.revoked_at.is_(None))
+    .scalar_subquery()
+)
+_POLL_STMT = select(*_STATE_SELECT.selected_columns, _KEY_ACTIVE).where(
+    Job.id == bindparam("job_id")
+)
 _POSITIONS_STMT = select(Job.id, _position_of(Job)).where(
     Job.id.in_(bindparam("job_ids", expanding=True))
 )
 
 
-def poll_state(*, session: Session, job_id: str, tenant_id: str | None = None) -> PollState:
-    """A job's PollState, if it exists and (given a tenant) belongs to that tenant."""
-    row = session.execute(_POLL_STMT, {"job_id": job_id}).one_or_none()
-    if row is None or (tenant_id is not None and row[1] != tenant_id):
-        raise NotFound(f"job {job_id!r} not found", param="id")
-    return PollState(*row)
+def poll_state(
+    *,
+    session: Session | Connection,
+    job_id: str,
+    tenant_id: str | None = None,
+    key_id: str | None = None,
+) -> tuple[PollState | None, bool]:
+    """A job's PollState (None if it does not exist or, given a tenant, is another's), and
+    whether API key `key_id` is unrevoked, in one indexed read (the key is found only with
+    the job: for a missing job ask tenants.find_active_key)."""
+    row = session.execute(_POLL_STMT, {"job_id": job_id, "key_id": key_id or ""}).one_or_none()
+    if row is None:
+        return None, False
+    key_active = bool(row[-1])
+    if tenant_id is not None and row[1] != tenant_id:
+        return None, key_active
+    return PollState(*row[:-1]), key_active
 
 
 def list_states(
-    *, session: Session, limit: int, where: ListFilter | None = None
+    *, session: Session | Connection, limit: int, where: ListFilter | None = None
 ) -> list[PollState]:
     """list_recent's page as PollStates, in one query."""
     rows = session.execute(_listed(_STATE_SELECT, limit, where))

@@ -86,12 +86,14 @@ def create(
         metrics={},
         images=[],
     )
+    if options.idempotency_key is None:  # nothing to recover from: no savepoint round trips
+        session.add(job)
+        session.flush()
+        return job
     try:
         with session.begin_nested():
             session.add(job)
     except IntegrityError:
-        if options.idempotency_key is None:
-            raise
         existing = session.scalar(
             select(Job).where(
                 Job.tenant_id == tenant_id, Job.idempotency_key == options.idempotency_key

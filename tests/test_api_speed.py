@@ -55,7 +55,7 @@ def test_a_revoked_key_is_refused_at_once_by_every_api_process(
     the very next request of every kind, on whichever process, is a 401."""
     app = make_app(database_url=postgres_url)  # the same database and Redis as the processes
     settings = app.extensions["daikon"].settings
-    tenant_id, key = new_tenant(app, "speed")
+    _, key = new_tenant(app, "speed")
     owner = authed(app, key["key"])
     queued = owner.post("/v1/jobs", json=BODY).get_json()["id"]
     done = owner.post("/v1/jobs", json=BODY).get_json()["id"]
@@ -75,8 +75,8 @@ def test_a_revoked_key_is_refused_at_once_by_every_api_process(
         each(200)
         assert requests.get(f"{base}/v1/jobs/{done}", headers=auth,
                             timeout=10).json()["status"] == "succeeded"  # fmt: skip
-        r = requests.delete(f"{base}/v1/admin/keys/{key['id']}",
-                            headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)  # fmt: skip
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        r = requests.delete(f"{base}/v1/admin/keys/{key['id']}", headers=admin, timeout=10)
         assert r.status_code == 200 and r.json()["revoked_at"] is not None
         each(401)
         r = requests.get(base + paths[1], headers=auth, timeout=10)

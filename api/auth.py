@@ -132,9 +132,9 @@ def authenticate_in_read() -> tuple[Principal, str | None]:
     if admin is None or not hmac.compare_digest(token.encode(), admin.get_secret_value().encode()):
         principal = svc.keys.peek(tenants.hash_key(token))
         # An operator key is refused by `authenticate`, the ordinary way.
-        key_id = principal.key_id if principal is not None else None
-        if principal is not None and key_id is not None and principal.scope is not KeyScope.operator:
-            return principal, key_id
+        usable = principal is not None and principal.scope is not KeyScope.operator
+        if principal is not None and usable and principal.key_id is not None:
+            return principal, principal.key_id
     return authenticate(), None
 
 

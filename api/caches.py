@@ -6,7 +6,8 @@ Neither is ever the record of truth, and neither can serve what the database no 
   key generation read *before* the database lookup; every revocation replaces that generation
   (a random value, never reused) after its commit, so each API process drops its entries on
   its very next request. While Redis cannot be read, nothing is cached and the database
-  answers every request.
+  answers every request. Whatever changes what a Principal carries (a key revoked, a tenant's
+  limits, rows deleted by hand) calls api.auth.keys_changed after its commit.
 - `BodyCache`: a job object's JSON bytes, tagged with what the row and Redis said when it was
   built (`updated_at`, progress step, queue position). Every write to a job row moves
   `updated_at` (db.models.Job's onupdate, and the explicit values of db/jobs.py), so a tag

@@ -13,7 +13,8 @@ missing and it runs as root, else it says how. Measured side by side in one run:
 - then the same polls and submits with a backlog of --backlog jobs queued ahead (10,000), to
   show the cost does not grow with the queue.
 
-Each figure is printed with its ratio to the bare route measured in the same run.
+Each figure is printed with its ratio to the bare route measured just before it (the bare
+app runs beside the API for the whole run), so a drift of the machine's speed stays out of it.
 
     .venv/bin/python bench/api.py [--seconds 10] [--connections 16] [--backlog 10000]
     .venv/bin/python bench/api.py --quick   # one-second runs, a small backlog (the test)
@@ -276,8 +277,8 @@ def main() -> None:
             '  return wrk.format("POST", nil, headers, body)\n'
             "end\n"
         )
-        rows: list[tuple[str, Result]] = []
-        bare_rps: list[float] = []
+        # (label, result, the bare route's req/s measured just before it)
+        rows: list[tuple[str, Result, float]] = []
 
         def measure(label: str, url: str, *, etag: bool = False, submit: bool = False) -> None:
             headers = dict(auth)
@@ -287,25 +288,27 @@ def main() -> None:
                 assert requests.get(url, headers=headers, timeout=10).status_code == 304
             elif not submit:
                 assert requests.get(url, headers=auth, timeout=10).status_code == 200, url
+            # The bare route right before each figure: on a shared machine the speed drifts
+            # within a run, so each ratio is of two neighbouring measurements.
+            bare_now = wrk(f"{bare}/bare", seconds=args.seconds, connections=args.connections,
+                           headers=auth)  # fmt: skip
             conns = args.submit_connections if submit else args.connections
             res = wrk(url, seconds=args.seconds, headers=headers,
                       script=script if submit else None, connections=conns)  # fmt: skip
             if res.errors:  # the figure would be of error answers
                 sys.exit(f"{label}: {res.errors} of {res.requests} answers were errors")
-            rows.append((label, res))
-            ratio = f"{res.rps / bare_rps[-1]:.2f}x bare" if bare_rps else ""
-            print(f"  {label:<44} {res.rps:>9.0f} req/s  p99 {res.p99_ms:>7.1f} ms  {ratio}",
-                  flush=True)  # fmt: skip
+            rows.append((label, res, bare_now.rps))
+            print(
+                f"  {label:<52} {res.rps:>7.0f} req/s  p99 {res.p99_ms:>7.1f} ms  "
+                f"{res.rps / bare_now.rps:.2f}x bare ({bare_now.rps:.0f})",
+                flush=True,
+            )
 
-        with gunicorn("bench.bare_app:create_app()", env, tmp / "bare.log") as bare:
-            res = wrk(f"{bare}/bare", seconds=args.seconds, connections=args.connections,
-                      headers=auth)  # fmt: skip
-            bare_rps.append(res.rps)
-        print(f"bare Flask route, same gunicorn: {res.rps:.0f} req/s "
-              f"(p99 {res.p99_ms:.1f} ms)", flush=True)  # fmt: skip
-        rows.append(("bare Flask route", res))
-
-        with gunicorn("api:create_app()", env, tmp / "api.log") as api:
+        # Both under the same gunicorn settings, side by side for the whole run.
+        with (
+            gunicorn("bench.bare_app:create_app()", env, tmp / "bare.log") as bare,
+            gunicorn("api:create_app()", env, tmp / "api.log") as api,
+        ):
 
             def polls(suffix: str) -> None:
                 for state, job_id in [("queued", fx.queued), ("running", fx.running),
@@ -325,21 +328,16 @@ def main() -> None:
             print(f"with {args.backlog} jobs queued ahead (queue_position {position}):")
             polls(f" [{args.backlog} queued]")
 
-        # The bare route again: the machine's speed may have drifted during the run.
-        with gunicorn("bench.bare_app:create_app()", env, tmp / "bare.log") as bare:
-            again = wrk(f"{bare}/bare", seconds=args.seconds, connections=args.connections,
-                        headers=auth)  # fmt: skip
-        print(f"bare Flask route again: {again.rps:.0f} req/s")
     redis.Redis.from_url(redis_url).delete(*(redis.Redis.from_url(redis_url).keys(f"{queue}*")
                                              or [f"{queue}:none"]))  # fmt: skip
     shutil.rmtree(tmp, ignore_errors=True)
 
-    base = (bare_rps[0] + again.rps) / 2
     print()
-    print(f"| request | req/s | p99 ms | / bare ({base:.0f} req/s) |")
-    print("|---|---:|---:|---:|")
-    for label, r in rows:
-        print(f"| {label} | {r.rps:.0f} | {r.p99_ms:.1f} | {r.rps / base:.2f}x |")
+    print("| request | req/s | p99 ms | bare route just before | / bare |")
+    print("|---|---:|---:|---:|---:|")
+    for label, r, bare_rps in rows:
+        print(f"| {label} | {r.rps:.0f} | {r.p99_ms:.1f} | {bare_rps:.0f} | "
+              f"{r.rps / bare_rps:.2f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -235,12 +235,36 @@ def poll_state(
     return PollState(*row[:-1]), key_active
 
 
+_PAGE_COLUMNS = (Job.id, Job.tenant_id, Job.status, Job.created_at, Job.finished_at,
+                 Job.updated_at, Job.model)  # fmt: skip
+
+
 def list_states(
     *, session: Session | Connection, limit: int, where: ListFilter | None = None
 ) -> list[PollState]:
-    """list_recent's page as PollStates, in one query."""
-    rows = session.execute(_listed(_STATE_SELECT, limit, where))
-    return [PollState(*row) for row in rows]
+    """list_recent's page as PollStates, in one query (one snapshot). The queue positions of
+    its queued jobs come from one ranking of the queues of their models, not from a count per
+    job: a page of 50 queued jobs behind 10,000 others reads the 10,000 once, not 50 times.
+    `rank() - 1` over (priority desc, created_at) is queue_position's count exactly: the
+    jobs strictly ahead, ties sharing a place."""
+    page = _listed(select(*_PAGE_COLUMNS), limit, where).cte("page")
+    waiting_models = select(page.c.model).where(page.c.status == JobStatus.queued)
+    order = (Job.priority.desc(), Job.created_at)
+    ahead = func.rank().over(partition_by=Job.model, order_by=order) - 1
+    ranked = (
+        select(Job.id.label("id"), ahead.label("ahead"))
+        .where(Job.status == JobStatus.queued, Job.model.in_(waiting_models))
+        .subquery("ranked")
+    )
+    position = case((page.c.status == JobStatus.queued, ranked.c.ahead), else_=None)
+    shown = [page.c[name] for name in ("id", "tenant_id", "status", "created_at", "finished_at",
+                                       "updated_at")]  # fmt: skip
+    stmt = (
+        select(*shown, position)
+        .outerjoin(ranked, ranked.c.id == page.c.id)
+        .order_by(page.c.created_at.desc(), page.c.id.desc())
+    )
+    return [PollState(*row) for row in session.execute(stmt)]
 
 
 def queue_positions(*, session: Session, job_ids: Sequence[str]) -> dict[str, int]:

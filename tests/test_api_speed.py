@@ -6,6 +6,7 @@ submitted job is confirmed published (outbox) without a commit of its own."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,13 @@ import requests
 from flask import Flask
 from sqlalchemy import event
 
-from daikon.contract import JobList, JobOut
+from daikon.contract import JobList, JobOut, JobStatus
 from daikon.live import LiveState
 from db import jobs
-from db.models import Job
+from db.models import ApiKey, Job
 from db.session import session_scope
 from tests.conftest import ADMIN_KEY, authed
-from tests.factories import image
+from tests.factories import image, job_params
 from tests.stack import gunicorn_api
 from tests.test_tenancy import new_tenant
 
@@ -183,3 +184,47 @@ def test_a_submitted_job_is_confirmed_published_without_a_commit_of_its_own(
             break
         time.sleep(0.05)
     assert all(marked), marked
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_list_page_shows_each_queued_job_at_the_place_its_own_poll_shows(
+    make_app,  # type: ignore[no-untyped-def]
+    postgres_url: str,
+    database: str,
+) -> None:
+    """The page ranks each model's queue once (db/jobs.py list_states); what it shows is the
+    count a poll makes: priorities, two models, jobs created at the same instant (ties share
+    a place), running and finished jobs without one."""
+    app = make_app(**({"database_url": postgres_url} if database == "postgresql" else {}))
+    svc = app.extensions["daikon"]
+    _, key = new_tenant(app, f"ranks-{database}")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with session_scope(svc.sessions) as s:
+        tenant_id = s.get(ApiKey, key["id"]).tenant_id  # type: ignore[union-attr]
+        made = []
+        for n, (model, priority) in enumerate(
+            [("a", 5), ("a", 9), ("b", 5), ("a", 5), ("a", 1), ("b", 7), ("a", 5), ("a", 5)]
+        ):
+            job = jobs.create(session=s, params=job_params(seed=n, model=model),
+                              tenant_id=tenant_id,
+                              options=jobs.JobOptions(priority=priority))  # fmt: skip
+            job.created_at = at + timedelta(seconds=n // 2)  # pairs created at one instant
+            made.append(job.id)
+        s.flush()
+        jobs.claim(session=s, job_id=made[3], worker="w")
+    owner = authed(app, key["key"])
+    page = owner.get("/v1/jobs?limit=50").get_json()["jobs"]
+    assert {j["id"] for j in page} == set(made)
+    for entry in page:
+        alone = owner.get(f"/v1/jobs/{entry['id']}").get_json()
+        assert entry["queue_position"] == alone["queue_position"], (entry, alone)
+        assert (entry["queue_position"] is None) == (entry["status"] != "queued")
+    tied = [next(e for e in page if e["id"] == made[n])["queue_position"] for n in (6, 7)]
+    assert tied[0] == tied[1] is not None  # same model, priority and instant: one place
+    with session_scope(svc.sessions) as s:
+        for job_id in made:
+            job = s.get(Job, job_id)
+            assert job is not None
+            if job.status is JobStatus.queued:
+                shown = next(e for e in page if e["id"] == job_id)["queue_position"]
+                assert shown == jobs.queue_position(session=s, job=job)

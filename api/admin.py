@@ -106,7 +106,8 @@ def list_keys(tenant_id: str) -> Any:
     responses={200: openapi.Reply("The key, revoked (again: no change).", KeyOut)},
     errors={
         503: "`revocation_not_propagated`: revoked, but Redis could not carry the news to "
-        "every API process; retry until 200."
+        "every API process; retry until 200. `database_unavailable`: the database cannot be "
+        "reached; retry shortly."
     },
 )
 def revoke_key(key_id: str) -> Any:

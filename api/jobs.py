@@ -98,8 +98,8 @@ def create_job() -> Any:
     },
 )  # fmt: skip
 def get_job(job_id: str) -> Any:
-    """The most frequent request Daikon answers: one indexed read decides the ETag (a 304
-    builds nothing) and whether the body built for the row as it stands is at hand."""
+    # The most frequent request Daikon answers: one indexed read decides the ETag (a 304
+    # builds nothing) and whether the body built for the row as it stands is at hand.
     principal, key_to_check = authenticate_in_read()
     svc = services()
     not_modified = request.if_none_match
@@ -147,7 +147,7 @@ def _poll_headers(tag: str, status: JobStatus) -> dict[str, str]:
     responses={200: JobList}, errors=[422],
 )  # fmt: skip
 def list_jobs() -> Any:
-    """One query for the page's states, one for the rows whose body is not at hand."""
+    # One query for the page's states, one for the rows whose body is not at hand.
     principal = authenticate()
     svc = services()
     q = query_params(ListQuery.for_settings(svc.settings))

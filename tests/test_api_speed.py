@@ -18,7 +18,7 @@ from sqlalchemy import event
 from daikon.contract import JobList, JobOut, JobStatus
 from daikon.live import LiveState
 from db import jobs
-from db.models import ApiKey, Job
+from db.models import ApiKey, Job, utcnow
 from db.session import session_scope
 from tests.conftest import ADMIN_KEY, authed
 from tests.factories import image, job_params
@@ -209,10 +209,21 @@ def test_a_list_page_shows_each_queued_job_at_the_place_its_own_poll_shows(
                               tenant_id=tenant_id,
                               options=jobs.JobOptions(priority=priority))  # fmt: skip
             job.created_at = at + timedelta(seconds=n // 2)  # pairs created at one instant
+            job.enqueued_at = utcnow()  # as if published: no sweeper of a later test takes it
             made.append(job.id)
         s.flush()
         jobs.claim(session=s, job_id=made[3], worker="w")
-    owner = authed(app, key["key"])
+    try:
+        _compare_page_with_polls(app, key["key"], made)
+    finally:  # the database is shared with later tests: leave no old queued jobs behind
+        with session_scope(svc.sessions) as s:
+            for job_id in made:
+                jobs.delete(session=s, job_id=job_id)
+
+
+def _compare_page_with_polls(app: Flask, key: str, made: list[str]) -> None:
+    svc = app.extensions["daikon"]
+    owner = authed(app, key)
     page = owner.get("/v1/jobs?limit=50").get_json()["jobs"]
     assert {j["id"] for j in page} == set(made)
     for entry in page:

@@ -257,10 +257,9 @@ def list_states(
         .subquery("ranked")
     )
     position = case((page.c.status == JobStatus.queued, ranked.c.ahead), else_=None)
-    shown = [page.c[name] for name in ("id", "tenant_id", "status", "created_at", "finished_at",
-                                       "updated_at")]  # fmt: skip
+    c = page.c
     stmt = (
-        select(*shown, position)
+        select(c.id, c.tenant_id, c.status, c.created_at, c.finished_at, c.updated_at, position)
         .outerjoin(ranked, ranked.c.id == page.c.id)
         .order_by(page.c.created_at.desc(), page.c.id.desc())
     )

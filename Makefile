@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.daikon-installed
 # On a GPU host pick the build you need, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test test-fast docs chaos abuse lint typecheck train-models eval-quality bench clean
+.PHONY: install run test test-fast docs chaos abuse lint typecheck train-models eval-quality bench bench-api clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,9 +57,14 @@ train-models: install
 eval-quality: install
 	$(PY) -m training.evaluate --out docs
 
+# Benchmark 4: API requests per second against a bare Flask route (needs wrk, PostgreSQL, Redis).
+bench-api: install
+	$(PY) bench/api.py
+
 bench: install
 	$(PY) bench/service_vs_direct.py
 	$(PY) bench/throughput.py --plot docs/benchmarks-batch.png
+	$(PY) bench/api.py
 
 clean:
 	rm -rf $(VENV) .daikon .pytest_cache .ruff_cache .mypy_cache

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint
 
 from api import openapi
-from api.auth import require_admin
+from api.auth import keys_changed, require_admin
 from api.bodies import json_body
 from api.services import services
 from daikon.resources import (
@@ -104,8 +104,16 @@ def list_keys(tenant_id: str) -> Any:
     tags=["admin"],
     auth="admin",
     responses={200: openapi.Reply("The key, revoked (again: no change).", KeyOut)},
+    errors={
+        503: "`revocation_not_propagated`: revoked, but Redis could not carry the news to "
+        "every API process; retry until 200. `database_unavailable`: the database cannot be "
+        "reached; retry shortly."
+    },
 )
 def revoke_key(key_id: str) -> Any:
     require_admin()
-    with session_scope(services().sessions) as session:
-        return key_out(tenants.revoke_key(session=session, key_id=key_id))
+    svc = services()
+    with session_scope(svc.sessions) as session:
+        out = key_out(tenants.revoke_key(session=session, key_id=key_id))
+    keys_changed(svc)  # after the commit, before answering
+    return out

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 from flask import current_app
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.caches import BodyCache, KeyCache
+from api.enqueued import EnqueuedMarks
 from api.rate_limit import SubmitRateLimit
 from api.slots import LongRequests
 from daikon import encryption
@@ -18,13 +22,14 @@ from daikon.live import LiveState
 from daikon.served_models import ServedModels
 from daikon.settings import Settings
 from daikon.storage import ImageStore, make_store
-from db.session import make_engine, make_session_factory
+from db.session import make_engine, make_session_factory, read_engine
 
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
     sessions: sessionmaker[Session]
+    reads: Engine  # for requests that only read: db.session.read_retrying
     store: ImageStore
     celery: Celery
     live: LiveState
@@ -33,13 +38,20 @@ class Services:
     cipher: Cipher  # secrets stored encrypted (webhook signing secrets)
     served_models: ServedModels  # what workers published about the models they loaded
     rate_limit: SubmitRateLimit  # submissions per tenant and minute
+    keys: KeyCache[Any]  # principals by key hash (api/auth.py)
+    bodies: BodyCache  # job objects as JSON, while their row is unchanged (api/serialize.py)
+    enqueued: EnqueuedMarks  # outbox marks of published jobs, written in batches
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         live = LiveState(settings.services.redis_url, settings.services.queue)
+        engine = make_engine(settings.sqlalchemy_url)
+        sessions = make_session_factory(engine)
         return cls(
             settings=settings,
-            sessions=make_session_factory(make_engine(settings.sqlalchemy_url)),
+            sessions=sessions,
+            reads=read_engine(settings.sqlalchemy_url, engine),
+            enqueued=EnqueuedMarks(sessions),
             # The API only reads and presigns: it must start even while S3 is unreachable,
             # and creating the bucket is the worker's business.
             store=make_store(settings, create_bucket=False),
@@ -48,6 +60,9 @@ class Services:
             served_models=ServedModels(live.redis, settings),
             rate_limit=SubmitRateLimit(live.redis, settings.limits.tenant_submits_per_minute),
             signing_key=secret_key(settings),
+            keys=KeyCache(live.redis),
+            # Image URLs stay valid at least presign_seconds (>= 60) from when they are made.
+            bodies=BodyCache(ttl_seconds=min(30.0, settings.storage.presign_seconds / 4)),
             cipher=encryption.cipher(settings),
             long_requests=LongRequests(
                 settings.api.max_long_requests,

@@ -27,7 +27,7 @@ from daikon.errors import Conflict, InvalidRequest, ServiceUnavailable, TooManyR
 from daikon.served_models import ServedModel
 from daikon.webhooks.safety import Allowlist, UnsafeDestination, check_url
 from db import jobs
-from db.models import Job, Tenant
+from db.models import Job
 from db.session import session_scope
 
 log = logging.getLogger("daikon.api")
@@ -37,6 +37,10 @@ log = logging.getLogger("daikon.api")
 class Submitted:
     job_id: str
     created: bool  # False: an idempotent replay of an earlier submission
+    # The new job as committed, and its queue position then (None for a replay): its reply
+    # needs no second read.
+    job: Job | None = None
+    queue_position: int | None = None
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -91,14 +95,14 @@ def submit(
             )
             if held is not None:
                 return _replay(held, digest, idempotency_key)
-        own = session.get(Tenant, principal.tenant_id)  # its own limits, set by an admin
-        max_candidates = own.max_candidates if own is not None else None
+        own = principal.limits  # the tenant's own, set by an admin
+        max_candidates = own.max_candidates
         if max_candidates is not None and params.candidates > max_candidates:
             raise InvalidRequest(
                 f"candidates: {params.candidates} is more than this tenant's limit of "
                 f"{max_candidates}", param="candidates",
             )  # fmt: skip
-        per_minute = own.submits_per_minute if own is not None else None
+        per_minute = own.submits_per_minute
         try:
             wait = svc.rate_limit.hit(principal.tenant_id, per_minute)
         except redis.RedisError as e:  # the broker is the same Redis: nothing could be queued
@@ -106,10 +110,8 @@ def submit(
         if wait is not None:
             limit = per_minute or settings.limits.tenant_submits_per_minute
             raise TooManyRequests(f"more than {limit} submissions a minute", retry_after=wait)
-        max_active = (own.max_active_jobs if own is not None else None) or (
-            settings.limits.tenant_max_active_jobs
-        )
-        active = jobs.count_active(session=session, tenant_id=principal.tenant_id)
+        max_active = own.max_active_jobs or settings.limits.tenant_max_active_jobs
+        active = jobs.count_active(session=session, tenant_id=principal.tenant_id, up_to=max_active)
         if active >= max_active:
             raise TooManyRequests(
                 f"{active} jobs are queued or running; the limit is {max_active}",
@@ -124,9 +126,10 @@ def submit(
         except jobs.IdempotencyConflict as race:  # the same key won a concurrent request
             return _replay(race.job, digest, idempotency_key or "")
         job_id, model, priority = job.id, job.model, job.priority
+        position = jobs.queue_position(session=session, job=job)
     enqueue(svc, job_id=job_id, model=model, priority=priority, cost=params.cost,
             candidates=params.candidates)  # fmt: skip
-    return Submitted(job_id, created=True)
+    return Submitted(job_id, created=True, job=job, queue_position=position)
 
 
 def enqueue(
@@ -155,11 +158,8 @@ def enqueue(
         with session_scope(svc.sessions) as session:
             jobs.delete(session=session, job_id=job_id)
         raise _queue_unavailable() from e
-    try:
-        with session_scope(svc.sessions) as session:
-            jobs.mark_enqueued(session=session, job_id=job_id)
-    except Exception as e:  # published already: at worst the sweeper publishes it once more
-        log.warning("could not mark job %s published: %s", job_id, e)
+    # Published: marked so in a batch (api/enqueued.py); a lost mark costs one more publish.
+    svc.enqueued.add(job_id)
 
 
 def check_webhook_url(svc: Services, url: str | None) -> None:

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, false, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, exists, false, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from daikon.contract import DEFAULT_PRIORITY, JobParams, JobStatus
 from daikon.errors import Conflict, NotFound
-from db.models import Job, JobImage, PausedModel, utcnow
+from db.models import ApiKey, Job, JobImage, PausedModel, utcnow
 
 ACTIVE = (JobStatus.queued, JobStatus.running)
 RETRYABLE = (JobStatus.failed, JobStatus.canceled)
@@ -86,12 +86,14 @@ def create(
         metrics={},
         images=[],
     )
+    if options.idempotency_key is None:  # nothing to recover from: no savepoint round trips
+        session.add(job)
+        session.flush()
+        return job
     try:
         with session.begin_nested():
             session.add(job)
     except IntegrityError:
-        if options.idempotency_key is None:
-            raise
         existing = session.scalar(
             select(Job).where(
                 Job.tenant_id == tenant_id, Job.idempotency_key == options.idempotency_key
@@ -141,10 +143,8 @@ class ListFilter:
     before: tuple[datetime, str] | None = None
 
 
-def list_recent(*, session: Session, limit: int, where: ListFilter | None = None) -> Sequence[Job]:
-    """Newest first, stable under inserts: pages continue strictly after the cursor."""
+def _listed(stmt: Any, limit: int, where: ListFilter | None) -> Any:
     where = where or ListFilter()
-    stmt = select(Job)
     if where.tenant_id is not None:
         stmt = stmt.where(Job.tenant_id == where.tenant_id)
     if where.status is not None:
@@ -156,17 +156,136 @@ def list_recent(*, session: Session, limit: int, where: ListFilter | None = None
     if where.before is not None:
         at, job_id = where.before
         stmt = stmt.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < job_id)))
-    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
-    return session.scalars(stmt).all()
+    return stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
 
 
-def count_active(*, session: Session, tenant_id: str | None) -> int:
-    stmt = (
+def list_recent(*, session: Session, limit: int, where: ListFilter | None = None) -> Sequence[Job]:
+    """Newest first, stable under inserts: pages continue strictly after the cursor."""
+    return session.scalars(_listed(select(Job), limit, where)).all()
+
+
+@dataclass(frozen=True)
+class PollState:
+    """What decides a job object's ETag and whether a built one is still current, read in one
+    indexed query (no images, no parameters)."""
+
+    id: str
+    tenant_id: str | None
+    status: JobStatus
+    created_at: datetime
+    finished_at: datetime | None
+    updated_at: datetime
+    queue_position: int | None  # only while queued
+
+
+def _position_of(target: Any) -> Any:
+    """Queued jobs of the target's model that run before it (see queue_position), as a
+    correlated subquery: an index range count on ix_jobs_model_status_priority."""
+    ahead = aliased(Job)
+    count = (
         select(func.count())
-        .select_from(Job)
-        .where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+        .select_from(ahead)
+        .where(
+            ahead.model == target.model,
+            ahead.status == JobStatus.queued,
+            or_(
+                ahead.priority > target.priority,
+                and_(ahead.priority == target.priority, ahead.created_at < target.created_at),
+            ),
+        )
+        .scalar_subquery()
     )
-    return int(session.scalar(stmt) or 0)
+    return case((target.status == JobStatus.queued, count), else_=None)
+
+
+# Built once: composing the correlated subquery costs more than running it.
+_STATE_SELECT = select(Job.id, Job.tenant_id, Job.status, Job.created_at, Job.finished_at,
+                       Job.updated_at, _position_of(Job))  # fmt: skip
+# With the poll: whether the caller's key (by id) is still unrevoked, in the same read.
+_KEY_ACTIVE = (
+    select(func.count())
+    .select_from(ApiKey)
+    .where(ApiKey.id == bindparam("key_id"), ApiKey.revoked_at.is_(None))
+    .scalar_subquery()
+)
+_POLL_STMT = select(*_STATE_SELECT.selected_columns, _KEY_ACTIVE).where(
+    Job.id == bindparam("job_id")
+)
+_POSITIONS_STMT = select(Job.id, _position_of(Job)).where(
+    Job.id.in_(bindparam("job_ids", expanding=True))
+)
+
+
+def poll_state(
+    *,
+    session: Session | Connection,
+    job_id: str,
+    tenant_id: str | None = None,
+    key_id: str | None = None,
+) -> tuple[PollState | None, bool]:
+    """A job's PollState (None if it does not exist or, given a tenant, is another's), and
+    whether API key `key_id` is unrevoked, in one indexed read (the key is found only with
+    the job: for a missing job ask tenants.find_active_key)."""
+    row = session.execute(_POLL_STMT, {"job_id": job_id, "key_id": key_id or ""}).one_or_none()
+    if row is None:
+        return None, False
+    key_active = bool(row[-1])
+    if tenant_id is not None and row[1] != tenant_id:
+        return None, key_active
+    return PollState(*row[:-1]), key_active
+
+
+_PAGE_COLUMNS = (Job.id, Job.tenant_id, Job.status, Job.created_at, Job.finished_at,
+                 Job.updated_at, Job.model)  # fmt: skip
+
+
+def list_states(
+    *, session: Session | Connection, limit: int, where: ListFilter | None = None
+) -> list[PollState]:
+    """list_recent's page as PollStates, in one query (one snapshot). The queue positions of
+    its queued jobs come from one ranking of the queues of their models, not from a count per
+    job: a page of 50 queued jobs behind 10,000 others reads the 10,000 once, not 50 times.
+    `rank() - 1` over (priority desc, created_at) is queue_position's count exactly: the
+    jobs strictly ahead, ties sharing a place."""
+    page = _listed(select(*_PAGE_COLUMNS), limit, where).cte("page")
+    waiting_models = select(page.c.model).where(page.c.status == JobStatus.queued)
+    order = (Job.priority.desc(), Job.created_at)
+    ahead = func.rank().over(partition_by=Job.model, order_by=order) - 1
+    ranked = (
+        select(Job.id.label("id"), ahead.label("ahead"))
+        .where(Job.status == JobStatus.queued, Job.model.in_(waiting_models))
+        .subquery("ranked")
+    )
+    position = case((page.c.status == JobStatus.queued, ranked.c.ahead), else_=None)
+    c = page.c
+    stmt = (
+        select(c.id, c.tenant_id, c.status, c.created_at, c.finished_at, c.updated_at, position)
+        .outerjoin(ranked, ranked.c.id == page.c.id)
+        .order_by(page.c.created_at.desc(), page.c.id.desc())
+    )
+    return [PollState(*row) for row in session.execute(stmt)]
+
+
+def queue_positions(*, session: Session, job_ids: Sequence[str]) -> dict[str, int]:
+    """queue_position of each queued job among `job_ids`, in one query."""
+    rows = session.execute(_POSITIONS_STMT, {"job_ids": list(job_ids)})
+    return {job_id: int(n) for job_id, n in rows if n is not None}
+
+
+def get_many(*, session: Session, job_ids: Sequence[str]) -> dict[str, Job]:
+    """Whole rows (with images), by id, in two queries whatever their number."""
+    if not job_ids:
+        return {}
+    return {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(job_ids))).all()}
+
+
+def count_active(*, session: Session, tenant_id: str | None, up_to: int | None = None) -> int:
+    """The tenant's queued and running jobs; with `up_to`, counting stops there (a limit
+    check needs no more, and a tenant's backlog then costs a submission nothing)."""
+    rows = select(Job.id).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+    if up_to is not None:
+        rows = rows.limit(up_to)
+    return int(session.scalar(select(func.count()).select_from(rows.subquery())) or 0)
 
 
 def active_cost(*, session: Session, tenant_id: str | None, model: str) -> float:
@@ -497,6 +616,15 @@ def mark_enqueued(*, session: Session, job_id: str) -> None:
         update(Job).where(Job.id == job_id).values(enqueued_at=utcnow())
         .execution_options(synchronize_session=False)
     )  # fmt: skip
+
+
+def mark_enqueued_many(*, session: Session, job_ids: Sequence[str]) -> None:
+    """mark_enqueued for several jobs in one statement (moments after they were published)."""
+    if job_ids:
+        session.execute(
+            update(Job).where(Job.id.in_(list(job_ids))).values(enqueued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )  # fmt: skip
 
 
 def mark_unpublished(*, session: Session, job_id: str) -> None:

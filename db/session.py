@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daikon.private_files import DIR_MODE, FILE_MODE
 
+T = TypeVar("T")
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+
+def make_engine(url: str, *, reads: bool = False, **kwargs: Any) -> Engine:
+    """`reads`: an engine for read-only requests (see read_session_factory)."""
     if url.startswith("sqlite"):
         database = make_url(url).database
         on_disk = bool(database) and database != ":memory:"
@@ -41,7 +45,38 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
+    if reads:
+        # Each statement planned for its own values: psycopg prepares a statement run five
+        # times, and PostgreSQL's generic plan for a list page (db/jobs.py list_states) ranks
+        # every queue instead of the page's models (10x slower with 10,000 jobs queued).
+        options = {"options": "-c plan_cache_mode=force_custom_plan"}
+        if make_url(url).get_backend_name() != "postgresql":
+            options = {}
+        return create_engine(url, isolation_level="AUTOCOMMIT", connect_args=options, **kwargs)
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def read_engine(url: str, writes: Engine) -> Engine:
+    """The engine for requests that only read (status polls, lists), used through Core
+    connections (an ORM session costs a poll more than its query). On PostgreSQL each
+    statement runs on its own (autocommit: no BEGIN and COMMIT round trips) and a pooled
+    connection is not pinged before use: `read_retrying` retries once on a connection the
+    server dropped. On SQLite, the ordinary engine."""
+    return writes if url.startswith("sqlite") else make_engine(url, reads=True)
+
+
+def read_retrying(engine: Engine, read: Callable[[Connection], T]) -> T:
+    """`read(connection)`; once more on a fresh connection if the first was dropped by the
+    server (a restart, a failover) since it was last used. Only for reads: running one twice
+    changes nothing."""
+    try:
+        with engine.connect() as conn:
+            return read(conn)
+    except DBAPIError as e:
+        if not e.connection_invalidated:
+            raise
+    with engine.connect() as conn:
+        return read(conn)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -79,9 +79,14 @@ def create_key(
     return NewKey(key=key, secret=secret)
 
 
-def find_active_key(*, session: Session, secret: str) -> ApiKey | None:
+def find_active_key(
+    *, session: Session, secret: str | None = None, key_hash: str | None = None
+) -> ApiKey | None:
+    """The unrevoked key with this secret (or this secret's hash, when the caller has it), its
+    tenant loaded with it (one query: a principal carries the tenant's limits)."""
+    digest = key_hash if key_hash is not None else hash_key(secret or "")
     return session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
+        select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
     )
 
 
@@ -105,6 +110,14 @@ class TenantLimits:
     submits_per_minute: int | None = None
     max_active_jobs: int | None = None
     max_candidates: int | None = None
+
+
+def limits_of(tenant: Tenant) -> TenantLimits:
+    return TenantLimits(
+        submits_per_minute=tenant.submits_per_minute,
+        max_active_jobs=tenant.max_active_jobs,
+        max_candidates=tenant.max_candidates,
+    )
 
 
 def set_limits(*, session: Session, tenant_id: str, limits: TenantLimits) -> Tenant:

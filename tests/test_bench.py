@@ -37,3 +37,14 @@ def test_throughput_bench_runs_and_reports_every_ratio(tmp_path) -> None:  # typ
                    "5b. 4 trivial jobs queued"):  # fmt: skip
         assert any(line.startswith(prefix) for line in out.stdout.splitlines()), out.stdout
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_api_bench_runs_and_reports_its_ratios() -> None:
+    """bench/api.py at tiny size (1 s per figure, a backlog of 200): wrk, both gunicorns."""
+    out = subprocess.run([sys.executable, "bench/api.py", "--quick"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| GET")]
+    assert any("queued job" in r and r.endswith("x |") for r in rows), out.stdout
+    assert any(line.startswith("| POST /v1/jobs") for line in out.stdout.splitlines())
+    assert any("[200 queued]" in r for r in rows), out.stdout

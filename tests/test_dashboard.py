@@ -444,6 +444,50 @@ def test_tenant_limits_apply_to_its_submissions(app: Flask) -> None:
     assert bad.status_code == 422 and "max_candidates" in bad.text
 
 
+def test_a_key_revoked_on_the_dashboard_is_refused_at_once_by_every_api_process(
+    make_app: Any, queue_name: str
+) -> None:
+    """Two apps on one database and Redis stand for two API processes, each with its own key
+    cache: the key is cached in `other` (polls of a queued and a finished job, a list, a
+    submit), revoked on `dashboard`'s pages, and `other` refuses it on its very next request."""
+    dashboard = make_app(webhook_queue=f"{queue_name}-wh")
+    other = make_app(webhook_queue=f"{queue_name}-wh")
+    key = new_key(dashboard, "tenant", tenant="revoked-elsewhere")
+    api = authed(other, key["key"])
+    queued = api.post("/v1/jobs", json={"prompt": "p", "steps": 2}).get_json()["id"]
+    done = api.post("/v1/jobs", json={"prompt": "p", "steps": 2}).get_json()["id"]
+    with session_scope(sessions_of(dashboard)) as session:
+        jobs.claim(session=session, job_id=done, worker="w")
+        jobs.fail(session=session, job_id=done, code="x", message="x", metrics={})
+    paths = [f"/v1/jobs/{queued}", f"/v1/jobs/{done}", "/v1/jobs"]
+    for _ in range(2):  # the second time from the caches
+        assert [api.get(path).status_code for path in paths] == [200, 200, 200]
+    client, token = login(dashboard)
+    r = client.post(f"/admin/keys/{key['id']}/revoke", data={"csrf_token": token})
+    assert r.status_code == 303
+    assert [api.get(path).status_code for path in paths] == [401, 401, 401]
+    r = api.post("/v1/jobs", json={"prompt": "p", "steps": 2})
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "invalid_api_key"
+
+
+def test_limits_set_on_the_dashboard_apply_at_once_in_every_api_process(
+    make_app: Any, queue_name: str
+) -> None:
+    """The cached caller carries its tenant's limits: a change on the dashboard reaches the
+    other process's next submission."""
+    dashboard = make_app(webhook_queue=f"{queue_name}-wh")
+    other = make_app(webhook_queue=f"{queue_name}-wh")
+    key = new_key(dashboard, "tenant", tenant="limited-elsewhere")
+    api = authed(other, key["key"])
+    assert api.post("/v1/jobs", json={"prompt": "p", "candidates": 3}).status_code == 202
+    client, token = login(dashboard)
+    data = {"csrf_token": token, "submits_per_minute": "", "max_active_jobs": "",
+            "max_candidates": "2"}  # fmt: skip
+    assert client.post(f"/admin/tenants/{key['tenant_id']}/limits", data=data).status_code == 303
+    r = api.post("/v1/jobs", json={"prompt": "p", "candidates": 3})
+    assert r.status_code == 422 and "limit of 2" in r.get_json()["error"]["message"]
+
+
 def test_rotating_the_webhook_secret_shows_the_new_one_once(app: Flask) -> None:
     key = new_key(app, "tenant", tenant="hooks")
     client, token = login(app)

@@ -240,9 +240,11 @@ def test_a_webhook_event_that_cannot_be_rendered_is_a_failed_delivery_on_the_job
     app = make_app()
     client = authed(app)
     svc = app.extensions["daikon"]
+    # The admin's tenant first: SQLite's one writer is this test's session below.
+    tenant_id = client.get("/v1/admin/tenants").get_json()["tenants"][0]["id"]
     with session_scope(svc.sessions) as s:
         job = make_job(s)
-        job.tenant_id = client.get("/v1/admin/tenants").get_json()["tenants"][0]["id"]
+        job.tenant_id = tenant_id
         job.webhook_url, job.webhook_events = "https://example.com/hook", ["job.canceled"]
         job.client_metadata = {"note": "\ud800"}
         job_id = job.id

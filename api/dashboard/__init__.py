@@ -14,7 +14,7 @@ from flask import Blueprint, Response, make_response, redirect, render_template,
 from werkzeug.wrappers import Response as BaseResponse
 
 from api import openapi
-from api.auth import identify
+from api.auth import identify, keys_changed
 from api.dashboard import access
 from api.dashboard.charts import line_chart
 from api.jobs import cancel as cancel_job
@@ -561,6 +561,7 @@ def revoke_key(key_id: str) -> BaseResponse:
         key = tenants.revoke_key(session=session, key_id=key_id)
         tenant_id = key.tenant_id
         _audit(session, "key.revoke", key_id, tenant=tenant_id, prefix=key.prefix)
+    keys_changed(services())  # every API process refuses it from its next request on
     return _back("dashboard.tenant_page", f"Key {key.prefix}… revoked.", tenant_id=tenant_id)
 
 
@@ -600,6 +601,7 @@ def set_limits(tenant_id: str) -> BaseResponse:
     with session_scope(services().sessions) as session:
         tenants.set_limits(session=session, tenant_id=tenant_id, limits=limits)
         _audit(session, "tenant.limits", tenant_id, **vars(limits))
+    keys_changed(services())  # cached principals carry the limits
     return _back("dashboard.tenant_page", "Limits saved.", tenant_id=tenant_id)
 
 

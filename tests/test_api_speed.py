@@ -1,0 +1,241 @@
+"""The cheap poll (api/caches.py, api/serialize.py) answers what the database says: a revoked
+key is refused on the very next request in every API process, a cached job object never
+outlives a change of its row or progress, a list page takes a fixed number of queries, and a
+submitted job is confirmed published (outbox) without a commit of its own."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from sqlalchemy import event
+
+from daikon.contract import JobList, JobOut, JobStatus
+from daikon.live import LiveState
+from db import jobs
+from db.models import ApiKey, Job, utcnow
+from db.session import session_scope
+from tests.conftest import ADMIN_KEY, authed
+from tests.factories import image, job_params
+from tests.stack import gunicorn_api
+from tests.test_tenancy import new_tenant
+
+BODY = {"prompt": "a red circle", "steps": 2, "candidates": 1, "top_k": 1}
+
+
+@pytest.fixture
+def app(make_app) -> Flask:  # type: ignore[no-untyped-def]
+    return make_app()
+
+
+@pytest.fixture
+def pg_app(make_app, postgres_url: str) -> Flask:  # type: ignore[no-untyped-def]
+    return make_app(database_url=postgres_url)
+
+
+def _finish(app: Flask, job_id: str) -> None:
+    svc = app.extensions["daikon"]
+    with session_scope(svc.sessions) as s:
+        jobs.claim(session=s, job_id=job_id, worker="w")
+        jobs.succeed(session=s, job_id=job_id, seed=7, images=[image(1, 30.0), image(2, 29.0)],
+                     metrics={"total_seconds": 1.0}, worker="w")  # fmt: skip
+
+
+def test_a_revoked_key_is_refused_at_once_by_every_api_process(
+    make_app,  # type: ignore[no-untyped-def]
+    postgres_url: str,
+    tmp_path: Path,
+) -> None:
+    """Two gunicorn processes, each with the key in its cache (polls of a queued and of a
+    finished job, lists, submits, over fresh connections so both serve), then a revocation:
+    the very next request of every kind, on whichever process, is a 401."""
+    app = make_app(database_url=postgres_url)  # the same database and Redis as the processes
+    settings = app.extensions["daikon"].settings
+    _, key = new_tenant(app, "speed")
+    owner = authed(app, key["key"])
+    queued = owner.post("/v1/jobs", json=BODY).get_json()["id"]
+    done = owner.post("/v1/jobs", json=BODY).get_json()["id"]
+    _finish(app, done)
+    with gunicorn_api(settings, tmp_path / "api.log", workers=2) as base:
+        auth = {"Authorization": f"Bearer {key['key']}", "Connection": "close"}
+        paths = [f"/v1/jobs/{queued}", f"/v1/jobs/{done}", "/v1/jobs?limit=5"]
+
+        def each(expected: int) -> None:
+            for _ in range(12):  # new connections: both processes take some
+                for path in paths:
+                    r = requests.get(base + path, headers=auth, timeout=10)
+                    assert r.status_code == expected, (path, r.status_code, r.text)
+                r = requests.post(f"{base}/v1/jobs", json=BODY, headers=auth, timeout=10)
+                assert r.status_code == (202 if expected == 200 else expected), r.text
+
+        each(200)
+        assert requests.get(f"{base}/v1/jobs/{done}", headers=auth,
+                            timeout=10).json()["status"] == "succeeded"  # fmt: skip
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        r = requests.delete(f"{base}/v1/admin/keys/{key['id']}", headers=admin, timeout=10)
+        assert r.status_code == 200 and r.json()["revoked_at"] is not None
+        each(401)
+        r = requests.get(base + paths[1], headers=auth, timeout=10)
+        assert r.json()["error"]["message"] == "invalid or revoked API key"
+        # A missing job with a revoked key: refused as a key, not as a job.
+        r = requests.get(f"{base}/v1/jobs/no-such-job", headers=auth, timeout=10)
+        assert r.status_code == 401
+
+
+def test_a_cached_job_object_follows_every_change_of_its_row(pg_app: Flask) -> None:
+    svc = pg_app.extensions["daikon"]
+    _, key = new_tenant(pg_app, "follow")
+    owner = authed(pg_app, key["key"])
+    first = owner.post("/v1/jobs", json=BODY).get_json()["id"]
+    second = owner.post("/v1/jobs", json=BODY).get_json()["id"]
+    r1, r2 = owner.get(f"/v1/jobs/{second}"), owner.get(f"/v1/jobs/{second}")
+    ahead = owner.get(f"/v1/jobs/{first}").get_json()["queue_position"]  # other tests' jobs too
+    assert r1.data == r2.data and r2.get_json()["queue_position"] == ahead + 1
+    tag = r2.headers["ETag"]
+    assert owner.get(f"/v1/jobs/{second}", headers={"If-None-Match": tag}).status_code == 304
+
+    # Another job leaves the queue: the position moves, and so does the ETag.
+    assert owner.post(f"/v1/jobs/{first}/cancel").status_code == 200
+    r = owner.get(f"/v1/jobs/{second}", headers={"If-None-Match": tag})
+    assert r.status_code == 200 and r.get_json()["queue_position"] == ahead
+    assert r.headers["ETag"] != tag
+
+    # Running, then a step: progress and ETag follow.
+    with session_scope(svc.sessions) as s:
+        jobs.claim(session=s, job_id=second, worker="w")
+    r = owner.get(f"/v1/jobs/{second}")
+    assert r.get_json()["status"] == "running" and r.get_json()["progress"]["step"] == 0
+    running_tag = r.headers["ETag"]
+    LiveState(svc.settings.services.redis_url).step(second, 1, 2, 1)
+    r = owner.get(f"/v1/jobs/{second}", headers={"If-None-Match": running_tag})
+    assert r.status_code == 200 and r.get_json()["progress"] == {
+        "step": 1, "total": 2, "fraction": 0.5}  # fmt: skip
+
+    # Finished: images with URLs that open; then answered from memory, the same bytes.
+    with session_scope(svc.sessions) as s:
+        jobs.succeed(session=s, job_id=second, seed=7, images=[image(1, 30.0)],
+                     metrics={"total_seconds": 1.0}, worker="w")  # fmt: skip
+    r = owner.get(f"/v1/jobs/{second}", headers={"If-None-Match": running_tag})
+    assert r.status_code == 200 and r.get_json()["status"] == "succeeded"
+    assert r.get_json()["progress"] is None and "sig=" in r.get_json()["images"][0]["url"]
+    assert owner.get(f"/v1/jobs/{second}").data == r.data
+    finished_tag = r.headers["ETag"]
+    assert owner.get(f"/v1/jobs/{second}",
+                     headers={"If-None-Match": finished_tag}).status_code == 304  # fmt: skip
+    # Another tenant never gets it from memory either.
+    _, other = new_tenant(pg_app, "other")
+    assert authed(pg_app, other["key"]).get(f"/v1/jobs/{second}").status_code == 404
+
+
+def test_a_list_page_takes_a_fixed_number_of_queries(pg_app: Flask) -> None:
+    svc = pg_app.extensions["daikon"]
+    _, key = new_tenant(pg_app, "lister")
+    owner = authed(pg_app, key["key"])
+    ids = [owner.post("/v1/jobs", json=BODY).get_json()["id"] for _ in range(30)]
+    for job_id in ids[:10]:
+        _finish(pg_app, job_id)
+    with session_scope(svc.sessions) as s:
+        for job_id in ids[10:20]:
+            jobs.claim(session=s, job_id=job_id, worker="w")
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(svc.reads, "before_cursor_execute", count)
+    try:
+        cold = owner.get("/v1/jobs?limit=25")
+        cold_count = len(statements)
+        statements.clear()
+        warm = owner.get("/v1/jobs?limit=25")
+        warm_count = len(statements)
+    finally:
+        event.remove(svc.reads, "before_cursor_execute", count)
+    page = JobList.model_validate(cold.get_json())
+    assert [j.id for j in page.jobs] == list(reversed(ids))[:25] and page.has_more
+    assert cold_count <= 3, statements  # states; then rows and their images, for all 25
+    assert warm_count == 1, statements  # the states only: every body is at hand
+    assert warm.data == cold.data
+    # Each entry is exactly what GET /v1/jobs/{id} answers.
+    for entry in cold.get_json()["jobs"]:
+        assert owner.get(f"/v1/jobs/{entry['id']}").get_json() == entry
+        JobOut.model_validate(entry)
+    queued = [j for j in page.jobs if j.status == "queued"]
+    positions = sorted(j.queue_position or 0 for j in queued)  # other tests' jobs are ahead
+    assert positions == list(range(positions[0], positions[0] + len(queued)))
+
+
+def test_a_submitted_job_is_confirmed_published_without_a_commit_of_its_own(
+    pg_app: Flask,
+) -> None:
+    svc = pg_app.extensions["daikon"]
+    owner = authed(pg_app)
+    ids = [owner.post("/v1/jobs", json=BODY).get_json()["id"] for _ in range(5)]
+    deadline = time.monotonic() + 30
+    while True:
+        with session_scope(svc.sessions) as s:
+            marked = [s.get(Job, job_id).enqueued_at for job_id in ids]  # type: ignore[union-attr]
+        if all(marked) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert all(marked), marked
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_list_page_shows_each_queued_job_at_the_place_its_own_poll_shows(
+    make_app,  # type: ignore[no-untyped-def]
+    postgres_url: str,
+    database: str,
+) -> None:
+    """The page ranks each model's queue once (db/jobs.py list_states); what it shows is the
+    count a poll makes: priorities, two models, jobs created at the same instant (ties share
+    a place), running and finished jobs without one."""
+    app = make_app(**({"database_url": postgres_url} if database == "postgresql" else {}))
+    svc = app.extensions["daikon"]
+    _, key = new_tenant(app, f"ranks-{database}")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with session_scope(svc.sessions) as s:
+        tenant_id = s.get(ApiKey, key["id"]).tenant_id  # type: ignore[union-attr]
+        made = []
+        for n, (model, priority) in enumerate(
+            [("a", 5), ("a", 9), ("b", 5), ("a", 5), ("a", 1), ("b", 7), ("a", 5), ("a", 5)]
+        ):
+            job = jobs.create(session=s, params=job_params(seed=n, model=model),
+                              tenant_id=tenant_id,
+                              options=jobs.JobOptions(priority=priority))  # fmt: skip
+            job.created_at = at + timedelta(seconds=n // 2)  # pairs created at one instant
+            job.enqueued_at = utcnow()  # as if published: no sweeper of a later test takes it
+            made.append(job.id)
+        s.flush()
+        jobs.claim(session=s, job_id=made[3], worker="w")
+    try:
+        _compare_page_with_polls(app, key["key"], made)
+    finally:  # the database is shared with later tests: leave no old queued jobs behind
+        with session_scope(svc.sessions) as s:
+            for job_id in made:
+                jobs.delete(session=s, job_id=job_id)
+
+
+def _compare_page_with_polls(app: Flask, key: str, made: list[str]) -> None:
+    svc = app.extensions["daikon"]
+    owner = authed(app, key)
+    page = owner.get("/v1/jobs?limit=50").get_json()["jobs"]
+    assert {j["id"] for j in page} == set(made)
+    for entry in page:
+        alone = owner.get(f"/v1/jobs/{entry['id']}").get_json()
+        assert entry["queue_position"] == alone["queue_position"], (entry, alone)
+        assert (entry["queue_position"] is None) == (entry["status"] != "queued")
+    tied = [next(e for e in page if e["id"] == made[n])["queue_position"] for n in (6, 7)]
+    assert tied[0] == tied[1] is not None  # same model, priority and instant: one place
+    with session_scope(svc.sessions) as s:
+        for job_id in made:
+            job = s.get(Job, job_id)
+            assert job is not None
+            if job.status is JobStatus.queued:
+                shown = next(e for e in page if e["id"] == job_id)["queue_position"]
+                assert shown == jobs.queue_position(session=s, job=job)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from daikon.storage import input_key
 from db import jobs
 from db.session import session_scope
 
+log = logging.getLogger("daikon.api")
 ACCEPTED = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 # Formats refused by name (415) rather than as undecodable (400): their magic bytes.
 KNOWN_OTHERS = {
@@ -105,7 +107,8 @@ def multipart_job() -> tuple[dict[str, Any], dict[str, bytes]]:
 
     settings = services().settings
     allow_uploads(settings)
-    unknown = sorted(set(request.form) - {REQUEST_PART} | set(request.files) - set(FILE_PARTS))
+    known = {REQUEST_PART, *FILE_PARTS}
+    unknown = sorted((set(request.form) | set(request.files)) - known)
     if unknown:
         raise InvalidRequest(f"{unknown[0]}: unknown part; a multipart job has a `request` "
                              "part (the JSON body) and file parts image and mask",
@@ -230,8 +233,8 @@ def openai_mask(image: Image.Image) -> InputImage:
 def parse_image_id(value: str, param: str) -> tuple[str, str]:
     """`<job id>:<rank>`, `<job id>:image` or `<job id>:mask` -> (job id, what)."""
     job_id, sep, what = value.rpartition(":")
-    if not sep or not job_id or not (what in ("image", "mask") or what.isascii()
-                                     and what.isdigit()):  # fmt: skip
+    if not sep or not job_id or not (what in ("image", "mask") or (what.isascii()
+                                     and what.isdigit())):  # fmt: skip
         raise InvalidRequest(f"{param}: {value!r} is not an image id (`<job id>:<rank>`, "
                              "`<job id>:image` or `<job id>:mask`)", param=param)  # fmt: skip
     return job_id, what
@@ -349,8 +352,9 @@ def store_inputs(svc: Services, job_id: str, inputs: Inputs) -> dict[str, dict[s
 
 
 def delete_inputs(svc: Services, records: dict[str, dict[str, Any]]) -> None:
+    """Best effort: a store that fails here failed the upload too; the error is logged."""
     for record in records.values():
         try:
             svc.store.delete(record["key"])
-        except Exception:  # noqa: S110 - best effort; the key is logged by the store's caller
-            pass
+        except Exception as e:
+            log.warning("could not delete input %s: %s", record["key"], e)

@@ -86,8 +86,8 @@ JOB_FORM = {
              "message names it and the model; GET /v1/models shows each model's "
              "capabilities; a `mode` it has no pipeline for is refused so); `invalid_request` "
              "for inputs: a mask of another size than the image or not single-channel, an "
-             "input the mode does not take or lacks; `job_too_large`: the job costs more megapixel-steps than its model "
-             "allows.",
+             "input the mode does not take or lacks; `job_too_large`: the job costs more "
+             "megapixel-steps than its model allows.",
         429: "`rate_limited` (DAIKON_TENANT_SUBMITS_PER_MINUTE), `too_many_active_jobs` "
              "(DAIKON_TENANT_MAX_ACTIVE_JOBS) or `too_much_queued_work` (the model's "
              "`tenant_queued_cost`); retry after `Retry-After` seconds.",

@@ -179,7 +179,7 @@ class ModelCapabilities(BaseModel):
     )
     supports_progress: bool = True
     modes: list[Mode] = Field(
-        default_factory=lambda: ["text"],
+        default_factory=lambda: list[Mode](["text"]),
         description="Job modes this model runs: text, and image (image-to-image) or inpaint "
         "where diffusers has such a pipeline for it (sharing the loaded weights).",
     )

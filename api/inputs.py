@@ -296,6 +296,9 @@ def gather(
         raise InvalidRequest(f"{param}: {message}", param=param)
 
     has_mask = "mask" in files or req.mask_id is not None or mask is not None
+    if req.prompt == "" and mode != "image":
+        refuse("prompt", "must not be empty (only a mode image job may leave it empty: the "
+               "image redrawn without a caption)")  # fmt: skip
     if mode == "text":
         for name in ("strength", "mask_blur", "image_id", "mask_id"):
             if getattr(req, name) is not None:

@@ -103,7 +103,10 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(description="What to draw.")
+    prompt: str = Field(
+        description="What to draw. Empty only for mode image: the image redrawn without a "
+        "caption (what POST /v1/images/variations does)."
+    )
     negative_prompt: str | None = Field(None, description="What to steer away from (CFG).")
     width: int | None = Field(None, description="Multiple of 8 within the configured bounds.")
     height: int | None = Field(None, description="Multiple of 8 within the configured bounds.")
@@ -301,7 +304,7 @@ def _job_request(
         fields[name] = (rule | None, Field(None, description=description,
                                            json_schema_extra=extra))  # fmt: skip
 
-    fields["prompt"] = (rules.text(max_chars, drawn=True),
+    fields["prompt"] = (rules.text(max_chars, drawn=True, empty_allowed=True),
                         Field(description=base["prompt"].description))  # fmt: skip
     bounded("negative_prompt", rules.text(max_chars))
     side = rules.between(min_size, max_size, multiple_of=8)

@@ -201,6 +201,10 @@ class Family:
         """Pipeline class name -> __call__ parameters it must have (sub-pipelines included)."""
         return {pipeline_class: self.passes}
 
+    def edit_refusal(self, pipe: Any, mode: str) -> str | None:
+        """Why this loaded model cannot run an edit mode its family's pipeline has, or None."""
+        return None
+
     # capabilities ---------------------------------------------------------------------------
     def size_multiple(self, pipe: Any) -> int:
         # The UNet pipelines check `% 8` themselves whatever the VAE's factor.
@@ -344,7 +348,9 @@ class LatentConsistency(Family):
     def notes(self, pipe: Any, caps: dict[str, Any], options: ModelOptions) -> list[str]:
         return [
             "guidance_scale feeds LCM's guidance embedding (one pass, no CFG); "
-            "the pipeline takes no negative prompt"
+            "the pipeline takes no negative prompt",
+            "image-to-image runs all `steps` (LCM's scheduler spreads them over the part of "
+            "the schedule that strength leaves), not steps x strength",
         ]
 
 
@@ -371,6 +377,13 @@ class StableDiffusion3(Family):
 
     def guidance(self, pipe: Any) -> GuidanceKind:
         return "cfg"
+
+    def edit_refusal(self, pipe: Any, mode: str) -> str | None:
+        channels = int(pipe.transformer.config.in_channels)
+        if mode == "inpaint" and channels not in (16, 33):
+            return (f"StableDiffusion3InpaintPipeline needs a transformer of 16 or 33 input "
+                    f"channels; this one has {channels}")  # fmt: skip
+        return None
 
     def scheduler_usable(self, pipe: Any, scheduler: Any) -> bool:
         # SD3 passes `mu` when the model's scheduler shifts by resolution.
@@ -717,10 +730,15 @@ def edit_modes(pipe: Any, family: Family) -> tuple[list[Mode], list[str]]:
             notes.append(f"no {label} (mode {mode}): Daikon's {family.name} adapter does not "
                          f"drive {cls.__name__} yet")  # fmt: skip
             continue
+        refusal = family.edit_refusal(pipe, mode)
+        if refusal:
+            notes.append(f"no {label} (mode {mode}): {refusal}")
+            continue
         needed = (family.passes - {"width", "height"}) | _EDIT_NEEDS[mode]
         missing = sorted(needed - call_parameters(cls))
         if missing:
-            notes.append(f"no {label}: {cls.__name__}.__call__ lacks {', '.join(missing)}")
+            notes.append(f"no {label} (mode {mode}): {cls.__name__}.__call__ lacks "
+                         f"{', '.join(missing)}")  # fmt: skip
             continue
         modes.append(mode)  # type: ignore[arg-type]
     return modes, notes

@@ -85,6 +85,16 @@ def is_multipart() -> bool:
     return request.mimetype == "multipart/form-data"
 
 
+def check_parts() -> None:
+    """Every part named, every text field clean text (what bodies.py refuses in JSON)."""
+    names = [*request.form.keys(), *request.files.keys()]
+    if any(not isinstance(name, str) or not name for name in names):
+        raise BadRequest("a multipart part has no name")
+    problem = check_text([*names, *request.form.values()])
+    if problem:
+        raise BadRequest(f"the form contains {problem}")
+
+
 def uploaded(role: str, settings: Settings) -> bytes | None:
     """The bytes of file part `role`, or None; more than max_input_bytes is a 413."""
     part = request.files.get(role)
@@ -107,6 +117,7 @@ def multipart_job() -> tuple[dict[str, Any], dict[str, bytes]]:
 
     settings = services().settings
     allow_uploads(settings)
+    check_parts()
     known = {REQUEST_PART, *FILE_PARTS}
     unknown = sorted((set(request.form) | set(request.files)) - known)
     if unknown:
@@ -326,15 +337,21 @@ def gather(
         return as_input(decode(data, role=role, settings=settings), role)
 
     image = load("image", req.image_id)
+    bounds = settings.limits
+    for side, value in (("width", image.width), ("height", image.height)):
+        if value % 8 or not bounds.min_size <= value <= bounds.max_size:
+            refuse("image", f"is {image.width}x{image.height}: an edit's size is its image's, "
+                   f"whose {side} must be a multiple of 8 between {bounds.min_size} and "
+                   f"{bounds.max_size}")  # fmt: skip
     if mode == "inpaint" and mask is None:
         mask = load("mask", req.mask_id)
     if mask is not None and (mask.width, mask.height) != (image.width, image.height):
         refuse("mask", f"is {mask.width}x{mask.height} but the image is "
                f"{image.width}x{image.height}; they must be the same size")  # fmt: skip
-    for side, value in (("width", req.width), ("height", req.height)):
+    for side, asked in (("width", req.width), ("height", req.height)):
         own = image.width if side == "width" else image.height
-        if value is not None and value != own:
-            refuse(side, f"{value} differs from the input image's {own}: an edit keeps its "
+        if asked is not None and asked != own:
+            refuse(side, f"{asked} differs from the input image's {own}: an edit keeps its "
                    "image's size (omit width and height)")  # fmt: skip
     return Inputs(image, mask)
 

@@ -30,7 +30,15 @@ from api import openapi
 from api.auth import Principal, authenticate
 from api.bodies import header_params, json_body
 from api.errors import error_response, validation_error
-from api.inputs import InputImage, allow_uploads, as_input, decode, is_multipart, openai_mask
+from api.inputs import (
+    InputImage,
+    allow_uploads,
+    as_input,
+    check_parts,
+    decode,
+    is_multipart,
+    openai_mask,
+)
 from api.inputs import uploaded as uploaded_file
 from api.serialize import image_url
 from api.services import Services, services
@@ -332,6 +340,7 @@ def _form(parts: tuple[str, ...]) -> dict[str, Any]:
     allow_uploads(services().settings)
     if not is_multipart():
         raise UnsupportedMediaType("Content-Type must be multipart/form-data")
+    check_parts()
     unknown = sorted(set(request.files) - set(parts))
     if unknown:
         raise InvalidRequest(f"{unknown[0]}: unknown file part; this route takes "
@@ -400,6 +409,8 @@ def edit_images() -> Any:
     principal = authenticate()
     svc = services()
     req = ImageEditRequest.for_settings(svc.settings).model_validate(_form(EDIT_PARTS))
+    if not req.prompt.strip():
+        raise InvalidRequest("prompt: must not be empty", param="prompt")
     data, image = _image_part(svc)
     _edit_size(req, image)
     mask_data = uploaded_file("mask", svc.settings)

@@ -117,18 +117,18 @@ def publish(app: Flask, modes: list[str]) -> None:
 def test_an_inpaint_job_stores_its_inputs_beside_its_outputs_and_shows_them(
     app: Flask, client: FlaskClient
 ) -> None:
-    image = png((40, 24))
+    image = png((40, 32))
     r = post(client, {**BASE, "mode": "inpaint", "mask_blur": 2}, image=image,
-             mask=mask_png((40, 24)))  # fmt: skip
+             mask=mask_png((40, 32)))  # fmt: skip
     assert r.status_code == 202, r.get_json()
     job = r.get_json()
     assert job["params"]["mode"] == "inpaint"
-    assert (job["params"]["width"], job["params"]["height"]) == (40, 24)  # the image's size
+    assert (job["params"]["width"], job["params"]["height"]) == (40, 32)  # the image's size
     assert (job["params"]["strength"], job["params"]["mask_blur"]) == (1.0, 2)
     roles = {i["role"]: i for i in job["inputs"]}
     assert set(roles) == {"image", "mask"}
     assert roles["image"]["id"] == f"{job['id']}:image"
-    assert (roles["mask"]["width"], roles["mask"]["height"]) == (40, 24)
+    assert (roles["mask"]["width"], roles["mask"]["height"]) == (40, 32)
     # Signed URLs, like the outputs: the stored image is the upload's pixels.
     fetched = app.test_client().get(roles["image"]["url"].removeprefix("http://localhost"))
     assert fetched.status_code == 200 and fetched.content_type == "image/png"
@@ -287,6 +287,11 @@ def test_a_retry_with_the_same_files_is_the_same_job_and_with_other_files_a_conf
         pytest.param({"mode": "image", "width": 64}, {"image": png()}, 422, "invalid_request",
                      "width", "width: 64 differs from the input image's 32: an edit keeps its "
                      "image's size (omit width and height)", id="width-not-the-images"),
+        pytest.param({"mode": "image"}, {"image": png((30, 32))}, 422, "invalid_request",
+                     "image", "image: is 30x32: an edit's size is its image's, whose width must "
+                     "be a multiple of 8 between 32 and 1024", id="image-off-the-multiple"),
+        pytest.param({"mode": "image"}, {"image": png((16, 16))}, 422, "invalid_request",
+                     "image", None, id="image-too-small"),
         pytest.param({"mode": "image", "image_id": "nonsense"}, {}, 422, "invalid_request",
                      "image_id", None, id="bad-image-id"),
     ],

@@ -375,8 +375,10 @@ class JobParams(BaseModel):
     @property
     def batch_key(self) -> tuple[object, ...] | None:
         """What jobs must share to run in one pipeline call (prompts, negative prompts and
-        seeds are per image); None when a default is still unknown."""
-        if not self.complete:
+        seeds are per image); None when the job runs alone: a default is still unknown, or it
+        is an edit (image, inpaint), whose own input images and strength no other job shares.
+        The one rule for batching: None neither joins a batch nor takes companions."""
+        if not self.complete or self.mode != "text":
             return None
         return (self.model, self.width, self.height, self.steps, self.guidance_scale,
                 self.scheduler, self.true_cfg_scale, self.negative_prompt is not None)  # fmt: skip

@@ -273,8 +273,9 @@ class Worker(Group):
     sweep_interval_seconds: float = Field(15.0, gt=0, description="How often the sweeper looks.")
     batch_jobs: bool = Field(
         True,
-        description="Run compatible queued jobs of a model (same size, steps, guidance, "
-        "scheduler) in one pipeline call, up to the model's images per call.",
+        description="Run compatible queued text jobs of a model (same size, steps, guidance, "
+        "scheduler) in one pipeline call, up to the model's images per call; edit jobs "
+        "(image, inpaint) always run alone.",
     )
     batch_wait_ms: float = Field(
         20.0,

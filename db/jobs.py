@@ -505,6 +505,7 @@ def retry(*, session: Session, job_id: str) -> Job:
         cost=old.cost, status=JobStatus.queued, priority=old.priority,
         client_metadata=old.client_metadata, webhook_url=old.webhook_url,
         webhook_events=list(old.webhook_events), metrics={}, images=[], retry_of=old.id,
+        inputs=old.inputs,  # an edit's stored objects, shared: only a failed submit deletes any
     )  # fmt: skip
     session.add(job)
     session.flush()

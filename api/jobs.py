@@ -11,7 +11,8 @@ from sqlalchemy import Connection
 
 from api import openapi
 from api.auth import authenticate, authenticate_in_read, check_key
-from api.bodies import header_params, json_body, query_params
+from api.bodies import header_params, query_params
+from api.inputs import FILE_PARTS, REQUEST_PART, job_submission
 from api.serialize import bodies, finished, job_out, links, outbox, polled
 from api.services import Services, services
 from api.submission import submit
@@ -47,9 +48,21 @@ JOB_LINKS = {
 }  # fmt: skip
 
 
+BINARY = {"type": "string", "format": "binary"}
+JOB_FORM = {
+    REQUEST_PART: {"type": "string", "contentMediaType": "application/json",
+                   "description": "The same JSON object as the application/json body."},
+    FILE_PARTS[0]: {**BINARY, "description": "image and inpaint: the input image (PNG, JPEG "
+                    "or WebP; its size is the job's)."},
+    FILE_PARTS[1]: {**BINARY, "description": "inpaint: the mask, single-channel, the image's "
+                    "size: white = repaint, black = keep."},
+}  # fmt: skip
+
+
 @bp.post("/jobs")
 @openapi.operation(
     "Submit a job", tags=["jobs"], body=JobRequest, headers=SubmitHeaders,
+    form=JOB_FORM, form_required=[REQUEST_PART],
     responses={
         202: openapi.Reply("Created and queued.", JobOut, headers={"Location": True},
                            links=JOB_LINKS),
@@ -58,13 +71,23 @@ JOB_LINKS = {
                            links=JOB_LINKS),
     },
     errors={
+        400: "`invalid_json`: the body (or the `request` part) is not a JSON object; "
+             "`invalid_image`: an input cannot be decoded.",
+        404: "`not_found`: `image_id` or `mask_id` names no image of this tenant's.",
         409: "`idempotency_key_reused`: the Idempotency-Key came with a different body.",
+        413: "`request_entity_too_large`: the body is larger than DAIKON_MAX_BODY_BYTES, an "
+             "input larger than DAIKON_MAX_INPUT_BYTES, or an image has more than "
+             "DAIKON_MAX_INPUT_PIXELS pixels.",
+        415: "`unsupported_media_type`: neither application/json nor multipart/form-data, or "
+             "an input that is not PNG, JPEG or WebP.",
         422: "`invalid_request`: a field is missing, unknown, of the wrong type or out of "
              "bounds (`param` names the first); `unsupported_parameter` or "
              "`unsupported_scheduler`: the model cannot honour a parameter as asked (the "
              "message names it and the model; GET /v1/models shows each model's "
-             "capabilities); `job_too_large`: the job costs more megapixel-steps than its model "
-             "allows.",
+             "capabilities; a `mode` it has no pipeline for is refused so); `invalid_request` "
+             "for inputs: a mask of another size than the image or not single-channel, an "
+             "input the mode does not take or lacks; `job_too_large`: the job costs more "
+             "megapixel-steps than its model allows.",
         429: "`rate_limited` (DAIKON_TENANT_SUBMITS_PER_MINUTE), `too_many_active_jobs` "
              "(DAIKON_TENANT_MAX_ACTIVE_JOBS) or `too_much_queued_work` (the model's "
              "`tenant_queued_cost`); retry after `Retry-After` seconds.",
@@ -75,7 +98,8 @@ def create_job() -> Any:
     principal = authenticate()
     svc = services()
     given = header_params(SubmitHeaders)
-    result = submit(svc, principal, json_body(), idempotency_key=given.idempotency_key)
+    asked, files = job_submission()
+    result = submit(svc, principal, asked, files=files, idempotency_key=given.idempotency_key)
     if result.job is not None:  # new, queued: as committed
         body = job_object(result.job, links(svc), queue_position=result.queue_position)
     else:
@@ -250,3 +274,33 @@ def get_image(job_id: str, rank: int) -> Response:
         content_type=content_type,
         headers={"Cache-Control": "private, max-age=3600, immutable"},
     )
+
+
+@bp.get("/jobs/<job_id>/inputs/<role>")
+@openapi.operation(
+    "Get an edit job's input (signed URL)", tags=["jobs"], auth=None, query=ImageQuery,
+    responses={200: openapi.Reply("The input image or mask.", media_type="image/png",
+                                  schema={"type": "string", "format": "binary"},
+                                  headers={"Cache-Control": True})},
+    errors={404: "`not_found`: no such input, or the signature is wrong or expired.",
+            503: ""},
+)  # fmt: skip
+def get_input(job_id: str, role: str) -> Response:
+    """An image or inpaint job's input, as stored (PNG); signed like the output images."""
+    svc = services()
+    expires = request.args.get("expires", "")
+    signature = request.args.get("sig", "")
+    number = expires.isascii() and expires.isdigit()
+    if not (number and verify(svc.signing_key, job_id, f"input-{role}", int(expires),
+                              signature)):  # fmt: skip
+        raise NotFound(f"input {role!r} of job {job_id!r} not found (or the URL expired)")
+    with session_scope(svc.sessions) as session:
+        record = (jobs.get(session=session, job_id=job_id).inputs or {}).get(role)
+    if record is None:
+        raise NotFound(f"job {job_id!r} has no input {role!r}", param="role")
+    try:
+        data = svc.store.get(record["key"])
+    except KeyError as e:
+        raise NotFound(f"input {role!r} of job {job_id!r} is missing from storage") from e
+    return Response(data, content_type=record["content_type"],
+                    headers={"Cache-Control": "private, max-age=3600, immutable"})  # fmt: skip

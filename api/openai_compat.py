@@ -22,21 +22,31 @@ import re
 import time
 from typing import Any, Literal
 
-from flask import Blueprint, Response, url_for
+from flask import Blueprint, Response, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from sqlalchemy.exc import OperationalError
 
 from api import openapi
-from api.auth import authenticate
+from api.auth import Principal, authenticate
 from api.bodies import header_params, json_body
 from api.errors import error_response, validation_error
+from api.inputs import (
+    InputImage,
+    allow_uploads,
+    as_input,
+    check_parts,
+    decode,
+    is_multipart,
+    openai_mask,
+)
+from api.inputs import uploaded as uploaded_file
 from api.serialize import image_url
 from api.services import Services, services
 from api.slots import Slot
 from api.submission import Submitted, submit
 from daikon import rules
 from daikon.contract import JobStatus, SubmitHeaders
-from daikon.errors import InvalidRequest
+from daikon.errors import InvalidRequest, UnsupportedMediaType
 from daikon.settings import Settings
 from db import jobs
 from db.session import session_scope
@@ -185,11 +195,25 @@ def generate_images() -> Any:
     principal = authenticate()
     svc = services()
     req = ImageGenerationRequest.for_settings(svc.settings).model_validate(json_body())
+    return _submit_and_answer(svc, principal, req.response_format, req.job_body(svc.settings))
+
+
+def _submit_and_answer(
+    svc: Services,
+    principal: Principal,
+    response_format: str | None,
+    body: dict[str, Any],
+    *,
+    files: dict[str, bytes] | None = None,
+    mask: InputImage | None = None,
+) -> Any:
+    """Submit the job, wait for it and answer as OpenAI would."""
     key = header_params(SubmitHeaders).idempotency_key
     with _waiting_slot(svc, principal.tenant_id):
-        result = submit(svc, principal, req.job_body(svc.settings), idempotency_key=key)
+        result = submit(svc, principal, body, idempotency_key=key, files=files, mask=mask)
         try:
-            return _answer(svc, req, result, principal.tenant_id, retry=key is not None)
+            return _answer(svc, response_format, result, principal.tenant_id,
+                           retry=key is not None)  # fmt: skip
         except OperationalError as e:
             log.error("database unavailable while answering for job %s: %s", result.job_id, e)
             return _job_error(
@@ -208,7 +232,7 @@ def generate_images() -> Any:
 
 
 def _answer(
-    svc: Services, req: ImageGenerationRequest, result: Submitted, tenant_id: str, *, retry: bool
+    svc: Services, response_format: str | None, result: Submitted, tenant_id: str, *, retry: bool
 ) -> Any:
     """Wait for the job, then answer as OpenAI would: the images in rank order, or an error."""
     job_id = result.job_id
@@ -236,11 +260,11 @@ def _answer(
             )  # fmt: skip
         assert job.finished_at is not None
         created = int(job.finished_at.timestamp())
-        if req.response_format == "b64_json":
+        if response_format == "b64_json":
             keys = [img.storage_key for img in job.images]
         else:
             data = [{"url": image_url(job, img)} for img in job.images]
-    if req.response_format == "b64_json":  # read outside the session: S3 may be slow
+    if response_format == "b64_json":  # read outside the session: S3 may be slow
         try:
             data = [{"b64_json": base64.b64encode(svc.store.get(k)).decode()} for k in keys]
         except KeyError as e:
@@ -253,3 +277,178 @@ def _answer(
     if not result.created:
         headers["Idempotent-Replayed"] = "true"
     return {"created": created, "data": data}, 200, headers
+
+
+# --- edits and variations -------------------------------------------------------------------
+
+VARIATION_STRENGTH = 0.6
+EDIT_PARTS = ("image", "mask")
+
+
+class ImageEditRequest(BaseModel):
+    """The form fields of `POST /v1/images/edits` (the files are the parts `image` and `mask`).
+    Form values are text, so numbers are parsed from it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="What the edited image should show.")
+    n: int | None = Field(None, description="Images returned (default 1).")
+    size: str | None = Field(
+        None, pattern=SIZE_PATTERN,
+        description="'auto' or the image's own 'WIDTHxHEIGHT': an edit keeps its image's size.",
+    )  # fmt: skip
+    response_format: Literal["url", "b64_json"] | None = None
+    model: str | None = Field(None, description="A Daikon model name; omitted = the default.")
+    user: str | None = Field(None, description="Stored as the job's metadata.openai_user.")
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> type[ImageEditRequest]:
+        return _form_request(cls, settings.limits.max_candidates)
+
+    def job_body(self, settings: Settings, *, mode: str, prompt: str) -> dict[str, Any]:
+        n = self.n or 1
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "mode": mode,
+            "candidates": max(n, settings.limits.default_candidates),
+            "top_k": n,
+        }
+        if self.model is not None:
+            body["model"] = self.model
+        if self.user is not None:
+            body["metadata"] = {"openai_user": self.user}
+        return body
+
+
+class ImageVariationRequest(ImageEditRequest):
+    """The form fields of `POST /v1/images/variations` (the file is the part `image`)."""
+
+    prompt: str = Field("", description="Not an OpenAI field: variations have no prompt.")
+
+
+@functools.cache
+def _form_request(base: type[ImageEditRequest], max_candidates: int) -> type[ImageEditRequest]:
+    n = (rules.between(1, max_candidates) | None,
+         Field(None, description="Images returned (default 1)."))  # fmt: skip
+    return create_model(base.__name__, __base__=base, __module__=__name__,
+                        __doc__=base.__doc__, n=n)  # fmt: skip
+
+
+def _form(parts: tuple[str, ...]) -> dict[str, Any]:
+    """A multipart request's fields (a repeated one is refused) after its limits are set;
+    file parts other than `parts` are refused."""
+    allow_uploads(services().settings)
+    if not is_multipart():
+        raise UnsupportedMediaType("Content-Type must be multipart/form-data")
+    check_parts()
+    unknown = sorted(set(request.files) - set(parts))
+    if unknown:
+        raise InvalidRequest(f"{unknown[0]}: unknown file part; this route takes "
+                             f"{' and '.join(parts)}", param=unknown[0])  # fmt: skip
+    repeated = sorted(k for k in request.form if len(request.form.getlist(k)) > 1)
+    if repeated:
+        raise InvalidRequest(f"{repeated[0]}: given more than once", param=repeated[0])
+    return {k: v for k, v in request.form.items() if k not in parts}
+
+
+def _edit_size(req: ImageEditRequest, image: InputImage) -> None:
+    match = SIZE.fullmatch(req.size or "")
+    if match and (int(match[1]), int(match[2])) != (image.width, image.height):
+        raise InvalidRequest(
+            f"size: {req.size} differs from the image's {image.width}x{image.height}; an edit "
+            "keeps its image's size (send 'auto', the image's size, or no size)",
+            param="size",
+        )
+
+
+def _image_part(svc: Services) -> tuple[bytes, InputImage]:
+    data = uploaded_file("image", svc.settings)
+    if data is None:
+        raise InvalidRequest("image: is required (a file part)", param="image")
+    return data, as_input(decode(data, role="image", settings=svc.settings), "image")
+
+
+FORM_SCHEMA = {
+    name: {k: v for k, v in prop.items() if k != "title"}
+    for name, prop in ImageEditRequest.model_json_schema()["properties"].items()
+}
+BINARY = {"type": "string", "format": "binary"}
+EDIT_ERRORS = {
+    404: "",
+    409: "`job_canceled`: the job was canceled while the request waited.",
+    413: "`request_entity_too_large`: an image or mask past DAIKON_MAX_INPUT_BYTES or "
+    "DAIKON_MAX_INPUT_PIXELS.",
+    415: "`unsupported_media_type`: not multipart/form-data, or a file that is not PNG, JPEG "
+    "or WebP.",
+    429: "Per-tenant submission limits, as for POST /v1/jobs.",
+    500: "The job failed (its error code), or its result could not be read.",
+    503: "`too_many_waiting` (nothing created), or the queue or database is down.",
+    504: "`job_not_finished`: still running at the deadline; `Location` names the job.",
+}
+
+
+@bp.post("/images/edits")
+@openapi.operation(
+    "Edit an image (OpenAI-compatible)", tags=["openai"], headers=SubmitHeaders,
+    form={**FORM_SCHEMA,
+          "image": {**BINARY, "description": "The image to edit (PNG, JPEG or WebP)."},
+          "mask": {**BINARY, "description": "PNG with alpha, the image's size: fully "
+                   "transparent pixels are repainted, the rest kept."}},
+    form_required=["image", "prompt"],
+    responses={200: openapi.Reply("The edited images, best first.", ImagesResponse,
+                                  headers={"Location": True})},
+    errors={400: "Bad fields, a missing image, a size other than the image's, a mask without "
+            "alpha or of another size, an undecodable file: `param` names it.",
+            **EDIT_ERRORS},
+)  # fmt: skip
+def edit_images() -> Any:
+    """With a mask, an inpaint job: OpenAI's mask marks where to edit by full transparency,
+    converted to the diffusers convention (alpha 0 -> white = repaint, anything else -> black
+    = keep), and the kept pixels come back unchanged. Without a mask, an image-to-image job of
+    the whole image at strength 0.6. The result keeps the image's size."""
+    principal = authenticate()
+    svc = services()
+    req = ImageEditRequest.for_settings(svc.settings).model_validate(_form(EDIT_PARTS))
+    if not req.prompt.strip():
+        raise InvalidRequest("prompt: must not be empty", param="prompt")
+    data, image = _image_part(svc)
+    _edit_size(req, image)
+    mask_data = uploaded_file("mask", svc.settings)
+    mask = None
+    if mask_data is not None:
+        mask = openai_mask(decode(mask_data, role="mask", settings=svc.settings))
+    body = req.job_body(svc.settings, mode="inpaint" if mask else "image", prompt=req.prompt)
+    if mask is None:
+        body["strength"] = VARIATION_STRENGTH
+    return _submit_and_answer(svc, principal, req.response_format, body,
+                              files={"image": data}, mask=mask)  # fmt: skip
+
+
+@bp.post("/images/variations")
+@openapi.operation(
+    "Image variations (OpenAI-compatible)", tags=["openai"], headers=SubmitHeaders,
+    form={**{k: v for k, v in FORM_SCHEMA.items() if k != "prompt"},
+          "image": {**BINARY, "description": "The image to vary (PNG, JPEG or WebP)."}},
+    form_required=["image"],
+    responses={200: openapi.Reply("The variations.", ImagesResponse,
+                                  headers={"Location": True})},
+    errors={400: "Bad fields, a missing image, a size other than the image's, an "
+            "undecodable file: `param` names it.", **EDIT_ERRORS},
+)  # fmt: skip
+def image_variations() -> Any:
+    """Image-to-image at strength 0.6 with an empty prompt: the image is partly noised and
+    redrawn with no caption (Daikon cannot know what it shows), so a variation keeps its
+    layout and colours roughly and changes details. Exactly `n` candidates are drawn and all
+    returned: CLIP ranking against an empty prompt would choose nothing."""
+    principal = authenticate()
+    svc = services()
+    form = _form(("image",))
+    if "prompt" in form:
+        raise InvalidRequest("prompt: unknown field (variations take no prompt)", param="prompt")
+    req = ImageVariationRequest.for_settings(svc.settings).model_validate(form)
+    data, image = _image_part(svc)
+    _edit_size(req, image)
+    body = req.job_body(svc.settings, mode="image", prompt="")
+    body.update(strength=VARIATION_STRENGTH, candidates=req.n or 1, guidance_scale=0.0)
+    return _submit_and_answer(svc, principal, req.response_format, body,
+                              files={"image": data})  # fmt: skip

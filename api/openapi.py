@@ -114,6 +114,10 @@ class Operation:
     headers: type[BaseModel] | None = None  # its fields (by alias) are the header parameters
     errors: Mapping[int, str] = field(default_factory=dict)
     description: str | None = None
+    # A multipart/form-data body besides (or instead of) the JSON one: part name -> schema;
+    # a part named after `body` holds that model as JSON (a string part).
+    form: Mapping[str, Mapping[str, Any]] | None = None
+    form_required: tuple[str, ...] = ()
 
 
 HIDDEN = Operation(summary="", responses={})
@@ -130,6 +134,8 @@ def operation(
     headers: type[BaseModel] | None = None,
     errors: Iterable[int] | Mapping[int, str] = (),
     description: str | None = None,
+    form: Mapping[str, Mapping[str, Any]] | None = None,
+    form_required: Iterable[str] = (),
 ) -> Callable[[View], View]:
     """Document a view. `responses` are the successes (a model stands for a JSON reply);
     `errors` the statuses the note cannot infer, each with a line on when (or a bare status for
@@ -141,6 +147,7 @@ def operation(
     when = dict(errors) if isinstance(errors, Mapping) else {int(s): "" for s in errors}
     op = Operation(
         summary=summary, responses=replies, tags=tuple(tags), auth=auth, body=body,
+        form=form, form_required=tuple(form_required),
         query=query, headers=headers, errors=when, description=description,
     )  # fmt: skip
 
@@ -226,7 +233,7 @@ def _error_statuses(op: Operation, has_path_params: bool) -> dict[int, str]:
         inferred |= {401, 503}
     if op.auth == "admin":
         inferred.add(403)
-    if op.body is not None:
+    if op.body is not None or op.form is not None:
         inferred |= {400, 413, 415, 422}
     if has_path_params:
         inferred.add(404)
@@ -322,15 +329,18 @@ def build_spec(app: Flask) -> dict[str, Any]:
         ]  # fmt: skip
         if params:
             out["parameters"] = params
+        content: dict[str, Any] = {}
         if op.body is not None:
-            out["requestBody"] = {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": refs[for_deployment(op.body, settings), "validation"]
-                    }
-                },
+            content["application/json"] = {
+                "schema": refs[for_deployment(op.body, settings), "validation"]
             }
+        if op.form is not None:
+            form: dict[str, Any] = {"type": "object", "properties": dict(op.form)}
+            if op.form_required:
+                form["required"] = list(op.form_required)
+            content["multipart/form-data"] = {"schema": form}
+        if content:
+            out["requestBody"] = {"required": True, "content": content}
         responses: dict[str, Any] = {}
         for status, reply in sorted(op.responses.items()):
             item: dict[str, Any] = {"description": reply.description}

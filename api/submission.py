@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -13,7 +14,9 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session
 
+from api import inputs as edit_inputs
 from api.auth import Principal
+from api.inputs import InputImage
 from api.services import Services
 from daikon import limits
 from daikon.celery_config import publish_job, soft_time_limit
@@ -27,7 +30,7 @@ from daikon.errors import Conflict, InvalidRequest, ServiceUnavailable, TooManyR
 from daikon.served_models import ServedModel
 from daikon.webhooks.safety import Allowlist, UnsafeDestination, check_url
 from db import jobs
-from db.models import Job
+from db.models import Job, new_id
 from db.session import session_scope
 
 log = logging.getLogger("daikon.api")
@@ -63,18 +66,56 @@ def submit(
     body: dict[str, Any],
     *,
     idempotency_key: str | None = None,
+    files: dict[str, bytes] | None = None,
+    mask: InputImage | None = None,
 ) -> Submitted:
+    """Validate, then create and publish the job. `files` are uploaded inputs by role (image,
+    mask); `mask` one the caller converted already (the OpenAI route's). An edit's inputs are
+    stored only once every check passed, and deleted again if the job is not created."""
     settings = svc.settings
     req = JobRequest.for_settings(settings).model_validate(body)
     check_webhook_url(svc, req.webhook_url)
     model = req.model or settings.default_model_name
     served = svc.served_models.get(model)
     capabilities = served.capabilities if served is not None else None
-    params = req.resolve(settings, capabilities)
+    inputs = edit_inputs.gather(svc, principal.tenant_id, req, files or {}, mask=mask)
+    params = req.resolve(settings, capabilities, image_size=inputs.size if inputs else None)
     if served is not None:  # else no worker has served it yet: the worker checks (same codes)
         _check_model(params, served)
-    digest = request_hash(body)
+    digest = request_hash({**body, "inputs": inputs.digest()} if inputs else body)
+    job_id = new_id()
+    stored: dict[str, dict[str, Any]] = {}
+    try:
+        created = _create(svc, principal, req, params, digest, idempotency_key, served,
+                          job_id=job_id, inputs=inputs, stored=stored)  # fmt: skip
+    except BaseException:
+        edit_inputs.delete_inputs(svc, stored)
+        raise
+    if not created.created:  # an idempotent replay: this request's copies are not needed
+        edit_inputs.delete_inputs(svc, stored)
+        return created
+    priority = req.priority if req.priority is not None else DEFAULT_PRIORITY
+    enqueue(svc, job_id=job_id, model=params.model, priority=priority, cost=params.cost,
+            candidates=params.candidates, stored=stored)  # fmt: skip
+    return created
 
+
+def _create(
+    svc: Services,
+    principal: Principal,
+    req: JobRequest,
+    params: JobParams,
+    digest: str,
+    idempotency_key: str | None,
+    served: ServedModel | None,
+    *,
+    job_id: str,
+    inputs: edit_inputs.Inputs | None,
+    stored: dict[str, dict[str, Any]],
+) -> Submitted:
+    """The row, committed (with its queue position then), or the earlier job an
+    Idempotency-Key names (`created` False)."""
+    settings = svc.settings
     options = jobs.JobOptions(
         priority=req.priority if req.priority is not None else DEFAULT_PRIORITY,
         metadata=req.metadata,
@@ -82,6 +123,7 @@ def submit(
         webhook_events=[e.value for e in (req.webhook_events or DEFAULT_WEBHOOK_EVENTS)],
         idempotency_key=idempotency_key,
         request_hash=digest,
+        job_id=job_id,
     )
     with session_scope(svc.sessions) as session:
         if idempotency_key is not None:
@@ -119,24 +161,32 @@ def submit(
             )  # fmt: skip
         if served is not None:
             _check_queued_cost(session, principal.tenant_id, params, served)
+        if inputs is not None:  # every check passed: store them, under the job's own prefix
+            stored.update(edit_inputs.store_inputs(svc, job_id, inputs))
+            options = dataclasses.replace(options, inputs=dict(stored))
         try:
             job = jobs.create(
                 session=session, params=params, tenant_id=principal.tenant_id, options=options
             )
         except jobs.IdempotencyConflict as race:  # the same key won a concurrent request
             return _replay(race.job, digest, idempotency_key or "")
-        job_id, model, priority = job.id, job.model, job.priority
         position = jobs.queue_position(session=session, job=job)
-    enqueue(svc, job_id=job_id, model=model, priority=priority, cost=params.cost,
-            candidates=params.candidates)  # fmt: skip
-    return Submitted(job_id, created=True, job=job, queue_position=position)
+    return Submitted(job.id, created=True, job=job, queue_position=position)
 
 
 def enqueue(
-    svc: Services, *, job_id: str, model: str, priority: int, cost: float, candidates: int
+    svc: Services,
+    *,
+    job_id: str,
+    model: str,
+    priority: int,
+    cost: float,
+    candidates: int,
+    stored: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Publish a committed job; if the broker refuses, delete it (nothing left behind) and
-    raise 503. Shared by submissions and the dashboard's retry."""
+    """Publish a committed job; if the broker refuses, delete it and the inputs this request
+    stored (`stored`; nothing left behind) and raise 503. Shared by submissions and the
+    dashboard's retry."""
     settings = svc.settings
     served = svc.served_models.get(model)
     allowance = (
@@ -157,6 +207,7 @@ def enqueue(
         log.error("enqueue of job %s failed: %s", job_id, e)
         with session_scope(svc.sessions) as session:
             jobs.delete(session=session, job_id=job_id)
+        edit_inputs.delete_inputs(svc, stored or {})
         raise _queue_unavailable() from e
     # Published: marked so in a batch (api/enqueued.py); a lost mark costs one more publish.
     svc.enqueued.add(job_id)

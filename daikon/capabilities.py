@@ -40,6 +40,15 @@ SCHEDULERS: dict[str, str] = {
 SCHEDULER_BY_CLASS: dict[str, str] = {cls: name for name, cls in SCHEDULERS.items()}
 
 GuidanceKind = Literal["cfg", "distilled", "none"]
+# What a job does (JobRequest.mode): draw from text, redraw an image (image-to-image), or
+# repaint the masked part of one (inpainting).
+Mode = Literal["text", "image", "inpaint"]
+MODES: tuple[Mode, ...] = ("text", "image", "inpaint")
+MODE_NAMES: dict[str, str] = {
+    "text": "text-to-image",
+    "image": "image-to-image",
+    "inpaint": "inpainting",
+}
 
 # Violation codes: the scheduler keeps the code jobs already fail with; the rest share one.
 UNSUPPORTED_SCHEDULER = "unsupported_scheduler"
@@ -169,6 +178,11 @@ class ModelCapabilities(BaseModel):
         "transformer pass per step (about twice the denoising time).",
     )
     supports_progress: bool = True
+    modes: list[Mode] = Field(
+        default_factory=lambda: list[Mode](["text"]),
+        description="Job modes this model runs: text, and image (image-to-image) or inpaint "
+        "where diffusers has such a pipeline for it (sharing the loaded weights).",
+    )
     defaults: ModelDefaults
     notes: list[str] = Field(default_factory=list, description="What parameters mean here.")
 
@@ -199,7 +213,7 @@ class ModelCapabilities(BaseModel):
         """Every parameter this model would not honour as asked, each naming param and model.
 
         `params` is a mapping or an object with the job's fields (None = omitted): prompt,
-        negative_prompt, width, height, steps, guidance_scale, true_cfg_scale, scheduler.
+        negative_prompt, width, height, steps, guidance_scale, true_cfg_scale, scheduler, mode.
         """
         out: list[Violation] = []
 
@@ -208,6 +222,13 @@ class ModelCapabilities(BaseModel):
 
         r = self.resolve(params)
         m = self.label
+        mode = _get(params, "mode") or "text"
+        if mode not in self.modes:
+            refuse(
+                "mode",
+                f"{m} cannot run mode {mode!r} ({MODE_NAMES.get(mode, mode)}): diffusers has no "
+                f"such pipeline for it here; its modes: {', '.join(self.modes)}",
+            )
         for side in ("width", "height"):
             value = r[side]
             if value % self.size_multiple:
@@ -221,6 +242,13 @@ class ModelCapabilities(BaseModel):
                 top = self.max_size if self.max_size is not None else "any"
                 refuse(side, f"{value} is outside {self.min_size}..{top} for {m}")
         steps = r["steps"]
+        strength = _get(params, "strength")
+        if mode != "text" and strength is not None and int(steps * float(strength)) < 1:
+            refuse(
+                "strength",
+                f"{strength} x {steps} steps leaves no denoising step to run on {m}: raise "
+                "strength or steps (about steps x strength steps run)",
+            )
         if steps < self.min_steps or (self.max_steps is not None and steps > self.max_steps):
             top = self.max_steps if self.max_steps is not None else "any"
             refuse("steps", f"{steps} is outside {self.min_steps}..{top} for {m}")

@@ -230,6 +230,21 @@ def generate(
     priority: Annotated[int | None, typer.Option(help="0-9, higher runs first.")] = None,
     metadata: Annotated[str | None, typer.Option(help="A JSON object stored with the job.")] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Where job events are POSTed.")] = None,
+    image: Annotated[Path | None, typer.Option(
+        help="Edit this image (PNG, JPEG, WebP): image-to-image, or inpaint with --mask.",
+        exists=True, dir_okay=False)] = None,
+    mask: Annotated[Path | None, typer.Option(
+        help="Inpaint: white = repaint, black = keep; the image's size.",
+        exists=True, dir_okay=False)] = None,
+    image_id: Annotated[str | None, typer.Option(
+        help="Edit an earlier image instead of --image: `<job id>:<rank>`.")] = None,
+    mask_id: Annotated[str | None, typer.Option(help="An earlier mask: `<job id>:mask`.")] = None,
+    mode: Annotated[str | None, typer.Option(
+        help="text, image or inpaint (default: inpaint with a mask, image with an image).")] = None,
+    strength: Annotated[float | None, typer.Option(
+        help="Edits: noise added to the input, 0-1.")] = None,
+    mask_blur: Annotated[int | None, typer.Option(
+        help="Inpaint: blur the mask's edge (px).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Where the kept images go.")] = Path("."),
     wait: Annotated[bool, typer.Option("--wait/--no-wait",
                                        help="Follow the job and save its images.")] = True,
@@ -243,16 +258,25 @@ def generate(
                         ("steps", steps), ("width", width), ("height", height),
                         ("guidance_scale", guidance_scale), ("negative_prompt", negative_prompt),
                         ("model", model), ("scheduler", scheduler), ("priority", priority),
-                        ("webhook_url", webhook_url)]:  # fmt: skip
+                        ("webhook_url", webhook_url), ("image_id", image_id),
+                        ("mask_id", mask_id), ("strength", strength),
+                        ("mask_blur", mask_blur)]:  # fmt: skip
         if value is not None:
             fields[name] = value  # type: ignore[literal-required]
+    if mode is None and (image is not None or image_id is not None):
+        mode = "inpaint" if mask is not None or mask_id is not None else "image"
+    if mode is not None:
+        if mode not in ("text", "image", "inpaint"):
+            raise typer.BadParameter("text, image or inpaint", param_hint="--mode")
+        fields["mode"] = mode  # type: ignore[typeddict-item]
     if metadata is not None:
         try:
             fields["metadata"] = json.loads(metadata)
         except json.JSONDecodeError as e:
             raise typer.BadParameter(f"not JSON: {e}", param_hint="--metadata") from None
     with _client(ctx) as daikon:
-        job = daikon.submit(prompt, idempotency_key=idempotency_key, **fields)
+        job = daikon.submit(prompt, idempotency_key=idempotency_key, image=image, mask=mask,
+                            **fields)  # fmt: skip
         if not wait:
             if as_json:
                 _print_json(job)

@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from daikon import rules
-from daikon.capabilities import SCHEDULERS, ModelCapabilities, ModelOptions
+from daikon.capabilities import MODES, SCHEDULERS, Mode, ModelCapabilities, ModelOptions
 from daikon.limits import job_cost
 from daikon.settings import Settings
 
@@ -37,6 +37,10 @@ TASK_GENERATE = "daikon.generate_job"
 SEED_MAX = 2**32 - 1
 PRIORITY_MAX = 9
 DEFAULT_PRIORITY = 5
+# An edit's strength when the request names none: how much noise is added to the input.
+DEFAULT_STRENGTH: dict[str, float] = {"image": 0.6, "inpaint": 1.0}
+MAX_MASK_BLUR = 64
+INPUT_ROLES = ("image", "mask")
 
 
 class WebhookEvent(enum.StrEnum):
@@ -62,6 +66,7 @@ JOB_ERROR_CODES: dict[str, str] = {
     "multiple, a negative prompt without guidance, guidance on a guidance-free model...): "
     "refused at submit once a worker has published the model's capabilities, else by the "
     "worker before any GPU work; the message names the parameter and the model.",
+    "input_unavailable": "An image or inpaint job's stored input could not be read.",
     "generation_failed": "The pipeline raised an error while generating the candidates.",
     "ranking_failed": "CLIP scoring raised an error.",
     "upload_failed": "A kept image could not be encoded or stored (after retrying while "
@@ -98,7 +103,10 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(description="What to draw.")
+    prompt: str = Field(
+        description="What to draw. Empty only for mode image: the image redrawn without a "
+        "caption (what POST /v1/images/variations does)."
+    )
     negative_prompt: str | None = Field(None, description="What to steer away from (CFG).")
     width: int | None = Field(None, description="Multiple of 8 within the configured bounds.")
     height: int | None = Field(None, description="Multiple of 8 within the configured bounds.")
@@ -118,6 +126,27 @@ class JobRequest(BaseModel):
     scheduler: str | None = Field(
         None, description="A diffusers scheduler, by short name or class name; which ones a "
         "model can use: GET /v1/models."
+    )  # fmt: skip
+    mode: Mode | None = Field(
+        None, description="text (default): draw the prompt; image: redraw the input `image` "
+        "(image-to-image); inpaint: repaint where the `mask` is white, keep where it is black."
+    )  # fmt: skip
+    strength: float | None = Field(
+        None, description="image and inpaint: how much noise is added to the input, 0-1, so "
+        "about steps x strength denoising steps run (default: 0.6 for image, 1.0 for inpaint)."
+    )  # fmt: skip
+    mask_blur: int | None = Field(
+        None, description="inpaint: Gaussian blur radius (pixels) of the mask's edge, so the "
+        "repainted area blends into the kept one; 0 (default) = a hard edge."
+    )  # fmt: skip
+    image_id: str | None = Field(
+        None, description="image and inpaint: an image of an earlier job of yours, by its "
+        "`id` (`<job id>:<rank>`, or `<job id>:image` for a job's own input), instead of an "
+        "uploaded `image` part."
+    )  # fmt: skip
+    mask_id: str | None = Field(
+        None, description="inpaint: a mask by id (`<job id>:mask`, or any image id whose "
+        "image is single-channel), instead of an uploaded `mask` part."
     )  # fmt: skip
     priority: int | None = Field(None, description="0-9, higher runs first (default 5).")
     metadata: dict[str, Any] | None = Field(None, description="Client JSON, stored as given.")
@@ -162,15 +191,23 @@ class JobRequest(BaseModel):
         return v
 
     def resolve(
-        self, settings: Settings, capabilities: ModelCapabilities | None = None
+        self,
+        settings: Settings,
+        capabilities: ModelCapabilities | None = None,
+        *,
+        image_size: tuple[int, int] | None = None,
     ) -> JobParams:
         """The stored parameters: what the client omitted filled from, in order, the model's
         options in the model table, the deployment's DAIKON_DEFAULT_*, and the model's own
         defaults (its published capabilities). Without capabilities (no worker has loaded the
-        model yet) a field may stay null: the worker fills it from the model before it runs."""
+        model yet) a field may stay null: the worker fills it from the model before it runs.
+        An edit's size is its input image's (`image_size`)."""
         limits = settings.limits
         candidates = self.candidates if self.candidates is not None else limits.default_candidates
         given = {name: getattr(self, name) for name in MODEL_DEFAULTED}
+        mode = self.mode or "text"
+        if image_size is not None:
+            given["width"], given["height"] = image_size
         params = JobParams(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
@@ -180,6 +217,13 @@ class JobRequest(BaseModel):
             model=self.model or settings.default_model_name,
             scheduler=self.scheduler,
             true_cfg_scale=self.true_cfg_scale,
+            mode=mode,
+            strength=(
+                (self.strength if self.strength is not None else DEFAULT_STRENGTH[mode])
+                if mode != "text"
+                else None
+            ),
+            mask_blur=(self.mask_blur or 0) if mode == "inpaint" else None,
             defaulted=[name for name, value in given.items() if value is None],
             **given,
         )
@@ -260,7 +304,7 @@ def _job_request(
         fields[name] = (rule | None, Field(None, description=description,
                                            json_schema_extra=extra))  # fmt: skip
 
-    fields["prompt"] = (rules.text(max_chars, drawn=True),
+    fields["prompt"] = (rules.text(max_chars, drawn=True, empty_allowed=True),
                         Field(description=base["prompt"].description))  # fmt: skip
     bounded("negative_prompt", rules.text(max_chars))
     side = rules.between(min_size, max_size, multiple_of=8)
@@ -276,6 +320,11 @@ def _job_request(
     bounded("model", rules.one_of(models, what="model"), default_model)
     bounded("scheduler", rules.one_of(list(SCHEDULERS), what="scheduler",
                                       aliases={c: n for n, c in SCHEDULERS.items()}))  # fmt: skip
+    bounded("mode", rules.one_of(MODES, what="mode"), "text")
+    bounded("strength", rules.number_as_float(rules.between(0, 1, kind=float)))
+    bounded("mask_blur", rules.between(0, MAX_MASK_BLUR), 0)
+    bounded("image_id", rules.text(200))
+    bounded("mask_id", rules.text(200))
     bounded("priority", rules.between(0, PRIORITY_MAX), DEFAULT_PRIORITY)
     bounded("metadata", rules.json_object(max_metadata),
             more=f" At most {max_metadata} bytes as JSON.")  # fmt: skip
@@ -304,6 +353,9 @@ class JobParams(BaseModel):
     model: str = "default"
     scheduler: str | None = None  # None = the pipeline's own
     true_cfg_scale: float | None = None  # None = the model's (only models with true CFG)
+    mode: Mode = "text"
+    strength: float | None = None  # image and inpaint only
+    mask_blur: int | None = None  # inpaint only
     # What the client left out, filled with the model's (or deployment's) defaults.
     defaulted: list[str] = Field(default_factory=list)
 
@@ -323,8 +375,10 @@ class JobParams(BaseModel):
     @property
     def batch_key(self) -> tuple[object, ...] | None:
         """What jobs must share to run in one pipeline call (prompts, negative prompts and
-        seeds are per image); None when a default is still unknown."""
-        if not self.complete:
+        seeds are per image); None when the job runs alone: a default is still unknown, or it
+        is an edit (image, inpaint), whose own input images and strength no other job shares.
+        The one rule for batching: None neither joins a batch nor takes companions."""
+        if not self.complete or self.mode != "text":
             return None
         return (self.model, self.width, self.height, self.steps, self.guidance_scale,
                 self.scheduler, self.true_cfg_scale, self.negative_prompt is not None)  # fmt: skip
@@ -335,9 +389,21 @@ class JobParams(BaseModel):
 
 
 class ImageOut(BaseModel):
+    id: str = Field(description="`<job id>:<rank>`: pass as `image_id` to edit this image.")
     rank: int = Field(description="1 = best CLIP match.")
     clip_score: float = Field(description="100 x cosine similarity of image and prompt.")
     seed: int
+    width: int
+    height: int
+    content_type: str
+    url: str
+
+
+class InputOut(BaseModel):
+    """An image a job was given (image and inpaint jobs), stored beside its outputs."""
+
+    id: str = Field(description="`<job id>:image` or `<job id>:mask`: reusable as image_id.")
+    role: str = Field(description="image or mask.")
     width: int
     height: int
     content_type: str
@@ -373,6 +439,9 @@ class JobOut(BaseModel):
     webhook_url: str | None
     webhook_events: list[WebhookEvent]
     images: list[ImageOut]
+    inputs: list[InputOut] = Field(
+        default_factory=list, description="image and inpaint jobs: the input image (and mask)."
+    )
     error: ErrorDetail | None
     metrics: dict[str, float]
     progress: Progress | None = Field(None, description="While running: the denoising step.")

@@ -74,3 +74,9 @@ class UnsupportedMediaType(DaikonError):
     status = 415
     type = "invalid_request_error"
     code = "unsupported_media_type"
+
+
+class PayloadTooLarge(DaikonError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_entity_too_large"

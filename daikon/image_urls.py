@@ -25,17 +25,18 @@ def secret_key(settings: Settings) -> bytes:
     return read_or_create_secret(settings.data_path / "secret.key").encode()
 
 
-def _mac(key: bytes, job_id: str, rank: int, expires: int) -> str:
+def _mac(key: bytes, job_id: str, rank: int | str, expires: int) -> str:
     digest = hmac.new(key, f"{job_id}/{rank}/{expires}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
 
 
-def sign(key: bytes, job_id: str, rank: int, ttl_seconds: int) -> tuple[int, str]:
+def sign(key: bytes, job_id: str, rank: int | str, ttl_seconds: int) -> tuple[int, str]:
+    """`rank` is an output's rank, or `input-<role>` for an edit job's input."""
     expires = math.ceil((time.time() + ttl_seconds) / GRID_SECONDS) * GRID_SECONDS
     return expires, _mac(key, job_id, rank, expires)
 
 
-def verify(key: bytes, job_id: str, rank: int, expires: int, signature: str) -> bool:
+def verify(key: bytes, job_id: str, rank: int | str, expires: int, signature: str) -> bool:
     if expires < time.time():
         return False
     # As bytes: compare_digest refuses str with non-ASCII characters (TypeError).

@@ -15,6 +15,7 @@ from daikon import image_urls
 from daikon.contract import (
     ErrorDetail,
     ImageOut,
+    InputOut,
     JobOut,
     JobParams,
     JobStatus,
@@ -54,6 +55,7 @@ class JobRow(Protocol):
     error_code: str | None
     error_message: str | None
     metrics: dict[str, Any]
+    inputs: dict[str, Any] | None
 
     @property
     def images(self) -> Sequence[ImageRow]: ...
@@ -88,6 +90,14 @@ class Links:
         expires, sig = image_urls.sign(self.signing_key, job.id, image.rank, self.presign_seconds)
         return self.absolute(f"/v1/jobs/{job.id}/images/{image.rank}?expires={expires}&sig={sig}")
 
+    def input_url(self, job: JobRow, role: str, key: str) -> str:
+        direct = self.store.presigned_url(key)
+        if direct:
+            return direct
+        expires, sig = image_urls.sign(self.signing_key, job.id, f"input-{role}",
+                                       self.presign_seconds)  # fmt: skip
+        return self.absolute(f"/v1/jobs/{job.id}/inputs/{role}?expires={expires}&sig={sig}")
+
 
 def job_object(
     job: JobRow,
@@ -118,6 +128,7 @@ def job_object(
         webhook_events=[WebhookEvent(e) for e in job.webhook_events or []],
         images=[
             ImageOut(
+                id=f"{job.id}:{img.rank}",
                 rank=img.rank,
                 clip_score=img.clip_score,
                 seed=img.seed,
@@ -127,6 +138,17 @@ def job_object(
                 url=links.image_url(job, img),
             )
             for img in job.images
+        ],
+        inputs=[
+            InputOut(
+                id=f"{job.id}:{role}",
+                role=role,
+                width=record["width"],
+                height=record["height"],
+                content_type=record["content_type"],
+                url=links.input_url(job, role, record["key"]),
+            )
+            for role, record in (job.inputs or {}).items()
         ],
         error=(
             ErrorDetail(code=job.error_code, message=job.error_message or "")

@@ -58,13 +58,14 @@ def visible(char: str) -> bool:
     return unicodedata.category(char)[0] in "LNPS"
 
 
-def text(max_chars: int, *, drawn: bool = False) -> Any:
-    """A string of at most `max_chars`; `drawn`: not empty, with a visible character."""
+def text(max_chars: int, *, drawn: bool = False, empty_allowed: bool = False) -> Any:
+    """A string of at most `max_chars`; `drawn`: not empty, with a visible character, except
+    that `empty_allowed` lets the empty string through (for a check elsewhere to decide)."""
 
     def check(v: str) -> str:
         if len(v) > max_chars:
             raise ValueError(f"must be at most {max_chars} characters (got {len(v)})")
-        if drawn:
+        if drawn and not (empty_allowed and v == ""):
             if not v.strip():
                 raise ValueError("must not be empty")
             if not any(visible(c) for c in v):
@@ -77,6 +78,8 @@ def text(max_chars: int, *, drawn: bool = False) -> Any:
     schema: dict[str, Any] = {"type": "string", "maxLength": max_chars}
     if drawn:
         schema = {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": r"\S"}
+        if empty_allowed:
+            schema = {"type": "string", "maxLength": max_chars, "pattern": r"^$|\S"}
     return Annotated[str, AfterValidator(check), WithJsonSchema(schema)]
 
 

@@ -273,8 +273,9 @@ class Worker(Group):
     sweep_interval_seconds: float = Field(15.0, gt=0, description="How often the sweeper looks.")
     batch_jobs: bool = Field(
         True,
-        description="Run compatible queued jobs of a model (same size, steps, guidance, "
-        "scheduler) in one pipeline call, up to the model's images per call.",
+        description="Run compatible queued text jobs of a model (same size, steps, guidance, "
+        "scheduler) in one pipeline call, up to the model's images per call; edit jobs "
+        "(image, inpaint) always run alone.",
     )
     batch_wait_ms: float = Field(
         20.0,
@@ -340,6 +341,16 @@ class Limits(Group):
     max_candidates: int = Field(16, description="Most candidates per job.")
     max_prompt_chars: int = Field(2000, description="Longest prompt or negative prompt.")
     max_metadata_bytes: int = Field(16 * 1024, ge=0, description="Largest metadata, as JSON.")
+    max_input_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024,
+        description="Largest uploaded image or mask of an edit job, in bytes (413 past it).",
+    )  # fmt: skip
+    max_input_pixels: int = Field(
+        1024 * 1024, ge=64,
+        description="Most pixels (width x height) of an edit job's image or mask (413 past "
+        "it); checked from the file's header before it is decoded, so a decompression bomb is "
+        "refused unread.",
+    )  # fmt: skip
     tenant_max_active_jobs: int = Field(1000, ge=1, description="Queued + running jobs per tenant.")
     tenant_submits_per_minute: int = Field(
         600, ge=1, description="Submissions per tenant and minute."

@@ -29,6 +29,16 @@ def image_key(prefix: str, job_id: str, rank: int) -> str:
     return f"{prefix}{job_id}/rank-{rank}.png"
 
 
+def key_prefix(settings: Settings) -> str:
+    """Where a deployment's objects start in its bucket (none in a local folder)."""
+    return settings.storage.s3_prefix if settings.storage_backend == "s3" else ""
+
+
+def input_key(settings: Settings, job_id: str, role: str) -> str:
+    """An edit job's input (`image` or `mask`), beside the job's outputs."""
+    return f"{key_prefix(settings)}{job_id}/input-{role}.png"
+
+
 class LocalStore:
     def __init__(self, root: Path):
         self.root = private_dir(root)

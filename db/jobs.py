@@ -49,6 +49,9 @@ class JobOptions:
     webhook_events: list[str] = field(default_factory=list)
     idempotency_key: str | None = None
     request_hash: str | None = None
+    # An edit job's stored inputs by role (api/inputs.py), and the id they were stored under.
+    inputs: dict[str, Any] | None = None
+    job_id: str | None = None
 
 
 class IdempotencyConflict(Exception):
@@ -71,6 +74,8 @@ def create(
     by `release_expired_idempotency_key`)."""
     options = options or JobOptions()
     job = Job(
+        **({"id": options.job_id} if options.job_id else {}),
+        inputs=options.inputs,
         tenant_id=tenant_id,
         prompt=params.prompt,
         params=params.model_dump(mode="json"),
@@ -500,6 +505,7 @@ def retry(*, session: Session, job_id: str) -> Job:
         cost=old.cost, status=JobStatus.queued, priority=old.priority,
         client_metadata=old.client_metadata, webhook_url=old.webhook_url,
         webhook_events=list(old.webhook_events), metrics={}, images=[], retry_of=old.id,
+        inputs=old.inputs,  # an edit's stored objects, shared: only a failed submit deletes any
     )  # fmt: skip
     session.add(job)
     session.flush()

@@ -144,6 +144,9 @@ class Job(Base):
     retry_of: Mapped[str | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL"), index=True
     )
+    # An edit job's input objects, by role ("image", "mask"): key, width, height, content_type,
+    # byte_size, sha256 (api/inputs.py). None for a text job.
+    inputs: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     images: Mapped[list[JobImage]] = relationship(
         back_populates="job",

@@ -60,6 +60,7 @@ def test_submit_commits_a_row_queues_its_id_and_answers_202(
     assert job["status"] == "queued" and job["images"] == [] and job["error"] is None
     defaults = {"negative_prompt": None, "width": 32, "height": 32, "guidance_scale": 7.5,
                 "model": "default", "scheduler": None, "true_cfg_scale": None,
+                "mode": "text", "strength": None, "mask_blur": None,
                 "defaulted": ["width", "height", "guidance_scale"]}  # fmt: skip
     assert job["params"] == {**VALID, **defaults}
     assert job["priority"] == 5 and job["queue_position"] == 0 and job["progress"] is None

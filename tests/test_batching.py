@@ -23,7 +23,7 @@ from daikon.storage import LocalStore
 from db import jobs
 from db.models import Job
 from db.session import make_session_factory, session_scope
-from tests.factories import make_job
+from tests.factories import job_params, make_job
 from worker.executor import JobExecutor, Outcome
 from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker
@@ -310,3 +310,44 @@ def test_a_queue_paused_after_the_leader_started_gives_it_no_company(  # type: i
     assert gen.calls == [1]
     assert [row(sessions, i).status for i in ids] == [
         JobStatus.succeeded, JobStatus.queued, JobStatus.queued]  # fmt: skip
+
+
+def test_an_edit_job_joins_no_text_batch_takes_no_company_and_still_succeeds(  # type: ignore[no-untyped-def]
+    sessions, generator, ranker, model, tmp_path
+) -> None:
+    """Edits run alone (JobParams.batch_key is None for them): their input images and strength
+    are their own, so a text batch stops at one and it runs by itself, on its own message."""
+    store = LocalStore(tmp_path)
+    picture = Image.new("RGB", (64, 64), (200, 40, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 32, 64, 64))  # repaint the lower half, keep the upper
+    inputs = {}
+    for role, im in (("image", picture), ("mask", mask)):
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        key = f"inputs/{model}/{role}.png"
+        store.put(key, buf.getvalue(), "image/png")
+        inputs[role] = {"key": key, "width": 64, "height": 64, "content_type": "image/png"}
+    text = [submit(sessions, model, prompt=f"text {i}") for i in range(2)]
+    with session_scope(sessions) as s:
+        edit = jobs.create(
+            session=s,
+            params=job_params(model=model, candidates=1, prompt="a blue square", mode="inpaint",
+                              strength=1.0, mask_blur=0),
+            options=jobs.JobOptions(inputs=inputs),
+        ).id  # fmt: skip
+    after = submit(sessions, model, prompt="text after the edit")
+    gen = Recording(generator)
+    ex = make_executor(sessions, store, gen, ranker)
+    assert ex.run(text[0]) is Outcome.succeeded
+    assert gen.calls == [2]  # the two text jobs; the edit ended the batch, so `after` waits
+    assert row(sessions, edit).status is JobStatus.queued
+    assert row(sessions, after).status is JobStatus.queued
+    assert ex.run(edit) is Outcome.succeeded
+    assert gen.calls == [2, 1]  # alone: `after`, compatible with nothing it has, stays queued
+    done = row(sessions, edit)
+    assert done.status is JobStatus.succeeded and done.metrics["batch_size"] == 1
+    assert row(sessions, after).status is JobStatus.queued
+    (result,) = image_bytes(store, done)
+    kept, original = pixels(result)[:32], np.asarray(picture, dtype=np.int16)[:32]
+    assert np.array_equal(kept, original)  # the unmasked half is the input's own pixels

@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.stack import ADMIN_KEY, ROOT, Stack, running_stack, settings_for
 
@@ -107,6 +109,35 @@ def test_no_wait_json_show_wait_and_jobs_are_for_scripts(stack: Stack, tmp_path:
     assert job["id"] not in [j["id"] for j in later]  # strictly after
     table = daikon(stack, "jobs", "--status", "queued", "--limit", "50").stdout
     assert plain.stdout.strip() in table or stack.get(plain.stdout.strip())["status"] != "queued"
+
+
+def test_generate_with_image_and_mask_inpaints_an_earlier_image(
+    stack: Stack, tmp_path: Path
+) -> None:
+    first = json.loads(daikon(stack, "generate", "a red circle", *QUICK, "--seed", "3",
+                              "--out", str(tmp_path), "--json").stdout)  # fmt: skip
+    (saved,) = tmp_path.glob(f"{first['id']}-rank1-*.png")
+    picture = Image.open(saved)
+    mask = Image.new("L", picture.size, 0)
+    mask.paste(255, (0, 0, picture.width // 2, picture.height))
+    mask.save(tmp_path / "mask.png")
+    run = daikon(stack, "generate", "a blue square", *QUICK, "--image", str(saved), "--mask",
+                 str(tmp_path / "mask.png"), "--out", str(tmp_path / "edit"),
+                 "--json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    job = json.loads(run.stdout)
+    assert job["status"] == "succeeded" and job["params"]["mode"] == "inpaint"
+    assert {i["role"] for i in job["inputs"]} == {"image", "mask"}
+    (result,) = (tmp_path / "edit").glob("*.png")
+    kept = np.asarray(Image.open(result).convert("RGB"))[:, picture.width // 2 :]
+    assert np.array_equal(kept, np.asarray(picture.convert("RGB"))[:, picture.width // 2 :])
+    by_id = daikon(stack, "generate", "a green circle", *QUICK, "--image-id",
+                   first["images"][0]["id"], "--strength", "0.5", "--no-wait",
+                   "--json")  # fmt: skip
+    assert by_id.returncode == 0, by_id.stderr
+    assert json.loads(by_id.stdout)["params"]["mode"] == "image"  # no mask: image-to-image
+    missing = daikon(stack, "generate", "x", "--image", str(tmp_path / "nope.png"))
+    assert missing.returncode == 2 and "nope.png" in missing.stderr
 
 
 def test_idempotency_key_answers_the_same_job(stack: Stack) -> None:

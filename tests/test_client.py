@@ -6,6 +6,7 @@ and webhooks verified with the helper."""
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import json
 import re
@@ -15,8 +16,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
+from PIL import Image
 from werkzeug.serving import make_server
 
 from daikon.client import (
@@ -102,6 +105,39 @@ def test_submit_wait_and_download_give_the_apis_models_and_the_stored_bytes(
     saved = daikon.save_images(done, stack.settings.data_path / "saved")
     assert [p.name for p in saved] == [f"{job.id}-rank1-clip{image.clip_score:.2f}.png"]
     assert saved[0].read_bytes() == stored
+
+
+def test_an_inpaint_job_uploads_its_image_and_mask_and_keeps_the_unmasked_pixels(
+    stack: Stack, daikon: Daikon, tmp_path: Path
+) -> None:
+    first = daikon.wait(daikon.submit("a red circle above a blue square", seed=3, **QUICK).id)
+    original = Image.open(io.BytesIO(daikon.download(first.images[0]))).convert("RGB")
+    mask = Image.new("L", original.size, 0)
+    mask.paste(255, (0, original.height // 2, original.width, original.height))
+    mask_path = tmp_path / "mask.png"
+    mask.save(mask_path)
+    buf = io.BytesIO()
+    original.save(buf, format="PNG")
+    key = f"edit-{uuid.uuid4()}"
+    job = daikon.submit("a yellow triangle", mode="inpaint", seed=5, idempotency_key=key,
+                        image=buf.getvalue(), mask=mask_path, **QUICK)  # fmt: skip
+    again = daikon.submit("a yellow triangle", mode="inpaint", seed=5, idempotency_key=key,
+                          image=buf.getvalue(), mask=mask_path, **QUICK)  # fmt: skip
+    assert again.id == job.id  # the same files and key: the same job
+    assert job.params.mode == "inpaint" and {i.role for i in job.inputs} == {"image", "mask"}
+    done = daikon.wait(job.id)
+    assert done.status is JobStatus.succeeded
+    result = np.asarray(Image.open(io.BytesIO(daikon.download(done.images[0]))).convert("RGB"))
+    top = original.height // 2
+    assert np.array_equal(result[:top], np.asarray(original)[:top])  # black: kept as it was
+    # The earlier image by its id, with an open file as the mask: image-to-image needs none.
+    with mask_path.open("rb") as f:
+        by_id = daikon.submit("a yellow triangle", mode="inpaint", image_id=first.images[0].id,
+                              mask=f, **QUICK)  # fmt: skip
+    assert daikon.wait(by_id.id).status is JobStatus.succeeded
+    redrawn = daikon.submit("a green circle", mode="image", strength=0.5,
+                            image_id=first.images[0].id, **QUICK)  # fmt: skip
+    assert daikon.wait(redrawn.id).status is JobStatus.succeeded
 
 
 def test_list_iterates_every_page_newest_first(daikon: Daikon) -> None:

@@ -40,6 +40,9 @@ def test_omitted_fields_take_the_models_defaults() -> None:
         "model": "default",
         "scheduler": None,
         "true_cfg_scale": None,
+        "mode": "text",
+        "strength": None,
+        "mask_blur": None,
         "defaulted": ["width", "height", "steps", "guidance_scale"],
     }
     assert (own.default_width, own.default_steps, own.default_guidance_scale) == (32, 20, 7.5)

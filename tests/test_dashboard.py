@@ -4,6 +4,9 @@ Pausing is checked where it is enforced: the workers' claim (db/jobs.py), on bot
 
 from __future__ import annotations
 
+import html
+import io
+import json
 import re
 from datetime import timedelta
 from typing import Any
@@ -11,6 +14,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -280,6 +284,47 @@ def test_retry_makes_a_new_job_with_the_same_parameters_linked_to_the_old(app: F
     with session_scope(sessions_of(app)) as s:
         assert s.get(Job, new).retry_of == old  # type: ignore[union-attr]
         assert s.get(Job, new).enqueued_at is not None  # type: ignore[union-attr]  # published
+
+
+def edit_job(app: Flask) -> tuple[str, bytes, bytes]:
+    """An inpaint job submitted as a client would (multipart); its image and mask bytes."""
+    files: dict[str, bytes] = {}
+    for role, im in (("image", Image.new("RGB", (32, 32), (200, 40, 40))),
+                     ("mask", Image.new("L", (32, 32), 255))):  # fmt: skip
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        files[role] = buf.getvalue()
+    body = {"prompt": "a blue square", "steps": 2, "mode": "inpaint", "strength": 0.8}
+    data: dict[str, Any] = {"request": json.dumps(body)}
+    data.update({role: (io.BytesIO(b), f"{role}.png") for role, b in files.items()})
+    r = authed(app).post("/v1/jobs", data=data, content_type="multipart/form-data")
+    assert r.status_code == 202, r.text
+    return str(r.get_json()["id"]), files["image"], files["mask"]
+
+
+def test_an_edit_jobs_page_shows_its_inputs_mode_and_strength(app: Flask) -> None:
+    job_id, image, mask = edit_job(app)
+    client, token = login(app)
+    page = client.get(f"/admin/jobs/{job_id}").text
+    assert "mode <strong>inpaint</strong> · strength 0.8 · mask_blur 0" in page
+    thumbs = dict(re.findall(r'data-role="(\w+)"><img src="([^"]+)"', page))
+    assert set(thumbs) == {"image", "mask"}
+    browser = app.test_client()  # the signed URL alone opens it, as for outputs: no key
+    shown = {role: Image.open(io.BytesIO(browser.get(html.unescape(url)).data))
+             for role, url in thumbs.items()}  # fmt: skip
+    assert shown["image"].tobytes() == Image.open(io.BytesIO(image)).convert("RGB").tobytes()
+    assert shown["mask"].tobytes() == Image.open(io.BytesIO(mask)).convert("L").tobytes()
+    tampered = html.unescape(thumbs["image"]).replace("sig=", "sig=0")
+    assert browser.get(tampered).status_code in (403, 404)
+    # A text job's page has no inputs section.
+    assert 'id="inputs"' not in client.get(f"/admin/jobs/{queued_job(app)}").text
+    # Retried, it keeps its inputs.
+    client.post(f"/admin/jobs/{job_id}/cancel", data={"csrf_token": token})
+    r = client.post(f"/admin/jobs/{job_id}/retry", data={"csrf_token": token})
+    new = r.headers["Location"].split("/admin/jobs/")[1].split("?")[0]
+    again = authed(app).get(f"/v1/jobs/{new}").get_json()
+    assert {i["role"] for i in again["inputs"]} == {"image", "mask"}
+    assert again["params"]["mode"] == "inpaint"
 
 
 def test_cancel_from_the_dashboard(app: Flask) -> None:

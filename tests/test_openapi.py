@@ -255,7 +255,8 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 # No worker runs here: readiness must say 503, and every valid OpenAI-route call must end in
 # its documented 504 (openai_wait_seconds=0). Any other 5xx, a 500 above all, is a failure.
-BY_DESIGN_5XX = {"/readyz": {503}, "/v1/images/generations": {504}}
+BY_DESIGN_5XX = {"/readyz": {503}, "/v1/images/generations": {504}, "/v1/images/edits": {504},
+                 "/v1/images/variations": {504}}  # fmt: skip
 
 
 @schema.parametrize()

@@ -8,7 +8,12 @@ Generator and ClipRanker. The oracle judges every image. Per scale and prompt ki
 - CLIP best-of-8: the share of prompts whose top-CLIP-score image matches;
 - any-of-8: the share of prompts with at least one matching image (the ceiling for ranking).
 
-Writes docs/quality.md (tables, targets, timings) and docs/quality-grid.png.
+Then the edits (training/edit_eval.py): inpainting one object of a scene and image-to-image
+at strength 0.5, judged by the same oracle, as a section of the same page.
+
+Writes docs/quality.md (tables, targets, timings), docs/quality-grid.png and
+docs/quality-edits.png. `--edits only` re-measures the edits alone and replaces their section,
+keeping the rest of the page.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE
 from shapeworld.oracle import judge
 from shapeworld.prompts import ALL_TWO_OBJECT_TYPES, HELD_OUT_COUNT, eval_prompts
 from shapeworld.world import render, sample_scene
+from training import edit_eval
 from training.common import RECORD
 from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker, rank
@@ -313,7 +319,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--scales", default=",".join(f"{s:g}" for s in SCALES))
     parser.add_argument("--limit", type=int, default=0, help="prompts per kind (0 = all)")
+    parser.add_argument(
+        "--edits",
+        choices=("all", "only", "none"),
+        default="all",
+        help="measure the edits too (all), alone (only) or not (none)",
+    )
+    parser.add_argument(
+        "--edit-limit", type=int, default=0, help="edits per scene kind (0 = the full held-out set)"
+    )
     args = parser.parse_args()
+    if args.edits == "only":
+        write_edits(args, Generator.load(args.pipeline, device="cpu", dtype=torch.float32),
+                    ClipRanker.load(args.clip, device="cpu", dtype=torch.float32))  # fmt: skip
+        return
     scales = tuple(float(s) for s in args.scales.split(","))
     started = time.perf_counter()
     generator = Generator.load(args.pipeline, device="cpu", dtype=torch.float32)
@@ -352,6 +371,28 @@ def main() -> None:
     summary = {f"{k}@{s:g}": c.rates() for (k, s), c in results.cells.items()}
     (args.out / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out / 'quality.md'} in {meta['seconds']:.0f} s", flush=True)
+    if args.edits == "all":
+        write_edits(args, generator, ranker)
+
+
+def write_edits(args: argparse.Namespace, generator: Generator, ranker: ClipRanker) -> None:
+    """Measure the edits and put their section at the end of quality.md (replacing an earlier
+    one), their figures into quality.json and their grid beside them."""
+    started = time.perf_counter()
+    limit = args.edit_limit
+    edits = edit_eval.edit_set(two=limit or edit_eval.EDITS_TWO, one=limit or edit_eval.EDITS_ONE)
+    report = edit_eval.run_edits(generator, ranker, edits)
+    args.out.mkdir(parents=True, exist_ok=True)
+    edit_eval.draw_grid(report, args.out / "quality-edits.png")
+    page = args.out / "quality.md"
+    text = page.read_text() if page.is_file() else ""
+    kept = text.split(edit_eval.SECTION_TITLE)[0].rstrip("\n")
+    page.write_text((kept + "\n\n" if kept else "") + edit_eval.section(report))
+    figures_path = args.out / "quality.json"
+    figures = json.loads(figures_path.read_text()) if figures_path.is_file() else {}
+    figures["edits"] = report.figures()
+    figures_path.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"edits: {report.figures()} in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from daikon.contract import JobParams
 from daikon.job_view import EventRenderer, Links
 from daikon.live import LiveState
 from daikon.settings import Settings
-from daikon.storage import ImageStore, make_store
+from daikon.storage import ImageStore, key_prefix, make_store
 from daikon.webhooks import TASK_DELIVER, TASK_PROGRESS
 from db.deliveries import Outbox
 from db.session import make_engine, make_session_factory
@@ -62,7 +62,7 @@ def executor() -> JobExecutor:
         runtime=lambda model: get_runtime(s, model),
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
         settings=s,
-        key_prefix=s.storage.s3_prefix if s.storage_backend == "s3" else "",
+        key_prefix=key_prefix(s),
         live=LiveState(s.services.redis_url, s.services.queue),
         webhooks=job_webhooks(s, store),
         lease_seconds=s.worker.lease_seconds,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
@@ -147,6 +147,9 @@ class Member:
     progress: StepHook | None
     metrics: dict[str, float]
     seeds: tuple[int, ...] = ()
+    # An edit job's stored inputs (Job.inputs) and, once read, its image and mask.
+    inputs: dict[str, Any] | None = None
+    edit: dict[str, Image.Image] = field(default_factory=dict)
     stopped: BaseException | None = None
     outcome: Outcome | None = None
     since: float = field(default_factory=time.perf_counter)  # when it was claimed
@@ -340,6 +343,7 @@ class JobExecutor:
         return Member(
             job_id=job.id, params=params, attempt=job.attempts, progress=progress,
             metrics={"queue_seconds": (job.started_at - job.created_at).total_seconds()},
+            inputs=job.inputs,
         )  # fmt: skip
 
     def _companions(self, leader: jobs.Job, params: JobParams) -> list[Member]:
@@ -448,6 +452,25 @@ class JobExecutor:
                                worker=self.worker_name)  # fmt: skip
         return filled
 
+    def _read_inputs(self, params: JobParams, inputs: dict[str, Any]) -> dict[str, Image.Image]:
+        """An edit job's stored image (RGB) and mask (L), as the API checked and stored them."""
+        if params.mode == "text":
+            return {}
+        roles = ("image", "mask") if params.mode == "inpaint" else ("image",)
+        out: dict[str, Image.Image] = {}
+        for role in roles:
+            record = inputs.get(role)
+            if record is None:
+                raise JobFailure("input_unavailable", f"the job has no stored {role}")
+            try:
+                image = Image.open(io.BytesIO(self.store.get(record["key"])))
+                out[role] = image.convert("L" if role == "mask" else "RGB")
+            except Exception as e:
+                raise JobFailure(
+                    "input_unavailable", f"its {role} could not be read: {_describe(e)}"
+                ) from e
+        return out
+
     def _put_with_retry(self, key: str, data: bytes) -> None:
         """Upload, retrying with backoff (0.5 s doubling to 10 s) while storage is down, for up
         to storage_retry_seconds; then the last error fails the job (no row ever points at a
@@ -481,6 +504,7 @@ class JobExecutor:
             try:
                 member.params = self._complete(member.job_id, member.params, runtime)
                 self._admit(member.params, runtime)
+                member.edit = self._read_inputs(member.params, member.inputs or {})
             except JobFailure as e:
                 self._settle(member, e)  # this job only: its companions go on
                 continue
@@ -585,6 +609,10 @@ class JobExecutor:
             seeds=member.seeds,
             scheduler=params.scheduler,
             true_cfg_scale=params.true_cfg_scale,
+            mode=params.mode,
+            strength=params.strength,
+            mask_blur=params.mask_blur or 0,
+            **member.edit,
         )
 
     def _keep(

@@ -28,9 +28,11 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from daikon.capabilities import (
+    MODE_NAMES,
     SCHEDULER_BY_CLASS,
     SCHEDULERS,
     GuidanceKind,
+    Mode,
     ModelCapabilities,
     ModelDefaults,
     ModelOptions,
@@ -58,6 +60,12 @@ class GenerationRequest:
     seeds: tuple[int, ...]  # one per image; image i starts from seed i's noise
     scheduler: str | None = None  # a name from daikon.capabilities.SCHEDULERS; None = default
     true_cfg_scale: float | None = None  # families with true CFG (FLUX); None = the default
+    # Edits: `image` is redrawn (mode image) or repainted where `mask` is white (inpaint).
+    mode: Mode = "text"
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
+    strength: float | None = None  # noise added to the input, 0-1 (steps x strength run)
+    mask_blur: int = 0  # Gaussian radius of the mask's edge, in pixels
 
 
 class FamilyError(ValueError):
@@ -84,6 +92,10 @@ class _Call:
     steps: int
     guidance_scale: float
     true_cfg_scale: float | None
+    mode: Mode = "text"
+    image: Image.Image | None = None
+    mask: Image.Image | None = None  # blurred already when mask_blur asked it
+    strength: float | None = None
 
 
 def _generators(seeds: Sequence[int]) -> list[Any]:
@@ -181,10 +193,17 @@ class Family:
     negative_when_absent: ClassVar[str | None] = None  # what "no negative prompt" is passed as
     true_cfg: ClassVar[bool] = False
     flow_matching: ClassVar[bool] = False
+    # Edit modes this adapter drives, where diffusers also has the pipeline (AutoPipelineFor
+    # Image2Image / Inpainting); built from the loaded one with `from_pipe`, sharing weights.
+    edit_modes: ClassVar[frozenset[str]] = frozenset({"image", "inpaint"})
 
     def requirements(self, pipeline_class: str) -> dict[str, frozenset[str]]:
         """Pipeline class name -> __call__ parameters it must have (sub-pipelines included)."""
         return {pipeline_class: self.passes}
+
+    def edit_refusal(self, pipe: Any, mode: str) -> str | None:
+        """Why this loaded model cannot run an edit mode its family's pipeline has, or None."""
+        return None
 
     # capabilities ---------------------------------------------------------------------------
     def size_multiple(self, pipe: Any) -> int:
@@ -268,6 +287,14 @@ class Family:
             generator=_generators(call.seeds),
             output_type="pil",
         )
+        if call.mode != "text":
+            n = len(call.seeds)
+            kw["image"] = [call.image] * n
+            kw["strength"] = call.strength
+            if call.mode == "inpaint":
+                kw["mask_image"] = [call.mask] * n
+            if "width" not in call_parameters(type(pipe)):  # image-to-image: the image's size
+                del kw["width"], kw["height"]
         if "negative_prompt" in self.passes:
             kw["negative_prompt"] = self.negative(call)
         if progress is not None:
@@ -306,6 +333,7 @@ class StableDiffusionXL(StableDiffusion):
 class LatentConsistency(Family):
     name = "lcm"
     passes = _BASE
+    edit_modes = frozenset({"image"})  # diffusers has no LCM inpainting pipeline
 
     def guidance(self, pipe: Any) -> GuidanceKind:
         return "distilled" if pipe.unet.config.time_cond_proj_dim is not None else "none"
@@ -320,7 +348,9 @@ class LatentConsistency(Family):
     def notes(self, pipe: Any, caps: dict[str, Any], options: ModelOptions) -> list[str]:
         return [
             "guidance_scale feeds LCM's guidance embedding (one pass, no CFG); "
-            "the pipeline takes no negative prompt"
+            "the pipeline takes no negative prompt",
+            "image-to-image runs all `steps` (LCM's scheduler spreads them over the part of "
+            "the schedule that strength leaves), not steps x strength",
         ]
 
 
@@ -347,6 +377,13 @@ class StableDiffusion3(Family):
 
     def guidance(self, pipe: Any) -> GuidanceKind:
         return "cfg"
+
+    def edit_refusal(self, pipe: Any, mode: str) -> str | None:
+        channels = int(pipe.transformer.config.in_channels)
+        if mode == "inpaint" and channels not in (16, 33):
+            return (f"StableDiffusion3InpaintPipeline needs a transformer of 16 or 33 input "
+                    f"channels; this one has {channels}")  # fmt: skip
+        return None
 
     def scheduler_usable(self, pipe: Any, scheduler: Any) -> bool:
         # SD3 passes `mu` when the model's scheduler shifts by resolution.
@@ -422,6 +459,7 @@ class PixArt(Family):
     }
     legacy_callback = True
     negative_when_absent = ""  # PixArt encodes "" for the unconditional pass; None fails
+    edit_modes = frozenset()  # diffusers has no PixArt image-to-image or inpainting pipeline
 
     def __init__(self, name: str):
         self.name = name  # type: ignore[misc]  # alpha and sigma share everything else
@@ -474,6 +512,9 @@ class Kandinsky22(Family):
 
     name = "kandinsky22"
     passes = frozenset()
+    # Its image-to-image and inpainting pipelines are combined prior + decoder pipelines that
+    # this adapter would have to drive stage by stage, as it does the text one: not done yet.
+    edit_modes = frozenset()
 
     def requirements(self, pipeline_class: str) -> dict[str, frozenset[str]]:
         return {
@@ -652,6 +693,57 @@ REFUSED: dict[str, str] = {
 }
 
 
+_EDIT_NEEDS: dict[str, frozenset[str]] = {
+    "image": frozenset({"image", "strength"}),
+    "inpaint": frozenset({"image", "mask_image", "strength"}),
+}
+
+
+def edit_pipeline_class(pipe: Any, mode: str) -> type | None:
+    """diffusers' image-to-image (mode image) or inpainting (inpaint) pipeline for `pipe`'s
+    family, or None where it has none."""
+    from diffusers.pipelines import auto_pipeline
+
+    mapping = (
+        auto_pipeline.AUTO_IMAGE2IMAGE_PIPELINES_MAPPING
+        if mode == "image"
+        else auto_pipeline.AUTO_INPAINT_PIPELINES_MAPPING
+    )
+    cls: type | None = auto_pipeline._get_task_class(
+        mapping, type(pipe).__name__, throw_error_if_not_exist=False
+    )
+    return cls
+
+
+def edit_modes(pipe: Any, family: Family) -> tuple[list[Mode], list[str]]:
+    """The modes this model runs, and a note for each edit mode it cannot (why)."""
+    modes: list[Mode] = ["text"]
+    notes: list[str] = []
+    for mode in ("image", "inpaint"):
+        label = MODE_NAMES[mode]
+        cls = edit_pipeline_class(pipe, mode)
+        if cls is None:
+            notes.append(f"no {label} (mode {mode}): diffusers has no such pipeline for "
+                         f"{type(pipe).__name__}")  # fmt: skip
+            continue
+        if mode not in family.edit_modes:
+            notes.append(f"no {label} (mode {mode}): Daikon's {family.name} adapter does not "
+                         f"drive {cls.__name__} yet")  # fmt: skip
+            continue
+        refusal = family.edit_refusal(pipe, mode)
+        if refusal:
+            notes.append(f"no {label} (mode {mode}): {refusal}")
+            continue
+        needed = (family.passes - {"width", "height"}) | _EDIT_NEEDS[mode]
+        missing = sorted(needed - call_parameters(cls))
+        if missing:
+            notes.append(f"no {label} (mode {mode}): {cls.__name__}.__call__ lacks "
+                         f"{', '.join(missing)}")  # fmt: skip
+            continue
+        modes.append(mode)  # type: ignore[arg-type]
+    return modes, notes
+
+
 def family_for(pipe: Any) -> Family:
     """The family that drives `pipe`; UnsupportedPipeline names what is missing otherwise."""
     import diffusers
@@ -674,6 +766,21 @@ def family_for(pipe: Any) -> Family:
                 f"Daikon's {family.name} adapter passes (diffusers {diffusers.__version__})"
             )
     return family
+
+
+def _edit_fields(request: GenerationRequest) -> dict[str, Any]:
+    """An edit's part of a pipeline call: the input in RGB, the mask in L, blurred as asked."""
+    from PIL import ImageFilter
+
+    if request.mode == "text":
+        return {}
+    assert request.image is not None
+    mask = request.mask.convert("L") if request.mask is not None else None
+    if mask is not None and request.mask_blur:
+        mask = mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
+    strength = request.strength if request.strength is not None else 1.0
+    return {"mode": request.mode, "image": request.image.convert("RGB"), "mask": mask,
+            "strength": strength}  # fmt: skip
 
 
 # --- placement and memory options ------------------------------------------------------------
@@ -769,6 +876,7 @@ class Generator:
         host = self.family.scheduler_host(pipe)
         self.base_scheduler = host.scheduler
         self._schedulers: dict[str, Any] = {}
+        self._edit_pipes: dict[str, Any] = {}  # mode -> pipeline sharing self.pipe's weights
         self.capabilities = self._derive(model)
 
     @classmethod
@@ -894,6 +1002,8 @@ class Generator:
             defaults=defaults,
         )
         notes = family.notes(pipe, fields, options)
+        fields["modes"], mode_notes = edit_modes(pipe, family)
+        notes += mode_notes
         if options.guidance == "none":
             notes.append(
                 "configured as guidance-free (e.g. a turbo checkpoint): guidance_scale and "
@@ -905,6 +1015,18 @@ class Generator:
         if bad:
             raise UnsupportedOption(f"{model}: its defaults are not servable: {bad[0].message}")
         return caps
+
+    def edit_pipeline(self, mode: str) -> Any:
+        """The image-to-image or inpainting pipeline, built once from the loaded one with
+        `from_pipe`: the same UNet, VAE and text encoder objects, never a second copy."""
+        if mode not in self._edit_pipes:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = AutoPipelineForImage2Image if mode == "image" else AutoPipelineForInpainting
+            edit = auto.from_pipe(self.pipe)
+            edit.set_progress_bar_config(disable=True)
+            self._edit_pipes[mode] = edit
+        return self._edit_pipes[mode]
 
     def supported_schedulers(self) -> list[str]:
         return list(self.capabilities.schedulers)
@@ -920,7 +1042,16 @@ class Generator:
         self.check(request)
         r = self.capabilities.resolve(request)
         guidance = 0.0 if self.capabilities.guidance == "none" else r["guidance_scale"]
+        if request.mode != "text":
+            if request.image is None or (request.mode == "inpaint" and request.mask is None):
+                raise ValueError(f"mode {request.mode} needs an image (and inpaint a mask)")
+            r["width"], r["height"] = request.image.size
         key = (
+            request.mode,
+            id(request.image),
+            id(request.mask),
+            request.strength,
+            request.mask_blur,
             r["width"],
             r["height"],
             r["steps"],
@@ -959,6 +1090,7 @@ class Generator:
                 steps=first["steps"],
                 guidance_scale=first["guidance_scale"],
                 true_cfg_scale=first["true_cfg_scale"],
+                **_edit_fields(members[0]),
             )
             images = self._run(call, first["scheduler"], on_step)
             offset = 0
@@ -968,18 +1100,19 @@ class Generator:
                 offset += n
         return results
 
-    def _use_scheduler(self, name: str | None) -> None:
+    def _use_scheduler(self, name: str | None, pipe: Any) -> None:
         scheduler = self._schedulers[name] if name is not None else self.base_scheduler
-        host = self.family.scheduler_host(self.pipe)
+        host = self.family.scheduler_host(pipe)
         if host.scheduler is not scheduler:
             host.scheduler = scheduler
-            if host is not self.pipe and hasattr(self.pipe, "scheduler"):
-                self.pipe.scheduler = scheduler  # the combined pipeline's registered component
+            if host is not pipe and hasattr(pipe, "scheduler"):
+                pipe.scheduler = scheduler  # the combined pipeline's registered component
 
     def _run(self, call: _Call, scheduler: str | None, on_step: StepCallback | None) -> list[Any]:
         import torch
 
-        self._use_scheduler(scheduler)
+        pipe = self.pipe if call.mode == "text" else self.edit_pipeline(call.mode)
+        self._use_scheduler(scheduler, pipe)
         size = self.images_per_call or len(call.seeds)
         starts = range(0, len(call.seeds), size)
         progress = _Progress(on_step, chunks=len(starts)) if on_step is not None else None
@@ -996,7 +1129,7 @@ class Generator:
             if progress is not None and start:
                 progress.next_chunk()
             with torch.inference_mode():
-                images += self.family.run(self.pipe, chunk, progress, self.options)
+                images += self.family.run(pipe, chunk, progress, self.options)
         if len(images) != len(call.seeds):
             raise RuntimeError(
                 f"{type(self.pipe).__name__} returned {len(images)} images for "
@@ -1008,4 +1141,11 @@ class Generator:
                     f"{type(self.pipe).__name__} drew {image.size[0]}x{image.size[1]} for "
                     f"{call.width}x{call.height}: refusing a silently resized image"
                 )
+        if call.mode == "inpaint":
+            # The pipeline repaints in latent space, so the VAE would change every pixel a
+            # little: paste the result over the original where the mask is not white, so the
+            # kept area is the input's own pixels (byte-identical where the mask is black).
+            assert call.image is not None and call.mask is not None
+            overlay = pipe.image_processor.apply_overlay
+            images = [overlay(call.mask, call.image, image) for image in images]
         return images

@@ -358,6 +358,8 @@ def job_page(job_id: str) -> Response:
         job = jobs.get(session=session, job_id=job_id)
         where = links(svc)
         images = [(image, where.image_url(job, image)) for image in job.images]
+        inputs = [(role, record, where.input_url(job, role, record["key"]))
+                  for role, record in sorted((job.inputs or {}).items())]  # fmt: skip
         hooks = list(deliveries.list_for_job(session=session, job_id=job_id))
         retries = list(dashboard.retries_of(session=session, job_id=job_id))
         tenant = tenants.get_tenant(session=session, tenant_id=job.tenant_id).name if (
@@ -372,8 +374,8 @@ def job_page(job_id: str) -> Response:
         )
     step = svc.live.progress([job.id]).get(job.id) if job.status is JobStatus.running else None
     template = "_job_live.html" if request.args.get("fragment") else "job.html"
-    return _page(template, job=job, images=images, hooks=hooks, retries=retries, tenant=tenant,
-                 paused=is_paused, position=position, progress=step,
+    return _page(template, job=job, images=images, inputs=inputs, hooks=hooks, retries=retries,
+                 tenant=tenant, paused=is_paused, position=position, progress=step,
                  terminal=job.status in TERMINAL)  # fmt: skip
 
 

@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from pathlib import Path
+from typing import IO, Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx2
@@ -44,6 +45,9 @@ from daikon.client.models import (
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
+# An edit's input: the file's bytes, a path to it, or an open binary file.
+InputFile = bytes | str | os.PathLike[str] | IO[bytes]
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "daikon-client/0.1"
 # Reads wait past the event stream's 5 s keep-alives; a stream silent for longer is dead.
@@ -61,6 +65,9 @@ class Call(Generic[T]):
     parse: Callable[[httpx2.Response], T]
     params: Mapping[str, str | int] | None = None
     json: Any = None
+    # multipart/form-data instead of JSON: form fields and (name, (filename, bytes)) files.
+    form: Mapping[str, str] | None = None
+    files: Mapping[str, tuple[str, bytes]] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     # May be sent again after it may have reached the server: reads, and writes that are
     # idempotent (cancel, revoke) or carry an Idempotency-Key (submit).
@@ -134,8 +141,13 @@ class Endpoints:
 
     @staticmethod
     def submit(
-        request: JobRequest | str, idempotency_key: str | None, fields: JobFields
+        request: JobRequest | str,
+        idempotency_key: str | None,
+        fields: JobFields,
+        inputs: Mapping[str, InputFile | None] | None = None,
     ) -> Call[JobOut]:
+        """`inputs` (image, mask) make it multipart: the JSON goes in the part `request`. The
+        files are read once, here, so a retry sends the same bytes (the same request hash)."""
         if isinstance(request, str):
             body: dict[str, Any] = {"prompt": request}
             body.update({k: v for k, v in fields.items() if v is not None})
@@ -144,6 +156,12 @@ class Endpoints:
                 raise TypeError("give either a JobRequest or a prompt with keyword fields")
             body = request.model_dump(mode="json", exclude_unset=True)
         key = idempotency_key or f"daikon-client-{uuid.uuid4()}"
+        files = {role: (f"{role}.png", read_input(f)) for role, f in (inputs or {}).items()
+                 if f is not None}  # fmt: skip
+        if files:
+            return Call("POST", "/v1/jobs", model_reader(JobOut),
+                        form={"request": json.dumps(body)}, files=files,
+                        headers={"Idempotency-Key": key}, replay_safe=True)  # fmt: skip
         return Call("POST", "/v1/jobs", model_reader(JobOut), json=body,
                     headers={"Idempotency-Key": key}, replay_safe=True)  # fmt: skip
 
@@ -241,6 +259,15 @@ class Endpoints:
     def redeliver(delivery_id: str) -> Call[DeliveryOut]:
         return Call("POST", f"/v1/admin/webhooks/{_q(delivery_id)}/redeliver",
                     model_reader(DeliveryOut))  # fmt: skip
+
+
+def read_input(source: InputFile) -> bytes:
+    """An edit input's bytes (the API decodes and checks them: PNG, JPEG or WebP)."""
+    if isinstance(source, bytes):
+        return source
+    if isinstance(source, str | os.PathLike):
+        return Path(source).read_bytes()
+    return source.read()
 
 
 def events_path(job_id: str) -> str:

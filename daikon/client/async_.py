@@ -18,6 +18,7 @@ from daikon.client._base import (
     STREAM,
     Call,
     Endpoints,
+    InputFile,
     RetryPolicy,
     StreamState,
     auth_headers,
@@ -96,6 +97,7 @@ class AsyncDaikon:
             try:
                 response = await self._http.request(call.method, call.url(self.base_url),
                                               params=call.params, json=call.json,
+                                              data=call.form, files=call.files,
                                               headers=headers)  # fmt: skip
             except httpx2.TransportError as e:
                 delay = self.retry.after_error(call, attempt, e)
@@ -118,11 +120,16 @@ class AsyncDaikon:
         request: JobRequest | str,
         *,
         idempotency_key: str | None = None,
+        image: InputFile | None = None,
+        mask: InputFile | None = None,
         **fields: Unpack[JobFields],
     ) -> JobOut:
         """Queue a job: `submit("a red circle", candidates=8, top_k=2)` or a JobRequest.
-        Without `idempotency_key` a fresh one is made, and reused by this call's retries."""
-        return await self._send(Endpoints.submit(request, idempotency_key, fields))
+        Without `idempotency_key` a fresh one is made, and reused by this call's retries.
+        An edit uploads `image` (and `mask`: white = repaint) as bytes, a path or a binary
+        file, with `mode="image"` or `"inpaint"`; or names earlier images by `image_id`."""
+        inputs = {"image": image, "mask": mask}
+        return await self._send(Endpoints.submit(request, idempotency_key, fields, inputs))
 
     async def get(self, job_id: str) -> JobOut:
         """GET /v1/jobs/{id}: the job now."""

@@ -65,6 +65,12 @@ class JobFields(TypedDict, total=False):
     metadata: dict[str, Any]
     webhook_url: str
     webhook_events: list[WebhookEvent | str]
+    # Edits (docs/edits.md): mode image or inpaint, with `image=`/`mask=` files or these ids.
+    mode: Literal["text", "image", "inpaint"]
+    strength: float
+    mask_blur: int
+    image_id: str
+    mask_id: str
 
 
 class StatusEvent(BaseModel):

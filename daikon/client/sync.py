@@ -16,6 +16,7 @@ from daikon.client._base import (
     STREAM,
     Call,
     Endpoints,
+    InputFile,
     RetryPolicy,
     StreamState,
     auth_headers,
@@ -94,6 +95,7 @@ class Daikon:
             try:
                 response = self._http.request(call.method, call.url(self.base_url),
                                               params=call.params, json=call.json,
+                                              data=call.form, files=call.files,
                                               headers=headers)  # fmt: skip
             except httpx2.TransportError as e:
                 delay = self.retry.after_error(call, attempt, e)
@@ -116,11 +118,16 @@ class Daikon:
         request: JobRequest | str,
         *,
         idempotency_key: str | None = None,
+        image: InputFile | None = None,
+        mask: InputFile | None = None,
         **fields: Unpack[JobFields],
     ) -> JobOut:
         """Queue a job: `submit("a red circle", candidates=8, top_k=2)` or a JobRequest.
-        Without `idempotency_key` a fresh one is made, and reused by this call's retries."""
-        return self._send(Endpoints.submit(request, idempotency_key, fields))
+        Without `idempotency_key` a fresh one is made, and reused by this call's retries.
+        An edit uploads `image` (and `mask`: white = repaint) as bytes, a path or a binary
+        file, with `mode="image"` or `"inpaint"`; or names earlier images by `image_id`."""
+        inputs = {"image": image, "mask": mask}
+        return self._send(Endpoints.submit(request, idempotency_key, fields, inputs))
 
     def get(self, job_id: str) -> JobOut:
         """GET /v1/jobs/{id}: the job now."""

@@ -62,14 +62,23 @@ def ranker(tiny_models: tuple[Path, Path]) -> ClipRanker:
 
 
 @pytest.fixture
-def sessions(db_engine: Engine) -> sessionmaker[Session]:
-    return make_session_factory(db_engine)
-
-
-@pytest.fixture
 def model() -> str:
     """A model name of this test's own, so queued jobs of other tests never join its batch."""
     return f"m-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def sessions(db_engine: Engine, model: str) -> Iterator[sessionmaker[Session]]:
+    factory = make_session_factory(db_engine)
+    yield factory
+    # Jobs a test left queued or running would look lost to later tests' sweepers (the
+    # database is the session's): end them.
+    with session_scope(factory) as s:
+        s.execute(
+            update(Job)
+            .where(Job.model == model, Job.status.in_([JobStatus.queued, JobStatus.running]))
+            .values(status=JobStatus.canceled)
+        )
 
 
 @pytest.fixture

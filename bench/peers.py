@@ -1,0 +1,300 @@
+"""Benchmark 6: the same jobs through the peers a user would pick instead of Daikon, measured
+side by side in one run on the embedded shapes pipeline (one image per job, CLIP-ranked, PNG):
+
+- the pipeline called directly in this process (the work itself, no service);
+- Cog's HTTP server (`cog` from PyPI, no Docker) with bench/cog_predict.py;
+- a plain Celery task on the same Redis, one worker process started here, no bookkeeping;
+- Daikon through the whole service (tests/stack.py: HTTP, Redis, Celery, database, storage),
+  each client waiting on its job's event stream.
+
+Each runs N jobs one at a time, then a burst of C concurrent clients (one job each). Cog has no
+queue: a busy server answers 409, and its clients retry every 50 ms (counted).
+
+    .venv/bin/python bench/peers.py [--jobs 10] [--burst 16] [--size 64] [--steps 20]
+
+Cog is the optional `bench` extra (`pip install -e '.[bench]'`, which `make bench` does); when
+it is missing, its rows say skipped. This file is also the plain Celery task's app
+(`celery -A peers`, run from bench/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib.util
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+PROMPT = "a red circle above a blue square"
+RETRY_SECONDS = 0.05  # a Cog client's back-off after a 409
+
+# --- the plain Celery peer: a task, its app, nothing else -------------------------------------
+
+app = Celery(
+    "daikon-peer",
+    broker=os.environ.get("PEER_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    backend=os.environ.get("PEER_REDIS_URL", "redis://127.0.0.1:6379/0"),
+)
+app.conf.task_default_queue = os.environ.get("PEER_QUEUE", "daikon-peer")
+_job: Any = None
+
+
+@app.task(name="peer.generate")
+def generate(prompt: str, seed: int, size: int, steps: int) -> str:
+    """One job's work; the PNG comes back through the result backend, as base64."""
+    global _job
+    if _job is None:
+        from peer_job import ShapesJob
+
+        _job = ShapesJob()
+    return base64.b64encode(_job.png(prompt, seed, size, steps)).decode()
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def one_at_a_time(run: Callable[[int], Any], n: int) -> float:
+    """Jobs per second, each started when the last one's image is back."""
+    t = time.perf_counter()
+    for i in range(n):
+        run(1000 + i)
+    return n / (time.perf_counter() - t)
+
+
+def burst(run: Callable[[int], Any], clients: int) -> float:
+    """Jobs per second when `clients` clients each want one image at the same moment."""
+    start = threading.Barrier(clients + 1)
+
+    def client(i: int) -> Any:
+        start.wait()
+        return run(2000 + i)
+
+    with ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(client, i) for i in range(clients)]
+        start.wait()
+        t = time.perf_counter()
+        for f in futures:
+            f.result()
+        return clients / (time.perf_counter() - t)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The venv's python first on PATH (coglet starts `python`) and this checkout importable."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    pythonpath = os.pathsep.join([str(BENCH), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PATH": path, "PYTHONPATH": pythonpath, **extra}
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    from daikon.launcher import stop_process
+
+    stop_process(proc, 30)
+
+
+@contextmanager
+def cog_server(log: Path) -> Iterator[str]:
+    import requests
+
+    from tests.stack import free_port
+
+    port = free_port()
+    env = child_env(COG_PREDICT_TYPE_STUB="bench/cog_predict.py:Predictor", PORT=str(port))
+    with log.open("wb") as out:
+        argv = [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"]
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    status = requests.get(f"{base}/health-check", timeout=5).json()["status"]
+                except requests.ConnectionError:
+                    status = "not listening"
+                if status == "READY":
+                    break
+                if time.monotonic() > deadline or proc.poll() is not None or "FAIL" in status:
+                    raise SystemExit(f"cog did not start ({status}):\n{log.read_text()[-3000:]}")
+                time.sleep(0.2)
+            yield base
+        finally:
+            stop(proc)
+
+
+def cog_client(base: str, size: int, steps: int, busy: list[int]) -> Callable[[int], Any]:
+    import requests
+
+    local = threading.local()
+
+    def run(seed: int) -> Any:
+        http = getattr(local, "http", None) or requests.Session()
+        local.http = http
+        body = {"input": {"prompt": f"{PROMPT} {seed}", "seed": seed, "size": size,
+                          "steps": steps}}  # fmt: skip
+        while True:
+            r = http.post(f"{base}/predictions", json=body, timeout=600)
+            if r.status_code != 409:
+                break
+            busy.append(1)
+            time.sleep(RETRY_SECONDS)
+        r.raise_for_status()
+        out = r.json()
+        assert out["status"] == "succeeded", out
+        assert str(out["output"]).startswith("data:image/png;base64,"), str(out)[:200]
+        return out
+
+    return run
+
+
+@contextmanager
+def celery_worker(redis_url: str, queue: str, log: Path) -> Iterator[None]:
+    env = child_env(PEER_REDIS_URL=redis_url, PEER_QUEUE=queue)
+    argv = [sys.executable, "-m", "celery", "-A", "peers", "worker", "--concurrency", "1",
+            "--queues", queue, "--without-gossip", "--without-mingle", "--loglevel", "WARNING",
+            "--hostname", f"{queue}@%h"]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=BENCH, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield
+        finally:
+            stop(proc)
+
+
+def daikon_client(base: str, key: str, body: dict[str, Any]) -> Callable[[int], Any]:
+    """Submit, then wait on the job's event stream (woken by the worker's notices)."""
+    import json
+
+    import requests
+
+    local = threading.local()
+
+    def run(seed: int) -> Any:
+        http = getattr(local, "http", None)
+        if http is None:
+            http = local.http = requests.Session()
+            http.headers["Authorization"] = f"Bearer {key}"
+        r = http.post(f"{base}/v1/jobs", json={**body, "prompt": f"{PROMPT} {seed}",
+                                               "seed": seed}, timeout=30)  # fmt: skip
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        with http.get(f"{base}/v1/jobs/{job_id}/events", stream=True, timeout=600) as events:
+            done = False
+            for line in events.iter_lines(decode_unicode=True):
+                if line == "event: done":
+                    done = True
+                elif done and line.startswith("data:"):
+                    job = json.loads(line[5:])
+                    assert job["status"] == "succeeded", job
+                    return job
+        raise AssertionError(f"job {job_id}: the event stream closed before `done`")
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=10, help="jobs one at a time, per peer")
+    ap.add_argument("--burst", type=int, default=16, help="concurrent clients, one job each")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+    import torch
+    from peer_job import ShapesJob  # bench/, on the path as this script's folder
+
+    from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
+    from tests.stack import a_redis, running_stack
+
+    tmp = Path(tempfile.mkdtemp(prefix="daikon-peers-"))
+    rates: dict[str, tuple[float, float] | None] = {}
+
+    direct = ShapesJob()
+    direct.png("warm-up", 0, args.size, args.steps)
+    rates["direct"] = (one_at_a_time(lambda s: direct.png(PROMPT, s, args.size, args.steps),
+                                     args.jobs), float("nan"))  # fmt: skip
+    print(f"direct: {rates['direct'][0]:.2f} images/s", flush=True)
+
+    busy: list[int] = []
+    if importlib.util.find_spec("cog") is None:
+        rates["cog"] = None
+        print("cog: not installed, skipped (pip install -e '.[bench]')", flush=True)
+    else:
+        with cog_server(tmp / "cog.log") as base:
+            run = cog_client(base, args.size, args.steps, busy)
+            run(0)  # warm-up
+            rates["cog"] = (one_at_a_time(run, args.jobs), burst(run, args.burst))
+        print(f"cog: {rates['cog']}", flush=True)
+
+    with a_redis() as redis_url:
+        queue = f"daikon-peer-{os.getpid()}"
+        app.conf.broker_url = app.conf.result_backend = redis_url
+        with celery_worker(redis_url, queue, tmp / "celery.log"):
+
+            def celery_run(seed: int) -> Any:
+                return generate.apply_async((f"{PROMPT} {seed}", seed, args.size, args.steps),
+                                            queue=queue).get(timeout=600)  # fmt: skip
+
+            celery_run(0)  # warm-up: the worker loads the model at its first task
+            rates["celery"] = (one_at_a_time(celery_run, args.jobs),
+                               burst(celery_run, args.burst))  # fmt: skip
+        print(f"celery: {rates['celery']}", flush=True)
+
+        key = "dk_bench_peers"
+        settings = Settings(
+            data_dir=tmp / "daikon", redis_url=redis_url, queue=f"daikon-bench-peers-{os.getpid()}",
+            model=EMBEDDED_PIPELINE, clip_model=EMBEDDED_CLIP, admin_key=key,
+            tenant_max_active_jobs=100_000, tenant_submits_per_minute=100_000,
+        )  # fmt: skip
+        body = {"width": args.size, "height": args.size, "steps": args.steps, "candidates": 1,
+                "top_k": 1}  # fmt: skip
+        with running_stack(settings, tmp) as s:
+            run = daikon_client(s.base_url, key, body)
+            run(0)  # warm-up: the worker loads the model at its first job
+            rates["daikon"] = (one_at_a_time(run, args.jobs), burst(run, args.burst))
+
+    def fmt(name: str, i: int) -> str:
+        r = rates[name]
+        return "skipped" if r is None else f"{r[i]:.2f} jobs/s"
+
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads "
+          f"{torch.get_num_threads()}; shapes model {args.size} px, {args.steps} steps, one "
+          f"image per job; {args.jobs} jobs one at a time, bursts of {args.burst} "
+          "clients")  # fmt: skip
+    print("| peer | one at a time | burst |\n|---|---:|---:|")
+    print(f"| direct call (no service) | {fmt('direct', 0)} | |")
+    for name, label in (("cog", "Cog HTTP server"), ("celery", "plain Celery task"),
+                        ("daikon", "Daikon (whole service)")):  # fmt: skip
+        print(f"| {label} | {fmt(name, 0)} | {fmt(name, 1)} |")
+    d, c = rates["daikon"], rates["cog"]
+    assert d is not None
+    if c is None:
+        print("6. Daikon vs Cog: skipped (cog not installed)")
+    else:
+        print(f"6. one at a time: Daikon {d[0]:.2f} vs Cog {c[0]:.2f} jobs/s = "
+              f"{d[0] / c[0]:.2f}x (target >= 1)")  # fmt: skip
+        print(f"6. burst of {args.burst}: Daikon {d[1]:.2f} vs Cog {c[1]:.2f} jobs/s = "
+              f"{d[1] / c[1]:.2f}x (target > 1); Cog answered {len(busy)} 409s")  # fmt: skip
+    p = rates["celery"]
+    assert p is not None
+    print(f"6. vs plain Celery: one at a time {d[0] / p[0]:.2f}x, burst {d[1] / p[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

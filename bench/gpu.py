@@ -159,7 +159,7 @@ def direct_rates(
 
 @contextmanager
 def served(folder: Path, tmp: Path, redis_url: str, *, dtype: str, compile: bool,
-           batch: bool, max_batch: int) -> Iterator[Any]:  # fmt: skip
+           batch: bool, max_batch: int, threads: int) -> Iterator[Any]:  # fmt: skip
     """The whole stack serving the saved pipeline as its one model, batching on or off."""
     from daikon.capabilities import ModelOptions
     from daikon.limits import LimitOverrides
@@ -170,13 +170,15 @@ def served(folder: Path, tmp: Path, redis_url: str, *, dtype: str, compile: bool
     spec = ModelSpec(
         pipeline=str(folder), clip=EMBEDDED_CLIP,
         options=ModelOptions(dtype=dtype, compile=compile),  # type: ignore[arg-type]
-        limits=LimitOverrides(images_per_call=max_batch, max_job_cost=1e6,
+        # Room for any size, and time for a compiled denoiser's recompilation at a new batch
+        # size inside the warm-up burst's first jobs.
+        limits=LimitOverrides(images_per_call=max_batch, max_job_cost=1e6, seconds_per_cost=60.0,
                               tenant_queued_cost=1e9),
     )  # fmt: skip
     settings = Settings(
         data_dir=tmp / queue, redis_url=redis_url, queue=queue, models={"default": spec},
         admin_key="dk_bench_gpu", batch_jobs=batch, tenant_max_active_jobs=100_000,
-        tenant_submits_per_minute=100_000, max_size=4096,
+        tenant_submits_per_minute=100_000, max_size=4096, torch_threads=threads,
     )  # fmt: skip
     with running_stack(settings, tmp) as s:
         yield s
@@ -220,7 +222,8 @@ def run(args: argparse.Namespace, *, device: str, smoke: bool) -> list[dict[str,
                     pipe.save_pretrained(folder)  # what the service's worker loads
                 size = 64 if smoke else Generator(pipe, device=device).capabilities.native_width
                 steps = args.steps or (2 if smoke else arch.steps)
-                for compiled in args.compile:
+                # Uncompiled first: compiling is in place, there is no going back on this UNet.
+                for compiled in sorted(args.compile, key=["off", "on"].index):
                     on = compiled == "on"
                     # The ModelOptions path: compiled in place (once: the same UNet stays
                     # compiled), then warmed up at the native size as Generator.load does.
@@ -236,7 +239,8 @@ def run(args: argparse.Namespace, *, device: str, smoke: bool) -> list[dict[str,
                                 "candidates": 1, "top_k": 1, "guidance_scale": 7.5}  # fmt: skip
                         for batch in (True, False):
                             with served(folder, tmp, redis_url, dtype=dtype_name, compile=on,
-                                        batch=batch, max_batch=max_batch) as s:  # fmt: skip
+                                        batch=batch, max_batch=max_batch,
+                                        threads=args.threads) as s:  # fmt: skip
                                 service_rate(s, body, max_batch)  # warm-up at full batches
                                 service["batched" if batch else "unbatched"] = service_rate(
                                     s, body, max_batch * args.rounds
@@ -309,6 +313,7 @@ def main() -> None:
     ap.add_argument("--write", type=Path, help="append the results to this markdown file")
     args = ap.parse_args()
     args.batches = sorted(set(args.batches))
+    args.threads = 0
 
     import logging
 
@@ -326,6 +331,8 @@ def main() -> None:
         # fp32 (CPU half precision is slow and lossy) and no compile: the code path, not speed.
         args.dtype, args.compile = ["float32"], ["off"]
         args.rounds = 1
+        args.threads = 1  # CPU threads (0 = torch's default): a shared machine stays quick
+        torch.set_num_threads(1)
         if args.service_arch is None:
             args.service_arch = ["sd15"]  # one stack pair: the smoke stays about a minute
     if args.service_arch is None:

@@ -17,7 +17,12 @@ class ShapesJob:
     """The pipeline and CLIP, loaded once (as Daikon's worker keeps them warm)."""
 
     def __init__(self) -> None:
+        import os
+
         import torch
+
+        if os.environ.get("PEER_TORCH_THREADS"):  # bench/peers.py sets every peer's alike
+            torch.set_num_threads(int(os.environ["PEER_TORCH_THREADS"]))
 
         from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE
         from worker.generation import Generator

@@ -11,6 +11,11 @@ Each runs N jobs one at a time, then a burst of C concurrent clients (one job ea
 queue: a busy server answers 409, and its clients retry every 50 ms (counted).
 
     .venv/bin/python bench/peers.py [--jobs 10] [--burst 16] [--size 64] [--steps 20]
+        [--threads 1]
+
+Every peer runs torch with the same threads (--threads, default 1): on a shared, oversubscribed
+machine torch's default (one per core) can run ten times slower than one thread, which would
+measure the machine's load rather than the peers.
 
 Cog is the optional `bench` extra (`pip install -e '.[bench]'`, which `make bench` does); when
 it is missing, its rows say skipped. This file is also the plain Celery task's app
@@ -213,8 +218,10 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=16, help="concurrent clients, one job each")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, every peer alike")
     args = ap.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    os.environ["PEER_TORCH_THREADS"] = str(args.threads)  # this process's and its children's
 
     import torch
     from peer_job import ShapesJob  # bench/, on the path as this script's folder
@@ -223,6 +230,7 @@ def main() -> None:
     from tests.stack import a_redis, running_stack
 
     tmp = Path(tempfile.mkdtemp(prefix="daikon-peers-"))
+    load_before = os.getloadavg()[0]  # a shared machine's other work, said with the figures
     rates: dict[str, tuple[float, float] | None] = {}
 
     direct = ShapesJob()
@@ -260,6 +268,7 @@ def main() -> None:
         settings = Settings(
             data_dir=tmp / "daikon", redis_url=redis_url, queue=f"daikon-bench-peers-{os.getpid()}",
             model=EMBEDDED_PIPELINE, clip_model=EMBEDDED_CLIP, admin_key=key,
+            torch_threads=args.threads,
             tenant_max_active_jobs=100_000, tenant_submits_per_minute=100_000,
         )  # fmt: skip
         body = {"width": args.size, "height": args.size, "steps": args.steps, "candidates": 1,
@@ -273,6 +282,8 @@ def main() -> None:
         r = rates[name]
         return "skipped" if r is None else f"{r[i]:.2f} jobs/s"
 
+    print(f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+          f"end, on {os.cpu_count()} cores")  # fmt: skip
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}; shapes model {args.size} px, {args.steps} steps, one "
           f"image per job; {args.jobs} jobs one at a time, bursts of {args.burst} "

@@ -11,7 +11,10 @@ Each runs N jobs one at a time, then a burst of C concurrent clients (one job ea
 queue: a busy server answers 409, and its clients retry every 50 ms (counted).
 
     .venv/bin/python bench/peers.py [--jobs 10] [--burst 16] [--size 64] [--steps 20]
-        [--threads 1]
+        [--threads 1] [--rounds 3]
+
+All peers are started and warmed up first; each round then measures every peer in turn, and
+the table gives each figure's median over the rounds with its range.
 
 Every peer runs torch with the same threads (--threads, default 1): on a shared, oversubscribed
 machine torch's default (one per core) can run ten times slower than one thread, which would
@@ -30,6 +33,7 @@ import importlib.util
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +186,12 @@ def celery_worker(redis_url: str, queue: str, log: Path) -> Iterator[None]:
 
 
 def daikon_client(
-    base: str, key: str, body: dict[str, Any], *, poll: float | None = None
+    base: str,
+    key: str,
+    body: dict[str, Any],
+    *,
+    poll: float | None = None,
+    sizes: list[int] | None = None,
 ) -> Callable[[int], Any]:
     """Submit, then wait on the job's event stream (woken by the worker's notices), or poll
     `GET /v1/jobs/{id}` every `poll` seconds."""
@@ -191,8 +200,14 @@ def daikon_client(
     import requests
 
     local = threading.local()
+    sizes = [] if sizes is None else sizes  # each job's batch size, as the worker ran it
 
     def run(seed: int) -> Any:
+        job = wait(seed)
+        sizes.append(int(job["metrics"].get("batch_size", 1)))
+        return job
+
+    def wait(seed: int) -> Any:
         http = getattr(local, "http", None)
         if http is None:
             http = local.http = requests.Session()
@@ -228,6 +243,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1, help="torch threads, every peer alike")
+    ap.add_argument("--rounds", type=int, default=3, help="each peer measured this often")
     args = ap.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     os.environ["PEER_TORCH_THREADS"] = str(args.threads)  # this process's and its children's
@@ -240,71 +256,87 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="daikon-peers-"))
     load_before = os.getloadavg()[0]  # a shared machine's other work, said with the figures
-    rates: dict[str, tuple[float, float] | None] = {}
-
-    direct = ShapesJob()
-    direct.png("warm-up", 0, args.size, args.steps)
-    rates["direct"] = (one_at_a_time(lambda s: direct.png(PROMPT, s, args.size, args.steps),
-                                     args.jobs), float("nan"))  # fmt: skip
-    print(f"direct: {rates['direct'][0]:.2f} images/s", flush=True)
-
+    samples: dict[str, list[tuple[float, float]]] = {}
     busy: list[int] = []
-    if importlib.util.find_spec("cog") is None:
-        rates["cog"] = None
-        print("cog: not installed, skipped (pip install -e '.[bench]')", flush=True)
-    else:
-        with cog_server(tmp / "cog.log") as base:
-            run = cog_client(base, args.size, args.steps, busy)
-            run(0)  # warm-up
-            rates["cog"] = (one_at_a_time(run, args.jobs), burst(run, args.burst))
-        print(f"cog: {rates['cog']}", flush=True)
+    batches: dict[str, list[int]] = {"daikon": [], "daikon-poll": []}
+    key = "dk_bench_peers"
+    body = {"width": args.size, "height": args.size, "steps": args.steps, "candidates": 1,
+            "top_k": 1}  # fmt: skip
 
-    with a_redis() as redis_url:
+    with a_redis() as redis_url, ExitStack() as up:
+        # Every peer is started and warm before any is measured, and the rounds take them in
+        # turn: a change of the machine's load then falls on all of them, not on one.
+        runners: dict[str, tuple[Callable[[int], Any], Callable[[int], Any]]] = {}
+        direct = ShapesJob()
+
+        def direct_run(seed: int) -> Any:
+            return direct.png(f"{PROMPT} {seed}", seed, args.size, args.steps)
+
+        runners["direct"] = (direct_run, direct_run)
+        if importlib.util.find_spec("cog") is None:
+            print("cog: not installed, skipped (pip install -e '.[bench]')", flush=True)
+        else:
+            base = up.enter_context(cog_server(tmp / "cog.log"))
+            cog_run = cog_client(base, args.size, args.steps, busy)
+            runners["cog"] = (cog_run, cog_run)
+
         queue = f"daikon-peer-{os.getpid()}"
         app.conf.broker_url = app.conf.result_backend = redis_url
-        with celery_worker(redis_url, queue, tmp / "celery.log"):
+        up.enter_context(celery_worker(redis_url, queue, tmp / "celery.log"))
 
-            def celery_run(seed: int) -> Any:
-                return generate.apply_async((f"{PROMPT} {seed}", seed, args.size, args.steps),
-                                            queue=queue).get(timeout=600)  # fmt: skip
+        def celery_run(seed: int) -> Any:
+            return generate.apply_async((f"{PROMPT} {seed}", seed, args.size, args.steps),
+                                        queue=queue).get(timeout=600)  # fmt: skip
 
-            celery_run(0)  # warm-up: the worker loads the model at its first task
-            rates["celery"] = (one_at_a_time(celery_run, args.jobs),
-                               burst(celery_run, args.burst))  # fmt: skip
-        print(f"celery: {rates['celery']}", flush=True)
-
-        key = "dk_bench_peers"
+        runners["celery"] = (celery_run, celery_run)
         settings = Settings(
             data_dir=tmp / "daikon", redis_url=redis_url, queue=f"daikon-bench-peers-{os.getpid()}",
             model=EMBEDDED_PIPELINE, clip_model=EMBEDDED_CLIP, admin_key=key,
             torch_threads=args.threads,
             tenant_max_active_jobs=100_000, tenant_submits_per_minute=100_000,
         )  # fmt: skip
-        body = {"width": args.size, "height": args.size, "steps": args.steps, "candidates": 1,
-                "top_k": 1}  # fmt: skip
-        with running_stack(settings, tmp) as s:
-            run = daikon_client(s.base_url, key, body)
-            run(0)  # warm-up: the worker loads the model at its first job
-            rates["daikon"] = (one_at_a_time(run, args.jobs), burst(run, args.burst))
-            run = daikon_client(s.base_url, key, body, poll=RETRY_SECONDS)
-            rates["daikon-poll"] = (one_at_a_time(run, args.jobs), burst(run, args.burst))
+        s = up.enter_context(running_stack(settings, tmp))
+        for name, poll in (("daikon", None), ("daikon-poll", RETRY_SECONDS)):
+            runners[name] = (daikon_client(s.base_url, key, body, poll=poll),
+                             daikon_client(s.base_url, key, body, poll=poll,
+                                           sizes=batches[name]))  # fmt: skip
+        for alone, _ in runners.values():
+            alone(0)  # warm-up: each loads its model at its first job
+        for r in range(args.rounds):
+            for name, (alone, crowd) in runners.items():
+                rate = one_at_a_time(alone, args.jobs)
+                rates_burst = burst(crowd, args.burst) if name != "direct" else float("nan")
+                samples.setdefault(name, []).append((rate, rates_burst))
+            print(f"round {r + 1} of {args.rounds}: done", flush=True)
+
+    rates: dict[str, tuple[float, float] | None] = {
+        name: (statistics.median(x[0] for x in got), statistics.median(x[1] for x in got))
+        for name, got in samples.items()
+    }
+    rates.setdefault("cog", None)
 
     def fmt(name: str, i: int) -> str:
         r = rates[name]
-        return "skipped" if r is None else f"{r[i]:.2f} jobs/s"
+        if r is None:
+            return "skipped"
+        got = [x[i] for x in samples[name]]
+        spread = f" ({min(got):.2f}-{max(got):.2f})" if len(got) > 1 else ""
+        return f"{r[i]:.2f} jobs/s{spread}"
 
     print(f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
           f"end, on {os.cpu_count()} cores")  # fmt: skip
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}; shapes model {args.size} px, {args.steps} steps, one "
           f"image per job; {args.jobs} jobs one at a time, bursts of {args.burst} "
-          "clients")  # fmt: skip
+          f"clients; medians of {args.rounds} rounds (min-max)")  # fmt: skip
     print("| peer | one at a time | burst |\n|---|---:|---:|")
     print(f"| direct call (no service) | {fmt('direct', 0)} | |")
     for name, label in (("cog", "Cog HTTP server"), ("celery", "plain Celery task"),
                         ("daikon", "Daikon (whole service, event stream)"),
                         ("daikon-poll", "Daikon (whole service, polls at 20 Hz)")):  # fmt: skip
         print(f"| {label} | {fmt(name, 0)} | {fmt(name, 1)} |")
+    for name, sizes in batches.items():
+        print(f"{name}: mean batch size in the burst {sum(sizes) / len(sizes):.1f}")
     c, p = rates["cog"], rates["celery"]
     assert p is not None
     for name, how in (("daikon", "event stream"), ("daikon-poll", "polls")):

@@ -61,10 +61,18 @@ eval-quality: install
 bench-api: install
 	$(PY) bench/api.py
 
-bench: install
+BENCH_STAMP := $(VENV)/.daikon-bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Issue 14's benchmarks on this machine (docs/benchmarks.md); bench/gpu.py runs on a GPU host.
+bench: $(BENCH_STAMP)
 	$(PY) bench/service_vs_direct.py
 	$(PY) bench/throughput.py --plot docs/benchmarks-batch.png
 	$(PY) bench/api.py
+	$(PY) bench/peers.py
 
 clean:
 	rm -rf $(VENV) .daikon .pytest_cache .ruff_cache .mypy_cache

@@ -27,6 +27,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, direct and in the worker alike (0 = torch's default)",
+    )
     args = parser.parse_args()
 
     import logging
@@ -40,6 +46,8 @@ def main() -> None:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="daikon-bench-"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sd, clip = Path(EMBEDDED_PIPELINE), Path(EMBEDDED_CLIP)  # the default models
     body = {
         "prompt": "a red circle above a blue square",
@@ -71,7 +79,8 @@ def main() -> None:
     # --- through the service --------------------------------------------------------------
     with a_redis() as redis_url:
         settings = Settings(data_dir=tmp, redis_url=redis_url, queue="daikon-bench",
-                            model=str(sd), clip_model=str(clip), admin_key="dk_bench")  # fmt: skip
+                            model=str(sd), clip_model=str(clip), admin_key="dk_bench",
+                            torch_threads=args.threads)  # fmt: skip
         service_s, inference_s = [], []
         with running_stack(settings, tmp) as stack:
             stack.wait(stack.submit(**body, seed=0)["id"], timeout=300)  # warm-up

@@ -42,9 +42,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def direct_rates(size: int, steps: int, batches: list[int], rounds: int) -> dict[int, float]:
+def direct_rates(
+    size: int, steps: int, batches: list[int], rounds: int, threads: int = 0
+) -> dict[int, float]:
     """Images per second of generate + rank + PNG called in this process, per batch size."""
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE
     from worker.generation import GenerationRequest, Generator
@@ -72,7 +77,7 @@ def direct_rates(size: int, steps: int, batches: list[int], rounds: int) -> dict
 
 
 @contextmanager
-def stack(tmp: Path, redis_url: str, *, batch: bool) -> Iterator[Any]:
+def stack(tmp: Path, redis_url: str, *, batch: bool, threads: int = 0) -> Iterator[Any]:
     from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
     from tests.stack import running_stack
 
@@ -80,7 +85,7 @@ def stack(tmp: Path, redis_url: str, *, batch: bool) -> Iterator[Any]:
     settings = Settings(
         data_dir=tmp / queue, redis_url=redis_url, queue=queue, model=EMBEDDED_PIPELINE,
         clip_model=EMBEDDED_CLIP, admin_key="dk_bench", batch_jobs=batch,
-        tenant_max_active_jobs=100_000, tenant_submits_per_minute=100_000,
+        tenant_max_active_jobs=100_000, tenant_submits_per_minute=100_000, torch_threads=threads,
     )  # fmt: skip
     with running_stack(settings, tmp) as s:
         s.wait(s.submit(prompt="warm-up", steps=2, candidates=1)["id"], timeout=300)
@@ -158,6 +163,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=4, help="direct calls per batch size")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, direct and in the worker alike (0 = torch's default)",
+    )
     ap.add_argument("--plot", type=Path, default=None, help="write the PNG plot here")
     args = ap.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -168,6 +179,7 @@ def main() -> None:
     from tests.stack import a_redis
 
     DEFAULT_CANDIDATES = Settings().limits.default_candidates
+    load_before = os.getloadavg()[0]  # a shared machine's other work, said with the figures
     with a_redis() as redis_url:
         tmp = Path(tempfile.mkdtemp(prefix="daikon-bench-"))
         body = {"prompt": "a red circle above a blue square", "width": args.size,
@@ -175,12 +187,12 @@ def main() -> None:
         burst = [{**body, "prompt": f"{body['prompt']} {i}", "seed": 100 + i}
                  for i in range(args.burst)]  # fmt: skip
 
-        rates = direct_rates(args.size, args.steps, [1, 2, 4, 8], args.rounds)
+        rates = direct_rates(args.size, args.steps, [1, 2, 4, 8], args.rounds, args.threads)
         best_n, best = max(rates.items(), key=lambda kv: kv[1])
         results: dict[str, dict[str, Any]] = {}
         for batch in (True, False):
             name = "batched" if batch else "unbatched"
-            with stack(tmp, redis_url, batch=batch) as s:
+            with stack(tmp, redis_url, batch=batch, threads=args.threads) as s:
                 one, _ = drain(s, burst[:1])
                 seconds, jobs = drain(s, burst)
                 sizes = [int(j["metrics"].get("batch_size", 1)) for j in jobs]
@@ -207,6 +219,8 @@ def main() -> None:
                 results[name] = r
 
     b, u = results["batched"], results["unbatched"]
+    print(f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+          f"end, on {os.cpu_count()} cores")  # fmt: skip
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}; shapes model {args.size} px, {args.steps} steps, "
           "1 candidate per job")  # fmt: skip

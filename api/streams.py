@@ -59,10 +59,7 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
         # A stream ends after a while even if the job does not; the client reconnects with
         # Last-Event-ID and loses nothing.
         closes_at = time.monotonic() + svc.settings.api.event_stream_max_seconds
-        last_read = 0.0
         while time.monotonic() < closes_at:
-            # At most a few reads a second per stream, however fast the steps are announced.
-            time.sleep(max(0.0, last_read + MIN_READ_INTERVAL - time.monotonic()))
             last_read = time.monotonic()
             out = _snapshot(svc, job_id, tenant_id)
             status_id = status_event_id(out.status)
@@ -81,7 +78,11 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
                 if progress_id > last_id:
                     yield _sse("progress", progress_id, out.progress.model_dump())
                     last_id, last_sent = progress_id, time.monotonic()
-            watch.wait(RECHECK_SECONDS)
+            if watch.wait(RECHECK_SECONDS) and not watch.status_changed:
+                # A step: at most a few reads a second per stream, however fast the steps are
+                # announced; a change of status (started, finished) is still read at once.
+                pause = last_read + MIN_READ_INTERVAL - time.monotonic()
+                watch.wait(max(0.0, pause), status_only=True)
             if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
                 yield ": keep-alive\n\n"
                 last_sent = time.monotonic()

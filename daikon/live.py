@@ -52,6 +52,8 @@ class JobWatch:
     def __init__(self, client: redis.Redis, job_id: str):
         self.job_id = job_id
         self._pubsub: redis.client.PubSub | None = client.pubsub(ignore_subscribe_messages=True)
+        # Whether the notice the last wait returned for was a change of status (not a step).
+        self.status_changed = False
 
     def __enter__(self) -> JobWatch:
         try:
@@ -84,6 +86,7 @@ class JobWatch:
                 self._lost(e)
                 continue
             if message is not None and not (status_only and message.get("data") == b"progress"):
+                self.status_changed = message.get("data") != b"progress"
                 return True
         return False
 

@@ -66,6 +66,21 @@ def test_events_stream_status_progress_and_the_finished_job_then_close(stack: St
     assert read_events(stack, job["id"], last_id=events[-1]["id"]) == []
 
 
+def test_a_stream_throttled_between_steps_still_ends_as_soon_as_the_job_does(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps are read at most every MIN_READ_INTERVAL; a change of status never waits for it.
+    With the interval an hour long, a stream that waited for it would not end in the 120 s
+    read_events allows."""
+    from api import streams
+
+    monkeypatch.setattr(streams, "MIN_READ_INTERVAL", 3600.0)
+    job = stack.submit(prompt="a red circle", steps=30, candidates=2, top_k=1)
+    events = read_events(stack, job["id"])
+    assert events[-1]["event"] == "done" and events[-1]["data"]["status"] == "succeeded"
+    assert len([e for e in events if e["event"] == "progress"]) <= 1  # the steps throttled
+
+
 def test_a_running_job_reports_progress_and_cancel_stops_it_within_a_step(
     stack: Stack, redis_url: str
 ) -> None:

@@ -75,6 +75,7 @@ class ServedModels:
         except redis.RedisError as e:  # keep what was known; the worker checks again anyway
             log.warning("served-model facts for %s unavailable: %s", model, e)
             return hit[1] if hit is not None else None
-        with self._lock:
-            self._cache[model] = (now, value)
+        if value is not None:  # not published yet: asked again next time, so the facts
+            with self._lock:  # show as soon as the first worker has loaded the model
+                self._cache[model] = (now, value)
         return value

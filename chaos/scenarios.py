@@ -14,8 +14,10 @@ Any other broken expectation is listed as a violation and fails the run.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -27,6 +29,9 @@ from sqlalchemy import text
 
 from chaos.faults import KILL_WORKER
 from chaos.harness import BUCKET, Cluster, wait_for
+
+# The worker's line for each job that succeeded (worker/executor.py), alone or in a batch.
+SUCCEEDED_LINE = re.compile(r"job ([0-9a-f-]{36}) succeeded \(batch of")
 
 TERMINAL = ("succeeded", "failed", "canceled")
 S3_PREFIX = "jobs/"
@@ -515,9 +520,10 @@ SCENARIOS: dict[str, Callable[..., Result]] = {
 
 
 def ledger(c: Cluster) -> Result:
-    """Across every scenario: each succeeded job finished once (one 'succeeded' task outcome in
-    the worker's log per succeeded row), every image row's object exists, no object in the
-    bucket is unreferenced, and no job is left queued or running."""
+    """Across every scenario: each succeeded job finished once (one "job <id> succeeded" line
+    in the worker's log per succeeded row, whether it ran alone or in a batch), every image
+    row's object exists, no object in the bucket is unreferenced, and no job is left queued or
+    running."""
     sc = Scenario(c, "ledger")
     with c.engine.connect() as conn:
         rows = conn.execute(text("SELECT id, status FROM jobs")).all()
@@ -527,7 +533,9 @@ def ledger(c: Cluster) -> Result:
         st = status(dict(row._mapping))
         by_status[st] = by_status.get(st, 0) + 1
     log = c.services["worker"].log_path.read_text(errors="replace")
-    runs = log.count(": 'succeeded'")
+    finished = Counter(SUCCEEDED_LINE.findall(log))
+    runs = sum(finished.values())
+    succeeded_ids = {row.id for row in rows if status(dict(row._mapping)) == "succeeded"}
     s3 = c.s3()
     stored: set[str] = set()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=S3_PREFIX):
@@ -540,6 +548,12 @@ def ledger(c: Cluster) -> Result:
     r.duplicated = abs(runs - r.succeeded) + len(stored - keys)
     r.figures = {"succeeded_runs": runs, "objects": len(stored), "image_rows": len(keys)}
     sc.expect(runs == r.succeeded, f"{runs} successful runs for {r.succeeded} succeeded jobs")
+    twice = sorted(j for j, n in finished.items() if n > 1)
+    sc.expect(not twice, f"jobs that succeeded twice: {twice[:3]}")
+    unrun, extra = sorted(succeeded_ids - set(finished)), sorted(set(finished) - succeeded_ids)
+    sc.expect(not unrun and not extra,
+              f"succeeded rows without a run: {unrun[:3]}; runs of jobs not succeeded: "
+              f"{extra[:3]}")  # fmt: skip
     sc.expect(keys <= stored, f"rows point at missing objects: {sorted(keys - stored)[:3]}")
     sc.expect(stored <= keys, f"unreferenced objects: {sorted(stored - keys)[:3]}")
     sc.http.close()

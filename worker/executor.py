@@ -661,6 +661,9 @@ class JobExecutor:
             member.outcome = Outcome.superseded
             return
         member.outcome = Outcome.succeeded
+        # One line per job that succeeded, whether it led its batch or joined one (a joined
+        # job's own message later ends `skipped`): what the chaos ledger counts.
+        log.info("job %s succeeded (batch of %d)", job_id, metrics.get("batch_size", 1))
 
 
 class JobSignals(Protocol):

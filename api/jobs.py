@@ -252,11 +252,7 @@ def cancel(svc: Services, job_id: str, *, tenant_id: str | None = None) -> bool:
 def get_image(job_id: str, rank: int) -> Response:
     """Open to whoever holds the signed URL (as with S3 presigned URLs), no API key needed."""
     svc = services()
-    expires = request.args.get("expires", "")  # anything odd is a 404, as a wrong signature
-    signature = request.args.get("sig", "")
-    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
-    number = expires.isascii() and expires.isdigit()
-    if not (number and verify(svc.signing_key, job_id, rank, int(expires), signature)):
+    if not _signed(svc, job_id, rank):
         # Same answer as for a missing image: a job id alone reveals nothing.
         raise NotFound(f"image {rank} of job {job_id!r} not found (or the URL expired)")
     with session_scope(svc.sessions) as session:
@@ -265,15 +261,27 @@ def get_image(job_id: str, rank: int) -> Response:
         if image is None:
             raise NotFound(f"job {job_id!r} has no image of rank {rank}", param="rank")
         key, content_type = image.storage_key, image.content_type
+    return _stored(svc, key, content_type, f"image {rank} of job {job_id!r}")
+
+
+def _signed(svc: Services, job_id: str, what: int | str) -> bool:
+    """The request's `expires` and `sig` sign `what` of the job; anything odd is False (a
+    404, as a wrong signature)."""
+    expires = request.args.get("expires", "")
+    signature = request.args.get("sig", "")
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    number = expires.isascii() and expires.isdigit()
+    return number and verify(svc.signing_key, job_id, what, int(expires), signature)
+
+
+def _stored(svc: Services, key: str, content_type: str, what: str) -> Response:
+    """A stored object, cacheable by the holder of its signed URL (it never changes)."""
     try:
         data = svc.store.get(key)
     except KeyError as e:
-        raise NotFound(f"image {rank} of job {job_id!r} is missing from storage") from e
-    return Response(
-        data,
-        content_type=content_type,
-        headers={"Cache-Control": "private, max-age=3600, immutable"},
-    )
+        raise NotFound(f"{what} is missing from storage") from e
+    return Response(data, content_type=content_type,
+                    headers={"Cache-Control": "private, max-age=3600, immutable"})  # fmt: skip
 
 
 @bp.get("/jobs/<job_id>/inputs/<role>")
@@ -288,19 +296,10 @@ def get_image(job_id: str, rank: int) -> Response:
 def get_input(job_id: str, role: str) -> Response:
     """An image or inpaint job's input, as stored (PNG); signed like the output images."""
     svc = services()
-    expires = request.args.get("expires", "")
-    signature = request.args.get("sig", "")
-    number = expires.isascii() and expires.isdigit()
-    if not (number and verify(svc.signing_key, job_id, f"input-{role}", int(expires),
-                              signature)):  # fmt: skip
+    if not _signed(svc, job_id, f"input-{role}"):
         raise NotFound(f"input {role!r} of job {job_id!r} not found (or the URL expired)")
     with session_scope(svc.sessions) as session:
         record = (jobs.get(session=session, job_id=job_id).inputs or {}).get(role)
     if record is None:
         raise NotFound(f"job {job_id!r} has no input {role!r}", param="role")
-    try:
-        data = svc.store.get(record["key"])
-    except KeyError as e:
-        raise NotFound(f"input {role!r} of job {job_id!r} is missing from storage") from e
-    return Response(data, content_type=record["content_type"],
-                    headers={"Cache-Control": "private, max-age=3600, immutable"})  # fmt: skip
+    return _stored(svc, record["key"], record["content_type"], f"input {role!r} of job {job_id!r}")

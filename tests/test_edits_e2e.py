@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,8 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from daikon.settings import Settings
-from tests.stack import Stack, running_stack
+from tests.stack import Stack, running_stack, settings_for
 
 pytestmark = pytest.mark.e2e
 ADMIN_KEY = "dk_test_edits_admin"
@@ -29,11 +27,7 @@ SIZE = (40, 32)
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("edits")
-    settings = Settings(
-        data_dir=tmp, redis_url=redis_url, queue=f"daikon-edits-{uuid.uuid4().hex[:8]}",
-        model=str(tiny_models[0]), clip_model=str(tiny_models[1]), torch_threads=1,
-        admin_key=ADMIN_KEY, default_steps=4,
-    )  # fmt: skip
+    settings = settings_for(tmp, redis_url, tiny_models, admin_key=ADMIN_KEY, default_steps=4)
     with running_stack(settings, tmp) as running:
         yield running
 

@@ -31,7 +31,7 @@ from daikon.settings import Settings
 from db import jobs
 from db.models import Job
 from db.session import session_scope
-from tests.stack import Stack, free_port, migrate, running_stack
+from tests.stack import Stack, free_port, migrate, running_stack, settings_for
 
 pytestmark = pytest.mark.e2e
 ADMIN_KEY = "dk_test_openai_admin"
@@ -47,11 +47,7 @@ def drop_queues(redis_url: str, queue: str) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("openai")
-    settings = Settings(
-        data_dir=tmp, redis_url=redis_url, queue=f"daikon-openai-{uuid.uuid4().hex[:8]}",
-        model=str(tiny_models[0]), clip_model=str(tiny_models[1]), torch_threads=1,
-        admin_key=ADMIN_KEY, default_steps=3,
-    )  # fmt: skip
+    settings = settings_for(tmp, redis_url, tiny_models, admin_key=ADMIN_KEY, default_steps=3)
     with running_stack(settings, tmp) as running:
         yield running
     drop_queues(redis_url, settings.services.queue)

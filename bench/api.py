@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,35 +118,6 @@ def fresh_postgres() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-
-
-@contextmanager
-def gunicorn(app: str, env: dict[str, str], log: Path) -> Iterator[str]:
-    """`gunicorn <app>` from the repo root (so gunicorn.conf.py applies); its base URL."""
-    import requests
-
-    from daikon.launcher import stop_process
-    from tests.stack import free_port
-
-    port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", app], cwd=ROOT,
-                                env={**env, "DAIKON_PORT": str(port)}, stdout=out,
-                                stderr=subprocess.STDOUT)  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    requests.get(f"{base}/healthz", timeout=5)
-                    break
-                except (requests.ConnectionError, requests.Timeout):
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        sys.exit(f"{app} did not start:\n{log.read_text(errors='replace')}")
-                    time.sleep(0.2)
-            yield base
-        finally:
-            stop_process(proc, 30)
 
 
 SUBMIT_TENANTS = 50
@@ -245,7 +215,7 @@ def main() -> None:
     import requests
 
     from daikon.settings import Settings
-    from tests.stack import migrate
+    from tests.stack import gunicorn, migrate
 
     redis_url = REDIS_URL
     redis.Redis.from_url(redis_url, socket_connect_timeout=2).ping()

@@ -223,12 +223,20 @@ def gunicorn_api(
     """The API under gunicorn with gunicorn.conf.py, as `make run` serves it; its base URL.
     `env` adds variables (e.g. DAIKON_API_THREADS)."""
     migrate(settings.sqlalchemy_url)
+    full_env = {**os.environ, **settings_env(settings), "DAIKON_API_WORKERS": str(workers), **env}
+    with gunicorn("api:create_app()", full_env, log_path) as base:
+        yield base
+
+
+@contextmanager
+def gunicorn(app: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """`gunicorn <app>` from the repo root (so gunicorn.conf.py applies) on a free port, with
+    exactly `env`; its base URL once /healthz answers."""
     port = free_port()
-    full_env = {**os.environ, **settings_env(settings), "DAIKON_API_WORKERS": str(workers),
-                "DAIKON_PORT": str(port), **env}  # fmt: skip
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "api:create_app()"], cwd=ROOT,
-                            env=full_env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", app], cwd=ROOT,
+                            env={**env, "DAIKON_PORT": str(port)}, stdout=log,
+                            stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -240,7 +248,7 @@ def gunicorn_api(
             except (requests.ConnectionError, requests.Timeout):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise AssertionError(
-                        f"gunicorn did not start:\n{log_path.read_text(errors='replace')}"
+                        f"{app} did not start:\n{log_path.read_text(errors='replace')}"
                     ) from None
                 time.sleep(0.2)
         yield base

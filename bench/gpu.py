@@ -57,6 +57,7 @@ from gpu_families import (  # noqa: E402 - bench/ is not a package
     _vae,
     build_sdxl,
     machine,
+    publish,
 )
 
 # --- SD 1.5 (runwayml/stable-diffusion-v1-5), the configuration gpu_families.py lacks --------
@@ -353,12 +354,7 @@ def main() -> None:
         f"Command: `{' '.join(sys.argv)}`", "", table(rows, args.batches, device=device), "",
         *(f"- {line}" for line in ratios(rows, args.batches)), "",
     ])  # fmt: skip
-    print(report)
-    if args.write is not None:
-        if smoke:
-            raise SystemExit("not writing CPU smoke figures as benchmarks")
-        with args.write.open("a") as f:
-            f.write("\n" + report)
+    publish(report, args.write, smoke=smoke)
 
 
 if __name__ == "__main__":

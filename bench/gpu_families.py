@@ -394,6 +394,17 @@ def table(rows: list[dict[str, Any]], *, device: str) -> str:
     return "\n".join(lines)
 
 
+def publish(report: str, write: Path | None, *, smoke: bool) -> None:
+    """Print the report; append it to `write` too, unless it is a CPU smoke's (measures
+    nothing)."""
+    print(report)
+    if write is not None:
+        if smoke:
+            raise SystemExit("not writing CPU smoke figures as benchmarks")
+        with write.open("a") as f:
+            f.write("\n" + report)
+
+
 def machine(device: str) -> str:
     import diffusers
     import torch
@@ -442,12 +453,7 @@ def main() -> None:
         f"### {title}\n\nMachine: {machine(device)}\n\nCommand: `{' '.join(sys.argv)}`\n\n"
         f"{table(rows, device=device)}\n"
     )
-    print(report)
-    if args.write is not None:
-        if smoke:
-            raise SystemExit("not writing CPU smoke figures as benchmarks")
-        with args.write.open("a") as f:
-            f.write("\n" + report)
+    publish(report, args.write, smoke=smoke)
 
 
 if __name__ == "__main__":

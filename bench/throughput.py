@@ -77,7 +77,11 @@ def direct_rates(
 
 
 @contextmanager
-def stack(tmp: Path, redis_url: str, *, batch: bool, threads: int = 0) -> Iterator[Any]:
+def stack(
+    tmp: Path, redis_url: str, *, batch: bool, threads: int = 0, images_per_call: int | None = None
+) -> Iterator[Any]:
+    """A whole service on `redis_url`; `images_per_call` as the deployment would set it for
+    this model (empty: the CPU default)."""
     from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
     from tests.stack import running_stack
 
@@ -86,6 +90,7 @@ def stack(tmp: Path, redis_url: str, *, batch: bool, threads: int = 0) -> Iterat
         data_dir=tmp / queue, redis_url=redis_url, queue=queue, model=EMBEDDED_PIPELINE,
         clip_model=EMBEDDED_CLIP, admin_key="dk_bench", batch_jobs=batch,
         tenant_max_active_jobs=100_000, tenant_submits_per_minute=100_000, torch_threads=threads,
+        images_per_call=images_per_call,
     )  # fmt: skip
     with running_stack(settings, tmp) as s:
         s.wait(s.submit(prompt="warm-up", steps=2, candidates=1)["id"], timeout=300)
@@ -157,7 +162,19 @@ def plot(rates: dict[int, float], service: dict[str, float], path: Path) -> None
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--burst", type=int, default=16)
+    ap.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        help="jobs in the burst (0 = four calls' worth at the service's images per call)",
+    )
+    ap.add_argument(
+        "--images-per-call",
+        type=int,
+        default=0,
+        help="the service's images per pipeline call "
+        "(0 = the direct call's best batch size, measured first)",
+    )
     ap.add_argument("--idle", type=int, default=20)
     ap.add_argument("--trivial", type=int, default=400)
     ap.add_argument("--steps", type=int, default=20)
@@ -184,15 +201,19 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="daikon-bench-"))
         body = {"prompt": "a red circle above a blue square", "width": args.size,
                 "height": args.size, "steps": args.steps, "candidates": 1, "top_k": 1}  # fmt: skip
+        rates = direct_rates(args.size, args.steps, [1, 2, 4, 8, 16], args.rounds, args.threads)
+        best_n, best = max(rates.items(), key=lambda kv: kv[1])
+        # The service gets what the direct call is measured at: its best images per call.
+        per_call = args.images_per_call or best_n
+        args.burst = args.burst or 4 * per_call
         burst = [{**body, "prompt": f"{body['prompt']} {i}", "seed": 100 + i}
                  for i in range(args.burst)]  # fmt: skip
-
-        rates = direct_rates(args.size, args.steps, [1, 2, 4, 8], args.rounds, args.threads)
-        best_n, best = max(rates.items(), key=lambda kv: kv[1])
         results: dict[str, dict[str, Any]] = {}
         for batch in (True, False):
             name = "batched" if batch else "unbatched"
-            with stack(tmp, redis_url, batch=batch, threads=args.threads) as s:
+            with stack(
+                tmp, redis_url, batch=batch, threads=args.threads, images_per_call=per_call
+            ) as s:
                 one, _ = drain(s, burst[:1])
                 seconds, jobs = drain(s, burst)
                 sizes = [int(j["metrics"].get("batch_size", 1)) for j in jobs]
@@ -223,7 +244,7 @@ def main() -> None:
           f"end, on {os.cpu_count()} cores")  # fmt: skip
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}; shapes model {args.size} px, {args.steps} steps, "
-          "1 candidate per job")  # fmt: skip
+          f"1 candidate per job; the service runs up to {per_call} images per call")  # fmt: skip
     print("direct images/s by batch size: "
           + ", ".join(f"x{n} {v:.2f}" for n, v in rates.items()))  # fmt: skip
     print(f"1. burst of {args.burst}: service (batched) {b['burst_rate']:.2f} jobs/s vs direct "

@@ -135,6 +135,25 @@ def test_a_job_runs_to_ranked_pngs(sessions, store, runtime) -> None:  # type: i
         assert job.metrics[key] >= 0
 
 
+def test_stored_pngs_are_the_pipelines_own_pil_output_byte_for_byte(  # type: ignore[no-untyped-def]
+    sessions, store, runtime
+) -> None:
+    # The executor ranks tensors and encodes only the kept ones; a client's PNG must be what
+    # the pipeline's own "pil" output gives for that seed.
+    job_id = new_job(sessions, candidates=3, top_k=2, seed=300, width=32, height=64)
+    assert executor(sessions, store, runtime).run(job_id) is Outcome.succeeded
+    job = load(sessions, job_id)
+    (direct,) = runtime.generator.generate([GenerationRequest(
+        prompt="a red circle", negative_prompt=None, width=32, height=64, steps=4,
+        guidance_scale=7.5, seeds=(300, 301, 302),
+    )])  # fmt: skip
+    assert len(job.images) == 2
+    for img in job.images:
+        stored = Image.open(io.BytesIO(store.get(img.storage_key)))
+        assert stored.size == (32, 64) and (img.width, img.height) == (32, 64)
+        assert stored.tobytes() == direct[img.seed - 300].tobytes()
+
+
 def test_a_job_without_a_seed_records_the_one_it_used(sessions, store, runtime) -> None:  # type: ignore[no-untyped-def]
     job_id = new_job(sessions, seed=None, candidates=2, top_k=2)
     executor(sessions, store, runtime).run(job_id)

@@ -28,6 +28,7 @@ from worker.generation import (
     UnsupportedOption,
     UnsupportedPipeline,
     call_parameters,
+    to_pil,
 )
 from worker.ranking import ClipRanker, rank
 
@@ -533,6 +534,21 @@ def test_clip_ranking_scores_every_familys_images(
     assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
     assert len(set(scores)) == 3  # each image scored on its own pixels
     assert sorted(rank(scores)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_family_hands_tensors_to_ranking_that_encode_to_its_pil_bytes(
+    adapters: Adapters, ranker: ClipRanker, name: str
+) -> None:
+    # What the executor asks for: images left on the device as tensors in [0, 1] (each
+    # family's own denormalisation applied), the same bytes once encoded as its "pil" output.
+    adapter = adapters(name)
+    r = request(name, seeds=(1, 2))
+    (pil,) = adapter.generate([r])
+    (tensors,) = adapter.generate([r], tensors=True)
+    assert all(isinstance(t, torch.Tensor) and t.shape[0] == 3 for t in tensors)
+    assert [to_pil(t).tobytes() for t in tensors] == [p.tobytes() for p in pil]
+    assert ranker.score(PROMPT, tensors) == pytest.approx(ranker.score(PROMPT, pil), abs=1.0)
 
 
 # --- memory options ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.generation import GenerationRequest, Generator
+from worker.generation import GenerationRequest, Generator, to_pil
 from worker.ranking import ClipRanker, rank
 
 
@@ -110,6 +110,24 @@ def test_a_batch_of_jobs_is_scored_in_one_call_each_against_its_own_prompt(
     for got, want in zip(together, alone, strict=True):
         assert got == pytest.approx(want, abs=1e-3)
     assert together[1][0] != pytest.approx(ranker.score("a red circle", images[2:3])[0], abs=1e-3)
+
+
+def test_tensor_images_stay_on_the_device_and_encode_to_the_pil_outputs_bytes(
+    generator: Generator, ranker: ClipRanker
+) -> None:
+    r = req(seeds=(21, 22, 23, 24), width=64, height=32)
+    (pil,) = generator.generate([r])
+    (tensors,) = generator.generate([r], tensors=True)
+    assert all(isinstance(t, torch.Tensor) for t in tensors)
+    assert {t.device.type for t in tensors} == {generator.device.split(":")[0]}
+    assert [tuple(t.shape) for t in tensors] == [(3, 32, 64)] * 4
+    assert [to_pil(t).tobytes() for t in tensors] == [p.tobytes() for p in pil]
+    # CLIP reads the tensors where they are; only PIL's resampling differs from its processor.
+    from_tensors, from_pil = ranker.score(r.prompt, tensors), ranker.score(r.prompt, pil)
+    assert from_tensors == pytest.approx(from_pil, abs=1.0)
+    assert from_tensors != pytest.approx(ranker.score("a blue square", tensors), abs=1e-3)
+    mixed = ranker.score(r.prompt, [pil[0], *tensors[1:]])
+    assert mixed == pytest.approx(from_tensors, abs=1e-4)
 
 
 def test_rank_orders_best_first_and_keeps_ties_in_generation_order() -> None:

@@ -31,7 +31,7 @@ from daikon.settings import Settings
 from daikon.storage import ImageStore, image_key
 from db import jobs
 from db.session import session_scope
-from worker.generation import GenerationRequest
+from worker.generation import Candidate, GenerationRequest, to_pil
 from worker.job_webhooks import NO_WEBHOOKS, JobEvents, StepHook
 from worker.ranking import rank
 from worker.runtime import ModelLoadError, ModelRuntime
@@ -524,7 +524,9 @@ class JobExecutor:
         t = time.perf_counter()
         try:
             on_step = self._on_step(running, lease, over_time)
-            batches = runtime.generator.generate(requests, on_step=on_step)
+            # Tensors where the pipeline gives them: CLIP reads them on the generation device
+            # and only the kept images cross to the CPU to be encoded (`_keep`).
+            batches = runtime.generator.generate(requests, on_step=on_step, tensors=True)
         except BatchStopped:
             for member in running:
                 assert member.stopped is not None
@@ -543,7 +545,7 @@ class JobExecutor:
                 return
             raise JobFailure("generation_failed", _describe(e)) from e
         inference = time.perf_counter() - t
-        finished: list[tuple[Member, list[Image.Image]]] = []
+        finished: list[tuple[Member, list[Candidate]]] = []
         for member, images in zip(running, batches, strict=True):
             if member.stopped is not None:  # canceled or lost mid-batch: images dropped
                 self._settle(member, member.stopped)
@@ -616,7 +618,7 @@ class JobExecutor:
         )
 
     def _keep(
-        self, member: Member, images: list[Image.Image], scores: list[float], started: float
+        self, member: Member, images: list[Candidate], scores: list[float], started: float
     ) -> None:
         """Upload one job's best candidates by their scores, record success."""
         job_id, params, seeds, metrics = member.job_id, member.params, member.seeds, member.metrics
@@ -626,7 +628,8 @@ class JobExecutor:
         kept: list[jobs.NewImage] = []
         try:
             for position, index in enumerate(order, start=1):
-                data = _png(images[index])
+                picture = to_pil(images[index])
+                data = _png(picture)
                 key = image_key(self.key_prefix, job_id, position)
                 self._put_with_retry(key, data)
                 kept.append(
@@ -634,8 +637,8 @@ class JobExecutor:
                         rank=position,
                         clip_score=scores[index],
                         seed=seeds[index],
-                        width=images[index].width,
-                        height=images[index].height,
+                        width=picture.width,
+                        height=picture.height,
                         content_type=PNG,
                         storage_key=key,
                         byte_size=len(data),

@@ -23,7 +23,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union, overload
 
 from PIL import Image
 
@@ -42,6 +42,33 @@ from daikon.capabilities import (
 StepCallback = Callable[[int, int], None]  # (step done, total steps); may raise to stop the run
 
 FLUX_TRUE_CFG_DEFAULT = 4.0  # true_cfg_scale when a negative prompt is given and none asked
+
+
+if TYPE_CHECKING:
+    import torch
+
+# A generated image: a PIL image, or (where the pipeline can return tensors) a (3, H, W)
+# float tensor in [0, 1] still on the pipeline's device, so ranking reads it there and only
+# the images kept cross to the CPU (to_pil) to be encoded.
+Candidate = Union[Image.Image, "torch.Tensor"]
+
+
+def to_pil(candidate: Candidate) -> Image.Image:
+    """The PIL image diffusers' own "pil" output would have given: the same postprocessing
+    (`pt_to_numpy`, `numpy_to_pil`), so a tensor hand-off changes no byte of a stored PNG."""
+    if isinstance(candidate, Image.Image):
+        return candidate
+    from diffusers.image_processor import VaeImageProcessor
+
+    array = VaeImageProcessor.pt_to_numpy(candidate.detach()[None])
+    return VaeImageProcessor.numpy_to_pil(array)[0]
+
+
+def candidate_size(candidate: Candidate) -> tuple[int, int]:
+    """(width, height), as PIL says it."""
+    if isinstance(candidate, Image.Image):
+        return candidate.size
+    return int(candidate.shape[-1]), int(candidate.shape[-2])
 
 
 @dataclass(frozen=True)
@@ -96,6 +123,7 @@ class _Call:
     image: Image.Image | None = None
     mask: Image.Image | None = None  # blurred already when mask_blur asked it
     strength: float | None = None
+    output_type: str = "pil"  # "pt": images stay tensors on the pipeline's device
 
 
 def _generators(seeds: Sequence[int]) -> list[Any]:
@@ -285,7 +313,7 @@ class Family:
             num_inference_steps=call.steps,
             guidance_scale=call.guidance_scale,
             generator=_generators(call.seeds),
-            output_type="pil",
+            output_type=call.output_type,
         )
         if call.mode != "text":
             n = len(call.seeds)
@@ -307,7 +335,7 @@ class Family:
 
     def run(
         self, pipe: Any, call: _Call, progress: _Progress | None, options: ModelOptions
-    ) -> list[Image.Image]:
+    ) -> list[Candidate]:
         return list(pipe(**self.kwargs(pipe, call, progress)).images)
 
 
@@ -578,7 +606,7 @@ class Kandinsky22(Family):
 
     def run(
         self, pipe: Any, call: _Call, progress: _Progress | None, options: ModelOptions
-    ) -> list[Image.Image]:
+    ) -> list[Candidate]:
         prior, decoder = pipe.prior_pipe, pipe.decoder_pipe
         prior_steps, prior_guidance = self._prior(pipe, options)
         # With a negative prompt the prior runs [prompts..., negatives...]: one generator per
@@ -606,9 +634,11 @@ class Kandinsky22(Family):
             num_inference_steps=call.steps,
             generator=_generators(call.seeds),
             guidance_scale=call.guidance_scale,
-            output_type="pil",
+            output_type=call.output_type,
             callback_on_step_end=progress.step_end if progress is not None else None,
         )
+        if call.output_type == "pt":  # this decoder returns "pt" un-denormalised, in [-1, 1]
+            return list((out.images * 0.5 + 0.5).clamp(0, 1))
         return list(out.images)
 
 
@@ -1062,18 +1092,42 @@ class Generator:
         )
         return key, {**r, "guidance_scale": guidance}
 
+    @overload
     def generate(
-        self, requests: Sequence[GenerationRequest], *, on_step: StepCallback | None = None
-    ) -> list[list[Image.Image]]:
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_step: StepCallback | None = None,
+        tensors: Literal[False] = False,
+    ) -> list[list[Image.Image]]: ...
+
+    @overload
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_step: StepCallback | None = None,
+        tensors: bool,
+    ) -> list[list[Candidate]]: ...
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_step: StepCallback | None = None,
+        tensors: bool = False,
+    ) -> list[list[Candidate]] | list[list[Image.Image]]:
         """Images for each request, in request order; requests that share every parameter but
-        prompt and seeds run in one pipeline call (each image keeps its own seed's noise)."""
+        prompt and seeds run in one pipeline call (each image keeps its own seed's noise).
+        `tensors`: where the pipeline can, images come back as tensors on its device (see
+        `Candidate`); otherwise, and always for inpainting (its overlay is PIL's), PIL images."""
         groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
         resolved: list[dict[str, Any]] = []
         for i, request in enumerate(requests):
             key, r = self._resolve(request)
             groups[key].append(i)
             resolved.append(r)
-        results: list[list[Image.Image]] = [[] for _ in requests]
+        results: list[list[Candidate]] = [[] for _ in requests]
         for indices in groups.values():
             first = resolved[indices[0]]
             members = [requests[i] for i in indices]
@@ -1092,6 +1146,8 @@ class Generator:
                 true_cfg_scale=first["true_cfg_scale"],
                 **_edit_fields(members[0]),
             )
+            if tensors and call.mode != "inpaint":
+                call = dataclasses.replace(call, output_type="pt")
             images = self._run(call, first["scheduler"], on_step)
             offset = 0
             for i in indices:
@@ -1136,9 +1192,10 @@ class Generator:
                 f"{len(call.seeds)} seeds"
             )
         for image in images:
-            if image.size != (call.width, call.height):
+            drawn = candidate_size(image)
+            if drawn != (call.width, call.height):
                 raise RuntimeError(
-                    f"{type(self.pipe).__name__} drew {image.size[0]}x{image.size[1]} for "
+                    f"{type(self.pipe).__name__} drew {drawn[0]}x{drawn[1]} for "
                     f"{call.width}x{call.height}: refusing a silently resized image"
                 )
         if call.mode == "inpaint":

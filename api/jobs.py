@@ -137,14 +137,19 @@ def get_job(job_id: str) -> Any:
                         headers=_poll_headers(done.etag, JobStatus.succeeded))  # fmt: skip
 
     def read(conn: Connection) -> tuple[bytes | None, str, JobStatus]:
-        state, key_active = jobs.poll_state(
-            session=conn, job_id=job_id, tenant_id=principal.tenant_id, key_id=key_to_check
-        )
+        count = svc.places.counts(job_id)
+        state, key_active = jobs.poll_state(session=conn, job_id=job_id,
+                                            tenant_id=principal.tenant_id, key_id=key_to_check,
+                                            place=count)  # fmt: skip
         if state is None:
             if key_to_check is not None and not key_active:
                 authenticate()  # the key, checked the ordinary way before any 404
             raise NotFound(f"job {job_id!r} not found", param="id")
         check_key(key_to_check, key_active)
+        if count:
+            svc.places.counted(state)
+        else:
+            state = svc.places.place(conn, state)
         poll = polled(svc, [state])[0]
         if not_modified.contains(poll.etag):
             return None, poll.etag, state.status

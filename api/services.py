@@ -10,7 +10,7 @@ from flask import current_app
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.caches import BodyCache, KeyCache
+from api.caches import BodyCache, KeyCache, QueuePlaces
 from api.enqueued import EnqueuedMarks
 from api.rate_limit import SubmitRateLimit
 from api.slots import LongRequests
@@ -40,6 +40,7 @@ class Services:
     rate_limit: SubmitRateLimit  # submissions per tenant and minute
     keys: KeyCache[Any]  # principals by key hash (api/auth.py)
     bodies: BodyCache  # job objects as JSON, while their row is unchanged (api/serialize.py)
+    places: QueuePlaces  # queue positions of polls deep in a queue, from a shared ranking
     enqueued: EnqueuedMarks  # outbox marks of published jobs, written in batches
 
     @classmethod
@@ -63,6 +64,7 @@ class Services:
             keys=KeyCache(live.redis),
             # Image URLs stay valid at least presign_seconds (>= 60) from when they are made.
             bodies=BodyCache(ttl_seconds=min(30.0, settings.storage.presign_seconds / 4)),
+            places=QueuePlaces(),
             cipher=encryption.cipher(settings),
             long_requests=LongRequests(
                 settings.api.max_long_requests,

@@ -427,6 +427,12 @@ class JobUrls(BaseModel):
     events: str
 
 
+# Polls of a job at least this deep in its model's queue read its place from one ranking of
+# the queue per API process and interval (api/caches.py QueuePlaces), not a count each.
+DEEP_QUEUE = 500
+QUEUE_RANKING_MAX_AGE_SECONDS = 1.0
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -445,7 +451,12 @@ class JobOut(BaseModel):
     error: ErrorDetail | None
     metrics: dict[str, float]
     progress: Progress | None = Field(None, description="While running: the denoising step.")
-    queue_position: int | None = Field(None, description="While queued: jobs ahead of it.")
+    queue_position: int | None = Field(
+        None,
+        description="While queued: jobs of its model that run before it. Exact while fewer "
+        f"than {DEEP_QUEUE} are; deeper in a queue, as of at most "
+        f"{QUEUE_RANKING_MAX_AGE_SECONDS:g} s ago (one ranking serves every poll).",
+    )
     urls: JobUrls
 
 

@@ -8,7 +8,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, exists, false, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    exists,
+    false,
+    func,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -180,7 +192,8 @@ class PollState:
     created_at: datetime
     finished_at: datetime | None
     updated_at: datetime
-    queue_position: int | None  # only while queued
+    model: str
+    queue_position: int | None  # only while queued (and asked for)
 
 
 def _position_of(target: Any) -> Any:
@@ -204,8 +217,9 @@ def _position_of(target: Any) -> Any:
 
 
 # Built once: composing the correlated subquery costs more than running it.
-_STATE_SELECT = select(Job.id, Job.tenant_id, Job.status, Job.created_at, Job.finished_at,
-                       Job.updated_at, _position_of(Job))  # fmt: skip
+_STATE_COLUMNS = (Job.id, Job.tenant_id, Job.status, Job.created_at, Job.finished_at,
+                  Job.updated_at, Job.model)  # fmt: skip
+_STATE_SELECT = select(*_STATE_COLUMNS, _position_of(Job))
 # With the poll: whether the caller's key (by id) is still unrevoked, in the same read.
 _KEY_ACTIVE = (
     select(func.count())
@@ -216,6 +230,13 @@ _KEY_ACTIVE = (
 _POLL_STMT = select(*_STATE_SELECT.selected_columns, _KEY_ACTIVE).where(
     Job.id == bindparam("job_id")
 )
+# The same without the count of jobs ahead (the caller places the job in a queue ranking).
+_POLL_UNPLACED_STMT = select(*_STATE_COLUMNS, null(), _KEY_ACTIVE).where(
+    Job.id == bindparam("job_id")
+)
+_RANKING_STMT = select(
+    Job.id, func.rank().over(order_by=(Job.priority.desc(), Job.created_at)) - 1
+).where(Job.model == bindparam("model"), Job.status == JobStatus.queued)
 _POSITIONS_STMT = select(Job.id, _position_of(Job)).where(
     Job.id.in_(bindparam("job_ids", expanding=True))
 )
@@ -227,11 +248,14 @@ def poll_state(
     job_id: str,
     tenant_id: str | None = None,
     key_id: str | None = None,
+    place: bool = True,
 ) -> tuple[PollState | None, bool]:
     """A job's PollState (None if it does not exist or, given a tenant, is another's), and
     whether API key `key_id` is unrevoked, in one indexed read (the key is found only with
-    the job: for a missing job ask tenants.find_active_key)."""
-    row = session.execute(_POLL_STMT, {"job_id": job_id, "key_id": key_id or ""}).one_or_none()
+    the job: for a missing job ask tenants.find_active_key). `place=False` leaves out the
+    queue position (a count of the jobs ahead, O(their number)) for a caller that has one."""
+    stmt = _POLL_STMT if place else _POLL_UNPLACED_STMT
+    row = session.execute(stmt, {"job_id": job_id, "key_id": key_id or ""}).one_or_none()
     if row is None:
         return None, False
     key_active = bool(row[-1])
@@ -264,17 +288,32 @@ def list_states(
     position = case((page.c.status == JobStatus.queued, ranked.c.ahead), else_=None)
     c = page.c
     stmt = (
-        select(c.id, c.tenant_id, c.status, c.created_at, c.finished_at, c.updated_at, position)
+        select(
+            c.id,
+            c.tenant_id,
+            c.status,
+            c.created_at,
+            c.finished_at,
+            c.updated_at,
+            c.model,
+            position,
+        )
         .outerjoin(ranked, ranked.c.id == page.c.id)
         .order_by(page.c.created_at.desc(), page.c.id.desc())
     )
     return [PollState(*row) for row in session.execute(stmt)]
 
 
-def queue_positions(*, session: Session, job_ids: Sequence[str]) -> dict[str, int]:
+def queue_positions(*, session: Session | Connection, job_ids: Sequence[str]) -> dict[str, int]:
     """queue_position of each queued job among `job_ids`, in one query."""
     rows = session.execute(_POSITIONS_STMT, {"job_ids": list(job_ids)})
     return {job_id: int(n) for job_id, n in rows if n is not None}
+
+
+def queue_ranking(*, session: Session | Connection, model: str) -> dict[str, int]:
+    """queue_position of every queued job of `model`, in one pass over its queue (`rank() - 1`
+    over the run order is the count of jobs strictly ahead, ties sharing a place)."""
+    return {job_id: int(n) for job_id, n in session.execute(_RANKING_STMT, {"model": model})}
 
 
 def get_many(*, session: Session, job_ids: Sequence[str]) -> dict[str, Job]:

@@ -5,6 +5,7 @@ submitted job is confirmed published (outbox) without a commit of its own."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import requests
 from flask import Flask
 from sqlalchemy import event
 
+from api.caches import QueuePlaces
 from daikon.contract import JobList, JobOut, JobStatus
 from daikon.live import LiveState
 from db import jobs
@@ -239,3 +241,88 @@ def _compare_page_with_polls(app: Flask, key: str, made: list[str]) -> None:
             if job.status is JobStatus.queued:
                 shown = next(e for e in page if e["id"] == job_id)["queue_position"]
                 assert shown == jobs.queue_position(session=s, job=job)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_polls_deep_in_a_queue_share_one_ranking_that_places_them_as_a_count_would(
+    make_app,  # type: ignore[no-untyped-def]
+    postgres_url: str,
+    database: str,
+) -> None:
+    """api/caches.py QueuePlaces, its threshold lowered to 4 jobs ahead and its clock in the
+    test's hand: once a poll counts 4 ahead, the model's polls read one ranking per interval
+    (one statement for all of them, not a count each), at the places the count gives; a job
+    queued after the ranking is counted; the next interval's ranking shows what changed; a
+    queue that has drained is counted again."""
+    app = make_app(**({"database_url": postgres_url} if database == "postgresql" else {}))
+    now = [0.0]
+    places = QueuePlaces(deep=4, max_age=1.0, clock=lambda: now[0])
+    svc = app.extensions["daikon"] = dataclasses.replace(app.extensions["daikon"], places=places)
+    statements: list[str] = []
+    event.listen(svc.reads, "before_cursor_execute",
+                 lambda *a: statements.append(str(a[2])))  # fmt: skip
+    _, key = new_tenant(app, f"deep-{database}")
+    owner = authed(app, key["key"])
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    made: list[str] = []
+
+    def queue(n: int, model: str = "a", priority: int = 5) -> str:
+        with session_scope(svc.sessions) as s:
+            tenant_id = s.get(ApiKey, key["id"]).tenant_id  # type: ignore[union-attr]
+            job = jobs.create(session=s, params=job_params(seed=n, model=model),
+                              tenant_id=tenant_id,
+                              options=jobs.JobOptions(priority=priority))  # fmt: skip
+            job.created_at = at + timedelta(seconds=n)
+            job.enqueued_at = utcnow()  # as if published: no sweeper of a later test takes it
+            made.append(job.id)
+            return job.id
+
+    def counted() -> dict[str, int]:
+        with session_scope(svc.sessions) as s:
+            queued = [
+                j for j in (s.get(Job, i) for i in made) if j and j.status is JobStatus.queued
+            ]
+            return {j.id: jobs.queue_position(session=s, job=j) for j in queued}
+
+    def polled(ids: list[str]) -> dict[str, int]:
+        return {i: owner.get(f"/v1/jobs/{i}").get_json()["queue_position"] for i in ids}
+
+    def rankings() -> int:
+        return sum("rank()" in q.lower() for q in statements)
+
+    try:
+        for n, priority in enumerate([5, 9, 5, 1, 5, 5]):
+            queue(n, priority=priority)
+        other = queue(6, model="b")  # another model's queue: never ranked, always counted
+        a_jobs = made[:6]
+        assert polled(a_jobs) == {i: counted()[i] for i in a_jobs}  # the counts themselves
+        assert max(polled(a_jobs).values()) >= 4  # deep now: the second round was ranked
+        for _ in range(3):  # every poll of the interval from that one ranking
+            assert polled(a_jobs) == {i: counted()[i] for i in a_jobs}
+        assert rankings() == 1
+        assert polled([other]) == {other: 0} and rankings() == 1
+        late = queue(10, priority=9)  # after the ranking: counted, at its exact place
+        assert polled([late]) == {late: counted()[late]} == {late: 1}
+        with session_scope(svc.sessions) as s:
+            for job_id in made[:2]:  # the first two in the ranking leave the queue
+                jobs.cancel(session=s, job_id=job_id)
+        shown = polled(a_jobs[2:])
+        assert shown != {i: counted()[i] for i in a_jobs[2:]}  # within the interval: as ranked
+        now[0] += 1.5
+        statements.clear()
+        rest = [*a_jobs[2:], late]
+        assert polled(rest) == {i: counted()[i] for i in rest}
+        assert rankings() == 1
+        with session_scope(svc.sessions) as s:  # the queue drains to one job
+            for job_id in [*a_jobs[2:5], late]:  # made[5] is left
+                jobs.cancel(session=s, job_id=job_id)
+        now[0] += 1.5
+        polled(a_jobs[5:])  # this interval's ranking finds the queue under half of 4
+        now[0] += 1.5
+        statements.clear()
+        assert polled(a_jobs[5:]) == {a_jobs[5]: 0} and counted() == {a_jobs[5]: 0, other: 0}
+        assert rankings() == 0  # counted again
+    finally:  # the database is shared with later tests: leave no old queued jobs behind
+        with session_scope(svc.sessions) as s:
+            for job_id in made:
+                jobs.delete(session=s, job_id=job_id)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daikon.contract import JobParams, JobStatus
@@ -132,7 +132,8 @@ def test_compatible_jobs_run_in_one_call_and_each_gets_the_images_it_gets_alone(
     ids = [submit(sessions, model, prompt=p, seed=100 + i) for i, p in enumerate(prompts)]
     gen = Recording(generator)
     batched = LocalStore(tmp_path / "batched")
-    assert make_executor(sessions, batched, gen, ranker).run(ids[0]) is Outcome.succeeded
+    leader = make_executor(sessions, batched, gen, ranker)
+    assert leader.run(ids[0]) is Outcome.succeeded
     assert gen.calls == [3]  # one pipeline call for the three jobs
     rows = [row(sessions, i) for i in ids]
     assert [r.status for r in rows] == [JobStatus.succeeded] * 3
@@ -153,9 +154,22 @@ def test_compatible_jobs_run_in_one_call_and_each_gets_the_images_it_gets_alone(
         differ = np.abs(a - b)
         assert differ.max() <= 1 and (differ > 0).mean() < 0.001, (differ.max(), differ.sum())
     assert gen_alone.calls == [1, 1, 1]
-    # Their own messages, delivered afterwards, find nothing to do.
+    # Their own messages, delivered afterwards, find nothing to do: on another worker from
+    # the database, on the one that ran the batch without a database round trip at all.
     for job_id in ids[1:]:
         assert make_executor(sessions, batched, gen, ranker).run(job_id) is Outcome.skipped
+    statements: list[str] = []
+
+    def seen(*args: Any) -> None:
+        statements.append(args[2])
+
+    engine = sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert [leader.run(job_id) for job_id in ids[1:]] == [Outcome.skipped] * 2
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert statements == []
     assert gen.calls == [3]
 
 

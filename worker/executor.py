@@ -13,6 +13,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -39,6 +40,9 @@ from worker.runtime import ModelLoadError, ModelRuntime
 log = logging.getLogger(__name__)
 PNG = "image/png"
 T = TypeVar("T")
+
+
+ENDED_HERE_KEPT = 10_000  # far more than a batch's companions whose messages are in flight
 
 
 class Outcome(StrEnum):
@@ -152,6 +156,7 @@ class Member:
     edit: dict[str, Image.Image] = field(default_factory=dict)
     stopped: BaseException | None = None
     outcome: Outcome | None = None
+    subscribed: bool = True  # it has a webhook URL (fixed at submit): its changes raise events
     since: float = field(default_factory=time.perf_counter)  # when it was claimed
 
 
@@ -207,21 +212,40 @@ class JobExecutor:
     batch_jobs: bool = False
     batch_wait_seconds: float = 0.0
     sleep: Callable[[float], None] = time.sleep
+    # Jobs this process ended (succeeded, or failed by its own write), newest last: a batch
+    # companion's own message, arriving later, is then skipped without a database round trip.
+    # Sound because an ended job never runs again (a retry is a new job).
+    ended_here: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def _commit(
-        self, job_id: str, change: Callable[[Session], T], event: Callable[[T], WebhookEvent | None]
+        self,
+        job_id: str,
+        change: Callable[[Session], T],
+        event: Callable[[T], WebhookEvent | None],
+        *,
+        subscribed: bool = True,
     ) -> T:
         """One state change: made, with its webhook event recorded in the same transaction,
         then announced and the event published once it committed (in that order, so whoever
-        hears of the change finds it in the database)."""
+        hears of the change finds it in the database). `subscribed=False`: the job has no
+        webhook URL, so the outbox need not read it back to find that out."""
         with session_scope(self.sessions) as session:
             result = change(session)
             happened = event(result)
-            sent = self.webhooks.record(session, job_id, happened) if happened else []
+            sent = (
+                self.webhooks.record(session, job_id, happened)
+                if happened is not None and subscribed
+                else []
+            )
         if happened is not None:
             self._announce(job_id)
         self.webhooks.send(sent)
         return result
+
+    def _ended(self, job_id: str) -> None:
+        self.ended_here[job_id] = None
+        if len(self.ended_here) > ENDED_HERE_KEPT:
+            self.ended_here.popitem(last=False)
 
     def _announce(self, job_id: str) -> None:
         try:
@@ -272,15 +296,19 @@ class JobExecutor:
 
         return on_step
 
-    def _record_stages(self, job_id: str, metrics: dict[str, float]) -> None:
+    def _record_stages(self, members: list[Member]) -> None:
         try:
-            self.live.record_stages(metrics)
+            self.live.record_stages(*(m.metrics for m in members))
         except Exception as e:  # a lost sample never fails the job
-            log.warning("stage timings of job %s not recorded: %s", job_id, e)
+            log.warning("stage timings of job %s not recorded: %s",
+                        ", ".join(m.job_id for m in members), e)  # fmt: skip
 
     def run(self, job_id: str) -> Outcome:
         """Run the job if this message may (with compatible queued jobs, when batching);
         raises JobBusy when another live worker has it."""
+        if job_id in self.ended_here:
+            log.info("job %s not claimable (this worker ended it, in a batch)", job_id)
+            return Outcome.skipped
 
         def acquire(session: Session) -> tuple[jobs.Acquired, JobParams | None, StepHook | None]:
             got = jobs.acquire(
@@ -332,8 +360,7 @@ class JobExecutor:
                 for member in members:
                     if member.outcome is None:
                         self._settle(member, e if member.stopped is None else member.stopped)
-        for member in members:
-            self._record_stages(member.job_id, member.metrics)
+        self._record_stages(members)
         outcome = members[0].outcome
         assert outcome is not None
         return outcome
@@ -343,7 +370,7 @@ class JobExecutor:
         return Member(
             job_id=job.id, params=params, attempt=job.attempts, progress=progress,
             metrics={"queue_seconds": (job.started_at - job.created_at).total_seconds()},
-            inputs=job.inputs,
+            inputs=job.inputs, subscribed=bool(job.webhook_url),
         )  # fmt: skip
 
     def _companions(self, leader: jobs.Job, params: JobParams) -> list[Member]:
@@ -431,15 +458,18 @@ class JobExecutor:
         failure = _as_failure(e)
         member.metrics.setdefault("total_seconds", time.perf_counter() - member.since)
         log.warning("job %s failed: %s: %s", job_id, failure.code, failure.message)
-        self._commit(
+        failed = self._commit(
             job_id,
             lambda session: jobs.fail(
                 session=session, job_id=job_id, code=failure.code, message=failure.message,
                 metrics=member.metrics, worker=self.worker_name,
             ),
             lambda failed: WebhookEvent.failed if failed else None,
+            subscribed=member.subscribed,
         )  # fmt: skip
         member.outcome = Outcome.failed
+        if failed:
+            self._ended(job_id)
 
     def _complete(self, job_id: str, params: JobParams, runtime: ModelRuntime) -> JobParams:
         """Fill what the API could not know (a model no worker had loaded yet) from the model
@@ -656,6 +686,7 @@ class JobExecutor:
                 worker=self.worker_name,
             ),
             lambda done: WebhookEvent.succeeded if done else None,
+            subscribed=member.subscribed,
         )  # fmt: skip
         if not recorded:
             # The job left `running` while we worked: its images are not ours to keep.
@@ -664,6 +695,7 @@ class JobExecutor:
             member.outcome = Outcome.superseded
             return
         member.outcome = Outcome.succeeded
+        self._ended(job_id)
         # One line per job that succeeded, whether it led its batch or joined one (a joined
         # job's own message later ends `skipped`): what the chaos ledger counts.
         log.info("job %s succeeded (batch of %d)", job_id, metrics.get("batch_size", 1))
@@ -674,7 +706,7 @@ class JobSignals(Protocol):
 
     def step(self, job_id: str, step: int, total: int, attempt: int) -> bool: ...
     def announce(self, job_id: str, what: str = "status") -> None: ...
-    def record_stages(self, metrics: dict[str, float]) -> None: ...
+    def record_stages(self, *metrics: dict[str, float]) -> None: ...
 
 
 class _NoSignals:
@@ -686,7 +718,7 @@ class _NoSignals:
     def announce(self, job_id: str, what: str = "status") -> None:
         pass
 
-    def record_stages(self, metrics: dict[str, float]) -> None:
+    def record_stages(self, *metrics: dict[str, float]) -> None:
         pass
 
 

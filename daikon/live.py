@@ -143,11 +143,12 @@ class LiveState:
         return JobWatch(self.redis, job_id)
 
     # --- what operators read --------------------------------------------------------------
-    def record_stages(self, metrics: dict[str, float]) -> None:
-        """A finished job's stage timings, for /metrics (daikon/stage_metrics.py)."""
+    def record_stages(self, *metrics: dict[str, float]) -> None:
+        """Finished jobs' stage timings, for /metrics (daikon/stage_metrics.py), in one round
+        trip however many."""
         from daikon import stage_metrics
 
-        stage_metrics.record(self.redis, self.namespace, metrics)
+        stage_metrics.record(self.redis, self.namespace, *metrics)
 
     def stage_histograms(self) -> dict[str, StageHistogram]:
         from daikon import stage_metrics

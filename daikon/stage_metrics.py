@@ -29,19 +29,21 @@ def stage_key(namespace: str, stage: str) -> str:
     return f"{PREFIX}:stage_seconds:{namespace}:{stage}"
 
 
-def record(client: redis.Redis, namespace: str, metrics: Mapping[str, float]) -> None:
-    """Add one job's `<stage>_seconds` timings: one round trip, applied all or nothing."""
+def record(client: redis.Redis, namespace: str, *jobs: Mapping[str, float]) -> None:
+    """Add jobs' `<stage>_seconds` timings (a batch's, say): one round trip, applied all or
+    nothing."""
     pipe = client.pipeline(transaction=True)
-    for name, value in metrics.items():
-        stage = name.removesuffix("_seconds")
-        if stage not in STAGES:
-            continue
-        seconds = max(0.0, float(value))  # queue time may dip below 0 with skewed clocks
-        bound = next(b for b in BOUNDS if seconds <= b)
-        key = stage_key(namespace, stage)
-        pipe.hincrby(key, le_label(bound), 1)
-        pipe.hincrby(key, "count", 1)
-        pipe.hincrbyfloat(key, "sum", seconds)
+    for metrics in jobs:
+        for name, value in metrics.items():
+            stage = name.removesuffix("_seconds")
+            if stage not in STAGES:
+                continue
+            seconds = max(0.0, float(value))  # queue time may dip below 0 with skewed clocks
+            bound = next(b for b in BOUNDS if seconds <= b)
+            key = stage_key(namespace, stage)
+            pipe.hincrby(key, le_label(bound), 1)
+            pipe.hincrby(key, "count", 1)
+            pipe.hincrbyfloat(key, "sum", seconds)
     if len(pipe):
         pipe.execute()
 

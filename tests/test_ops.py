@@ -185,9 +185,10 @@ def test_metrics_count_queued_jobs_and_their_broker_lists_by_priority(
             r = client.post("/v1/jobs", json={"prompt": "x", "priority": priority}, headers=AUTH)
             assert r.status_code == 202, r.get_data(as_text=True)
         stage_metrics.record(redis_client, settings.services.queue, {"inference_seconds": 0.03})
-        stage_metrics.record(redis_client, settings.services.queue, {"inference_seconds": 0.05,
-                                                            "upload_seconds": 400.0})  # fmt: skip
-        stage_metrics.record(redis_client, settings.services.queue, {"inference_seconds": 0.2})
+        # Two jobs of one batch, recorded in one round trip: each counts.
+        stage_metrics.record(redis_client, settings.services.queue,
+                             {"inference_seconds": 0.05, "upload_seconds": 400.0},
+                             {"inference_seconds": 0.2})  # fmt: skip
         r = client.get("/metrics")
         assert r.status_code == 200
         assert r.content_type.startswith("text/plain")

@@ -30,6 +30,7 @@ from typing import Generic, TypeVar
 
 import redis
 from sqlalchemy import Connection
+from sqlalchemy.orm import Session
 
 from daikon.contract import DEEP_QUEUE, QUEUE_RANKING_MAX_AGE_SECONDS, JobStatus
 from daikon.live import PREFIX
@@ -154,7 +155,8 @@ class QueuePlaces:
     polls in that interval, about 11 ms at 10,000 queued); a job that joined after the ranking
     is counted. So deep in a queue a position may be up to `max_age` old, about what a client
     polling at that interval sees anyway; the status and everything else stay read per poll.
-    When a ranking finds the queue under half of `deep`, counting resumes."""
+    A submission to a deep queue is placed from the same ranking (`ahead_of_new`). When a
+    ranking finds the queue under half of `deep`, counting resumes."""
 
     def __init__(
         self,
@@ -166,7 +168,7 @@ class QueuePlaces:
         self.deep, self.max_age, self.clock = deep, max_age, clock
         self._model_of: _Lru[str] = _Lru(100_000, ttl_seconds=3600.0)
         self._deep: set[str] = set()
-        self._rankings: dict[str, tuple[float, dict[str, int]]] = {}
+        self._rankings: dict[str, tuple[float, jobs.QueueRanking]] = {}
         self._lock = threading.Lock()
 
     def counts(self, job_id: str) -> bool:
@@ -175,24 +177,45 @@ class QueuePlaces:
         if model is not None:
             return model not in self._deep
         # Never polled here: a deep queue's last ranking may hold it all the same.
-        return not any(job_id in self._rankings.get(m, (0.0, {}))[1] for m in list(self._deep))
+        return not any(job_id in ranked.ahead for ranked in self._deep_rankings())
+
+    def _deep_rankings(self) -> list[jobs.QueueRanking]:
+        return [hit[1] for m in list(self._deep) if (hit := self._rankings.get(m)) is not None]
 
     def counted(self, state: PollState) -> None:
         """Learn from a poll that counted: the job's model, and whether its queue is deep."""
         self._model_of.put(state.id, state.model)
-        if state.queue_position is not None and state.queue_position >= self.deep:
-            self._deep.add(state.model)
+        if state.queue_position is not None:
+            self.learn(state.model, state.queue_position)
+
+    def learn(self, model: str, position: int) -> None:
+        """A count of `position` jobs ahead in `model`'s queue (a submission's, say)."""
+        if position >= self.deep:
+            self._deep.add(model)
+
+    def ahead_of_new(
+        self, session: Session | Connection, job_id: str, model: str, priority: int
+    ) -> int | None:
+        """The place of job `job_id`, just created in `session` for `model` at `priority`,
+        from the ranking, or None when the queue is not deep (count it). A ranking taken
+        before the job holds neither it nor what others submitted since: as old as a deep
+        poll's place, no older."""
+        if model not in self._deep:
+            return None
+        ranking = self._ranking(session, model)
+        ahead = ranking.ahead.get(job_id)  # a ranking taken just now, in its transaction
+        return ahead if ahead is not None else ranking.ahead_of_new(priority)
 
     def place(self, conn: Connection, state: PollState) -> PollState:
         """`state` (read without its position) with its place in its model's queue."""
         if state.status is not JobStatus.queued:
             return state
-        ahead = self._ranking(conn, state.model).get(state.id)
+        ahead = self._ranking(conn, state.model).ahead.get(state.id)
         if ahead is None:  # joined since the ranking (or just left the queue): count it
             ahead = jobs.queue_positions(session=conn, job_ids=[state.id]).get(state.id, 0)
         return dataclasses.replace(state, queue_position=ahead)
 
-    def _ranking(self, conn: Connection, model: str) -> dict[str, int]:
+    def _ranking(self, conn: Session | Connection, model: str) -> jobs.QueueRanking:
         hit = self._rankings.get(model)
         if hit is not None and self.clock() - hit[0] <= self.max_age:
             return hit[1]
@@ -203,7 +226,7 @@ class QueuePlaces:
             taken = self.clock()
             ranking = jobs.queue_ranking(session=conn, model=model)
             self._rankings[model] = (taken, ranking)
-            if len(ranking) < self.deep // 2:
+            if len(ranking.ahead) < self.deep // 2:
                 self._deep.discard(model)
                 self._rankings.pop(model, None)
             return ranking

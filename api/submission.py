@@ -170,7 +170,10 @@ def _create(
             )
         except jobs.IdempotencyConflict as race:  # the same key won a concurrent request
             return _replay(race.job, digest, idempotency_key or "")
-        position = jobs.queue_position(session=session, job=job)
+        position = svc.places.ahead_of_new(session, job.id, params.model, options.priority)
+        if position is None:  # not a deep queue: its count is exact and cheap
+            position = jobs.queue_position(session=session, job=job)
+            svc.places.learn(params.model, position)
     return Submitted(job.id, created=True, job=job, queue_position=position)
 
 

@@ -455,7 +455,7 @@ class JobOut(BaseModel):
         None,
         description="While queued: jobs of its model that run before it. Exact while fewer "
         f"than {DEEP_QUEUE} are; deeper in a queue, as of at most "
-        f"{QUEUE_RANKING_MAX_AGE_SECONDS:g} s ago (one ranking serves every poll).",
+        f"{QUEUE_RANKING_MAX_AGE_SECONDS:g} s ago (one ranking serves every poll and submit).",
     )
     urls: JobUrls
 

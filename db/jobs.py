@@ -235,7 +235,7 @@ _POLL_UNPLACED_STMT = select(*_STATE_COLUMNS, null(), _KEY_ACTIVE).where(
     Job.id == bindparam("job_id")
 )
 _RANKING_STMT = select(
-    Job.id, func.rank().over(order_by=(Job.priority.desc(), Job.created_at)) - 1
+    Job.id, Job.priority, func.rank().over(order_by=(Job.priority.desc(), Job.created_at)) - 1
 ).where(Job.model == bindparam("model"), Job.status == JobStatus.queued)
 _POSITIONS_STMT = select(Job.id, _position_of(Job)).where(
     Job.id.in_(bindparam("job_ids", expanding=True))
@@ -310,10 +310,28 @@ def queue_positions(*, session: Session | Connection, job_ids: Sequence[str]) ->
     return {job_id: int(n) for job_id, n in rows if n is not None}
 
 
-def queue_ranking(*, session: Session | Connection, model: str) -> dict[str, int]:
+@dataclass(frozen=True)
+class QueueRanking:
+    """A model's queue as one pass over it saw it."""
+
+    ahead: dict[str, int]  # queue_position of each queued job
+    by_priority: dict[int, int]  # how many are queued at each priority
+
+    def ahead_of_new(self, priority: int) -> int:
+        """The queue_position a job submitted now at `priority` would have: every queued job
+        of that priority or higher runs before it."""
+        return sum(n for p, n in self.by_priority.items() if p >= priority)
+
+
+def queue_ranking(*, session: Session | Connection, model: str) -> QueueRanking:
     """queue_position of every queued job of `model`, in one pass over its queue (`rank() - 1`
     over the run order is the count of jobs strictly ahead, ties sharing a place)."""
-    return {job_id: int(n) for job_id, n in session.execute(_RANKING_STMT, {"model": model})}
+    ahead: dict[str, int] = {}
+    by_priority: dict[int, int] = {}
+    for job_id, priority, n in session.execute(_RANKING_STMT, {"model": model}):
+        ahead[job_id] = int(n)
+        by_priority[priority] = by_priority.get(priority, 0) + 1
+    return QueueRanking(ahead, by_priority)
 
 
 def get_many(*, session: Session, job_ids: Sequence[str]) -> dict[str, Job]:

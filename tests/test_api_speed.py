@@ -326,3 +326,37 @@ def test_polls_deep_in_a_queue_share_one_ranking_that_places_them_as_a_count_wou
         with session_scope(svc.sessions) as s:
             for job_id in made:
                 jobs.delete(session=s, job_id=job_id)
+
+
+def test_a_submit_to_a_deep_queue_is_placed_from_the_shared_ranking(make_app) -> None:  # type: ignore[no-untyped-def]
+    """A submit's reply says its queue position. Counted while the queue is shallow; once a
+    count reaches the threshold (lowered to 3), from QueuePlaces' ranking: exact when the
+    submit takes the ranking itself, as of the ranking for later ones in its interval (a
+    job that left since still counts), by priority (a priority 9 job goes ahead of all)."""
+    app = make_app()  # its own SQLite: nothing else queued for the model
+    now = [0.0]
+    places = QueuePlaces(deep=3, max_age=1.0, clock=lambda: now[0])
+    svc = app.extensions["daikon"] = dataclasses.replace(app.extensions["daikon"], places=places)
+    _, key = new_tenant(app, "deep-submit")
+    owner = authed(app, key["key"])
+    made: list[str] = []
+
+    def submit(**extra: Any) -> tuple[int, int]:
+        """The reply's queue position, and the count of jobs ahead right after it."""
+        r = owner.post("/v1/jobs", json={**BODY, **extra})
+        assert r.status_code == 202, r.get_data(as_text=True)
+        job = r.get_json()
+        made.append(job["id"])
+        with session_scope(svc.sessions) as s:
+            row = s.get(Job, job["id"])
+            assert row is not None
+            return job["queue_position"], jobs.queue_position(session=s, job=row)
+
+    # Counted (0-3: the fourth makes the queue deep), then ranked by the fifth itself.
+    assert [submit() for _ in range(5)] == [(n, n) for n in range(5)]
+    with session_scope(svc.sessions) as s:
+        jobs.cancel(session=s, job_id=made[0])
+    assert submit() == (5, 4)  # as ranked a moment ago: the canceled job was still queued
+    now[0] += 1.5
+    assert submit() == (5, 5)  # a new ranking: exact again
+    assert submit(priority=9) == (0, 0)

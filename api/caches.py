@@ -188,6 +188,10 @@ class QueuePlaces:
         if state.queue_position is not None:
             self.learn(state.model, state.queue_position)
 
+    def deep_models(self) -> frozenset[str]:
+        """The models whose queues are placed from a ranking now."""
+        return frozenset(self._deep)
+
     def learn(self, model: str, position: int) -> None:
         """A count of `position` jobs ahead in `model`'s queue (a submission's, say)."""
         if position >= self.deep:

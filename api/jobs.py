@@ -187,8 +187,17 @@ def list_jobs() -> Any:
     )  # fmt: skip
 
     def read(conn: Connection) -> tuple[list[jobs.PollState], list[tuple[bytes, str]]]:
-        states = jobs.list_states(session=conn, limit=limit + 1, where=where)
-        return states, bodies(conn, svc, polled(svc, states[:limit]))
+        # Deep queues are placed from the polls' shared ranking (QueuePlaces), not ranked anew.
+        deep = svc.places.deep_models()
+        states = jobs.list_states(session=conn, limit=limit + 1, where=where, unranked=deep)
+        placed = []
+        for state in states[:limit]:
+            if state.model in deep:
+                state = svc.places.place(conn, state)
+            else:
+                svc.places.counted(state)
+            placed.append(state)
+        return states, bodies(conn, svc, polled(svc, placed))
 
     states, built = read_retrying(svc.reads, read)
     page, more = states[:limit], len(states) > limit

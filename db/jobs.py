@@ -3,7 +3,7 @@ redelivered messages can never move a job backwards or finish it twice."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -269,15 +269,22 @@ _PAGE_COLUMNS = (Job.id, Job.tenant_id, Job.status, Job.created_at, Job.finished
 
 
 def list_states(
-    *, session: Session | Connection, limit: int, where: ListFilter | None = None
+    *,
+    session: Session | Connection,
+    limit: int,
+    where: ListFilter | None = None,
+    unranked: Collection[str] = (),
 ) -> list[PollState]:
     """list_recent's page as PollStates, in one query (one snapshot). The queue positions of
     its queued jobs come from one ranking of the queues of their models, not from a count per
     job: a page of 50 queued jobs behind 10,000 others reads the 10,000 once, not 50 times.
     `rank() - 1` over (priority desc, created_at) is queue_position's count exactly: the
-    jobs strictly ahead, ties sharing a place."""
+    jobs strictly ahead, ties sharing a place. Models in `unranked` are not ranked (their
+    queued jobs come back without a position, for a caller that has a ranking already)."""
     page = _listed(select(*_PAGE_COLUMNS), limit, where).cte("page")
     waiting_models = select(page.c.model).where(page.c.status == JobStatus.queued)
+    if unranked:
+        waiting_models = waiting_models.where(page.c.model.not_in(list(unranked)))
     order = (Job.priority.desc(), Job.created_at)
     ahead = func.rank().over(partition_by=Job.model, order_by=order) - 1
     ranked = (

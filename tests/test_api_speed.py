@@ -287,8 +287,12 @@ def test_polls_deep_in_a_queue_share_one_ranking_that_places_them_as_a_count_wou
     def polled(ids: list[str]) -> dict[str, int]:
         return {i: owner.get(f"/v1/jobs/{i}").get_json()["queue_position"] for i in ids}
 
-    def rankings() -> int:
-        return sum("rank()" in q.lower() for q in statements)
+    def rankings() -> int:  # QueuePlaces' own (a list page's ranks PARTITION BY model)
+        return sum("rank()" in q.lower() and "partition" not in q.lower() for q in statements)
+
+    def listed() -> dict[str, int]:
+        page = owner.get("/v1/jobs?limit=50").get_json()["jobs"]
+        return {j["id"]: j["queue_position"] for j in page if j["status"] == "queued"}
 
     try:
         for n, priority in enumerate([5, 9, 5, 1, 5, 5]):
@@ -299,6 +303,7 @@ def test_polls_deep_in_a_queue_share_one_ranking_that_places_them_as_a_count_wou
         assert max(polled(a_jobs).values()) >= 4  # deep now: the second round was ranked
         for _ in range(3):  # every poll of the interval from that one ranking
             assert polled(a_jobs) == {i: counted()[i] for i in a_jobs}
+        assert listed() == counted()  # a list page places model a's jobs from it too
         assert rankings() == 1
         assert polled([other]) == {other: 0} and rankings() == 1
         late = queue(10, priority=9)  # after the ranking: counted, at its exact place
@@ -308,6 +313,7 @@ def test_polls_deep_in_a_queue_share_one_ranking_that_places_them_as_a_count_wou
                 jobs.cancel(session=s, job_id=job_id)
         shown = polled(a_jobs[2:])
         assert shown != {i: counted()[i] for i in a_jobs[2:]}  # within the interval: as ranked
+        assert {i: listed()[i] for i in a_jobs[2:]} == shown
         now[0] += 1.5
         statements.clear()
         rest = [*a_jobs[2:], late]

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -292,8 +293,15 @@ def main() -> None:
 
             polls("")
             add_backlog(settings, args.backlog)
-            position = requests.get(f"{api}/v1/jobs/{fx.queued}", headers=auth,
-                                    timeout=10).json()["queue_position"]  # fmt: skip
+            # A deep queue's positions come from a ranking up to a second old: wait for one
+            # that sees the backlog.
+            deadline = time.monotonic() + 30
+            while True:
+                position = requests.get(f"{api}/v1/jobs/{fx.queued}", headers=auth,
+                                        timeout=10).json()["queue_position"]  # fmt: skip
+                if position >= args.backlog or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             assert position >= args.backlog, position
             print(f"with {args.backlog} jobs queued ahead (queue_position {position}):")
             polls(f" [{args.backlog} queued]")

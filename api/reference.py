@@ -216,7 +216,29 @@ def configuration_doc() -> str:
             default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
             out.append(f"| {names} | {_shown(default)} | {_cell(field.description or '')} |")
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out + _model_table_doc())
+
+
+def _model_table_doc() -> list[str]:
+    """A `DAIKON_MODELS` entry's `options` and `limits`, from ModelOptions and ModelLimits."""
+    from daikon.capabilities import ModelOptions
+    from daikon.limits import DEVICE_DEFAULTS, ModelLimits
+
+    out = ["## A model's `options` and `limits`", "",
+           "Each entry of `DAIKON_MODELS` may carry `options` (daikon/capabilities.py "
+           "`ModelOptions`) and `limits` (daikon/limits.py); every field is optional, and an "
+           "unknown one stops the process. docs/deployment.md shows them in use.", "",
+           "| `options` field | Default | Meaning |", "| --- | --- | --- |"]  # fmt: skip
+    for name, field in ModelOptions.model_fields.items():
+        default = json.dumps(field.default) if isinstance(field.default, bool) else field.default
+        out.append(f"| `{name}` | {_shown(default)} | {_cell(field.description or '')} |")
+    out += ["", "`limits` default to the kind of device the worker runs the model on:", "",
+            "| `limits` field | CPU | GPU | Meaning |", "| --- | --- | --- | --- |"]  # fmt: skip
+    cpu, gpu = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["gpu"]
+    for name, field in ModelLimits.model_fields.items():
+        out.append(f"| `{name}` | `{getattr(cpu, name):g}` | `{getattr(gpu, name):g}` | "
+                   f"{_cell(field.description or '')} |")  # fmt: skip
+    return [*out, ""]
 
 
 # --- the command ------------------------------------------------------------------------------

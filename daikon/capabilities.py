@@ -72,29 +72,62 @@ class ModelOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    default_width: int | None = Field(None, ge=1)
-    default_height: int | None = Field(None, ge=1)
-    default_steps: int | None = Field(None, ge=1)
-    default_guidance_scale: float | None = Field(None, ge=0)
-    default_true_cfg_scale: float | None = Field(None, ge=0)
-    default_scheduler: str | None = None  # a SCHEDULERS name; None = the model's own
-    max_steps: int | None = Field(None, ge=1)
-    guidance: Literal["none"] | None = None
-    # Kandinsky 2.2's prior (text -> image embedding); `steps` and `guidance_scale` are the
-    # decoder's. None = the pipeline's defaults (25 steps, 4.0).
-    prior_steps: int | None = Field(None, ge=1)
-    prior_guidance_scale: float | None = Field(None, ge=0)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = None
-    # Memory savers for big models on small GPUs: "model" moves each component to the GPU only
-    # while it runs (small slowdown), "sequential" each layer (large slowdown, least memory).
-    cpu_offload: Literal["model", "sequential"] | None = None
-    vae_tiling: bool = False  # decode large images tile by tile (seams blended)
-    vae_slicing: bool = False  # decode a batch one image at a time
-    # Speed: the denoiser (UNet or transformer) in channels-last memory layout (faster
-    # convolutions on GPUs), and compiled with torch.compile, warmed up at load so the first
-    # job does not pay for the compilation.
-    channels_last: bool = False
-    compile: bool = False
+    default_width: int | None = Field(
+        None, ge=1, description="Width a request that names none gets; empty = the model's own."
+    )
+    default_height: int | None = Field(
+        None, ge=1, description="Height a request that names none gets; empty = the model's own."
+    )
+    default_steps: int | None = Field(
+        None, ge=1, description="Denoising steps when a request names none; empty = the "
+        "pipeline's own default."
+    )  # fmt: skip
+    default_guidance_scale: float | None = Field(
+        None, ge=0, description="guidance_scale when a request names none; empty = the "
+        "pipeline's own default."
+    )  # fmt: skip
+    default_true_cfg_scale: float | None = Field(
+        None, ge=0, description="Flux's true_cfg_scale when a request names none."
+    )
+    default_scheduler: str | None = Field(
+        None, description="A scheduler name from the API's list; empty = the model's own."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="The most steps a request may ask (a turbo model's few)."
+    )
+    guidance: Literal["none"] | None = Field(
+        None, description='"none": a checkpoint trained without guidance whose architecture '
+        "still has CFG (SDXL-Turbo, SD-Turbo); guidance_scale and negative prompts are refused."
+    )  # fmt: skip
+    prior_steps: int | None = Field(
+        None, ge=1, description="Kandinsky 2.2's prior (text to image embedding): its steps "
+        "(a request's `steps` are the decoder's); empty = the pipeline's 25."
+    )  # fmt: skip
+    prior_guidance_scale: float | None = Field(
+        None, ge=0, description="Kandinsky 2.2's prior guidance; empty = the pipeline's 4.0."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = Field(
+        None,
+        description="Weights' dtype for this model; empty or \"auto\" = the worker's DAIKON_DTYPE.",
+    )
+    cpu_offload: Literal["model", "sequential"] | None = Field(
+        None, description="For big models on small GPUs: `model` moves each component to the "
+        "GPU only while it runs (small slowdown), `sequential` each layer (large slowdown, "
+        "least memory)."
+    )  # fmt: skip
+    vae_tiling: bool = Field(
+        False, description="Decode large images tile by tile (seams blended): less memory."
+    )
+    vae_slicing: bool = Field(False, description="Decode a batch one image at a time.")
+    channels_last: bool = Field(
+        False, description="The denoiser (UNet or transformer) in channels-last memory "
+        "layout: faster convolutions on GPUs."
+    )  # fmt: skip
+    compile: bool = Field(
+        False, description="torch.compile the denoiser in place, warmed up at load so the "
+        "first job does not pay for it (minutes per model). SDPA attention is torch 2's "
+        "default and needs no option."
+    )  # fmt: skip
     # (Images per pipeline call are the model's `limits.images_per_call`, daikon/limits.py.)
 
     def model_post_init(self, _context: Any) -> None:

@@ -108,22 +108,6 @@ def drain(s: Any, bodies: list[dict[str, Any]]) -> tuple[float, list[dict[str, A
     return elapsed, jobs
 
 
-def drain_queued(s: Any, bodies: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
-    """Queue every body while no worker runs, then start one: seconds from the first job's
-    start to the last one's finish, so neither the submits nor the model load count."""
-    from datetime import datetime
-
-    s.worker.stop()
-    ids = [s.submit(**b)["id"] for b in bodies]
-    s.restart_worker()
-    jobs = [s.wait(i, timeout=1800) for i in ids]
-    bad = [j for j in jobs if j["status"] != "succeeded"]
-    assert not bad, bad[0]
-    start = min(datetime.fromisoformat(j["started_at"]) for j in jobs)
-    end = max(datetime.fromisoformat(j["finished_at"]) for j in jobs)
-    return (end - start).total_seconds(), jobs
-
-
 def idle_latency(s: Any, body: dict[str, Any], n: int) -> list[float]:
     """Client-observed seconds minus inference, one job at a time, polled every 5 ms."""
     overhead = []
@@ -228,8 +212,8 @@ def main() -> None:
                         for j in ranked
                     )
                     trivial = {**body, "steps": 1, "width": 32, "height": 32}
-                    t_seconds, tjobs = drain_queued(
-                        s, [{**trivial, "seed": i} for i in range(args.trivial)]
+                    t_seconds, tjobs = s.drain_queued(
+                        [{**trivial, "seed": i} for i in range(args.trivial)]
                     )
                     r["trivial_rate"] = args.trivial / t_seconds
                     # What the pipeline itself took, per job (batches share their call).

@@ -584,6 +584,26 @@ def test_compile_compiles_the_denoiser_the_pipeline_runs(builds: FamilyBuilds, n
     assert runs._compiled_call_impl is not None
 
 
+def test_the_warm_up_runs_one_image_and_a_full_call_at_the_native_size(
+    adapters: Adapters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compiled denoiser recompiles once for a second batch shape: the warm-up at load runs
+    both a single image and a full call's worth, so neither a first job nor a first full
+    batch pays for it."""
+    gen = adapters("sd1", images_per_call=3)
+    seen: list[tuple[int, int, int]] = []
+    real = gen.generate
+
+    def record(requests: Any, **kw: Any) -> Any:
+        seen.extend((len(r.seeds), r.width or 0, r.height or 0) for r in requests)
+        return real(requests, **kw)
+
+    monkeypatch.setattr(gen, "generate", record)
+    gen.warm_up()
+    native = (gen.capabilities.native_width, gen.capabilities.native_height)
+    assert seen == [(1, *native), (3, *native)]
+
+
 def test_memory_options_a_pipeline_cannot_honour_are_refused_at_load(builds: FamilyBuilds) -> None:
     with pytest.raises(UnsupportedOption, match=r"cpu_offload='model'.*CPU"):
         Generator.load(

@@ -939,14 +939,16 @@ class Generator:
         return generator
 
     def warm_up(self) -> None:
-        """One short generation at the model's native size: a compiled denoiser compiles here,
-        at load, not in the first job."""
+        """Short generations at the model's native size, one image and then a full call's
+        worth: a compiled denoiser compiles here, at load, for both batch shapes (the second
+        makes the batch dimension dynamic), not in the first job or the first full batch."""
         caps = self.capabilities
-        self.generate([GenerationRequest(
-            prompt="warm-up", negative_prompt=None, width=caps.native_width,
-            height=caps.native_height, steps=max(caps.min_steps, 2), guidance_scale=None,
-            seeds=(0,),
-        )])  # fmt: skip
+        for n in sorted({1, self.images_per_call or 1}):
+            self.generate([GenerationRequest(
+                prompt="warm-up", negative_prompt=None, width=caps.native_width,
+                height=caps.native_height, steps=max(caps.min_steps, 2), guidance_scale=None,
+                seeds=tuple(range(n)),
+            )])  # fmt: skip
 
     # capabilities ----------------------------------------------------------------------------
     def _usable_schedulers(self) -> dict[str, Any]:

@@ -13,8 +13,9 @@ missing and it runs as root, else it says how. Measured side by side in one run:
 - then the same polls and submits with a backlog of --backlog jobs queued ahead (10,000), to
   show the cost does not grow with the queue.
 
-Each figure is printed with its ratio to the bare route measured just before it (the bare
-app runs beside the API for the whole run), so a drift of the machine's speed stays out of it.
+Each figure is printed with its ratio to the bare route measured just before and just after
+it (their mean; the bare app runs beside the API for the whole run), so a drift of the
+machine's speed stays out of it.
 
     .venv/bin/python bench/api.py [--seconds 10] [--connections 16] [--backlog 10000]
     .venv/bin/python bench/api.py --quick   # one-second runs, a small backlog (the test)
@@ -248,8 +249,14 @@ def main() -> None:
             '  return wrk.format("POST", nil, headers, body)\n'
             "end\n"
         )
-        # (label, result, the bare route's req/s measured just before it)
+        # (label, result, the bare route's req/s around it: the mean of before and after)
         rows: list[tuple[str, Result, float]] = []
+
+        last_bare: list[float] = []
+
+        def bare_rps() -> float:
+            return wrk(f"{bare}/bare", seconds=args.seconds, connections=args.connections,
+                       headers=auth).rps  # fmt: skip
 
         def measure(label: str, url: str, *, etag: bool = False, submit: bool = False) -> None:
             headers = dict(auth)
@@ -259,19 +266,22 @@ def main() -> None:
                 assert requests.get(url, headers=headers, timeout=10).status_code == 304
             elif not submit:
                 assert requests.get(url, headers=auth, timeout=10).status_code == 200, url
-            # The bare route right before each figure: on a shared machine the speed drifts
-            # within a run, so each ratio is of two neighbouring measurements.
-            bare_now = wrk(f"{bare}/bare", seconds=args.seconds, connections=args.connections,
-                           headers=auth)  # fmt: skip
+            # The bare route right before and right after each figure (the after of one is
+            # the before of the next): on a shared machine the speed drifts within a run, so
+            # each ratio is against the mean of its two neighbouring measurements.
+            before = last_bare[0] if last_bare else bare_rps()
             conns = args.submit_connections if submit else args.connections
             res = wrk(url, seconds=args.seconds, headers=headers,
                       script=script if submit else None, connections=conns)  # fmt: skip
             if res.errors:  # the figure would be of error answers
                 sys.exit(f"{label}: {res.errors} of {res.requests} answers were errors")
-            rows.append((label, res, bare_now.rps))
+            after = bare_rps()
+            last_bare[:] = [after]
+            reference = (before + after) / 2
+            rows.append((label, res, reference))
             print(
                 f"  {label:<52} {res.rps:>7.0f} req/s  p99 {res.p99_ms:>7.1f} ms  "
-                f"{res.rps / bare_now.rps:.2f}x bare ({bare_now.rps:.0f})",
+                f"{res.rps / reference:.2f}x bare ({before:.0f} before, {after:.0f} after)",
                 flush=True,
             )
 
@@ -311,7 +321,7 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
     print()
-    print("| request | req/s | p99 ms | bare route just before | / bare |")
+    print("| request | req/s | p99 ms | bare route around it | / bare |")
     print("|---|---:|---:|---:|---:|")
     for label, r, bare_rps in rows:
         print(f"| {label} | {r.rps:.0f} | {r.p99_ms:.1f} | {bare_rps:.0f} | "

@@ -16,7 +16,7 @@ from PIL import Image
 from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from daikon.contract import JobParams, JobStatus
+from daikon.contract import JobParams, JobStatus, WebhookEvent
 from daikon.limits import ModelLimits
 from daikon.live import LiveState
 from daikon.storage import LocalStore
@@ -171,6 +171,43 @@ def test_compatible_jobs_run_in_one_call_and_each_gets_the_images_it_gets_alone(
         event.remove(engine, "before_cursor_execute", seen)
     assert statements == []
     assert gen.calls == [3]
+
+
+class RecordedEvents:
+    """The executor's webhook events as it asks for them (the outbox itself is tested in
+    test_webhook_delivery.py)."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    def record(self, session: Session, job_id: str, event: WebhookEvent) -> list[str]:
+        self.asked.append((job_id, event.value))
+        return []
+
+    def send(self, delivery_ids: list[str]) -> None:
+        pass
+
+    def progress_hook(self, job: Job) -> None:
+        return None
+
+
+def test_each_batched_job_with_a_webhook_url_gets_its_own_events_and_the_others_none(  # type: ignore[no-untyped-def]
+    sessions, generator, ranker, model, tmp_path
+) -> None:
+    hook = jobs.JobOptions(webhook_url="https://hooks.example/daikon",
+                           webhook_events=["job.started", "job.succeeded"])  # fmt: skip
+    ids = []
+    with session_scope(sessions) as s:
+        for i, options in enumerate([hook, jobs.JobOptions(), hook]):
+            params = job_params(model=model, prompt=f"job {i}", candidates=1)
+            ids.append(jobs.create(session=s, params=params, options=options).id)
+    ex = make_executor(sessions, LocalStore(tmp_path), Recording(generator), ranker)
+    events = ex.webhooks = RecordedEvents()
+    assert ex.run(ids[0]) is Outcome.succeeded
+    assert [row(sessions, i).metrics["batch_size"] for i in ids] == [3, 3, 3]
+    asked = sorted(events.asked)
+    assert asked == sorted([(ids[0], "job.started"), (ids[2], "job.started"),
+                            (ids[0], "job.succeeded"), (ids[2], "job.succeeded")])  # fmt: skip
 
 
 def test_a_batch_takes_the_head_of_the_queue_in_run_order_and_stops_at_a_misfit(  # type: ignore[no-untyped-def]

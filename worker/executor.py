@@ -437,7 +437,8 @@ class JobExecutor:
                     members.append(
                         self._member(job, validated[job.id], self.webhooks.progress_hook(job))
                     )
-                    sent += self.webhooks.record(session, job.id, WebhookEvent.started)
+                    if job.webhook_url:  # else nothing to record, and no read-back for it
+                        sent += self.webhooks.record(session, job.id, WebhookEvent.started)
         for member in members:
             self._announce(member.job_id)
         self.webhooks.send(sent)

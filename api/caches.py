@@ -166,6 +166,8 @@ class QueuePlaces:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.deep, self.max_age, self.clock = deep, max_age, clock
+        # Jobs whose count reached `deep`, by model: a poll of one takes the model's first
+        # ranking (the others' places come from that ranking).
         self._model_of: _Lru[str] = _Lru(100_000, ttl_seconds=3600.0)
         self._deep: set[str] = set()
         self._rankings: dict[str, tuple[float, jobs.QueueRanking]] = {}
@@ -173,20 +175,26 @@ class QueuePlaces:
 
     def counts(self, job_id: str) -> bool:
         """Whether a poll of `job_id` should count its place (not a job of a deep queue)."""
+        if not self._deep:  # the usual case: no queue this deep, nothing to look up
+            return True
         model = self._model_of.get(job_id)
         if model is not None:
             return model not in self._deep
-        # Never polled here: a deep queue's last ranking may hold it all the same.
+        # Not counted deep here: a deep queue's last ranking may hold it all the same.
         return not any(job_id in ranked.ahead for ranked in self._deep_rankings())
 
     def _deep_rankings(self) -> list[jobs.QueueRanking]:
         return [hit[1] for m in list(self._deep) if (hit := self._rankings.get(m)) is not None]
 
-    def counted(self, state: PollState) -> None:
-        """Learn from a poll that counted: the job's model, and whether its queue is deep."""
-        self._model_of.put(state.id, state.model)
-        if state.queue_position is not None:
-            self.learn(state.model, state.queue_position)
+    def placed(self, conn: Connection, state: PollState, *, counted: bool) -> PollState:
+        """`state` with its queue position: the count it was read with (`counted`; learning
+        from it whether the queue is deep), else its place in the shared ranking."""
+        if not counted:
+            return self._place(conn, state)
+        if state.queue_position is not None and state.queue_position >= self.deep:
+            self._model_of.put(state.id, state.model)
+            self._deep.add(state.model)
+        return state
 
     def deep_models(self) -> frozenset[str]:
         """The models whose queues are placed from a ranking now."""
@@ -210,7 +218,7 @@ class QueuePlaces:
         ahead = ranking.ahead.get(job_id)  # a ranking taken just now, in its transaction
         return ahead if ahead is not None else ranking.ahead_of_new(priority)
 
-    def place(self, conn: Connection, state: PollState) -> PollState:
+    def _place(self, conn: Connection, state: PollState) -> PollState:
         """`state` (read without its position) with its place in its model's queue."""
         if state.status is not JobStatus.queued:
             return state

@@ -146,10 +146,7 @@ def get_job(job_id: str) -> Any:
                 authenticate()  # the key, checked the ordinary way before any 404
             raise NotFound(f"job {job_id!r} not found", param="id")
         check_key(key_to_check, key_active)
-        if count:
-            svc.places.counted(state)
-        else:
-            state = svc.places.place(conn, state)
+        state = svc.places.placed(conn, state, counted=count)
         poll = polled(svc, [state])[0]
         if not_modified.contains(poll.etag):
             return None, poll.etag, state.status
@@ -190,13 +187,8 @@ def list_jobs() -> Any:
         # Deep queues are placed from the polls' shared ranking (QueuePlaces), not ranked anew.
         deep = svc.places.deep_models()
         states = jobs.list_states(session=conn, limit=limit + 1, where=where, unranked=deep)
-        placed = []
-        for state in states[:limit]:
-            if state.model in deep:
-                state = svc.places.place(conn, state)
-            else:
-                svc.places.counted(state)
-            placed.append(state)
+        placed = [svc.places.placed(conn, state, counted=state.model not in deep)
+                  for state in states[:limit]]  # fmt: skip
         return states, bodies(conn, svc, polled(svc, placed))
 
     states, built = read_retrying(svc.reads, read)

@@ -243,6 +243,15 @@ def _compare_page_with_polls(app: Flask, key: str, made: list[str]) -> None:
                 assert shown == jobs.queue_position(session=s, job=job)
 
 
+def _with_places(app: Flask, *, deep: int) -> tuple[Any, list[float]]:
+    """The app's services with QueuePlaces at a low threshold, its clock (1 s rankings) the
+    returned list's one value, which the test moves."""
+    now = [0.0]
+    places = QueuePlaces(deep=deep, max_age=1.0, clock=lambda: now[0])
+    svc = app.extensions["daikon"] = dataclasses.replace(app.extensions["daikon"], places=places)
+    return svc, now
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_polls_deep_in_a_queue_share_one_ranking_that_places_them_as_a_count_would(
     make_app,  # type: ignore[no-untyped-def]
@@ -255,9 +264,7 @@ def test_polls_deep_in_a_queue_share_one_ranking_that_places_them_as_a_count_wou
     queued after the ranking is counted; the next interval's ranking shows what changed; a
     queue that has drained is counted again."""
     app = make_app(**({"database_url": postgres_url} if database == "postgresql" else {}))
-    now = [0.0]
-    places = QueuePlaces(deep=4, max_age=1.0, clock=lambda: now[0])
-    svc = app.extensions["daikon"] = dataclasses.replace(app.extensions["daikon"], places=places)
+    svc, now = _with_places(app, deep=4)
     statements: list[str] = []
     event.listen(svc.reads, "before_cursor_execute",
                  lambda *a: statements.append(str(a[2])))  # fmt: skip
@@ -340,9 +347,7 @@ def test_a_submit_to_a_deep_queue_is_placed_from_the_shared_ranking(make_app) ->
     submit takes the ranking itself, as of the ranking for later ones in its interval (a
     job that left since still counts), by priority (a priority 9 job goes ahead of all)."""
     app = make_app()  # its own SQLite: nothing else queued for the model
-    now = [0.0]
-    places = QueuePlaces(deep=3, max_age=1.0, clock=lambda: now[0])
-    svc = app.extensions["daikon"] = dataclasses.replace(app.extensions["daikon"], places=places)
+    svc, now = _with_places(app, deep=3)
     _, key = new_tenant(app, "deep-submit")
     owner = authed(app, key["key"])
     made: list[str] = []

@@ -300,7 +300,7 @@ class JobExecutor:
         try:
             self.live.record_stages(*(m.metrics for m in members))
         except Exception as e:  # a lost sample never fails the job
-            log.warning("stage timings of job %s not recorded: %s",
+            log.warning("stage timings of jobs %s not recorded: %s",
                         ", ".join(m.job_id for m in members), e)  # fmt: skip
 
     def run(self, job_id: str) -> Outcome:
@@ -434,10 +434,9 @@ class JobExecutor:
                     session=session, leader=leader, worker=self.worker_name,
                     lease_seconds=self.lease_seconds, fits=fits, limit=capacity,
                 ):  # fmt: skip
-                    members.append(
-                        self._member(job, validated[job.id], self.webhooks.progress_hook(job))
-                    )
-                    if job.webhook_url:  # else nothing to record, and no read-back for it
+                    member = self._member(job, validated[job.id], self.webhooks.progress_hook(job))
+                    members.append(member)
+                    if member.subscribed:  # else nothing to record, and no read-back for it
                         sent += self.webhooks.record(session, job.id, WebhookEvent.started)
         for member in members:
             self._announce(member.job_id)

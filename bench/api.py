@@ -252,13 +252,14 @@ def main() -> None:
         # (label, result, the bare route's req/s around it: the mean of before and after)
         rows: list[tuple[str, Result, float]] = []
 
-        last_bare: list[float] = []
+        last_bare: float | None = None  # the after of one figure is the before of the next
 
         def bare_rps() -> float:
             return wrk(f"{bare}/bare", seconds=args.seconds, connections=args.connections,
                        headers=auth).rps  # fmt: skip
 
         def measure(label: str, url: str, *, etag: bool = False, submit: bool = False) -> None:
+            nonlocal last_bare
             headers = dict(auth)
             if etag:
                 first = requests.get(url, headers=auth, timeout=10)
@@ -269,14 +270,13 @@ def main() -> None:
             # The bare route right before and right after each figure (the after of one is
             # the before of the next): on a shared machine the speed drifts within a run, so
             # each ratio is against the mean of its two neighbouring measurements.
-            before = last_bare[0] if last_bare else bare_rps()
+            before = last_bare if last_bare is not None else bare_rps()
             conns = args.submit_connections if submit else args.connections
             res = wrk(url, seconds=args.seconds, headers=headers,
                       script=script if submit else None, connections=conns)  # fmt: skip
             if res.errors:  # the figure would be of error answers
                 sys.exit(f"{label}: {res.errors} of {res.requests} answers were errors")
-            after = bare_rps()
-            last_bare[:] = [after]
+            after = last_bare = bare_rps()
             reference = (before + after) / 2
             rows.append((label, res, reference))
             print(

@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Flask
 
+from api import bodies
 from api.services import Services
 from daikon.settings import Settings
 
@@ -18,6 +19,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the app. `overrides` are Settings fields, for tests and embedding."""
     settings = settings or Settings(**overrides)
     app = Flask(__name__)
+    app.request_class = bodies.Request
     app.config["MAX_CONTENT_LENGTH"] = settings.api.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["daikon"] = Services.build(settings)

@@ -15,9 +15,11 @@ import math
 import re
 from typing import Any, TypeVar
 
+from flask import Request as FlaskRequest
 from flask import current_app, g, request
 from pydantic import BaseModel
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser, MultiPartParser
 
 from daikon.errors import BadRequest, UnsupportedMediaType
 
@@ -50,6 +52,34 @@ def read_body() -> bytes:
         raise BadRequest("the request body ended before it was complete") from None
     g.daikon_body = data
     return data
+
+
+# What the multipart parser reads at a time. werkzeug applies the form-memory cap (the JSON part's
+# limit, DAIKON_MAX_BODY_BYTES) to its parse buffer plus each read, so each read must be well
+# under the cap, or an ordinary file part is refused as too large (413) depending on where its
+# bytes happen to fall.
+MULTIPART_READ_BYTES = 8 * 1024
+
+
+class _FormDataParser(FormDataParser):
+    def _parse_multipart(
+        self, stream: Any, mimetype: str, content_length: int | None, options: dict[str, str]
+    ) -> Any:
+        parser = MultiPartParser(
+            stream_factory=self.stream_factory, max_form_memory_size=self.max_form_memory_size,
+            max_form_parts=self.max_form_parts, cls=self.cls, buffer_size=MULTIPART_READ_BYTES,
+        )  # fmt: skip
+        boundary = options.get("boundary", "").encode("ascii")
+        if not boundary:
+            raise ValueError("Missing boundary")
+        form, files = parser.parse(stream, boundary, content_length)
+        return stream, form, files
+
+
+class Request(FlaskRequest):
+    """Flask's request, with a multipart parser whose reads fit the form-memory cap."""
+
+    form_data_parser_class = _FormDataParser
 
 
 def _refuse_constant(constant: str) -> Any:

@@ -3,10 +3,16 @@ normalised to the PNG that is stored beside the job's outputs.
 
 Everything is decided before anything is written: a bad file answers 400 (undecodable), 413
 (too many bytes or pixels, a decompression bomb), 415 (not PNG, JPEG or WebP) or 422 (a mask
-of another size, or not single-channel), a reference to another tenant's image 404, and
-nothing is stored. The pixel limit is checked from the file's header, before decoding: Pillow's
-own bomb limit (`Image.MAX_IMAGE_PIXELS`) is set from the same setting for the formats whose
-header it reads while opening.
+of another size, or not single-channel; a JPEG of too many scans), a reference to another
+tenant's image 404, and nothing is stored.
+
+Two stages, so that what an input costs is bounded and paid only by a request that passed the
+tenant's limits (api/submission.py): `check_upload` reads the header alone (format, size,
+mode, frames; the pixel limit, so a decompression bomb is refused unread), then, after the
+limits, `Upload.decode` decodes each file once. Before decoding, a progressive JPEG's scans are
+counted without decoding them (`jpeg_scans`): each scan is a pass over every coefficient of the
+image, so a file that repeats a tiny scan thousands of times (a "scan bomb") would cost minutes
+of CPU within the byte limit; past DAIKON_MAX_INPUT_JPEG_SCANS it is refused.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import hashlib
 import io
 import json
 import logging
+import re
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import request
 from PIL import Image, UnidentifiedImageError
@@ -71,12 +79,28 @@ class InputImage:
                 "sha256": self.sha256}  # fmt: skip
 
 
+V = TypeVar("V", bound=Callable[..., Any])
+
+
+def uploads(view: V) -> V:
+    """Marks a route whose body carries uploaded files (api/admission.py gives it
+    upload_request_bytes, and checks the caller before waiting for the body)."""
+    view.daikon_uploads = True  # type: ignore[attr-defined]
+    return view
+
+
+def takes_uploads(view: Callable[..., Any]) -> bool:
+    return bool(getattr(view, "daikon_uploads", False))
+
+
+def upload_request_bytes(settings: Settings) -> int:
+    """The largest body of a route that takes uploads: the JSON part and two files."""
+    return settings.api.max_body_bytes + 2 * settings.limits.max_input_bytes + MULTIPART_SLACK
+
+
 def allow_uploads(settings: Settings) -> None:
     """This request may carry two files and the JSON part: its limits, before it is parsed."""
-    limits = settings.limits
-    request.max_content_length = (
-        settings.api.max_body_bytes + 2 * limits.max_input_bytes + MULTIPART_SLACK
-    )
+    request.max_content_length = upload_request_bytes(settings)
     request.max_form_memory_size = settings.api.max_body_bytes  # the non-file parts
     request.max_form_parts = 16
 
@@ -162,8 +186,8 @@ def _format_of(data: bytes) -> str | None:
     return None
 
 
-def decode(data: bytes, *, role: str, settings: Settings) -> Image.Image:
-    """The image in `data`, fully decoded, or the error its problem answers."""
+def _open(data: bytes, *, role: str, settings: Settings) -> Image.Image:
+    """The image in `data`, its header read and checked, no pixel decoded yet."""
     limits = settings.limits
     if len(data) > limits.max_input_bytes:
         raise PayloadTooLarge(f"{role}: the file is larger than {limits.max_input_bytes} bytes",
@@ -171,15 +195,12 @@ def decode(data: bytes, *, role: str, settings: Settings) -> Image.Image:
     if not data:
         raise BadRequest(f"{role}: the file is empty", param=role, code="invalid_image")
     Image.MAX_IMAGE_PIXELS = limits.max_input_pixels
-    too_many = PayloadTooLarge(
-        f"{role}: the image has more than {limits.max_input_pixels} pixels", param=role
-    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=list(ACCEPTED))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise too_many from None
+        raise _too_many_pixels(role, settings) from None
     except UnidentifiedImageError:
         other = _format_of(data)
         if other:
@@ -192,19 +213,109 @@ def decode(data: bytes, *, role: str, settings: Settings) -> Image.Image:
                          code="invalid_image") from None  # fmt: skip
     width, height = image.size
     if width * height > limits.max_input_pixels:  # before a single pixel is decoded
-        raise too_many
+        raise _too_many_pixels(role, settings)
     if getattr(image, "n_frames", 1) > 1:
         raise UnsupportedMediaType(f"{role}: an animated image is not accepted", param=role)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise too_many from None
-    except Exception as e:  # truncated or corrupt data
-        raise BadRequest(f"{role}: the image data is damaged: {e}", param=role,
-                         code="invalid_image") from None  # fmt: skip
     return image
+
+
+def _too_many_pixels(role: str, settings: Settings) -> PayloadTooLarge:
+    limit = settings.limits.max_input_pixels
+    return PayloadTooLarge(f"{role}: the image has more than {limit} pixels", param=role)
+
+
+# A marker that ends entropy-coded data: 0xFF then neither a stuffed 0x00, a restart marker
+# (0xD0-0xD7) nor a fill byte (0xFF).
+_JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+_SOS, _EOI = 0xDA, 0xD9
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # markers without a length
+
+
+def jpeg_scans(data: bytes, stop_after: int) -> int:
+    """How many scans (SOS segments) a JPEG holds, counted from its markers without decoding
+    (ITU T.81 annex B): segments are skipped by their lengths, entropy-coded data by a search
+    for the next marker. Counting stops past `stop_after`."""
+    scans, pos = 0, 2  # after SOI
+    while scans <= stop_after:
+        found = _JPEG_MARKER.search(data, pos)
+        if found is None:
+            return scans
+        marker, pos = data[found.start() + 1], found.end()
+        if marker == _EOI:
+            return scans
+        if marker in _STANDALONE:
+            continue
+        if pos + 2 > len(data):
+            return scans
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if marker == _SOS:
+            scans += 1
+        pos += length  # past the segment; after SOS, the search skips its entropy data
+    return scans
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One input checked from its header alone: what the limits and the job's parameters need
+    to know (size, mode) before anything is decoded. `openai_mask`: a mask in OpenAI's
+    convention (transparent = edit), converted when decoded."""
+
+    role: str
+    data: bytes
+    format: str
+    width: int
+    height: int
+    openai_mask: bool = False
+
+    @property
+    def sha256(self) -> str:
+        """Of the bytes sent: a retry with other bytes is another request (idempotency)."""
+        return hashlib.sha256(self.data).hexdigest()
+
+    def decode(self, settings: Settings) -> InputImage:
+        """Decode once (bounded: a JPEG's scans are counted first) into the stored form."""
+        role = self.role
+        limit = settings.limits.max_input_jpeg_scans
+        if self.format == "JPEG" and jpeg_scans(self.data, limit) > limit:
+            raise InvalidRequest(
+                f"{role}: the JPEG has more than {limit} scans (a progressive JPEG has about "
+                "10): re-encode it",
+                param=role, code="too_many_scans",
+            )  # fmt: skip
+        image = _open(self.data, role=role, settings=settings)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _too_many_pixels(role, settings) from None
+        except Exception as e:  # truncated or corrupt data
+            raise BadRequest(f"{role}: the image data is damaged: {e}", param=role,
+                             code="invalid_image") from None  # fmt: skip
+        if self.openai_mask:
+            return _from_openai_mask(image)
+        return as_input(image, role)
+
+
+def check_upload(
+    data: bytes, *, role: str, settings: Settings, openai_mask: bool = False
+) -> Upload:
+    """What the header tells, checked: the error it answers, or the input to decode later."""
+    image = _open(data, role=role, settings=settings)
+    if openai_mask:
+        if "A" not in image.getbands() and "transparency" not in image.info:
+            raise InvalidRequest(
+                f"mask: must be a PNG with an alpha channel (fully transparent pixels mark "
+                f"where to edit); this one is {image.mode} without transparency",
+                param="mask",
+            )
+    elif role == "mask" and image.mode not in SINGLE_CHANNEL:
+        raise InvalidRequest(
+            f"mask: must be a single-channel (grayscale) image, white = repaint, black = "
+            f"keep; this one is {image.mode}",
+            param="mask",
+        )
+    return Upload(role, data, str(image.format), image.width, image.height, openai_mask)
 
 
 def _png(image: Image.Image) -> bytes:
@@ -215,27 +326,12 @@ def _png(image: Image.Image) -> bytes:
 
 def as_input(image: Image.Image, role: str) -> InputImage:
     """The stored form: RGB for an image (any alpha dropped), L for a mask."""
-    if role == "mask":
-        if image.mode not in SINGLE_CHANNEL:
-            raise InvalidRequest(
-                f"mask: must be a single-channel (grayscale) image, white = repaint, black = "
-                f"keep; this one is {image.mode}",
-                param="mask",
-            )
-        image = image.convert("L")
-    else:
-        image = image.convert("RGB")
+    image = image.convert("L" if role == "mask" else "RGB")
     return InputImage(role, _png(image), image.width, image.height)
 
 
-def openai_mask(image: Image.Image) -> InputImage:
+def _from_openai_mask(image: Image.Image) -> InputImage:
     """OpenAI's mask (fully transparent = edit) in the diffusers convention (white = edit)."""
-    if "A" not in image.getbands() and "transparency" not in image.info:
-        raise InvalidRequest(
-            f"mask: must be a PNG with an alpha channel (fully transparent pixels mark where to "
-            f"edit); this one is {image.mode} without transparency",
-            param="mask",
-        )
     alpha = image.convert("RGBA").getchannel("A")
     mask = alpha.point(lambda a: 255 if a == 0 else 0)
     return InputImage("mask", _png(mask), mask.width, mask.height)
@@ -274,39 +370,52 @@ def referenced(svc: Services, tenant_id: str | None, value: str, param: str) -> 
 
 @dataclass(frozen=True)
 class Inputs:
+    """An edit's inputs, decoded, as they are stored."""
+
     image: InputImage
     mask: InputImage | None = None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.image.width, self.image.height
 
     @property
     def all(self) -> list[InputImage]:
         return [self.image, *([self.mask] if self.mask else [])]
 
+
+@dataclass(frozen=True)
+class Checked:
+    """An edit's inputs, checked from their headers: what a submission decides before the
+    tenant's limits; `decode` after them."""
+
+    image: Upload
+    mask: Upload | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.width, self.image.height
+
     def digest(self) -> dict[str, str]:
         """For the idempotency hash: a retry with other files is another request."""
-        return {i.role: i.sha256 for i in self.all}
+        return {u.role: u.sha256 for u in (self.image, self.mask) if u is not None}
+
+    def decode(self, settings: Settings) -> Inputs:
+        return Inputs(self.image.decode(settings),
+                      self.mask.decode(settings) if self.mask else None)  # fmt: skip
 
 
 def gather(
     svc: Services,
     tenant_id: str | None,
     req: JobRequest,
-    files: dict[str, bytes],
-    *,
-    mask: InputImage | None = None,
-) -> Inputs | None:
-    """The job's checked inputs (None for a text job), or the error that refuses it. `mask`
-    is one already converted (the OpenAI route's)."""
+    files: Mapping[str, bytes | Upload],
+) -> Checked | None:
+    """The job's inputs checked from their headers (None for a text job), or the error that
+    refuses it. A file given as an Upload was checked by its route (the OpenAI mask)."""
     settings = svc.settings
     mode = req.mode or "text"
 
     def refuse(param: str, message: str) -> None:
         raise InvalidRequest(f"{param}: {message}", param=param)
 
-    has_mask = "mask" in files or req.mask_id is not None or mask is not None
+    has_mask = "mask" in files or req.mask_id is not None
     if req.prompt == "" and mode != "image":
         refuse("prompt", "must not be empty (only a mode image job may leave it empty: the "
                "image redrawn without a caption)")  # fmt: skip
@@ -331,10 +440,13 @@ def gather(
         refuse("mask", "mode inpaint needs a mask (white = repaint): a file part `mask` or "
                "mask_id")  # fmt: skip
 
-    def load(role: str, ref: str | None) -> InputImage:
-        data = files[role] if role in files else referenced(svc, tenant_id, ref or "",
-                                                            f"{role}_id")  # fmt: skip
-        return as_input(decode(data, role=role, settings=settings), role)
+    def load(role: str, ref: str | None) -> Upload:
+        given = files.get(role)
+        if isinstance(given, Upload):
+            return given
+        data = given if given is not None else referenced(svc, tenant_id, ref or "",
+                                                          f"{role}_id")  # fmt: skip
+        return check_upload(data, role=role, settings=settings)
 
     image = load("image", req.image_id)
     bounds = settings.limits
@@ -343,8 +455,7 @@ def gather(
             refuse("image", f"is {image.width}x{image.height}: an edit's size is its image's, "
                    f"whose {side} must be a multiple of 8 between {bounds.min_size} and "
                    f"{bounds.max_size}")  # fmt: skip
-    if mode == "inpaint" and mask is None:
-        mask = load("mask", req.mask_id)
+    mask = load("mask", req.mask_id) if mode == "inpaint" else None
     if mask is not None and (mask.width, mask.height) != (image.width, image.height):
         refuse("mask", f"is {mask.width}x{mask.height} but the image is "
                f"{image.width}x{image.height}; they must be the same size")  # fmt: skip
@@ -353,7 +464,7 @@ def gather(
         if asked is not None and asked != own:
             refuse(side, f"{asked} differs from the input image's {own}: an edit keeps its "
                    "image's size (omit width and height)")  # fmt: skip
-    return Inputs(image, mask)
+    return Checked(image, mask)
 
 
 def store_inputs(svc: Services, job_id: str, inputs: Inputs) -> dict[str, dict[str, Any]]:

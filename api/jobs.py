@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 from api import openapi
 from api.auth import authenticate, authenticate_in_read, check_key
 from api.bodies import header_params, query_params
-from api.inputs import FILE_PARTS, REQUEST_PART, job_submission
+from api.inputs import FILE_PARTS, REQUEST_PART, job_submission, uploads
 from api.serialize import bodies, finished, job_out, links, outbox, polled
 from api.services import Services, services
 from api.submission import submit
@@ -60,6 +60,7 @@ JOB_FORM = {
 
 
 @bp.post("/jobs")
+@uploads
 @openapi.operation(
     "Submit a job", tags=["jobs"], body=JobRequest, headers=SubmitHeaders,
     form=JOB_FORM, form_required=[REQUEST_PART],

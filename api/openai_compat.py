@@ -31,13 +31,12 @@ from api.auth import Principal, authenticate
 from api.bodies import header_params, json_body
 from api.errors import error_response, validation_error
 from api.inputs import (
-    InputImage,
+    Upload,
     allow_uploads,
-    as_input,
     check_parts,
-    decode,
+    check_upload,
     is_multipart,
-    openai_mask,
+    uploads,
 )
 from api.inputs import uploaded as uploaded_file
 from api.serialize import image_url
@@ -204,13 +203,12 @@ def _submit_and_answer(
     response_format: str | None,
     body: dict[str, Any],
     *,
-    files: dict[str, bytes] | None = None,
-    mask: InputImage | None = None,
+    files: dict[str, Upload] | None = None,
 ) -> Any:
     """Submit the job, wait for it and answer as OpenAI would."""
     key = header_params(SubmitHeaders).idempotency_key
     with _waiting_slot(svc, principal.tenant_id):
-        result = submit(svc, principal, body, idempotency_key=key, files=files, mask=mask)
+        result = submit(svc, principal, body, idempotency_key=key, files=files)
         try:
             return _answer(svc, response_format, result, principal.tenant_id,
                            retry=key is not None)  # fmt: skip
@@ -351,7 +349,7 @@ def _form(parts: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in request.form.items() if k not in parts}
 
 
-def _edit_size(req: ImageEditRequest, image: InputImage) -> None:
+def _edit_size(req: ImageEditRequest, image: Upload) -> None:
     match = SIZE.fullmatch(req.size or "")
     if match and (int(match[1]), int(match[2])) != (image.width, image.height):
         raise InvalidRequest(
@@ -361,11 +359,13 @@ def _edit_size(req: ImageEditRequest, image: InputImage) -> None:
         )
 
 
-def _image_part(svc: Services) -> tuple[bytes, InputImage]:
+def _image_part(svc: Services) -> Upload:
+    """The image part, checked from its header (decoded once, by the submission, past the
+    tenant's limits)."""
     data = uploaded_file("image", svc.settings)
     if data is None:
         raise InvalidRequest("image: is required (a file part)", param="image")
-    return data, as_input(decode(data, role="image", settings=svc.settings), "image")
+    return check_upload(data, role="image", settings=svc.settings)
 
 
 FORM_SCHEMA = {
@@ -388,6 +388,7 @@ EDIT_ERRORS = {
 
 
 @bp.post("/images/edits")
+@uploads
 @openapi.operation(
     "Edit an image (OpenAI-compatible)", tags=["openai"], headers=SubmitHeaders,
     form={**FORM_SCHEMA,
@@ -411,20 +412,22 @@ def edit_images() -> Any:
     req = ImageEditRequest.for_settings(svc.settings).model_validate(_form(EDIT_PARTS))
     if not req.prompt.strip():
         raise InvalidRequest("prompt: must not be empty", param="prompt")
-    data, image = _image_part(svc)
+    image = _image_part(svc)
     _edit_size(req, image)
+    files = {"image": image}
     mask_data = uploaded_file("mask", svc.settings)
-    mask = None
     if mask_data is not None:
-        mask = openai_mask(decode(mask_data, role="mask", settings=svc.settings))
-    body = req.job_body(svc.settings, mode="inpaint" if mask else "image", prompt=req.prompt)
-    if mask is None:
+        files["mask"] = check_upload(mask_data, role="mask", settings=svc.settings,
+                                     openai_mask=True)  # fmt: skip
+    body = req.job_body(svc.settings, mode="inpaint" if "mask" in files else "image",
+                        prompt=req.prompt)  # fmt: skip
+    if "mask" not in files:
         body["strength"] = VARIATION_STRENGTH
-    return _submit_and_answer(svc, principal, req.response_format, body,
-                              files={"image": data}, mask=mask)  # fmt: skip
+    return _submit_and_answer(svc, principal, req.response_format, body, files=files)
 
 
 @bp.post("/images/variations")
+@uploads
 @openapi.operation(
     "Image variations (OpenAI-compatible)", tags=["openai"], headers=SubmitHeaders,
     form={**{k: v for k, v in FORM_SCHEMA.items() if k != "prompt"},
@@ -446,9 +449,9 @@ def image_variations() -> Any:
     if "prompt" in form:
         raise InvalidRequest("prompt: unknown field (variations take no prompt)", param="prompt")
     req = ImageVariationRequest.for_settings(svc.settings).model_validate(form)
-    data, image = _image_part(svc)
+    image = _image_part(svc)
     _edit_size(req, image)
     body = req.job_body(svc.settings, mode="image", prompt="")
     body.update(strength=VARIATION_STRENGTH, candidates=req.n or 1, guidance_scale=0.0)
     return _submit_and_answer(svc, principal, req.response_format, body,
-                              files={"image": data})  # fmt: skip
+                              files={"image": image})  # fmt: skip

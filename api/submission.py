@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from api import inputs as edit_inputs
 from api.auth import Principal
-from api.inputs import InputImage
+from api.inputs import Upload
 from api.services import Services
 from daikon import limits
 from daikon.celery_config import publish_job, soft_time_limit
@@ -66,27 +67,37 @@ def submit(
     body: dict[str, Any],
     *,
     idempotency_key: str | None = None,
-    files: dict[str, bytes] | None = None,
-    mask: InputImage | None = None,
+    files: Mapping[str, bytes | Upload] | None = None,
 ) -> Submitted:
     """Validate, then create and publish the job. `files` are uploaded inputs by role (image,
-    mask); `mask` one the caller converted already (the OpenAI route's). An edit's inputs are
-    stored only once every check passed, and deleted again if the job is not created."""
+    mask), as bytes or as an Upload its route checked already.
+
+    In order of cost: the body and the files' headers are checked, then the tenant's limits
+    (an idempotent replay is answered before them), and only then are the files decoded, once
+    each, and stored; an edit's inputs are deleted again if the job is not created."""
     settings = svc.settings
     req = JobRequest.for_settings(settings).model_validate(body)
     check_webhook_url(svc, req.webhook_url)
     model = req.model or settings.default_model_name
     served = svc.served_models.get(model)
     capabilities = served.capabilities if served is not None else None
-    inputs = edit_inputs.gather(svc, principal.tenant_id, req, files or {}, mask=mask)
-    params = req.resolve(settings, capabilities, image_size=inputs.size if inputs else None)
+    checked = edit_inputs.gather(svc, principal.tenant_id, req, files or {})
+    params = req.resolve(settings, capabilities, image_size=checked.size if checked else None)
     if served is not None:  # else no worker has served it yet: the worker checks (same codes)
         _check_model(params, served)
-    digest = request_hash({**body, "inputs": inputs.digest()} if inputs else body)
+    digest = request_hash({**body, "inputs": checked.digest()} if checked else body)
+    with session_scope(svc.sessions) as session:
+        if idempotency_key is not None:
+            # A retry of an accepted request is answered before any limit applies.
+            held = _held(svc, session, principal, idempotency_key)
+            if held is not None:
+                return _replay(held, digest, idempotency_key)
+        _check_limits(svc, session, principal, params, served)
+    inputs = checked.decode(settings) if checked else None  # the one decode, past the limits
     job_id = new_id()
     stored: dict[str, dict[str, Any]] = {}
     try:
-        created = _create(svc, principal, req, params, digest, idempotency_key, served,
+        created = _create(svc, principal, req, params, digest, idempotency_key,
                           job_id=job_id, inputs=inputs, stored=stored)  # fmt: skip
     except BaseException:
         edit_inputs.delete_inputs(svc, stored)
@@ -100,6 +111,72 @@ def submit(
     return created
 
 
+def _held(svc: Services, session: Session, principal: Principal, key: str) -> Job | None:
+    """The job an Idempotency-Key already names for this tenant, if any."""
+    jobs.release_expired_idempotency_key(
+        session=session, tenant_id=principal.tenant_id, key=key,
+        window=timedelta(hours=svc.settings.api.idempotency_hours),
+    )  # fmt: skip
+    return jobs.find_by_idempotency_key(session=session, tenant_id=principal.tenant_id, key=key)
+
+
+def check_room(svc: Services, principal: Principal) -> None:
+    """The tenant's limits that need no request body, without counting against them: whether
+    a submission now could be accepted at all (api/admission.py asks before an upload's body
+    is received)."""
+    own = principal.limits
+    try:
+        wait = svc.rate_limit.exceeded(principal.tenant_id, own.submits_per_minute)
+    except redis.RedisError as e:
+        raise _queue_unavailable() from e
+    if wait is not None:
+        raise _rate_limited(svc, principal, wait)
+    with session_scope(svc.sessions) as session:
+        _check_active(svc, session, principal)
+
+
+def _check_limits(
+    svc: Services,
+    session: Session,
+    principal: Principal,
+    params: JobParams,
+    served: ServedModel | None,
+) -> None:
+    """The tenant's limits for this job (one submission counted against the rate)."""
+    own = principal.limits  # the tenant's own, set by an admin
+    max_candidates = own.max_candidates
+    if max_candidates is not None and params.candidates > max_candidates:
+        raise InvalidRequest(
+            f"candidates: {params.candidates} is more than this tenant's limit of "
+            f"{max_candidates}", param="candidates",
+        )  # fmt: skip
+    try:
+        wait = svc.rate_limit.hit(principal.tenant_id, own.submits_per_minute)
+    except redis.RedisError as e:  # the broker is the same Redis: nothing could be queued
+        raise _queue_unavailable() from e
+    if wait is not None:
+        raise _rate_limited(svc, principal, wait)
+    _check_active(svc, session, principal)
+    if served is not None:
+        _check_queued_cost(session, principal.tenant_id, params, served)
+
+
+def _rate_limited(svc: Services, principal: Principal, wait: int) -> TooManyRequests:
+    limit = principal.limits.submits_per_minute or svc.settings.limits.tenant_submits_per_minute
+    return TooManyRequests(f"more than {limit} submissions a minute", retry_after=wait)
+
+
+def _check_active(svc: Services, session: Session, principal: Principal) -> None:
+    own = principal.limits
+    max_active = own.max_active_jobs or svc.settings.limits.tenant_max_active_jobs
+    active = jobs.count_active(session=session, tenant_id=principal.tenant_id, up_to=max_active)
+    if active >= max_active:
+        raise TooManyRequests(
+            f"{active} jobs are queued or running; the limit is {max_active}",
+            retry_after=5, code="too_many_active_jobs",
+        )  # fmt: skip
+
+
 def _create(
     svc: Services,
     principal: Principal,
@@ -107,15 +184,13 @@ def _create(
     params: JobParams,
     digest: str,
     idempotency_key: str | None,
-    served: ServedModel | None,
     *,
     job_id: str,
     inputs: edit_inputs.Inputs | None,
     stored: dict[str, dict[str, Any]],
 ) -> Submitted:
     """The row, committed (with its queue position then), or the earlier job an
-    Idempotency-Key names (`created` False)."""
-    settings = svc.settings
+    Idempotency-Key names when a concurrent request with it won (`created` False)."""
     options = jobs.JobOptions(
         priority=req.priority if req.priority is not None else DEFAULT_PRIORITY,
         metadata=req.metadata,
@@ -126,41 +201,6 @@ def _create(
         job_id=job_id,
     )
     with session_scope(svc.sessions) as session:
-        if idempotency_key is not None:
-            # A retry of an accepted request is answered before any limit applies.
-            jobs.release_expired_idempotency_key(
-                session=session, tenant_id=principal.tenant_id, key=idempotency_key,
-                window=timedelta(hours=settings.api.idempotency_hours),
-            )  # fmt: skip
-            held = jobs.find_by_idempotency_key(
-                session=session, tenant_id=principal.tenant_id, key=idempotency_key
-            )
-            if held is not None:
-                return _replay(held, digest, idempotency_key)
-        own = principal.limits  # the tenant's own, set by an admin
-        max_candidates = own.max_candidates
-        if max_candidates is not None and params.candidates > max_candidates:
-            raise InvalidRequest(
-                f"candidates: {params.candidates} is more than this tenant's limit of "
-                f"{max_candidates}", param="candidates",
-            )  # fmt: skip
-        per_minute = own.submits_per_minute
-        try:
-            wait = svc.rate_limit.hit(principal.tenant_id, per_minute)
-        except redis.RedisError as e:  # the broker is the same Redis: nothing could be queued
-            raise _queue_unavailable() from e
-        if wait is not None:
-            limit = per_minute or settings.limits.tenant_submits_per_minute
-            raise TooManyRequests(f"more than {limit} submissions a minute", retry_after=wait)
-        max_active = own.max_active_jobs or settings.limits.tenant_max_active_jobs
-        active = jobs.count_active(session=session, tenant_id=principal.tenant_id, up_to=max_active)
-        if active >= max_active:
-            raise TooManyRequests(
-                f"{active} jobs are queued or running; the limit is {max_active}",
-                retry_after=5, code="too_many_active_jobs",
-            )  # fmt: skip
-        if served is not None:
-            _check_queued_cost(session, principal.tenant_id, params, served)
         if inputs is not None:  # every check passed: store them, under the job's own prefix
             stored.update(edit_inputs.store_inputs(svc, job_id, inputs))
             options = dataclasses.replace(options, inputs=dict(stored))

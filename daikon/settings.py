@@ -112,9 +112,21 @@ class Api(Group):
     request_read_timeout_seconds: float = Field(
         10.0,
         gt=0,
-        description="A request's head "
-        "(and a small body) must arrive within this "
-        "of its first byte, else it is dropped.",
+        description="A request's head must arrive within this of its first byte, and its "
+        "body within this plus its size at DAIKON_REQUEST_BODY_MIN_BYTES_PER_SECOND; else the "
+        "connection is dropped. No thread waits meanwhile.",
+    )
+    request_body_min_bytes_per_second: int = Field(
+        32 * 1024,
+        ge=1,
+        description="The slowest a request body may arrive, on average (32 KiB/s: a 4 MiB "
+        "upload may take about 2 minutes).",
+    )
+    request_buffer_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="What the requests still arriving at one API process may hold together; "
+        "past it a new body is answered 503 `server_busy` instead of being received.",
     )
     cors_origins: str = Field(
         "", description="Comma-separated origins allowed by CORS; `*` for any; empty = CORS off."
@@ -344,6 +356,12 @@ class Limits(Group):
     max_input_bytes: int = Field(
         4 * 1024 * 1024, ge=1024,
         description="Largest uploaded image or mask of an edit job, in bytes (413 past it).",
+    )  # fmt: skip
+    max_input_jpeg_scans: int = Field(
+        64, ge=1,
+        description="Most scans of an uploaded JPEG (422 `too_many_scans` past it), counted "
+        "before decoding: a progressive JPEG has about 10, and each scan is a pass over the "
+        "whole image, so a file of thousands of tiny scans would cost minutes of CPU.",
     )  # fmt: skip
     max_input_pixels: int = Field(
         1024 * 1024, ge=64,

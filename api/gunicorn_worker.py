@@ -1,18 +1,22 @@
-"""gunicorn's threaded worker, hardened against slow clients (slowloris).
+"""gunicorn's threaded worker, hardened against slow clients (slowloris, slow bodies).
 
-The stock `gthread` worker hands a connection to a thread as soon as its first bytes arrive;
-the thread then blocks in the parser until the whole request head is in, so a few hundred
-sockets that send their headers a byte at a time hold every thread and stall the API. Here a
-thread first peeks at what the socket holds: unless the request head (and a body announced by
-Content-Length) has fully arrived, the connection goes straight back to gunicorn's own poller,
-which wakes it when more bytes come, holding no thread meanwhile. A connection whose request
-has not arrived within DAIKON_REQUEST_READ_TIMEOUT_SECONDS of its first byte is closed, as is
-one that sends nothing (gunicorn's keep-alive timeout).
+The stock `gthread` worker hands a connection to a thread that then blocks in the parser until
+the request head and, later, the body have arrived, so a few hundred sockets that send a head
+or a body slowly hold every thread and stall the API. Here no thread ever waits on a client:
 
-Bodies are waited for only up to BODY_WAIT_BYTES (what the kernel's receive buffer surely holds
-unread; a Daikon job body is a few KiB), and a chunked body not at all: its end cannot be told
-without decoding it. Run behind a proxy that buffers whole requests (nginx does by default) if
-clients may send large or chunked bodies slowly; see compose.yaml.
+- Each time a socket is readable, a short task reads what it holds without blocking (`Arrival`)
+  and gives the connection back to gunicorn's poller until the whole request, head and body,
+  has arrived. Its end is found by h11 (Content-Length and chunked framing alike), so a chunked
+  body is waited for too. Only then is the connection handed to the thread that runs the app,
+  with the bytes put back in front of gunicorn's parser: it never reads the socket for them.
+- Every byte arrives under a deadline: the head within DAIKON_REQUEST_READ_TIMEOUT_SECONDS of the
+  first byte, the body at DAIKON_REQUEST_BODY_MIN_BYTES_PER_SECOND on top of that (a client
+  silent for gunicorn's keep-alive timeout is closed sooner). A late request is dropped.
+- A body is never awaited for a request that would be refused anyway: once the head is in and
+  the body is not, `api.admission` checks the route's size limit, the caller's key and the
+  tenant's limits, and a refusal is answered at once (413, 401, 429) without reading the body.
+- What all connections of a process hold while they arrive is bounded
+  (DAIKON_REQUEST_BUFFER_BYTES): past it a new body is answered 503, never buffered.
 
 It also never lingers on the main loop: the stock worker closes a finished connection
 "gracefully" (half-close, then read until the peer closes, up to 2 s) on the thread that runs
@@ -27,37 +31,98 @@ Daikon does not use) go the stock way.
 from __future__ import annotations
 
 import queue
-import re
 import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+import h11
 from gunicorn.workers import gthread
 
+from api import admission
 from daikon.settings import Settings
 
-HEAD_END = b"\r\n\r\n"
 # More than a request head may be (gunicorn refuses heads past about 8 KiB anyway).
 HEAD_LIMIT = 64 * 1024
-BODY_WAIT_BYTES = 32 * 1024
-PEEK_LIMIT = HEAD_LIMIT + BODY_WAIT_BYTES
-_CLOSED = object()  # handle() already dropped the connection
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,9})[ \t]*\r\n", re.IGNORECASE)
+# What one readiness event reads at most, so that one fast upload cannot monopolise a task.
+READ_LIMIT = 256 * 1024
+_CLOSED = object()  # handle() already dropped or answered the connection
 
 
-def request_ready(data: bytes) -> bool:
-    """Whether `data` holds a whole request head, and the body its Content-Length announces
-    (up to BODY_WAIT_BYTES of it)."""
-    end = data.find(HEAD_END)
-    if end < 0:
-        return len(data) >= HEAD_LIMIT  # too much for a head: let the parser refuse it
-    length = _CONTENT_LENGTH.search(data[: end + 2])
-    if length is None:
-        return True
-    body = len(data) - (end + len(HEAD_END))
-    return body >= min(int(length[1]), BODY_WAIT_BYTES)
+class Budget:
+    """The bytes every arriving request of this process holds, bounded; taken and given back
+    under a lock (readiness tasks run on many threads)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.held + n > self.limit:
+                return False
+            self.held += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.held -= n
+
+
+class Arrival:
+    """One request as it arrives: its raw bytes (handed to gunicorn's parser once complete)
+    and h11's view of their framing (where the head ends, how long the body is, whether a
+    chunked body has ended)."""
+
+    def __init__(self, now: float) -> None:
+        self.first_seen = now
+        self.data = bytearray()
+        self.framing = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
+        self.head: h11.Request | None = None
+        self.body_bytes = 0
+        self.declared: int | None = None  # Content-Length, when the head gave one
+        self.complete = False
+        self.admitted = False  # the body may be awaited (api.admission said yes)
+        self.limit: int | None = None  # the largest body the route takes (from admission)
+
+    def feed(self, chunk: bytes) -> None:
+        """Take bytes; raises h11.RemoteProtocolError for a request that cannot be framed."""
+        self.data += chunk
+        if self.complete:
+            return  # what follows belongs to the next (pipelined) request
+        self.framing.receive_data(chunk)
+        while True:
+            event = self.framing.next_event()
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self.head = event
+                length = _header(event, b"content-length")
+                self.declared = int(length) if length is not None else None
+            elif isinstance(event, h11.Data):
+                self.body_bytes += len(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self.complete = True
+                return
+
+    def deadline(self, read_timeout: float, min_rate: float) -> float:
+        """When the request must have arrived: the head's allowance, plus the body's size (the
+        declared one, else what has come so far) at the minimum rate."""
+        body = self.declared if self.declared is not None else self.body_bytes
+        return self.first_seen + read_timeout + body / min_rate
+
+    def wants_continue(self) -> bool:
+        """The client waits for `100 Continue` before it sends the body (RFC 9110 10.1.1)."""
+        expect = _header(self.head, b"expect") if self.head is not None else None
+        return expect is not None and expect.lower() == b"100-continue" and not self.body_bytes
+
+
+def _header(head: h11.Request | None, name: bytes) -> bytes | None:
+    if head is None:
+        return None
+    return next((value for key, value in head.headers if key == name), None)
 
 
 LINGER_SECONDS = 2.0  # as gunicorn's graceful close
@@ -114,47 +179,160 @@ class Closer:
 class SlowClientSafeWorker(gthread.ThreadWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         self.closer = Closer()
-        self.read_timeout = Settings().api.request_read_timeout_seconds
-        super().init_process()
+        api = Settings().api
+        self.read_timeout = api.request_read_timeout_seconds
+        self.min_rate = float(api.request_body_min_bytes_per_second)
+        self.budget = Budget(api.request_buffer_bytes)
+        super().init_process()  # loads the app (load_wsgi), then runs the worker's loop
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.admit: Callable[[dict[str, Any]], admission.Decision] = admission.for_app(self.wsgi)
 
     def handle(self, conn: Any) -> Any:
         if self.cfg.is_ssl:
             return super().handle(conn)
-        first_seen = getattr(conn, "daikon_first_seen", None)
-        now = time.monotonic()
-        if first_seen is None:
-            first_seen = conn.daikon_first_seen = now
-        buffered = b""
-        if conn.parser is not None:  # a kept-alive connection may hold read-ahead bytes
-            buffered = conn.parser.unreader.buf.getvalue()
         try:
-            peeked = conn.sock.recv(PEEK_LIMIT, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            peeked = None
-        except OSError:
-            return self._drop(conn)  # reset by the client
-        if peeked == b"" and not buffered:
-            return self._drop(conn)  # the client closed the connection
-        if request_ready(buffered + (peeked or b"")):
-            conn.daikon_first_seen = None  # the next request on this connection starts afresh
-            return super().handle(conn)
-        if now - first_seen > self.read_timeout:
-            self.log.info("closing a connection whose request did not arrive within %.0f s",
-                          self.read_timeout)  # fmt: skip
+            return self._arrive(conn)
+        except Exception:
+            self.log.exception("error while receiving a request")
             return self._drop(conn)
+
+    def _arrive(self, conn: Any) -> Any:
+        """One readiness event: read, then hand over, answer, drop, or wait for more."""
+        arrival: Arrival | None = getattr(conn, "daikon_arrival", None)
+        now = time.monotonic()
+        if arrival is None:
+            arrival = conn.daikon_arrival = Arrival(now)
+        try:
+            if conn.parser is not None:  # a kept-alive connection's read-ahead comes first
+                self._take(conn, arrival, conn.parser.unreader.take_buffered())
+            closed = self._read(conn, arrival)
+        except h11.RemoteProtocolError as e:
+            return self._refuse(conn, admission.malformed(str(e)))
+        except MemoryError:
+            return self._refuse(conn, admission.busy())
+        if arrival.complete:
+            return self._hand_over(conn, arrival)
+        if closed:
+            return self._drop(conn)  # the client closed (or reset) before its request ended
+        if now > arrival.deadline(self.read_timeout, self.min_rate):
+            self.log.info(
+                "closing a connection whose request did not arrive in time (%d bytes in %.0f s)",
+                len(arrival.data),
+                now - arrival.first_seen,
+            )
+            return self._drop(conn)
+        if arrival.head is not None and not arrival.admitted:
+            decision = self.admit(self._environ(conn, arrival.head))
+            if decision.refusal is not None:
+                return self._refuse(conn, decision.refusal)
+            arrival.admitted, arrival.limit = True, decision.body_limit
+            if arrival.wants_continue():
+                conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if arrival.limit is not None and max(arrival.body_bytes, arrival.declared or 0) > (
+            arrival.limit
+        ):
+            return self._refuse(conn, admission.too_large(arrival.limit))
         conn.data_ready = False
         return gthread._DEFER  # back to the poller: no thread waits for this client
 
-    @staticmethod
-    def _drop(conn: Any) -> object:
+    def _read(self, conn: Any, arrival: Arrival) -> bool:
+        """Read what the socket holds now (up to READ_LIMIT), never waiting; True when the
+        client closed or reset the connection."""
+        read = 0
+        while read < READ_LIMIT and not arrival.complete:
+            try:
+                chunk = conn.sock.recv(min(65536, READ_LIMIT - read), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not chunk:
+                return True
+            self._take(conn, arrival, chunk)
+            read += len(chunk)
+        return False
+
+    def _take(self, conn: Any, arrival: Arrival, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if not self.budget.take(len(chunk)):
+            raise MemoryError
+        conn.daikon_held = getattr(conn, "daikon_held", 0) + len(chunk)
+        arrival.feed(chunk)
+
+    def _release(self, conn: Any) -> None:
+        """Give back what the connection's arrival held; on every path that ends it."""
+        self.budget.give(getattr(conn, "daikon_held", 0))
+        conn.daikon_held = 0
+        conn.daikon_arrival = None
+
+    def _hand_over(self, conn: Any, arrival: Arrival) -> Any:
+        """The whole request is here: gunicorn parses it from memory on this thread."""
+        self._release(conn)
+        conn.init()  # gunicorn's parser for the connection, if it has none yet
+        conn.parser.unreader.unread(bytes(arrival.data))
+        conn.data_ready = True  # nothing more to wait for on the socket
+        return super().handle(conn)
+
+    def _environ(self, conn: Any, head: h11.Request) -> dict[str, Any]:
+        """A WSGI environ of the head alone, for api.admission (it reads no body)."""
+        path, _, query = head.target.partition(b"?")
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": head.method.decode("latin-1"),
+            "PATH_INFO": path.decode("latin-1"),
+            "QUERY_STRING": query.decode("latin-1"),
+            "SERVER_NAME": "daikon",
+            "SERVER_PORT": "0",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": str(conn.client[0]) if conn.client else "",
+            "wsgi.url_scheme": "http",
+        }
+        for name, value in head.headers:
+            key = name.decode("latin-1").upper().replace("-", "_")
+            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                environ[key] = value.decode("latin-1")
+            else:
+                environ[f"HTTP_{key}"] = value.decode("latin-1")
+        return environ
+
+    def _refuse(self, conn: Any, answer: bytes) -> object:
+        """Answer without reading the rest of the request, then close (gracefully, so the
+        answer is read before the connection goes)."""
+        self._release(conn)
+        try:
+            conn.sock.setblocking(True)
+            conn.sock.settimeout(self.read_timeout)  # a client that does not read is dropped
+            conn.sock.sendall(answer)
+        except OSError:
+            conn.close()
+            return _CLOSED
+        conn.sock.settimeout(None)
+        self.closer.close(conn.sock)
+        return _CLOSED
+
+    def _drop(self, conn: Any) -> object:
         """Close at once, no linger: nothing was answered that a reset could cut short."""
+        self._release(conn)
         conn.close()
         return _CLOSED
+
+    def murder_pending(self) -> None:
+        """gunicorn closes connections silent for its keep-alive timeout; what they held
+        while arriving is given back."""
+        waiting = list(self.pending_conns)
+        super().murder_pending()
+        still = set(map(id, self.pending_conns))
+        for conn in waiting:
+            if id(conn) not in still:
+                self._release(conn)
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         """On the main loop. A connection to close goes to the closer (the graceful close
         lingers up to 2 s); everything else is gunicorn's own."""
         if fs.cancelled() or fs.exception() is not None:
+            self._release(conn)
             return super().finish_request(conn, fs)
         result = fs.result()
         if result is _CLOSED:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from chaos.floods import chunked_head, slow_bodies, timed, upload_head
 from chaos.harness import raw_http
 from tests.stack import ADMIN_KEY, gunicorn_api, settings_for
 
@@ -169,3 +170,53 @@ def test_three_hundred_slow_clients_do_not_stop_ordinary_requests(api: Api) -> N
         s.close()
     for s in slow[150:]:
         s.close()
+
+
+def test_slow_bodies_hold_no_thread_and_wait_for_no_refused_request(api: Api) -> None:
+    """16 threads; 300 of tenant a's submissions send their head and part of a body, then a byte
+    a second (half chunked, half a 4 MB upload with 40 KiB sent), and 50 more come with a bad
+    key. The stock worker held a thread per socket: nothing else was answered. Now tenant b's
+    polls and /readyz answer throughout, the bad keys are refused before their bodies, and the
+    chunked trickles are dropped once their deadline passes."""
+    port = int(api.base.rsplit(":", 1)[1])
+    a, b = api.tenant("slow-a"), api.tenant("slow-b")
+    key_a = a.headers["Authorization"].removeprefix("Bearer ")
+    polled = f"{api.base}/v1/jobs/{api.job(b)}"
+    readyz = f"{api.base}/readyz"
+    probes = [lambda: b.get(polled, timeout=10), lambda: requests.get(readyz, timeout=10)]
+    before = timed(probes, 1).statuses  # /readyz: 503 here, no worker runs
+    with slow_bodies(port) as flood:
+        trickling = flood.open(chunked_head(key_a), 150)
+        flood.open(upload_head(key_a), 150)
+        refused = flood.open(upload_head("dk_not_a_key"), 50)
+        during = timed(probes, 15)
+        assert during.failures == [] and during.statuses == before * 15, during.describe()
+        # Refused from the head alone: the 40 KiB sent are all they ever sent.
+        assert flood.closed_by_server(refused, 30) == 50
+        assert len(flood.answered) == 50
+        assert all(r.startswith(b"HTTP/1.1 401") for r in flood.answered)
+        assert all(b"invalid_api_key" in r for r in flood.answered)
+        # Past DAIKON_REQUEST_READ_TIMEOUT_SECONDS (20) the chunked trickles are closed.
+        assert flood.closed_by_server(trickling, 120) == 150
+        print(f"\nslow bodies: b's polls and /readyz during the flood: {during.describe()}")
+    assert b.get(polled, timeout=10).status_code == 200
+
+
+def test_an_upload_over_a_limit_is_refused_before_its_body(api: Api) -> None:
+    """A tenant at its active-job limit, a body past a route's size: answered from the head."""
+    port = int(api.base.rsplit(":", 1)[1])
+    c = api.tenant("busy-c")
+    key = c.headers["Authorization"].removeprefix("Bearer ")
+    too_big = (
+        b"POST /v1/webhooks/secret HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: 100000\r\n\r\n".encode()
+    )
+    framing = (b"Transfer-Encoding: chunked", b"Content-Length: 70000")
+    json_too_big = chunked_head(key).replace(*framing)
+    with slow_bodies(port) as flood:
+        for head in (too_big, json_too_big):
+            flood.open(head, 1)
+        assert flood.closed_by_server(flood.sockets, 30) == 2
+    statuses = [r.split(b"\r\n")[0] for r in flood.answered]
+    assert statuses == [b"HTTP/1.1 413 Request Entity Too Large"] * 2
+    assert all(b"request_entity_too_large" in r for r in flood.answered)

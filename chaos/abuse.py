@@ -444,6 +444,70 @@ def slow_clients(stack: Stack) -> list[Line]:
     return lines
 
 
+def arrivals_receiver(came: list[float]) -> http.server.ThreadingHTTPServer:
+    """A receiver on loopback that answers at once and notes when each webhook came."""
+
+    class Arrivals(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            came.append(time.monotonic())
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Arrivals)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def hanging_receivers(stack: Stack) -> tuple[bool, str]:
+    """Tenant A aims 32 webhooks at 16 receivers that accept and never answer (listening
+    sockets nobody reads: the kernel completes the connection, no answer ever comes); tenant
+    B's webhook, queued after them, must still arrive at once (before: after 28.8 s, 8 shared
+    threads held 15 s each)."""
+    a, b = stack.tenant("hook-flooder"), stack.tenant("hook-victim")
+    came: list[float] = []
+    server = arrivals_receiver(came)
+    holes = [socket.create_server(("127.0.0.1", 0), backlog=64) for _ in range(16)]
+    events = ["job.canceled", "job.succeeded", "job.failed"]
+    body = {"prompt": "a red circle", "steps": 100, "candidates": 4, "top_k": 1,
+            "webhook_events": events}  # fmt: skip
+
+    def event(http_: requests.Session, url: str) -> str:
+        r = stack.submit(http_, {**body, "webhook_url": url})
+        if r.status_code != 202:
+            raise AssertionError(f"a webhook to {url} refused: {error_code(r)}")
+        job_id = str(r.json()["id"])
+        http_.post(f"{stack.base}/v1/jobs/{job_id}/cancel", timeout=10)
+        return job_id
+
+    def b_latency(count: int) -> float:
+        sent = time.monotonic()
+        event(b, f"http://127.0.0.1:{server.server_address[1]}/hook")
+        wait_for(lambda: len(came) >= count, 90, "tenant B's webhook")
+        return came[count - 1] - sent
+
+    try:
+        alone = b_latency(1)
+        a_jobs = [event(a, f"http://127.0.0.1:{holes[i % 16].getsockname()[1]}/hook")
+                  for i in range(32)]  # fmt: skip
+        flooded = b_latency(2)
+        listed = [d for j in a_jobs for d in a.get(f"{stack.base}/v1/jobs/{j}/webhooks",
+                                                    timeout=10).json()["deliveries"]]  # fmt: skip
+    finally:
+        server.shutdown()
+        for hole in holes:
+            hole.close()
+    spent = sum(d["attempt_count"] for d in listed)
+    waiting = sum(d["status"] == "pending" and d["attempt_count"] == 0 for d in listed)
+    ok = len(listed) == 32 and spent < 32
+    return ok, (f"B's webhook {alone * 1000:.0f} ms alone, {flooded * 1000:.0f} ms behind A's 32 "
+                f"to hanging receivers; A's attempts spent by then {spent}, {waiting} waiting "
+                "unspent")  # fmt: skip
+
+
 SINGLE: list[Attack] = [
     refused("deeply-nested-json", "400 invalid_json, nothing created", 400, "invalid_json",
             deep_json),
@@ -474,6 +538,8 @@ SINGLE: list[Attack] = [
          valkey_password),
     held("webhook-secret-at-rest", "every stored secret encrypted", secret_at_rest),
     held("internal-webhook-answer", "attempt log: length only, no excerpt", internal_answer),
+    held("hanging-webhook-receivers", "another tenant's webhook arrives; A's queue of 32 "
+         "hanging deliveries is not ahead of it", hanging_receivers),
 ]  # fmt: skip
 
 

@@ -306,7 +306,50 @@ class Webhooks(Group):
         description="The delivery queue: its own, so a slow receiver never delays jobs.",
     )
     webhook_timeout_seconds: float = Field(
-        15.0, gt=0, le=120, description="One attempt, all of it."
+        15.0, gt=0, le=120,
+        description="One attempt, all of it (connecting, sending, the answer's head and the "
+        "first 4 KiB of its body), however slowly a receiver trickles bytes.",
+    )  # fmt: skip
+    webhook_connect_timeout_seconds: float = Field(
+        3.0, gt=0, le=120,
+        description="Connecting to a receiver (TCP and TLS); at most the attempt's timeout.",
+    )  # fmt: skip
+    webhook_first_byte_timeout_seconds: float = Field(
+        5.0, gt=0, le=120,
+        description="From the request sent to the answer's first byte: a receiver that "
+        "accepts and never answers holds a delivery thread this long, not the whole timeout; "
+        "at most the attempt's timeout.",
+    )  # fmt: skip
+    webhook_endpoint_concurrency: int = Field(
+        2, ge=1,
+        description="Attempts in flight to one endpoint (a tenant's scheme, host and port), "
+        "across every webhook worker; more wait their turn without spending an attempt.",
+    )  # fmt: skip
+    webhook_tenant_concurrency: int = Field(
+        4, ge=1,
+        description="Attempts in flight for one tenant, all its endpoints together, across "
+        "every webhook worker: keep it well below the delivery threads of all webhook "
+        "workers, so one tenant's hanging receivers never hold every thread.",
+    )  # fmt: skip
+    webhook_busy_retry_seconds: float = Field(
+        2.0, gt=0, le=60,
+        description="A delivery whose endpoint or tenant has every slot taken comes back "
+        "after this (longer, up to 30 s, the more deliveries are waiting), unsent and "
+        "without spending an attempt.",
+    )  # fmt: skip
+    webhook_breaker_failures: int = Field(
+        5, ge=1,
+        description="Consecutive attempts to an endpoint that got no answer at all (timeouts, "
+        "refused or reset connections, DNS or TLS failures) that open its circuit: its "
+        "deliveries then wait, unsent and without spending attempts, until one probe may go.",
+    )  # fmt: skip
+    webhook_breaker_open_seconds: float = Field(
+        30.0, gt=0,
+        description="How long an endpoint's circuit first stays open; doubled each time a "
+        "probe fails, up to DAIKON_WEBHOOK_BREAKER_MAX_OPEN_SECONDS. A probe answered closes it.",
+    )  # fmt: skip
+    webhook_breaker_max_open_seconds: float = Field(
+        3600.0, gt=0, description="The longest an endpoint's circuit stays open between probes."
     )
     webhook_allow_hosts: str = Field(
         "",
@@ -509,6 +552,12 @@ class Settings(BaseSettings):
                 Allowlist.parse(self.webhook_allow_list)
             except ValueError as e:
                 raise ValueError(f"DAIKON_WEBHOOK_ALLOW_HOSTS: {e}") from None
+        hooks = self.webhooks
+        if hooks.webhook_breaker_open_seconds > hooks.webhook_breaker_max_open_seconds:
+            raise ValueError(
+                "DAIKON_WEBHOOK_BREAKER_OPEN_SECONDS must not exceed "
+                "DAIKON_WEBHOOK_BREAKER_MAX_OPEN_SECONDS"
+            )
         for side in ("default_width", "default_height"):
             value = getattr(limits, side)
             if value is not None and not (limits.min_size <= value <= limits.max_size):

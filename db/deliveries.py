@@ -197,7 +197,11 @@ def count_unrendered(*, session: Session) -> int:
         session.scalar(
             select(func.count())
             .select_from(WebhookDelivery)
-            .where(WebhookDelivery.status == DeliveryStatus.failed, WebhookDelivery.attempts == 0)
+            .where(
+                WebhookDelivery.status == DeliveryStatus.failed,
+                WebhookDelivery.attempts == 0,
+                WebhookDelivery.last_error.startswith(UNRENDERED_PREFIX),
+            )
         )
         or 0
     )
@@ -365,6 +369,46 @@ def finish_attempt(
     if status is DeliveryStatus.disabled:
         disable_url(session=session, tenant_id=delivery.tenant_id, url=delivery.url,
                     delivery_id=delivery.id, now=now)  # fmt: skip
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def put_back(
+    *,
+    session: Session,
+    delivery_id: str,
+    attempt: int,
+    next_attempt_at: datetime,
+    queued_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """Hand back a claimed attempt unsent (the gates held it: its endpoint or tenant busy, its
+    circuit open): the attempt is not spent and the delivery is due again at
+    `next_attempt_at`. False if the claim had lapsed and another attempt started since."""
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.attempts == attempt,
+               WebhookDelivery.status == DeliveryStatus.pending)
+        .values(attempts=attempt - 1, locked_until=None, next_attempt_at=next_attempt_at,
+                queued_at=queued_at, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def end_unsent(
+    *, session: Session, delivery_id: str, attempt: int, error: str, now: datetime
+) -> bool:
+    """End a claimed attempt's delivery `failed` without sending it (a fire-once event the
+    gates held, or one whose endpoint stayed unreachable past the retry schedule's span);
+    the attempt is not spent and `error` says why."""
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.attempts == attempt,
+               WebhookDelivery.status == DeliveryStatus.pending)
+        .values(status=DeliveryStatus.failed, attempts=attempt - 1, locked_until=None,
+                next_attempt_at=None, queued_at=None, last_error=error[:255], updated_at=now)
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 

@@ -1,11 +1,16 @@
 """A real webhook receiver for tests: an HTTP server on 127.0.0.1 in a thread that records
 every request and connection and answers from a script; `verify` checks a request with the
-official Standard Webhooks library, as a Daikon user's receiver would."""
+official Standard Webhooks library, as a Daikon user's receiver would; `hanging` gives
+receivers that accept and never answer."""
 
 from __future__ import annotations
 
+import contextlib
+import selectors
+import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -133,3 +138,85 @@ def receiver(
         yield r
     finally:
         r.stop()
+
+
+class Hanging:
+    """Receivers that accept a connection, read what is sent and never answer: `count`
+    listening sockets on 127.0.0.1, served by one thread, keeping one record of how many
+    connections they hold open at once (all together, and each)."""
+
+    def __init__(self, count: int):
+        self._selector = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self.listeners = []
+        for _ in range(count):
+            sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+            sock.setblocking(False)
+            self._selector.register(sock, selectors.EVENT_READ, None)
+            self.listeners.append(sock)
+        self.ports = [int(s.getsockname()[1]) for s in self.listeners]
+        self.accepted: Counter[int] = Counter()  # port -> connections accepted
+        self.open: Counter[int] = Counter()  # port -> connections open now
+        self.most_open = 0  # the most connections open at once, all ports together
+        self.most_open_each = 0  # the most open at once on one port
+        self.bodies: list[bytes] = []  # what came in, each read as it arrived
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def url(self, i: int, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.ports[i]}{path}"
+
+    def total_accepted(self) -> int:
+        with self._lock:
+            return self.accepted.total()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if key.data is None:  # a listener
+                    with contextlib.suppress(OSError):
+                        conn, _addr = sock.accept()
+                        conn.setblocking(False)
+                        port = int(sock.getsockname()[1])
+                        self._selector.register(conn, selectors.EVENT_READ, port)
+                        with self._lock:
+                            self.accepted[port] += 1
+                            self.open[port] += 1
+                            self.most_open = max(self.most_open, self.open.total())
+                            self.most_open_each = max(self.most_open_each, self.open[port])
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                if data:
+                    with self._lock:
+                        self.bodies.append(data)
+                    continue
+                self._selector.unregister(sock)  # the client gave up: it holds nothing now
+                sock.close()
+                with self._lock:
+                    self.open[key.data] -= 1
+
+    def start(self) -> Hanging:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for key in list(self._selector.get_map().values()):
+            with contextlib.suppress(OSError):
+                key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
+
+
+@contextmanager
+def hanging(count: int) -> Iterator[Hanging]:
+    h = Hanging(count).start()
+    try:
+        yield h
+    finally:
+        h.stop()

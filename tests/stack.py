@@ -107,7 +107,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DAIKON_WEBHOOK_ALLOW_HOSTS": settings.webhooks.webhook_allow_hosts,
         "DAIKON_WEBHOOK_TIMEOUT_SECONDS": str(settings.webhooks.webhook_timeout_seconds),
         "DAIKON_WEBHOOK_DISPATCH_SECONDS": str(settings.webhooks.webhook_dispatch_seconds),
-    }
+        **{f"DAIKON_{name.upper()}": str(getattr(settings.webhooks, name)) for name in (
+            "webhook_connect_timeout_seconds", "webhook_first_byte_timeout_seconds",
+            "webhook_endpoint_concurrency", "webhook_tenant_concurrency",
+            "webhook_busy_retry_seconds", "webhook_breaker_failures",
+            "webhook_breaker_open_seconds", "webhook_breaker_max_open_seconds",
+        )},
+    }  # fmt: skip
     if settings.security.admin_key is not None:
         env["DAIKON_ADMIN_KEY"] = settings.security.admin_key.get_secret_value()
     if settings.storage.s3_bucket:

@@ -2,7 +2,10 @@
 (`celery -A worker.delivery_main worker`), never in a GPU worker.
 
 The database holds the schedule. A task claims the due attempt with a conditional UPDATE,
-signs, POSTs, records the attempt and sets the next attempt's time. Retries due within
+passes the gates (worker/delivery_gate.py: a slot of its endpoint and of its tenant, and a
+circuit that is not open; otherwise the claim is handed back, the attempt unspent, and the
+delivery comes back later while the thread takes the next message), signs, POSTs, records the
+attempt and sets the next attempt's time. Retries due within
 SHORT_DELAY are published as broker countdowns; later ones, and any message the broker lost,
 are published by the dispatcher, which every few seconds looks for due deliveries with no
 live message. The clock and the random source are injected, so tests drive a whole
@@ -30,14 +33,15 @@ from daikon.encryption import Cipher
 from daikon.job_view import EventRenderer, Links
 from daikon.settings import Settings
 from daikon.storage import make_store
-from daikon.webhooks import TASK_DELIVER, TASK_PROGRESS, DeliveryStatus, signing
+from daikon.webhooks import SCHEDULE, TASK_DELIVER, TASK_PROGRESS, DeliveryStatus, signing
 from daikon.webhooks.safety import Allowlist, Resolver, system_resolver
 from db import deliveries
 from db.deliveries import Outbox
-from db.models import utcnow
+from db.models import WebhookDelivery, utcnow
 from db.session import make_engine, make_session_factory, session_scope
 from worker import delivery_http
-from worker.retry_schedule import Uniform, decide
+from worker.delivery_gate import Endpoint, Gates, Outcome, Pass, Verdict
+from worker.retry_schedule import JITTER, Uniform, decide
 
 log = logging.getLogger("daikon.webhooks")
 
@@ -51,6 +55,9 @@ LEASE_MARGIN = timedelta(seconds=30)
 # Each dispatcher tick publishes at most this many batches of due deliveries.
 DISPATCH_BATCH = 200
 DISPATCH_BATCHES = 25
+# A delivery whose endpoint's circuit stays open this long after the event (the retry
+# schedule's whole span, jitter included) is given up: it spends no attempts while it waits.
+GIVE_UP_AFTER = timedelta(seconds=sum(SCHEDULE) * (1 + JITTER))
 
 Publish = Callable[[str, float], None]  # (delivery id, countdown seconds)
 
@@ -65,15 +72,20 @@ class Deliverer:
     wall: Callable[[], float] = time.time  # webhook-timestamp: when a request really goes out
     rng: Uniform = field(default_factory=random.SystemRandom)
     resolver: Resolver = system_resolver
+    gates: Gates | None = None  # None: from the settings, on the settings' Redis
     allow: Allowlist = field(init=False)
     cipher: Cipher = field(init=False)
 
     def __post_init__(self) -> None:
         self.allow = Allowlist.parse(self.settings.webhook_allow_list)
         self.cipher = encryption.cipher(self.settings)
+        if self.gates is None:
+            self.gates = Gates.from_settings(self.settings)
 
     def deliver(self, delivery_id: str) -> DeliveryStatus | None:
-        """Make the delivery's due attempt, if it is due and nobody else is making it."""
+        """Make the delivery's due attempt, if it is due, nobody else is making it, and the
+        gates let it through; else put it back for later, its attempt unspent. None: nothing
+        to do (not due, or another message is making the attempt)."""
         now = self.clock()
         lease = timedelta(seconds=self.settings.webhooks.webhook_timeout_seconds) + LEASE_MARGIN
         with session_scope(self.sessions) as session:
@@ -86,16 +98,50 @@ class Deliverer:
                 return DeliveryStatus.disabled
             keys = deliveries.signing_secrets(session=session, tenant_id=d.tenant_id, now=now,
                                             cipher=self.cipher)  # fmt: skip
-            attempt, url, body, limit, event = d.attempts, d.url, d.payload, d.max_attempts, d.event
+        # Only the claim's holder asks the gates: a duplicate message never defers a
+        # delivery another thread is sending.
+        assert self.gates is not None
+        endpoint = Endpoint.of(d.tenant_id, d.url)
+        gate = self.gates.enter(endpoint, who=delivery_id, now=now.timestamp())
+        if gate.verdict is not Verdict.go:
+            return self._put_back(d, endpoint, gate, now)
+        outcome = Outcome.unknown
+        try:
+            status, outcome = self._attempt(d, keys, now)
+            return status
+        finally:
+            state = self.gates.leave(endpoint, gate, outcome, now=self.clock().timestamp())
+            if state.startswith("opened"):
+                log.warning("webhook endpoint %s of tenant %s gave no answer: circuit %s%s",
+                            endpoint.origin, endpoint.tenant_id, state,
+                            " (its probe failed)" if gate.probe else "")  # fmt: skip
+            elif state == "closed" and gate.probe:
+                log.info("webhook endpoint %s of tenant %s answered its probe: circuit closed",
+                         endpoint.origin, endpoint.tenant_id)  # fmt: skip
+
+    def _attempt(
+        self, d: WebhookDelivery, keys: list[str], now: datetime
+    ) -> tuple[DeliveryStatus, Outcome]:
+        """The claimed attempt: sign, POST, record, schedule the next one."""
+        delivery_id, hooks = d.id, self.settings.webhooks
+        attempt, url, body, limit, event = d.attempts, d.url, d.payload, d.max_attempts, d.event
         result = delivery_http.post(
             url,
             body.encode(),
             signing.headers(keys, delivery_id, int(self.wall()), body),
-            timeout=self.settings.webhooks.webhook_timeout_seconds,
+            timeout=delivery_http.Timeouts(
+                total=hooks.webhook_timeout_seconds,
+                connect=hooks.webhook_connect_timeout_seconds,
+                first_byte=hooks.webhook_first_byte_timeout_seconds,
+            ),
             allow=self.allow,
             resolver=self.resolver,
             now=now,
         )
+        if result.status_code is not None:
+            outcome = Outcome.answered
+        else:
+            outcome = Outcome.unknown if result.refused else Outcome.unreachable
         decision = decide(status_code=result.status_code, retry_after=result.retry_after,
                           attempts_done=attempt, max_attempts=limit, rng=self.rng)  # fmt: skip
         finished = max(self.clock(), now)
@@ -119,7 +165,39 @@ class Deliverer:
         )  # fmt: skip
         if current and soon and decision.delay is not None:
             self._publish(delivery_id, decision.delay)
-        return decision.status
+        return decision.status, outcome
+
+    def _put_back(
+        self, d: WebhookDelivery, endpoint: Endpoint, gate: Pass, now: datetime
+    ) -> DeliveryStatus:
+        """Hand the claim back unspent, the delivery due again when the gates may let it
+        through. A fire-once event (progress) is not kept for later; a delivery whose
+        endpoint's circuit stayed open past the retry schedule's span is given up."""
+        wait = gate.wait * (1.0 + self.rng.uniform(0.0, JITTER))
+        at = now + timedelta(seconds=wait)
+        why = (f"the endpoint {endpoint.origin} gave no answer: its circuit is open"
+               if gate.verdict is Verdict.open else
+               f"{'the endpoint' if gate.why != 'tenant' else 'the tenant'} has every "
+               "delivery slot taken")  # fmt: skip
+        give_up = d.max_attempts <= 1 or (  # fire-once (progress), or waited too long
+            gate.verdict is Verdict.open and at - d.created_at > GIVE_UP_AFTER
+        )
+        soon = wait <= SHORT_DELAY_SECONDS
+        with session_scope(self.sessions) as session:
+            if give_up:
+                deliveries.end_unsent(session=session, delivery_id=d.id, attempt=d.attempts,
+                                      error=f"not sent: {why}", now=now)  # fmt: skip
+            else:
+                moved = deliveries.put_back(session=session, delivery_id=d.id,
+                                            attempt=d.attempts, next_attempt_at=at,
+                                            queued_at=at if soon else None, now=now)  # fmt: skip
+        if give_up:
+            log.info("webhook %s (%s) not sent: %s", d.id, d.event, why)
+            return DeliveryStatus.failed
+        log.info("webhook %s (%s) waits %.1f s: %s", d.id, d.event, wait, why)
+        if moved and soon:
+            self._publish(d.id, wait)
+        return DeliveryStatus.pending
 
     def dispatch(self) -> list[str]:
         """Publish every due delivery that has no live broker message (a retry whose time has

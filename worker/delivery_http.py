@@ -2,8 +2,10 @@
 lookup picks: the socket is opened here to the validated IP and handed to http.client, which
 sends the original Host (and, for https, SNI and certificate checks on the host name).
 
-Redirects are never followed, the whole attempt has one deadline however slowly a receiver
-trickles bytes, and at most READ_LIMIT bytes of the answer are read.
+Redirects are never followed and at most READ_LIMIT bytes of the answer are read. Three
+deadlines bound an attempt: connecting (TCP and TLS), the answer's first byte once the request
+is sent (a receiver that accepts and never answers gives its thread back then), and the whole
+attempt, however slowly a receiver trickles bytes.
 """
 
 from __future__ import annotations
@@ -50,9 +52,21 @@ def _excerpt(raw: bytes) -> str:
     return text.encode()[:EXCERPT_LIMIT].decode("utf-8", errors="ignore")
 
 
-def _describe(e: BaseException, timed_out: bool, timeout: float) -> str:
-    if timed_out or isinstance(e, TimeoutError | socket.timeout):
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds: the whole attempt, connecting, and from the request sent to the answer's first
+    byte. A phase's own bound never outlasts the whole attempt's."""
+
+    total: float
+    connect: float | None = None
+    first_byte: float | None = None
+
+
+def _describe(e: BaseException, timed_out: bool, timeout: float, phase: str = "") -> str:
+    if timed_out:
         return f"timed out after {timeout:g} s"
+    if isinstance(e, TimeoutError | socket.timeout):
+        return phase or f"timed out after {timeout:g} s"
     if isinstance(e, socket.gaierror):
         return f"DNS lookup failed: {e.strerror or e}"
     if isinstance(e, ConnectionRefusedError):
@@ -79,6 +93,8 @@ def answer_excerpt(dest: safety.Destination, peer: safety.Address | None, raw: b
 def _connect(
     dest: safety.Destination, addresses: list[safety.Address], deadline: float
 ) -> socket.socket:
+    """A connection to the first address that answers before `deadline` (the connect
+    timeout's, for all of them together)."""
     last: OSError | None = None
     for ip in addresses:
         remaining = deadline - time.monotonic()
@@ -91,20 +107,43 @@ def _connect(
     raise last or OSError("no address to connect to")
 
 
+class _Phase:
+    """Which deadline a socket timeout belongs to, for the attempt log: a phase's own bound,
+    or the whole attempt's when that comes first."""
+
+    def __init__(self, deadline: float, total: float):
+        self.deadline, self.total = deadline, total
+        self.text = ""
+
+    def enter(self, sock: socket.socket | None, bound: float | None, text: str) -> float:
+        """Arm `sock` (if any) for a phase of at most `bound` seconds; the seconds armed."""
+        remaining = max(0.001, self.deadline - time.monotonic())
+        if bound is not None and bound < remaining:
+            self.text, seconds = text.format(bound), bound
+        else:
+            self.text, seconds = f"timed out after {self.total:g} s", remaining
+        if sock is not None:
+            sock.settimeout(seconds)
+        return seconds
+
+
 def post(
     url: str,
     body: bytes,
     headers: dict[str, str],
     *,
-    timeout: float,
+    timeout: float | Timeouts,
     allow: safety.Allowlist,
     resolver: safety.Resolver = safety.system_resolver,
     tls: ssl.SSLContext | None = None,
     now: datetime | None = None,
 ) -> AttemptResult:
     """POST body to url. Never raises for anything the receiver or the network does."""
+    bounds = timeout if isinstance(timeout, Timeouts) else Timeouts(timeout)
+    timeout = bounds.total
     started = time.monotonic()
     deadline = started + timeout
+    phase = _Phase(deadline, timeout)
 
     def done(
         *,
@@ -145,7 +184,9 @@ def post(
     watchdog.start()
     conn: http.client.HTTPConnection | None = None
     try:
-        sock = _connect(dest, addresses, deadline)
+        connect_for = phase.enter(None, bounds.connect, "no connection within {:g} s")
+        sock = _connect(dest, addresses, min(deadline, time.monotonic() + connect_for))
+        phase.enter(sock, bounds.connect, "no connection within {:g} s")  # TLS's handshake
         address = str(sock.getpeername()[0]).split("%", 1)[0]
         peer = safety.literal_ip(address)
         reason = None if dest.allowed_host or peer is None else safety.refusal(peer, allow)
@@ -159,6 +200,7 @@ def post(
         else:
             conn = http.client.HTTPConnection(dest.host, dest.port, timeout=timeout)
         conn.sock = sock  # connected above; http.client only writes the Host header from host
+        phase.enter(sock, bounds.first_byte, "no answer within {:g} s")
         conn.request(
             "POST",
             dest.target,
@@ -171,13 +213,14 @@ def post(
             },
         )
         response = conn.getresponse()
+        phase.enter(sock, None, "")  # the rest of the answer: the whole attempt's deadline
         raw = response.read(READ_LIMIT)
         excerpt = answer_excerpt(dest, peer, raw)
         retry_after = parse_retry_after(response.getheader("Retry-After"), now or datetime.now(UTC))
         return done(status_code=response.status, excerpt=excerpt, retry_after=retry_after,
                     address=address, body_bytes=len(raw))  # fmt: skip
     except Exception as e:
-        return done(error=_describe(e, timed_out.is_set(), timeout), address=address)
+        return done(error=_describe(e, timed_out.is_set(), timeout, phase.text), address=address)
     finally:
         watchdog.cancel()
         if conn is not None:

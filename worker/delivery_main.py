@@ -3,8 +3,11 @@
     celery -A worker.delivery_main worker --pool threads --concurrency 8 --queues daikon.webhooks
 
 Deliveries wait on the network, not on a GPU: threads carry them, in a process of their own
-that loads no model, so a slow receiver never holds up generation. Each such worker also runs
-the dispatcher that publishes due retries from the database.
+that loads no model, so a slow receiver never holds up generation. Threads are shared by every
+tenant: the gates (worker/delivery_gate.py, state in Redis, shared by every such worker) cap
+the attempts in flight per endpoint and per tenant and back off dead endpoints, so one
+tenant's hanging receivers hold at most its share. Each such worker also runs the dispatcher
+that publishes due retries from the database.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from api.services import services
 from api.submission import check_room
 from daikon.errors import DaikonError, PayloadTooLarge, ServiceUnavailable
 from daikon.resources import ErrorBody, ErrorResponse
+from daikon.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ def busy() -> bytes:
         code="server_busy",
     )
     return error(e.status, code=e.code, message=e.message, type=e.type)
+
+
+def largest_body(settings: Settings) -> int:
+    """The largest body any route takes."""
+    return max(settings.api.max_body_bytes, inputs.upload_request_bytes(settings))
 
 
 def for_app(wsgi: Any) -> Callable[[dict[str, Any]], Decision]:

@@ -135,38 +135,40 @@ class Closer:
     that cuts the last answer short), for every socket at once on one thread."""
 
     def __init__(self) -> None:
-        self._new: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+        self._new: queue.SimpleQueue[tuple[socket.socket, int]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="daikon-closer", daemon=True)
         self._thread.start()
 
-    def close(self, sock: socket.socket) -> None:
+    def close(self, sock: socket.socket, drain: int = LINGER_DRAIN_BYTES) -> None:
+        """Half-close now; read and discard up to `drain` bytes the client still sends (a
+        refused request's body: the client reads the answer once it has sent it)."""
         try:
             sock.shutdown(socket.SHUT_WR)
             sock.setblocking(False)
         except OSError:
             sock.close()
             return
-        self._new.put(sock)
+        self._new.put((sock, drain))
 
     def _run(self) -> None:
         selector = selectors.DefaultSelector()
-        open_until: dict[socket.socket, tuple[float, int]] = {}  # deadline, bytes drained
+        open_until: dict[socket.socket, tuple[float, int]] = {}  # deadline, bytes still to drain
         while True:
             while not self._new.empty():
-                sock = self._new.get()
+                sock, drain = self._new.get()
                 selector.register(sock, selectors.EVENT_READ)
-                open_until[sock] = (time.monotonic() + LINGER_SECONDS, 0)
+                open_until[sock] = (time.monotonic() + LINGER_SECONDS, drain)
             for key, _ in selector.select(timeout=0.1 if open_until else 0.5):
                 sock = key.fileobj  # type: ignore[assignment]
                 try:
-                    data = sock.recv(4096)
+                    data = sock.recv(65536)
                 except BlockingIOError:
                     continue
                 except OSError:
                     data = b""
-                deadline, drained = open_until[sock]
-                open_until[sock] = (deadline, drained + len(data))
-                if not data or drained + len(data) >= LINGER_DRAIN_BYTES:
+                deadline, left = open_until[sock]
+                open_until[sock] = (deadline, left - len(data))
+                if not data or left - len(data) <= 0:
                     open_until[sock] = (0.0, 0)  # done: closed below
             now = time.monotonic()
             for sock, (deadline, _) in list(open_until.items()):
@@ -179,10 +181,12 @@ class Closer:
 class SlowClientSafeWorker(gthread.ThreadWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         self.closer = Closer()
-        api = Settings().api
+        settings = Settings()
+        api = settings.api
         self.read_timeout = api.request_read_timeout_seconds
         self.min_rate = float(api.request_body_min_bytes_per_second)
         self.budget = Budget(api.request_buffer_bytes)
+        self.max_drain = admission.largest_body(settings)
         super().init_process()  # loads the app (load_wsgi), then runs the worker's loop
 
     def load_wsgi(self) -> None:
@@ -226,14 +230,14 @@ class SlowClientSafeWorker(gthread.ThreadWorker):  # type: ignore[misc]
         if arrival.head is not None and not arrival.admitted:
             decision = self.admit(self._environ(conn, arrival.head))
             if decision.refusal is not None:
-                return self._refuse(conn, decision.refusal)
+                return self._refuse(conn, decision.refusal, arrival)
             arrival.admitted, arrival.limit = True, decision.body_limit
             if arrival.wants_continue():
                 conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         if arrival.limit is not None and max(arrival.body_bytes, arrival.declared or 0) > (
             arrival.limit
         ):
-            return self._refuse(conn, admission.too_large(arrival.limit))
+            return self._refuse(conn, admission.too_large(arrival.limit), arrival)
         conn.data_ready = False
         return gthread._DEFER  # back to the poller: no thread waits for this client
 
@@ -297,10 +301,13 @@ class SlowClientSafeWorker(gthread.ThreadWorker):  # type: ignore[misc]
                 environ[f"HTTP_{key}"] = value.decode("latin-1")
         return environ
 
-    def _refuse(self, conn: Any, answer: bytes) -> object:
-        """Answer without reading the rest of the request, then close (gracefully, so the
-        answer is read before the connection goes)."""
+    def _refuse(self, conn: Any, answer: bytes, arrival: Arrival | None = None) -> object:
+        """Answer without reading the rest of the request, then close gracefully: what the
+        client still sends of the body it announced is read and discarded (up to the largest
+        body any route takes), so that its answer is not lost to a reset."""
         self._release(conn)
+        declared = arrival.declared if arrival is not None and arrival.declared else 0
+        drain = LINGER_DRAIN_BYTES + min(declared, self.max_drain)
         try:
             conn.sock.setblocking(True)
             conn.sock.settimeout(self.read_timeout)  # a client that does not read is dropped
@@ -309,7 +316,7 @@ class SlowClientSafeWorker(gthread.ThreadWorker):  # type: ignore[misc]
             conn.close()
             return _CLOSED
         conn.sock.settimeout(None)
-        self.closer.close(conn.sock)
+        self.closer.close(conn.sock, drain)
         return _CLOSED
 
     def _drop(self, conn: Any) -> object:

@@ -28,6 +28,7 @@ from typing import Any
 import redis
 import requests
 
+from chaos import abuse_uploads
 from chaos.harness import ROOT, free_port, raw_http, wait_for
 
 HUGE = {"prompt": "x", "width": 1024, "height": 1024, "steps": 150, "candidates": 16,
@@ -543,6 +544,18 @@ SINGLE: list[Attack] = [
 ]  # fmt: skip
 
 
+def _lines(attack: Callable[[Any], list[abuse_uploads.Result]]) -> Callable[[Stack], list[Line]]:
+    def group(stack: Stack) -> list[Line]:
+        return [Line(name, expected, saw, ok) for name, expected, saw, ok in attack(stack)]
+
+    group.__name__ = attack.__name__
+    return group
+
+
+UPLOAD_GROUPS = [_lines(a) for a in (abuse_uploads.slow_bodies_flood, abuse_uploads.scan_bombs,
+                                     abuse_uploads.uploads_at_the_limit)]  # fmt: skip
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="daikon-abuse-"))
     started = time.monotonic()
@@ -559,7 +572,7 @@ def main() -> int:
                                 f"{type(e).__name__}: {e}")  # fmt: skip
                 lines.append(line)
                 print(line.text(), flush=True)
-            for group in (stream_slots, busy_worker, slow_clients):
+            for group in (stream_slots, busy_worker, slow_clients, *UPLOAD_GROUPS):
                 try:
                     found = group(stack)
                 except Exception as e:

@@ -22,7 +22,7 @@ def chunked_head(key: str) -> bytes:
     return (
         f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
         "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-        "100000\r\n{\"prompt\": \""
+        '100000\r\n{"prompt": "'
     ).encode()
 
 
@@ -32,7 +32,7 @@ def upload_head(key: str, declared: int = 4_000_000, sent: int = 40 * 1024) -> b
         f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
         f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
         f"Content-Length: {declared}\r\n\r\n"
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
         "Content-Type: image/png\r\n\r\n"
     ).encode()
     return head + b"\0" * (sent - len(head))

@@ -10,8 +10,9 @@ or a body slowly hold every thread and stall the API. Here no thread ever waits 
   body is waited for too. Only then is the connection handed to the thread that runs the app,
   with the bytes put back in front of gunicorn's parser: it never reads the socket for them.
 - Every byte arrives under a deadline: the head within DAIKON_REQUEST_READ_TIMEOUT_SECONDS of the
-  first byte, the body at DAIKON_REQUEST_BODY_MIN_BYTES_PER_SECOND on top of that (a client
-  silent for gunicorn's keep-alive timeout is closed sooner). A late request is dropped.
+  first byte, the body at DAIKON_REQUEST_BODY_MIN_BYTES_PER_SECOND on top of that. A late
+  request is dropped; so, sooner, is a client that sends nothing for gunicorn's keep-alive
+  timeout before its first byte, or for the read timeout once its request has begun.
 - A body is never awaited for a request that would be refused anyway: once the head is in and
   the body is not, `api.admission` checks the route's size limit, the caller's key and the
   tenant's limits, and a refusal is answered at once (413, 401, 429) without reading the body.
@@ -344,6 +345,12 @@ class SlowClientSafeWorker(gthread.ThreadWorker):  # type: ignore[misc]
         result = fs.result()
         if result is _CLOSED:
             self.nr_conns -= 1
+            return None
+        if result is gthread._DEFER and getattr(conn, "daikon_held", 0) > 0:
+            super().finish_request(conn, fs)
+            # Mid-request, a pause of the read timeout is allowed (gunicorn's keep-alive timeout,
+            # 2 s, is for a connection that has sent nothing yet); the deadline still holds.
+            conn.timeout = time.monotonic() + self.read_timeout
             return None
         if result is gthread._DEFER or result or not self.alive:
             return super().finish_request(conn, fs)

@@ -27,15 +27,17 @@ def chunked_head(key: str) -> bytes:
 
 
 def upload_head(key: str, declared: int = 4_000_000, sent: int = 40 * 1024) -> bytes:
-    """A multipart edit announcing `declared` bytes, of which `sent` come at once."""
+    """A multipart edit announcing a body of `declared` bytes, of which `sent` come at once."""
     head = (
         f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
         f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
         f"Content-Length: {declared}\r\n\r\n"
+    ).encode()
+    part = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
         "Content-Type: image/png\r\n\r\n"
     ).encode()
-    return head + b"\0" * (sent - len(head))
+    return head + part + b"\0" * (sent - len(part))
 
 
 @dataclass

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, suppress
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import requests
@@ -220,3 +221,33 @@ def test_an_upload_over_a_limit_is_refused_before_its_body(api: Api) -> None:
     statuses = [r.split(b"\r\n")[0] for r in flood.answered]
     assert statuses == [b"HTTP/1.1 413 Request Entity Too Large"] * 2
     assert all(b"request_entity_too_large" in r for r in flood.answered)
+
+
+def test_what_arriving_bodies_hold_is_bounded_and_given_back(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_models: Any
+) -> None:
+    """DAIKON_REQUEST_BUFFER_BYTES of 1 MiB: three uploads holding 300 KiB each fit, a fourth
+    body is answered 503 server_busy unread; once the three are gone their bytes are free."""
+    tmp = tmp_path_factory.mktemp("budget")
+    settings = settings_for(tmp, redis_url, tiny_models)
+    with gunicorn_api(settings, tmp / "gunicorn.log",
+                      DAIKON_REQUEST_BUFFER_BYTES=str(1024 * 1024)) as base:  # fmt: skip
+        port = int(base.rsplit(":", 1)[1])
+        with slow_bodies(port) as flood:
+            holding = flood.open(upload_head(ADMIN_KEY, sent=300 * 1024), 3)
+            time.sleep(1)  # let the server read them
+            over = flood.open(upload_head(ADMIN_KEY, sent=300 * 1024), 1)
+            assert flood.closed_by_server(over, 30) == 1
+            assert flood.answered[0].startswith(b"HTTP/1.1 503")
+            assert b"server_busy" in flood.answered[0]
+            assert flood.closed_by_server(holding, 1) == 0  # still arriving, unanswered
+            for s in holding:
+                s.close()
+            flood.sockets = []
+        again = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with closing(again):
+            again.sendall(upload_head(ADMIN_KEY, declared=300 * 1024 + 200, sent=300 * 1024))
+            again.sendall(b"\0" * 200)
+            reply = again.recv(65536)
+        # The whole upload arrived and reached the app (a bad multipart body: its own 4xx).
+        assert reply.startswith(b"HTTP/1.1 4") and b"server_busy" not in reply, reply[:200]

@@ -25,6 +25,7 @@ from alembic.config import Config
 from werkzeug.serving import make_server
 
 from api import create_app
+from api.access_log import DevRequestHandler
 from daikon import stage_metrics
 from daikon.launcher import stop_process, worker_argv
 from daikon.settings import Settings
@@ -281,7 +282,9 @@ def running_stack(settings: Settings, log_dir: Path) -> Iterator[Stack]:
     migrate(settings.sqlalchemy_url)
     worker = WorkerProcess(settings, log_dir / f"worker-{settings.services.queue}.log")
     app = create_app(settings)
-    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    server = make_server(
+        "127.0.0.1", free_port(), app, threaded=True, request_handler=DevRequestHandler
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     http = requests.Session()

@@ -86,13 +86,17 @@ class Deliverer:
                 return DeliveryStatus.disabled
             keys = deliveries.signing_secrets(session=session, tenant_id=d.tenant_id, now=now,
                                             cipher=self.cipher)  # fmt: skip
+            allow = deliveries.allowlist_for(
+                session=session, tenant_id=d.tenant_id, allow=self.allow,
+                trusted=self.settings.webhook_allow_tenant_names,
+            )  # fmt: skip
             attempt, url, body, limit, event = d.attempts, d.url, d.payload, d.max_attempts, d.event
         result = delivery_http.post(
             url,
             body.encode(),
             signing.headers(keys, delivery_id, int(self.wall()), body),
             timeout=self.settings.webhooks.webhook_timeout_seconds,
-            allow=self.allow,
+            allow=allow,
             resolver=self.resolver,
             now=now,
         )

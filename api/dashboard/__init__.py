@@ -319,11 +319,14 @@ def _when(name: str) -> datetime | None:
     if not raw:
         return None
     try:
-        value = datetime.fromisoformat(raw)
-        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    except (ValueError, OverflowError):
+        value: datetime | None = datetime.fromisoformat(raw)
+    except ValueError:
         raise InvalidRequest(f"{name}: {raw!r} is not a date and time", param=name) from None
-    if not EARLIEST <= value < LATEST:
+    try:
+        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:  # its zone moves it past year 1 or 9999
+        value = None
+    if value is None or not EARLIEST <= value < LATEST:
         raise InvalidRequest(f"{name}: {raw!r} is not between {EARLIEST:%Y-%m-%d} and "
                              f"{LATEST:%Y-%m-%d}", param=name)  # fmt: skip
     return value
@@ -673,8 +676,8 @@ def audit_page() -> Response:
     raw = request.args.get("before", "").strip()
     before = None
     if raw:
-        # At most 18 digits: int() of thousands refuses, and SQLite's integers end at 2**63.
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        # The log's ids are 32-bit on PostgreSQL (a larger number is a database error there).
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) < 2**31):
             raise InvalidRequest(f"before: {raw[:40]!r} is not an entry number of this log",
                                  param="before")  # fmt: skip
         before = int(raw)

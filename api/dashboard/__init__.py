@@ -319,14 +319,14 @@ def _when(name: str) -> datetime | None:
     if not raw:
         return None
     try:
-        value: datetime | None = datetime.fromisoformat(raw)
+        given = datetime.fromisoformat(raw)
     except ValueError:
         raise InvalidRequest(f"{name}: {raw!r} is not a date and time", param=name) from None
     try:
-        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        value = given.astimezone(UTC) if given.tzinfo else given.replace(tzinfo=UTC)
     except OverflowError:  # its zone moves it past year 1 or 9999
-        value = None
-    if value is None or not EARLIEST <= value < LATEST:
+        value = LATEST
+    if not EARLIEST <= value < LATEST:
         raise InvalidRequest(f"{name}: {raw!r} is not between {EARLIEST:%Y-%m-%d} and "
                              f"{LATEST:%Y-%m-%d}", param=name)  # fmt: skip
     return value

@@ -276,7 +276,8 @@ def _signed(svc: Services, job_id: str, what: int | str) -> bool:
     expires = request.args.get("expires", "")
     signature = request.args.get(SIGNATURE_PARAM, "")
     # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
-    number = expires.isascii() and expires.isdigit()
+    # At most 12 digits (year 33658): int() refuses thousands of digits with a ValueError.
+    number = expires.isascii() and expires.isdigit() and len(expires) <= 12
     return number and verify(svc.signing_key, job_id, what, int(expires), signature)
 
 

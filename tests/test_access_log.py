@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -73,6 +74,12 @@ def test_gunicorns_access_log_shows_no_signature_and_no_key(
     assert sig not in log
     assert ADMIN_KEY not in log
     assert any("/healthz" in line and "[redacted]" in line for line in log.splitlines()), log
+
+
+@pytest.mark.parametrize("expires", ["9" * 5000, "9" * 13, "-1", "\uff11\uff12", ""])
+def test_an_odd_expiry_is_a_404_like_a_wrong_signature(make_app: Any, expires: str) -> None:
+    r = make_app().test_client().get(f"/v1/jobs/x/images/1?expires={expires}&sig=x")
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found"
 
 
 def test_what_the_redaction_keeps_and_hides() -> None:

@@ -106,6 +106,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DAIKON_PUBLIC_URL": settings.services.public_url,
         "DAIKON_WEBHOOK_QUEUE": settings.webhooks.webhook_queue,
         "DAIKON_WEBHOOK_ALLOW_HOSTS": settings.webhooks.webhook_allow_hosts,
+        "DAIKON_WEBHOOK_ALLOW_TENANTS": settings.webhooks.webhook_allow_tenants,
         "DAIKON_WEBHOOK_TIMEOUT_SECONDS": str(settings.webhooks.webhook_timeout_seconds),
         "DAIKON_WEBHOOK_DISPATCH_SECONDS": str(settings.webhooks.webhook_dispatch_seconds),
     }

@@ -100,7 +100,7 @@ def set_notice(*, session: Session, token: str, notice: str) -> None:
 
 
 def take_notice(*, session: Session, token: str, notice: str) -> bool:
-    """Clear the notice a page is about to show; False if another request showed it first."""
+    """Clear the notice a page has shown; False if another request cleared it first."""
     result = session.execute(
         update(DashboardSession)
         .where(DashboardSession.id_hash == _session_hash(token), DashboardSession.notice == notice)

@@ -16,6 +16,8 @@ threads = _settings.api.api_threads
 # gthread, but no thread waits on a client that sends its request slowly (api/gunicorn_worker.py).
 worker_class = "api.gunicorn_worker.SlowClientSafeWorker"
 accesslog = "-"
+# The access log never shows a signed URL's signature or a credential (api/access_log.py).
+logger_class = "api.access_log.AccessLogger"
 # Event streams are long requests; the gthread worker is not killed for them.
 timeout = 60
 graceful_timeout = 30

@@ -14,11 +14,10 @@ from sqlalchemy.orm import Session
 
 from api.services import Services, services
 from daikon.errors import Forbidden, ServiceUnavailable, Unauthenticated
+from daikon.resources import ADMIN_TENANT
 from db import tenants
 from db.models import ApiKey, KeyScope
 from db.session import session_scope
-
-ADMIN_TENANT = "admin"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from daikon.contract import (
     encode_cursor,
 )
 from daikon.errors import Conflict, NotFound
-from daikon.image_urls import verify
+from daikon.image_urls import SIGNATURE_PARAM, verify
 from daikon.job_view import job_object
 from db import jobs
 from db.session import read_retrying, session_scope
@@ -275,9 +275,10 @@ def _signed(svc: Services, job_id: str, what: int | str) -> bool:
     """The request's `expires` and `sig` sign `what` of the job; anything odd is False (a
     404, as a wrong signature)."""
     expires = request.args.get("expires", "")
-    signature = request.args.get("sig", "")
+    signature = request.args.get(SIGNATURE_PARAM, "")
     # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
-    number = expires.isascii() and expires.isdigit()
+    # At most 12 digits (year 33658): int() refuses thousands of digits with a ValueError.
+    number = expires.isascii() and expires.isdigit() and len(expires) <= 12
     return number and verify(svc.signing_key, job_id, what, int(expires), signature)
 
 

@@ -30,7 +30,7 @@ from daikon.contract import (
 from daikon.errors import Conflict, InvalidRequest, ServiceUnavailable, TooManyRequests
 from daikon.served_models import ServedModel
 from daikon.webhooks.safety import Allowlist, UnsafeDestination, check_url
-from db import jobs
+from db import deliveries, jobs
 from db.models import Job, new_id
 from db.session import session_scope
 
@@ -77,7 +77,7 @@ def submit(
     each, and stored; an edit's inputs are deleted again if the job is not created."""
     settings = svc.settings
     req = JobRequest.for_settings(settings).model_validate(body)
-    check_webhook_url(svc, req.webhook_url)
+    check_webhook_url(svc, req.webhook_url, principal.tenant_id)
     model = req.model or settings.default_model_name
     served = svc.served_models.get(model)
     capabilities = served.capabilities if served is not None else None
@@ -256,12 +256,19 @@ def enqueue(
     svc.enqueued.add(job_id)
 
 
-def check_webhook_url(svc: Services, url: str | None) -> None:
+def check_webhook_url(svc: Services, url: str | None, tenant_id: str | None) -> None:
     """Submit-time destination check: 422 naming webhook_url, before anything is written."""
     if url is None:
         return
+    allow = Allowlist.parse(svc.settings.webhook_allow_list)
+    trusted = svc.settings.webhook_allow_tenant_names
+    if trusted and (allow.hosts or allow.networks):
+        with session_scope(svc.sessions) as session:
+            allow = deliveries.allowlist_for(
+                session=session, tenant_id=tenant_id, allow=allow, trusted=trusted
+            )
     try:
-        check_url(url, Allowlist.parse(svc.settings.webhook_allow_list))
+        check_url(url, allow)
     except UnsafeDestination as e:
         raise InvalidRequest(f"webhook_url: {e}", param="webhook_url") from None
 

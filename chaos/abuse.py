@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -93,15 +94,23 @@ class Stack:
 
 
 @contextmanager
-def make_run(work: Path) -> Iterator[Stack]:
-    """`python -m daikon.launcher` as a new user starts it: no service URLs, no models set."""
+def make_run(
+    work: Path, admin_key: str | None = None, log_name: str = "run.log"
+) -> Iterator[Stack]:
+    """`python -m daikon.launcher` as a new user starts it: no service URLs, no models set
+    (with `admin_key`: as restarted with DAIKON_ADMIN_KEY set, on the same data directory)."""
     port = free_port()
     unset = ("REDIS_URL", "DATABASE_URL", "DAIKON_ADMIN_KEY", "DAIKON_MODEL", "DAIKON_CLIP_MODEL",
-             "DAIKON_WEBHOOK_ALLOW_HOSTS")  # fmt: skip
+             "DAIKON_WEBHOOK_ALLOW_HOSTS", "DAIKON_WEBHOOK_ALLOW_TENANTS")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(DAIKON_DATA_DIR=str(work / "data"), DAIKON_PORT=str(port),
                DAIKON_TORCH_THREADS="1")  # fmt: skip
-    log_path = work / "run.log"
+    # As make run allows (loopback receivers for the admin's tenant), plus the two tenants of
+    # hanging-webhook-receivers: on this machine their receivers can only be on loopback.
+    env["DAIKON_WEBHOOK_ALLOW_TENANTS"] = "admin,hook-flooder,hook-victim"
+    if admin_key is not None:
+        env["DAIKON_ADMIN_KEY"] = admin_key
+    log_path = work / log_name
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "daikon.launcher"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT,
@@ -111,7 +120,7 @@ def make_run(work: Path) -> Iterator[Stack]:
         key_file = work / "data" / "admin.key"
         wait_for(lambda: key_file.exists() and proc.poll() is None, 90, "the admin key")
         admin = requests.Session()
-        admin.headers["Authorization"] = f"Bearer {key_file.read_text().strip()}"
+        admin.headers["Authorization"] = f"Bearer {admin_key or key_file.read_text().strip()}"
         wait_for(lambda: requests.get(f"{base}/readyz", timeout=3).status_code == 200, 120,
                  "make run to be ready")  # fmt: skip
         # The worker publishes the model's limits once it has loaded it.
@@ -303,7 +312,7 @@ def internal_answer(stack: Stack) -> tuple[bool, str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Internal)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        http_ = stack.tenant("mallory")
+        http_ = stack.admin  # make run trusts loopback receivers for the admin's tenant alone
         hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
         job_id = stack.submit(http_, {**QUICK, "webhook_url": hook}).json()["id"]
         url = f"{stack.base}/v1/jobs/{job_id}/webhooks"
@@ -507,6 +516,138 @@ def hanging_receivers(stack: Stack) -> tuple[bool, str]:
     return ok, (f"B's webhook {alone * 1000:.0f} ms alone, {flooded * 1000:.0f} ms behind A's 32 "
                 f"to hanging receivers; A's attempts spent by then {spent}, {waiting} waiting "
                 "unspent")  # fmt: skip
+# --- the dashboard and the access log (issue 21, items 4 and 8) -----------------------------
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_dashboards: dict[str, tuple[requests.Session, str]] = {}
+
+
+def admin_key_of(stack: Stack) -> str:
+    return str(stack.admin.headers["Authorization"]).removeprefix("Bearer ")
+
+
+def sign_in(stack: Stack, next_: str = "") -> tuple[requests.Session, requests.Response]:
+    """A browser's sign-in to the dashboard with the admin key: its cookies, and the answer."""
+    browser = requests.Session()
+    form = browser.get(f"{stack.base}/admin/login", timeout=10)
+    token = CSRF.search(form.text)
+    assert token, form.text[:200]
+    form_data = {"key": admin_key_of(stack), "csrf_token": token[1], "next": next_}
+    r = browser.post(f"{stack.base}/admin/login", data=form_data, timeout=10,
+                     allow_redirects=False)  # fmt: skip
+    return browser, r
+
+
+def dashboard(stack: Stack) -> tuple[requests.Session, str]:
+    """One signed-in dashboard browser for these attacks (sign-ins are rate limited), and its
+    CSRF token."""
+    if stack.base not in _dashboards:
+        browser, r = sign_in(stack)
+        assert r.status_code == 303, r.text[:200]
+        page = browser.get(f"{stack.base}/admin/", timeout=10)
+        token = CSRF.search(page.text)
+        assert token, page.text[:200]
+        _dashboards[stack.base] = (browser, token[1])
+    return _dashboards[stack.base]
+
+
+def rows(stack: Stack, table: str) -> int:
+    with closing(sqlite3.connect(stack.data / "daikon.db")) as db:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def odd_dashboard_queries(stack: Stack) -> tuple[bool, str]:
+    browser, _ = dashboard(stack)
+    paths = ["/admin/usage?to=0001-01-01", "/admin/jobs?from=9999-12-31T23:59-01:00",
+             "/admin/jobs?to=9999-12-31T23:59-01:00", "/admin/audit?before=" + "9" * 30,
+             "/admin/usage?from=9999-06-01", "/admin/audit?before=" + "9" * 4000,
+             "/admin/jobs?cursor=abc",
+             "/admin/jobs?cursor=WyI5OTk5LTEyLTMxVDIzOjU5LTAxOjAwIiwieCJd"]  # fmt: skip
+    codes = [browser.get(stack.base + p, timeout=10).status_code for p in paths]
+    ok = codes == [422] * len(paths)
+    return ok, f"{len(paths)} odd queries: {sorted(set(codes))} (none 500)" if ok else str(codes)
+
+
+def next_crlf(stack: Stack) -> tuple[bool, str]:
+    before = rows(stack, "dashboard_sessions")
+    answers = [sign_in(stack, target)[1] for target in (
+        "/admin/\r\nSet-Cookie: daikon_admin=x", "https://evil.example/admin/")]  # fmt: skip
+    left = rows(stack, "dashboard_sessions") - before
+    cookies = sum("daikon_admin=" in r.headers.get("Set-Cookie", "") for r in answers)
+    codes = [r.status_code for r in answers]
+    ok = codes == [400, 400] and left == 0 and cookies == 0
+    return ok, f"{codes}, {left} sessions written, {cookies} cookies set"
+
+
+def notice_injection(stack: Stack) -> tuple[bool, str]:
+    browser, _ = dashboard(stack)
+    crafted = "Your key was revoked: sign in at https://evil.example/admin"
+    shown = [crafted in browser.get(f"{stack.base}{path}", params={"notice": crafted},
+                                    timeout=10).text
+             for path in ("/admin/", "/admin/queues", "/admin/tenants")]  # fmt: skip
+    return not any(shown), f"crafted notice shown on {sum(shown)} of {len(shown)} pages"
+
+
+def pause_unknown_model(stack: Stack) -> tuple[bool, str]:
+    browser, token = dashboard(stack)
+    r = browser.post(f"{stack.base}/admin/queues/no-such-model/pause",
+                     data={"csrf_token": token}, timeout=10, allow_redirects=False)  # fmt: skip
+    paused = rows(stack, "paused_models")
+    return r.status_code == 404 and paused == 0, f"{r.status_code}, {paused} paused models"
+
+
+def signed_url_in_access_log(stack: Stack) -> tuple[bool, str]:
+    assert stack.log_path is not None
+    http = stack.tenant("mallory")
+    job_id = stack.submit(http, QUICK).json()["id"]
+    wait_for(lambda: stack.job(http, job_id)["status"] == "succeeded", 120, "a quick job")
+    url = stack.job(http, job_id)["images"][0]["url"]
+    sig = url.rsplit("sig=", 1)[1]
+    fetched = requests.get(url, timeout=10).status_code
+    path = f"/v1/jobs/{job_id}/images/1"
+    wait_for(lambda: path in stack.log_path.read_text(errors="replace"), 30,  # type: ignore[union-attr]
+             "the access log line")  # fmt: skip
+    log = stack.log_path.read_text(errors="replace")
+    lines = [line for line in log.splitlines() if f"GET {path}" in line]
+    leaked = sig in log
+    ok = fetched == 200 and bool(lines) and not leaked
+    shown = lines[0].split('"')[1] if lines else "no line"
+    where = "in" if leaked else "not in"
+    return ok, f"fetched {fetched}; logged as {shown!r}; signature {where} the log"
+
+
+def loopback_webhook_other_tenant(stack: Stack) -> tuple[bool, str]:
+    hook = "http://127.0.0.1:9/hook"
+    tenant = error_code(stack.submit(stack.tenant("mallory"), {**QUICK, "webhook_url": hook}))
+    own = stack.submit(stack.admin, {**QUICK, "webhook_url": hook})
+    if own.status_code == 202:
+        stack.admin.post(f"{stack.base}/v1/jobs/{own.json()['id']}/cancel", timeout=10)
+    ok = tenant == "422 invalid_request" and own.status_code == 202
+    return ok, f"a tenant {tenant}, the admin's own tenant {own.status_code}"
+
+
+ROTATED_KEY = "dk_admin_rotated_" + "r" * 32
+
+
+def old_key_session(work: Path, browser: requests.Session, token: str) -> Line:
+    """After make run restarts with another DAIKON_ADMIN_KEY (same data directory), the
+    session opened with the old key loads no page and creates no tenant."""
+    with make_run(work, admin_key=ROTATED_KEY, log_name="run-rotated.log") as stack:
+        # The browser kept its cookie (cookies are per host, not per port: the new port gets it).
+        page = browser.get(f"{stack.base}/admin/tenants", timeout=10, allow_redirects=False)
+        made = browser.post(f"{stack.base}/admin/tenants", timeout=10, allow_redirects=False,
+                            data={"csrf_token": token, "name": "made-with-old-key"})  # fmt: skip
+        names = {t["name"] for t in stack.admin.get(f"{stack.base}/v1/admin/tenants",
+                                                    timeout=10).json()["tenants"]}  # fmt: skip
+    created = "made-with-old-key" in names
+    ok = page.status_code == 302 and made.status_code == 401 and not created
+    return Line(
+        "old-admin-key-session",
+        "after a restart with a new key: page 302 to the sign-in, create 401, nothing created",
+        f"page {page.status_code}, create "
+        f"{made.status_code}, tenant {'created' if created else 'not created'}",
+        ok,
+    )
 
 
 SINGLE: list[Attack] = [
@@ -541,6 +682,15 @@ SINGLE: list[Attack] = [
     held("internal-webhook-answer", "attempt log: length only, no excerpt", internal_answer),
     held("hanging-webhook-receivers", "another tenant's webhook arrives; A's queue of 32 "
          "hanging deliveries is not ahead of it", hanging_receivers),
+    held("dashboard-odd-queries", "422 naming the parameter, never 500",
+         odd_dashboard_queries),
+    held("next-crlf-sign-in", "400 before the sign-in: no session row, no cookie", next_crlf),
+    held("notice-injection", "a crafted ?notice= is shown nowhere", notice_injection),
+    held("pause-unknown-model", "404, nothing paused", pause_unknown_model),
+    held("signed-url-in-access-log", "fetched 200, the signature in no log line",
+         signed_url_in_access_log),
+    held("tenant-loopback-webhook", "422 for a tenant, 202 for the admin's own tenant",
+         loopback_webhook_other_tenant),
 ]  # fmt: skip
 
 
@@ -560,6 +710,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="daikon-abuse-"))
     started = time.monotonic()
     lines: list[Line] = []
+    old_session: tuple[requests.Session, str] | None = None
     try:
         with make_run(work) as stack:
             print(f"abuse | make run up in {time.monotonic() - started:.0f} s at {stack.base}; "
@@ -580,6 +731,14 @@ def main() -> int:
                 for line in found:
                     lines.append(line)
                     print(line.text(), flush=True)
+            old_session = dashboard(stack)
+        # Last: make run again on the same data, with another admin key.
+        try:
+            line = old_key_session(work, *old_session)
+        except Exception as e:
+            line = Line("old-admin-key-session", "no crash", f"{type(e).__name__}: {e}")
+        lines.append(line)
+        print(line.text(), flush=True)
     except Exception as e:
         print(f"abuse | the stack failed: {type(e).__name__}: {e}", flush=True)
         lines.append(Line("stack", "make run starts", str(e)))

@@ -10,12 +10,17 @@ import hashlib
 import hmac
 import math
 import time
+from urllib.parse import unquote_plus
 
 from daikon.private_files import read_or_create_secret
 from daikon.settings import Settings
 
 # URLs expire on a coarse grid so the same image keeps the same URL for a while (caching).
 GRID_SECONDS = 600
+# The query parameter that carries the signature (daikon/job_view.py writes it, api/jobs.py
+# reads it). A URL with it is a capability: logs show `[redacted]` instead (redact_query).
+SIGNATURE_PARAM = "sig"
+REDACTED = "[redacted]"
 
 
 def secret_key(settings: Settings) -> bytes:
@@ -41,3 +46,23 @@ def verify(key: bytes, job_id: str, rank: int | str, expires: int, signature: st
         return False
     # As bytes: compare_digest refuses str with non-ASCII characters (TypeError).
     return hmac.compare_digest(_mac(key, job_id, rank, expires).encode(), signature.encode())
+
+
+def redact_query(query: str) -> str:
+    """A query string as a log may show it: one that carries a signature is replaced whole,
+    however the parameter is spelled (`SIG`, `%73ig`): until it expires, whoever reads the
+    log could fetch the image."""
+    names = {unquote_plus(part.partition("=")[0]).strip().lower()
+             for part in query.replace(";", "&").split("&")}  # fmt: skip
+    return REDACTED if SIGNATURE_PARAM in names else query
+
+
+def redact_url(text: str) -> str:
+    """A URL, path or request line ("GET /path?query HTTP/1.1") with its query redacted as
+    by redact_query."""
+    head, mark, rest = text.partition("?")
+    if not mark:
+        return text
+    ends = [i for i in (rest.find(" "), rest.find("#")) if i >= 0]
+    end = min(ends, default=len(rest))
+    return head + mark + redact_query(rest[:end]) + rest[end:]

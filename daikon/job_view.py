@@ -88,7 +88,10 @@ class Links:
         if direct:
             return direct
         expires, sig = image_urls.sign(self.signing_key, job.id, image.rank, self.presign_seconds)
-        return self.absolute(f"/v1/jobs/{job.id}/images/{image.rank}?expires={expires}&sig={sig}")
+        return self.absolute(
+            f"/v1/jobs/{job.id}/images/{image.rank}?expires={expires}"
+            f"&{image_urls.SIGNATURE_PARAM}={sig}"
+        )
 
     def input_url(self, job: JobRow, role: str, key: str) -> str:
         direct = self.store.presigned_url(key)
@@ -96,7 +99,9 @@ class Links:
             return direct
         expires, sig = image_urls.sign(self.signing_key, job.id, f"input-{role}",
                                        self.presign_seconds)  # fmt: skip
-        return self.absolute(f"/v1/jobs/{job.id}/inputs/{role}?expires={expires}&sig={sig}")
+        return self.absolute(
+            f"/v1/jobs/{job.id}/inputs/{role}?expires={expires}&{image_urls.SIGNATURE_PARAM}={sig}"
+        )
 
 
 def job_object(

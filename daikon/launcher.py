@@ -7,9 +7,12 @@
 Then migrations run, and the API (gunicorn), one worker (celery) and the webhook worker (celery,
 threads, its own queue) start. A child that dies is restarted after a short pause; queued work
 continues because it lives in the broker, and webhook retries because they live in the database.
-Being a local setup, it lets webhooks reach receivers on loopback (127.0.0.1, ::1, localhost)
-unless DAIKON_WEBHOOK_ALLOW_HOSTS is set, and gives job objects absolute URLs
-(DAIKON_PUBLIC_URL) so a webhook receiver can fetch the images.
+Being a local setup, it lets the admin's own tenant (the jobs of the printed admin key) send
+webhooks to receivers on loopback (127.0.0.1, ::1, localhost), and says so; other tenants' webhooks
+go to public addresses only, as in production (a tenant must not reach the local services: the
+API, valkey). DAIKON_WEBHOOK_ALLOW_HOSTS and DAIKON_WEBHOOK_ALLOW_TENANTS, when set, decide
+instead. It gives job objects absolute URLs (DAIKON_PUBLIC_URL) so a webhook receiver can fetch
+the images.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daikon.private_files import lock_down, read_or_create_secret
+from daikon.resources import ADMIN_TENANT
 from daikon.settings import Settings
 
 RESTART_DELAY_SECONDS = 2.0
@@ -165,8 +169,14 @@ def main() -> int:
             f"embedded valkey on 127.0.0.1:{valkey.port}, password in "
             f"{settings.data_path / 'valkey.password'} (data in {settings.data_path / 'valkey'})"
         )
+    webhook_note = "DAIKON_WEBHOOK_ALLOW_HOSTS from the environment"
     if "DAIKON_WEBHOOK_ALLOW_HOSTS" not in {k.upper() for k in os.environ}:
         env["DAIKON_WEBHOOK_ALLOW_HOSTS"] = LOCAL_WEBHOOK_HOSTS
+        webhook_note = f"loopback receivers ({LOCAL_WEBHOOK_HOSTS}) allowed"
+        if "DAIKON_WEBHOOK_ALLOW_TENANTS" not in {k.upper() for k in os.environ}:
+            env["DAIKON_WEBHOOK_ALLOW_TENANTS"] = ADMIN_TENANT
+            webhook_note += (f" for tenant {ADMIN_TENANT!r} (the admin key's jobs) only; other "
+                             "tenants' webhooks go to public addresses")  # fmt: skip
     admin_key_note = "DAIKON_ADMIN_KEY from the environment"
     if not settings.security.admin_key:
         env["DAIKON_ADMIN_KEY"] = dev_admin_key(settings)
@@ -218,6 +228,7 @@ def main() -> int:
             child.start()
         say(f"API at http://{bind}  (Ctrl-C stops everything)")
         say(f"admin key: {admin_key_note}")
+        say(f"webhooks: {webhook_note} (DAIKON_WEBHOOK_ALLOW_HOSTS, DAIKON_WEBHOOK_ALLOW_TENANTS)")
         stop = False
 
         def _stop(*_: Any) -> None:

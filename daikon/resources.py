@@ -44,6 +44,10 @@ class StreamStatus(BaseModel):
 # --- admin: tenants and keys ------------------------------------------------------------------
 
 
+# The tenant that owns the jobs of DAIKON_ADMIN_KEY (made on its first use).
+ADMIN_TENANT = "admin"
+
+
 class TenantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")

@@ -357,6 +357,12 @@ class Webhooks(Group):
         "addresses: hosts, IPs, CIDRs, comma-separated. `make "
         "run` allows loopback unless set.",
     )
+    webhook_allow_tenants: str = Field(
+        "",
+        description="The tenants (names, comma-separated) whose webhooks may use "
+        "DAIKON_WEBHOOK_ALLOW_HOSTS; empty: every tenant. `make run` sets `admin`, the admin "
+        "key's own tenant, unless set.",
+    )
     webhook_secret_overlap_hours: float = Field(
         24.0, ge=0, le=24 * 30, description="How long a rotated secret still signs."
     )
@@ -623,6 +629,12 @@ class Settings(BaseSettings):
     @property
     def webhook_allow_list(self) -> list[str]:
         return [h.strip() for h in self.webhooks.webhook_allow_hosts.split(",") if h.strip()]
+
+    @property
+    def webhook_allow_tenant_names(self) -> frozenset[str]:
+        return frozenset(
+            t.strip() for t in self.webhooks.webhook_allow_tenants.split(",") if t.strip()
+        )
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -5,13 +5,14 @@ columns, computed when asked, so every API process shows the same figures."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -35,29 +36,77 @@ def _session_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def key_fingerprint(*, secret: bytes, key_hash: str) -> str:
+    """What a session keeps of the key it was opened with: an HMAC of the key's SHA-256 (the
+    api_keys row's `key_hash`) under the deployment's signing key. Keyed, so a leaked table
+    does not let anyone test guesses of an operator-chosen DAIKON_ADMIN_KEY offline."""
+    message = f"dashboard-session-key|{key_hash}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
 def create_session(
-    *, session: Session, key_id: str | None, actor: str, scope: KeyScope, ttl: timedelta
+    *,
+    session: Session,
+    key_id: str | None,
+    key_hash: str,
+    secret: bytes,
+    actor: str,
+    scope: KeyScope,
+    ttl: timedelta,
 ) -> str:
-    """A new sign-in; returns the random token for the cookie (only its hash is stored)."""
+    """A new sign-in with the key whose SHA-256 is `key_hash`; returns the random token for
+    the cookie (only its hash is stored)."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
     session.add(DashboardSession(id_hash=_session_hash(token), key_id=key_id, actor=actor,
-                                 scope=scope, created_at=now, expires_at=now + ttl))  # fmt: skip
+                                 scope=scope, created_at=now, expires_at=now + ttl,
+                                 key_fingerprint=key_fingerprint(secret=secret,
+                                                                 key_hash=key_hash)))  # fmt: skip
     session.flush()
     return token
 
 
-def find_session(*, session: Session, token: str) -> DashboardSession | None:
-    """The live session for a cookie: not expired, and its key (if any) not revoked."""
+def find_session(
+    *, session: Session, token: str, secret: bytes, settings_key_hash: str | None
+) -> DashboardSession | None:
+    """The live session for a cookie: not expired, and the key it was opened with still the
+    one that opens it: an API key not revoked, or DAIKON_ADMIN_KEY unchanged (its SHA-256 is
+    `settings_key_hash`, None when the deployment has none) for a session of the settings'
+    key. Checked on every request, so a new admin key ends the old key's sessions at once."""
     now = utcnow()
     row = session.get(DashboardSession, _session_hash(token))
     if row is None or row.expires_at <= now:
         return None
-    if row.key_id is not None:
+    if row.key_id is None:
+        key_hash = settings_key_hash
+    else:
         key = session.get(ApiKey, row.key_id)
-        if key is None or key.revoked_at is not None:
-            return None
+        key_hash = key.key_hash if key is not None and key.revoked_at is None else None
+    if key_hash is None:
+        return None
+    expected = key_fingerprint(secret=secret, key_hash=key_hash)
+    if not hmac.compare_digest(row.key_fingerprint.encode(), expected.encode()):
+        return None
     return row
+
+
+def set_notice(*, session: Session, token: str, notice: str) -> None:
+    """What the session's next page says about the action just taken (a flash message)."""
+    session.execute(
+        update(DashboardSession)
+        .where(DashboardSession.id_hash == _session_hash(token))
+        .values(notice=notice[:512])
+    )
+
+
+def take_notice(*, session: Session, token: str, notice: str) -> bool:
+    """Clear the notice a page has shown; False if another request cleared it first."""
+    result = session.execute(
+        update(DashboardSession)
+        .where(DashboardSession.id_hash == _session_hash(token), DashboardSession.notice == notice)
+        .values(notice=None)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def end_session(*, session: Session, token: str) -> bool:
@@ -121,6 +170,14 @@ def pause(*, session: Session, model: str, by: str) -> bool:
 def resume(*, session: Session, model: str) -> bool:
     result = session.execute(delete(PausedModel).where(PausedModel.model == model))
     return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def has_work(*, session: Session, model: str) -> bool:
+    """Whether the model has queued or running jobs (the queues page lists it then)."""
+    stmt = select(Job.id).where(
+        Job.model == model, Job.status.in_((JobStatus.queued, JobStatus.running))
+    )
+    return session.scalar(stmt.limit(1)) is not None
 
 
 def paused(*, session: Session) -> dict[str, PausedModel]:

@@ -19,8 +19,10 @@ from daikon.contract import JobStatus, WebhookEvent
 from daikon.encryption import Cipher, is_encrypted
 from daikon.errors import Conflict, NotFound
 from daikon.webhooks import MAX_ATTEMPTS, DeliveryStatus, signing
+from daikon.webhooks.safety import Allowlist
 from db.models import (
     Job,
+    Tenant,
     WebhookAttempt,
     WebhookDelivery,
     WebhookDisabledUrl,
@@ -33,6 +35,20 @@ SECRET_RETENTION = timedelta(days=7)
 log = logging.getLogger(__name__)
 # (job, event, at, step) -> the event's body
 Render = Callable[[Job, WebhookEvent, datetime | None, tuple[int, int] | None], str]
+
+
+# --- destinations ---------------------------------------------------------------------------
+
+
+def allowlist_for(
+    *, session: Session, tenant_id: str | None, allow: Allowlist, trusted: frozenset[str]
+) -> Allowlist:
+    """The deployment's allowlist as it applies to a tenant's webhooks: one rule for the
+    submit-time check (api/submission.py) and every delivery (worker/delivery.py)."""
+    if not trusted or (not allow.hosts and not allow.networks):
+        return allow
+    tenant = session.get(Tenant, tenant_id) if tenant_id is not None else None
+    return allow.for_tenant(tenant.name if tenant is not None else "", trusted)
 
 
 # --- secrets --------------------------------------------------------------------------------

@@ -287,8 +287,9 @@ class WebhookDisabledUrl(Base):
 
 class DashboardSession(Base):
     """A signed-in operator. The cookie holds a random id; only its SHA-256 is stored, so a
-    leaked table opens nothing. `key_id` None is the settings' admin key; a session of a key
-    that is revoked ends with it."""
+    leaked table opens nothing. `key_id` None is the settings' admin key. `key_fingerprint`
+    is an HMAC of the key it was opened with (db/dashboard.py): a session ends with its key,
+    revoked or replaced (a new DAIKON_ADMIN_KEY)."""
 
     __tablename__ = "dashboard_sessions"
 
@@ -299,8 +300,11 @@ class DashboardSession(Base):
         Enum(KeyScope, native_enum=False, length=16, create_constraint=True,
              name="session_scope"),
     )  # fmt: skip
+    key_fingerprint: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # What the last action said, shown once on the next page (never text from a URL).
+    notice: Mapped[str | None] = mapped_column(String(512))
 
 
 class AuditEntry(Base):

@@ -25,6 +25,7 @@ from alembic.config import Config
 from werkzeug.serving import make_server
 
 from api import create_app
+from api.access_log import DevRequestHandler
 from daikon import stage_metrics
 from daikon.launcher import stop_process, worker_argv
 from daikon.settings import Settings
@@ -105,6 +106,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DAIKON_PUBLIC_URL": settings.services.public_url,
         "DAIKON_WEBHOOK_QUEUE": settings.webhooks.webhook_queue,
         "DAIKON_WEBHOOK_ALLOW_HOSTS": settings.webhooks.webhook_allow_hosts,
+        "DAIKON_WEBHOOK_ALLOW_TENANTS": settings.webhooks.webhook_allow_tenants,
         "DAIKON_WEBHOOK_TIMEOUT_SECONDS": str(settings.webhooks.webhook_timeout_seconds),
         "DAIKON_WEBHOOK_DISPATCH_SECONDS": str(settings.webhooks.webhook_dispatch_seconds),
         **{f"DAIKON_{name.upper()}": str(getattr(settings.webhooks, name)) for name in (
@@ -287,7 +289,9 @@ def running_stack(settings: Settings, log_dir: Path) -> Iterator[Stack]:
     migrate(settings.sqlalchemy_url)
     worker = WorkerProcess(settings, log_dir / f"worker-{settings.services.queue}.log")
     app = create_app(settings)
-    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    server = make_server(
+        "127.0.0.1", free_port(), app, threaded=True, request_handler=DevRequestHandler
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     http = requests.Session()

@@ -22,6 +22,7 @@ import redis
 from PIL import Image
 from werkzeug.serving import make_server
 
+from api.access_log import DevRequestHandler
 from daikon.client import (
     AsyncDaikon,
     AuthenticationError,
@@ -220,7 +221,9 @@ def test_a_submit_retried_after_its_answer_was_lost_makes_one_job(stack: Stack) 
 def one_active_job(make_app) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """An API (no worker: jobs stay queued) that lets each tenant one active job; its URL."""
     app = make_app(tenant_max_active_jobs=1)
-    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    server = make_server(
+        "127.0.0.1", free_port(), app, threaded=True, request_handler=DevRequestHandler
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

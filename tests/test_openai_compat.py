@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 from werkzeug.serving import make_server
 
 from api import create_app, openai_compat
+from api.access_log import DevRequestHandler
 from daikon.live import LiveState
 from daikon.settings import Settings
 from db import jobs
@@ -192,7 +193,9 @@ def serve_idle(data_dir: Path, redis_url: str, **overrides: Any) -> Iterator[Idl
     )  # fmt: skip
     migrate(settings.sqlalchemy_url)
     app = create_app(settings)
-    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    server = make_server(
+        "127.0.0.1", free_port(), app, threaded=True, request_handler=DevRequestHandler
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -98,6 +98,10 @@ class Deliverer:
                 return DeliveryStatus.disabled
             keys = deliveries.signing_secrets(session=session, tenant_id=d.tenant_id, now=now,
                                             cipher=self.cipher)  # fmt: skip
+            allow = deliveries.allowlist_for(
+                session=session, tenant_id=d.tenant_id, allow=self.allow,
+                trusted=self.settings.webhook_allow_tenant_names,
+            )  # fmt: skip
         # Only the claim's holder asks the gates: a duplicate message never defers a
         # delivery another thread is sending.
         assert self.gates is not None
@@ -107,7 +111,7 @@ class Deliverer:
             return self._put_back(d, endpoint, gate, now)
         outcome = Outcome.unknown
         try:
-            status, outcome = self._attempt(d, keys, now)
+            status, outcome = self._attempt(d, keys, allow, now)
             return status
         finally:
             state = self.gates.leave(endpoint, gate, outcome, now=self.clock().timestamp())
@@ -120,7 +124,7 @@ class Deliverer:
                          endpoint.origin, endpoint.tenant_id)  # fmt: skip
 
     def _attempt(
-        self, d: WebhookDelivery, keys: list[str], now: datetime
+        self, d: WebhookDelivery, keys: list[str], allow: Allowlist, now: datetime
     ) -> tuple[DeliveryStatus, Outcome]:
         """The claimed attempt: sign, POST, record, schedule the next one."""
         delivery_id, hooks = d.id, self.settings.webhooks
@@ -134,7 +138,7 @@ class Deliverer:
                 connect=hooks.webhook_connect_timeout_seconds,
                 first_byte=hooks.webhook_first_byte_timeout_seconds,
             ),
-            allow=self.allow,
+            allow=allow,
             resolver=self.resolver,
             now=now,
         )

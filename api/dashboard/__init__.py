@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, g, make_response, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from api import openapi
@@ -23,7 +23,7 @@ from api.services import services
 from api.submission import enqueue
 from daikon import heartbeats
 from daikon.contract import JobStatus, decode_cursor, encode_cursor
-from daikon.errors import DaikonError, InvalidRequest
+from daikon.errors import BadRequest, DaikonError, InvalidRequest, NotFound
 from db import dashboard, deliveries, jobs, tenants
 from db.models import Job, KeyScope
 from db.session import session_scope
@@ -33,6 +33,11 @@ PAGE = 50
 TERMINAL = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 STAGES = ("queue", "inference", "ranking", "upload")
 PUBLIC = {"dashboard.login", "dashboard.login_form"}
+# The dates a search or usage period may name: far enough from year 1 and 9999 that no
+# arithmetic on them (a zone's offset, a day before) leaves the calendar.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+NEXT_LIMIT = 2048  # characters of a `next=` address kept through the sign-in
 
 
 def now() -> datetime:
@@ -49,7 +54,8 @@ def _signed_in() -> BaseResponse | None:
     viewer = access.current()
     if viewer is None:
         if request.method == "GET" and not request.args.get("fragment"):
-            return redirect(url_for("dashboard.login_form", next=request.full_path))
+            back = request.full_path if _safe_next(request.full_path) else None
+            return redirect(url_for("dashboard.login_form", next=back))
         return _page("message.html", 401, title="Signed out", message="Sign in again.")
     if request.method == "POST":
         access.check_csrf(viewer.csrf)
@@ -60,6 +66,10 @@ def _signed_in() -> BaseResponse | None:
 
 @bp.after_request
 def _headers(resp: Response) -> Response:
+    shown = g.pop("shown_notice", None)
+    if shown is not None:
+        with session_scope(services().sessions) as session:
+            dashboard.take_notice(session=session, token=_viewer().token, notice=shown)
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Frame-Options"] = "DENY"
     resp.headers["X-Content-Type-Options"] = "nosniff"
@@ -83,8 +93,12 @@ def _refused(e: DaikonError) -> Any:
 
 def _page(template: str, status: int = 200, **context: Any) -> Response:
     viewer = access.current() if request.endpoint not in PUBLIC else None
-    body = render_template(f"admin/{template}", viewer=viewer, notice=request.args.get("notice"),
-                           **context)  # fmt: skip
+    notice = None
+    # A whole page shows the session's pending notice, once (a fragment's refresh leaves it);
+    # it is cleared after the response is made (_headers), outside the view's transaction.
+    if viewer is not None and viewer.notice and not template.startswith("_"):
+        notice = g.shown_notice = viewer.notice
+    body = render_template(f"admin/{template}", viewer=viewer, notice=notice, **context)
     return make_response(body, status)
 
 
@@ -95,7 +109,25 @@ def _viewer() -> access.Viewer:
 
 
 def _back(endpoint: str, notice: str, **values: Any) -> BaseResponse:
-    return redirect(url_for(endpoint, **values) + "?" + urlencode({"notice": notice}), code=303)
+    """After an action: back to a page that says what happened. The notice is kept in the
+    session (shown once), never put in the URL, so no link can make a page say anything."""
+    with session_scope(services().sessions) as session:
+        dashboard.set_notice(session=session, token=_viewer().token, notice=notice)
+    return redirect(url_for(endpoint, **values), code=303)
+
+
+def _safe_next(target: str) -> bool:
+    """Whether a sign-in may send the browser on to `target`: a dashboard address on this
+    site, in printable ASCII (no CR/LF or other control characters that would break the
+    Location header, no backslash a browser reads as a slash), no dot segments."""
+    path = target.partition("?")[0]
+    return (
+        0 < len(target) <= NEXT_LIMIT
+        and (path == "/admin" or path.startswith("/admin/"))
+        and all("\x21" <= c <= "\x7e" for c in target)
+        and "\\" not in target
+        and not {".", ".."} & set(path.split("/"))
+    )
 
 
 def _audit(session: Any, action: str, target: str = "", **detail: Any) -> None:
@@ -108,7 +140,8 @@ def _audit(session: Any, action: str, target: str = "", **detail: Any) -> None:
 @openapi.hidden
 def login_form() -> Response:
     token = access.new_login_token()
-    resp = _page("login.html", login_token=token, next=request.args.get("next", ""))
+    target = request.args.get("next", "")
+    resp = _page("login.html", login_token=token, next=target if _safe_next(target) else "")
     resp.set_cookie(access.LOGIN_COOKIE, token, httponly=True, samesite="Strict",
                     secure=access.cookie_secure(), max_age=600, path="/admin")  # fmt: skip
     return resp
@@ -122,6 +155,11 @@ def login() -> BaseResponse:
     if not expected:
         raise access.CsrfRefused("the sign-in form expired: reload it and retry")
     access.check_csrf(expected)
+    # Before the key is looked at: a refused address leaves no session behind.
+    target = request.form.get("next", "") or url_for("dashboard.overview")
+    if not _safe_next(target):
+        raise BadRequest("next: not an address of this dashboard (a path under /admin, in "
+                         "printable ASCII)", param="next")  # fmt: skip
     key = request.form.get("key", "").strip()
     svc = services()
     with session_scope(svc.sessions) as session:
@@ -136,14 +174,12 @@ def login() -> BaseResponse:
             )
         dashboard.purge_sessions(session=session)
         token = dashboard.create_session(
-            session=session, key_id=holder.key_id, actor=holder.actor, scope=holder.scope,
+            session=session, key_id=holder.key_id, key_hash=tenants.hash_key(key),
+            secret=svc.signing_key, actor=holder.actor, scope=holder.scope,
             ttl=timedelta(hours=svc.settings.security.dashboard_session_hours),
         )  # fmt: skip
         dashboard.audit(session=session, actor=holder.actor, key_id=holder.key_id,
                         action="login", detail={"scope": holder.scope.value})  # fmt: skip
-    target = request.form.get("next", "")
-    if not target.startswith("/admin") or target.startswith("//"):
-        target = url_for("dashboard.overview")
     resp = redirect(target, code=303)
     resp.set_cookie(access.COOKIE, token, httponly=True, samesite="Strict",
                     secure=access.cookie_secure(), path="/admin",
@@ -199,8 +235,8 @@ def _overview_data() -> dict[str, Any]:
     settings = svc.settings
     at = now()
     with session_scope(svc.sessions) as session:
-        queue_rows = dashboard.queues(session=session, models=list(settings.model_specs))
         paused = dashboard.paused(session=session)
+        queue_rows = dashboard.queues(session=session, models=[*settings.model_specs, *paused])
         hour = dashboard.statuses_since(session=session, since=at - timedelta(hours=1))
         day = dashboard.statuses_since(session=session, since=at - timedelta(days=1))
         images_10m = dashboard.images_since(session=session, since=at - timedelta(minutes=10))
@@ -283,10 +319,17 @@ def _when(name: str) -> datetime | None:
     if not raw:
         return None
     try:
-        value = datetime.fromisoformat(raw)
+        given = datetime.fromisoformat(raw)
     except ValueError:
         raise InvalidRequest(f"{name}: {raw!r} is not a date and time", param=name) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        value = given.astimezone(UTC) if given.tzinfo else given.replace(tzinfo=UTC)
+    except OverflowError:  # its zone moves it past year 1 or 9999
+        value = LATEST
+    if not EARLIEST <= value < LATEST:
+        raise InvalidRequest(f"{name}: {raw!r} is not between {EARLIEST:%Y-%m-%d} and "
+                             f"{LATEST:%Y-%m-%d}", param=name)  # fmt: skip
+    return value
 
 
 def _search() -> dashboard.JobSearch:
@@ -423,8 +466,9 @@ def redeliver(delivery_id: str) -> BaseResponse:
 def queues_page() -> Response:
     svc = services()
     with session_scope(svc.sessions) as session:
-        rows = dashboard.queues(session=session, models=list(svc.settings.model_specs))
         paused = dashboard.paused(session=session)
+        # A paused model is listed even without jobs or configuration: it can be resumed.
+        rows = dashboard.queues(session=session, models=[*svc.settings.model_specs, *paused])
         names = tenants.list_tenants(session=session)
         tenant_rows = [(t, len(dashboard.queued_ids(session=session, tenant_id=t.id)))
                        for t in names]  # fmt: skip
@@ -434,7 +478,14 @@ def queues_page() -> Response:
 @bp.post("/queues/<model>/pause")
 @openapi.hidden
 def pause(model: str) -> BaseResponse:
-    with session_scope(services().sessions) as session:
+    """Only a model the queues page lists: configured, or with queued or running jobs."""
+    svc = services()
+    with session_scope(svc.sessions) as session:
+        if model not in svc.settings.model_specs and not dashboard.has_work(
+            session=session, model=model
+        ):
+            raise NotFound(f"model {model!r} is not configured and has no queued or running "
+                           "jobs: there is no queue to pause", param="model")  # fmt: skip
         changed = dashboard.pause(session=session, model=model, by=_viewer().actor)
         _audit(session, "queue.pause", model, changed=changed)
     return _back("dashboard.queues_page", f"Queue {model} paused: workers start none of its jobs.")
@@ -622,8 +673,14 @@ def usage_page() -> Response:
 @bp.get("/audit")
 @openapi.hidden
 def audit_page() -> Response:
-    raw = request.args.get("before", "")
-    before = int(raw) if raw.isascii() and raw.isdigit() else None
+    raw = request.args.get("before", "").strip()
+    before = None
+    if raw:
+        # The log's ids are 32-bit on PostgreSQL (a larger number is a database error there).
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) < 2**31):
+            raise InvalidRequest(f"before: {raw[:40]!r} is not an entry number of this log",
+                                 param="before")  # fmt: skip
+        before = int(raw)
     with session_scope(services().sessions) as session:
         rows = list(dashboard.audit_log(session=session, limit=PAGE + 1, before_id=before))
     page, more = rows[:PAGE], len(rows) > PAGE

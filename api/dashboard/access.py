@@ -3,7 +3,9 @@
 A sign-in exchanges an admin or operator key for a random session id in an HttpOnly,
 SameSite=Strict cookie (Secure over HTTPS); the key itself never reaches the browser's
 storage. Only the id's SHA-256 is stored (db/dashboard.py), so logout and expiry end the
-session on the server, and revoking the key ends its sessions at once.
+session on the server. A session also keeps an HMAC of the key it was opened with, checked on
+every request: revoking that key, or restarting with another DAIKON_ADMIN_KEY, ends its
+sessions at once.
 
 Every POST carries a CSRF token: an HMAC of the session id under the deployment's signing
 key, checked in constant time. An operator session is refused (403) on every POST but logout.
@@ -25,6 +27,7 @@ from daikon.live import PREFIX
 from db import dashboard
 from db.models import KeyScope
 from db.session import session_scope
+from db.tenants import hash_key
 
 COOKIE = "daikon_admin"
 LOGIN_COOKIE = "daikon_login"  # the sign-in form's own CSRF token (double submit)
@@ -45,6 +48,7 @@ class Viewer:
     actor: str
     key_id: str | None
     scope: KeyScope
+    notice: str | None = None  # what the last action said, not shown yet
 
     @property
     def can_act(self) -> bool:
@@ -60,6 +64,13 @@ def csrf_for(token: str) -> str:
     return hmac.new(key, f"dashboard-csrf|{token}".encode(), hashlib.sha256).hexdigest()
 
 
+def settings_key_hash() -> str | None:
+    """The SHA-256 of DAIKON_ADMIN_KEY as this process knows it (what the sessions opened
+    with the settings' key are checked against); None when the deployment has none."""
+    admin = services().settings.security.admin_key
+    return None if admin is None else hash_key(admin.get_secret_value())
+
+
 def cookie_secure() -> bool:
     public = services().settings.services.public_url
     return request.is_secure or public.startswith("https://")
@@ -73,11 +84,14 @@ def current() -> Viewer | None:
     token = request.cookies.get(COOKIE, "")
     if not token:
         return None
-    with session_scope(services().sessions) as session:
-        row = dashboard.find_session(session=session, token=token)
+    svc = services()
+    with session_scope(svc.sessions) as session:
+        row = dashboard.find_session(session=session, token=token, secret=svc.signing_key,
+                                     settings_key_hash=settings_key_hash())  # fmt: skip
         if row is None:
             return None
-        viewer = Viewer(token=token, actor=row.actor, key_id=row.key_id, scope=row.scope)
+        viewer = Viewer(token=token, actor=row.actor, key_id=row.key_id, scope=row.scope,
+                        notice=row.notice)  # fmt: skip
     g.viewer = viewer
     return viewer
 

@@ -11,7 +11,7 @@ import concurrent.futures
 import ipaddress
 import re
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -110,6 +110,11 @@ class Allowlist:
                     raise ValueError(f"not a host name, IP address or CIDR: {raw!r}") from None
                 hosts.add(entry.rstrip("."))
         return cls(frozenset(hosts), tuple(networks))
+
+    def for_tenant(self, name: str, trusted: Collection[str]) -> Allowlist:
+        """The list as it applies to one tenant's webhooks (DAIKON_WEBHOOK_ALLOW_TENANTS):
+        all of it when `trusted` is empty or names the tenant, else nothing."""
+        return self if not trusted or name in trusted else Allowlist()
 
     def allows_host(self, host: str) -> bool:
         return host.lower().rstrip(".") in self.hosts

@@ -285,6 +285,11 @@ class Inputs:
     def all(self) -> list[InputImage]:
         return [self.image, *([self.mask] if self.mask else [])]
 
+    @property
+    def byte_size(self) -> int:
+        """What storing them takes (for the tenant's storage quota)."""
+        return sum(len(i.png) for i in self.all)
+
     def digest(self) -> dict[str, str]:
         """For the idempotency hash: a retry with other files is another request."""
         return {i.role: i.sha256 for i in self.all}

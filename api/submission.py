@@ -29,7 +29,7 @@ from daikon.contract import (
 from daikon.errors import Conflict, InvalidRequest, ServiceUnavailable, TooManyRequests
 from daikon.served_models import ServedModel
 from daikon.webhooks.safety import Allowlist, UnsafeDestination, check_url
-from db import jobs
+from db import jobs, retention
 from db.models import Job, new_id
 from db.session import session_scope
 
@@ -161,6 +161,9 @@ def _create(
             )  # fmt: skip
         if served is not None:
             _check_queued_cost(session, principal.tenant_id, params, served)
+        retention.check_quota(session=session, tenant_id=principal.tenant_id,
+                              default_quota=settings.limits.tenant_storage_quota_bytes,
+                              incoming=inputs.byte_size if inputs else 0)  # fmt: skip
         if inputs is not None:  # every check passed: store them, under the job's own prefix
             stored.update(edit_inputs.store_inputs(svc, job_id, inputs))
             options = dataclasses.replace(options, inputs=dict(stored))

@@ -378,3 +378,29 @@ def test_a_tenant_at_its_quota_is_refused_with_its_code_and_nothing_is_stored(
     root.put(f"/v1/admin/tenants/{tenant['id']}/storage-quota",
              json={"storage_quota_bytes": None})  # fmt: skip
     assert client.post("/v1/jobs", json={"prompt": "a red circle", "steps": 4}).status_code == 202
+
+
+def test_the_dashboard_shows_a_tenants_bytes_and_quota_and_an_admin_sets_it(app: Flask) -> None:
+    from tests.test_dashboard import login
+
+    root = authed(app)
+    tenant = root.post("/v1/admin/tenants", json={"name": "shown"}).get_json()
+    key = root.post(f"/v1/admin/tenants/{tenant['id']}/keys", json={}).get_json()["key"]
+    assert post_edit(authed(app, key), noise_png()).status_code == 202
+    stored = authed(app, key).get("/v1/usage").get_json()["stored_bytes"]
+    assert stored > 10_000
+
+    browser, csrf = login(app)
+    page = browser.get(f"/admin/tenants/{tenant['id']}").text
+    assert f'data-bytes="{stored}"' in page and "none (the deployment's)" in page
+    saved = browser.post(f"/admin/tenants/{tenant['id']}/storage-quota",
+                         data={"storage_quota_bytes": "123456", "csrf_token": csrf})  # fmt: skip
+    assert saved.status_code == 303
+    page = browser.get(f"/admin/tenants/{tenant['id']}").text
+    assert 'data-bytes="123456"' in page and "(the deployment" not in page
+    bad = browser.post(f"/admin/tenants/{tenant['id']}/storage-quota",
+                       data={"storage_quota_bytes": "-1", "csrf_token": csrf})  # fmt: skip
+    assert bad.status_code == 422
+    usage = browser.get("/admin/usage").text
+    assert f'data-bytes="{stored}"' in usage
+    assert authed(app, key).get("/v1/usage").get_json()["storage_quota_bytes"] == 123456

@@ -528,20 +528,34 @@ def storage_quota(stack: Stack) -> list[Line]:
         done = purge_once(settings, make_session_factory(engine), LocalStore(images))
     finally:
         engine.dispose()
-    gone = [http.get(f"{stack.base}/v1/jobs/{job_id}", timeout=10).status_code
-            for job_id in accepted]  # fmt: skip
-    inputs_left = [j for j in accepted if (images / j).exists()]
     after = http.get(f"{stack.base}/v1/usage", timeout=10).json()["stored_bytes"]
     again = edit()
-    lines.append(Line("retention-deletes-canceled-input", "canceled edits 404, inputs deleted, "
-                      "bytes back, the tenant may upload again",
-                      f"sweep deleted {done.jobs} jobs, {done.objects} objects; polls "
-                      f"{sorted(set(gone))}; {len(inputs_left)} input folders left; usage "
-                      f"{after} bytes; next upload {again.status_code}",
-                      set(gone) == {404} and not inputs_left and after == 0
-                      and again.status_code == 202))  # fmt: skip
     if again.status_code == 202:
         http.post(f"{stack.base}/v1/jobs/{again.json()['id']}/cancel", timeout=10)
+    # The rows are gone: every API process answers 404 once its finished-job cache (30 s)
+    # lets go; the objects outlive the rows by their grace (90 s), then the stack's own
+    # worker sweeper deletes them.
+    t0 = time.monotonic()
+
+    def polls() -> set[int]:
+        return {http.get(f"{stack.base}/v1/jobs/{j}", timeout=10).status_code for j in accepted}
+
+    with suppress(TimeoutError):
+        wait_for(lambda: polls() == {404}, 60, "the deleted jobs to answer 404", poll=1.0)
+    answered_404 = time.monotonic() - t0
+    gone = polls()
+    with suppress(TimeoutError):
+        wait_for(lambda: not any((images / j).exists() for j in accepted), 180,
+                 "the worker's sweeper to delete the inputs", poll=1.0)  # fmt: skip
+    inputs_left = [j for j in accepted if (images / j).exists()]
+    lines.append(Line("retention-deletes-canceled-input", "canceled edits 404, inputs deleted "
+                      "by the worker's sweeper, bytes back, the tenant may upload again",
+                      f"sweep deleted {done.jobs} jobs; usage {after} bytes; next upload "
+                      f"{again.status_code}; polls {sorted(gone)} after {answered_404:.0f} s; "
+                      f"{len(inputs_left)} input folders left after "
+                      f"{time.monotonic() - t0:.0f} s",
+                      gone == {404} and not inputs_left and after == 0
+                      and again.status_code == 202))  # fmt: skip
     return lines
 
 

@@ -347,3 +347,6 @@ class PendingDeletion(Base):
     key: Mapped[str] = mapped_column(String(1024))
     job_id: Mapped[str] = mapped_column(String(36))  # no foreign key: that row is gone
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Not before then: an API process may answer a poll of the job from memory for a while
+    # after its row is gone (api/caches.py), and what it answers must still be there.
+    delete_after: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

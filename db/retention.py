@@ -7,7 +7,10 @@ transaction, records its storage objects in pending_deletions and takes their by
 tenant; `take_deletions` / `forget_deletions` then delete the objects and their records. The
 rows go first, so no client is ever served a job whose objects are gone (it answers 404 the
 moment the transaction commits); a crash before the objects are deleted leaves their records,
-which the next sweep finishes (deleting a missing object is no error).
+which the next sweep finishes (deleting a missing object is no error). The objects outlive
+their rows by OBJECT_GRACE: an API process answers a poll of a finished job from memory for up
+to 30 s without reading its row (api/caches.py BodyCache), and such an answer's image URLs
+must still lead somewhere; after that every process answers 404.
 
 An object belongs to the job whose id names its folder (daikon/storage.py: `<job id>/...`): a
 retry shares its original's inputs without owning them, and a job with inputs is kept while a
@@ -32,6 +35,8 @@ from db.models import Job, JobImage, PendingDeletion, Tenant, WebhookDelivery
 # The order in which a round's batch is spent: the least useful first.
 EXPIRY_ORDER = (JobStatus.canceled, JobStatus.failed, JobStatus.succeeded)
 QUOTA_CODE = "storage_quota_exceeded"
+# Above the API's finished-job cache's age limit (30 s), with room for clocks and slow rounds.
+OBJECT_GRACE = timedelta(seconds=90)
 
 
 class StorageQuotaExceeded(Forbidden):
@@ -207,7 +212,8 @@ def expire(
             if gone.rowcount != 1:  # type: ignore[attr-defined]
                 continue  # another sweeper's
             own = objects[job_id]
-            session.add_all(PendingDeletion(key=key, job_id=job_id) for key, _ in own)
+            session.add_all(PendingDeletion(key=key, job_id=job_id, delete_after=now + OBJECT_GRACE)
+                            for key, _ in own)  # fmt: skip
             add_stored_bytes(session=session, tenant_id=tenant_id,
                              delta=-sum(size for _, size in own))  # fmt: skip
             jobs_done += 1
@@ -222,11 +228,14 @@ class Deletion:
     key: str
 
 
-def take_deletions(*, session: Session, limit: int) -> list[Deletion]:
-    """The oldest objects waiting to be deleted. Two sweepers may take the same ones: deleting
-    an object twice is harmless, and so is forgetting its record twice."""
+def take_deletions(*, session: Session, limit: int, now: datetime) -> list[Deletion]:
+    """The oldest objects due for deletion (their grace over). Two sweepers may take the same
+    ones: deleting an object twice is harmless, and so is forgetting its record twice."""
     rows = session.execute(
-        select(PendingDeletion.id, PendingDeletion.key).order_by(PendingDeletion.id).limit(limit)
+        select(PendingDeletion.id, PendingDeletion.key)
+        .where(PendingDeletion.delete_after <= now)
+        .order_by(PendingDeletion.id)
+        .limit(limit)
     )
     return [Deletion(int(i), str(k)) for i, k in rows]
 

@@ -11,7 +11,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from db.models import Job, JobImage, PendingDeletion, Tenant, WebhookDelivery, u
 from db.session import make_session_factory, session_scope
 from tests.conftest import authed
 from tests.factories import image, job_params
-from worker.sweeper import purge_once, retention_periods
+from worker.sweeper import Purged, purge_once, retention_periods
 
 # Far enough in the past that no other test's job is this old: the sweeps act on the whole
 # (shared, per-run) database, and these tests look only at their own jobs.
@@ -67,6 +67,18 @@ def settings(**overrides: Any) -> Settings:
                               "retain_failed_hours": PERIOD_HOURS,
                               "retain_succeeded_hours": 0, "retention_batch": 10_000}  # fmt: skip
     return Settings(**{**values, **overrides})
+
+
+def sweep(every: Settings, sessions: sessionmaker[Session], store: ImageStore) -> Purged:
+    """A round of retention, then the objects it recorded deleted once their grace is over
+    (as the next rounds would: a round at `later()` that expires nothing more)."""
+    purge_once(every, sessions, store)
+    forever = settings(retain_canceled_hours=0, retain_failed_hours=0)
+    return purge_once(forever, sessions, store, now=later())
+
+
+def later() -> datetime:
+    return utcnow() + retention.OBJECT_GRACE + timedelta(seconds=1)
 
 
 def stored_bytes(sessions: sessionmaker[Session], tenant_id: str) -> int:
@@ -148,8 +160,15 @@ def test_expired_canceled_and_failed_jobs_lose_rows_and_objects_unexpired_ones_k
     assert stored_bytes(sessions, tenant_id) == 4000 + 700 + 300 + 2 * 500
 
     done = purge_once(settings(), sessions, store)
+    assert done.jobs >= 2
+    assert rows_of(sessions, [old_edit, old_failed])[0] == set()  # a client gets 404 now
+    # The objects outlive the rows by the grace: an answer an API process still holds in
+    # memory (its finished-job cache, up to 30 s) never points at a missing object.
+    assert store.exists(old_edit_keys[0])
+    assert sorted(pending(sessions, [old_edit])) == old_edit_keys
+    done = purge_once(settings(), sessions, store, now=later())
+    assert done.objects >= 2 and done.left == 0
 
-    assert done.jobs >= 2 and done.left == 0
     left, images = rows_of(sessions, [old_edit, old_failed, recent_edit, old_success])
     assert left == {recent_edit, old_success}  # succeeded: kept forever by default
     assert images == 2
@@ -159,7 +178,7 @@ def test_expired_canceled_and_failed_jobs_lose_rows_and_objects_unexpired_ones_k
     assert pending(sessions, [old_edit, old_failed]) == []
 
     # With a succeeded period, the old success goes too, its images with it.
-    purge_once(settings(retain_succeeded_hours=PERIOD_HOURS), sessions, store)
+    sweep(settings(retain_succeeded_hours=PERIOD_HOURS), sessions, store)
     assert rows_of(sessions, [old_success]) == (set(), 0)
     assert not any(store.exists(k) for k in success_keys)
     assert stored_bytes(sessions, tenant_id) == 300
@@ -194,16 +213,18 @@ class Crash(BaseException):
 
 
 class CrashingStore:
-    """A real store that dies after deleting `survive` objects."""
+    """A real store that dies after deleting `survive` of the objects `watched` (others in
+    the shared database's queue pass through)."""
 
-    def __init__(self, store: ImageStore, survive: int):
-        self.store, self.left = store, survive
+    def __init__(self, store: ImageStore, watched: list[str], survive: int):
+        self.store, self.watched, self.left = store, set(watched), survive
 
     def delete(self, key: str) -> None:
-        if self.left == 0:
-            raise Crash()
+        if key in self.watched:
+            if self.left == 0:
+                raise Crash()
+            self.left -= 1
         self.store.delete(key)
-        self.left -= 1
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -219,8 +240,10 @@ def test_a_sweep_that_dies_between_rows_and_objects_is_finished_by_the_next(
     every = settings(retain_succeeded_hours=PERIOD_HOURS)
     keys = a_keys + b_keys
 
-    with pytest.raises(Crash):  # the rows are gone, one object deleted, then the process died
-        purge_once(every, sessions, CrashingStore(store, survive=1))  # type: ignore[arg-type]
+    purge_once(every, sessions, store)  # the rows go; the objects wait out their grace
+    crashing = CrashingStore(store, keys, survive=1)
+    with pytest.raises(Crash):  # a later round deletes one object, then the process dies
+        purge_once(every, sessions, crashing, now=later())  # type: ignore[arg-type]
     assert rows_of(sessions, [a, b]) == (set(), 0)  # no client is served a job now (404)
     still = {k for k in keys if store.exists(k)}
     assert len(still) == len(keys) - 1
@@ -229,7 +252,7 @@ def test_a_sweep_that_dies_between_rows_and_objects_is_finished_by_the_next(
     assert set(pending(sessions, [a, b])) >= still
     assert stored_bytes(sessions, tenant_id) == 0
 
-    purge_once(every, sessions, store)  # the next round (any worker's) finishes
+    purge_once(every, sessions, store, now=later())  # the next round (any worker's) finishes
     assert not any(store.exists(k) for k in keys)
     assert pending(sessions, [a, b]) == []
 
@@ -246,7 +269,7 @@ def test_a_sweep_that_dies_before_its_commit_changes_nothing(
     assert rows_of(sessions, [a])[0] == {a}
     assert store.exists(a_keys[0]) and pending(sessions, [a]) == []
     assert stored_bytes(sessions, tenant_id) == 100
-    purge_once(settings(), sessions, store)
+    sweep(settings(), sessions, store)
     assert rows_of(sessions, [a])[0] == set() and not store.exists(a_keys[0])
 
 
@@ -265,7 +288,7 @@ def test_a_job_whose_retry_shares_its_inputs_or_whose_webhook_is_pending_is_kept
                               status=DeliveryStatus.pending, max_attempts=8))  # fmt: skip
     assert stored_bytes(sessions, tenant_id) == 100  # the retry's inputs are not counted twice
 
-    purge_once(settings(), sessions, store)
+    sweep(settings(), sessions, store)
     assert rows_of(sessions, [original, again, hooked])[0] == {original, again, hooked}
     assert store.exists(keys[0])  # the queued retry will read it
 
@@ -273,13 +296,13 @@ def test_a_job_whose_retry_shares_its_inputs_or_whose_webhook_is_pending_is_kept
     with session_scope(sessions) as s:
         s.execute(update(WebhookDelivery).where(WebhookDelivery.job_id == hooked)
                   .values(status=DeliveryStatus.failed))  # fmt: skip
-    purge_once(settings(), sessions, store)  # the retry goes (it owns nothing), the hook's job
+    sweep(settings(), sessions, store)  # the retry goes (it owns nothing), the hook's job
     assert rows_of(sessions, [again, hooked])[0] == set()
     with session_scope(sessions) as s:
         assert s.scalar(select(func.count()).select_from(WebhookDelivery)
                         .where(WebhookDelivery.job_id == hooked)) == 0  # fmt: skip
     assert store.exists(keys[0])
-    purge_once(settings(), sessions, store)  # then the original, with the inputs
+    sweep(settings(), sessions, store)  # then the original, with the inputs
     assert rows_of(sessions, [original])[0] == set() and not store.exists(keys[0])
     assert stored_bytes(sessions, tenant_id) == 0
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
@@ -78,19 +78,26 @@ class Purged:
     left: int  # objects still waiting (storage failed, or more than one batch)
 
 
-def purge_once(settings: Settings, sessions: sessionmaker[Session], store: ImageStore) -> Purged:
+def purge_once(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    store: ImageStore,
+    *,
+    now: datetime | None = None,
+) -> Purged:
     """One round of retention: delete expired jobs' rows (recording their objects), then
-    delete recorded objects, at most DAIKON_RETENTION_BATCH jobs and their objects."""
+    delete the recorded objects whose grace is over (retention.OBJECT_GRACE: rows deleted in
+    an earlier round, or left by a crash or a storage outage), at most DAIKON_RETENTION_BATCH
+    jobs and four times as many objects. `now`: the time the round acts at (tests)."""
+    now = now or utcnow()
     batch = settings.retention.retention_batch
     periods = retention_periods(settings)
     expired = retention.Expired(0, 0)
     if periods:
         with session_scope(sessions) as session:
-            expired = retention.expire(session=session, periods=periods, now=utcnow(),
-                                       limit=batch)  # fmt: skip
-    # Objects of this round and any an earlier round left (a crash, storage down).
+            expired = retention.expire(session=session, periods=periods, now=now, limit=batch)
     with session_scope(sessions) as session:
-        pending = retention.take_deletions(session=session, limit=max(batch * 4, expired.objects))
+        pending = retention.take_deletions(session=session, limit=batch * 4, now=now)
     done: list[int] = []
     try:
         for item in pending:

@@ -30,8 +30,10 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=1024), nullable=False),
         sa.Column("job_id", sa.String(length=36), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delete_after", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pending_deletions")),
     )
+    op.create_index("ix_pending_deletions_delete_after", "pending_deletions", ["delete_after"])
     _count_what_is_stored()
 
 

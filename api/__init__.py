@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         openapi,
         readiness,
         streams,
+        usage,
         webhook_routes,
     )
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(openai_compat.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(webhook_routes.bp)
+    app.register_blueprint(usage.bp)
     app.register_blueprint(dashboard.bp)
     if settings.cors_origin_list:
         from flask_cors import CORS

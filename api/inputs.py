@@ -392,6 +392,11 @@ class Checked:
     def size(self) -> tuple[int, int]:
         return self.image.width, self.image.height
 
+    @property
+    def byte_size(self) -> int:
+        """The bytes sent (the storage quota's estimate before anything is decoded)."""
+        return sum(len(u.data) for u in (self.image, self.mask) if u is not None)
+
     def digest(self) -> dict[str, str]:
         """For the idempotency hash: a retry with other files is another request."""
         return {u.role: u.sha256 for u in (self.image, self.mask) if u is not None}

@@ -74,6 +74,9 @@ JOB_FORM = {
     errors={
         400: "`invalid_json`: the body (or the `request` part) is not a JSON object; "
              "`invalid_image`: an input cannot be decoded.",
+        403: "`storage_quota_exceeded`: the tenant stores as many bytes as its storage quota "
+             "(DAIKON_TENANT_STORAGE_QUOTA_BYTES or its own), or this edit's inputs would pass "
+             "it; nothing was stored (GET /v1/usage shows both figures).",
         404: "`not_found`: `image_id` or `mask_id` names no image of this tenant's.",
         409: "`idempotency_key_reused`: the Idempotency-Key came with a different body.",
         413: "`request_entity_too_large`: the body is larger than DAIKON_MAX_BODY_BYTES, an "

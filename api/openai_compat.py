@@ -183,6 +183,7 @@ class ImagesResponse(BaseModel):
     responses={200: openapi.Reply("The images, best first.", ImagesResponse,
                                   headers={"Location": True})},
     errors={
+        403: "`storage_quota_exceeded`: as for POST /v1/jobs.",
         409: "`job_canceled`: the job was canceled while the request waited.",
         429: "Per-tenant submission limits, as for POST /v1/jobs.",
         500: "The job failed (its error code), or its result could not be read.",
@@ -375,6 +376,7 @@ FORM_SCHEMA = {
 BINARY = {"type": "string", "format": "binary"}
 EDIT_ERRORS = {
     404: "",
+    403: "`storage_quota_exceeded`: as for POST /v1/jobs.",
     409: "`job_canceled`: the job was canceled while the request waited.",
     413: "`request_entity_too_large`: an image or mask past DAIKON_MAX_INPUT_BYTES or "
     "DAIKON_MAX_INPUT_PIXELS.",

@@ -30,7 +30,7 @@ from daikon.contract import (
 from daikon.errors import Conflict, InvalidRequest, ServiceUnavailable, TooManyRequests
 from daikon.served_models import ServedModel
 from daikon.webhooks.safety import Allowlist, UnsafeDestination, check_url
-from db import deliveries, jobs
+from db import deliveries, jobs, retention
 from db.models import Job, new_id
 from db.session import session_scope
 
@@ -92,7 +92,8 @@ def submit(
             held = _held(svc, session, principal, idempotency_key)
             if held is not None:
                 return _replay(held, digest, idempotency_key)
-        _check_limits(svc, session, principal, params, served)
+        _check_limits(svc, session, principal, params, served,
+                      incoming=checked.byte_size if checked else 0)  # fmt: skip
     inputs = checked.decode(settings) if checked else None  # the one decode, past the limits
     job_id = new_id()
     stored: dict[str, dict[str, Any]] = {}
@@ -133,6 +134,7 @@ def check_room(svc: Services, principal: Principal) -> None:
         raise _rate_limited(svc, principal, wait)
     with session_scope(svc.sessions) as session:
         _check_active(svc, session, principal)
+        _check_quota(svc, session, principal, incoming=0)
 
 
 def _check_limits(
@@ -141,8 +143,12 @@ def _check_limits(
     principal: Principal,
     params: JobParams,
     served: ServedModel | None,
+    *,
+    incoming: int,
 ) -> None:
-    """The tenant's limits for this job (one submission counted against the rate)."""
+    """The tenant's limits for this job (one submission counted against the rate); `incoming`:
+    the bytes of its uploaded inputs, as sent (the storage quota's estimate: what is stored is
+    their PNG, counted exactly once stored)."""
     own = principal.limits  # the tenant's own, set by an admin
     max_candidates = own.max_candidates
     if max_candidates is not None and params.candidates > max_candidates:
@@ -159,6 +165,12 @@ def _check_limits(
     _check_active(svc, session, principal)
     if served is not None:
         _check_queued_cost(session, principal.tenant_id, params, served)
+    _check_quota(svc, session, principal, incoming=incoming)
+
+
+def _check_quota(svc: Services, session: Session, principal: Principal, *, incoming: int) -> None:
+    retention.check_quota(session=session, tenant_id=principal.tenant_id, incoming=incoming,
+                          default_quota=svc.settings.limits.tenant_storage_quota_bytes)  # fmt: skip
 
 
 def _rate_limited(svc: Services, principal: Principal, wait: int) -> TooManyRequests:

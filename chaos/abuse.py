@@ -10,6 +10,7 @@ itself (about 3 minutes). Exits non-zero when any attack got through.
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import re
 import signal
@@ -648,6 +649,120 @@ def old_key_session(work: Path, browser: requests.Session, token: str) -> Line:
         f"{made.status_code}, tenant {'created' if created else 'not created'}",
         ok,
     )
+def noise_png(side: int) -> bytes:
+    """An incompressible PNG: what stores the most bytes per upload."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def storage_quota(stack: Stack) -> list[Line]:
+    """A tenant with a small quota set by the admin uploads edits until refused (403
+    storage_quota_exceeded, nothing stored); then retention deletes its canceled edits'
+    inputs (the real sweep on the stack's database and folder, with a one-second period) and
+    the bytes come back."""
+    from daikon.settings import Settings
+    from daikon.storage import LocalStore
+    from db.session import make_engine, make_session_factory
+    from worker.sweeper import purge_once
+
+    name = f"hoarder-{os.getpid()}"
+    tenant = stack.admin.post(f"{stack.base}/v1/admin/tenants", json={"name": name}, timeout=10)
+    tenant_id = tenant.json()["id"]
+    key = stack.admin.post(f"{stack.base}/v1/admin/tenants/{tenant_id}/keys", json={},
+                           timeout=10).json()["key"]  # fmt: skip
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {key}"
+    # ~48 KiB: three fit under the quota, the fourth does not (small enough to stay clear of
+    # the multipart parser's 64 KiB buffer, issue 21 item 3, whatever the noise).
+    picture = noise_png(128)
+    quota = 150_000
+    stack.admin.put(f"{stack.base}/v1/admin/tenants/{tenant_id}/storage-quota",
+                    json={"storage_quota_bytes": quota}, timeout=10)  # fmt: skip
+    images = stack.data / "images"
+
+    def files() -> int:
+        return sum(1 for p in images.rglob("*") if p.is_file()) if images.exists() else 0
+
+    def edit() -> requests.Response:
+        body = {"prompt": "a red circle", "mode": "image", "steps": 4, "candidates": 1}
+        parts: dict[str, tuple[str | None, bytes, str]] = {
+            "request": (None, json.dumps(body).encode(), "application/json"),
+            "image": ("noise.png", picture, "image/png"),
+        }
+        return http.post(f"{stack.base}/v1/jobs", files=parts, timeout=30)
+
+    accepted: list[str] = []
+    refusal: requests.Response | None = None
+    for _ in range(8):
+        before_files, before_jobs = files(), stack.count(http)
+        r = edit()
+        if r.status_code != 202:
+            refusal = r
+            break
+        accepted.append(r.json()["id"])
+        http.post(f"{stack.base}/v1/jobs/{accepted[-1]}/cancel", timeout=10)  # keeps its input
+    usage = http.get(f"{stack.base}/v1/usage", timeout=10).json()
+    left_files, left_jobs = files() - before_files, stack.count(http) - before_jobs
+    code = error_code(refusal) if refusal is not None else "never refused"
+    lines = [Line("storage-quota", "403 storage_quota_exceeded after 3 uploads, nothing stored, "
+                  "usage shows the bytes",
+                  f"{len(accepted)} accepted, then {code}; {left_files} files and {left_jobs} "
+                  f"jobs left by the refusal; usage {usage['stored_bytes']} of "
+                  f"{usage['storage_quota_bytes']} bytes",
+                  code == "403 storage_quota_exceeded" and len(accepted) == 3
+                  and left_files == 0 and left_jobs == 0
+                  and 0 < usage["stored_bytes"] <= quota)]  # fmt: skip
+
+    # Retention: the canceled edits (and their inputs) go, and so do their bytes. A period of
+    # a second for every status (this runs last: the other attacks' jobs may go too), after a
+    # pause that lets the worker drop what it was running when the cancels came.
+    time.sleep(5)
+    second = 1 / 3600
+    settings = Settings().evolve(
+        data_dir=stack.data,
+        retain_canceled_hours=second,
+        retain_failed_hours=second,
+        retain_succeeded_hours=second,
+    )
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        done = purge_once(settings, make_session_factory(engine), LocalStore(images))
+    finally:
+        engine.dispose()
+    after = http.get(f"{stack.base}/v1/usage", timeout=10).json()["stored_bytes"]
+    again = edit()
+    if again.status_code == 202:
+        http.post(f"{stack.base}/v1/jobs/{again.json()['id']}/cancel", timeout=10)
+    # The rows are gone: every API process answers 404 once its finished-job cache (30 s)
+    # lets go; the objects outlive the rows by their grace (90 s), then the stack's own
+    # worker sweeper deletes them.
+    t0 = time.monotonic()
+
+    def polls() -> set[int]:
+        return {http.get(f"{stack.base}/v1/jobs/{j}", timeout=10).status_code for j in accepted}
+
+    with suppress(TimeoutError):
+        wait_for(lambda: polls() == {404}, 60, "the deleted jobs to answer 404", poll=1.0)
+    answered_404 = time.monotonic() - t0
+    gone = polls()
+    with suppress(TimeoutError):
+        wait_for(lambda: not any((images / j).exists() for j in accepted), 180,
+                 "the worker's sweeper to delete the inputs", poll=1.0)  # fmt: skip
+    inputs_left = [j for j in accepted if (images / j).exists()]
+    lines.append(Line("retention-deletes-canceled-input", "canceled edits 404, inputs deleted "
+                      "by the worker's sweeper, bytes back, the tenant may upload again",
+                      f"sweep deleted {done.jobs} jobs; usage {after} bytes; next upload "
+                      f"{again.status_code}; polls {sorted(gone)} after {answered_404:.0f} s; "
+                      f"{len(inputs_left)} input folders left after "
+                      f"{time.monotonic() - t0:.0f} s",
+                      gone == {404} and not inputs_left and after == 0
+                      and again.status_code == 202))  # fmt: skip
+    return lines
 
 
 SINGLE: list[Attack] = [
@@ -723,7 +838,7 @@ def main() -> int:
                                 f"{type(e).__name__}: {e}")  # fmt: skip
                 lines.append(line)
                 print(line.text(), flush=True)
-            for group in (stream_slots, busy_worker, slow_clients, *UPLOAD_GROUPS):
+            for group in (stream_slots, busy_worker, slow_clients, *UPLOAD_GROUPS, storage_quota):
                 try:
                     found = group(stack)
                 except Exception as e:

@@ -109,6 +109,43 @@ class KeyList(BaseModel):
     keys: list[KeyOut]
 
 
+# --- storage: usage and quota -----------------------------------------------------------------
+
+
+class RetentionOut(BaseModel):
+    """How long ended jobs are kept before their rows, inputs and images are deleted."""
+
+    canceled_hours: float | None = Field(description="null: kept forever.")
+    failed_hours: float | None = Field(description="null: kept forever.")
+    succeeded_hours: float | None = Field(description="null: kept forever.")
+
+
+class UsageOut(BaseModel):
+    """What a tenant keeps stored, against its quota."""
+
+    tenant_id: str
+    stored_bytes: int = Field(
+        description="Bytes of the tenant's stored objects: edit inputs and output images."
+    )
+    storage_quota_bytes: int | None = Field(
+        description="Past it, submissions are refused (403 `storage_quota_exceeded`); null: "
+        "no quota."
+    )
+    own_quota: bool = Field(
+        description="true: an admin set this tenant's quota; false: the deployment's."
+    )
+    retention: RetentionOut
+
+
+class StorageQuotaSet(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    storage_quota_bytes: int | None = Field(
+        ge=1, le=2**62,
+        description="The tenant's own storage quota in bytes; null: the deployment's "
+        "(DAIKON_TENANT_STORAGE_QUOTA_BYTES).",
+    )  # fmt: skip
+
+
 # --- models -----------------------------------------------------------------------------------
 
 

@@ -422,6 +422,39 @@ class Limits(Group):
     tenant_submits_per_minute: int = Field(
         600, ge=1, description="Submissions per tenant and minute."
     )
+    tenant_storage_quota_bytes: int = Field(
+        10 * 1024**3, ge=0,
+        description="Bytes a tenant may keep stored (edit inputs and output images); 0 = no "
+        "quota. A submission once the tenant is at it (or would pass it with its inputs) is "
+        "refused with 403 `storage_quota_exceeded` before anything is stored; jobs accepted "
+        "earlier still finish (and may end past it). An admin may set a tenant's own.",
+    )  # fmt: skip
+
+
+class Retention(Group):
+    title = "Retention"
+
+    retain_canceled_hours: float = Field(
+        24.0, ge=0,
+        description="A canceled job (its row, inputs and any images) is deleted this long after "
+        "it was canceled; 0 = kept forever.",
+    )  # fmt: skip
+    retain_failed_hours: float = Field(
+        7 * 24.0, ge=0,
+        description="A failed job is deleted this long after it failed (time to look into it); "
+        "0 = kept forever.",
+    )  # fmt: skip
+    retain_succeeded_hours: float = Field(
+        0.0, ge=0,
+        description="A succeeded job (its images and inputs) is deleted this long after it "
+        "finished; 0 = kept forever (the default: results are never deleted unless the operator "
+        "chooses a period; the storage quota bounds what a tenant can keep).",
+    )  # fmt: skip
+    retention_batch: int = Field(
+        100, ge=1, le=10_000,
+        description="Most jobs each worker's sweeper deletes per round (canceled first, then "
+        "failed, then succeeded), every DAIKON_SWEEP_INTERVAL_SECONDS.",
+    )  # fmt: skip
 
 
 class Local(Group):
@@ -442,6 +475,7 @@ GROUPS: dict[str, type[Group]] = {
     "worker": Worker,
     "webhooks": Webhooks,
     "limits": Limits,
+    "retention": Retention,
     "local": Local,
 }
 # Each flat name -> its group ("max_size" -> "limits").
@@ -486,6 +520,7 @@ class Settings(BaseSettings):
     worker: Worker = Worker()
     webhooks: Webhooks = Webhooks()
     limits: Limits = Limits()
+    retention: Retention = Retention()
     local: Local = Local()
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -72,7 +73,12 @@ class LocalStore:
         return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        """Idempotent (a missing file is fine); a job's folder goes with its last file."""
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        if path.parent != self.root.resolve():
+            with contextlib.suppress(OSError):  # not empty, or gone already
+                path.parent.rmdir()
 
     def presigned_url(self, key: str) -> str | None:
         return None
@@ -157,7 +163,13 @@ class S3Store:
             raise
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=key)
+        """Idempotent: S3 answers a delete of a missing key with success."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as e:
+            raise StorageError(f"delete of {key!r} failed: {e}") from e
 
     def presigned_url(self, key: str) -> str:
         url: str = self.client.generate_presigned_url(

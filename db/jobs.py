@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, aliased
 
 from daikon.contract import DEFAULT_PRIORITY, JobParams, JobStatus
 from daikon.errors import Conflict, NotFound
+from db import retention
 from db.models import ApiKey, Job, JobImage, PausedModel, utcnow
 
 ACTIVE = (JobStatus.queued, JobStatus.running)
@@ -106,19 +107,23 @@ def create(
     if options.idempotency_key is None:  # nothing to recover from: no savepoint round trips
         session.add(job)
         session.flush()
-        return job
-    try:
-        with session.begin_nested():
-            session.add(job)
-    except IntegrityError:
-        existing = session.scalar(
-            select(Job).where(
-                Job.tenant_id == tenant_id, Job.idempotency_key == options.idempotency_key
+    else:
+        try:
+            with session.begin_nested():
+                session.add(job)
+        except IntegrityError:
+            existing = session.scalar(
+                select(Job).where(
+                    Job.tenant_id == tenant_id, Job.idempotency_key == options.idempotency_key
+                )
             )
-        )
-        if existing is None:  # the holder vanished meanwhile: let the caller retry
-            raise
-        raise IdempotencyConflict(existing) from None
+            if existing is None:  # the holder vanished meanwhile: let the caller retry
+                raise
+            raise IdempotencyConflict(existing) from None
+    # Its stored inputs count against the tenant's quota from the commit that records them.
+    stored = retention.owned_inputs(job.id, options.inputs)
+    retention.add_stored_bytes(session=session, tenant_id=tenant_id,
+                               delta=sum(size for _, size in stored))  # fmt: skip
     return job
 
 
@@ -392,8 +397,14 @@ def cancel(*, session: Session, job_id: str) -> datetime | None:
 
 
 def delete(*, session: Session, job_id: str) -> None:
+    """Delete a job row (a submission the broker refused); the caller deletes its objects, so
+    their bytes leave the tenant's count here."""
     job = session.get(Job, job_id)
     if job is not None:
+        own = [*retention.owned_inputs(job.id, job.inputs),
+               *((i.storage_key, i.byte_size) for i in job.images)]  # fmt: skip
+        retention.add_stored_bytes(session=session, tenant_id=job.tenant_id,
+                                   delta=-sum(size for _, size in own))  # fmt: skip
         session.delete(job)
 
 
@@ -645,6 +656,8 @@ def succeed(
     ):
         return False
     session.add_all(JobImage(job_id=job_id, **vars(image)) for image in images)
+    retention.add_job_images(session=session, job_id=job_id,
+                             byte_sizes=(image.byte_size for image in images))  # fmt: skip
     session.flush()
     return True
 

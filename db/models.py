@@ -80,6 +80,11 @@ class Tenant(Base):
     submits_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_active_jobs: Mapped[int | None] = mapped_column(Integer)
     max_candidates: Mapped[int | None] = mapped_column(Integer)
+    # Bytes of the tenant's stored objects (edit inputs, output images), kept exact: moved in
+    # the transaction that records or forgets them (db/retention.py).
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The tenant's own storage quota; None = the deployment's (tenant_storage_quota_bytes).
+    storage_quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ApiKey(Base):
@@ -162,6 +167,7 @@ class Job(Base):
         Index("ix_jobs_tenant_id_status_model", "tenant_id", "status", "model"),
         Index("ix_jobs_model_status_priority", "model", "status", "priority", "created_at"),
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+        Index("ix_jobs_status_finished_at", "status", "finished_at"),  # retention
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id_idempotency_key"),
     )
 
@@ -329,3 +335,22 @@ class PausedModel(Base):
     model: Mapped[str] = mapped_column(String(64), primary_key=True)
     paused_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     paused_by: Mapped[str] = mapped_column(String(255), default="")
+
+
+# --- retention ------------------------------------------------------------------------------
+
+
+class PendingDeletion(Base):
+    """A storage object whose job rows are gone and that is yet to be deleted. Written in the
+    transaction that deletes the rows, removed once the object is: a crash between the two
+    leaves this row, and the next sweep deletes the object (db/retention.py)."""
+
+    __tablename__ = "pending_deletions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(1024))
+    job_id: Mapped[str] = mapped_column(String(36))  # no foreign key: that row is gone
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Not before then: an API process may answer a poll of the job from memory for a while
+    # after its row is gone (api/caches.py), and what it answers must still be there.
+    delete_after: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -76,3 +76,33 @@ def test_jobs_made_before_tenancy_survive_the_upgrade(empty_db_url: str) -> None
     engine.dispose()
     assert (row.model, row.priority, row.tenant_id) == ("default", 5, None)
     assert row.webhook_events in ("[]", [])
+
+
+def test_the_upgrade_counts_what_each_tenant_already_stores(empty_db_url: str) -> None:
+    """0009 fills tenants.stored_bytes from the images and the inputs stored before it: an
+    input a retry shares is counted once, on the job whose id names its folder."""
+    migrate(empty_db_url, "0007_edits")
+    engine = create_engine(empty_db_url)
+    t = {"t": "2026-01-01 00:00:00+00:00"}
+    job = (
+        "INSERT INTO jobs (id, tenant_id, status, prompt, params, created_at, updated_at, "
+        "attempts, metrics, model, priority, webhook_events, cost, inputs) VALUES "
+        "(:id, 'ten', 'failed', 'p', '{}', :t, :t, 1, '{}', 'default', 5, '[]', 0, :inputs)"
+    )
+    own = '{"image": {"key": "jobs/j1/input-image.png", "byte_size": 1000}}'
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('ten', 'n', :t)"), t)
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('idle', 'i', :t)"),
+                     t)  # fmt: skip
+        conn.execute(text(job), {**t, "id": "j1", "inputs": own})
+        conn.execute(text(job), {**t, "id": "j2", "inputs": own})  # a retry: j1's input
+        conn.execute(text(job), {**t, "id": "j3", "inputs": "null"})
+        conn.execute(text(
+            "INSERT INTO job_images (job_id, rank, clip_score, seed, width, height, "
+            "content_type, storage_key, byte_size, created_at) VALUES "
+            "('j3', 1, 0.5, 1, 8, 8, 'image/png', 'jobs/j3/rank-1.png', 250, :t)"), t)  # fmt: skip
+    migrate(empty_db_url)
+    with engine.connect() as conn:
+        counted = dict(conn.execute(text("SELECT id, stored_bytes FROM tenants")).all())
+    engine.dispose()
+    assert counted == {"ten": 1250, "idle": 0}

@@ -24,7 +24,7 @@ from api.submission import enqueue
 from daikon import heartbeats
 from daikon.contract import JobStatus, decode_cursor, encode_cursor
 from daikon.errors import BadRequest, DaikonError, InvalidRequest, NotFound
-from db import dashboard, deliveries, jobs, tenants
+from db import dashboard, deliveries, jobs, retention, tenants
 from db.models import Job, KeyScope
 from db.session import session_scope
 
@@ -580,7 +580,13 @@ def _tenant_context(session: Any, tenant_id: str) -> dict[str, Any]:
             "submits_per_minute": settings.limits.tenant_submits_per_minute,
             "max_active_jobs": settings.limits.tenant_max_active_jobs,
             "max_candidates": settings.limits.max_candidates,
+            "storage_quota_bytes": settings.limits.tenant_storage_quota_bytes,
         },
+        "storage": retention.usage(
+            session=session,
+            tenant_id=tenant_id,
+            default_quota=settings.limits.tenant_storage_quota_bytes,
+        ),
     }
 
 
@@ -658,6 +664,17 @@ def set_limits(tenant_id: str) -> BaseResponse:
     return _back("dashboard.tenant_page", "Limits saved.", tenant_id=tenant_id)
 
 
+@bp.post("/tenants/<tenant_id>/storage-quota")
+@openapi.hidden
+def set_storage_quota(tenant_id: str) -> BaseResponse:
+    """Read at each submission (never cached), so no process needs telling."""
+    quota = _limit("storage_quota_bytes", 2**62)
+    with session_scope(services().sessions) as session:
+        retention.set_quota(session=session, tenant_id=tenant_id, quota_bytes=quota)
+        _audit(session, "tenant.storage_quota", tenant_id, storage_quota_bytes=quota)
+    return _back("dashboard.tenant_page", "Storage quota saved.", tenant_id=tenant_id)
+
+
 @bp.get("/usage")
 @openapi.hidden
 def usage_page() -> Response:
@@ -667,7 +684,10 @@ def usage_page() -> Response:
         raise InvalidRequest("from: must be before to", param="from")
     with session_scope(services().sessions) as session:
         rows = dashboard.usage(session=session, since=since, until=until)
-    return _page("usage.html", rows=rows, since=since, until=until)
+        storage = retention.usage_by_tenant(
+            session=session, default_quota=services().settings.limits.tenant_storage_quota_bytes
+        )
+    return _page("usage.html", rows=rows, since=since, until=until, storage=storage)
 
 
 @bp.get("/audit")

@@ -5,7 +5,7 @@ Sessions opened before this revision have no fingerprint: they are deleted (thei
 sign in again once).
 
 Revision ID: 0010_session_key
-Revises: 0007_edits
+Revises: 0009_retention
 Create Date: 2026-12-04
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010_session_key"
-down_revision: str | None = "0007_edits"
+down_revision: str | None = "0009_retention"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

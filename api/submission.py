@@ -23,11 +23,13 @@ from daikon.celery_config import publish_job, soft_time_limit
 from daikon.contract import (
     DEFAULT_PRIORITY,
     DEFAULT_WEBHOOK_EVENTS,
+    PRIORITY_MAX,
     JobParams,
     JobRequest,
 )
 from daikon.errors import Conflict, InvalidRequest, ServiceUnavailable, TooManyRequests
 from daikon.served_models import ServedModel
+from daikon.settings import Settings
 from daikon.webhooks.safety import Allowlist, UnsafeDestination, check_url
 from db import jobs
 from db.models import Job, new_id
@@ -144,6 +146,7 @@ def _create(
                 f"candidates: {params.candidates} is more than this tenant's limit of "
                 f"{max_candidates}", param="candidates",
             )  # fmt: skip
+        check_priority(settings, principal, options.priority)
         per_minute = own.submits_per_minute
         try:
             wait = svc.rate_limit.hit(principal.tenant_id, per_minute)
@@ -170,7 +173,8 @@ def _create(
             )
         except jobs.IdempotencyConflict as race:  # the same key won a concurrent request
             return _replay(race.job, digest, idempotency_key or "")
-        position = svc.places.ahead_of_new(session, job.id, params.model, options.priority)
+        position = svc.places.ahead_of_new(session, job.id, params.model, options.priority,
+                                           job.turn)  # fmt: skip
         if position is None:  # not a deep queue: its count is exact and cheap
             position = jobs.queue_position(session=session, job=job)
             svc.places.learn(params.model, position)
@@ -224,6 +228,26 @@ def check_webhook_url(svc: Services, url: str | None) -> None:
         check_url(url, Allowlist.parse(svc.settings.webhook_allow_list))
     except UnsafeDestination as e:
         raise InvalidRequest(f"webhook_url: {e}", param="webhook_url") from None
+
+
+def highest_priority(settings: Settings, principal: Principal) -> int:
+    """The highest priority the caller's tenant may ask for: its own, set by an admin, else
+    the deployment's; an admin's (the admin tenant's) all."""
+    own = principal.limits.max_priority
+    if own is not None:
+        return own
+    return PRIORITY_MAX if principal.is_admin else settings.limits.tenant_max_priority
+
+
+def check_priority(settings: Settings, principal: Principal, priority: int) -> None:
+    """A job may not jump the queue further than an admin allowed its tenant: 422 naming
+    `priority` (checked with the other per-tenant limits, before anything is stored)."""
+    most = highest_priority(settings, principal)
+    if priority > most:
+        raise InvalidRequest(
+            f"priority: {priority} is above this tenant's highest priority of {most} (an "
+            "admin can raise it)", param="priority",
+        )  # fmt: skip
 
 
 def _check_model(params: JobParams, served: ServedModel) -> None:

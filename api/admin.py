@@ -1,4 +1,4 @@
-"""/v1/admin: tenants and their API keys. Admin keys only."""
+"""/v1/admin: tenants, their limits and their API keys. Admin keys only."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from api import openapi
 from api.auth import keys_changed, require_admin
 from api.bodies import json_body
 from api.services import services
+from daikon.errors import InvalidRequest
 from daikon.resources import (
     KeyCreate,
     KeyList,
     KeyOut,
     NewKeyOut,
     TenantCreate,
+    TenantLimitsIn,
+    TenantLimitsOut,
     TenantList,
     TenantOut,
 )
@@ -65,6 +68,46 @@ def list_tenants() -> Any:
     with session_scope(services().sessions) as session:
         rows = tenants.list_tenants(session=session)
         return TenantList(tenants=[tenant_out(t) for t in rows]).model_dump(mode="json")
+
+
+def limits_out(t: Tenant) -> dict[str, Any]:
+    own = tenants.limits_of(t)
+    return TenantLimitsOut(tenant_id=t.id, **vars(own)).model_dump(mode="json")
+
+
+@bp.get("/tenants/<tenant_id>/limits")
+@openapi.operation("A tenant's limits", tags=["admin"], auth="admin",
+                   responses={200: TenantLimitsOut})  # fmt: skip
+def get_limits(tenant_id: str) -> Any:
+    require_admin()
+    with session_scope(services().sessions) as session:
+        return limits_out(tenants.get_tenant(session=session, tenant_id=tenant_id))
+
+
+@bp.put("/tenants/<tenant_id>/limits")
+@openapi.operation(
+    "Set a tenant's limits", tags=["admin"], auth="admin", body=TenantLimitsIn,
+    responses={200: TenantLimitsOut},
+    errors={503: "`revocation_not_propagated`: saved, but Redis could not tell every API "
+            "process; retry until 200."},
+)  # fmt: skip
+def set_limits(tenant_id: str) -> Any:
+    """Every limit at once (as the dashboard's tenant page sets them): null = the
+    deployment's. Applies from every API process's next request."""
+    require_admin()
+    svc = services()
+    body = TenantLimitsIn.model_validate(json_body())
+    most = svc.settings.limits.max_candidates
+    if body.max_candidates is not None and body.max_candidates > most:
+        raise InvalidRequest(
+            f"max_candidates: {body.max_candidates} is more than the deployment's {most}",
+            param="max_candidates",
+        )
+    limits = tenants.TenantLimits(**body.model_dump())
+    with session_scope(svc.sessions) as session:
+        out = limits_out(tenants.set_limits(session=session, tenant_id=tenant_id, limits=limits))
+    keys_changed(svc)  # cached principals carry the limits
+    return out
 
 
 @bp.post("/tenants/<tenant_id>/keys")

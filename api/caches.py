@@ -206,17 +206,22 @@ class QueuePlaces:
             self._deep.add(model)
 
     def ahead_of_new(
-        self, session: Session | Connection, job_id: str, model: str, priority: int
+        self,
+        session: Session | Connection,
+        job_id: str,
+        model: str,
+        priority: int,
+        turn: int | None = None,
     ) -> int | None:
-        """The place of job `job_id`, just created in `session` for `model` at `priority`,
-        from the ranking, or None when the queue is not deep (count it). A ranking taken
-        before the job holds neither it nor what others submitted since: as old as a deep
-        poll's place, no older."""
+        """The place of job `job_id`, just created in `session` for `model` at `priority`
+        (and `turn`, db/jobs.py's RUN_ORDER), from the ranking, or None when the queue is not
+        deep (count it). A ranking taken before the job holds neither it nor what others
+        submitted since: as old as a deep poll's place, no older."""
         if model not in self._deep:
             return None
         ranking = self._ranking(session, model)
         ahead = ranking.ahead.get(job_id)  # a ranking taken just now, in its transaction
-        return ahead if ahead is not None else ranking.ahead_of_new(priority)
+        return ahead if ahead is not None else ranking.ahead_of_new(priority, turn)
 
     def _place(self, conn: Connection, state: PollState) -> PollState:
         """`state` (read without its position) with its place in its model's queue."""

@@ -24,11 +24,13 @@ from daikon.celery_config import publish_job, soft_time_limit
 from daikon.contract import (
     DEFAULT_PRIORITY,
     DEFAULT_WEBHOOK_EVENTS,
+    PRIORITY_MAX,
     JobParams,
     JobRequest,
 )
 from daikon.errors import Conflict, InvalidRequest, ServiceUnavailable, TooManyRequests
 from daikon.served_models import ServedModel
+from daikon.settings import Settings
 from daikon.webhooks.safety import Allowlist, UnsafeDestination, check_url
 from db import deliveries, jobs, retention
 from db.models import Job, new_id
@@ -86,13 +88,14 @@ def submit(
     if served is not None:  # else no worker has served it yet: the worker checks (same codes)
         _check_model(params, served)
     digest = request_hash({**body, "inputs": checked.digest()} if checked else body)
+    priority = req.priority if req.priority is not None else DEFAULT_PRIORITY
     with session_scope(svc.sessions) as session:
         if idempotency_key is not None:
             # A retry of an accepted request is answered before any limit applies.
             held = _held(svc, session, principal, idempotency_key)
             if held is not None:
                 return _replay(held, digest, idempotency_key)
-        _check_limits(svc, session, principal, params, served,
+        _check_limits(svc, session, principal, params, served, priority=priority,
                       incoming=checked.byte_size if checked else 0)  # fmt: skip
     inputs = checked.decode(settings) if checked else None  # the one decode, past the limits
     job_id = new_id()
@@ -106,7 +109,6 @@ def submit(
     if not created.created:  # an idempotent replay: this request's copies are not needed
         edit_inputs.delete_inputs(svc, stored)
         return created
-    priority = req.priority if req.priority is not None else DEFAULT_PRIORITY
     enqueue(svc, job_id=job_id, model=params.model, priority=priority, cost=params.cost,
             candidates=params.candidates, stored=stored)  # fmt: skip
     return created
@@ -144,6 +146,7 @@ def _check_limits(
     params: JobParams,
     served: ServedModel | None,
     *,
+    priority: int,
     incoming: int,
 ) -> None:
     """The tenant's limits for this job (one submission counted against the rate); `incoming`:
@@ -156,6 +159,7 @@ def _check_limits(
             f"candidates: {params.candidates} is more than this tenant's limit of "
             f"{max_candidates}", param="candidates",
         )  # fmt: skip
+    check_priority(svc.settings, principal, priority)
     try:
         wait = svc.rate_limit.hit(principal.tenant_id, own.submits_per_minute)
     except redis.RedisError as e:  # the broker is the same Redis: nothing could be queued
@@ -222,7 +226,8 @@ def _create(
             )
         except jobs.IdempotencyConflict as race:  # the same key won a concurrent request
             return _replay(race.job, digest, idempotency_key or "")
-        position = svc.places.ahead_of_new(session, job.id, params.model, options.priority)
+        position = svc.places.ahead_of_new(session, job.id, params.model, options.priority,
+                                           job.turn)  # fmt: skip
         if position is None:  # not a deep queue: its count is exact and cheap
             position = jobs.queue_position(session=session, job=job)
             svc.places.learn(params.model, position)
@@ -283,6 +288,26 @@ def check_webhook_url(svc: Services, url: str | None, tenant_id: str | None) -> 
         check_url(url, allow)
     except UnsafeDestination as e:
         raise InvalidRequest(f"webhook_url: {e}", param="webhook_url") from None
+
+
+def highest_priority(settings: Settings, principal: Principal) -> int:
+    """The highest priority the caller's tenant may ask for: its own, set by an admin, else
+    the deployment's; an admin's (the admin tenant's) all."""
+    own = principal.limits.max_priority
+    if own is not None:
+        return own
+    return PRIORITY_MAX if principal.is_admin else settings.limits.tenant_max_priority
+
+
+def check_priority(settings: Settings, principal: Principal, priority: int) -> None:
+    """A job may not jump the queue further than an admin allowed its tenant: 422 naming
+    `priority` (checked with the other per-tenant limits, before anything is stored)."""
+    most = highest_priority(settings, principal)
+    if priority > most:
+        raise InvalidRequest(
+            f"priority: {priority} is above this tenant's highest priority of {most} (an "
+            "admin can raise it)", param="priority",
+        )  # fmt: skip
 
 
 def _check_model(params: JobParams, served: ServedModel) -> None:

@@ -412,6 +412,70 @@ def busy_worker(stack: Stack) -> list[Line]:
     return lines
 
 
+# --- priority (issue 21, item 7) ------------------------------------------------------------
+
+
+def priority_above_cap(stack: Stack) -> tuple[bool, str]:
+    """A tenant asks for priority 9 with no admin's leave: refused, naming priority."""
+    http = stack.tenant("mallory")
+    before = stack.count(http)
+    r = stack.submit(http, {**QUICK, "priority": 9})
+    left = stack.count(http) - before
+    param = r.json().get("error", {}).get("param") if r.status_code == 422 else None
+    ok = error_code(r) == "422 invalid_request" and param == "priority" and left == 0
+    return ok, f"{error_code(r)} naming {param}, {left} jobs created"
+
+
+def dashboard_form(stack: Stack) -> tuple[requests.Session, str]:
+    """A browser signed in to the dashboard with make run's admin key; its CSRF token."""
+    token = re.compile(r'name="csrf_token" value="([^"]+)"')
+    browser = requests.Session()
+    form = browser.get(f"{stack.base}/admin/login", timeout=10).text
+    key = (stack.data / "admin.key").read_text().strip()
+    browser.post(f"{stack.base}/admin/login", timeout=10, allow_redirects=False,
+                 data={"key": key, "csrf_token": token.search(form).group(1)})  # type: ignore[union-attr]  # fmt: skip
+    page = browser.get(f"{stack.base}/admin/", timeout=10).text
+    return browser, token.search(page).group(1)  # type: ignore[union-attr]
+
+
+def pause_resume_order(stack: Stack) -> list[Line]:
+    """The model's queue paused on the dashboard: one tenant queues 7 priority-5 jobs, then a
+    tenant an admin allowed 9 queues one at 9; the messages come back every few seconds while
+    paused. After the resume the priority-9 job starts first and every job starts at the place
+    its position said."""
+    low, high = stack.tenant("prio-low"), stack.tenant("prio-high")
+    tenants = stack.admin.get(f"{stack.base}/v1/admin/tenants", timeout=10).json()["tenants"]
+    high_id = next(t["id"] for t in tenants if t["name"] == "prio-high")
+    stack.admin.put(f"{stack.base}/v1/admin/tenants/{high_id}/limits",
+                    json={"max_priority": 9}, timeout=10).raise_for_status()  # fmt: skip
+    model = stack.admin.get(f"{stack.base}/v1/models", timeout=10).json()["models"][0]["name"]
+    browser, token = dashboard_form(stack)
+    pause = browser.post(f"{stack.base}/admin/queues/{model}/pause", timeout=10,
+                         data={"csrf_token": token}, allow_redirects=False)  # fmt: skip
+    owners: dict[str, requests.Session] = {}
+    try:
+        for _ in range(7):
+            owners[stack.submit(low, QUICK).json()["id"]] = low
+        urgent = stack.submit(high, {**QUICK, "priority": 9}).json()["id"]
+        owners[urgent] = high
+        time.sleep(8)  # the messages come back, paused, a few times each
+        positions = {j: stack.job(http, j)["queue_position"] for j, http in owners.items()}
+    finally:
+        resume = browser.post(f"{stack.base}/admin/queues/{model}/resume", timeout=10,
+                              data={"csrf_token": token}, allow_redirects=False)  # fmt: skip
+    finished = lambda: all(stack.job(h, j)["status"] == "succeeded" for j, h in owners.items())  # noqa: E731
+    wait_for(finished, 300, "the jobs after the resume")
+    started = sorted(owners, key=lambda j: stack.job(owners[j], j)["started_at"])
+    by_position = sorted(owners, key=positions.__getitem__)
+    ok = (pause.status_code == resume.status_code == 303 and started[0] == urgent
+          and started == by_position)  # fmt: skip
+    return [Line("pause-resume-order", "the priority-9 job starts first, every job at the "
+                 "place its position said", f"pause/resume {pause.status_code}/"
+                 f"{resume.status_code}; priority 9 started #{started.index(urgent) + 1} of 8 "
+                 f"(position {positions[urgent]}); start order = positions: "
+                 f"{started == by_position}", ok)]  # fmt: skip
+
+
 def valkey_port(stack: Stack) -> int:
     assert stack.log_path is not None
     printed = stack.log_path.read_text(errors="replace")
@@ -806,6 +870,7 @@ SINGLE: list[Attack] = [
          signed_url_in_access_log),
     held("tenant-loopback-webhook", "422 for a tenant, 202 for the admin's own tenant",
          loopback_webhook_other_tenant),
+    held("priority-above-cap", "422 naming priority, nothing created", priority_above_cap),
 ]  # fmt: skip
 
 
@@ -838,7 +903,8 @@ def main() -> int:
                                 f"{type(e).__name__}: {e}")  # fmt: skip
                 lines.append(line)
                 print(line.text(), flush=True)
-            for group in (stream_slots, busy_worker, slow_clients, *UPLOAD_GROUPS, storage_quota):
+            for group in (stream_slots, busy_worker, pause_resume_order, slow_clients,
+                          *UPLOAD_GROUPS, storage_quota):
                 try:
                     found = group(stack)
                 except Exception as e:

@@ -10,7 +10,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from daikon.capabilities import ModelCapabilities
-from daikon.contract import JobStatus
+from daikon.contract import DEFAULT_PRIORITY, PRIORITY_MAX, JobStatus
 from daikon.limits import ModelLimits
 from daikon.webhooks import DeliveryStatus
 
@@ -99,6 +99,30 @@ class KeyOut(BaseModel):
 
 class NewKeyOut(KeyOut):
     key: str = Field(description="The API key. Shown only in this response.")
+
+
+class TenantLimitsIn(BaseModel):
+    """A tenant's own limits, all of them at once; null (or left out) = the deployment's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    submits_per_minute: int | None = Field(
+        None, ge=1, le=1_000_000, description="Submissions a minute."
+    )
+    max_active_jobs: int | None = Field(
+        None, ge=1, le=1_000_000, description="Queued and running jobs at once."
+    )
+    max_candidates: int | None = Field(
+        None, ge=1, description="Candidates per job (at most the deployment's maximum)."
+    )
+    max_priority: int | None = Field(
+        None, ge=DEFAULT_PRIORITY, le=PRIORITY_MAX,
+        description="Highest priority its jobs may ask for, from the default priority (no "
+        "jumping the queue) to the highest; a submit above it is a 422 naming `priority`.",
+    )  # fmt: skip
+
+
+class TenantLimitsOut(TenantLimitsIn):
+    tenant_id: str
 
 
 class TenantList(BaseModel):

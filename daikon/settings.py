@@ -430,6 +430,16 @@ class Limits(Group):
         "earlier still finish (and may end past it). An admin may set a tenant's own.",
     )  # fmt: skip
 
+    # From the default priority (5) to the highest (9): daikon/contract.py's DEFAULT_PRIORITY and
+    # PRIORITY_MAX (tests/test_settings.py checks they agree).
+    tenant_max_priority: int = Field(
+        5, ge=5, le=9,
+        description="Highest priority a tenant's job may ask for, unless an admin set the "
+        "tenant's own (dashboard or admin API); above it a submit is refused (422 naming "
+        "`priority`). The admin tenant may use all (9). At the default 5 no tenant can jump "
+        "the queue unless an admin allows it.",
+    )  # fmt: skip
+
 
 class Retention(Group):
     title = "Retention"

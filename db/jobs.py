@@ -3,6 +3,7 @@ redelivered messages can never move a job backwards or finish it twice."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from daikon.contract import DEFAULT_PRIORITY, JobParams, JobStatus
+from daikon.contract import DEFAULT_PRIORITY, PRIORITY_MAX, JobParams, JobStatus
 from daikon.errors import Conflict, NotFound
 from db import retention
 from db.models import ApiKey, Job, JobImage, PausedModel, utcnow
@@ -33,6 +34,39 @@ ACTIVE = (JobStatus.queued, JobStatus.running)
 RETRYABLE = (JobStatus.failed, JobStatus.canceled)
 # How soon a message for a paused model's job comes back to look again.
 PAUSE_RECHECK_SECONDS = 2.0
+# A message that could not start its queue's head (see acquire) comes back this soon; the
+# head's own message, published at the top, is not published again for HANDOFF_SECONDS.
+HANDOFF_RECHECK_SECONDS = 0.5
+HANDOFF_SECONDS = 5.0
+
+# The run order of a model's queue, the one definition the claim, batching and every queue
+# position use: priority (highest first), then turn (a tenant's round at that priority, so
+# tenants take turns and one's backlog cannot hold back another's job), then age, then id.
+RUN_ORDER = (Job.priority.desc(), Job.turn, Job.created_at, Job.id)
+
+
+def runs_before(ahead: Any, target: Any) -> Any:
+    """SQL: queued job `ahead` runs before `target` (columns of two aliases of Job, or
+    `target` a row's values) in RUN_ORDER, both of one model."""
+    tie = and_(ahead.created_at == target.created_at, ahead.id < target.id)
+    same_turn = and_(ahead.turn == target.turn, or_(ahead.created_at < target.created_at, tie))
+    return or_(
+        ahead.priority > target.priority,
+        and_(ahead.priority == target.priority, or_(ahead.turn < target.turn, same_turn)),
+    )
+
+
+def next_turn(*, session: Session, tenant_id: str | None, model: str, priority: int) -> int:
+    """A new job's turn at (model, priority): one past its tenant's last queued job there,
+    and never before the queue's head (a tenant with nothing queued joins the round being
+    served). Two of one tenant's submissions in the same instant may share a turn: fair to
+    within a job. Two index lookups."""
+    queued = (Job.model == model, Job.status == JobStatus.queued, Job.priority == priority)
+    tenant = Job.tenant_id.is_(None) if tenant_id is None else Job.tenant_id == tenant_id
+    own = select(func.max(Job.turn)).where(tenant, *queued).scalar_subquery()
+    head = select(func.min(Job.turn)).where(*queued).scalar_subquery()
+    last, first = session.execute(select(own, head)).one()
+    return max(first or 0, last + 1 if last is not None else 0)
 
 
 def model_paused(model: Any) -> Any:
@@ -86,6 +120,8 @@ def create(
     IdempotencyConflict carrying that job (a key older than `idempotency_window` was released
     by `release_expired_idempotency_key`)."""
     options = options or JobOptions()
+    turn = next_turn(session=session, tenant_id=tenant_id, model=params.model,
+                     priority=options.priority)  # fmt: skip
     job = Job(
         **({"id": options.job_id} if options.job_id else {}),
         inputs=options.inputs,
@@ -96,6 +132,7 @@ def create(
         cost=params.cost,
         status=JobStatus.queued,
         priority=options.priority,
+        turn=turn,
         client_metadata=options.metadata,
         webhook_url=options.webhook_url,
         webhook_events=list(options.webhook_events),
@@ -203,7 +240,7 @@ class PollState:
 
 def _position_of(target: Any) -> Any:
     """Queued jobs of the target's model that run before it (see queue_position), as a
-    correlated subquery: an index range count on ix_jobs_model_status_priority."""
+    correlated subquery: an index range count on ix_jobs_run_order."""
     ahead = aliased(Job)
     count = (
         select(func.count())
@@ -211,10 +248,7 @@ def _position_of(target: Any) -> Any:
         .where(
             ahead.model == target.model,
             ahead.status == JobStatus.queued,
-            or_(
-                ahead.priority > target.priority,
-                and_(ahead.priority == target.priority, ahead.created_at < target.created_at),
-            ),
+            runs_before(ahead, target),
         )
         .scalar_subquery()
     )
@@ -240,7 +274,7 @@ _POLL_UNPLACED_STMT = select(*_STATE_COLUMNS, null(), _KEY_ACTIVE).where(
     Job.id == bindparam("job_id")
 )
 _RANKING_STMT = select(
-    Job.id, Job.priority, func.rank().over(order_by=(Job.priority.desc(), Job.created_at)) - 1
+    Job.id, Job.priority, Job.turn, func.row_number().over(order_by=RUN_ORDER) - 1
 ).where(Job.model == bindparam("model"), Job.status == JobStatus.queued)
 _POSITIONS_STMT = select(Job.id, _position_of(Job)).where(
     Job.id.in_(bindparam("job_ids", expanding=True))
@@ -283,15 +317,14 @@ def list_states(
     """list_recent's page as PollStates, in one query (one snapshot). The queue positions of
     its queued jobs come from one ranking of the queues of their models, not from a count per
     job: a page of 50 queued jobs behind 10,000 others reads the 10,000 once, not 50 times.
-    `rank() - 1` over (priority desc, created_at) is queue_position's count exactly: the
-    jobs strictly ahead, ties sharing a place. Models in `unranked` are not ranked (their
+    `row_number() - 1` over RUN_ORDER is queue_position's count exactly: the jobs strictly
+    ahead. Models in `unranked` are not ranked (their
     queued jobs come back without a position, for a caller that has a ranking already)."""
     page = _listed(select(*_PAGE_COLUMNS), limit, where).cte("page")
     waiting_models = select(page.c.model).where(page.c.status == JobStatus.queued)
     if unranked:
         waiting_models = waiting_models.where(page.c.model.not_in(list(unranked)))
-    order = (Job.priority.desc(), Job.created_at)
-    ahead = func.rank().over(partition_by=Job.model, order_by=order) - 1
+    ahead = func.row_number().over(partition_by=Job.model, order_by=RUN_ORDER) - 1
     ranked = (
         select(Job.id.label("id"), ahead.label("ahead"))
         .where(Job.status == JobStatus.queued, Job.model.in_(waiting_models))
@@ -328,22 +361,30 @@ class QueueRanking:
 
     ahead: dict[str, int]  # queue_position of each queued job
     by_priority: dict[int, int]  # how many are queued at each priority
+    # The turns queued at each priority, in run order (so ascending).
+    turns: dict[int, list[int]] = field(default_factory=dict)
 
-    def ahead_of_new(self, priority: int) -> int:
-        """The queue_position a job submitted now at `priority` would have: every queued job
-        of that priority or higher runs before it."""
-        return sum(n for p, n in self.by_priority.items() if p >= priority)
+    def ahead_of_new(self, priority: int, turn: int | None = None) -> int:
+        """The queue_position a job submitted now at `priority` (and `turn`) would have:
+        every queued job of a higher priority runs before it, and of its own priority every
+        one of an earlier or the same turn (those are older); without a turn, all of them."""
+        higher = sum(n for p, n in self.by_priority.items() if p > priority)
+        if turn is None:
+            return higher + self.by_priority.get(priority, 0)
+        return higher + bisect.bisect_right(self.turns.get(priority, []), turn)
 
 
 def queue_ranking(*, session: Session | Connection, model: str) -> QueueRanking:
-    """queue_position of every queued job of `model`, in one pass over its queue (`rank() - 1`
-    over the run order is the count of jobs strictly ahead, ties sharing a place)."""
+    """queue_position of every queued job of `model`, in one pass over its queue
+    (`row_number() - 1` over RUN_ORDER is the count of jobs strictly ahead)."""
     ahead: dict[str, int] = {}
     by_priority: dict[int, int] = {}
-    for job_id, priority, n in session.execute(_RANKING_STMT, {"model": model}):
+    turns: dict[int, list[int]] = {}
+    for job_id, priority, turn, n in session.execute(_RANKING_STMT, {"model": model}):
         ahead[job_id] = int(n)
         by_priority[priority] = by_priority.get(priority, 0) + 1
-    return QueueRanking(ahead, by_priority)
+        turns.setdefault(priority, []).append(int(turn))
+    return QueueRanking(ahead, by_priority, turns)
 
 
 def get_many(*, session: Session, job_ids: Sequence[str]) -> dict[str, Job]:
@@ -371,15 +412,12 @@ def active_cost(*, session: Session, tenant_id: str | None, model: str) -> float
 
 
 def queue_position(*, session: Session, job: Job) -> int:
-    """Jobs for the same model that run before this one: higher priority, or same and older."""
-    ahead = or_(
-        Job.priority > job.priority,
-        and_(Job.priority == job.priority, Job.created_at < job.created_at),
-    )
+    """Queued jobs of the same model that run before this one (RUN_ORDER): the place a
+    worker starts it from."""
     stmt = (
         select(func.count())
         .select_from(Job)
-        .where(Job.model == job.model, Job.status == JobStatus.queued, ahead)
+        .where(Job.model == job.model, Job.status == JobStatus.queued, runs_before(Job, job))
     )
     return int(session.scalar(stmt) or 0)
 
@@ -415,14 +453,22 @@ def claim(
     worker: str,
     lease_seconds: float = 60,
     max_attempts: int | None = None,
+    head_only: bool = False,
 ) -> Job | None:
-    """Take the job to run it: queued -> running (unless its model's queue is paused), or a
-    running job whose lease lapsed (its worker died) or is this worker's own. None means it
-    is not ours to run now. The pause is checked in the same UPDATE, so a job can never start
-    after the pause committed."""
+    """Take the job to run it: queued -> running (unless its model's queue is paused; with
+    `head_only`, only while no queued job of its model runs before it), or a running job whose
+    lease lapsed (its worker died) or is this worker's own. None means it is not ours to run
+    now. The pause is checked in the same UPDATE, so a job can never start after the pause
+    committed."""
     now = utcnow()
+    queued = and_(Job.status == JobStatus.queued, ~model_paused(Job.model))
+    if head_only:
+        ahead = aliased(Job)
+        queued = and_(queued, ~exists(select(ahead.id).where(
+            ahead.model == Job.model, ahead.status == JobStatus.queued, runs_before(ahead, Job)
+        )))  # fmt: skip
     runnable = or_(
-        and_(Job.status == JobStatus.queued, ~model_paused(Job.model)),
+        queued,
         and_(
             Job.status == JobStatus.running,
             or_(Job.lease_expires_at < now, Job.lease_owner == worker),
@@ -465,7 +511,7 @@ def claim_companions(
     limit: int,
 ) -> list[Job]:
     """Queued jobs to run in one pipeline call with `leader` (already claimed), taken from the
-    head of its model's queue in run order (priority, then age) for as long as `fits` accepts
+    head of its model's queue in RUN_ORDER for as long as `fits` accepts
     them: the first that does not ends the batch, so a batch never runs a job before one that
     would have run first. Each is claimed by the same conditional UPDATE as `claim`; on
     PostgreSQL rows another worker is claiming are skipped (FOR UPDATE SKIP LOCKED) rather than
@@ -474,7 +520,7 @@ def claim_companions(
         select(Job)
         .where(Job.model == leader.model, Job.status == JobStatus.queued, Job.id != leader.id)
         .where(~model_paused(Job.model))
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .order_by(*RUN_ORDER)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
@@ -506,6 +552,12 @@ class Acquired:
     busy_for: float | None = None  # a live worker holds it: look again in this many seconds
     paused: bool = False  # with busy_for: its model's queue is paused, it stays queued
     gave_up: Job | None = None  # its workers died max_attempts times: now failed
+    # With `job`: the message's own job, still queued, whose message started `job` (the head
+    # of their queue): publish it again (its enqueued_at is cleared, so a sweep would).
+    passed_over: ToPublish | None = None
+    # With busy_for: the queue's head, which this message may not run (its time limits are
+    # the message's job's): publish a message for it at the top (taken: enqueued_at set).
+    handoff: ToPublish | None = None
 
 
 def acquire(
@@ -516,22 +568,31 @@ def acquire(
     lease_seconds: float,
     max_attempts: int,
     owner_alive: Callable[[str], bool],
+    limited: bool = False,
 ) -> Acquired:
     """Claim for a delivered message, deciding the cases a bare claim cannot: another live
     worker runs it (come back later, never run it twice), its worker is known dead (take it
-    at once), or workers died on it too often (a poison input: fail it with the reason)."""
+    at once), or workers died on it too often (a poison input: fail it with the reason).
+
+    A queued job's message starts the head of its model's queue in RUN_ORDER, whichever job's
+    message it is, so jobs start in the order their positions say whatever order their
+    messages arrive in (late, retried during a pause, behind another tenant's): its own job
+    if that is the head, else the head (`passed_over` then names its own job, to be published
+    again). `limited`: the message carries time limits sized for its own job, so it starts a
+    passed-over head only if that costs no more (else `handoff`)."""
     for _ in range(2):
-        job = claim(session=session, job_id=job_id, worker=worker,
-                    lease_seconds=lease_seconds, max_attempts=max_attempts)  # fmt: skip
+        job = claim(session=session, job_id=job_id, worker=worker, lease_seconds=lease_seconds,
+                    max_attempts=max_attempts, head_only=True)  # fmt: skip
         if job is not None:
             return Acquired(job=job)
-        job = session.get(Job, job_id)
-        if (
-            job is not None
-            and job.status is JobStatus.queued
-            and is_paused(session=session, model=job.model)
-        ):
-            return Acquired(busy_for=PAUSE_RECHECK_SECONDS, paused=True)
+        job = session.get(Job, job_id, populate_existing=True)
+        if job is not None and job.status is JobStatus.queued:
+            if is_paused(session=session, model=job.model):
+                return Acquired(busy_for=PAUSE_RECHECK_SECONDS, paused=True)
+            got = _start_head(session, job, worker, lease_seconds, limited)
+            if got is not None:
+                return got
+            continue  # it left the queue meanwhile, or its head was taken: look again
         if job is None or job.status is not JobStatus.running:
             return Acquired()  # finished, canceled, gone, or queued but used up (see below)
         now = utcnow()
@@ -559,7 +620,57 @@ def acquire(
             .values(lease_expires_at=now)
             .execution_options(synchronize_session=False)
         )
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is not None and job.status is JobStatus.queued:  # never drop a queued job's message
+        return Acquired(busy_for=HANDOFF_RECHECK_SECONDS)
     return Acquired()
+
+
+def _start_head(
+    session: Session, own: Job, worker: str, lease_seconds: float, limited: bool
+) -> Acquired | None:
+    """For the message of queued job `own`, which is not its queue's head: claim the head
+    (on PostgreSQL skipping rows other claims hold), or hand it a message of its own when
+    this one's time limits would not cover it. None: nothing was claimed (look again)."""
+    head = session.scalars(
+        select(Job)
+        .where(Job.model == own.model, Job.status == JobStatus.queued, ~model_paused(Job.model))
+        .order_by(*RUN_ORDER)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+    if head is None:
+        return None
+    now = utcnow()
+    if head.id != own.id and limited and head.cost > own.cost:
+        handed = session.execute(
+            update(Job)
+            .where(Job.id == head.id, Job.status == JobStatus.queued,
+                   or_(Job.enqueued_at.is_(None),
+                       Job.enqueued_at < now - timedelta(seconds=HANDOFF_SECONDS)))
+            .values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )  # fmt: skip
+        top = ToPublish(head.id, head.model, PRIORITY_MAX)
+        return Acquired(busy_for=HANDOFF_RECHECK_SECONDS,
+                        handoff=top if handed.rowcount == 1 else None)  # type: ignore[attr-defined]  # fmt: skip
+    result = session.execute(
+        update(Job)
+        .where(Job.id == head.id, Job.status == JobStatus.queued, ~model_paused(Job.model))
+        .values(**_running_under(worker, now, lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    passed_over = None
+    if head.id != own.id:  # its message is spent on the head: an outbox entry for it again
+        session.execute(
+            update(Job).where(Job.id == own.id, Job.status == JobStatus.queued)
+            .values(enqueued_at=None).execution_options(synchronize_session=False)
+        )  # fmt: skip
+        passed_over = ToPublish(own.id, own.model, own.priority)
+    session.expire_all()
+    return Acquired(job=session.get(Job, head.id), passed_over=passed_over)
 
 
 def is_paused(*, session: Session, model: str) -> bool:
@@ -578,6 +689,8 @@ def retry(*, session: Session, job_id: str) -> Job:
     job = Job(
         tenant_id=old.tenant_id, prompt=old.prompt, params=dict(old.params), model=old.model,
         cost=old.cost, status=JobStatus.queued, priority=old.priority,
+        turn=next_turn(session=session, tenant_id=old.tenant_id, model=old.model,
+                       priority=old.priority),
         client_metadata=old.client_metadata, webhook_url=old.webhook_url,
         webhook_events=list(old.webhook_events), metrics={}, images=[], retry_of=old.id,
         inputs=old.inputs,  # an edit's stored objects, shared: only a failed submit deletes any

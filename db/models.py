@@ -85,6 +85,8 @@ class Tenant(Base):
     stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # The tenant's own storage quota; None = the deployment's (tenant_storage_quota_bytes).
     storage_quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # The highest priority its jobs may ask for; None = the deployment's (the admin tenant: all).
+    max_priority: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKey(Base):
@@ -134,6 +136,9 @@ class Job(Base):
     # Megapixel-steps (JobParams.cost): summed per tenant and model for the queued-cost budget.
     cost: Mapped[float] = mapped_column(Float, default=0.0)
     priority: Mapped[int] = mapped_column(SmallInteger, default=5)
+    # Its tenant's round at this model and priority (db/jobs.py: next_turn): within a priority
+    # the queue runs turn by turn, so a tenant's backlog cannot keep another's job waiting.
+    turn: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     client_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[list[str]] = mapped_column(JSONType, default=list)
@@ -164,8 +169,8 @@ class Job(Base):
         Index("ix_jobs_created_at", "created_at"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
-        Index("ix_jobs_tenant_id_status_model", "tenant_id", "status", "model"),
-        Index("ix_jobs_model_status_priority", "model", "status", "priority", "created_at"),
+        Index("ix_jobs_tenant_turn", "tenant_id", "status", "model", "priority", "turn"),
+        Index("ix_jobs_run_order", "model", "status", "priority", "turn", "created_at"),
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         Index("ix_jobs_status_finished_at", "status", "finished_at"),  # retention
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id_idempotency_key"),

@@ -110,6 +110,7 @@ class TenantLimits:
     submits_per_minute: int | None = None
     max_active_jobs: int | None = None
     max_candidates: int | None = None
+    max_priority: int | None = None
 
 
 def limits_of(tenant: Tenant) -> TenantLimits:
@@ -117,6 +118,7 @@ def limits_of(tenant: Tenant) -> TenantLimits:
         submits_per_minute=tenant.submits_per_minute,
         max_active_jobs=tenant.max_active_jobs,
         max_candidates=tenant.max_candidates,
+        max_priority=tenant.max_priority,
     )
 
 
@@ -125,6 +127,7 @@ def set_limits(*, session: Session, tenant_id: str, limits: TenantLimits) -> Ten
     tenant.submits_per_minute = limits.submits_per_minute
     tenant.max_active_jobs = limits.max_active_jobs
     tenant.max_candidates = limits.max_candidates
+    tenant.max_priority = limits.max_priority
     session.flush()
     return tenant
 

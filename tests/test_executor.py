@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daikon.contract import JobStatus
 from daikon.storage import LocalStore, StorageError
 from db import jobs
-from db.models import Job, JobImage
+from db.models import Job, JobImage, utcnow
 from db.session import make_session_factory, session_scope
 from tests.factories import make_job
 from worker.executor import JobBusy, JobExecutor, Outcome
@@ -44,6 +44,16 @@ def runtime(tiny_models: tuple[Path, Path]) -> ModelRuntime:
 @pytest.fixture
 def sessions(db_engine: Engine) -> sessionmaker[Session]:
     return make_session_factory(db_engine)
+
+
+@pytest.fixture(autouse=True)
+def own_queues(sessions: sessionmaker[Session]) -> None:
+    """A message starts the head of its job's queue (db/jobs.py acquire), so jobs that other
+    tests left queued in the shared database would run first: each test here starts with
+    none queued."""
+    with session_scope(sessions) as s:
+        s.execute(update(Job).where(Job.status == JobStatus.queued)
+                  .values(status=JobStatus.canceled, finished_at=utcnow()))  # fmt: skip
 
 
 @pytest.fixture

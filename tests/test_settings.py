@@ -57,3 +57,14 @@ def test_evolve_changes_only_what_it_names() -> None:
     assert changed.limits.max_steps == 40 and base.webhooks.webhook_timeout_seconds == 15.0
     assert set(GROUP_OF) == {n for g in Settings.model_fields for n in
                              getattr(Settings(), g).__class__.model_fields}  # fmt: skip
+
+
+def test_a_tenants_highest_priority_lies_between_the_default_and_the_highest_priority() -> None:
+    """DAIKON_TENANT_MAX_PRIORITY's bounds are daikon/contract.py's (settings cannot import it)."""
+    from daikon.contract import DEFAULT_PRIORITY, PRIORITY_MAX
+    from daikon.settings import Limits
+
+    field = Limits.model_fields["tenant_max_priority"]
+    bounds = {type(m).__name__: m for m in field.metadata}
+    assert (bounds["Ge"].ge, bounds["Le"].le) == (DEFAULT_PRIORITY, PRIORITY_MAX)
+    assert field.default == DEFAULT_PRIORITY

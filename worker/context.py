@@ -8,7 +8,7 @@ import socket
 from collections.abc import Callable
 
 from daikon import image_urls
-from daikon.celery_config import make_celery, soft_time_limit
+from daikon.celery_config import make_celery, publish_job, soft_time_limit
 from daikon.contract import JobParams
 from daikon.job_view import EventRenderer, Links
 from daikon.live import LiveState
@@ -72,6 +72,9 @@ def executor() -> JobExecutor:
         batch_jobs=s.worker.batch_jobs,
         batch_wait_seconds=s.worker.batch_wait_ms / 1000,
     )
+    app = make_celery(s, main="daikon-worker-jobs")
+    executor.publish = lambda m: publish_job(app, s, job_id=m.job_id, model=m.model,
+                                             priority=m.priority)  # fmt: skip
     if _step_hook is not None:
         executor.step_hook = _step_hook
     return executor

@@ -216,6 +216,9 @@ class JobExecutor:
     # companion's own message, arriving later, is then skipped without a database round trip.
     # Sound because an ended job never runs again (a retry is a new job).
     ended_here: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # Publishes a job's message (worker/context.py); None: the sweeper publishes what a message
+    # handed on (a queued job whose enqueued_at was cleared), after republish_after_seconds.
+    publish: Callable[[jobs.ToPublish], None] | None = None
 
     def _commit(
         self,
@@ -241,6 +244,23 @@ class JobExecutor:
             self._announce(job_id)
         self.webhooks.send(sent)
         return result
+
+    def _publish(self, message: jobs.ToPublish) -> None:
+        """A job's message, published and marked so; if that fails the sweeper publishes it
+        (its enqueued_at says it has none)."""
+        if self.publish is None:
+            return
+        try:
+            self.publish(message)
+            with session_scope(self.sessions) as session:
+                jobs.mark_enqueued(session=session, job_id=message.job_id)
+        except Exception as e:
+            log.warning("job %s not published (%s); the sweeper will", message.job_id, e)
+            try:
+                with session_scope(self.sessions) as session:
+                    jobs.mark_unpublished(session=session, job_id=message.job_id)
+            except Exception as e2:
+                log.warning("job %s not marked unpublished: %s", message.job_id, e2)
 
     def _ended(self, job_id: str) -> None:
         self.ended_here[job_id] = None
@@ -303,9 +323,11 @@ class JobExecutor:
             log.warning("stage timings of jobs %s not recorded: %s",
                         ", ".join(m.job_id for m in members), e)  # fmt: skip
 
-    def run(self, job_id: str) -> Outcome:
-        """Run the job if this message may (with compatible queued jobs, when batching);
-        raises JobBusy when another live worker has it."""
+    def run(self, job_id: str, *, limited: bool = False) -> Outcome:
+        """Run what this message may: its job, or the head of its job's queue when the job
+        is queued behind it (jobs.acquire; `limited`: the message carries time limits sized
+        for its own job), with compatible queued jobs when batching; raises JobBusy when
+        another live worker has it or its queue is paused."""
         if job_id in self.ended_here:
             log.info("job %s not claimable (this worker ended it, in a batch)", job_id)
             return Outcome.skipped
@@ -314,7 +336,7 @@ class JobExecutor:
             got = jobs.acquire(
                 session=session, job_id=job_id, worker=self.worker_name,
                 lease_seconds=self.lease_seconds, max_attempts=self.max_attempts,
-                owner_alive=self.owner_alive,
+                owner_alive=self.owner_alive, limited=limited,
             )  # fmt: skip
             if got.job is None:
                 return got, None, None
@@ -331,6 +353,13 @@ class JobExecutor:
             return WebhookEvent.started if got.job is not None else None
 
         got, params, progress = self._commit(job_id, acquire, raised)
+        if got.handoff is not None:
+            self._publish(got.handoff)
+        if got.passed_over is not None:
+            assert got.job is not None
+            log.info("job %s: its message starts job %s, ahead of it in the queue; published "
+                     "again", job_id, got.job.id)  # fmt: skip
+            self._publish(got.passed_over)
         if got.busy_for is not None:
             raise JobBusy(job_id, got.busy_for, paused=got.paused)
         if got.gave_up is not None:
@@ -340,9 +369,11 @@ class JobExecutor:
             log.info("job %s not claimable (already finished, canceled or missing)", job_id)
             return Outcome.skipped
         members = [self._member(got.job, params, progress)]
-        if self.batch_jobs and got.job.attempts == 1:
-            # A job retried after its worker died runs alone: a poison input then fails by
-            # itself after max_attempts, never taking its batch's companions with it.
+        # A job retried after its worker died runs alone: a poison input then fails by itself
+        # after max_attempts, never taking its batch's companions with it. So does a head this
+        # message's time limits were not sized for.
+        own_limits = not limited or got.passed_over is None
+        if self.batch_jobs and got.job.attempts == 1 and own_limits:
             members += self._companions(got.job, params)
         with LeaseKeeper(self.sessions, [m.job_id for m in members], self.worker_name,
                          self.lease_seconds) as lease:  # fmt: skip

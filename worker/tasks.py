@@ -28,8 +28,10 @@ DB_RETRY_MAX_SECONDS = 30
     retry_backoff_max=DB_RETRY_MAX_SECONDS, retry_jitter=False,
 )  # fmt: skip
 def generate_job(self: Any, job_id: str) -> str:
+    # Time limits of its own (daikon/celery_config.publish_job's allowance), or the deployment's.
+    limited = any(limit is not None for limit in (self.request.timelimit or ()))
     try:
-        return context.executor().run(job_id).value
+        return context.executor().run(job_id, limited=limited).value
     except JobBusy as busy:
         # Never run twice in parallel: look again once the holder's lease would have lapsed.
         raise self.retry(countdown=max(1.0, busy.retry_in + 1.0)) from None

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, g, make_response, redirect, render_templa
 from werkzeug.wrappers import Response as BaseResponse
 
 from api import openapi
-from api.auth import identify, keys_changed
+from api.auth import ADMIN_TENANT, identify, keys_changed
 from api.dashboard import access
 from api.dashboard.charts import line_chart
 from api.jobs import cancel as cancel_job
@@ -22,7 +22,13 @@ from api.serialize import links, outbox
 from api.services import services
 from api.submission import enqueue
 from daikon import heartbeats
-from daikon.contract import JobStatus, decode_cursor, encode_cursor
+from daikon.contract import (
+    DEFAULT_PRIORITY,
+    PRIORITY_MAX,
+    JobStatus,
+    decode_cursor,
+    encode_cursor,
+)
 from daikon.errors import BadRequest, DaikonError, InvalidRequest, NotFound
 from db import dashboard, deliveries, jobs, retention, tenants
 from db.models import Job, KeyScope
@@ -572,8 +578,9 @@ def create_tenant() -> BaseResponse:
 
 def _tenant_context(session: Any, tenant_id: str) -> dict[str, Any]:
     settings = services().settings
+    tenant = tenants.get_tenant(session=session, tenant_id=tenant_id)
     return {
-        "tenant": tenants.get_tenant(session=session, tenant_id=tenant_id),
+        "tenant": tenant,
         "keys": tenants.list_keys(session=session, tenant_id=tenant_id),
         "scopes": list(KeyScope),
         "defaults": {
@@ -581,6 +588,10 @@ def _tenant_context(session: Any, tenant_id: str) -> dict[str, Any]:
             "max_active_jobs": settings.limits.tenant_max_active_jobs,
             "max_candidates": settings.limits.max_candidates,
             "storage_quota_bytes": settings.limits.tenant_storage_quota_bytes,
+            # The admin tenant's (the settings' admin key) default is every priority.
+            "max_priority": (
+                PRIORITY_MAX if tenant.name == ADMIN_TENANT else settings.limits.tenant_max_priority
+            ),
         },
         "storage": retention.usage(
             session=session,
@@ -639,12 +650,14 @@ def rotate_secret(tenant_id: str) -> Response:
                      **_tenant_context(session, tenant_id))  # fmt: skip
 
 
-def _limit(name: str, most: int) -> int | None:
+def _limit(name: str, most: int, least: int = 1) -> int | None:
     raw = request.form.get(name, "").strip()
     if not raw:
         return None
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= most:
-        raise InvalidRequest(f"{name}: {raw!r} is not a whole number from 1 to {most}", param=name)
+    if not raw.isascii() or not raw.isdigit() or not least <= int(raw) <= most:
+        raise InvalidRequest(
+            f"{name}: {raw!r} is not a whole number from {least} to {most}", param=name
+        )
     return int(raw)
 
 
@@ -656,6 +669,7 @@ def set_limits(tenant_id: str) -> BaseResponse:
         submits_per_minute=_limit("submits_per_minute", 1_000_000),
         max_active_jobs=_limit("max_active_jobs", 1_000_000),
         max_candidates=_limit("max_candidates", settings.limits.max_candidates),
+        max_priority=_limit("max_priority", PRIORITY_MAX, DEFAULT_PRIORITY),
     )
     with session_scope(services().sessions) as session:
         tenants.set_limits(session=session, tenant_id=tenant_id, limits=limits)

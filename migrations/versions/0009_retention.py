@@ -1,7 +1,7 @@
 """retention: per-tenant stored bytes and quota, pending storage deletions, finished-at index
 
 Revision ID: 0009_retention
-Revises: 0007_edits
+Revises: 0008_tenant_priority
 Create Date: 2026-12-10
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009_retention"
-down_revision: str | None = "0007_edits"
+down_revision: str | None = "0008_tenant_priority"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -307,3 +307,27 @@ def running_stack(settings: Settings, log_dir: Path) -> Iterator[Stack]:
         if stack.worker is not worker:  # the caller started another one (Stack.restart_worker)
             stack.worker.stop()
         forget_redis_state(settings)
+
+
+@contextmanager
+def webhook_stack(
+    tmp: Path, redis_url: str, weights: tuple[Path, Path], *, threads: int, **kw: object
+) -> Iterator[tuple[Stack, WorkerProcess]]:
+    """running_stack plus a webhook worker process (`threads` threads) on a queue of its own,
+    loopback receivers allowed; `kw` are more Settings fields."""
+    queue = f"daikon-e2e-wh-{uuid.uuid4().hex[:8]}"
+    settings = settings_for(tmp, redis_url, weights, webhook_queue=queue,
+                            webhook_allow_hosts="127.0.0.1", webhook_dispatch_seconds=1.0,
+                            **kw)  # fmt: skip
+    with running_stack(settings, tmp) as s:
+        hooks = WorkerProcess(
+            settings, tmp / "webhooks.log", concurrency=threads, app="worker.delivery_main",
+            extra=("--pool", "threads", "--queues", queue, "--hostname", f"{queue}@%h"),
+        )  # fmt: skip
+        try:
+            yield s, hooks
+        finally:
+            hooks.stop()
+            client = redis.Redis.from_url(redis_url)
+            for key in client.scan_iter(f"{queue}*"):
+                client.delete(key)

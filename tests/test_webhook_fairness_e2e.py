@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 import requests
 
 from tests.receiver import Received, Reply, hanging, receiver
-from tests.stack import Stack, WorkerProcess, running_stack, settings_for
+from tests.stack import Stack, WorkerProcess, webhook_stack
 
 pytestmark = pytest.mark.e2e
 QUICK = {"prompt": "a red circle", "steps": 2, "candidates": 1, "top_k": 1}
@@ -25,23 +24,8 @@ QUICK = {"prompt": "a red circle", "steps": 2, "candidates": 1, "top_k": 1}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[tuple[Stack, WorkerProcess]]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("webhook-fairness")
-    queue = f"daikon-e2e-whf-{uuid.uuid4().hex[:8]}"
-    settings = settings_for(
-        tmp, redis_url, tiny_models, webhook_queue=queue, webhook_allow_hosts="127.0.0.1",
-        webhook_dispatch_seconds=1.0,
-    )  # fmt: skip
-    with running_stack(settings, tmp) as s:
-        hooks = WorkerProcess(
-            settings, tmp / "webhooks.log", concurrency=8, app="worker.delivery_main",
-            extra=("--pool", "threads", "--queues", queue, "--hostname", f"{queue}@%h"),
-        )  # fmt: skip
-        try:
-            yield s, hooks
-        finally:
-            hooks.stop()
-            client = redis.Redis.from_url(redis_url)
-            for key in client.scan_iter(f"{queue}*"):
-                client.delete(key)
+    with webhook_stack(tmp, redis_url, tiny_models, threads=8) as found:
+        yield found
 
 
 def tenant(api: Stack, name: str) -> requests.Session:

@@ -7,17 +7,15 @@ from __future__ import annotations
 import itertools
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 
 from tests.receiver import Received, Reply, receiver
-from tests.stack import Stack, WorkerProcess, running_stack, settings_for
+from tests.stack import Stack, WorkerProcess, webhook_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -25,23 +23,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[tuple[Stack, WorkerProcess]]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("webhooks")
-    queue = f"daikon-e2e-wh-{uuid.uuid4().hex[:8]}"
-    settings = settings_for(
-        tmp, redis_url, tiny_models, webhook_queue=queue, webhook_allow_hosts="127.0.0.1",
-        public_url="http://daikon.test", webhook_dispatch_seconds=1.0,
-    )  # fmt: skip
-    with running_stack(settings, tmp) as s:
-        hooks = WorkerProcess(
-            settings, tmp / "webhooks.log", concurrency=4, app="worker.delivery_main",
-            extra=("--pool", "threads", "--queues", queue, "--hostname", f"{queue}@%h"),
-        )  # fmt: skip
-        try:
-            yield s, hooks
-        finally:
-            hooks.stop()
-            client = redis.Redis.from_url(redis_url)
-            for key in client.scan_iter(f"{queue}*"):
-                client.delete(key)
+    public = "http://daikon.test"
+    with webhook_stack(tmp, redis_url, tiny_models, threads=4, public_url=public) as found:
+        yield found
 
 
 def kind(r: Received) -> str:

@@ -381,9 +381,9 @@ def test_the_jobs_table_filters_by_several_statuses_and_searches_prompts(app: Fl
 
 
 def test_the_jobs_table_pages_by_cursor(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
-    import api.dashboard
+    import api.dashboard.jobs
 
-    monkeypatch.setattr(api.dashboard, "PAGE", 2)
+    monkeypatch.setattr(api.dashboard.jobs, "PAGE", 2)
     made = [queued_job(app, prompt=f"shape {i}") for i in range(5)]
     client, _ = login(app)
     seen: list[str] = []

@@ -4,7 +4,7 @@ Each architecture is built from its published configuration (written below) with
 weights, directly on the device: nothing is downloaded. Tokenizers are built offline (byte-level
 CLIP BPE, character-level T5), so prompts tokenize differently from the real models, which
 does not change the work done: sequence lengths are padded to the same fixed lengths. Every run
-goes through worker/families.py's adapter at the model's native resolution, as the worker runs
+goes through its worker/families/ adapter at the model's native resolution, as the worker runs
 a job. Random weights make noise images, and fp16 may overflow to NaN in places; neither
 changes the time or memory a step takes.
 

@@ -1,6 +1,6 @@
 """What one served model can do, published by the worker that loads it and checked by the API.
 
-A worker derives a `ModelCapabilities` from the pipeline it loaded (worker/families.py) and
+A worker derives a `ModelCapabilities` from the pipeline it loaded (worker/families/) and
 publishes it; the API validates each submit against it, so a parameter a model cannot honour
 is refused with a 422 naming the parameter and the model instead of failing, or being quietly
 ignored, on the GPU. The worker runs the same `check` before any work, for deployments where no

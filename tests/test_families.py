@@ -18,18 +18,17 @@ from PIL import Image
 
 from daikon.capabilities import SCHEDULERS, ModelOptions, UnsupportedParameters
 from tests.families import FAMILIES, Family, FamilyBuilds, build_kandinsky22_prior, build_sd1
-from worker.generation import (
+from worker.families import (
     FAMILIES as HANDLED,
 )
-from worker.generation import (
+from worker.families import (
     REFUSED,
-    GenerationRequest,
-    Generator,
     UnsupportedOption,
     UnsupportedPipeline,
     call_parameters,
     to_pil,
 )
+from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker, rank
 
 pytestmark = pytest.mark.filterwarnings(

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.generation import GenerationRequest, Generator, to_pil
+from worker.families import to_pil
+from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker, rank
 
 

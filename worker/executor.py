@@ -32,7 +32,8 @@ from daikon.settings import Settings
 from daikon.storage import ImageStore, image_key
 from db import jobs
 from db.session import session_scope
-from worker.generation import Candidate, GenerationRequest, to_pil
+from worker.families import Candidate, to_pil
+from worker.generation import GenerationRequest
 from worker.job_webhooks import NO_WEBHOOKS, JobEvents, StepHook
 from worker.ranking import rank
 from worker.runtime import ModelLoadError, ModelRuntime

@@ -10,7 +10,7 @@ from PIL import Image
 if TYPE_CHECKING:
     import torch
 
-    from worker.generation import Candidate
+    from worker.families import Candidate
 
 
 def _embeds(output: Any) -> Any:
@@ -95,7 +95,7 @@ class ClipRanker:
         import torch
         import torch.nn.functional as F
 
-        from worker.generation import to_pil
+        from worker.families import to_pil
 
         p = self.processor.image_processor
         device = next(i.device for i in images if not isinstance(i, Image.Image))

@@ -432,8 +432,10 @@ def dashboard_form(stack: Stack) -> tuple[requests.Session, str]:
     browser = requests.Session()
     form = browser.get(f"{stack.base}/admin/login", timeout=10).text
     key = (stack.data / "admin.key").read_text().strip()
+    found = token.search(form)
+    assert found is not None, "the sign-in form has a CSRF token"
     browser.post(f"{stack.base}/admin/login", timeout=10, allow_redirects=False,
-                 data={"key": key, "csrf_token": token.search(form).group(1)})  # type: ignore[union-attr]  # fmt: skip
+                 data={"key": key, "csrf_token": found.group(1)})  # fmt: skip
     page = browser.get(f"{stack.base}/admin/", timeout=10).text
     return browser, token.search(page).group(1)  # type: ignore[union-attr]
 
@@ -670,9 +672,10 @@ def signed_url_in_access_log(stack: Stack) -> tuple[bool, str]:
     sig = url.rsplit("sig=", 1)[1]
     fetched = requests.get(url, timeout=10).status_code
     path = f"/v1/jobs/{job_id}/images/1"
-    wait_for(lambda: path in stack.log_path.read_text(errors="replace"), 30,  # type: ignore[union-attr]
-             "the access log line")  # fmt: skip
-    log = stack.log_path.read_text(errors="replace")
+    log_path = stack.log_path
+    assert log_path is not None
+    wait_for(lambda: path in log_path.read_text(errors="replace"), 30, "the access log line")
+    log = log_path.read_text(errors="replace")
     lines = [line for line in log.splitlines() if f"GET {path}" in line]
     leaked = sig in log
     ok = fetched == 200 and bool(lines) and not leaked

@@ -7,6 +7,7 @@ legitimate uploads under the documented limit that were refused. Each returns li
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 import time
 from contextlib import closing
@@ -96,7 +97,8 @@ def scan_bombs(stack: Stack) -> list[Result]:
     http = stack.tenant("bomber")
     files = {"image": ("bomb.jpg", bomb, "image/jpeg")}
     # 1024x1024 at 2 steps: within the CPU's cost limit, so only the file can refuse it.
-    form = {"request": '{"prompt": "x", "mode": "image", "steps": 2, "candidates": 1, "top_k": 1}'}
+    job = {"prompt": "x", "mode": "image", "steps": 2, "candidates": 1, "top_k": 1}
+    form = {"request": json.dumps(job)}
     before = _api_cpu(stack)
     answers = [http.post(f"{stack.base}/v1/jobs", files=files, data=form, timeout=30)
                for _ in range(20)]  # fmt: skip

@@ -651,9 +651,9 @@ def _start_head(
             .values(enqueued_at=now)
             .execution_options(synchronize_session=False)
         )  # fmt: skip
+        taken = handed.rowcount == 1  # type: ignore[attr-defined]
         top = ToPublish(head.id, head.model, PRIORITY_MAX)
-        return Acquired(busy_for=HANDOFF_RECHECK_SECONDS,
-                        handoff=top if handed.rowcount == 1 else None)  # type: ignore[attr-defined]  # fmt: skip
+        return Acquired(busy_for=HANDOFF_RECHECK_SECONDS, handoff=top if taken else None)
     result = session.execute(
         update(Job)
         .where(Job.id == head.id, Job.status == JobStatus.queued, ~model_paused(Job.model))

@@ -28,7 +28,7 @@ from api import inputs
 from api.auth import authenticate
 from api.services import services
 from api.submission import check_room
-from daikon.errors import DaikonError, PayloadTooLarge, ServiceUnavailable
+from daikon.errors import DaikonError, PayloadTooLarge, RequestErrorCode, ServiceUnavailable
 from daikon.resources import ErrorBody, ErrorResponse
 from daikon.settings import Settings
 
@@ -48,20 +48,24 @@ def answer(status: int, body: bytes, headers: list[tuple[str, str]] | None = Non
     return "\r\n".join(lines).encode("latin-1") + body
 
 
-def error(status: int, *, code: str, message: str, type: str = "invalid_request_error") -> bytes:
+def error(
+    status: int, *, code: RequestErrorCode, message: str, type: str = "invalid_request_error"
+) -> bytes:
     body = ErrorResponse(error=ErrorBody(type=type, code=code, message=message, param=None))
     data = json.dumps(body.model_dump(mode="json"), separators=(",", ":")).encode()
     return answer(status, data, [("Content-Type", "application/json")])
 
 
 def malformed(reason: str, status: int = 400) -> bytes:
-    return error(status, code="bad_request", message=f"the request cannot be read: {reason}")
+    return error(
+        status, code=RequestErrorCode.bad_request, message=f"the request cannot be read: {reason}"
+    )
 
 
 def too_large(limit: int) -> bytes:
     e = PayloadTooLarge(
         f"the request body is larger than this route's {limit} bytes",
-        code="request_entity_too_large",
+        code=RequestErrorCode.request_entity_too_large,
     )
     return error(e.status, code=e.code, message=e.message)
 
@@ -69,7 +73,7 @@ def too_large(limit: int) -> bytes:
 def busy() -> bytes:
     e = ServiceUnavailable(
         "the server is receiving as many request bodies as it holds; retry shortly",
-        code="server_busy",
+        code=RequestErrorCode.server_busy,
     )
     return error(e.status, code=e.code, message=e.message, type=e.type)
 

@@ -13,7 +13,7 @@ from flask import g, request
 from sqlalchemy.orm import Session
 
 from api.services import Services, services
-from daikon.errors import Forbidden, ServiceUnavailable, Unauthenticated
+from daikon.errors import Forbidden, RequestErrorCode, ServiceUnavailable, Unauthenticated
 from daikon.resources import ADMIN_TENANT
 from db import tenants
 from db.models import ApiKey, KeyScope
@@ -113,7 +113,7 @@ def keys_changed(svc: Services) -> None:
         raise ServiceUnavailable(
             "the change is saved, but the API processes could not be told (Redis is "
             f"unreachable): they may go on with what they cached for up to a minute; retry ({e})",
-            code="revocation_not_propagated",
+            code=RequestErrorCode.revocation_not_propagated,
         ) from e
 
 

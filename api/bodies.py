@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser, MultiPartParser
 
-from daikon.errors import BadRequest, UnsupportedMediaType
+from daikon.errors import BadRequest, RequestErrorCode, UnsupportedMediaType
 
 # Deep enough for any metadata a client means to store; shallow enough that no parser,
 # validator or serialiser downstream comes near Python's recursion limit.
@@ -139,17 +139,20 @@ def json_body() -> dict[str, Any]:
     data = read_body()
     if _too_deep(data):
         raise BadRequest(
-            f"request body is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_json"
+            f"request body is nested deeper than {MAX_JSON_DEPTH} levels",
+            code=RequestErrorCode.invalid_json,
         )
     try:
         body = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
     except (ValueError, RecursionError):
-        raise BadRequest("request body is not valid JSON", code="invalid_json") from None
+        raise BadRequest(
+            "request body is not valid JSON", code=RequestErrorCode.invalid_json
+        ) from None
     if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object", code="invalid_json")
+        raise BadRequest("request body must be a JSON object", code=RequestErrorCode.invalid_json)
     problem = check_text(body)
     if problem:
-        raise BadRequest(f"request body contains {problem}", code="invalid_json")
+        raise BadRequest(f"request body contains {problem}", code=RequestErrorCode.invalid_json)
     return body
 
 

@@ -12,7 +12,7 @@ from api import openapi
 from api.auth import authenticate
 from api.services import services
 from daikon import heartbeats
-from daikon.errors import ServiceUnavailable
+from daikon.errors import RequestErrorCode, ServiceUnavailable
 from daikon.resources import ModelList, ModelOut
 from db import stats
 from db.session import session_scope
@@ -34,7 +34,8 @@ def list_models() -> Any:
         serving = heartbeats.serving(settings, live_workers)
     except redis.RedisError as e:
         raise ServiceUnavailable(
-            "worker heartbeats are unavailable (Redis); retry shortly", code="broker_unavailable"
+            "worker heartbeats are unavailable (Redis); retry shortly",
+            code=RequestErrorCode.broker_unavailable,
         ) from e
     with session_scope(svc.sessions) as session:
         queued = stats.queued_by_model(session=session)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from daikon.errors import DaikonError
+from daikon.errors import DaikonError, RequestErrorCode
 from daikon.resources import ErrorBody, ErrorResponse
 
 log = logging.getLogger("daikon.api")
@@ -47,7 +47,7 @@ def validation_error(
     return error_response(
         status,
         type="invalid_request_error",
-        code="invalid_request",
+        code=RequestErrorCode.invalid_request,
         message="; ".join(parts),
         param=first,
     )
@@ -62,7 +62,7 @@ def _refuse_nul() -> Any:
         or b"\x00" in query
         or any("\x00" in v for v in request.headers.values())
     ):
-        return error_response(400, type="invalid_request_error", code="bad_request",
+        return error_response(400, type="invalid_request_error", code=RequestErrorCode.bad_request,
                               message="the request contains a NUL character")  # fmt: skip
     return None
 
@@ -101,7 +101,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(ParseException)
     def _unreadable_body(e: ParseException) -> Any:
         # gunicorn parses a chunked body as the app reads it: a bad chunk is the client's fault.
-        return error_response(400, type="invalid_request_error", code="bad_request",
+        return error_response(400, type="invalid_request_error", code=RequestErrorCode.bad_request,
                               message=f"the request body is malformed: {e}")  # fmt: skip
 
     @app.errorhandler(OperationalError)
@@ -110,7 +110,7 @@ def register(app: Flask) -> None:
         return error_response(
             503,
             type="service_unavailable",
-            code="database_unavailable",
+            code=RequestErrorCode.database_unavailable,
             message="the database is unavailable; retry shortly",
         )
 
@@ -118,5 +118,8 @@ def register(app: Flask) -> None:
     def _unexpected(e: Exception) -> Any:
         log.exception("unhandled error")
         return error_response(
-            500, type="server_error", code="internal_error", message="internal server error"
+            500,
+            type="server_error",
+            code=RequestErrorCode.internal_error,
+            message="internal server error",
         )

@@ -38,6 +38,7 @@ from daikon.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    RequestErrorCode,
     UnsupportedMediaType,
 )
 from daikon.settings import Settings
@@ -155,13 +156,17 @@ def multipart_job() -> tuple[dict[str, Any], dict[str, bytes]]:
     try:
         body = json.loads(raw, parse_constant=_refuse)
     except (ValueError, RecursionError):
-        raise BadRequest("request: is not valid JSON", code="invalid_json",
+        raise BadRequest("request: is not valid JSON", code=RequestErrorCode.invalid_json,
                          param="request") from None  # fmt: skip
     if not isinstance(body, dict):
-        raise BadRequest("request: must be a JSON object", code="invalid_json", param="request")
+        raise BadRequest(
+            "request: must be a JSON object", code=RequestErrorCode.invalid_json, param="request"
+        )
     problem = check_text(body)
     if problem:
-        raise BadRequest(f"request: contains {problem}", code="invalid_json", param="request")
+        raise BadRequest(
+            f"request: contains {problem}", code=RequestErrorCode.invalid_json, param="request"
+        )
     files = {role: data for role in FILE_PARTS if (data := uploaded(role, settings)) is not None}
     return body, files
 
@@ -193,7 +198,9 @@ def _open(data: bytes, *, role: str, settings: Settings) -> Image.Image:
         raise PayloadTooLarge(f"{role}: the file is larger than {limits.max_input_bytes} bytes",
                               param=role)  # fmt: skip
     if not data:
-        raise BadRequest(f"{role}: the file is empty", param=role, code="invalid_image")
+        raise BadRequest(
+            f"{role}: the file is empty", param=role, code=RequestErrorCode.invalid_image
+        )
     Image.MAX_IMAGE_PIXELS = limits.max_input_pixels
     try:
         with warnings.catch_warnings():
@@ -207,10 +214,10 @@ def _open(data: bytes, *, role: str, settings: Settings) -> Image.Image:
             raise UnsupportedMediaType(f"{role}: {other} is not accepted; send PNG, JPEG or WebP",
                                        param=role) from None  # fmt: skip
         raise BadRequest(f"{role}: not a PNG, JPEG or WebP image that can be decoded",
-                         param=role, code="invalid_image") from None  # fmt: skip
+                         param=role, code=RequestErrorCode.invalid_image) from None  # fmt: skip
     except Exception as e:  # a corrupt header
         raise BadRequest(f"{role}: the image cannot be read: {e}", param=role,
-                         code="invalid_image") from None  # fmt: skip
+                         code=RequestErrorCode.invalid_image) from None  # fmt: skip
     width, height = image.size
     if width * height > limits.max_input_pixels:  # before a single pixel is decoded
         raise _too_many_pixels(role, settings)
@@ -280,7 +287,7 @@ class Upload:
             raise InvalidRequest(
                 f"{role}: the JPEG has more than {limit} scans (a progressive JPEG has about "
                 "10): re-encode it",
-                param=role, code="too_many_scans",
+                param=role, code=RequestErrorCode.too_many_scans,
             )  # fmt: skip
         image = _open(self.data, role=role, settings=settings)
         try:
@@ -291,7 +298,7 @@ class Upload:
             raise _too_many_pixels(role, settings) from None
         except Exception as e:  # truncated or corrupt data
             raise BadRequest(f"{role}: the image data is damaged: {e}", param=role,
-                             code="invalid_image") from None  # fmt: skip
+                             code=RequestErrorCode.invalid_image) from None  # fmt: skip
         if self.openai_mask:
             return _from_openai_mask(image)
         return as_input(image, role)

@@ -28,7 +28,7 @@ from daikon.contract import (
     WebhookEvent,
     encode_cursor,
 )
-from daikon.errors import Conflict, NotFound
+from daikon.errors import Conflict, NotFound, RequestErrorCode
 from daikon.image_urls import SIGNATURE_PARAM, verify
 from daikon.job_view import job_object
 from db import jobs
@@ -236,7 +236,7 @@ def cancel(svc: Services, job_id: str, *, tenant_id: str | None = None) -> bool:
             elif job.status is not JobStatus.canceled:
                 raise Conflict(
                     f"job {job_id!r} already {job.status.value}; it cannot be canceled",
-                    param="id", code="job_finished",
+                    param="id", code=RequestErrorCode.job_finished,
                 )  # fmt: skip
     # After the commit: the worker may look at any moment and must find the row canceled.
     try:

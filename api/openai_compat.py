@@ -45,7 +45,7 @@ from api.slots import Slot
 from api.submission import Submitted, submit
 from daikon import rules
 from daikon.contract import JobStatus, SubmitHeaders
-from daikon.errors import InvalidRequest, UnsupportedMediaType
+from daikon.errors import InvalidRequest, RequestErrorCode, UnsupportedMediaType
 from daikon.settings import Settings
 from db import jobs
 from db.session import session_scope
@@ -132,7 +132,7 @@ def _waiting_slot(svc: Services, tenant_id: str) -> Slot:
     streams, so waits cannot starve ordinary requests. Taken before submitting, so a refusal
     creates nothing and the client may simply retry."""
     return svc.long_requests.acquire(
-        tenant_id, code="too_many_waiting", what="image requests waiting",
+        tenant_id, code=RequestErrorCode.too_many_waiting, what="image requests waiting",
         instead="retry shortly, or use POST /v1/jobs and poll",
     )  # fmt: skip
 
@@ -217,14 +217,15 @@ def _submit_and_answer(
             log.error("database unavailable while answering for job %s: %s", result.job_id, e)
             return _job_error(
                 503, job_id=result.job_id, type="service_unavailable",
-                code="database_unavailable", retry=key is not None,
+                code=RequestErrorCode.database_unavailable, retry=key is not None,
                 message=f"job {result.job_id} was created, but the database became unavailable",
             )  # fmt: skip
         except Exception:
             # Not left to the app's handler: this answer must carry the job and x-should-retry.
             log.exception("answering for job %s failed", result.job_id)
             return _job_error(
-                500, job_id=result.job_id, type="server_error", code="internal_error",
+                500, job_id=result.job_id, type="server_error",
+                code=RequestErrorCode.internal_error,
                 message=f"job {result.job_id} was created, but reading its result failed",
                 retry=key is not None,
             )  # fmt: skip
@@ -238,11 +239,13 @@ def _answer(
     wait = svc.settings.api.openai_wait_seconds
     status = _wait_for_end(svc, job_id, tenant_id, wait)
     if status is JobStatus.canceled:
-        return _job_error(409, job_id=job_id, type="conflict_error", code="job_canceled",
+        return _job_error(409, job_id=job_id, type="conflict_error",
+                          code=RequestErrorCode.job_canceled,
                           message=f"job {job_id} was canceled", retry=False)  # fmt: skip
     if not status.terminal:
         return _job_error(
-            504, job_id=job_id, type="timeout_error", code="job_not_finished", retry=retry,
+            504, job_id=job_id, type="timeout_error", code=RequestErrorCode.job_not_finished,
+            retry=retry,
             message=f"job {job_id} is still {status.value} after {wait:g} s; "
             f"poll GET /v1/jobs/{job_id} for its images",
         )  # fmt: skip
@@ -250,7 +253,7 @@ def _answer(
     with session_scope(svc.sessions) as session:
         job = jobs.get(session=session, job_id=job_id)
         if job.status is JobStatus.failed:
-            code = job.error_code or "internal_error"
+            code = job.error_code or RequestErrorCode.internal_error
             client_fault = code in CLIENT_JOB_ERRORS
             return _job_error(
                 400 if client_fault else 500, job_id=job_id,
@@ -269,7 +272,8 @@ def _answer(
         except KeyError as e:
             log.error("image %s of job %s is missing from storage", e, job_id)
             return _job_error(
-                500, job_id=job_id, type="server_error", code="image_missing", retry=False,
+                500, job_id=job_id, type="server_error", code=RequestErrorCode.image_missing,
+                retry=False,
                 message=f"an image of job {job_id} is missing from storage",
             )  # fmt: skip
     headers = {"Location": url_for("jobs.get_job", job_id=job_id)}

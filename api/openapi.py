@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from api.errors import ErrorResponse
+from daikon.errors import RequestErrorCode
 from daikon.settings import Settings
 
 log = logging.getLogger("daikon.api")
@@ -406,6 +407,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
                     "description": "A tenant's API key, or the deployment's DAIKON_ADMIN_KEY.",
                 }
             },
+            "x-error-codes": error_codes(),
         },
         "security": [{"bearerAuth": []}],
     }
@@ -420,6 +422,13 @@ used answers `405` with an `Allow` header (`#/components/responses/MethodNotAllo
 unknown path answers `404`.
 
 The bounds in the request schemas are this deployment's settings."""
+
+
+def error_codes() -> dict[str, dict[str, Any]]:
+    """Every request error `code` with its status and when (the registry in daikon/errors.py):
+    an extension of the spec's components, so a client can list the codes it may be answered
+    with."""
+    return {c.value: {"status": c.status, "description": c.meaning} for c in RequestErrorCode}
 
 
 def _version() -> str:

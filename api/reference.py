@@ -172,7 +172,13 @@ def render_api(spec: Mapping[str, Any]) -> str:
             out += ["One of " + ", ".join(f"`{v}`" for v in schema["enum"]) + ".", ""]
         elif schema.get("properties"):
             out += [*fields_table(schema), ""]
-    out += ["### Job error codes", "",
+    out += ["### Request error codes", "",
+            "A refused request's `error.code` (`components.x-error-codes` in the spec), with "
+            "the status it usually comes with:", "",
+            "| Code | Status | When |", "| --- | --- | --- |"]  # fmt: skip
+    out += [f"| `{code}` | {e['status']} | {_cell(e['description'])} |"
+            for code, e in spec["components"]["x-error-codes"].items()]  # fmt: skip
+    out += ["", "### Job error codes", "",
             "A failed job's `error.code` (its `error.message` says why):", "",
             "| Code | When |", "| --- | --- |"]  # fmt: skip
     out += [f"| `{code}` | {_cell(when)} |" for code, when in JOB_ERROR_CODES.items()]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from daikon.errors import ServiceUnavailable
+from daikon.errors import RequestErrorCode, ServiceUnavailable
 
 
 class Slot:
@@ -50,7 +50,7 @@ class LongRequests:
         self._held: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def acquire(self, tenant_id: str, *, code: str, what: str, instead: str) -> Slot:
+    def acquire(self, tenant_id: str, *, code: RequestErrorCode, what: str, instead: str) -> Slot:
         """Take a slot for `tenant_id` or raise 503 `code`. `what` names the requests in the
         message ("open event streams"), `instead` says what the client can do instead."""
         with self._lock:

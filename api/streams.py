@@ -23,6 +23,7 @@ from api.bodies import header_params
 from api.serialize import job_out
 from api.services import Services, services
 from daikon.contract import JobOut, JobStatus, StreamHeaders
+from daikon.errors import RequestErrorCode
 from daikon.resources import StreamStatus
 from db import jobs
 from db.session import session_scope
@@ -109,7 +110,7 @@ def job_events(job_id: str) -> Response:
     if request.method == "HEAD":  # the headers a GET would get; no stream, so no slot
         return Response(mimetype="text/event-stream", headers=headers)
     slot = svc.long_requests.acquire(
-        principal.tenant_id, code="too_many_streams", what="open event streams",
+        principal.tenant_id, code=RequestErrorCode.too_many_streams, what="open event streams",
         instead="poll GET /v1/jobs/{id} instead",
     )  # fmt: skip
     try:

@@ -28,7 +28,13 @@ from daikon.contract import (
     JobParams,
     JobRequest,
 )
-from daikon.errors import Conflict, InvalidRequest, ServiceUnavailable, TooManyRequests
+from daikon.errors import (
+    Conflict,
+    InvalidRequest,
+    RequestErrorCode,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 from daikon.served_models import ServedModel
 from daikon.settings import Settings
 from daikon.webhooks.safety import Allowlist, UnsafeDestination, check_url
@@ -58,7 +64,7 @@ def _replay(job: Job, digest: str, key: str) -> Submitted:
     if job.request_hash != digest:
         raise Conflict(
             f"Idempotency-Key {key!r} was used with a different request body",
-            param="Idempotency-Key", code="idempotency_key_reused",
+            param="Idempotency-Key", code=RequestErrorCode.idempotency_key_reused,
         )  # fmt: skip
     return Submitted(job.id, created=False)
 
@@ -189,7 +195,7 @@ def _check_active(svc: Services, session: Session, principal: Principal) -> None
     if active >= max_active:
         raise TooManyRequests(
             f"{active} jobs are queued or running; the limit is {max_active}",
-            retry_after=5, code="too_many_active_jobs",
+            retry_after=5, code=RequestErrorCode.too_many_active_jobs,
         )  # fmt: skip
 
 
@@ -317,11 +323,12 @@ def _check_model(params: JobParams, served: ServedModel) -> None:
         violations = served.capabilities.check(params)
         if violations:
             raise InvalidRequest("; ".join(v.message for v in violations),
-                                 param=violations[0].param, code=violations[0].code)  # fmt: skip
+                                 param=violations[0].param,
+                                 code=RequestErrorCode[violations[0].code])  # fmt: skip
     refusal = limits.too_large(params.cost, served.limits, model=params.model,
                                device=served.device, describe=params.describe_cost())  # fmt: skip
     if refusal:
-        raise InvalidRequest(refusal, code=limits.TOO_LARGE)
+        raise InvalidRequest(refusal, code=RequestErrorCode.job_too_large)
 
 
 def _check_queued_cost(
@@ -336,12 +343,12 @@ def _check_queued_cost(
             f"this tenant's queued and running jobs for model {params.model!r} cost "
             f"{held:.4g} megapixel-steps; with this one ({params.cost:.4g}) they would pass "
             f"the budget of {budget:g}: retry once some have finished",
-            retry_after=10, code="too_much_queued_work",
+            retry_after=10, code=RequestErrorCode.too_much_queued_work,
         )  # fmt: skip
 
 
 def _queue_unavailable() -> ServiceUnavailable:
     return ServiceUnavailable(
         "the job queue is unavailable; nothing was created, retry shortly",
-        code="queue_unavailable",
+        code=RequestErrorCode.queue_unavailable,
     )

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from daikon.contract import JobStatus, WebhookEvent
 from daikon.encryption import Cipher, is_encrypted
-from daikon.errors import Conflict, NotFound
+from daikon.errors import Conflict, NotFound, RequestErrorCode
 from daikon.webhooks import MAX_ATTEMPTS, DeliveryStatus, signing
 from daikon.webhooks.safety import Allowlist
 from db.models import (
@@ -486,7 +486,7 @@ def redeliver(
     delivery = get(session=session, delivery_id=delivery_id)
     if delivery.locked_until is not None and delivery.locked_until > now:
         raise Conflict(f"an attempt of {delivery_id!r} is in flight; retry in a moment",
-                       param="id", code="delivery_in_flight")  # fmt: skip
+                       param="id", code=RequestErrorCode.delivery_in_flight)  # fmt: skip
     session.execute(
         delete(WebhookDisabledUrl).where(
             WebhookDisabledUrl.tenant_id == delivery.tenant_id,
@@ -504,7 +504,7 @@ def redeliver(
     )  # fmt: skip
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise Conflict(f"an attempt of {delivery_id!r} started meanwhile; retry in a moment",
-                       param="id", code="delivery_in_flight")  # fmt: skip
+                       param="id", code=RequestErrorCode.delivery_in_flight)  # fmt: skip
     session.expire_all()
     return get(session=session, delivery_id=delivery_id)
 

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from daikon.contract import DEFAULT_PRIORITY, PRIORITY_MAX, JobParams, JobStatus
-from daikon.errors import Conflict, NotFound
+from daikon.errors import Conflict, NotFound, RequestErrorCode
 from db import retention
 from db.models import ApiKey, Job, JobImage, PausedModel, utcnow
 
@@ -684,7 +684,7 @@ def retry(*, session: Session, job_id: str) -> Job:
     if old.status not in RETRYABLE:
         raise Conflict(
             f"job {job_id!r} is {old.status.value}; only failed or canceled jobs are retried",
-            param="id", code="job_not_retryable",
+            param="id", code=RequestErrorCode.job_not_retryable,
         )  # fmt: skip
     job = Job(
         tenant_id=old.tenant_id, prompt=old.prompt, params=dict(old.params), model=old.model,

@@ -28,13 +28,12 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from daikon.contract import JobStatus
-from daikon.errors import Forbidden, NotFound
+from daikon.errors import Forbidden, NotFound, RequestErrorCode
 from daikon.webhooks import DeliveryStatus
 from db.models import Job, JobImage, PendingDeletion, Tenant, WebhookDelivery
 
 # The order in which a round's batch is spent: the least useful first.
 EXPIRY_ORDER = (JobStatus.canceled, JobStatus.failed, JobStatus.succeeded)
-QUOTA_CODE = "storage_quota_exceeded"
 # Above the API's finished-job cache's age limit (30 s), with room for clocks and slow rounds.
 OBJECT_GRACE = timedelta(seconds=90)
 
@@ -43,7 +42,7 @@ class StorageQuotaExceeded(Forbidden):
     """403: waiting does not help (429 would invite retries); deleting jobs, retention or an
     admin's larger quota does."""
 
-    code = QUOTA_CODE
+    code = RequestErrorCode.storage_quota_exceeded
 
 
 # --- accounting ---------------------------------------------------------------------------

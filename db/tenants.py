@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from daikon.errors import Conflict, NotFound
+from daikon.errors import Conflict, NotFound, RequestErrorCode
 from db.models import ApiKey, KeyScope, Tenant, utcnow
 
 KEY_PREFIX = "dk_"
@@ -33,7 +33,9 @@ def create_tenant(*, session: Session, name: str) -> Tenant:
         with session.begin_nested():
             session.add(tenant)
     except IntegrityError as e:
-        raise Conflict(f"a tenant named {name!r} exists", param="name", code="tenant_exists") from e
+        raise Conflict(
+            f"a tenant named {name!r} exists", param="name", code=RequestErrorCode.tenant_exists
+        ) from e
     return tenant
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from flask import g, request
 
 from api.services import services
-from daikon.errors import DaikonError, Forbidden, TooManyRequests
+from daikon.errors import DaikonError, Forbidden, RequestErrorCode, TooManyRequests
 from daikon.live import PREFIX
 from db import dashboard
 from db.models import KeyScope
@@ -37,7 +37,7 @@ CSRF_FIELD = "csrf_token"
 class CsrfRefused(DaikonError):
     status = 400
     type = "invalid_request_error"
-    code = "csrf_failed"
+    code = RequestErrorCode.csrf_failed
 
 
 @dataclass(frozen=True)
@@ -129,5 +129,5 @@ def count_login_attempt() -> None:
         raise TooManyRequests(
             f"more than {limit} sign-in attempts a minute from this address; wait a minute",
             retry_after=max(1, int((window + 1) * 60 - now) + 1),
-            code="too_many_login_attempts",
+            code=RequestErrorCode.too_many_login_attempts,
         )

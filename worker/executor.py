@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import secrets
-import socket
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,6 +32,7 @@ from db.session import session_scope
 from worker.families import Candidate, to_pil
 from worker.generation import GenerationRequest
 from worker.job_webhooks import NO_WEBHOOKS, JobEvents, StepHook
+from worker.lease import LeaseKeeper, LeaseLost, same_host_owner_alive
 from worker.ranking import rank
 from worker.runtime import ModelLoadError, ModelRuntime
 
@@ -58,10 +56,6 @@ class JobCanceled(Exception):
     """Raised from the step callback when the job's cancel was requested."""
 
 
-class LeaseLost(Exception):
-    """Raised from the step callback when this worker no longer holds the job's lease."""
-
-
 class OverTime(Exception):
     """Raised from the step callback once the job has used the time its cost allows."""
 
@@ -80,64 +74,6 @@ class JobBusy(Exception):
         reason = "its model's queue is paused" if paused else "it is running on another worker"
         super().__init__(f"job {job_id}: {reason}")
         self.retry_in = retry_in
-
-
-def same_host_owner_alive(owner: str) -> bool:
-    """Whether the worker process named "host:pid" may still be alive. On this host we can
-    tell (a killed pool process frees its job at once); elsewhere only its lease can."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class LeaseKeeper:
-    """Renews the leases of the jobs a worker runs (one, or a batch) from a thread while the
-    pipeline runs on the main thread; a job whose lease is lost is marked, the others go on."""
-
-    def __init__(
-        self, sessions: sessionmaker[Session], job_ids: list[str], worker: str, seconds: float
-    ):
-        self.sessions, self.worker, self.seconds = sessions, worker, seconds
-        self._lost = {job_id: threading.Event() for job_id in job_ids}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_ids[0]}", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def lost(self, job_id: str) -> bool:
-        return self._lost[job_id].is_set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.seconds / 3):
-            for job_id, lost in self._lost.items():
-                if lost.is_set():
-                    continue
-                try:
-                    with session_scope(self.sessions) as session:
-                        held = jobs.renew_lease(
-                            session=session, job_id=job_id, worker=self.worker,
-                            lease_seconds=self.seconds,
-                        )  # fmt: skip
-                except Exception as e:  # the database is down: keep trying while it lasts
-                    log.warning("could not renew the lease of job %s: %s", job_id, e)
-                    continue
-                if not held:
-                    lost.set()
-            if all(lost.is_set() for lost in self._lost.values()):
-                return
 
 
 @dataclass

@@ -46,7 +46,7 @@ EXPOSE 8000
 # The API. The worker and migrations override the command:
 #   celery -A worker.main worker --concurrency 1 --loglevel INFO   (one per GPU; its queues:
 #       DAIKON_WORKER_MODELS; prefork, which enforces time limits: see docs/deployment.md)
-#   celery -A worker.delivery_main worker --pool threads --queues daikon.webhooks --loglevel INFO
+#   celery -A worker.webhooks.main worker --pool threads --queues daikon.webhooks --loglevel INFO
 #   alembic upgrade head
 # Threads per process, slow-client handling: gunicorn.conf.py (copied above).
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "api:create_app()"]

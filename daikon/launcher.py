@@ -208,7 +208,7 @@ def main() -> int:
                     "-m",
                     "celery",
                     "-A",
-                    "worker.delivery_main",
+                    "worker.webhooks.main",
                     "worker",
                     "--pool",
                     "threads",

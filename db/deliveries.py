@@ -44,7 +44,7 @@ def allowlist_for(
     *, session: Session, tenant_id: str | None, allow: Allowlist, trusted: frozenset[str]
 ) -> Allowlist:
     """The deployment's allowlist as it applies to a tenant's webhooks: one rule for the
-    submit-time check (api/submission.py) and every delivery (worker/delivery.py)."""
+    submit-time check (api/submission.py) and every delivery (worker/webhooks/deliver.py)."""
     if not trusted or (not allow.hosts and not allow.networks):
         return allow
     tenant = session.get(Tenant, tenant_id) if tenant_id is not None else None

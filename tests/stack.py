@@ -321,7 +321,7 @@ def webhook_stack(
                             **kw)  # fmt: skip
     with running_stack(settings, tmp) as s:
         hooks = WorkerProcess(
-            settings, tmp / "webhooks.log", concurrency=threads, app="worker.delivery_main",
+            settings, tmp / "webhooks.log", concurrency=threads, app="worker.webhooks.main",
             extra=("--pool", "threads", "--queues", queue, "--hostname", f"{queue}@%h"),
         )  # fmt: skip
         try:

@@ -69,7 +69,7 @@ def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  # type:
     )  # fmt: skip
     with running_stack(settings, tmp) as s:
         hooks = WorkerProcess(
-            settings, tmp / "webhooks.log", concurrency=2, app="worker.delivery_main",
+            settings, tmp / "webhooks.log", concurrency=2, app="worker.webhooks.main",
             extra=("--pool", "threads", "--queues", hooks_queue, "--hostname",
                    f"{hooks_queue}@%h"),
         )  # fmt: skip

@@ -33,7 +33,7 @@ from db.session import session_scope
 from db.tenants import create_tenant
 from tests.conftest import authed
 from tests.factories import make_job
-from worker.delivery_http import answer_excerpt
+from worker.webhooks.http import answer_excerpt
 
 VALID = {"prompt": "a red circle", "steps": 4, "candidates": 2, "top_k": 1, "seed": 3}
 

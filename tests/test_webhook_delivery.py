@@ -31,10 +31,10 @@ from db.deliveries import Outbox
 from db.session import session_scope
 from tests.receiver import Reply, receiver
 from tests.test_jobs_api import authed
-from worker.delivery import Deliverer
 from worker.executor import JobExecutor, Outcome
 from worker.job_webhooks import JobWebhooks
 from worker.runtime import ModelLoadError
+from worker.webhooks.deliver import Deliverer
 
 BODY = {"prompt": "a red circle", "steps": 2, "candidates": 2, "top_k": 1, "seed": 1}
 
@@ -377,7 +377,7 @@ def test_a_failed_job_sends_started_and_failed_recorded_with_its_state(
 def test_a_backlog_is_dispatched_in_batches_within_one_tick(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("worker.delivery.DISPATCH_BATCH", 2)
+    monkeypatch.setattr("worker.webhooks.deliver.DISPATCH_BATCH", 2)
     with receiver() as r:
         lost = {rig.event(r.url()) for _ in range(5)}  # their messages never arrive
         rig.clock.advance(121)

@@ -1,5 +1,5 @@
 """Fair webhook delivery: the slots of endpoints and tenants and the circuit breaker, against
-the real Redis (worker/delivery_gate.py), and the deliverer with them against real receivers on
+the real Redis (worker/webhooks/gate.py), and the deliverer with them against real receivers on
 loopback (some that accept and never answer) and a real database, on a controllable clock."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from db import deliveries
 from db.session import session_scope
 from tests.receiver import hanging, receiver
 from tests.test_webhook_delivery import Rig, make_rig
-from worker.delivery import GIVE_UP_AFTER
-from worker.delivery_gate import BUSY_RETRY_CAP_SECONDS, Endpoint, Gates, Outcome, Verdict
+from worker.webhooks.deliver import GIVE_UP_AFTER
+from worker.webhooks.gate import BUSY_RETRY_CAP_SECONDS, Endpoint, Gates, Outcome, Verdict
 
 NOW = 1_800_000_000.0
 

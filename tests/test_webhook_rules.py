@@ -23,7 +23,7 @@ from daikon.webhooks.safety import Allowlist, UnsafeDestination, blocked_reason,
 from db.deliveries import Outbox
 from db.models import Job
 from worker.job_webhooks import JobWebhooks
-from worker.retry_schedule import SCHEDULE, decide, next_delay, parse_retry_after
+from worker.webhooks.retry_schedule import SCHEDULE, decide, next_delay, parse_retry_after
 
 
 class Edge:

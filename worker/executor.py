@@ -1,17 +1,16 @@
 """One job, start to finish: claim, generate, rank, upload, record.
 
 The database session is closed during the long GPU work and reopened to write results
-(Redash's pattern), so a job never holds a connection or a transaction while it runs.
+(Redash's pattern), so a job never holds a connection or a transaction while it runs. The
+jobs that join a job's pipeline call are worker/batching.py's to claim; the lease that keeps a
+running job this worker's is worker/lease.py's.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import secrets
-import socket
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -32,9 +31,11 @@ from daikon.settings import Settings
 from daikon.storage import ImageStore, image_key
 from db import jobs
 from db.session import session_scope
+from worker.batching import Batcher, BatchStopped
 from worker.families import Candidate, to_pil
 from worker.generation import GenerationRequest
 from worker.job_webhooks import NO_WEBHOOKS, JobEvents, StepHook
+from worker.lease import LeaseKeeper, LeaseLost, same_host_owner_alive
 from worker.ranking import rank
 from worker.runtime import ModelLoadError, ModelRuntime
 
@@ -58,10 +59,6 @@ class JobCanceled(Exception):
     """Raised from the step callback when the job's cancel was requested."""
 
 
-class LeaseLost(Exception):
-    """Raised from the step callback when this worker no longer holds the job's lease."""
-
-
 class OverTime(Exception):
     """Raised from the step callback once the job has used the time its cost allows."""
 
@@ -80,64 +77,6 @@ class JobBusy(Exception):
         reason = "its model's queue is paused" if paused else "it is running on another worker"
         super().__init__(f"job {job_id}: {reason}")
         self.retry_in = retry_in
-
-
-def same_host_owner_alive(owner: str) -> bool:
-    """Whether the worker process named "host:pid" may still be alive. On this host we can
-    tell (a killed pool process frees its job at once); elsewhere only its lease can."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class LeaseKeeper:
-    """Renews the leases of the jobs a worker runs (one, or a batch) from a thread while the
-    pipeline runs on the main thread; a job whose lease is lost is marked, the others go on."""
-
-    def __init__(
-        self, sessions: sessionmaker[Session], job_ids: list[str], worker: str, seconds: float
-    ):
-        self.sessions, self.worker, self.seconds = sessions, worker, seconds
-        self._lost = {job_id: threading.Event() for job_id in job_ids}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_ids[0]}", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def lost(self, job_id: str) -> bool:
-        return self._lost[job_id].is_set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.seconds / 3):
-            for job_id, lost in self._lost.items():
-                if lost.is_set():
-                    continue
-                try:
-                    with session_scope(self.sessions) as session:
-                        held = jobs.renew_lease(
-                            session=session, job_id=job_id, worker=self.worker,
-                            lease_seconds=self.seconds,
-                        )  # fmt: skip
-                except Exception as e:  # the database is down: keep trying while it lasts
-                    log.warning("could not renew the lease of job %s: %s", job_id, e)
-                    continue
-                if not held:
-                    lost.set()
-            if all(lost.is_set() for lost in self._lost.values()):
-                return
 
 
 @dataclass
@@ -159,10 +98,6 @@ class Member:
     outcome: Outcome | None = None
     subscribed: bool = True  # it has a webhook URL (fixed at submit): its changes raise events
     since: float = field(default_factory=time.perf_counter)  # when it was claimed
-
-
-class BatchStopped(Exception):
-    """Every member of the call stopped: the pipeline call ends at this step."""
 
 
 class JobFailure(Exception):
@@ -406,74 +341,25 @@ class JobExecutor:
         )  # fmt: skip
 
     def _companions(self, leader: jobs.Job, params: JobParams) -> list[Member]:
-        """Queued jobs that run in the leader's pipeline call: same batch key, first attempt,
-        and together no more images than the model denoises at once. Waits
-        `batch_wait_seconds` once for more, only while the queue is giving some (under load;
-        never when no other job is queued)."""
+        """Queued jobs that run in the leader's pipeline call (worker/batching.py)."""
         try:
             runtime = self.runtime(params.model)
         except ModelLoadError:
             return []  # the leader fails with the reason; nothing to batch
-        capacity = runtime.limits.images_per_call
-
-        def key(p: JobParams) -> tuple[object, ...] | None:
-            # What the job will run with: a job queued before any worker published the model's
-            # defaults gets them now, as it would when run (the executor records them).
-            filled = p if p.complete else fill_defaults(p, self.settings,
-                                                        runtime.generator.capabilities)  # fmt: skip
-            return filled.batch_key
-
-        leader_key = key(params)
-        if leader_key is None:
-            return []
-        room = capacity - params.candidates
-        taken, room, drained = self._claim_round(leader, leader_key, key, room, capacity)
-        if taken and drained and room > 0 and self.batch_wait_seconds > 0:
-            self.sleep(self.batch_wait_seconds)
-            more, room, _ = self._claim_round(leader, leader_key, key, room, capacity)
-            taken += more
-        if taken:
-            log.info("job %s runs with %d queued jobs in one call", leader.id, len(taken))
-        return taken
-
-    def _claim_round(
-        self,
-        leader: jobs.Job,
-        leader_key: tuple[object, ...],
-        key: Callable[[JobParams], tuple[object, ...] | None],
-        room: int,
-        capacity: int,
-    ) -> tuple[list[Member], int, bool]:
-        """Claim what fits now, with each job's `started` event. Returns the members, the room
-        left and whether the queue ran dry (rather than a job that does not fit ending it)."""
-        ended = False
-        validated: dict[str, JobParams] = {}
-
-        def fits(job: jobs.Job) -> bool:
-            nonlocal room, ended
-            other = validated[job.id] = JobParams.model_validate(job.params)
-            if key(other) != leader_key or other.candidates > room:
-                ended = True
-                return False
-            room -= other.candidates
-            return True
-
-        members: list[Member] = []
-        sent: list[str] = []
-        if room > 0:
-            with session_scope(self.sessions) as session:
-                for job in jobs.claim_companions(
-                    session=session, leader=leader, worker=self.worker_name,
-                    lease_seconds=self.lease_seconds, fits=fits, limit=capacity,
-                ):  # fmt: skip
-                    member = self._member(job, validated[job.id], self.webhooks.progress_hook(job))
-                    members.append(member)
-                    if member.subscribed:  # else nothing to record, and no read-back for it
-                        sent += self.webhooks.record(session, job.id, WebhookEvent.started)
-        for member in members:
-            self._announce(member.job_id)
-        self.webhooks.send(sent)
-        return members, room, not ended
+        batcher = Batcher(
+            sessions=self.sessions,
+            worker_name=self.worker_name,
+            lease_seconds=self.lease_seconds,
+            settings=self.settings,
+            webhooks=self.webhooks,
+            announce=self._announce,
+            wait_seconds=self.batch_wait_seconds,
+            sleep=self.sleep,
+        )
+        return [
+            self._member(c.job, c.params, c.progress)
+            for c in batcher.companions(leader, params, runtime)
+        ]
 
     def _settle(self, member: Member, e: BaseException) -> None:
         """Record how a member ended when it did not succeed."""

@@ -1,10 +1,10 @@
 """Webhook worker entrypoint (nothing imports this module):
 
-    celery -A worker.delivery_main worker --pool threads --concurrency 8 --queues daikon.webhooks
+    celery -A worker.webhooks.main worker --pool threads --concurrency 8 --queues daikon.webhooks
 
 Deliveries wait on the network, not on a GPU: threads carry them, in a process of their own
 that loads no model, so a slow receiver never holds up generation. Threads are shared by every
-tenant: the gates (worker/delivery_gate.py, state in Redis, shared by every such worker) cap
+tenant: the gates (worker/webhooks/gate.py, state in Redis, shared by every such worker) cap
 the attempts in flight per endpoint and per tenant and back off dead endpoints, so one
 tenant's hanging receivers hold at most its share. Each such worker also runs the dispatcher
 that publishes due retries from the database.
@@ -19,11 +19,11 @@ from kombu import Queue
 
 from daikon.celery_config import make_celery
 from daikon.settings import Settings
-from worker.delivery import DispatchLoop, deliverer
+from worker.webhooks.deliver import DispatchLoop, deliverer
 
 settings = Settings()
 app = make_celery(settings, main="daikon-webhooks")
-app.conf.include = ["worker.delivery"]
+app.conf.include = ["worker.webhooks.deliver"]
 app.conf.task_queues = [Queue(settings.webhooks.webhook_queue)]
 app.conf.task_default_queue = settings.webhooks.webhook_queue
 # An attempt is bounded by its own timeout (the thread pool enforces no time limits).

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from daikon.webhooks import safety
-from worker.retry_schedule import parse_retry_after
+from worker.webhooks.retry_schedule import parse_retry_after
 
 READ_LIMIT = 4096
 EXCERPT_LIMIT = 1024

@@ -1,8 +1,8 @@
 """Delivering webhooks: one attempt per task, on the webhook queue, in the webhook worker
-(`celery -A worker.delivery_main worker`), never in a GPU worker.
+(`celery -A worker.webhooks.main worker`), never in a GPU worker.
 
 The database holds the schedule. A task claims the due attempt with a conditional UPDATE,
-passes the gates (worker/delivery_gate.py: a slot of its endpoint and of its tenant, and a
+passes the gates (worker/webhooks/gate.py: a slot of its endpoint and of its tenant, and a
 circuit that is not open; otherwise the claim is handed back, the attempt unspent, and the
 delivery comes back later while the thread takes the next message), signs, POSTs, records the
 attempt and sets the next attempt's time. Retries due within
@@ -39,9 +39,9 @@ from db import deliveries
 from db.deliveries import Outbox
 from db.models import WebhookDelivery, utcnow
 from db.session import make_engine, make_session_factory, session_scope
-from worker import delivery_http
-from worker.delivery_gate import Endpoint, Gates, Outcome, Pass, Verdict
-from worker.retry_schedule import JITTER, Uniform, decide
+from worker.webhooks import http as webhook_http
+from worker.webhooks.gate import Endpoint, Gates, Outcome, Pass, Verdict
+from worker.webhooks.retry_schedule import JITTER, Uniform, decide
 
 log = logging.getLogger("daikon.webhooks")
 
@@ -129,11 +129,11 @@ class Deliverer:
         """The claimed attempt: sign, POST, record, schedule the next one."""
         delivery_id, hooks = d.id, self.settings.webhooks
         attempt, url, body, limit, event = d.attempts, d.url, d.payload, d.max_attempts, d.event
-        result = delivery_http.post(
+        result = webhook_http.post(
             url,
             body.encode(),
             signing.headers(keys, delivery_id, int(self.wall()), body),
-            timeout=delivery_http.Timeouts(
+            timeout=webhook_http.Timeouts(
                 total=hooks.webhook_timeout_seconds,
                 connect=hooks.webhook_connect_timeout_seconds,
                 first_byte=hooks.webhook_first_byte_timeout_seconds,

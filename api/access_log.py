@@ -21,8 +21,13 @@ from daikon.image_urls import REDACTED, redact_query, redact_url
 # {name}o response headers, {name}e the WSGI environ.
 URL_ATOMS = ("r", "f", "{referer}i", "{http_referer}e", "{raw_uri}e", "{location}o")
 QUERY_ATOMS = ("q", "{query_string}e")
-SECRET_ATOMS = ("{authorization}i", "{cookie}i", "{http_authorization}e", "{http_cookie}e",
-                "{set-cookie}o")  # fmt: skip
+SECRET_ATOMS = (
+    "{authorization}i",
+    "{cookie}i",
+    "{http_authorization}e",
+    "{http_cookie}e",
+    "{set-cookie}o",
+)
 
 
 class AccessLogger(glogging.Logger):  # type: ignore[misc]

@@ -42,17 +42,26 @@ def tenant_out(t: Tenant) -> TenantOut:
 
 def key_out(k: ApiKey) -> dict[str, Any]:
     return KeyOut(
-        id=k.id, tenant_id=k.tenant_id, name=k.name, prefix=k.prefix, admin=k.is_admin,
-        scope=k.scope, created_at=k.created_at, revoked_at=k.revoked_at,
-    ).model_dump(mode="json")  # fmt: skip
+        id=k.id,
+        tenant_id=k.tenant_id,
+        name=k.name,
+        prefix=k.prefix,
+        admin=k.is_admin,
+        scope=k.scope,
+        created_at=k.created_at,
+        revoked_at=k.revoked_at,
+    ).model_dump(mode="json")
 
 
 @bp.post("/tenants")
 @openapi.operation(
-    "Create a tenant", tags=["admin"], auth="admin", body=TenantCreate,
+    "Create a tenant",
+    tags=["admin"],
+    auth="admin",
+    body=TenantCreate,
     responses={201: openapi.Reply("Created.", TenantOut, links=TENANT_LINKS)},
     errors={409: "`tenant_exists`: a tenant has this name."},
-)  # fmt: skip
+)
 def create_tenant() -> Any:
     require_admin()
     body = TenantCreate.model_validate(json_body())
@@ -76,8 +85,9 @@ def limits_out(t: Tenant) -> dict[str, Any]:
 
 
 @bp.get("/tenants/<tenant_id>/limits")
-@openapi.operation("A tenant's limits", tags=["admin"], auth="admin",
-                   responses={200: TenantLimitsOut})  # fmt: skip
+@openapi.operation(
+    "A tenant's limits", tags=["admin"], auth="admin", responses={200: TenantLimitsOut}
+)
 def get_limits(tenant_id: str) -> Any:
     require_admin()
     with session_scope(services().sessions) as session:
@@ -86,11 +96,16 @@ def get_limits(tenant_id: str) -> Any:
 
 @bp.put("/tenants/<tenant_id>/limits")
 @openapi.operation(
-    "Set a tenant's limits", tags=["admin"], auth="admin", body=TenantLimitsIn,
+    "Set a tenant's limits",
+    tags=["admin"],
+    auth="admin",
+    body=TenantLimitsIn,
     responses={200: TenantLimitsOut},
-    errors={503: "`revocation_not_propagated`: saved, but Redis could not tell every API "
-            "process; retry until 200."},
-)  # fmt: skip
+    errors={
+        503: "`revocation_not_propagated`: saved, but Redis could not tell every API "
+        "process; retry until 200."
+    },
+)
 def set_limits(tenant_id: str) -> Any:
     """Every limit at once (as the dashboard's tenant page sets them): null = the
     deployment's. Applies from every API process's next request."""
@@ -112,10 +127,16 @@ def set_limits(tenant_id: str) -> Any:
 
 @bp.post("/tenants/<tenant_id>/keys")
 @openapi.operation(
-    "Create an API key", tags=["admin"], auth="admin", body=KeyCreate,
-    responses={201: openapi.Reply("Created: the only response that shows the key.", NewKeyOut,
-                                  links=KEY_LINKS)},
-)  # fmt: skip
+    "Create an API key",
+    tags=["admin"],
+    auth="admin",
+    body=KeyCreate,
+    responses={
+        201: openapi.Reply(
+            "Created: the only response that shows the key.", NewKeyOut, links=KEY_LINKS
+        )
+    },
+)
 def create_key(tenant_id: str) -> Any:
     require_admin()
     body = KeyCreate.model_validate(json_body())
@@ -131,14 +152,16 @@ def create_key(tenant_id: str) -> Any:
 
 
 @bp.get("/tenants/<tenant_id>/keys")
-@openapi.operation("List a tenant's API keys", tags=["admin"], auth="admin",
-                   responses={200: KeyList})  # fmt: skip
+@openapi.operation(
+    "List a tenant's API keys", tags=["admin"], auth="admin", responses={200: KeyList}
+)
 def list_keys(tenant_id: str) -> Any:
     require_admin()
     with session_scope(services().sessions) as session:
         tenants.get_tenant(session=session, tenant_id=tenant_id)
-        return {"keys": [key_out(k) for k in tenants.list_keys(session=session,
-                                                                tenant_id=tenant_id)]}  # fmt: skip
+        return {
+            "keys": [key_out(k) for k in tenants.list_keys(session=session, tenant_id=tenant_id)]
+        }
 
 
 @bp.delete("/keys/<key_id>")

@@ -86,16 +86,23 @@ def authenticate() -> Principal:
             if is_admin_key:
                 tenant = tenants.get_or_create_tenant(session=session, name=ADMIN_TENANT)
                 principal = Principal(
-                    tenant_id=tenant.id, is_admin=True, key_id=None, scope=KeyScope.admin,
+                    tenant_id=tenant.id,
+                    is_admin=True,
+                    key_id=None,
+                    scope=KeyScope.admin,
                     limits=tenants.limits_of(tenant),
-                )  # fmt: skip
+                )
             else:
                 key = tenants.find_active_key(session=session, key_hash=digest)
                 if key is None:
                     raise Unauthenticated("invalid or revoked API key")
-                principal = Principal(tenant_id=key.tenant_id, is_admin=key.is_admin,
-                                      key_id=key.id, scope=key.scope,
-                                      limits=tenants.limits_of(key.tenant))  # fmt: skip
+                principal = Principal(
+                    tenant_id=key.tenant_id,
+                    is_admin=key.is_admin,
+                    key_id=key.id,
+                    scope=key.scope,
+                    limits=tenants.limits_of(key.tenant),
+                )
         svc.keys.put(digest, generation, principal)
     if principal.scope is KeyScope.operator:
         raise Forbidden("an operator key is read-only and for the dashboard (/admin) only")

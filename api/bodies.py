@@ -66,9 +66,12 @@ class _FormDataParser(FormDataParser):
         self, stream: Any, mimetype: str, content_length: int | None, options: dict[str, str]
     ) -> Any:
         parser = MultiPartParser(
-            stream_factory=self.stream_factory, max_form_memory_size=self.max_form_memory_size,
-            max_form_parts=self.max_form_parts, cls=self.cls, buffer_size=MULTIPART_READ_BYTES,
-        )  # fmt: skip
+            stream_factory=self.stream_factory,
+            max_form_memory_size=self.max_form_memory_size,
+            max_form_parts=self.max_form_parts,
+            cls=self.cls,
+            buffer_size=MULTIPART_READ_BYTES,
+        )
         boundary = options.get("boundary", "").encode("ascii")
         if not boundary:
             raise ValueError("Missing boundary")

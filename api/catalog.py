@@ -22,9 +22,11 @@ bp = Blueprint("catalog", __name__, url_prefix="/v1")
 
 @bp.get("/models")
 @openapi.operation(
-    "List models", tags=["models"], responses={200: ModelList},
+    "List models",
+    tags=["models"],
+    responses={200: ModelList},
     errors={503: "`broker_unavailable`: Redis, which holds the worker heartbeats, is down."},
-)  # fmt: skip
+)
 def list_models() -> Any:
     principal = authenticate()
     svc = services()

@@ -37,8 +37,9 @@ class EnqueuedMarks:
             self._pending.append(job_id)
             if self._thread is None or self._pid != os.getpid():  # none yet, or forked
                 self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="enqueued-marks",
-                                                daemon=True)  # fmt: skip
+                self._thread = threading.Thread(
+                    target=self._run, name="enqueued-marks", daemon=True
+                )
                 self._thread.start()
                 atexit.register(self.flush)
             self._cond.notify()

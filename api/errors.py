@@ -62,8 +62,12 @@ def _refuse_nul() -> Any:
         or b"\x00" in query
         or any("\x00" in v for v in request.headers.values())
     ):
-        return error_response(400, type="invalid_request_error", code=RequestErrorCode.bad_request,
-                              message="the request contains a NUL character")  # fmt: skip
+        return error_response(
+            400,
+            type="invalid_request_error",
+            code=RequestErrorCode.bad_request,
+            message="the request contains a NUL character",
+        )
     return None
 
 
@@ -101,8 +105,12 @@ def register(app: Flask) -> None:
     @app.errorhandler(ParseException)
     def _unreadable_body(e: ParseException) -> Any:
         # gunicorn parses a chunked body as the app reads it: a bad chunk is the client's fault.
-        return error_response(400, type="invalid_request_error", code=RequestErrorCode.bad_request,
-                              message=f"the request body is malformed: {e}")  # fmt: skip
+        return error_response(
+            400,
+            type="invalid_request_error",
+            code=RequestErrorCode.bad_request,
+            message=f"the request body is malformed: {e}",
+        )
 
     @app.errorhandler(OperationalError)
     def _db_down(e: OperationalError) -> Any:

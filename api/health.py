@@ -11,9 +11,19 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 @openapi.operation(
-    "Liveness", tags=["health"], auth=None,
-    responses={200: openapi.Reply("The process answers.", schema={
-        "type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]})},
-)  # fmt: skip
+    "Liveness",
+    tags=["health"],
+    auth=None,
+    responses={
+        200: openapi.Reply(
+            "The process answers.",
+            schema={
+                "type": "object",
+                "properties": {"status": {"const": "ok"}},
+                "required": ["status"],
+            },
+        )
+    },
+)
 def healthz() -> dict[str, str]:
     return {"status": "ok"}

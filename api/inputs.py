@@ -50,9 +50,17 @@ log = logging.getLogger("daikon.api")
 ACCEPTED = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 # Formats refused by name (415) rather than as undecodable (400): their magic bytes.
 KNOWN_OTHERS = {
-    b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
-    b"\x00\x00\x01\x00": "ICO", b"8BPS": "PSD", b"%PDF": "PDF", b"<svg": "SVG", b"<?xml": "XML",
-}  # fmt: skip
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"\x00\x00\x01\x00": "ICO",
+    b"8BPS": "PSD",
+    b"%PDF": "PDF",
+    b"<svg": "SVG",
+    b"<?xml": "XML",
+}
 SINGLE_CHANNEL = ("L", "1")
 REQUEST_PART = "request"
 FILE_PARTS = ("image", "mask")
@@ -75,9 +83,14 @@ class InputImage:
 
     def record(self, key: str) -> dict[str, Any]:
         """What the job row keeps of it (db.models.Job.inputs)."""
-        return {"key": key, "width": self.width, "height": self.height,
-                "content_type": "image/png", "byte_size": len(self.png),
-                "sha256": self.sha256}  # fmt: skip
+        return {
+            "key": key,
+            "width": self.width,
+            "height": self.height,
+            "content_type": "image/png",
+            "byte_size": len(self.png),
+            "sha256": self.sha256,
+        }
 
 
 V = TypeVar("V", bound=Callable[..., Any])
@@ -125,8 +138,9 @@ def uploaded(role: str, settings: Settings) -> bytes | None:
     part = request.files.get(role)
     if part is None:
         if role in request.form:  # sent as a text field, not a file
-            raise BadRequest(f"{role}: must be a file part (a filename in its "
-                             "Content-Disposition)", param=role)  # fmt: skip
+            raise BadRequest(
+                f"{role}: must be a file part (a filename in its Content-Disposition)", param=role
+            )
         return None
     limit = settings.limits.max_input_bytes
     data = part.stream.read(limit + 1)
@@ -146,18 +160,22 @@ def multipart_job() -> tuple[dict[str, Any], dict[str, bytes]]:
     known = {REQUEST_PART, *FILE_PARTS}
     unknown = sorted((set(request.form) | set(request.files)) - known)
     if unknown:
-        raise InvalidRequest(f"{unknown[0]}: unknown part; a multipart job has a `request` "
-                             "part (the JSON body) and file parts image and mask",
-                             param=unknown[0])  # fmt: skip
+        raise InvalidRequest(
+            f"{unknown[0]}: unknown part; a multipart job has a `request` "
+            "part (the JSON body) and file parts image and mask",
+            param=unknown[0],
+        )
     raw = request.form.get(REQUEST_PART)
     if raw is None:
-        raise InvalidRequest("request: is required (a part holding the job's JSON body)",
-                             param="request")  # fmt: skip
+        raise InvalidRequest(
+            "request: is required (a part holding the job's JSON body)", param="request"
+        )
     try:
         body = json.loads(raw, parse_constant=_refuse)
     except (ValueError, RecursionError):
-        raise BadRequest("request: is not valid JSON", code=RequestErrorCode.invalid_json,
-                         param="request") from None  # fmt: skip
+        raise BadRequest(
+            "request: is not valid JSON", code=RequestErrorCode.invalid_json, param="request"
+        ) from None
     if not isinstance(body, dict):
         raise BadRequest(
             "request: must be a JSON object", code=RequestErrorCode.invalid_json, param="request"
@@ -195,8 +213,9 @@ def _open(data: bytes, *, role: str, settings: Settings) -> Image.Image:
     """The image in `data`, its header read and checked, no pixel decoded yet."""
     limits = settings.limits
     if len(data) > limits.max_input_bytes:
-        raise PayloadTooLarge(f"{role}: the file is larger than {limits.max_input_bytes} bytes",
-                              param=role)  # fmt: skip
+        raise PayloadTooLarge(
+            f"{role}: the file is larger than {limits.max_input_bytes} bytes", param=role
+        )
     if not data:
         raise BadRequest(
             f"{role}: the file is empty", param=role, code=RequestErrorCode.invalid_image
@@ -211,13 +230,20 @@ def _open(data: bytes, *, role: str, settings: Settings) -> Image.Image:
     except UnidentifiedImageError:
         other = _format_of(data)
         if other:
-            raise UnsupportedMediaType(f"{role}: {other} is not accepted; send PNG, JPEG or WebP",
-                                       param=role) from None  # fmt: skip
-        raise BadRequest(f"{role}: not a PNG, JPEG or WebP image that can be decoded",
-                         param=role, code=RequestErrorCode.invalid_image) from None  # fmt: skip
+            raise UnsupportedMediaType(
+                f"{role}: {other} is not accepted; send PNG, JPEG or WebP", param=role
+            ) from None
+        raise BadRequest(
+            f"{role}: not a PNG, JPEG or WebP image that can be decoded",
+            param=role,
+            code=RequestErrorCode.invalid_image,
+        ) from None
     except Exception as e:  # a corrupt header
-        raise BadRequest(f"{role}: the image cannot be read: {e}", param=role,
-                         code=RequestErrorCode.invalid_image) from None  # fmt: skip
+        raise BadRequest(
+            f"{role}: the image cannot be read: {e}",
+            param=role,
+            code=RequestErrorCode.invalid_image,
+        ) from None
     width, height = image.size
     if width * height > limits.max_input_pixels:  # before a single pixel is decoded
         raise _too_many_pixels(role, settings)
@@ -287,8 +313,9 @@ class Upload:
             raise InvalidRequest(
                 f"{role}: the JPEG has more than {limit} scans (a progressive JPEG has about "
                 "10): re-encode it",
-                param=role, code=RequestErrorCode.too_many_scans,
-            )  # fmt: skip
+                param=role,
+                code=RequestErrorCode.too_many_scans,
+            )
         image = _open(self.data, role=role, settings=settings)
         try:
             with warnings.catch_warnings():
@@ -297,8 +324,11 @@ class Upload:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _too_many_pixels(role, settings) from None
         except Exception as e:  # truncated or corrupt data
-            raise BadRequest(f"{role}: the image data is damaged: {e}", param=role,
-                             code=RequestErrorCode.invalid_image) from None  # fmt: skip
+            raise BadRequest(
+                f"{role}: the image data is damaged: {e}",
+                param=role,
+                code=RequestErrorCode.invalid_image,
+            ) from None
         if self.openai_mask:
             return _from_openai_mask(image)
         return as_input(image, role)
@@ -347,10 +377,16 @@ def _from_openai_mask(image: Image.Image) -> InputImage:
 def parse_image_id(value: str, param: str) -> tuple[str, str]:
     """`<job id>:<rank>`, `<job id>:image` or `<job id>:mask` -> (job id, what)."""
     job_id, sep, what = value.rpartition(":")
-    if not sep or not job_id or not (what in ("image", "mask") or (what.isascii()
-                                     and what.isdigit())):  # fmt: skip
-        raise InvalidRequest(f"{param}: {value!r} is not an image id (`<job id>:<rank>`, "
-                             "`<job id>:image` or `<job id>:mask`)", param=param)  # fmt: skip
+    if (
+        not sep
+        or not job_id
+        or not (what in ("image", "mask") or (what.isascii() and what.isdigit()))
+    ):
+        raise InvalidRequest(
+            f"{param}: {value!r} is not an image id (`<job id>:<rank>`, "
+            "`<job id>:image` or `<job id>:mask`)",
+            param=param,
+        )
     return job_id, what
 
 
@@ -409,8 +445,9 @@ class Checked:
         return {u.role: u.sha256 for u in (self.image, self.mask) if u is not None}
 
     def decode(self, settings: Settings) -> Inputs:
-        return Inputs(self.image.decode(settings),
-                      self.mask.decode(settings) if self.mask else None)  # fmt: skip
+        return Inputs(
+            self.image.decode(settings), self.mask.decode(settings) if self.mask else None
+        )
 
 
 def gather(
@@ -429,8 +466,11 @@ def gather(
 
     has_mask = "mask" in files or req.mask_id is not None
     if req.prompt == "" and mode != "image":
-        refuse("prompt", "must not be empty (only a mode image job may leave it empty: the "
-               "image redrawn without a caption)")  # fmt: skip
+        refuse(
+            "prompt",
+            "must not be empty (only a mode image job may leave it empty: the "
+            "image redrawn without a caption)",
+        )
     if mode == "text":
         for name in ("strength", "mask_blur", "image_id", "mask_id"):
             if getattr(req, name) is not None:
@@ -449,33 +489,40 @@ def gather(
     if "image" not in files and req.image_id is None:
         refuse("image", f"mode {mode} needs an input image: a file part `image` or image_id")
     if mode == "inpaint" and not has_mask:
-        refuse("mask", "mode inpaint needs a mask (white = repaint): a file part `mask` or "
-               "mask_id")  # fmt: skip
+        refuse("mask", "mode inpaint needs a mask (white = repaint): a file part `mask` or mask_id")
 
     def load(role: str, ref: str | None) -> Upload:
         given = files.get(role)
         if isinstance(given, Upload):
             return given
-        data = given if given is not None else referenced(svc, tenant_id, ref or "",
-                                                          f"{role}_id")  # fmt: skip
+        data = given if given is not None else referenced(svc, tenant_id, ref or "", f"{role}_id")
         return check_upload(data, role=role, settings=settings)
 
     image = load("image", req.image_id)
     bounds = settings.limits
     for side, value in (("width", image.width), ("height", image.height)):
         if value % 8 or not bounds.min_size <= value <= bounds.max_size:
-            refuse("image", f"is {image.width}x{image.height}: an edit's size is its image's, "
-                   f"whose {side} must be a multiple of 8 between {bounds.min_size} and "
-                   f"{bounds.max_size}")  # fmt: skip
+            refuse(
+                "image",
+                f"is {image.width}x{image.height}: an edit's size is its image's, "
+                f"whose {side} must be a multiple of 8 between {bounds.min_size} and "
+                f"{bounds.max_size}",
+            )
     mask = load("mask", req.mask_id) if mode == "inpaint" else None
     if mask is not None and (mask.width, mask.height) != (image.width, image.height):
-        refuse("mask", f"is {mask.width}x{mask.height} but the image is "
-               f"{image.width}x{image.height}; they must be the same size")  # fmt: skip
+        refuse(
+            "mask",
+            f"is {mask.width}x{mask.height} but the image is "
+            f"{image.width}x{image.height}; they must be the same size",
+        )
     for side, asked in (("width", req.width), ("height", req.height)):
         own = image.width if side == "width" else image.height
         if asked is not None and asked != own:
-            refuse(side, f"{asked} differs from the input image's {own}: an edit keeps its "
-                   "image's size (omit width and height)")  # fmt: skip
+            refuse(
+                side,
+                f"{asked} differs from the input image's {own}: an edit keeps its "
+                "image's size (omit width and height)",
+            )
     return Checked(image, mask)
 
 

@@ -43,61 +43,81 @@ RETRY_AFTER = {JobStatus.queued: "2", JobStatus.running: "1"}
 # Where a returned job's id leads (OpenAPI links).
 JOB_LINKS = {
     name: openapi.Link(endpoint, {"job_id": "$response.body#/id"})
-    for name, endpoint in [("get", "jobs.get_job"), ("cancel", "jobs.cancel_job"),
-                           ("events", "events.job_events")]
-}  # fmt: skip
+    for name, endpoint in [
+        ("get", "jobs.get_job"),
+        ("cancel", "jobs.cancel_job"),
+        ("events", "events.job_events"),
+    ]
+}
 
 
 BINARY = {"type": "string", "format": "binary"}
 JOB_FORM = {
-    REQUEST_PART: {"type": "string", "contentMediaType": "application/json",
-                   "description": "The same JSON object as the application/json body."},
-    FILE_PARTS[0]: {**BINARY, "description": "image and inpaint: the input image (PNG, JPEG "
-                    "or WebP; its size is the job's)."},
-    FILE_PARTS[1]: {**BINARY, "description": "inpaint: the mask, single-channel, the image's "
-                    "size: white = repaint, black = keep."},
-}  # fmt: skip
+    REQUEST_PART: {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "description": "The same JSON object as the application/json body.",
+    },
+    FILE_PARTS[0]: {
+        **BINARY,
+        "description": "image and inpaint: the input image (PNG, JPEG "
+        "or WebP; its size is the job's).",
+    },
+    FILE_PARTS[1]: {
+        **BINARY,
+        "description": "inpaint: the mask, single-channel, the image's "
+        "size: white = repaint, black = keep.",
+    },
+}
 
 
 @bp.post("/jobs")
 @uploads
 @openapi.operation(
-    "Submit a job", tags=["jobs"], body=JobRequest, headers=SubmitHeaders,
-    form=JOB_FORM, form_required=[REQUEST_PART],
+    "Submit a job",
+    tags=["jobs"],
+    body=JobRequest,
+    headers=SubmitHeaders,
+    form=JOB_FORM,
+    form_required=[REQUEST_PART],
     responses={
-        202: openapi.Reply("Created and queued.", JobOut, headers={"Location": True},
-                           links=JOB_LINKS),
-        200: openapi.Reply("A retry with an earlier Idempotency-Key: the job it created.", JobOut,
-                           headers={"Location": True, "Idempotent-Replayed": True},
-                           links=JOB_LINKS),
+        202: openapi.Reply(
+            "Created and queued.", JobOut, headers={"Location": True}, links=JOB_LINKS
+        ),
+        200: openapi.Reply(
+            "A retry with an earlier Idempotency-Key: the job it created.",
+            JobOut,
+            headers={"Location": True, "Idempotent-Replayed": True},
+            links=JOB_LINKS,
+        ),
     },
     errors={
         400: "`invalid_json`: the body (or the `request` part) is not a JSON object; "
-             "`invalid_image`: an input cannot be decoded.",
+        "`invalid_image`: an input cannot be decoded.",
         403: "`storage_quota_exceeded`: the tenant stores as many bytes as its storage quota "
-             "(DAIKON_TENANT_STORAGE_QUOTA_BYTES or its own), or this edit's inputs would pass "
-             "it; nothing was stored (GET /v1/usage shows both figures).",
+        "(DAIKON_TENANT_STORAGE_QUOTA_BYTES or its own), or this edit's inputs would pass "
+        "it; nothing was stored (GET /v1/usage shows both figures).",
         404: "`not_found`: `image_id` or `mask_id` names no image of this tenant's.",
         409: "`idempotency_key_reused`: the Idempotency-Key came with a different body.",
         413: "`request_entity_too_large`: the body is larger than DAIKON_MAX_BODY_BYTES, an "
-             "input larger than DAIKON_MAX_INPUT_BYTES, or an image has more than "
-             "DAIKON_MAX_INPUT_PIXELS pixels.",
+        "input larger than DAIKON_MAX_INPUT_BYTES, or an image has more than "
+        "DAIKON_MAX_INPUT_PIXELS pixels.",
         415: "`unsupported_media_type`: neither application/json nor multipart/form-data, or "
-             "an input that is not PNG, JPEG or WebP.",
+        "an input that is not PNG, JPEG or WebP.",
         422: "`invalid_request`: a field is missing, unknown, of the wrong type or out of "
-             "bounds (`param` names the first); `unsupported_parameter` or "
-             "`unsupported_scheduler`: the model cannot honour a parameter as asked (the "
-             "message names it and the model; GET /v1/models shows each model's "
-             "capabilities; a `mode` it has no pipeline for is refused so); `invalid_request` "
-             "for inputs: a mask of another size than the image or not single-channel, an "
-             "input the mode does not take or lacks; `job_too_large`: the job costs more "
-             "megapixel-steps than its model allows.",
+        "bounds (`param` names the first); `unsupported_parameter` or "
+        "`unsupported_scheduler`: the model cannot honour a parameter as asked (the "
+        "message names it and the model; GET /v1/models shows each model's "
+        "capabilities; a `mode` it has no pipeline for is refused so); `invalid_request` "
+        "for inputs: a mask of another size than the image or not single-channel, an "
+        "input the mode does not take or lacks; `job_too_large`: the job costs more "
+        "megapixel-steps than its model allows.",
         429: "`rate_limited` (DAIKON_TENANT_SUBMITS_PER_MINUTE), `too_many_active_jobs` "
-             "(DAIKON_TENANT_MAX_ACTIVE_JOBS) or `too_much_queued_work` (the model's "
-             "`tenant_queued_cost`); retry after `Retry-After` seconds.",
+        "(DAIKON_TENANT_MAX_ACTIVE_JOBS) or `too_much_queued_work` (the model's "
+        "`tenant_queued_cost`); retry after `Retry-After` seconds.",
         503: "`queue_unavailable` (nothing was created; retry) or `database_unavailable`.",
     },
-)  # fmt: skip
+)
 def create_job() -> Any:
     principal = authenticate()
     svc = services()
@@ -117,14 +137,20 @@ def create_job() -> Any:
 
 @bp.get("/jobs/<job_id>")
 @openapi.operation(
-    "Get a job", tags=["jobs"], headers=PollHeaders,
+    "Get a job",
+    tags=["jobs"],
+    headers=PollHeaders,
     responses={
-        200: openapi.Reply("The job.", JobOut, headers={"ETag": True, "Cache-Control": True,
-                                                        "Retry-After": False}),
-        304: openapi.Reply("Unchanged since the ETag sent.", media_type=None,
-                           headers={"ETag": True, "Retry-After": False}),
+        200: openapi.Reply(
+            "The job.", JobOut, headers={"ETag": True, "Cache-Control": True, "Retry-After": False}
+        ),
+        304: openapi.Reply(
+            "Unchanged since the ETag sent.",
+            media_type=None,
+            headers={"ETag": True, "Retry-After": False},
+        ),
     },
-)  # fmt: skip
+)
 def get_job(job_id: str) -> Any:
     # The most frequent request Daikon answers: one indexed read decides the ETag (a 304
     # builds nothing) and whether the body built for the row as it stands is at hand.
@@ -137,14 +163,21 @@ def get_job(job_id: str) -> Any:
         if not_modified.contains(done.etag):
             # Terminal: no Retry-After, whichever terminal status it is.
             return Response(status=304, headers=_poll_headers(done.etag, JobStatus.succeeded))
-        return Response(done.body + b"\n", mimetype="application/json",
-                        headers=_poll_headers(done.etag, JobStatus.succeeded))  # fmt: skip
+        return Response(
+            done.body + b"\n",
+            mimetype="application/json",
+            headers=_poll_headers(done.etag, JobStatus.succeeded),
+        )
 
     def read(conn: Connection) -> tuple[bytes | None, str, JobStatus]:
         count = svc.places.counts(job_id)
-        state, key_active = jobs.poll_state(session=conn, job_id=job_id,
-                                            tenant_id=principal.tenant_id, key_id=key_to_check,
-                                            place=count)  # fmt: skip
+        state, key_active = jobs.poll_state(
+            session=conn,
+            job_id=job_id,
+            tenant_id=principal.tenant_id,
+            key_id=key_to_check,
+            place=count,
+        )
         if state is None:
             if key_to_check is not None and not key_active:
                 authenticate()  # the key, checked the ordinary way before any 404
@@ -160,8 +193,7 @@ def get_job(job_id: str) -> Any:
     body, tag, status = read_retrying(svc.reads, read)
     if body is None:
         return Response(status=304, headers=_poll_headers(tag, status))
-    return Response(body + b"\n", mimetype="application/json",
-                    headers=_poll_headers(tag, status))  # fmt: skip
+    return Response(body + b"\n", mimetype="application/json", headers=_poll_headers(tag, status))
 
 
 def _poll_headers(tag: str, status: JobStatus) -> dict[str, str]:
@@ -173,9 +205,12 @@ def _poll_headers(tag: str, status: JobStatus) -> dict[str, str]:
 
 @bp.get("/jobs")
 @openapi.operation(
-    "List jobs, newest first", tags=["jobs"], query=ListQuery,
-    responses={200: JobList}, errors=[422],
-)  # fmt: skip
+    "List jobs, newest first",
+    tags=["jobs"],
+    query=ListQuery,
+    responses={200: JobList},
+    errors=[422],
+)
 def list_jobs() -> Any:
     # One query for the page's states, one for the rows whose body is not at hand.
     principal = authenticate()
@@ -183,33 +218,41 @@ def list_jobs() -> Any:
     q = query_params(ListQuery.for_settings(svc.settings))
     limit = q.limit
     where = jobs.ListFilter(
-        tenant_id=principal.tenant_id, status=q.status, model=q.model,
-        created_after=q.created_after, before=q.cursor,
-    )  # fmt: skip
+        tenant_id=principal.tenant_id,
+        status=q.status,
+        model=q.model,
+        created_after=q.created_after,
+        before=q.cursor,
+    )
 
     def read(conn: Connection) -> tuple[list[jobs.PollState], list[tuple[bytes, str]]]:
         # Deep queues are placed from the polls' shared ranking (QueuePlaces), not ranked anew.
         deep = svc.places.deep_models()
         states = jobs.list_states(session=conn, limit=limit + 1, where=where, unranked=deep)
-        placed = [svc.places.placed(conn, state, counted=state.model not in deep)
-                  for state in states[:limit]]  # fmt: skip
+        placed = [
+            svc.places.placed(conn, state, counted=state.model not in deep)
+            for state in states[:limit]
+        ]
         return states, bodies(conn, svc, polled(svc, placed))
 
     states, built = read_retrying(svc.reads, read)
     page, more = states[:limit], len(states) > limit
     cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
     # JobList's fields in order, around the jobs' own bytes (as Flask's JSON would write it).
-    tail = current_app.json.dumps({"next_cursor": cursor, "has_more": more},
-                                  separators=(",", ":"))[1:]  # fmt: skip
+    tail = current_app.json.dumps({"next_cursor": cursor, "has_more": more}, separators=(",", ":"))[
+        1:
+    ]
     body = b'{"jobs":[' + b",".join(b for b, _ in built) + b"]," + tail.encode() + b"\n"
     return Response(body, mimetype="application/json")
 
 
 @bp.post("/jobs/<job_id>/cancel")
 @openapi.operation(
-    "Cancel a job", tags=["jobs"], responses={200: JobOut},
+    "Cancel a job",
+    tags=["jobs"],
+    responses={200: JobOut},
     errors={409: "`job_finished`: the job already succeeded or failed."},
-)  # fmt: skip
+)
 def cancel_job(job_id: str) -> Any:
     """queued or running -> canceled, at once and exactly once; the worker stops at its next
     denoising step. Canceling a canceled job is a no-op; a finished one is a conflict."""
@@ -236,8 +279,9 @@ def cancel(svc: Services, job_id: str, *, tenant_id: str | None = None) -> bool:
             elif job.status is not JobStatus.canceled:
                 raise Conflict(
                     f"job {job_id!r} already {job.status.value}; it cannot be canceled",
-                    param="id", code=RequestErrorCode.job_finished,
-                )  # fmt: skip
+                    param="id",
+                    code=RequestErrorCode.job_finished,
+                )
     # After the commit: the worker may look at any moment and must find the row canceled.
     try:
         svc.live.request_cancel(job_id)
@@ -252,13 +296,20 @@ def cancel(svc: Services, job_id: str, *, tenant_id: str | None = None) -> bool:
 
 @bp.get("/jobs/<job_id>/images/<int:rank>")
 @openapi.operation(
-    "Get an image (signed URL)", tags=["jobs"], auth=None, query=ImageQuery,
-    responses={200: openapi.Reply("The image.", media_type="image/png",
-                                  schema={"type": "string", "format": "binary"},
-                                  headers={"Cache-Control": True})},
-    errors={404: "`not_found`: no such image, or the signature is wrong or expired.",
-            503: ""},
-)  # fmt: skip
+    "Get an image (signed URL)",
+    tags=["jobs"],
+    auth=None,
+    query=ImageQuery,
+    responses={
+        200: openapi.Reply(
+            "The image.",
+            media_type="image/png",
+            schema={"type": "string", "format": "binary"},
+            headers={"Cache-Control": True},
+        )
+    },
+    errors={404: "`not_found`: no such image, or the signature is wrong or expired.", 503: ""},
+)
 def get_image(job_id: str, rank: int) -> Response:
     """Open to whoever holds the signed URL (as with S3 presigned URLs), no API key needed."""
     svc = services()
@@ -291,19 +342,29 @@ def _stored(svc: Services, key: str, content_type: str, what: str) -> Response:
         data = svc.store.get(key)
     except KeyError as e:
         raise NotFound(f"{what} is missing from storage") from e
-    return Response(data, content_type=content_type,
-                    headers={"Cache-Control": "private, max-age=3600, immutable"})  # fmt: skip
+    return Response(
+        data,
+        content_type=content_type,
+        headers={"Cache-Control": "private, max-age=3600, immutable"},
+    )
 
 
 @bp.get("/jobs/<job_id>/inputs/<role>")
 @openapi.operation(
-    "Get an edit job's input (signed URL)", tags=["jobs"], auth=None, query=ImageQuery,
-    responses={200: openapi.Reply("The input image or mask.", media_type="image/png",
-                                  schema={"type": "string", "format": "binary"},
-                                  headers={"Cache-Control": True})},
-    errors={404: "`not_found`: no such input, or the signature is wrong or expired.",
-            503: ""},
-)  # fmt: skip
+    "Get an edit job's input (signed URL)",
+    tags=["jobs"],
+    auth=None,
+    query=ImageQuery,
+    responses={
+        200: openapi.Reply(
+            "The input image or mask.",
+            media_type="image/png",
+            schema={"type": "string", "format": "binary"},
+            headers={"Cache-Control": True},
+        )
+    },
+    errors={404: "`not_found`: no such input, or the signature is wrong or expired.", 503: ""},
+)
 def get_input(job_id: str, role: str) -> Response:
     """An image or inpaint job's input, as stored (PNG); signed like the output images."""
     svc = services()

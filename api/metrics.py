@@ -74,10 +74,17 @@ class DaikonCollector(Collector):
         settings = self.svc.settings
         live_state = self.svc.live
         models = list(settings.model_specs)
-        lengths = iter(live_state.list_lengths([
-            broker_list(settings.queue_for(model), PRIORITY_MAX - priority)  # p is level 9 - p
-            for model in models for priority in range(PRIORITY_MAX + 1)
-        ]))  # fmt: skip
+        lengths = iter(
+            live_state.list_lengths(
+                [
+                    broker_list(
+                        settings.queue_for(model), PRIORITY_MAX - priority
+                    )  # p is level 9 - p
+                    for model in models
+                    for priority in range(PRIORITY_MAX + 1)
+                ]
+            )
+        )
         depth = GaugeMetricFamily(
             "daikon_queue_depth",
             "Messages waiting in the broker, by model and client priority (0-9, 9 runs first).",
@@ -106,10 +113,15 @@ class DaikonCollector(Collector):
 
 @bp.get("/metrics")
 @openapi.operation(
-    "Prometheus metrics", tags=["health"], auth=None,
-    responses={200: openapi.Reply("Prometheus text format.", media_type="text/plain",
-                                  schema={"type": "string"})},
-)  # fmt: skip
+    "Prometheus metrics",
+    tags=["health"],
+    auth=None,
+    responses={
+        200: openapi.Reply(
+            "Prometheus text format.", media_type="text/plain", schema={"type": "string"}
+        )
+    },
+)
 def metrics() -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaikonCollector(services()))

@@ -59,8 +59,12 @@ SIZE_PATTERN = r"^(auto|\d{1,5}x\d{1,5})$"
 SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
 # Daikon names the client knows by their OpenAI names in error messages and `param`.
 OPENAI_PARAMS = {
-    "metadata": "user", "width": "size", "height": "size", "top_k": "n", "candidates": "n",
-}  # fmt: skip
+    "metadata": "user",
+    "width": "size",
+    "height": "size",
+    "top_k": "n",
+    "candidates": "n",
+}
 # Job error codes caused by the request itself; every other failure is the server's.
 CLIENT_JOB_ERRORS = frozenset({"unsupported_scheduler", "unsupported_parameter", "job_too_large"})
 
@@ -75,10 +79,11 @@ class ImageGenerationRequest(BaseModel):
     prompt: str
     n: int | None = Field(None, description="Images returned (default 1).")
     size: str | None = Field(
-        None, pattern=SIZE_PATTERN,
+        None,
+        pattern=SIZE_PATTERN,
         description="'WIDTHxHEIGHT' (each side as a job's width and height) or 'auto' (the "
         "default size).",
-    )  # fmt: skip
+    )
     response_format: Literal["url", "b64_json"] | None = None
     model: str | None = Field(None, description="A Daikon model name; omitted = the default.")
     user: str | None = Field(None, description="Stored as the job's metadata.openai_user.")
@@ -110,11 +115,17 @@ class ImageGenerationRequest(BaseModel):
 
 @functools.cache
 def _image_request(max_candidates: int) -> type[ImageGenerationRequest]:
-    n = (rules.between(1, max_candidates) | None,
-         Field(None, description="Images returned (default 1)."))  # fmt: skip
-    return create_model("ImageGenerationRequest", __base__=ImageGenerationRequest,
-                        __module__=__name__, __doc__="The OpenAI body; it becomes a Daikon job.",
-                        n=n)  # fmt: skip
+    n = (
+        rules.between(1, max_candidates) | None,
+        Field(None, description="Images returned (default 1)."),
+    )
+    return create_model(
+        "ImageGenerationRequest",
+        __base__=ImageGenerationRequest,
+        __module__=__name__,
+        __doc__="The OpenAI body; it becomes a Daikon job.",
+        n=n,
+    )
 
 
 @bp.errorhandler(ValidationError)
@@ -132,9 +143,11 @@ def _waiting_slot(svc: Services, tenant_id: str) -> Slot:
     streams, so waits cannot starve ordinary requests. Taken before submitting, so a refusal
     creates nothing and the client may simply retry."""
     return svc.long_requests.acquire(
-        tenant_id, code=RequestErrorCode.too_many_waiting, what="image requests waiting",
+        tenant_id,
+        code=RequestErrorCode.too_many_waiting,
+        what="image requests waiting",
         instead="retry shortly, or use POST /v1/jobs and poll",
-    )  # fmt: skip
+    )
 
 
 def _status(svc: Services, job_id: str, tenant_id: str) -> JobStatus:
@@ -178,10 +191,13 @@ class ImagesResponse(BaseModel):
 
 @bp.post("/images/generations")
 @openapi.operation(
-    "Generate images (OpenAI-compatible)", tags=["openai"], body=ImageGenerationRequest,
+    "Generate images (OpenAI-compatible)",
+    tags=["openai"],
+    body=ImageGenerationRequest,
     headers=SubmitHeaders,
-    responses={200: openapi.Reply("The images, best first.", ImagesResponse,
-                                  headers={"Location": True})},
+    responses={
+        200: openapi.Reply("The images, best first.", ImagesResponse, headers={"Location": True})
+    },
     errors={
         403: "`storage_quota_exceeded`: as for POST /v1/jobs.",
         409: "`job_canceled`: the job was canceled while the request waited.",
@@ -190,7 +206,7 @@ class ImagesResponse(BaseModel):
         503: "`too_many_waiting` (nothing created), or the queue or database is down.",
         504: "`job_not_finished`: still running at the deadline; `Location` names the job.",
     },
-)  # fmt: skip
+)
 def generate_images() -> Any:
     principal = authenticate()
     svc = services()
@@ -211,24 +227,28 @@ def _submit_and_answer(
     with _waiting_slot(svc, principal.tenant_id):
         result = submit(svc, principal, body, idempotency_key=key, files=files)
         try:
-            return _answer(svc, response_format, result, principal.tenant_id,
-                           retry=key is not None)  # fmt: skip
+            return _answer(svc, response_format, result, principal.tenant_id, retry=key is not None)
         except OperationalError as e:
             log.error("database unavailable while answering for job %s: %s", result.job_id, e)
             return _job_error(
-                503, job_id=result.job_id, type="service_unavailable",
-                code=RequestErrorCode.database_unavailable, retry=key is not None,
+                503,
+                job_id=result.job_id,
+                type="service_unavailable",
+                code=RequestErrorCode.database_unavailable,
+                retry=key is not None,
                 message=f"job {result.job_id} was created, but the database became unavailable",
-            )  # fmt: skip
+            )
         except Exception:
             # Not left to the app's handler: this answer must carry the job and x-should-retry.
             log.exception("answering for job %s failed", result.job_id)
             return _job_error(
-                500, job_id=result.job_id, type="server_error",
+                500,
+                job_id=result.job_id,
+                type="server_error",
                 code=RequestErrorCode.internal_error,
                 message=f"job {result.job_id} was created, but reading its result failed",
                 retry=key is not None,
-            )  # fmt: skip
+            )
 
 
 def _answer(
@@ -239,16 +259,24 @@ def _answer(
     wait = svc.settings.api.openai_wait_seconds
     status = _wait_for_end(svc, job_id, tenant_id, wait)
     if status is JobStatus.canceled:
-        return _job_error(409, job_id=job_id, type="conflict_error",
-                          code=RequestErrorCode.job_canceled,
-                          message=f"job {job_id} was canceled", retry=False)  # fmt: skip
+        return _job_error(
+            409,
+            job_id=job_id,
+            type="conflict_error",
+            code=RequestErrorCode.job_canceled,
+            message=f"job {job_id} was canceled",
+            retry=False,
+        )
     if not status.terminal:
         return _job_error(
-            504, job_id=job_id, type="timeout_error", code=RequestErrorCode.job_not_finished,
+            504,
+            job_id=job_id,
+            type="timeout_error",
+            code=RequestErrorCode.job_not_finished,
             retry=retry,
             message=f"job {job_id} is still {status.value} after {wait:g} s; "
             f"poll GET /v1/jobs/{job_id} for its images",
-        )  # fmt: skip
+        )
 
     with session_scope(svc.sessions) as session:
         job = jobs.get(session=session, job_id=job_id)
@@ -256,10 +284,13 @@ def _answer(
             code = job.error_code or RequestErrorCode.internal_error
             client_fault = code in CLIENT_JOB_ERRORS
             return _job_error(
-                400 if client_fault else 500, job_id=job_id,
-                type="invalid_request_error" if client_fault else "server_error", code=code,
-                message=f"job {job_id} failed: {job.error_message or code}", retry=False,
-            )  # fmt: skip
+                400 if client_fault else 500,
+                job_id=job_id,
+                type="invalid_request_error" if client_fault else "server_error",
+                code=code,
+                message=f"job {job_id} failed: {job.error_message or code}",
+                retry=False,
+            )
         assert job.finished_at is not None
         created = int(job.finished_at.timestamp())
         if response_format == "b64_json":
@@ -272,10 +303,13 @@ def _answer(
         except KeyError as e:
             log.error("image %s of job %s is missing from storage", e, job_id)
             return _job_error(
-                500, job_id=job_id, type="server_error", code=RequestErrorCode.image_missing,
+                500,
+                job_id=job_id,
+                type="server_error",
+                code=RequestErrorCode.image_missing,
                 retry=False,
                 message=f"an image of job {job_id} is missing from storage",
-            )  # fmt: skip
+            )
     headers = {"Location": url_for("jobs.get_job", job_id=job_id)}
     if not result.created:
         headers["Idempotent-Replayed"] = "true"
@@ -297,9 +331,10 @@ class ImageEditRequest(BaseModel):
     prompt: str = Field(description="What the edited image should show.")
     n: int | None = Field(None, description="Images returned (default 1).")
     size: str | None = Field(
-        None, pattern=SIZE_PATTERN,
+        None,
+        pattern=SIZE_PATTERN,
         description="'auto' or the image's own 'WIDTHxHEIGHT': an edit keeps its image's size.",
-    )  # fmt: skip
+    )
     response_format: Literal["url", "b64_json"] | None = None
     model: str | None = Field(None, description="A Daikon model name; omitted = the default.")
     user: str | None = Field(None, description="Stored as the job's metadata.openai_user.")
@@ -331,10 +366,13 @@ class ImageVariationRequest(ImageEditRequest):
 
 @functools.cache
 def _form_request(base: type[ImageEditRequest], max_candidates: int) -> type[ImageEditRequest]:
-    n = (rules.between(1, max_candidates) | None,
-         Field(None, description="Images returned (default 1)."))  # fmt: skip
-    return create_model(base.__name__, __base__=base, __module__=__name__,
-                        __doc__=base.__doc__, n=n)  # fmt: skip
+    n = (
+        rules.between(1, max_candidates) | None,
+        Field(None, description="Images returned (default 1)."),
+    )
+    return create_model(
+        base.__name__, __base__=base, __module__=__name__, __doc__=base.__doc__, n=n
+    )
 
 
 def _form(parts: tuple[str, ...]) -> dict[str, Any]:
@@ -346,8 +384,10 @@ def _form(parts: tuple[str, ...]) -> dict[str, Any]:
     check_parts()
     unknown = sorted(set(request.files) - set(parts))
     if unknown:
-        raise InvalidRequest(f"{unknown[0]}: unknown file part; this route takes "
-                             f"{' and '.join(parts)}", param=unknown[0])  # fmt: skip
+        raise InvalidRequest(
+            f"{unknown[0]}: unknown file part; this route takes {' and '.join(parts)}",
+            param=unknown[0],
+        )
     repeated = sorted(k for k in request.form if len(request.form.getlist(k)) > 1)
     if repeated:
         raise InvalidRequest(f"{repeated[0]}: given more than once", param=repeated[0])
@@ -396,18 +436,30 @@ EDIT_ERRORS = {
 @bp.post("/images/edits")
 @uploads
 @openapi.operation(
-    "Edit an image (OpenAI-compatible)", tags=["openai"], headers=SubmitHeaders,
-    form={**FORM_SCHEMA,
-          "image": {**BINARY, "description": "The image to edit (PNG, JPEG or WebP)."},
-          "mask": {**BINARY, "description": "PNG with alpha, the image's size: fully "
-                   "transparent pixels are repainted, the rest kept."}},
+    "Edit an image (OpenAI-compatible)",
+    tags=["openai"],
+    headers=SubmitHeaders,
+    form={
+        **FORM_SCHEMA,
+        "image": {**BINARY, "description": "The image to edit (PNG, JPEG or WebP)."},
+        "mask": {
+            **BINARY,
+            "description": "PNG with alpha, the image's size: fully "
+            "transparent pixels are repainted, the rest kept.",
+        },
+    },
     form_required=["image", "prompt"],
-    responses={200: openapi.Reply("The edited images, best first.", ImagesResponse,
-                                  headers={"Location": True})},
-    errors={400: "Bad fields, a missing image, a size other than the image's, a mask without "
-            "alpha or of another size, an undecodable file: `param` names it.",
-            **EDIT_ERRORS},
-)  # fmt: skip
+    responses={
+        200: openapi.Reply(
+            "The edited images, best first.", ImagesResponse, headers={"Location": True}
+        )
+    },
+    errors={
+        400: "Bad fields, a missing image, a size other than the image's, a mask without "
+        "alpha or of another size, an undecodable file: `param` names it.",
+        **EDIT_ERRORS,
+    },
+)
 def edit_images() -> Any:
     """With a mask, an inpaint job: OpenAI's mask marks where to edit by full transparency,
     converted to the diffusers convention (alpha 0 -> white = repaint, anything else -> black
@@ -423,10 +475,12 @@ def edit_images() -> Any:
     files = {"image": image}
     mask_data = uploaded_file("mask", svc.settings)
     if mask_data is not None:
-        files["mask"] = check_upload(mask_data, role="mask", settings=svc.settings,
-                                     openai_mask=True)  # fmt: skip
-    body = req.job_body(svc.settings, mode="inpaint" if "mask" in files else "image",
-                        prompt=req.prompt)  # fmt: skip
+        files["mask"] = check_upload(
+            mask_data, role="mask", settings=svc.settings, openai_mask=True
+        )
+    body = req.job_body(
+        svc.settings, mode="inpaint" if "mask" in files else "image", prompt=req.prompt
+    )
     if "mask" not in files:
         body["strength"] = VARIATION_STRENGTH
     return _submit_and_answer(svc, principal, req.response_format, body, files=files)
@@ -435,15 +489,21 @@ def edit_images() -> Any:
 @bp.post("/images/variations")
 @uploads
 @openapi.operation(
-    "Image variations (OpenAI-compatible)", tags=["openai"], headers=SubmitHeaders,
-    form={**{k: v for k, v in FORM_SCHEMA.items() if k != "prompt"},
-          "image": {**BINARY, "description": "The image to vary (PNG, JPEG or WebP)."}},
+    "Image variations (OpenAI-compatible)",
+    tags=["openai"],
+    headers=SubmitHeaders,
+    form={
+        **{k: v for k, v in FORM_SCHEMA.items() if k != "prompt"},
+        "image": {**BINARY, "description": "The image to vary (PNG, JPEG or WebP)."},
+    },
     form_required=["image"],
-    responses={200: openapi.Reply("The variations.", ImagesResponse,
-                                  headers={"Location": True})},
-    errors={400: "Bad fields, a missing image, a size other than the image's, an "
-            "undecodable file: `param` names it.", **EDIT_ERRORS},
-)  # fmt: skip
+    responses={200: openapi.Reply("The variations.", ImagesResponse, headers={"Location": True})},
+    errors={
+        400: "Bad fields, a missing image, a size other than the image's, an "
+        "undecodable file: `param` names it.",
+        **EDIT_ERRORS,
+    },
+)
 def image_variations() -> Any:
     """Image-to-image at strength 0.6 with an empty prompt: the image is partly noised and
     redrawn with no caption (Daikon cannot know what it shows), so a variation keeps its
@@ -459,5 +519,4 @@ def image_variations() -> Any:
     _edit_size(req, image)
     body = req.job_body(svc.settings, mode="image", prompt="")
     body.update(strength=VARIATION_STRENGTH, candidates=req.n or 1, guidance_scale=0.0)
-    return _submit_and_answer(svc, principal, req.response_format, body,
-                              files={"image": image})  # fmt: skip
+    return _submit_and_answer(svc, principal, req.response_format, body, files={"image": image})

@@ -147,10 +147,18 @@ def operation(
     }
     when = dict(errors) if isinstance(errors, Mapping) else {int(s): "" for s in errors}
     op = Operation(
-        summary=summary, responses=replies, tags=tuple(tags), auth=auth, body=body,
-        form=form, form_required=tuple(form_required),
-        query=query, headers=headers, errors=when, description=description,
-    )  # fmt: skip
+        summary=summary,
+        responses=replies,
+        tags=tuple(tags),
+        auth=auth,
+        body=body,
+        form=form,
+        form_required=tuple(form_required),
+        query=query,
+        headers=headers,
+        errors=when,
+        description=description,
+    )
 
     def attach(view: View) -> View:
         setattr(view, ATTR, op)
@@ -305,8 +313,12 @@ def build_spec(app: Flask) -> dict[str, Any]:
     schemas: dict[str, Any] = defs.get("$defs", {})
     error_ref = refs[ErrorResponse, "serialization"]
     # Query and header models are spelled out as parameters, not kept as schemas.
-    spelled_out = {for_deployment(m, settings) for *_, op in routes
-                   for m in (op.query, op.headers) if m is not None}  # fmt: skip
+    spelled_out = {
+        for_deployment(m, settings)
+        for *_, op in routes
+        for m in (op.query, op.headers)
+        if m is not None
+    }
 
     paths: dict[str, dict[str, Any]] = {}
     for rule, method, endpoint, op in routes:
@@ -325,9 +337,10 @@ def build_spec(app: Flask) -> dict[str, Any]:
         params = [
             *path_params,
             *_parameters(op.query and for_deployment(op.query, settings), "query", schemas, refs),
-            *_parameters(op.headers and for_deployment(op.headers, settings), "header", schemas,
-                         refs),
-        ]  # fmt: skip
+            *_parameters(
+                op.headers and for_deployment(op.headers, settings), "header", schemas, refs
+            ),
+        ]
         if params:
             out["parameters"] = params
         content: dict[str, Any] = {}
@@ -444,8 +457,13 @@ def spec(app: Flask) -> dict[str, Any]:
     can do once a worker has loaded it."""
     svc = app.extensions["daikon"]
     served = {m: svc.served_models.get(m) for m in svc.settings.model_specs}
-    key = json.dumps({m: s.capabilities.model_dump(mode="json") if s and s.capabilities else None
-                      for m, s in served.items()}, sort_keys=True)  # fmt: skip
+    key = json.dumps(
+        {
+            m: s.capabilities.model_dump(mode="json") if s and s.capabilities else None
+            for m, s in served.items()
+        },
+        sort_keys=True,
+    )
     cached: tuple[str, dict[str, Any]] | None = app.extensions.get("daikon.openapi")
     if cached is None or cached[0] != key:
         built = build_spec(app)
@@ -508,5 +526,5 @@ def docs() -> Response:
         css=url_for("static", filename=f"{SWAGGER_UI}/swagger-ui.css"),
         js=url_for("static", filename=f"{SWAGGER_UI}/swagger-ui-bundle.js"),
         spec_url=url_for("openapi.openapi_json"),
-    )  # fmt: skip
+    )
     return Response(page, mimetype="text/html")

@@ -167,14 +167,21 @@ class Ready(BaseModel):
 
 @bp.get("/readyz")
 @openapi.operation(
-    "Readiness", tags=["health"], auth=None,
+    "Readiness",
+    tags=["health"],
+    auth=None,
     responses={
-        200: openapi.Reply("Database, broker, storage and a worker all answer.", Ready,
-                           headers={"Cache-Control": True}),
+        200: openapi.Reply(
+            "Database, broker, storage and a worker all answer.",
+            Ready,
+            headers={"Cache-Control": True},
+        ),
     },
-    errors={503: "`not_ready`: the message names the failing checks; the body also carries "
-                 "`checks`, each with `ok` and the reason."},
-)  # fmt: skip
+    errors={
+        503: "`not_ready`: the message names the failing checks; the body also carries "
+        "`checks`, each with `ok` and the reason."
+    },
+)
 def readyz() -> Any:
     checks = run_checks(services())
     failing = [name for name, result in checks.items() if not result["ok"]]

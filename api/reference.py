@@ -128,24 +128,38 @@ def _operations(spec: Mapping[str, Any]) -> Iterator[tuple[str, str, Mapping[str
 
 def render_api(spec: Mapping[str, Any]) -> str:
     schemas: Mapping[str, Any] = spec["components"]["schemas"]
-    out = [START, "", "## Reference", "",
-           "Every operation, parameter, field, bound, status and error code, as `GET "
-           "/openapi.json` states them with the shipped settings (a deployment's own bounds "
-           "are in its spec). Error bodies all have the shape "
-           "[ErrorResponse](#errorresponse).", "",
-           "| Operation | Summary |", "| --- | --- |"]  # fmt: skip
+    out = [
+        START,
+        "",
+        "## Reference",
+        "",
+        "Every operation, parameter, field, bound, status and error code, as `GET "
+        "/openapi.json` states them with the shipped settings (a deployment's own bounds "
+        "are in its spec). Error bodies all have the shape "
+        "[ErrorResponse](#errorresponse).",
+        "",
+        "| Operation | Summary |",
+        "| --- | --- |",
+    ]
     for path, method, op in _operations(spec):
         anchor = _anchor(f"operation-{method}-{path}".translate(str.maketrans("", "", "/{}")))
         out.append(f"| [`{method} {path}`](#{anchor}) | {_cell(op.get('summary', ''))} |")
     for path, method, op in _operations(spec):
-        out += ["", f"### Operation: {method} {path}", "", f"**{op.get('summary', '')}**" + (
-            "" if op.get("security") else " (no API key)"), ""]  # fmt: skip
+        out += [
+            "",
+            f"### Operation: {method} {path}",
+            "",
+            f"**{op.get('summary', '')}**" + ("" if op.get("security") else " (no API key)"),
+            "",
+        ]
         if op.get("description"):
             out += [" ".join(op["description"].split()), ""]
         params = op.get("parameters", [])
         if params:
-            out += ["| Parameter | In | Type | Default | Rules | Meaning |",
-                    "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+            out += [
+                "| Parameter | In | Type | Default | Rules | Meaning |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
             for p in params:
                 schema = p.get("schema", {})
                 out.append(
@@ -172,15 +186,28 @@ def render_api(spec: Mapping[str, Any]) -> str:
             out += ["One of " + ", ".join(f"`{v}`" for v in schema["enum"]) + ".", ""]
         elif schema.get("properties"):
             out += [*fields_table(schema), ""]
-    out += ["### Request error codes", "",
-            "A refused request's `error.code` (`components.x-error-codes` in the spec), with "
-            "the status it usually comes with:", "",
-            "| Code | Status | When |", "| --- | --- | --- |"]  # fmt: skip
-    out += [f"| `{code}` | {e['status']} | {_cell(e['description'])} |"
-            for code, e in spec["components"]["x-error-codes"].items()]  # fmt: skip
-    out += ["", "### Job error codes", "",
-            "A failed job's `error.code` (its `error.message` says why):", "",
-            "| Code | When |", "| --- | --- |"]  # fmt: skip
+    out += [
+        "### Request error codes",
+        "",
+        "A refused request's `error.code` (`components.x-error-codes` in the spec), with "
+        "the status it usually comes with:",
+        "",
+        "| Code | Status | When |",
+        "| --- | --- | --- |",
+    ]
+    out += [
+        f"| `{code}` | {e['status']} | {_cell(e['description'])} |"
+        for code, e in spec["components"]["x-error-codes"].items()
+    ]
+    out += [
+        "",
+        "### Job error codes",
+        "",
+        "A failed job's `error.code` (its `error.message` says why):",
+        "",
+        "| Code | When |",
+        "| --- | --- |",
+    ]
     out += [f"| `{code}` | {_cell(when)} |" for code, when in JOB_ERROR_CODES.items()]
     return "\n".join(out) + "\n"
 
@@ -207,14 +234,20 @@ def _shown(value: Any) -> str:
 
 
 def configuration_doc() -> str:
-    out = [GENERATED, "", "# Configuration", "",
-           "Every setting is an environment variable. The service URLs also take their "
-           "conventional names (`REDIS_URL`, `DATABASE_URL`). Settings are checked when a "
-           "process starts: a value out of range, or settings that disagree (a job time limit "
-           "above the broker's visibility timeout, more long requests than API threads), stop "
-           "it with a message naming the variables. In code they are grouped "
-           "(`settings.api.max_long_requests`); `make run` fills in local defaults (an "
-           "embedded valkey, SQLite and local storage under `DAIKON_DATA_DIR`).", ""]  # fmt: skip
+    out = [
+        GENERATED,
+        "",
+        "# Configuration",
+        "",
+        "Every setting is an environment variable. The service URLs also take their "
+        "conventional names (`REDIS_URL`, `DATABASE_URL`). Settings are checked when a "
+        "process starts: a value out of range, or settings that disagree (a job time limit "
+        "above the broker's visibility timeout, more long requests than API threads), stop "
+        "it with a message naming the variables. In code they are grouped "
+        "(`settings.api.max_long_requests`); `make run` fills in local defaults (an "
+        "embedded valkey, SQLite and local storage under `DAIKON_DATA_DIR`).",
+        "",
+    ]
     for group in GROUPS.values():
         out += [f"## {group.title}", "", "| Variable | Default | Meaning |", "| --- | --- | --- |"]
         for name, field in group.model_fields.items():
@@ -230,20 +263,32 @@ def _model_table_doc() -> list[str]:
     from daikon.capabilities import ModelOptions
     from daikon.limits import DEVICE_DEFAULTS, ModelLimits
 
-    out = ["## A model's `options` and `limits`", "",
-           "Each entry of `DAIKON_MODELS` may carry `options` (daikon/capabilities.py "
-           "`ModelOptions`) and `limits` (daikon/limits.py); every field is optional, and an "
-           "unknown one stops the process. docs/deployment.md shows them in use.", "",
-           "| `options` field | Default | Meaning |", "| --- | --- | --- |"]  # fmt: skip
+    out = [
+        "## A model's `options` and `limits`",
+        "",
+        "Each entry of `DAIKON_MODELS` may carry `options` (daikon/capabilities.py "
+        "`ModelOptions`) and `limits` (daikon/limits.py); every field is optional, and an "
+        "unknown one stops the process. docs/deployment.md shows them in use.",
+        "",
+        "| `options` field | Default | Meaning |",
+        "| --- | --- | --- |",
+    ]
     for name, field in ModelOptions.model_fields.items():
         default = json.dumps(field.default) if isinstance(field.default, bool) else field.default
         out.append(f"| `{name}` | {_shown(default)} | {_cell(field.description or '')} |")
-    out += ["", "`limits` default to the kind of device the worker runs the model on:", "",
-            "| `limits` field | CPU | GPU | Meaning |", "| --- | --- | --- | --- |"]  # fmt: skip
+    out += [
+        "",
+        "`limits` default to the kind of device the worker runs the model on:",
+        "",
+        "| `limits` field | CPU | GPU | Meaning |",
+        "| --- | --- | --- | --- |",
+    ]
     cpu, gpu = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["gpu"]
     for name, field in ModelLimits.model_fields.items():
-        out.append(f"| `{name}` | `{getattr(cpu, name):g}` | `{getattr(gpu, name):g}` | "
-                   f"{_cell(field.description or '')} |")  # fmt: skip
+        out.append(
+            f"| `{name}` | `{getattr(cpu, name):g}` | `{getattr(gpu, name):g}` | "
+            f"{_cell(field.description or '')} |"
+        )
     return [*out, ""]
 
 
@@ -255,8 +300,11 @@ def shipped_spec() -> dict[str, Any]:
     from api import create_app, openapi
 
     ours = ("REDIS_URL", "DATABASE_URL")
-    saved = {k: os.environ.pop(k) for k in list(os.environ)
-             if k.upper().startswith("DAIKON_") or k.upper() in ours}  # fmt: skip
+    saved = {
+        k: os.environ.pop(k)
+        for k in list(os.environ)
+        if k.upper().startswith("DAIKON_") or k.upper() in ours
+    }
     try:
         with tempfile.TemporaryDirectory() as tmp:
             settings = Settings.model_validate(
@@ -274,10 +322,16 @@ def stale() -> list[str]:
     from daikon.client.reference import client_doc
 
     current = CLIENT_DOC.read_text() if CLIENT_DOC.exists() else ""
-    wanted = {API_DOC: api_doc(shipped_spec()), CONFIG_DOC: configuration_doc(),
-              CLIENT_DOC: client_doc(current)}  # fmt: skip
-    return [str(p.relative_to(ROOT)) for p, text in wanted.items()
-            if not p.exists() or p.read_text() != text]  # fmt: skip
+    wanted = {
+        API_DOC: api_doc(shipped_spec()),
+        CONFIG_DOC: configuration_doc(),
+        CLIENT_DOC: client_doc(current),
+    }
+    return [
+        str(p.relative_to(ROOT))
+        for p, text in wanted.items()
+        if not p.exists() or p.read_text() != text
+    ]
 
 
 def main(argv: list[str]) -> int:

@@ -28,8 +28,9 @@ def links(svc: Services | None = None) -> Links:
     """URLs as this request reaches the API (DAIKON_PUBLIC_URL first)."""
     svc = svc or services()
     base = svc.settings.services.public_url.rstrip("/") or request.host_url.rstrip("/")
-    return Links(base + request.script_root, svc.store, svc.signing_key,
-                 svc.settings.storage.presign_seconds)  # fmt: skip
+    return Links(
+        base + request.script_root, svc.store, svc.signing_key, svc.settings.storage.presign_seconds
+    )
 
 
 def outbox(svc: Services | None = None) -> Outbox:
@@ -66,8 +67,13 @@ def job_out(session: Session, job: Job) -> JobOut:
     return job_outs(session, [job])[0]
 
 
-def etag_of(job_id: str, status: JobStatus, finished_at: datetime | None,
-            step: int | None, queue_position: int | None) -> str:  # fmt: skip
+def etag_of(
+    job_id: str,
+    status: JobStatus,
+    finished_at: datetime | None,
+    step: int | None,
+    queue_position: int | None,
+) -> str:
     """Changes exactly when what a poller cares about changes (not with URL signatures)."""
     progress = "" if step is None else step
     state = f"{job_id}|{status}|{finished_at}|{progress}|{queue_position}"
@@ -75,8 +81,13 @@ def etag_of(job_id: str, status: JobStatus, finished_at: datetime | None,
 
 
 def etag(out: JobOut) -> str:
-    return etag_of(out.id, out.status, out.finished_at,
-                   out.progress.step if out.progress else None, out.queue_position)  # fmt: skip
+    return etag_of(
+        out.id,
+        out.status,
+        out.finished_at,
+        out.progress.step if out.progress else None,
+        out.queue_position,
+    )
 
 
 @dataclass(frozen=True)
@@ -131,8 +142,9 @@ def bodies(conn: Connection, svc: Services, items: Sequence[Polled]) -> list[tup
         if row.status.terminal:
             svc.bodies.put_finished((row.id, where.base), Finished(row.tenant_id, tag, body))
         built[p.state.id] = (body, tag)
-    return [done if done is not None else built[p.state.id]
-            for p, done in zip(items, out, strict=True)]  # fmt: skip
+    return [
+        done if done is not None else built[p.state.id] for p, done in zip(items, out, strict=True)
+    ]
 
 
 def finished(svc: Services, job_id: str, tenant_id: str) -> Finished | None:

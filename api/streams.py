@@ -91,16 +91,20 @@ def _stream(svc: Services, job_id: str, tenant_id: str, last_id: int) -> Iterato
 
 @bp.get("/jobs/<job_id>/events")
 @openapi.operation(
-    "Stream a job's events (SSE)", tags=["jobs"],
+    "Stream a job's events (SSE)",
+    tags=["jobs"],
     headers=StreamHeaders,
-    responses={200: openapi.Reply(
-        "Server-Sent Events: `status` {id, status, queue_position}, `progress` {step, total, "
-        "fraction}, and a final `done` carrying the job object; then the stream closes.",
-        media_type="text/event-stream", schema={"type": "string"},
-        headers={"Cache-Control": True})},
-    errors={503: "`too_many_streams` (poll GET /v1/jobs/{id} instead) or "
-                 "`database_unavailable`."},
-)  # fmt: skip
+    responses={
+        200: openapi.Reply(
+            "Server-Sent Events: `status` {id, status, queue_position}, `progress` {step, total, "
+            "fraction}, and a final `done` carrying the job object; then the stream closes.",
+            media_type="text/event-stream",
+            schema={"type": "string"},
+            headers={"Cache-Control": True},
+        )
+    },
+    errors={503: "`too_many_streams` (poll GET /v1/jobs/{id} instead) or `database_unavailable`."},
+)
 def job_events(job_id: str) -> Response:
     principal = authenticate()
     svc = services()
@@ -110,9 +114,11 @@ def job_events(job_id: str) -> Response:
     if request.method == "HEAD":  # the headers a GET would get; no stream, so no slot
         return Response(mimetype="text/event-stream", headers=headers)
     slot = svc.long_requests.acquire(
-        principal.tenant_id, code=RequestErrorCode.too_many_streams, what="open event streams",
+        principal.tenant_id,
+        code=RequestErrorCode.too_many_streams,
+        what="open event streams",
         instead="poll GET /v1/jobs/{id} instead",
-    )  # fmt: skip
+    )
     try:
         response = Response(
             stream_with_context(_stream(svc, job_id, principal.tenant_id, last_id)),

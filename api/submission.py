@@ -64,8 +64,9 @@ def _replay(job: Job, digest: str, key: str) -> Submitted:
     if job.request_hash != digest:
         raise Conflict(
             f"Idempotency-Key {key!r} was used with a different request body",
-            param="Idempotency-Key", code=RequestErrorCode.idempotency_key_reused,
-        )  # fmt: skip
+            param="Idempotency-Key",
+            code=RequestErrorCode.idempotency_key_reused,
+        )
     return Submitted(job.id, created=False)
 
 
@@ -101,31 +102,56 @@ def submit(
             held = _held(svc, session, principal, idempotency_key)
             if held is not None:
                 return _replay(held, digest, idempotency_key)
-        _check_limits(svc, session, principal, params, served, priority=priority,
-                      incoming=checked.byte_size if checked else 0)  # fmt: skip
+        _check_limits(
+            svc,
+            session,
+            principal,
+            params,
+            served,
+            priority=priority,
+            incoming=checked.byte_size if checked else 0,
+        )
     inputs = checked.decode(settings) if checked else None  # the one decode, past the limits
     job_id = new_id()
     stored: dict[str, dict[str, Any]] = {}
     try:
-        created = _create(svc, principal, req, params, digest, idempotency_key,
-                          job_id=job_id, inputs=inputs, stored=stored)  # fmt: skip
+        created = _create(
+            svc,
+            principal,
+            req,
+            params,
+            digest,
+            idempotency_key,
+            job_id=job_id,
+            inputs=inputs,
+            stored=stored,
+        )
     except BaseException:
         edit_inputs.delete_inputs(svc, stored)
         raise
     if not created.created:  # an idempotent replay: this request's copies are not needed
         edit_inputs.delete_inputs(svc, stored)
         return created
-    enqueue(svc, job_id=job_id, model=params.model, priority=priority, cost=params.cost,
-            candidates=params.candidates, stored=stored)  # fmt: skip
+    enqueue(
+        svc,
+        job_id=job_id,
+        model=params.model,
+        priority=priority,
+        cost=params.cost,
+        candidates=params.candidates,
+        stored=stored,
+    )
     return created
 
 
 def _held(svc: Services, session: Session, principal: Principal, key: str) -> Job | None:
     """The job an Idempotency-Key already names for this tenant, if any."""
     jobs.release_expired_idempotency_key(
-        session=session, tenant_id=principal.tenant_id, key=key,
+        session=session,
+        tenant_id=principal.tenant_id,
+        key=key,
         window=timedelta(hours=svc.settings.api.idempotency_hours),
-    )  # fmt: skip
+    )
     return jobs.find_by_idempotency_key(session=session, tenant_id=principal.tenant_id, key=key)
 
 
@@ -162,9 +188,9 @@ def _check_limits(
     max_candidates = own.max_candidates
     if max_candidates is not None and params.candidates > max_candidates:
         raise InvalidRequest(
-            f"candidates: {params.candidates} is more than this tenant's limit of "
-            f"{max_candidates}", param="candidates",
-        )  # fmt: skip
+            f"candidates: {params.candidates} is more than this tenant's limit of {max_candidates}",
+            param="candidates",
+        )
     check_priority(svc.settings, principal, priority)
     try:
         wait = svc.rate_limit.hit(principal.tenant_id, own.submits_per_minute)
@@ -179,8 +205,12 @@ def _check_limits(
 
 
 def _check_quota(svc: Services, session: Session, principal: Principal, *, incoming: int) -> None:
-    retention.check_quota(session=session, tenant_id=principal.tenant_id, incoming=incoming,
-                          default_quota=svc.settings.limits.tenant_storage_quota_bytes)  # fmt: skip
+    retention.check_quota(
+        session=session,
+        tenant_id=principal.tenant_id,
+        incoming=incoming,
+        default_quota=svc.settings.limits.tenant_storage_quota_bytes,
+    )
 
 
 def _rate_limited(svc: Services, principal: Principal, wait: int) -> TooManyRequests:
@@ -195,8 +225,9 @@ def _check_active(svc: Services, session: Session, principal: Principal) -> None
     if active >= max_active:
         raise TooManyRequests(
             f"{active} jobs are queued or running; the limit is {max_active}",
-            retry_after=5, code=RequestErrorCode.too_many_active_jobs,
-        )  # fmt: skip
+            retry_after=5,
+            code=RequestErrorCode.too_many_active_jobs,
+        )
 
 
 def _create(
@@ -232,8 +263,9 @@ def _create(
             )
         except jobs.IdempotencyConflict as race:  # the same key won a concurrent request
             return _replay(race.job, digest, idempotency_key or "")
-        position = svc.places.ahead_of_new(session, job.id, params.model, options.priority,
-                                           job.turn)  # fmt: skip
+        position = svc.places.ahead_of_new(
+            session, job.id, params.model, options.priority, job.turn
+        )
         if position is None:  # not a deep queue: its count is exact and cheap
             position = jobs.queue_position(session=session, job=job)
             svc.places.learn(params.model, position)
@@ -267,8 +299,9 @@ def enqueue(
     # Published after the commit so the worker always finds the row (an outbox: should this
     # process die before `enqueued_at` is set, a worker's sweeper publishes the job again).
     try:
-        publish_job(svc.celery, settings, job_id=job_id, model=model, priority=priority,
-                    allowance=allowance)  # fmt: skip
+        publish_job(
+            svc.celery, settings, job_id=job_id, model=model, priority=priority, allowance=allowance
+        )
     except Exception as e:
         log.error("enqueue of job %s failed: %s", job_id, e)
         with session_scope(svc.sessions) as session:
@@ -312,8 +345,9 @@ def check_priority(settings: Settings, principal: Principal, priority: int) -> N
     if priority > most:
         raise InvalidRequest(
             f"priority: {priority} is above this tenant's highest priority of {most} (an "
-            "admin can raise it)", param="priority",
-        )  # fmt: skip
+            "admin can raise it)",
+            param="priority",
+        )
 
 
 def _check_model(params: JobParams, served: ServedModel) -> None:
@@ -322,11 +356,18 @@ def _check_model(params: JobParams, served: ServedModel) -> None:
     if served.capabilities is not None:
         violations = served.capabilities.check(params)
         if violations:
-            raise InvalidRequest("; ".join(v.message for v in violations),
-                                 param=violations[0].param,
-                                 code=RequestErrorCode[violations[0].code])  # fmt: skip
-    refusal = limits.too_large(params.cost, served.limits, model=params.model,
-                               device=served.device, describe=params.describe_cost())  # fmt: skip
+            raise InvalidRequest(
+                "; ".join(v.message for v in violations),
+                param=violations[0].param,
+                code=RequestErrorCode[violations[0].code],
+            )
+    refusal = limits.too_large(
+        params.cost,
+        served.limits,
+        model=params.model,
+        device=served.device,
+        describe=params.describe_cost(),
+    )
     if refusal:
         raise InvalidRequest(refusal, code=RequestErrorCode.job_too_large)
 
@@ -343,8 +384,9 @@ def _check_queued_cost(
             f"this tenant's queued and running jobs for model {params.model!r} cost "
             f"{held:.4g} megapixel-steps; with this one ({params.cost:.4g}) they would pass "
             f"the budget of {budget:g}: retry once some have finished",
-            retry_after=10, code=RequestErrorCode.too_much_queued_work,
-        )  # fmt: skip
+            retry_after=10,
+            code=RequestErrorCode.too_much_queued_work,
+        )
 
 
 def _queue_unavailable() -> ServiceUnavailable:

@@ -22,14 +22,16 @@ bp = Blueprint("usage", __name__, url_prefix="/v1")
 def usage_out(found: retention.StorageUsage, settings: Settings) -> dict[str, Any]:
     hours = settings.retention
     return UsageOut(
-        tenant_id=found.tenant_id, stored_bytes=found.stored_bytes,
-        storage_quota_bytes=found.quota_bytes, own_quota=found.own_quota,
+        tenant_id=found.tenant_id,
+        stored_bytes=found.stored_bytes,
+        storage_quota_bytes=found.quota_bytes,
+        own_quota=found.own_quota,
         retention=RetentionOut(
             canceled_hours=hours.retain_canceled_hours or None,
             failed_hours=hours.retain_failed_hours or None,
             succeeded_hours=hours.retain_succeeded_hours or None,
         ),
-    ).model_dump(mode="json")  # fmt: skip
+    ).model_dump(mode="json")
 
 
 @bp.get("/usage")
@@ -50,9 +52,12 @@ def get_usage() -> Any:
 
 @bp.put("/admin/tenants/<tenant_id>/storage-quota")
 @openapi.operation(
-    "Set a tenant's storage quota", tags=["admin"], auth="admin", body=StorageQuotaSet,
+    "Set a tenant's storage quota",
+    tags=["admin"],
+    auth="admin",
+    body=StorageQuotaSet,
     responses={200: openapi.Reply("The tenant's usage under its new quota.", UsageOut)},
-)  # fmt: skip
+)
 def set_storage_quota(tenant_id: str) -> Any:
     """Takes effect at the tenant's next submission (it is read from the database each time,
     never cached)."""

@@ -23,28 +23,47 @@ bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 
 def attempt_out(a: WebhookAttempt) -> AttemptOut:
     return AttemptOut(
-        attempt=a.attempt, started_at=a.started_at, duration_ms=a.duration_ms,
-        status_code=a.status_code, error=a.error, response_excerpt=a.response_excerpt,
+        attempt=a.attempt,
+        started_at=a.started_at,
+        duration_ms=a.duration_ms,
+        status_code=a.status_code,
+        error=a.error,
+        response_excerpt=a.response_excerpt,
         response_bytes=a.response_bytes,
         next_attempt_at=a.next_attempt_at,
-    )  # fmt: skip
+    )
 
 
 def delivery_out(d: WebhookDelivery) -> DeliveryOut:
     return DeliveryOut(
-        id=d.id, job_id=d.job_id, event=d.event, url=d.url, status=d.status,
-        attempt_count=d.attempts, max_attempts=d.max_attempts, next_attempt_at=d.next_attempt_at,
-        created_at=d.created_at, last_status_code=d.last_status_code, last_error=d.last_error,
+        id=d.id,
+        job_id=d.job_id,
+        event=d.event,
+        url=d.url,
+        status=d.status,
+        attempt_count=d.attempts,
+        max_attempts=d.max_attempts,
+        next_attempt_at=d.next_attempt_at,
+        created_at=d.created_at,
+        last_status_code=d.last_status_code,
+        last_error=d.last_error,
         attempts=[attempt_out(a) for a in d.log],
-    )  # fmt: skip
+    )
 
 
 @bp.post("/webhooks/secret")
 @openapi.operation(
-    "Make or rotate the webhook signing secret", tags=["webhooks"], body=SecretCreate,
-    responses={201: openapi.Reply("The new secret: the only response that shows it.", SecretOut,
-                                  headers={"Cache-Control": True})},
-)  # fmt: skip
+    "Make or rotate the webhook signing secret",
+    tags=["webhooks"],
+    body=SecretCreate,
+    responses={
+        201: openapi.Reply(
+            "The new secret: the only response that shows it.",
+            SecretOut,
+            headers={"Cache-Control": True},
+        )
+    },
+)
 def create_secret() -> Any:
     principal = authenticate()
     svc = services()
@@ -54,19 +73,25 @@ def create_secret() -> Any:
         hours = body.overlap_hours
     with session_scope(svc.sessions) as session:
         made = deliveries.rotate_secret(
-            session=session, tenant_id=principal.tenant_id, overlap=timedelta(hours=hours),
+            session=session,
+            tenant_id=principal.tenant_id,
+            overlap=timedelta(hours=hours),
             cipher=svc.cipher,
-        )  # fmt: skip
-        out = SecretOut(secret=made.secret, created_at=made.created_at,
-                        previous_expires_at=made.previous_expires_at)  # fmt: skip
+        )
+        out = SecretOut(
+            secret=made.secret,
+            created_at=made.created_at,
+            previous_expires_at=made.previous_expires_at,
+        )
     return out.model_dump(mode="json"), 201, {"Cache-Control": "no-store"}
 
 
 @bp.get("/jobs/<job_id>/webhooks")
 @openapi.operation(
-    "List a job's webhook deliveries and their attempts", tags=["webhooks"],
+    "List a job's webhook deliveries and their attempts",
+    tags=["webhooks"],
     responses={200: DeliveryList},
-)  # fmt: skip
+)
 def list_deliveries(job_id: str) -> Any:
     principal = authenticate()
     svc = services()
@@ -78,10 +103,12 @@ def list_deliveries(job_id: str) -> Any:
 
 @bp.post("/admin/webhooks/<delivery_id>/redeliver")
 @openapi.operation(
-    "Redeliver a webhook (same webhook-id)", tags=["admin", "webhooks"], auth="admin",
+    "Redeliver a webhook (same webhook-id)",
+    tags=["admin", "webhooks"],
+    auth="admin",
     responses={202: openapi.Reply("Scheduled now.", DeliveryOut)},
     errors={409: "`delivery_in_flight`: an attempt is being sent right now; retry shortly."},
-)  # fmt: skip
+)
 def redeliver(delivery_id: str) -> Any:
     require_admin()
     svc = services()

@@ -47,8 +47,14 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("DAIKON_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN_KEY = "dk_bench_admin_" + uuid.uuid4().hex
-SUBMIT_BODY = {"prompt": "a red circle above a blue square", "width": 32, "height": 32,
-               "steps": 4, "candidates": 1, "top_k": 1}  # fmt: skip
+SUBMIT_BODY = {
+    "prompt": "a red circle above a blue square",
+    "width": 32,
+    "height": 32,
+    "steps": 4,
+    "candidates": 1,
+    "top_k": 1,
+}
 
 
 def ensure_wrk() -> str:
@@ -59,13 +65,22 @@ def ensure_wrk() -> str:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         print("installing wrk (apt-get install -y wrk)", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, env=env,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "wrk"],
+            check=False,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         if not shutil.which("wrk"):  # stale package lists on a fresh machine
-            subprocess.run(["apt-get", "update", "-q"], check=False, env=env,
-                           stdout=subprocess.DEVNULL)  # fmt: skip
-            subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, env=env,
-                           stdout=subprocess.DEVNULL)  # fmt: skip
+            subprocess.run(
+                ["apt-get", "update", "-q"], check=False, env=env, stdout=subprocess.DEVNULL
+            )
+            subprocess.run(
+                ["apt-get", "install", "-y", "-q", "wrk"],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
         found = shutil.which("wrk")
         if found:
             return found
@@ -83,10 +98,23 @@ class Result:
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, *, seconds: float, connections: int, headers: dict[str, str],
-        script: Path | None = None) -> Result:  # fmt: skip
-    argv = [ensure_wrk(), "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            "--latency", "--timeout", "10s"]  # fmt: skip
+def wrk(
+    url: str,
+    *,
+    seconds: float,
+    connections: int,
+    headers: dict[str, str],
+    script: Path | None = None,
+) -> Result:
+    argv = [
+        ensure_wrk(),
+        "-t2",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+    ]
     for name, value in headers.items():
         argv += ["-H", f"{name}: {value}"]
     if script is not None:
@@ -149,10 +177,11 @@ def make_rows(settings: object, redis_url: str, queue: str) -> Fixture:
         tenant = tenants.create_tenant(session=s, name="bench")
         key = tenants.create_key(session=s, tenant_id=tenant.id, name="bench").secret
         submit_keys = [
-            tenants.create_key(session=s, tenant_id=tenants.create_tenant(
-                session=s, name=f"submitter-{n}").id).secret
+            tenants.create_key(
+                session=s, tenant_id=tenants.create_tenant(session=s, name=f"submitter-{n}").id
+            ).secret
             for n in range(SUBMIT_TENANTS)
-        ]  # fmt: skip
+        ]
         ids = []
         for n in range(53):  # a list page of 50 and more, mixed statuses
             ids.append(jobs.create(session=s, params=job_params(seed=n), tenant_id=tenant.id).id)
@@ -161,13 +190,20 @@ def make_rows(settings: object, redis_url: str, queue: str) -> Fixture:
         for job_id in finished + running:
             jobs.claim(session=s, job_id=job_id, worker="bench@host")
         for job_id in finished:
-            jobs.succeed(session=s, job_id=job_id, seed=7, images=[image(1, 31.5), image(2, 30.1)],
-                         metrics={"total_seconds": 1.25}, worker="bench@host")  # fmt: skip
+            jobs.succeed(
+                session=s,
+                job_id=job_id,
+                seed=7,
+                images=[image(1, 31.5), image(2, 30.1)],
+                metrics={"total_seconds": 1.25},
+                worker="bench@host",
+            )
     live = LiveState(redis_url, queue)
     for job_id in running:
         live.step(job_id, 3, 4, 1)
-    return Fixture(key=key, queued=ids[-1], running=running[-1], finished=finished[-1],
-                   submit_keys=submit_keys)  # fmt: skip
+    return Fixture(
+        key=key, queued=ids[-1], running=running[-1], finished=finished[-1], submit_keys=submit_keys
+    )
 
 
 def add_backlog(settings: object, count: int) -> None:
@@ -188,12 +224,23 @@ def add_backlog(settings: object, count: int) -> None:
     with session_scope(sessions) as s:
         other = tenants.create_tenant(session=s, name="backlog").id
         rows = [
-            {"id": new_id(), "tenant_id": other, "status": "queued", "prompt": params.prompt,
-             "params": params.model_dump(mode="json"), "model": params.model,
-             "cost": params.cost, "priority": 5, "created_at": start + timedelta(seconds=n),
-             "updated_at": start, "metrics": {}, "webhook_events": [], "attempts": 0}
+            {
+                "id": new_id(),
+                "tenant_id": other,
+                "status": "queued",
+                "prompt": params.prompt,
+                "params": params.model_dump(mode="json"),
+                "model": params.model,
+                "cost": params.cost,
+                "priority": 5,
+                "created_at": start + timedelta(seconds=n),
+                "updated_at": start,
+                "metrics": {},
+                "webhook_events": [],
+                "attempts": 0,
+            }
             for n in range(count)
-        ]  # fmt: skip
+        ]
         for chunk in range(0, count, 2000):
             s.execute(insert(Job), rows[chunk : chunk + 2000])
 
@@ -225,11 +272,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="daikon-bench-api-"))
     with fresh_postgres() as db_url:
         env = {
-            **os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url,
-            "DAIKON_DATA_DIR": str(tmp), "DAIKON_QUEUE": queue, "DAIKON_ADMIN_KEY": ADMIN_KEY,
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "REDIS_URL": redis_url,
+            "DAIKON_DATA_DIR": str(tmp),
+            "DAIKON_QUEUE": queue,
+            "DAIKON_ADMIN_KEY": ADMIN_KEY,
             "DAIKON_API_WORKERS": os.environ.get("DAIKON_API_WORKERS", "2"),
             "DAIKON_PUBLIC_URL": "http://127.0.0.1:8000",
-        }  # fmt: skip
+        }
         settings = Settings(
             database_url=db_url, redis_url=redis_url, data_dir=tmp, queue=queue, admin_key=ADMIN_KEY
         )  # type: ignore[arg-type]
@@ -255,8 +306,9 @@ def main() -> None:
         last_bare: float | None = None  # the after of one figure is the before of the next
 
         def bare_rps() -> float:
-            return wrk(f"{bare}/bare", seconds=args.seconds, connections=args.connections,
-                       headers=auth).rps  # fmt: skip
+            return wrk(
+                f"{bare}/bare", seconds=args.seconds, connections=args.connections, headers=auth
+            ).rps
 
         def measure(label: str, url: str, *, etag: bool = False, submit: bool = False) -> None:
             nonlocal last_bare
@@ -272,8 +324,13 @@ def main() -> None:
             # each ratio is against the mean of its two neighbouring measurements.
             before = last_bare if last_bare is not None else bare_rps()
             conns = args.submit_connections if submit else args.connections
-            res = wrk(url, seconds=args.seconds, headers=headers,
-                      script=script if submit else None, connections=conns)  # fmt: skip
+            res = wrk(
+                url,
+                seconds=args.seconds,
+                headers=headers,
+                script=script if submit else None,
+                connections=conns,
+            )
             if res.errors:  # the figure would be of error answers
                 sys.exit(f"{label}: {res.errors} of {res.requests} answers were errors")
             after = last_bare = bare_rps()
@@ -292,14 +349,20 @@ def main() -> None:
         ):
 
             def polls(suffix: str) -> None:
-                for state, job_id in [("queued", fx.queued), ("running", fx.running),
-                                      ("finished", fx.finished)]:  # fmt: skip
+                for state, job_id in [
+                    ("queued", fx.queued),
+                    ("running", fx.running),
+                    ("finished", fx.finished),
+                ]:
                     url = f"{api}/v1/jobs/{job_id}"
                     measure(f"GET {state} job{suffix}", url)
                     measure(f"GET {state} job, If-None-Match (304){suffix}", url, etag=True)
                 measure(f"GET /v1/jobs?limit=50{suffix}", f"{api}/v1/jobs?limit=50")
-                measure(f"POST /v1/jobs (submit, {args.submit_connections} conns){suffix}",
-                        f"{api}/v1/jobs", submit=True)  # fmt: skip
+                measure(
+                    f"POST /v1/jobs (submit, {args.submit_connections} conns){suffix}",
+                    f"{api}/v1/jobs",
+                    submit=True,
+                )
 
             polls("")
             add_backlog(settings, args.backlog)
@@ -307,8 +370,9 @@ def main() -> None:
             # that sees the backlog.
             deadline = time.monotonic() + 30
             while True:
-                position = requests.get(f"{api}/v1/jobs/{fx.queued}", headers=auth,
-                                        timeout=10).json()["queue_position"]  # fmt: skip
+                position = requests.get(
+                    f"{api}/v1/jobs/{fx.queued}", headers=auth, timeout=10
+                ).json()["queue_position"]
                 if position >= args.backlog or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
@@ -316,16 +380,18 @@ def main() -> None:
             print(f"with {args.backlog} jobs queued ahead (queue_position {position}):")
             polls(f" [{args.backlog} queued]")
 
-    redis.Redis.from_url(redis_url).delete(*(redis.Redis.from_url(redis_url).keys(f"{queue}*")
-                                             or [f"{queue}:none"]))  # fmt: skip
+    redis.Redis.from_url(redis_url).delete(
+        *(redis.Redis.from_url(redis_url).keys(f"{queue}*") or [f"{queue}:none"])
+    )
     shutil.rmtree(tmp, ignore_errors=True)
 
     print()
     print("| request | req/s | p99 ms | bare route around it | / bare |")
     print("|---|---:|---:|---:|---:|")
     for label, r, bare_rps in rows:
-        print(f"| {label} | {r.rps:.0f} | {r.p99_ms:.1f} | {bare_rps:.0f} | "
-              f"{r.rps / bare_rps:.2f}x |")  # fmt: skip
+        print(
+            f"| {label} | {r.rps:.0f} | {r.p99_ms:.1f} | {bare_rps:.0f} | {r.rps / bare_rps:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -75,9 +75,12 @@ UNET_SD15 = dict(
 )
 VAE_SD15 = {**VAE_SDXL, "sample_size": 512, "scaling_factor": 0.18215, "force_upcast": False}
 SMOKE_SD15_UNET = dict(
-    sample_size=8, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
-    attention_head_dim=4, cross_attention_dim=32,
-)  # fmt: skip
+    sample_size=8,
+    block_out_channels=(32, 32, 64, 64),
+    layers_per_block=1,
+    attention_head_dim=4,
+    cross_attention_dim=32,
+)
 
 
 def build_sd15(b: Build) -> Any:
@@ -161,8 +164,17 @@ def direct_rates(
 
 
 @contextmanager
-def served(folder: Path, tmp: Path, redis_url: str, *, dtype: str, compile: bool,
-           batch: bool, max_batch: int, threads: int) -> Iterator[Any]:  # fmt: skip
+def served(
+    folder: Path,
+    tmp: Path,
+    redis_url: str,
+    *,
+    dtype: str,
+    compile: bool,
+    batch: bool,
+    max_batch: int,
+    threads: int,
+) -> Iterator[Any]:
     """The whole stack serving the saved pipeline as its one model, batching on or off."""
     from daikon.capabilities import ModelOptions
     from daikon.limits import LimitOverrides
@@ -171,18 +183,30 @@ def served(folder: Path, tmp: Path, redis_url: str, *, dtype: str, compile: bool
 
     queue = f"daikon-gpu-{os.getpid()}-{time.monotonic_ns()}"
     spec = ModelSpec(
-        pipeline=str(folder), clip=EMBEDDED_CLIP,
+        pipeline=str(folder),
+        clip=EMBEDDED_CLIP,
         options=ModelOptions(dtype=dtype, compile=compile),  # type: ignore[arg-type]
         # Room for any size, and time for a compiled denoiser's recompilation at a new batch
         # size inside the warm-up burst's first jobs.
-        limits=LimitOverrides(images_per_call=max_batch, max_job_cost=1e6, seconds_per_cost=60.0,
-                              tenant_queued_cost=1e9),
-    )  # fmt: skip
+        limits=LimitOverrides(
+            images_per_call=max_batch,
+            max_job_cost=1e6,
+            seconds_per_cost=60.0,
+            tenant_queued_cost=1e9,
+        ),
+    )
     settings = Settings(
-        data_dir=tmp / queue, redis_url=redis_url, queue=queue, models={"default": spec},
-        admin_key="dk_bench_gpu", batch_jobs=batch, tenant_max_active_jobs=100_000,
-        tenant_submits_per_minute=100_000, max_size=4096, torch_threads=threads,
-    )  # fmt: skip
+        data_dir=tmp / queue,
+        redis_url=redis_url,
+        queue=queue,
+        models={"default": spec},
+        admin_key="dk_bench_gpu",
+        batch_jobs=batch,
+        tenant_max_active_jobs=100_000,
+        tenant_submits_per_minute=100_000,
+        max_size=4096,
+        torch_threads=threads,
+    )
     with running_stack(settings, tmp) as s:
         yield s
 
@@ -230,27 +254,54 @@ def run(args: argparse.Namespace, *, device: str, smoke: bool) -> list[dict[str,
                     on = compiled == "on"
                     # The ModelOptions path: compiled in place (once: the same UNet stays
                     # compiled), then warmed up at the native size as Generator.load does.
-                    gen = Generator(pipe, model=name, device=device,
-                                    options=ModelOptions(compile=on))  # fmt: skip
+                    gen = Generator(
+                        pipe, model=name, device=device, options=ModelOptions(compile=on)
+                    )
                     if on:
                         gen.warm_up()
-                    rates = direct_rates(gen, device=device, size=size, steps=steps,
-                                         batches=args.batches, rounds=args.rounds)  # fmt: skip
+                    rates = direct_rates(
+                        gen,
+                        device=device,
+                        size=size,
+                        steps=steps,
+                        batches=args.batches,
+                        rounds=args.rounds,
+                    )
                     service: dict[str, tuple[float, float]] = {}
                     if serve:
-                        body = {"width": size, "height": size, "steps": steps,
-                                "candidates": 1, "top_k": 1, "guidance_scale": 7.5}  # fmt: skip
+                        body = {
+                            "width": size,
+                            "height": size,
+                            "steps": steps,
+                            "candidates": 1,
+                            "top_k": 1,
+                            "guidance_scale": 7.5,
+                        }
                         for batch in (True, False):
-                            with served(folder, tmp, redis_url, dtype=dtype_name, compile=on,
-                                        batch=batch, max_batch=max_batch,
-                                        threads=args.threads) as s:  # fmt: skip
+                            with served(
+                                folder,
+                                tmp,
+                                redis_url,
+                                dtype=dtype_name,
+                                compile=on,
+                                batch=batch,
+                                max_batch=max_batch,
+                                threads=args.threads,
+                            ) as s:
                                 service["batched" if batch else "unbatched"] = service_rate(
                                     s, body, max_batch * args.rounds
                                 )
-                    rows.append(dict(
-                        arch=arch.label, dtype=dtype_name, compile=compiled,
-                        size=f"{size}x{size}", steps=steps, rates=rates, service=service,
-                    ))  # fmt: skip
+                    rows.append(
+                        dict(
+                            arch=arch.label,
+                            dtype=dtype_name,
+                            compile=compiled,
+                            size=f"{size}x{size}",
+                            steps=steps,
+                            rates=rates,
+                            service=service,
+                        )
+                    )
                     print(f"{name} {dtype_name} compile={compiled}: done", flush=True)
                 del pipe, gen
                 gc.collect()
@@ -287,13 +338,17 @@ def ratios(rows: list[dict[str, Any]], batches: list[int]) -> list[str]:
         rates, svc = r["rates"], r["service"]
         what = f"{r['arch']} {r['dtype']} compile {r['compile']}"
         target = " (target >= 1.8 on SD 1.5 shapes)" if r["arch"] == "SD 1.5" else ""
-        line = (f"{what}: batched x{hi} vs unbatched x{lo} direct "
-                f"{rates[hi][0] / rates[lo][0]:.2f}x{target}")  # fmt: skip
+        line = (
+            f"{what}: batched x{hi} vs unbatched x{lo} direct "
+            f"{rates[hi][0] / rates[lo][0]:.2f}x{target}"
+        )
         if svc:
             b, u = svc["batched"], svc["unbatched"]
-            line += (f"; service batched vs direct x{hi} {b[0] / rates[hi][0]:.2f}x "
-                     f"(target >= 0.95); service batched vs unbatched "
-                     f"{b[0] / u[0]:.2f}x")  # fmt: skip
+            line += (
+                f"; service batched vs direct x{hi} {b[0] / rates[hi][0]:.2f}x "
+                f"(target >= 0.95); service batched vs unbatched "
+                f"{b[0] / u[0]:.2f}x"
+            )
         out.append(line)
     return out
 
@@ -301,16 +356,22 @@ def ratios(rows: list[dict[str, Any]], batches: list[int]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--arch", nargs="+", choices=list(ARCHES), default=list(ARCHES))
-    ap.add_argument("--dtype", nargs="+", choices=["float16", "bfloat16"],
-                    default=["float16", "bfloat16"])  # fmt: skip
+    ap.add_argument(
+        "--dtype", nargs="+", choices=["float16", "bfloat16"], default=["float16", "bfloat16"]
+    )
     ap.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off", "on"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 2, 4, 8])
     ap.add_argument("--rounds", type=int, default=3, help="timed calls (direct) or bursts")
     ap.add_argument("--steps", type=int, default=None, help="default: the model's usual")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--service-arch", nargs="*", choices=list(ARCHES), default=None,
-                    help="the models also measured through the service (default: all; the "
-                    "CPU smoke: sd15); none = direct calls only")  # fmt: skip
+    ap.add_argument(
+        "--service-arch",
+        nargs="*",
+        choices=list(ARCHES),
+        default=None,
+        help="the models also measured through the service (default: all; the "
+        "CPU smoke: sd15); none = direct calls only",
+    )
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU, fp32")
     ap.add_argument("--write", type=Path, help="append the results to this markdown file")
     args = ap.parse_args()
@@ -340,13 +401,25 @@ def main() -> None:
     if args.service_arch is None:
         args.service_arch = list(ARCHES)
     rows = run(args, device=device, smoke=smoke)
-    title = ("CPU smoke (reduced sizes: not a benchmark)" if smoke
-             else "SD 1.5 and SDXL shapes, random weights")  # fmt: skip
-    report = "\n".join([
-        f"### {title}", "", f"Machine: {machine(device)}", "",
-        f"Command: `{' '.join(sys.argv)}`", "", table(rows, args.batches, device=device), "",
-        *(f"- {line}" for line in ratios(rows, args.batches)), "",
-    ])  # fmt: skip
+    title = (
+        "CPU smoke (reduced sizes: not a benchmark)"
+        if smoke
+        else "SD 1.5 and SDXL shapes, random weights"
+    )
+    report = "\n".join(
+        [
+            f"### {title}",
+            "",
+            f"Machine: {machine(device)}",
+            "",
+            f"Command: `{' '.join(sys.argv)}`",
+            "",
+            table(rows, args.batches, device=device),
+            "",
+            *(f"- {line}" for line in ratios(rows, args.batches)),
+            "",
+        ]
+    )
     publish(report, args.write, smoke=smoke)
 
 

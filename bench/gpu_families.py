@@ -127,32 +127,53 @@ FLUX_DEV = dict(  # black-forest-labs/FLUX.1-dev transformer
 # The CPU smoke: the same builders with every width, depth and resolution cut down.
 SMOKE: dict[str, dict[str, Any]] = {
     "clip_l": dict(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
         projection_dim=32,
     ),
     "clip_g": dict(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
         projection_dim=32,
     ),
     "t5": dict(d_model=64, d_kv=8, d_ff=37, num_layers=2, num_heads=4),
-    "vae": dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=8,
-                sample_size=64),
+    "vae": dict(
+        block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=8, sample_size=64
+    ),
     "unet": dict(
-        sample_size=8, block_out_channels=(32, 64, 64), layers_per_block=1,
-        transformer_layers_per_block=(1, 1, 1), attention_head_dim=(2, 4, 4),
-        cross_attention_dim=64, addition_time_embed_dim=8,
+        sample_size=8,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        transformer_layers_per_block=(1, 1, 1),
+        attention_head_dim=(2, 4, 4),
+        cross_attention_dim=64,
+        addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=6 * 8 + 32,
     ),
     "sd3": dict(
-        sample_size=8, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+        sample_size=8,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
         pos_embed_max_size=16,
     ),
     "flux": dict(
-        num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=64, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8),
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=64,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 4, 8),
     ),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -332,9 +353,15 @@ def _peak_gib(device: str) -> float:
 
 
 def run_arch(
-    arch: Arch, *, device: str, dtype_name: str | None, smoke: bool, images: list[int],
-    repeats: int, steps: int | None,
-) -> list[dict[str, Any]]:  # fmt: skip
+    arch: Arch,
+    *,
+    device: str,
+    dtype_name: str | None,
+    smoke: bool,
+    images: list[int],
+    repeats: int,
+    steps: int | None,
+) -> list[dict[str, Any]]:
     import torch
 
     from worker.generation import GenerationRequest, Generator
@@ -369,12 +396,18 @@ def run_arch(
             times.append(time.perf_counter() - t)
         rows.append(
             dict(
-                arch=arch.label, pipeline=caps.pipeline_class, dtype=str(dtype).split(".")[-1],
-                size=f"{width}x{height}", steps=n_steps, images=n,
-                seconds=statistics.median(times) / n, peak=_peak_gib(device),
-                params=billions, build=build_seconds,
+                arch=arch.label,
+                pipeline=caps.pipeline_class,
+                dtype=str(dtype).split(".")[-1],
+                size=f"{width}x{height}",
+                steps=n_steps,
+                images=n,
+                seconds=statistics.median(times) / n,
+                peak=_peak_gib(device),
+                params=billions,
+                build=build_seconds,
             )
-        )  # fmt: skip
+        )
     return rows
 
 
@@ -441,9 +474,14 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for name in args.family:
         rows += run_arch(
-            ARCHES[name], device=device, dtype_name=args.dtype, smoke=smoke,
-            images=args.images, repeats=args.repeats, steps=args.steps,
-        )  # fmt: skip
+            ARCHES[name],
+            device=device,
+            dtype_name=args.dtype,
+            smoke=smoke,
+            images=args.images,
+            repeats=args.repeats,
+            steps=args.steps,
+        )
         gc.collect()  # the last family's weights, before the next is built
         if device.startswith("cuda"):
             torch.cuda.empty_cache()

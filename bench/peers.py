@@ -154,8 +154,7 @@ def cog_client(base: str, size: int, steps: int, busy: list[int]) -> Callable[[i
     def run(seed: int) -> Any:
         http = getattr(local, "http", None) or requests.Session()
         local.http = http
-        body = {"input": {"prompt": f"{PROMPT} {seed}", "seed": seed, "size": size,
-                          "steps": steps}}  # fmt: skip
+        body = {"input": {"prompt": f"{PROMPT} {seed}", "seed": seed, "size": size, "steps": steps}}
         while True:
             r = http.post(f"{base}/predictions", json=body, timeout=600)
             if r.status_code != 409:
@@ -174,9 +173,24 @@ def cog_client(base: str, size: int, steps: int, busy: list[int]) -> Callable[[i
 @contextmanager
 def celery_worker(redis_url: str, queue: str, log: Path) -> Iterator[None]:
     env = child_env(PEER_REDIS_URL=redis_url, PEER_QUEUE=queue)
-    argv = [sys.executable, "-m", "celery", "-A", "peers", "worker", "--concurrency", "1",
-            "--queues", queue, "--without-gossip", "--without-mingle", "--loglevel", "WARNING",
-            "--hostname", f"{queue}@%h"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "peers",
+        "worker",
+        "--concurrency",
+        "1",
+        "--queues",
+        queue,
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "WARNING",
+        "--hostname",
+        f"{queue}@%h",
+    ]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, cwd=BENCH, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -212,8 +226,9 @@ def daikon_client(
         if http is None:
             http = local.http = requests.Session()
             http.headers["Authorization"] = f"Bearer {key}"
-        r = http.post(f"{base}/v1/jobs", json={**body, "prompt": f"{PROMPT} {seed}",
-                                               "seed": seed}, timeout=30)  # fmt: skip
+        r = http.post(
+            f"{base}/v1/jobs", json={**body, "prompt": f"{PROMPT} {seed}", "seed": seed}, timeout=30
+        )
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         while poll is not None:
@@ -260,8 +275,13 @@ def main() -> None:
     busy: list[int] = []
     batches: dict[str, list[int]] = {"daikon": [], "daikon-poll": []}
     key = "dk_bench_peers"
-    body = {"width": args.size, "height": args.size, "steps": args.steps, "candidates": 1,
-            "top_k": 1}  # fmt: skip
+    body = {
+        "width": args.size,
+        "height": args.size,
+        "steps": args.steps,
+        "candidates": 1,
+        "top_k": 1,
+    }
 
     with a_redis() as redis_url, ExitStack() as up:
         # Every peer is started and warm before any is measured, and the rounds take them in
@@ -285,21 +305,28 @@ def main() -> None:
         up.enter_context(celery_worker(redis_url, queue, tmp / "celery.log"))
 
         def celery_run(seed: int) -> Any:
-            return generate.apply_async((f"{PROMPT} {seed}", seed, args.size, args.steps),
-                                        queue=queue).get(timeout=600)  # fmt: skip
+            return generate.apply_async(
+                (f"{PROMPT} {seed}", seed, args.size, args.steps), queue=queue
+            ).get(timeout=600)
 
         runners["celery"] = (celery_run, celery_run)
         settings = Settings(
-            data_dir=tmp / "daikon", redis_url=redis_url, queue=f"daikon-bench-peers-{os.getpid()}",
-            model=EMBEDDED_PIPELINE, clip_model=EMBEDDED_CLIP, admin_key=key,
+            data_dir=tmp / "daikon",
+            redis_url=redis_url,
+            queue=f"daikon-bench-peers-{os.getpid()}",
+            model=EMBEDDED_PIPELINE,
+            clip_model=EMBEDDED_CLIP,
+            admin_key=key,
             torch_threads=args.threads,
-            tenant_max_active_jobs=100_000, tenant_submits_per_minute=100_000,
-        )  # fmt: skip
+            tenant_max_active_jobs=100_000,
+            tenant_submits_per_minute=100_000,
+        )
         s = up.enter_context(running_stack(settings, tmp))
         for name, poll in (("daikon", None), ("daikon-poll", RETRY_SECONDS)):
-            runners[name] = (daikon_client(s.base_url, key, body, poll=poll),
-                             daikon_client(s.base_url, key, body, poll=poll,
-                                           sizes=batches[name]))  # fmt: skip
+            runners[name] = (
+                daikon_client(s.base_url, key, body, poll=poll),
+                daikon_client(s.base_url, key, body, poll=poll, sizes=batches[name]),
+            )
         for alone, _ in runners.values():
             alone(0)  # warm-up: each loads its model at its first job
         for r in range(args.rounds):
@@ -323,17 +350,24 @@ def main() -> None:
         spread = f" ({min(got):.2f}-{max(got):.2f})" if len(got) > 1 else ""
         return f"{r[i]:.2f} jobs/s{spread}"
 
-    print(f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
-          f"end, on {os.cpu_count()} cores")  # fmt: skip
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}; shapes model {args.size} px, {args.steps} steps, one "
-          f"image per job; {args.jobs} jobs one at a time, bursts of {args.burst} "
-          f"clients; medians of {args.rounds} rounds (min-max)")  # fmt: skip
+    print(
+        f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+        f"end, on {os.cpu_count()} cores"
+    )
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}; shapes model {args.size} px, {args.steps} steps, one "
+        f"image per job; {args.jobs} jobs one at a time, bursts of {args.burst} "
+        f"clients; medians of {args.rounds} rounds (min-max)"
+    )
     print("| peer | one at a time | burst |\n|---|---:|---:|")
     print(f"| direct call (no service) | {fmt('direct', 0)} | |")
-    for name, label in (("cog", "Cog HTTP server"), ("celery", "plain Celery task"),
-                        ("daikon", "Daikon (whole service, event stream)"),
-                        ("daikon-poll", "Daikon (whole service, polls at 20 Hz)")):  # fmt: skip
+    for name, label in (
+        ("cog", "Cog HTTP server"),
+        ("celery", "plain Celery task"),
+        ("daikon", "Daikon (whole service, event stream)"),
+        ("daikon-poll", "Daikon (whole service, polls at 20 Hz)"),
+    ):
         print(f"| {label} | {fmt(name, 0)} | {fmt(name, 1)} |")
     for name, sizes in batches.items():
         print(f"{name}: mean batch size in the burst {sum(sizes) / len(sizes):.1f}")
@@ -345,14 +379,20 @@ def main() -> None:
         if c is None:
             print(f"6. Daikon ({how}) vs Cog: skipped (cog not installed)")
         else:
-            print(f"6. Daikon ({how}) vs Cog one at a time: {d[0]:.2f} vs {c[0]:.2f} jobs/s = "
-                  f"{d[0] / c[0]:.2f}x (target >= 1); burst of {args.burst}: {d[1]:.2f} vs "
-                  f"{c[1]:.2f} jobs/s = {d[1] / c[1]:.2f}x (target > 1)")  # fmt: skip
-        print(f"6. Daikon ({how}) vs plain Celery: one at a time {d[0] / p[0]:.2f}x, burst "
-              f"{d[1] / p[1]:.2f}x")  # fmt: skip
+            print(
+                f"6. Daikon ({how}) vs Cog one at a time: {d[0]:.2f} vs {c[0]:.2f} jobs/s = "
+                f"{d[0] / c[0]:.2f}x (target >= 1); burst of {args.burst}: {d[1]:.2f} vs "
+                f"{c[1]:.2f} jobs/s = {d[1] / c[1]:.2f}x (target > 1)"
+            )
+        print(
+            f"6. Daikon ({how}) vs plain Celery: one at a time {d[0] / p[0]:.2f}x, burst "
+            f"{d[1] / p[1]:.2f}x"
+        )
     if c is not None:
-        print(f"6. Cog answered {len(busy)} 409s (busy) to the burst's clients, retried after "
-              f"{1000 * RETRY_SECONDS:.0f} ms each")  # fmt: skip
+        print(
+            f"6. Cog answered {len(busy)} 409s (busy) to the burst's clients, retried after "
+            f"{1000 * RETRY_SECONDS:.0f} ms each"
+        )
 
 
 if __name__ == "__main__":

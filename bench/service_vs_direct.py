@@ -78,9 +78,15 @@ def main() -> None:
 
     # --- through the service --------------------------------------------------------------
     with a_redis() as redis_url:
-        settings = Settings(data_dir=tmp, redis_url=redis_url, queue="daikon-bench",
-                            model=str(sd), clip_model=str(clip), admin_key="dk_bench",
-                            torch_threads=args.threads)  # fmt: skip
+        settings = Settings(
+            data_dir=tmp,
+            redis_url=redis_url,
+            queue="daikon-bench",
+            model=str(sd),
+            clip_model=str(clip),
+            admin_key="dk_bench",
+            torch_threads=args.threads,
+        )
         service_s, inference_s = [], []
         with running_stack(settings, tmp) as stack:
             stack.wait(stack.submit(**body, seed=0)["id"], timeout=300)  # warm-up
@@ -108,8 +114,10 @@ def main() -> None:
     inference = statistics.median(inference_s)
     print(f"through the service    median {s:.3f} s/job  (worker inference {inference:.3f} s)")
     print(f"service / direct       {s / d:.2f}x  (overhead {s - d:+.3f} s/job)")
-    print(f"burst of {args.jobs} queued at once: {burst / args.jobs:.3f} s/job "
-          f"({burst / args.jobs / d:.2f}x direct)")  # fmt: skip
+    print(
+        f"burst of {args.jobs} queued at once: {burst / args.jobs:.3f} s/job "
+        f"({burst / args.jobs / d:.2f}x direct)"
+    )
 
 
 if __name__ == "__main__":

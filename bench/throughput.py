@@ -60,8 +60,10 @@ def direct_rates(
     prompt = "a red circle above a blue square"
 
     def run(n: int, seed: int) -> None:
-        reqs = [GenerationRequest(f"{prompt} {i}", None, size, size, steps, 7.5, (seed + i,))
-                for i in range(n)]  # fmt: skip
+        reqs = [
+            GenerationRequest(f"{prompt} {i}", None, size, size, steps, 7.5, (seed + i,))
+            for i in range(n)
+        ]
         for req, images in zip(reqs, gen.generate(reqs), strict=True):
             ranker.score(req.prompt, images)
             images[0].save(io.BytesIO(), format="PNG")
@@ -87,11 +89,18 @@ def stack(
 
     queue = f"daikon-bench-{'batched' if batch else 'single'}-{os.getpid()}"
     settings = Settings(
-        data_dir=tmp / queue, redis_url=redis_url, queue=queue, model=EMBEDDED_PIPELINE,
-        clip_model=EMBEDDED_CLIP, admin_key="dk_bench", batch_jobs=batch,
-        tenant_max_active_jobs=100_000, tenant_submits_per_minute=100_000, torch_threads=threads,
+        data_dir=tmp / queue,
+        redis_url=redis_url,
+        queue=queue,
+        model=EMBEDDED_PIPELINE,
+        clip_model=EMBEDDED_CLIP,
+        admin_key="dk_bench",
+        batch_jobs=batch,
+        tenant_max_active_jobs=100_000,
+        tenant_submits_per_minute=100_000,
+        torch_threads=threads,
         images_per_call=images_per_call,
-    )  # fmt: skip
+    )
     with running_stack(settings, tmp) as s:
         s.wait(s.submit(prompt="warm-up", steps=2, candidates=1)["id"], timeout=300)
         yield s
@@ -183,15 +192,22 @@ def main() -> None:
     load_before = os.getloadavg()[0]  # a shared machine's other work, said with the figures
     with a_redis() as redis_url:
         tmp = Path(tempfile.mkdtemp(prefix="daikon-bench-"))
-        body = {"prompt": "a red circle above a blue square", "width": args.size,
-                "height": args.size, "steps": args.steps, "candidates": 1, "top_k": 1}  # fmt: skip
+        body = {
+            "prompt": "a red circle above a blue square",
+            "width": args.size,
+            "height": args.size,
+            "steps": args.steps,
+            "candidates": 1,
+            "top_k": 1,
+        }
         rates = direct_rates(args.size, args.steps, [1, 2, 4, 8, 16], args.rounds, args.threads)
         best_n, best = max(rates.items(), key=lambda kv: kv[1])
         # The service gets what the direct call is measured at: its best images per call.
         per_call = args.images_per_call or best_n
         args.burst = args.burst or 4 * per_call
-        burst = [{**body, "prompt": f"{body['prompt']} {i}", "seed": 100 + i}
-                 for i in range(args.burst)]  # fmt: skip
+        burst = [
+            {**body, "prompt": f"{body['prompt']} {i}", "seed": 100 + i} for i in range(args.burst)
+        ]
         results: dict[str, dict[str, Any]] = {}
         for batch in (True, False):
             name = "batched" if batch else "unbatched"
@@ -201,8 +217,11 @@ def main() -> None:
                 one, _ = drain(s, burst[:1])
                 seconds, jobs = drain(s, burst)
                 sizes = [int(j["metrics"].get("batch_size", 1)) for j in jobs]
-                r: dict[str, Any] = {"single_s": one, "burst_rate": args.burst / seconds,
-                                     "batch_sizes": statistics.mean(sizes)}  # fmt: skip
+                r: dict[str, Any] = {
+                    "single_s": one,
+                    "burst_rate": args.burst / seconds,
+                    "batch_sizes": statistics.mean(sizes),
+                }
                 if batch:
                     r["idle"] = idle_latency(s, body, args.idle)
                     default = {**body, "candidates": DEFAULT_CANDIDATES, "top_k": 1}
@@ -224,33 +243,49 @@ def main() -> None:
                 results[name] = r
 
     b, u = results["batched"], results["unbatched"]
-    print(f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
-          f"end, on {os.cpu_count()} cores")  # fmt: skip
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}; shapes model {args.size} px, {args.steps} steps, "
-          f"1 candidate per job; the service runs up to {per_call} images per call")  # fmt: skip
-    print("direct images/s by batch size: "
-          + ", ".join(f"x{n} {v:.2f}" for n, v in rates.items()))  # fmt: skip
-    print(f"1. burst of {args.burst}: service (batched) {b['burst_rate']:.2f} jobs/s vs direct "
-          f"at its best (x{best_n}) {best:.2f} images/s = {b['burst_rate'] / best:.2f}x "
-          "(target >= 0.9)")  # fmt: skip
-    print(f"2. batched {b['burst_rate']:.2f} vs unbatched {u['burst_rate']:.2f} jobs/s = "
-          f"{b['burst_rate'] / u['burst_rate']:.2f}x (target >= 1.5; mean batch "
-          f"{b['batch_sizes']:.1f}); one job alone: batched {b['single_s']:.3f} s, unbatched "
-          f"{u['single_s']:.3f} s = {b['single_s'] / u['single_s']:.2f}x")  # fmt: skip
+    print(
+        f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+        f"end, on {os.cpu_count()} cores"
+    )
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}; shapes model {args.size} px, {args.steps} steps, "
+        f"1 candidate per job; the service runs up to {per_call} images per call"
+    )
+    print("direct images/s by batch size: " + ", ".join(f"x{n} {v:.2f}" for n, v in rates.items()))
+    print(
+        f"1. burst of {args.burst}: service (batched) {b['burst_rate']:.2f} jobs/s vs direct "
+        f"at its best (x{best_n}) {best:.2f} images/s = {b['burst_rate'] / best:.2f}x "
+        "(target >= 0.9)"
+    )
+    print(
+        f"2. batched {b['burst_rate']:.2f} vs unbatched {u['burst_rate']:.2f} jobs/s = "
+        f"{b['burst_rate'] / u['burst_rate']:.2f}x (target >= 1.5; mean batch "
+        f"{b['batch_sizes']:.1f}); one job alone: batched {b['single_s']:.3f} s, unbatched "
+        f"{u['single_s']:.3f} s = {b['single_s'] / u['single_s']:.2f}x"
+    )
     idle = b["idle"]
-    print(f"3. idle overhead over {len(idle)} jobs: p50 {1000 * statistics.median(idle):.0f} ms, "
-          f"p95 {1000 * percentile(idle, 0.95):.0f} ms (target p50 <= 50 ms)")  # fmt: skip
-    print(f"5. CLIP ranking share at {DEFAULT_CANDIDATES} candidates: "
-          f"{100 * b['clip_share']:.1f}% (target <= 5%)")  # fmt: skip
+    print(
+        f"3. idle overhead over {len(idle)} jobs: p50 {1000 * statistics.median(idle):.0f} ms, "
+        f"p95 {1000 * percentile(idle, 0.95):.0f} ms (target p50 <= 50 ms)"
+    )
+    print(
+        f"5. CLIP ranking share at {DEFAULT_CANDIDATES} candidates: "
+        f"{100 * b['clip_share']:.1f}% (target <= 5%)"
+    )
     per_job, inference = 1 / b["trivial_rate"], b["trivial_inference"]
-    print(f"5b. {args.trivial} trivial jobs queued, drained by one worker process: "
-          f"{b['trivial_rate']:.1f} jobs/s (target >= 100): {1000 * per_job:.1f} ms a job, of "
-          f"which the pipeline {1000 * inference:.1f} ms and the service "
-          f"{1000 * (per_job - inference):.1f} ms")  # fmt: skip
+    print(
+        f"5b. {args.trivial} trivial jobs queued, drained by one worker process: "
+        f"{b['trivial_rate']:.1f} jobs/s (target >= 100): {1000 * per_job:.1f} ms a job, of "
+        f"which the pipeline {1000 * inference:.1f} ms and the service "
+        f"{1000 * (per_job - inference):.1f} ms"
+    )
     if args.plot:
-        plot(rates, {"service batched": b["burst_rate"], "service single": u["burst_rate"]},
-             args.plot)  # fmt: skip
+        plot(
+            rates,
+            {"service batched": b["burst_rate"], "service single": u["burst_rate"]},
+            args.plot,
+        )
         print(f"plot: {args.plot}")
 
 

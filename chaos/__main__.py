@@ -25,25 +25,38 @@ def _terminated(*_: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminated)
     ap = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
-    ap.add_argument("--only", nargs="*", choices=list(scenarios.SCENARIOS),
-                    help="run only these scenarios (default: all, in order)")  # fmt: skip
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        choices=list(scenarios.SCENARIOS),
+        help="run only these scenarios (default: all, in order)",
+    )
     ap.add_argument("--kills", type=int, default=20, help="SIGKILLs in a row (default 20)")
     ap.add_argument("--broker-outage", type=float, default=60.0, help="seconds Redis is down")
     ap.add_argument("--db-outage", type=float, default=15.0, help="seconds the db is cut")
-    ap.add_argument("--storage-outage", type=float, default=8.0,
-                    help="seconds S3 is down within the retry window")  # fmt: skip
+    ap.add_argument(
+        "--storage-outage",
+        type=float,
+        default=8.0,
+        help="seconds S3 is down within the retry window",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) afterwards")
-    ap.add_argument("--busy-core", action="store_true",
-                    help="keep one core busy with another process (a loaded machine)")  # fmt: skip
+    ap.add_argument(
+        "--busy-core",
+        action="store_true",
+        help="keep one core busy with another process (a loaded machine)",
+    )
     args = ap.parse_args(argv)
     names = args.only or list(scenarios.SCENARIOS)
     retry_window = float(CHAOS_SETTINGS["DAIKON_STORAGE_RETRY_SECONDS"])
 
     work = Path(tempfile.mkdtemp(prefix="daikon-chaos-"))
     started = time.monotonic()
-    print(f"chaos | work dir {work} (process logs); settings: "
-          + " ".join(f"{k.removeprefix('DAIKON_').lower()}={v}"
-                     for k, v in CHAOS_SETTINGS.items()), flush=True)  # fmt: skip
+    print(
+        f"chaos | work dir {work} (process logs); settings: "
+        + " ".join(f"{k.removeprefix('DAIKON_').lower()}={v}" for k, v in CHAOS_SETTINGS.items()),
+        flush=True,
+    )
     results: list[scenarios.Result] = []
     cluster: Cluster | None = None
     ok = True

@@ -33,8 +33,7 @@ import requests
 from chaos import abuse_uploads
 from chaos.harness import ROOT, free_port, raw_http, wait_for
 
-HUGE = {"prompt": "x", "width": 1024, "height": 1024, "steps": 150, "candidates": 16,
-        "top_k": 16}  # fmt: skip
+HUGE = {"prompt": "x", "width": 1024, "height": 1024, "steps": 150, "candidates": 16, "top_k": 16}
 # At the CPU's limit (4 megapixel-steps is the default): 16 candidates in 4 chunks, ~a minute.
 LONG = {"prompt": "a red circle", "steps": 150, "candidates": 16, "top_k": 1}
 QUICK = {"prompt": "a red circle", "steps": 4, "candidates": 2, "top_k": 1}
@@ -48,8 +47,10 @@ class Line:
     ok: bool = False
 
     def text(self) -> str:
-        return (f"abuse | {self.name:<28} {'OK  ' if self.ok else 'FAIL'} expected: "
-                f"{self.expected}; saw: {self.saw}")  # fmt: skip
+        return (
+            f"abuse | {self.name:<28} {'OK  ' if self.ok else 'FAIL'} expected: "
+            f"{self.expected}; saw: {self.saw}"
+        )
 
 
 @dataclass
@@ -67,8 +68,9 @@ class Stack:
     def tenant(self, name: str) -> requests.Session:
         if name not in self.tenants:
             t = self.admin.post(f"{self.base}/v1/admin/tenants", json={"name": name}, timeout=10)
-            key = self.admin.post(f"{self.base}/v1/admin/tenants/{t.json()['id']}/keys",
-                                  json={}, timeout=10).json()["key"]  # fmt: skip
+            key = self.admin.post(
+                f"{self.base}/v1/admin/tenants/{t.json()['id']}/keys", json={}, timeout=10
+            ).json()["key"]
             http = requests.Session()
             http.headers["Authorization"] = f"Bearer {key}"
             self.tenants[name] = http
@@ -101,11 +103,17 @@ def make_run(
     """`python -m daikon.launcher` as a new user starts it: no service URLs, no models set
     (with `admin_key`: as restarted with DAIKON_ADMIN_KEY set, on the same data directory)."""
     port = free_port()
-    unset = ("REDIS_URL", "DATABASE_URL", "DAIKON_ADMIN_KEY", "DAIKON_MODEL", "DAIKON_CLIP_MODEL",
-             "DAIKON_WEBHOOK_ALLOW_HOSTS", "DAIKON_WEBHOOK_ALLOW_TENANTS")  # fmt: skip
+    unset = (
+        "REDIS_URL",
+        "DATABASE_URL",
+        "DAIKON_ADMIN_KEY",
+        "DAIKON_MODEL",
+        "DAIKON_CLIP_MODEL",
+        "DAIKON_WEBHOOK_ALLOW_HOSTS",
+        "DAIKON_WEBHOOK_ALLOW_TENANTS",
+    )
     env = {k: v for k, v in os.environ.items() if k not in unset}
-    env.update(DAIKON_DATA_DIR=str(work / "data"), DAIKON_PORT=str(port),
-               DAIKON_TORCH_THREADS="1")  # fmt: skip
+    env.update(DAIKON_DATA_DIR=str(work / "data"), DAIKON_PORT=str(port), DAIKON_TORCH_THREADS="1")
     # As make run allows (loopback receivers for the admin's tenant), plus the two tenants of
     # hanging-webhook-receivers: on this machine their receivers can only be on loopback.
     env["DAIKON_WEBHOOK_ALLOW_TENANTS"] = "admin,hook-flooder,hook-victim"
@@ -113,20 +121,31 @@ def make_run(
         env["DAIKON_ADMIN_KEY"] = admin_key
     log_path = work / log_name
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "daikon.launcher"], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daikon.launcher"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         key_file = work / "data" / "admin.key"
         wait_for(lambda: key_file.exists() and proc.poll() is None, 90, "the admin key")
         admin = requests.Session()
         admin.headers["Authorization"] = f"Bearer {admin_key or key_file.read_text().strip()}"
-        wait_for(lambda: requests.get(f"{base}/readyz", timeout=3).status_code == 200, 120,
-                 "make run to be ready")  # fmt: skip
+        wait_for(
+            lambda: requests.get(f"{base}/readyz", timeout=3).status_code == 200,
+            120,
+            "make run to be ready",
+        )
         # The worker publishes the model's limits once it has loaded it.
-        wait_for(lambda: admin.get(f"{base}/v1/models", timeout=5).json()["models"][0]["limits"],
-                 120, "the model's limits")  # fmt: skip
+        wait_for(
+            lambda: admin.get(f"{base}/v1/models", timeout=5).json()["models"][0]["limits"],
+            120,
+            "the model's limits",
+        )
         yield Stack(base, work / "data", admin, log_path=log_path)
     finally:
         with suppress(ProcessLookupError):
@@ -151,8 +170,13 @@ def error_code(r: requests.Response) -> str:
         return f"{r.status_code} (not the JSON error shape)"
 
 
-def refused(name: str, expected: str, status: int, code: str,
-            send: Callable[[Stack, requests.Session], requests.Response]) -> Attack:  # fmt: skip
+def refused(
+    name: str,
+    expected: str,
+    status: int,
+    code: str,
+    send: Callable[[Stack, requests.Session], requests.Response],
+) -> Attack:
     """An attack answered by one refusal that leaves nothing behind."""
 
     def attack(stack: Stack) -> Line:
@@ -168,14 +192,22 @@ def refused(name: str, expected: str, status: int, code: str,
 
 def deep_json(stack: Stack, http: requests.Session) -> requests.Response:
     nested = '{"a":' * 950 + "1" + "}" * 950
-    return http.post(f"{stack.base}/v1/jobs", data=f'{{"prompt":"x","metadata":{nested}}}',
-                     headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
+    return http.post(
+        f"{stack.base}/v1/jobs",
+        data=f'{{"prompt":"x","metadata":{nested}}}',
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
 
 
 def raw_json(body: str) -> Callable[[Stack, requests.Session], requests.Response]:
     def send(stack: Stack, http: requests.Session) -> requests.Response:
-        return http.post(f"{stack.base}/v1/jobs", data=body.encode(),
-                         headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
+        return http.post(
+            f"{stack.base}/v1/jobs",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
 
     return send
 
@@ -186,9 +218,11 @@ def json_body(body: dict[str, Any]) -> Callable[[Stack, requests.Session], reque
 
 def chunked(stack: Stack, body: bytes, *, malformed: bool = False) -> tuple[int, bytes]:
     key = stack.tenant("mallory").headers["Authorization"]
-    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\n"
-            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
-            "Connection: close\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
     framed = b"zz\r\n" if malformed else f"{len(body):x}\r\n".encode()
     return stack.raw(head + framed + body + b"\r\n0\r\n\r\n")
 
@@ -205,20 +239,28 @@ def malformed_chunked(stack: Stack) -> Line:
 
 def chunked_over_limit(stack: Stack) -> Line:
     status, body = chunked(stack, b'{"prompt":"' + b"a" * 70_000 + b'"}')
-    return Line("chunked-body-over-limit", "413 request_entity_too_large",
-                f"{status} {body[:60]!r}", status == 413)  # fmt: skip
+    return Line(
+        "chunked-body-over-limit",
+        "413 request_entity_too_large",
+        f"{status} {body[:60]!r}",
+        status == 413,
+    )
 
 
 def long_last_event_id(stack: Stack) -> Line:
     http = stack.tenant("mallory")
     job_id = stack.submit(http, QUICK).json()["id"]
     http.post(f"{stack.base}/v1/jobs/{job_id}/cancel", timeout=10)
-    r = http.get(f"{stack.base}/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "9" * 5000},
-                 timeout=30)  # fmt: skip
+    r = http.get(
+        f"{stack.base}/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "9" * 5000}, timeout=30
+    )
     done = "event: done" in r.text
-    return Line("last-event-id-5000-digits", "200, the stream from the start",
-                f"{r.status_code}, done event {'sent' if done else 'missing'}",
-                r.status_code == 200 and done)  # fmt: skip
+    return Line(
+        "last-event-id-5000-digits",
+        "200, the stream from the start",
+        f"{r.status_code}, done event {'sent' if done else 'missing'}",
+        r.status_code == 200 and done,
+    )
 
 
 def held(name: str, expected: str, check: Callable[[Stack], tuple[bool, str]]) -> Attack:
@@ -232,9 +274,11 @@ def held(name: str, expected: str, check: Callable[[Stack], tuple[bool, str]]) -
 def other_tenants_job(stack: Stack) -> tuple[bool, str]:
     victim = stack.submit(stack.tenant("victim"), QUICK).json()["id"]
     http = stack.tenant("mallory")
-    answers = [http.get(f"{stack.base}/v1/jobs/{victim}", timeout=10),
-               http.post(f"{stack.base}/v1/jobs/{victim}/cancel", timeout=10),
-               http.get(f"{stack.base}/v1/jobs/{victim}/events", timeout=10)]  # fmt: skip
+    answers = [
+        http.get(f"{stack.base}/v1/jobs/{victim}", timeout=10),
+        http.post(f"{stack.base}/v1/jobs/{victim}/cancel", timeout=10),
+        http.get(f"{stack.base}/v1/jobs/{victim}/events", timeout=10),
+    ]
     codes = [a.status_code for a in answers]
     return codes == [404, 404, 404], f"get/cancel/events {codes}"
 
@@ -246,8 +290,9 @@ def tampered_image_url(stack: Stack) -> tuple[bool, str]:
     url = stack.job(http, job_id)["images"][0]["url"]
     good = requests.get(url, timeout=10).status_code
     bad = requests.get(url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB"), timeout=10)
-    traversal = requests.get(f"{stack.base}/v1/jobs/..%2f..%2fsecret.key/images/1?expires=1&sig=x",
-                             timeout=10)  # fmt: skip
+    traversal = requests.get(
+        f"{stack.base}/v1/jobs/..%2f..%2fsecret.key/images/1?expires=1&sig=x", timeout=10
+    )
     ok = good == 200 and bad.status_code == 404 and traversal.status_code == 404
     return ok, f"signed {good}, tampered {bad.status_code}, traversal {traversal.status_code}"
 
@@ -337,19 +382,29 @@ def stream_slots(stack: Stack) -> list[Line]:
     job_a = stack.submit(a, QUICK).json()["id"]
     events = f"{stack.base}/v1/jobs/{job_a}/events"
     heads = [a.head(events, timeout=10).status_code for _ in range(250)]
-    gone = (f"GET /v1/jobs/{job_a}/events HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: {a.headers['Authorization']}\r\n\r\n").encode()  # fmt: skip
+    gone = (
+        f"GET /v1/jobs/{job_a}/events HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {a.headers['Authorization']}\r\n\r\n"
+    ).encode()
     for _ in range(100):
         with closing(socket.create_connection(("127.0.0.1", stack.port))) as s:
             s.sendall(gone)
-    stream = b.get(f"{stack.base}/v1/jobs/{stack.submit(b, QUICK).json()['id']}/events",
-                   timeout=120)  # fmt: skip
-    wait = c.post(f"{stack.base}/v1/images/generations", json={"prompt": "a red circle"},
-                  timeout=120)  # fmt: skip
+    stream = b.get(
+        f"{stack.base}/v1/jobs/{stack.submit(b, QUICK).json()['id']}/events", timeout=120
+    )
+    wait = c.post(
+        f"{stack.base}/v1/images/generations", json={"prompt": "a red circle"}, timeout=120
+    )
     ok = set(heads) == {200} and stream.status_code == 200 and wait.status_code == 200
-    lines.append(Line("head-and-gone-early-flood", "other tenants still stream and wait",
-                      f"250 HEAD {sorted(set(heads))}, 100 gone early; then a stream "
-                      f"{stream.status_code}, an OpenAI wait {wait.status_code}", ok))  # fmt: skip
+    lines.append(
+        Line(
+            "head-and-gone-early-flood",
+            "other tenants still stream and wait",
+            f"250 HEAD {sorted(set(heads))}, 100 gone early; then a stream "
+            f"{stream.status_code}, an OpenAI wait {wait.status_code}",
+            ok,
+        )
+    )
     return lines
 
 
@@ -359,8 +414,13 @@ def busy_worker(stack: Stack) -> list[Line]:
     lines = []
     a, b = stack.tenant("flood-a"), stack.tenant("budget-b")
     blocker = stack.submit(stack.tenant("blocker"), LONG).json()["id"]
-    wait_for(lambda: (stack.job(stack.tenant("blocker"), blocker).get("progress") or {})
-             .get("step", 0) >= 2, 120, "the long job to run")  # fmt: skip
+    wait_for(
+        lambda: (
+            (stack.job(stack.tenant("blocker"), blocker).get("progress") or {}).get("step", 0) >= 2
+        ),
+        120,
+        "the long job to run",
+    )
     queued_a = stack.submit(a, LONG).json()["id"]  # waits behind the blocker: streams stay open
     events = f"{stack.base}/v1/jobs/{queued_a}/events"
     opened: list[requests.Response] = []
@@ -368,16 +428,28 @@ def busy_worker(stack: Stack) -> list[Line]:
     for _ in range(60):
         r = a.get(events, stream=True, timeout=30)
         (opened if r.status_code == 200 else refusals).append(r)
-    b_streams = [b.get(events.replace(queued_a, stack.submit(b, QUICK).json()["id"]),
-                       stream=True, timeout=30) for _ in range(10)]  # fmt: skip
+    b_streams = [
+        b.get(
+            events.replace(queued_a, stack.submit(b, QUICK).json()["id"]), stream=True, timeout=30
+        )
+        for _ in range(10)
+    ]
     messages = {r.json()["error"]["message"][:40] for r in refusals}
-    ok = (len(opened) <= 50 and refusals and all(error_code(r) == "503 too_many_streams"
-          for r in refusals) and all(r.status_code == 200 for r in b_streams))  # fmt: skip
-    lines.append(Line("one-tenant-takes-all-streams", "at most 25 per API process (2), the rest "
-                      "503, another tenant still streams",
-                      f"{len(opened)} open, {len(refusals)} refused {sorted(messages)}, other "
-                      f"tenant {[r.status_code for r in b_streams].count(200)}/10 open",
-                      bool(ok)))  # fmt: skip
+    ok = (
+        len(opened) <= 50
+        and refusals
+        and all(error_code(r) == "503 too_many_streams" for r in refusals)
+        and all(r.status_code == 200 for r in b_streams)
+    )
+    lines.append(
+        Line(
+            "one-tenant-takes-all-streams",
+            "at most 25 per API process (2), the rest 503, another tenant still streams",
+            f"{len(opened)} open, {len(refusals)} refused {sorted(messages)}, other "
+            f"tenant {[r.status_code for r in b_streams].count(200)}/10 open",
+            bool(ok),
+        )
+    )
     for r in opened + b_streams:
         r.close()
 
@@ -387,9 +459,14 @@ def busy_worker(stack: Stack) -> list[Line]:
     accepted = [r.json()["id"] for r in answers if r.status_code == 202]
     over = [r for r in answers if r.status_code != 202]
     ok = bool(over) and all(error_code(r) == "429 too_much_queued_work" for r in over)
-    lines.append(Line("queue-the-whole-model", "429 too_much_queued_work past 200 "
-                      "megapixel-steps a tenant", f"{len(accepted)} accepted (3.93 each), then "
-                      f"{sorted({error_code(r) for r in over})}", ok))  # fmt: skip
+    lines.append(
+        Line(
+            "queue-the-whole-model",
+            "429 too_much_queued_work past 200 megapixel-steps a tenant",
+            f"{len(accepted)} accepted (3.93 each), then {sorted({error_code(r) for r in over})}",
+            ok,
+        )
+    )
     for job_id in accepted:
         b.post(f"{stack.base}/v1/jobs/{job_id}/cancel", timeout=10)
     assert stack.count(b) - before == len(accepted)
@@ -406,9 +483,14 @@ def busy_worker(stack: Stack) -> list[Line]:
     freed = time.monotonic() - canceled_at
     after = step()
     a.post(f"{stack.base}/v1/jobs/{queued_a}/cancel", timeout=10)
-    lines.append(Line("cancel-a-16-candidate-job", "at most one more step of one chunk, then "
-                      "the next job", f"{after - at_cancel} more steps; the next job started "
-                      f"{freed:.1f} s after the cancel", after - at_cancel <= 1))  # fmt: skip
+    lines.append(
+        Line(
+            "cancel-a-16-candidate-job",
+            "at most one more step of one chunk, then the next job",
+            f"{after - at_cancel} more steps; the next job started {freed:.1f} s after the cancel",
+            after - at_cancel <= 1,
+        )
+    )
     return lines
 
 
@@ -434,8 +516,12 @@ def dashboard_form(stack: Stack) -> tuple[requests.Session, str]:
     key = (stack.data / "admin.key").read_text().strip()
     found = token.search(form)
     assert found is not None, "the sign-in form has a CSRF token"
-    browser.post(f"{stack.base}/admin/login", timeout=10, allow_redirects=False,
-                 data={"key": key, "csrf_token": found.group(1)})  # fmt: skip
+    browser.post(
+        f"{stack.base}/admin/login",
+        timeout=10,
+        allow_redirects=False,
+        data={"key": key, "csrf_token": found.group(1)},
+    )
     page = browser.get(f"{stack.base}/admin/", timeout=10).text
     return browser, token.search(page).group(1)  # type: ignore[union-attr]
 
@@ -448,12 +534,17 @@ def pause_resume_order(stack: Stack) -> list[Line]:
     low, high = stack.tenant("prio-low"), stack.tenant("prio-high")
     tenants = stack.admin.get(f"{stack.base}/v1/admin/tenants", timeout=10).json()["tenants"]
     high_id = next(t["id"] for t in tenants if t["name"] == "prio-high")
-    stack.admin.put(f"{stack.base}/v1/admin/tenants/{high_id}/limits",
-                    json={"max_priority": 9}, timeout=10).raise_for_status()  # fmt: skip
+    stack.admin.put(
+        f"{stack.base}/v1/admin/tenants/{high_id}/limits", json={"max_priority": 9}, timeout=10
+    ).raise_for_status()
     model = stack.admin.get(f"{stack.base}/v1/models", timeout=10).json()["models"][0]["name"]
     browser, token = dashboard_form(stack)
-    pause = browser.post(f"{stack.base}/admin/queues/{model}/pause", timeout=10,
-                         data={"csrf_token": token}, allow_redirects=False)  # fmt: skip
+    pause = browser.post(
+        f"{stack.base}/admin/queues/{model}/pause",
+        timeout=10,
+        data={"csrf_token": token},
+        allow_redirects=False,
+    )
     owners: dict[str, requests.Session] = {}
     try:
         for _ in range(7):
@@ -463,19 +554,32 @@ def pause_resume_order(stack: Stack) -> list[Line]:
         time.sleep(8)  # the messages come back, paused, a few times each
         positions = {j: stack.job(http, j)["queue_position"] for j, http in owners.items()}
     finally:
-        resume = browser.post(f"{stack.base}/admin/queues/{model}/resume", timeout=10,
-                              data={"csrf_token": token}, allow_redirects=False)  # fmt: skip
+        resume = browser.post(
+            f"{stack.base}/admin/queues/{model}/resume",
+            timeout=10,
+            data={"csrf_token": token},
+            allow_redirects=False,
+        )
     finished = lambda: all(stack.job(h, j)["status"] == "succeeded" for j, h in owners.items())  # noqa: E731
     wait_for(finished, 300, "the jobs after the resume")
     started = sorted(owners, key=lambda j: stack.job(owners[j], j)["started_at"])
     by_position = sorted(owners, key=positions.__getitem__)
-    ok = (pause.status_code == resume.status_code == 303 and started[0] == urgent
-          and started == by_position)  # fmt: skip
-    return [Line("pause-resume-order", "the priority-9 job starts first, every job at the "
-                 "place its position said", f"pause/resume {pause.status_code}/"
-                 f"{resume.status_code}; priority 9 started #{started.index(urgent) + 1} of 8 "
-                 f"(position {positions[urgent]}); start order = positions: "
-                 f"{started == by_position}", ok)]  # fmt: skip
+    ok = (
+        pause.status_code == resume.status_code == 303
+        and started[0] == urgent
+        and started == by_position
+    )
+    return [
+        Line(
+            "pause-resume-order",
+            "the priority-9 job starts first, every job at the place its position said",
+            f"pause/resume {pause.status_code}/"
+            f"{resume.status_code}; priority 9 started #{started.index(urgent) + 1} of 8 "
+            f"(position {positions[urgent]}); start order = positions: "
+            f"{started == by_position}",
+            ok,
+        )
+    ]
 
 
 def valkey_port(stack: Stack) -> int:
@@ -499,9 +603,11 @@ def slow_clients(stack: Stack) -> list[Line]:
     lines = []
     for name, opening in (
         ("300-slow-header-clients", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"),
-        ("300-clients-never-closing", b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close"
-                                      b"\r\n\r\n"),
-    ):  # fmt: skip
+        (
+            "300-clients-never-closing",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ),
+    ):
         socks = [socket.create_connection(("127.0.0.1", stack.port)) for _ in range(300)]
         for s in socks:
             s.sendall(opening)
@@ -516,8 +622,9 @@ def slow_clients(stack: Stack) -> list[Line]:
         stop.set()
         for s in socks:
             s.close()
-        lines.append(Line(name, "ordinary requests answered (25 of 25)",
-                          f"{answered} of 25", answered == 25))  # fmt: skip
+        lines.append(
+            Line(name, "ordinary requests answered (25 of 25)", f"{answered} of 25", answered == 25)
+        )
     return lines
 
 
@@ -549,8 +656,13 @@ def hanging_receivers(stack: Stack) -> tuple[bool, str]:
     server = arrivals_receiver(came)
     holes = [socket.create_server(("127.0.0.1", 0), backlog=64) for _ in range(16)]
     events = ["job.canceled", "job.succeeded", "job.failed"]
-    body = {"prompt": "a red circle", "steps": 100, "candidates": 4, "top_k": 1,
-            "webhook_events": events}  # fmt: skip
+    body = {
+        "prompt": "a red circle",
+        "steps": 100,
+        "candidates": 4,
+        "top_k": 1,
+        "webhook_events": events,
+    }
 
     def event(http_: requests.Session, url: str) -> str:
         r = stack.submit(http_, {**body, "webhook_url": url})
@@ -568,11 +680,15 @@ def hanging_receivers(stack: Stack) -> tuple[bool, str]:
 
     try:
         alone = b_latency(1)
-        a_jobs = [event(a, f"http://127.0.0.1:{holes[i % 16].getsockname()[1]}/hook")
-                  for i in range(32)]  # fmt: skip
+        a_jobs = [
+            event(a, f"http://127.0.0.1:{holes[i % 16].getsockname()[1]}/hook") for i in range(32)
+        ]
         flooded = b_latency(2)
-        listed = [d for j in a_jobs for d in a.get(f"{stack.base}/v1/jobs/{j}/webhooks",
-                                                    timeout=10).json()["deliveries"]]  # fmt: skip
+        listed = [
+            d
+            for j in a_jobs
+            for d in a.get(f"{stack.base}/v1/jobs/{j}/webhooks", timeout=10).json()["deliveries"]
+        ]
     finally:
         server.shutdown()
         for hole in holes:
@@ -580,9 +696,13 @@ def hanging_receivers(stack: Stack) -> tuple[bool, str]:
     spent = sum(d["attempt_count"] for d in listed)
     waiting = sum(d["status"] == "pending" and d["attempt_count"] == 0 for d in listed)
     ok = len(listed) == 32 and spent < 32
-    return ok, (f"B's webhook {alone * 1000:.0f} ms alone, {flooded * 1000:.0f} ms behind A's 32 "
-                f"to hanging receivers; A's attempts spent by then {spent}, {waiting} waiting "
-                "unspent")  # fmt: skip
+    return ok, (
+        f"B's webhook {alone * 1000:.0f} ms alone, {flooded * 1000:.0f} ms behind A's 32 "
+        f"to hanging receivers; A's attempts spent by then {spent}, {waiting} waiting "
+        "unspent"
+    )
+
+
 # --- the dashboard and the access log (issue 21, items 4 and 8) -----------------------------
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -600,8 +720,7 @@ def sign_in(stack: Stack, next_: str = "") -> tuple[requests.Session, requests.R
     token = CSRF.search(form.text)
     assert token, form.text[:200]
     form_data = {"key": admin_key_of(stack), "csrf_token": token[1], "next": next_}
-    r = browser.post(f"{stack.base}/admin/login", data=form_data, timeout=10,
-                     allow_redirects=False)  # fmt: skip
+    r = browser.post(f"{stack.base}/admin/login", data=form_data, timeout=10, allow_redirects=False)
     return browser, r
 
 
@@ -625,11 +744,16 @@ def rows(stack: Stack, table: str) -> int:
 
 def odd_dashboard_queries(stack: Stack) -> tuple[bool, str]:
     browser, _ = dashboard(stack)
-    paths = ["/admin/usage?to=0001-01-01", "/admin/jobs?from=9999-12-31T23:59-01:00",
-             "/admin/jobs?to=9999-12-31T23:59-01:00", "/admin/audit?before=" + "9" * 30,
-             "/admin/usage?from=9999-06-01", "/admin/audit?before=" + "9" * 4000,
-             "/admin/jobs?cursor=abc",
-             "/admin/jobs?cursor=WyI5OTk5LTEyLTMxVDIzOjU5LTAxOjAwIiwieCJd"]  # fmt: skip
+    paths = [
+        "/admin/usage?to=0001-01-01",
+        "/admin/jobs?from=9999-12-31T23:59-01:00",
+        "/admin/jobs?to=9999-12-31T23:59-01:00",
+        "/admin/audit?before=" + "9" * 30,
+        "/admin/usage?from=9999-06-01",
+        "/admin/audit?before=" + "9" * 4000,
+        "/admin/jobs?cursor=abc",
+        "/admin/jobs?cursor=WyI5OTk5LTEyLTMxVDIzOjU5LTAxOjAwIiwieCJd",
+    ]
     codes = [browser.get(stack.base + p, timeout=10).status_code for p in paths]
     ok = codes == [422] * len(paths)
     return ok, f"{len(paths)} odd queries: {sorted(set(codes))} (none 500)" if ok else str(codes)
@@ -637,8 +761,10 @@ def odd_dashboard_queries(stack: Stack) -> tuple[bool, str]:
 
 def next_crlf(stack: Stack) -> tuple[bool, str]:
     before = rows(stack, "dashboard_sessions")
-    answers = [sign_in(stack, target)[1] for target in (
-        "/admin/\r\nSet-Cookie: daikon_admin=x", "https://evil.example/admin/")]  # fmt: skip
+    answers = [
+        sign_in(stack, target)[1]
+        for target in ("/admin/\r\nSet-Cookie: daikon_admin=x", "https://evil.example/admin/")
+    ]
     left = rows(stack, "dashboard_sessions") - before
     cookies = sum("daikon_admin=" in r.headers.get("Set-Cookie", "") for r in answers)
     codes = [r.status_code for r in answers]
@@ -649,16 +775,21 @@ def next_crlf(stack: Stack) -> tuple[bool, str]:
 def notice_injection(stack: Stack) -> tuple[bool, str]:
     browser, _ = dashboard(stack)
     crafted = "Your key was revoked: sign in at https://evil.example/admin"
-    shown = [crafted in browser.get(f"{stack.base}{path}", params={"notice": crafted},
-                                    timeout=10).text
-             for path in ("/admin/", "/admin/queues", "/admin/tenants")]  # fmt: skip
+    shown = [
+        crafted in browser.get(f"{stack.base}{path}", params={"notice": crafted}, timeout=10).text
+        for path in ("/admin/", "/admin/queues", "/admin/tenants")
+    ]
     return not any(shown), f"crafted notice shown on {sum(shown)} of {len(shown)} pages"
 
 
 def pause_unknown_model(stack: Stack) -> tuple[bool, str]:
     browser, token = dashboard(stack)
-    r = browser.post(f"{stack.base}/admin/queues/no-such-model/pause",
-                     data={"csrf_token": token}, timeout=10, allow_redirects=False)  # fmt: skip
+    r = browser.post(
+        f"{stack.base}/admin/queues/no-such-model/pause",
+        data={"csrf_token": token},
+        timeout=10,
+        allow_redirects=False,
+    )
     paused = rows(stack, "paused_models")
     return r.status_code == 404 and paused == 0, f"{r.status_code}, {paused} paused models"
 
@@ -703,10 +834,16 @@ def old_key_session(work: Path, browser: requests.Session, token: str) -> Line:
     with make_run(work, admin_key=ROTATED_KEY, log_name="run-rotated.log") as stack:
         # The browser kept its cookie (cookies are per host, not per port: the new port gets it).
         page = browser.get(f"{stack.base}/admin/tenants", timeout=10, allow_redirects=False)
-        made = browser.post(f"{stack.base}/admin/tenants", timeout=10, allow_redirects=False,
-                            data={"csrf_token": token, "name": "made-with-old-key"})  # fmt: skip
-        names = {t["name"] for t in stack.admin.get(f"{stack.base}/v1/admin/tenants",
-                                                    timeout=10).json()["tenants"]}  # fmt: skip
+        made = browser.post(
+            f"{stack.base}/admin/tenants",
+            timeout=10,
+            allow_redirects=False,
+            data={"csrf_token": token, "name": "made-with-old-key"},
+        )
+        names = {
+            t["name"]
+            for t in stack.admin.get(f"{stack.base}/v1/admin/tenants", timeout=10).json()["tenants"]
+        }
     created = "made-with-old-key" in names
     ok = page.status_code == 302 and made.status_code == 401 and not created
     return Line(
@@ -716,6 +853,8 @@ def old_key_session(work: Path, browser: requests.Session, token: str) -> Line:
         f"{made.status_code}, tenant {'created' if created else 'not created'}",
         ok,
     )
+
+
 def noise_png(side: int) -> bytes:
     """An incompressible PNG: what stores the most bytes per upload."""
     import io
@@ -740,16 +879,20 @@ def storage_quota(stack: Stack) -> list[Line]:
     name = f"hoarder-{os.getpid()}"
     tenant = stack.admin.post(f"{stack.base}/v1/admin/tenants", json={"name": name}, timeout=10)
     tenant_id = tenant.json()["id"]
-    key = stack.admin.post(f"{stack.base}/v1/admin/tenants/{tenant_id}/keys", json={},
-                           timeout=10).json()["key"]  # fmt: skip
+    key = stack.admin.post(
+        f"{stack.base}/v1/admin/tenants/{tenant_id}/keys", json={}, timeout=10
+    ).json()["key"]
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {key}"
     # ~48 KiB: three fit under the quota, the fourth does not (small enough to stay clear of
     # the multipart parser's 64 KiB buffer, issue 21 item 3, whatever the noise).
     picture = noise_png(128)
     quota = 150_000
-    stack.admin.put(f"{stack.base}/v1/admin/tenants/{tenant_id}/storage-quota",
-                    json={"storage_quota_bytes": quota}, timeout=10)  # fmt: skip
+    stack.admin.put(
+        f"{stack.base}/v1/admin/tenants/{tenant_id}/storage-quota",
+        json={"storage_quota_bytes": quota},
+        timeout=10,
+    )
     images = stack.data / "images"
 
     def files() -> int:
@@ -776,14 +919,20 @@ def storage_quota(stack: Stack) -> list[Line]:
     usage = http.get(f"{stack.base}/v1/usage", timeout=10).json()
     left_files, left_jobs = files() - before_files, stack.count(http) - before_jobs
     code = error_code(refusal) if refusal is not None else "never refused"
-    lines = [Line("storage-quota", "403 storage_quota_exceeded after 3 uploads, nothing stored, "
-                  "usage shows the bytes",
-                  f"{len(accepted)} accepted, then {code}; {left_files} files and {left_jobs} "
-                  f"jobs left by the refusal; usage {usage['stored_bytes']} of "
-                  f"{usage['storage_quota_bytes']} bytes",
-                  code == "403 storage_quota_exceeded" and len(accepted) == 3
-                  and left_files == 0 and left_jobs == 0
-                  and 0 < usage["stored_bytes"] <= quota)]  # fmt: skip
+    lines = [
+        Line(
+            "storage-quota",
+            "403 storage_quota_exceeded after 3 uploads, nothing stored, usage shows the bytes",
+            f"{len(accepted)} accepted, then {code}; {left_files} files and {left_jobs} "
+            f"jobs left by the refusal; usage {usage['stored_bytes']} of "
+            f"{usage['storage_quota_bytes']} bytes",
+            code == "403 storage_quota_exceeded"
+            and len(accepted) == 3
+            and left_files == 0
+            and left_jobs == 0
+            and 0 < usage["stored_bytes"] <= quota,
+        )
+    ]
 
     # Retention: the canceled edits (and their inputs) go, and so do their bytes. A period of
     # a second for every status (this runs last: the other attacks' jobs may go too), after a
@@ -818,39 +967,88 @@ def storage_quota(stack: Stack) -> list[Line]:
     answered_404 = time.monotonic() - t0
     gone = polls()
     with suppress(TimeoutError):
-        wait_for(lambda: not any((images / j).exists() for j in accepted), 180,
-                 "the worker's sweeper to delete the inputs", poll=1.0)  # fmt: skip
+        wait_for(
+            lambda: not any((images / j).exists() for j in accepted),
+            180,
+            "the worker's sweeper to delete the inputs",
+            poll=1.0,
+        )
     inputs_left = [j for j in accepted if (images / j).exists()]
-    lines.append(Line("retention-deletes-canceled-input", "canceled edits 404, inputs deleted "
-                      "by the worker's sweeper, bytes back, the tenant may upload again",
-                      f"sweep deleted {done.jobs} jobs; usage {after} bytes; next upload "
-                      f"{again.status_code}; polls {sorted(gone)} after {answered_404:.0f} s; "
-                      f"{len(inputs_left)} input folders left after "
-                      f"{time.monotonic() - t0:.0f} s",
-                      gone == {404} and not inputs_left and after == 0
-                      and again.status_code == 202))  # fmt: skip
+    lines.append(
+        Line(
+            "retention-deletes-canceled-input",
+            "canceled edits 404, inputs deleted "
+            "by the worker's sweeper, bytes back, the tenant may upload again",
+            f"sweep deleted {done.jobs} jobs; usage {after} bytes; next upload "
+            f"{again.status_code}; polls {sorted(gone)} after {answered_404:.0f} s; "
+            f"{len(inputs_left)} input folders left after "
+            f"{time.monotonic() - t0:.0f} s",
+            gone == {404} and not inputs_left and after == 0 and again.status_code == 202,
+        )
+    )
     return lines
 
 
 SINGLE: list[Attack] = [
-    refused("deeply-nested-json", "400 invalid_json, nothing created", 400, "invalid_json",
-            deep_json),
-    refused("lone-surrogate-prompt", "400 invalid_json, nothing created", 400, "invalid_json",
-            raw_json('{"prompt": "a\\ud800b"}')),
-    refused("lone-surrogate-metadata", "400 invalid_json, nothing created", 400, "invalid_json",
-            raw_json('{"prompt": "x", "metadata": {"n": "\\ud800"}}')),
-    refused("number-1e400", "400 invalid_json, nothing created", 400, "invalid_json",
-            raw_json('{"prompt": "x", "metadata": {"a": 1e400}}')),
-    refused("nan-guidance", "400 invalid_json, nothing created", 400, "invalid_json",
-            raw_json('{"prompt": "x", "guidance_scale": NaN}')),
-    refused("zero-width-prompt", "422 invalid_request, nothing created", 422, "invalid_request",
-            json_body({"prompt": "\u200b\u200c\u200d"})),
-    refused("nul-in-prompt", "400 invalid_json, nothing created", 400, "invalid_json",
-            json_body({"prompt": "a\u0000b"})),
-    refused("body-over-limit", "413, nothing created", 413, "request_entity_too_large",
-            json_body({"prompt": "a" * 70_000})),
-    refused("largest-job-allowed-before", "422 job_too_large, nothing created", 422,
-            "job_too_large", json_body(HUGE)),
+    refused(
+        "deeply-nested-json", "400 invalid_json, nothing created", 400, "invalid_json", deep_json
+    ),
+    refused(
+        "lone-surrogate-prompt",
+        "400 invalid_json, nothing created",
+        400,
+        "invalid_json",
+        raw_json('{"prompt": "a\\ud800b"}'),
+    ),
+    refused(
+        "lone-surrogate-metadata",
+        "400 invalid_json, nothing created",
+        400,
+        "invalid_json",
+        raw_json('{"prompt": "x", "metadata": {"n": "\\ud800"}}'),
+    ),
+    refused(
+        "number-1e400",
+        "400 invalid_json, nothing created",
+        400,
+        "invalid_json",
+        raw_json('{"prompt": "x", "metadata": {"a": 1e400}}'),
+    ),
+    refused(
+        "nan-guidance",
+        "400 invalid_json, nothing created",
+        400,
+        "invalid_json",
+        raw_json('{"prompt": "x", "guidance_scale": NaN}'),
+    ),
+    refused(
+        "zero-width-prompt",
+        "422 invalid_request, nothing created",
+        422,
+        "invalid_request",
+        json_body({"prompt": "\u200b\u200c\u200d"}),
+    ),
+    refused(
+        "nul-in-prompt",
+        "400 invalid_json, nothing created",
+        400,
+        "invalid_json",
+        json_body({"prompt": "a\u0000b"}),
+    ),
+    refused(
+        "body-over-limit",
+        "413, nothing created",
+        413,
+        "request_entity_too_large",
+        json_body({"prompt": "a" * 70_000}),
+    ),
+    refused(
+        "largest-job-allowed-before",
+        "422 job_too_large, nothing created",
+        422,
+        "job_too_large",
+        json_body(HUGE),
+    ),
     malformed_chunked,
     chunked_over_limit,
     long_last_event_id,
@@ -858,23 +1056,34 @@ SINGLE: list[Attack] = [
     held("signed-image-urls", "signed 200, tampered and traversal 404", tampered_image_url),
     held("ssrf-webhook-addresses", "422 for metadata, private, mapped, hex and ULA", ssrf),
     held("data-dir-permissions", "dirs 0700, files 0600", data_dir),
-    held("embedded-valkey-password", "NOAUTH without the password, which is in no log",
-         valkey_password),
+    held(
+        "embedded-valkey-password",
+        "NOAUTH without the password, which is in no log",
+        valkey_password,
+    ),
     held("webhook-secret-at-rest", "every stored secret encrypted", secret_at_rest),
     held("internal-webhook-answer", "attempt log: length only, no excerpt", internal_answer),
-    held("hanging-webhook-receivers", "another tenant's webhook arrives; A's queue of 32 "
-         "hanging deliveries is not ahead of it", hanging_receivers),
-    held("dashboard-odd-queries", "422 naming the parameter, never 500",
-         odd_dashboard_queries),
+    held(
+        "hanging-webhook-receivers",
+        "another tenant's webhook arrives; A's queue of 32 hanging deliveries is not ahead of it",
+        hanging_receivers,
+    ),
+    held("dashboard-odd-queries", "422 naming the parameter, never 500", odd_dashboard_queries),
     held("next-crlf-sign-in", "400 before the sign-in: no session row, no cookie", next_crlf),
     held("notice-injection", "a crafted ?notice= is shown nowhere", notice_injection),
     held("pause-unknown-model", "404, nothing paused", pause_unknown_model),
-    held("signed-url-in-access-log", "fetched 200, the signature in no log line",
-         signed_url_in_access_log),
-    held("tenant-loopback-webhook", "422 for a tenant, 202 for the admin's own tenant",
-         loopback_webhook_other_tenant),
+    held(
+        "signed-url-in-access-log",
+        "fetched 200, the signature in no log line",
+        signed_url_in_access_log,
+    ),
+    held(
+        "tenant-loopback-webhook",
+        "422 for a tenant, 202 for the admin's own tenant",
+        loopback_webhook_other_tenant,
+    ),
     held("priority-above-cap", "422 naming priority, nothing created", priority_above_cap),
-]  # fmt: skip
+]
 
 
 def _lines(attack: Callable[[Any], list[abuse_uploads.Result]]) -> Callable[[Stack], list[Line]]:
@@ -885,8 +1094,14 @@ def _lines(attack: Callable[[Any], list[abuse_uploads.Result]]) -> Callable[[Sta
     return group
 
 
-UPLOAD_GROUPS = [_lines(a) for a in (abuse_uploads.slow_bodies_flood, abuse_uploads.scan_bombs,
-                                     abuse_uploads.uploads_at_the_limit)]  # fmt: skip
+UPLOAD_GROUPS = [
+    _lines(a)
+    for a in (
+        abuse_uploads.slow_bodies_flood,
+        abuse_uploads.scan_bombs,
+        abuse_uploads.uploads_at_the_limit,
+    )
+]
 
 
 def main() -> int:
@@ -896,18 +1111,30 @@ def main() -> int:
     old_session: tuple[requests.Session, str] | None = None
     try:
         with make_run(work) as stack:
-            print(f"abuse | make run up in {time.monotonic() - started:.0f} s at {stack.base}; "
-                  f"work dir {work}", flush=True)  # fmt: skip
+            print(
+                f"abuse | make run up in {time.monotonic() - started:.0f} s at {stack.base}; "
+                f"work dir {work}",
+                flush=True,
+            )
             for attack in SINGLE:
                 try:
                     line = attack(stack)
                 except Exception as e:
-                    line = Line(getattr(attack, "__name__", "attack"), "no crash",
-                                f"{type(e).__name__}: {e}")  # fmt: skip
+                    line = Line(
+                        getattr(attack, "__name__", "attack"),
+                        "no crash",
+                        f"{type(e).__name__}: {e}",
+                    )
                 lines.append(line)
                 print(line.text(), flush=True)
-            for group in (stream_slots, busy_worker, pause_resume_order, slow_clients,
-                          *UPLOAD_GROUPS, storage_quota):
+            for group in (
+                stream_slots,
+                busy_worker,
+                pause_resume_order,
+                slow_clients,
+                *UPLOAD_GROUPS,
+                storage_quota,
+            ):
                 try:
                     found = group(stack)
                 except Exception as e:
@@ -928,8 +1155,11 @@ def main() -> int:
         lines.append(Line("stack", "make run starts", str(e)))
     failed = [line for line in lines if not line.ok]
     verdict = "PASSED" if not failed else "FAILED"
-    print(f"abuse | {verdict}: {len(lines) - len(failed)} of {len(lines)} attacks held in "
-          f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+    print(
+        f"abuse | {verdict}: {len(lines) - len(failed)} of {len(lines)} attacks held in "
+        f"{time.monotonic() - started:.0f} s",
+        flush=True,
+    )
     if failed:
         print(f"abuse | logs kept in {work}", flush=True)
     else:

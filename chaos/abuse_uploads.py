@@ -21,8 +21,7 @@ from chaos.floods import chunked_head, slow_bodies, timed, upload_head
 from chaos.payloads import noise, padded, scan_bomb
 
 Result = tuple[str, str, str, bool]
-QUICK_EDIT = {"prompt": "a red circle", "mode": "image", "steps": 4, "candidates": 1,
-              "top_k": 1}  # fmt: skip
+QUICK_EDIT = {"prompt": "a red circle", "mode": "image", "steps": 4, "candidates": 1, "top_k": 1}
 
 
 class Stack(Protocol):
@@ -45,8 +44,10 @@ def slow_bodies_flood(stack: Stack) -> list[Result]:
     a, b = stack.tenant("slow-bodies"), stack.tenant("slow-bodies-victim")
     job = stack.submit(b, {"prompt": "a red circle", "steps": 2, "candidates": 1})
     poll = f"{stack.base}/v1/jobs/{job.json()['id']}"
-    probes = [lambda: b.get(poll, timeout=10),
-              lambda: requests.get(f"{stack.base}/readyz", timeout=10)]  # fmt: skip
+    probes = [
+        lambda: b.get(poll, timeout=10),
+        lambda: requests.get(f"{stack.base}/readyz", timeout=10),
+    ]
     quiet = timed(probes, 10)
     results = []
     with slow_bodies(stack.port) as flood:
@@ -54,20 +55,28 @@ def slow_bodies_flood(stack: Stack) -> list[Result]:
         flood.open(upload_head(_key(a)), 300)
         during = timed(probes, 25)
     ok = not during.failures and set(during.statuses) == {200}
-    results.append((
-        "600-slow-bodies-with-a-key", "other tenants' polls and /readyz answered throughout",
-        f"quiet: {quiet.describe()}; during: {during.describe()}", ok,
-    ))  # fmt: skip
+    results.append(
+        (
+            "600-slow-bodies-with-a-key",
+            "other tenants' polls and /readyz answered throughout",
+            f"quiet: {quiet.describe()}; during: {during.describe()}",
+            ok,
+        )
+    )
     with slow_bodies(stack.port) as flood:
         refused = flood.open(upload_head("dk_no_such_key"), 600)
         during = timed(probes, 25)
         closed = flood.closed_by_server(refused, 60)
     unauthorized = sum(r.startswith(b"HTTP/1.1 401") for r in flood.answered)
     ok = not during.failures and set(during.statuses) == {200} and unauthorized == 600
-    results.append((
-        "600-slow-bodies-no-valid-key", "each 401 from its head, others answered throughout",
-        f"{unauthorized} of {closed} answered 401 unread; during: {during.describe()}", ok,
-    ))  # fmt: skip
+    results.append(
+        (
+            "600-slow-bodies-no-valid-key",
+            "each 401 from its head, others answered throughout",
+            f"{unauthorized} of {closed} answered 401 unread; during: {during.describe()}",
+            ok,
+        )
+    )
     return results
 
 
@@ -100,28 +109,37 @@ def scan_bombs(stack: Stack) -> list[Result]:
     job = {"prompt": "x", "mode": "image", "steps": 2, "candidates": 1, "top_k": 1}
     form = {"request": json.dumps(job)}
     before = _api_cpu(stack)
-    answers = [http.post(f"{stack.base}/v1/jobs", files=files, data=form, timeout=30)
-               for _ in range(20)]  # fmt: skip
+    answers = [
+        http.post(f"{stack.base}/v1/jobs", files=files, data=form, timeout=30) for _ in range(20)
+    ]
     per_bomb = (_api_cpu(stack) - before) / len(answers)
     codes = {f"{r.status_code} {r.json()['error']['code']}" for r in answers}
-    results = [(
-        "jpeg-scan-bombs", "422 too_many_scans, undecoded",
-        f"20 bombs of {len(bomb) // 1024} KiB: {sorted(codes)}; API CPU {per_bomb * 1000:.0f} ms "
-        f"a bomb (decoding one here: {decoded * 1000:.0f} ms)",
-        codes == {"422 too_many_scans"} and per_bomb < decoded,
-    )]  # fmt: skip
+    results = [
+        (
+            "jpeg-scan-bombs",
+            "422 too_many_scans, undecoded",
+            f"20 bombs of {len(bomb) // 1024} KiB: {sorted(codes)}; API CPU "
+            f"{per_bomb * 1000:.0f} ms a bomb (decoding one here: {decoded * 1000:.0f} ms)",
+            codes == {"422 too_many_scans"} and per_bomb < decoded,
+        )
+    ]
     # A tenant limited to 1 submission a minute (an admin's setting, written here directly).
     slow = stack.tenant("bomber-limited")
     with closing(sqlite3.connect(stack.data / "daikon.db")) as db:
         db.execute("UPDATE tenants SET submits_per_minute = 1 WHERE name = 'bomber-limited'")
         db.commit()
-    answers = [slow.post(f"{stack.base}/v1/jobs", files=files, data=form, timeout=30)
-               for _ in range(5)]  # fmt: skip
+    answers = [
+        slow.post(f"{stack.base}/v1/jobs", files=files, data=form, timeout=30) for _ in range(5)
+    ]
     seen = [f"{r.status_code} {r.json()['error']['code']}" for r in answers]
-    results.append((
-        "scan-bombs-past-the-rate-limit", "the 2nd to 5th refused 429 before any decoding",
-        ", ".join(seen), seen == ["422 too_many_scans"] + ["429 rate_limited"] * 4,
-    ))  # fmt: skip
+    results.append(
+        (
+            "scan-bombs-past-the-rate-limit",
+            "the 2nd to 5th refused 429 before any decoding",
+            ", ".join(seen),
+            seen == ["422 too_many_scans"] + ["429 rate_limited"] * 4,
+        )
+    )
     return results
 
 
@@ -136,11 +154,25 @@ def uploads_at_the_limit(stack: Stack) -> list[Result]:
         for size in (limit, limit - 1):
             image = padded(noise((64, 64), fmt, quality=100), fmt, size)
             files = {"image": (f"a.{fmt.lower()}", image, f"image/{fmt.lower()}")}
-            r = http.post(f"{stack.base}/v1/jobs", files=files, timeout=60,
-                          data={"request": str(QUICK_EDIT).replace("'", '"')})  # fmt: skip
-            edit = http.post(f"{stack.base}/v1/images/edits", files=files, timeout=120,
-                             data={"prompt": "a red circle"})  # fmt: skip
+            r = http.post(
+                f"{stack.base}/v1/jobs",
+                files=files,
+                timeout=60,
+                data={"request": str(QUICK_EDIT).replace("'", '"')},
+            )
+            edit = http.post(
+                f"{stack.base}/v1/images/edits",
+                files=files,
+                timeout=120,
+                data={"prompt": "a red circle"},
+            )
             seen.append(f"{fmt} {size}: {r.status_code}/{edit.status_code}")
             ok = ok and r.status_code == 202 and edit.status_code == 200
-    return [("uploads-at-the-4-mib-limit", "accepted in /v1/jobs (202) and /v1/images/edits "
-             "(200)", "; ".join(seen), ok)]  # fmt: skip
+    return [
+        (
+            "uploads-at-the-4-mib-limit",
+            "accepted in /v1/jobs (202) and /v1/images/edits (200)",
+            "; ".join(seen),
+            ok,
+        )
+    ]

@@ -120,14 +120,21 @@ class Service:
     def start(self, ready_timeout: float = 60.0) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            self.argv,
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C to the harness does not reach it first
-        )  # fmt: skip
+        )
         if self not in _live:
             _live.append(self)
         if self.port is not None:
-            wait_for(lambda: self.alive() and port_open(self.port or 0), ready_timeout,
-                     f"{self.name} on port {self.port}")  # fmt: skip
+            wait_for(
+                lambda: self.alive() and port_open(self.port or 0),
+                ready_timeout,
+                f"{self.name} on port {self.port}",
+            )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -378,9 +385,12 @@ class Cluster:
     # --- clients --------------------------------------------------------------------------
     def s3(self) -> Any:
         return boto3.client(
-            "s3", endpoint_url=self.s3_url, region_name="us-east-1",
-            aws_access_key_id="testing", aws_secret_access_key="testing",
-        )  # fmt: skip
+            "s3",
+            endpoint_url=self.s3_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, socket_connect_timeout=2)

@@ -122,9 +122,12 @@ class Scenario:
             return {}
         with self.c.engine.connect() as conn:
             result = conn.execute(
-                text("SELECT id, status, attempts, lease_owner, error_code, error_message, "
-                     "params FROM jobs WHERE id = ANY(:ids)"), {"ids": ids},
-            )  # fmt: skip
+                text(
+                    "SELECT id, status, attempts, lease_owner, error_code, error_message, "
+                    "params FROM jobs WHERE id = ANY(:ids)"
+                ),
+                {"ids": ids},
+            )
             return {r.id: dict(r._mapping) for r in result}
 
     def images(self, job_id: str) -> list[tuple[int, str]]:
@@ -161,8 +164,11 @@ class Scenario:
 
     def running_under(self, owner: str) -> set[str]:
         """This scenario's jobs running under one worker's lease (a batch, or one job)."""
-        return {j for j, r in self.rows().items()
-                if status(r) == "running" and r["lease_owner"] == owner}  # fmt: skip
+        return {
+            j
+            for j, r in self.rows().items()
+            if status(r) == "running" and r["lease_owner"] == owner
+        }
 
     def wait_mid_denoise(self, job_id: str, timeout: float = 60) -> str:
         """Wait until the job is at its second step or later; its lease owner (host:pid)."""
@@ -238,9 +244,13 @@ class Scenario:
         if r.succeeded == r.submitted:
             return
         rows = self.rows()
-        others = [f"{j[:8]}:{status(rows[j])}" + (f"/{rows[j]['error_code']}" if
-                  rows[j]["error_code"] else "") + f" attempts={rows[j]['attempts']}"
-                  for j in self.ids if j in rows and status(rows[j]) != "succeeded"]  # fmt: skip
+        others = [
+            f"{j[:8]}:{status(rows[j])}"
+            + (f"/{rows[j]['error_code']}" if rows[j]["error_code"] else "")
+            + f" attempts={rows[j]['attempts']}"
+            for j in self.ids
+            if j in rows and status(rows[j]) != "succeeded"
+        ]
         self.r.violations.append(
             f"expected all {r.submitted} {what} to succeed; saw {r.succeeded} succeeded, "
             f"the others: {', '.join(others) or 'no row'}"
@@ -278,8 +288,17 @@ def kills(c: Cluster, n: int = 20) -> Result:
     deadline = time.monotonic() + 60 * n
     while len(killed) < n and time.monotonic() < deadline:
         rows = sc.rows()
-        target = next((j for j, r in rows.items() if status(r) == "running" and j not in killed
-                       and r["attempts"] == 1 and r["lease_owner"]), None)  # fmt: skip
+        target = next(
+            (
+                j
+                for j, r in rows.items()
+                if status(r) == "running"
+                and j not in killed
+                and r["attempts"] == 1
+                and r["lease_owner"]
+            ),
+            None,
+        )
         if target is None:
             if all(status(r) in TERMINAL for r in rows.values()):
                 break
@@ -334,8 +353,11 @@ def kill_mid_batch(c: Cluster, rounds: int = 3) -> Result:
 
         try:
             wait_for(batched, 120, f"batch {round_} to run as one call", poll=0.05)
-            owner = next(o for j in ids if (o := sc.running_owner(j)) and
-                         sum(sc.running_owner(k) == o for k in ids) >= 2)  # fmt: skip
+            owner = next(
+                o
+                for j in ids
+                if (o := sc.running_owner(j)) and sum(sc.running_owner(k) == o for k in ids) >= 2
+            )
             batch = sc.running_under(owner)
             sc.wait_mid_denoise(sorted(batch & set(ids))[0], timeout=60)
             kill_owner(owner)
@@ -350,8 +372,10 @@ def kill_mid_batch(c: Cluster, rounds: int = 3) -> Result:
     sc.expect(len(batches) == rounds, f"expected {rounds} batches killed; saw {len(batches)}")
     sc.expect_all_succeeded(r, "jobs of the killed batches")
     again = {j: rows[j]["attempts"] for j in killed}
-    sc.expect(all(a == 2 for a in again.values()),
-              f"expected 2 attempts for each killed job; saw {sorted(again.values())}")  # fmt: skip
+    sc.expect(
+        all(a == 2 for a in again.values()),
+        f"expected 2 attempts for each killed job; saw {sorted(again.values())}",
+    )
     sc.expect(c.services["worker"].alive(), "expected the worker's main process alive; it died")
     return r
 
@@ -370,8 +394,10 @@ def poison(c: Cluster) -> Result:
         b = rows[bad]
         r.figures = {"poison_attempts": b["attempts"], **r.figures}
         ended = f"{status(b)}/{b['error_code']}"
-        sc.expect(ended == "failed/worker_lost",
-                  f"expected the poison job failed/worker_lost; saw {ended}")  # fmt: skip
+        sc.expect(
+            ended == "failed/worker_lost",
+            f"expected the poison job failed/worker_lost; saw {ended}",
+        )
         sc.expect(
             b["attempts"] == c_max_attempts(),
             f"expected the poison job to take {c_max_attempts()} attempts; saw {b['attempts']}",
@@ -413,8 +439,12 @@ def broker_down(c: Cluster, outage: float) -> Result:
     sc.wait_all_terminal(180)
     recovered = time.monotonic() - back
     r = sc.tally()
-    r.figures = {"outage_s": round(outage_s), "accepted_during": accepted_during,
-                 "drained_after_s": round(recovered, 1), **r.figures}  # fmt: skip
+    r.figures = {
+        "outage_s": round(outage_s),
+        "accepted_during": accepted_during,
+        "drained_after_s": round(recovered, 1),
+        **r.figures,
+    }
     sc.expect_all_succeeded(r, "accepted jobs")
     return r
 
@@ -433,8 +463,9 @@ def storage_down(c: Cluster, short: float, retry_window: float) -> Result:
     time.sleep(short)
     c.restart_s3()
     sc.wait_all_terminal(120)
-    ok_within = sum(1 for r in sc.rows([x for x in within if x]).values()
-                    if status(r) == "succeeded")  # fmt: skip
+    ok_within = sum(
+        1 for r in sc.rows([x for x in within if x]).values() if status(r) == "succeeded"
+    )
     # Longer than the window: the jobs fail with upload_failed and nothing is recorded.
     beyond = [sc.submit(prompt=f"upload gives up {i}", steps=10, top_k=2) for i in range(2)]
     if beyond[0]:
@@ -443,14 +474,22 @@ def storage_down(c: Cluster, short: float, retry_window: float) -> Result:
     down_at = time.monotonic()
     ids = [x for x in beyond if x]
     with suppress(TimeoutError):
-        wait_for(lambda: all(status(r) in TERMINAL for r in sc.rows(ids).values()),
-                 retry_window * 2 + 60, "the jobs to give up", poll=0.5)  # fmt: skip
+        wait_for(
+            lambda: all(status(r) in TERMINAL for r in sc.rows(ids).values()),
+            retry_window * 2 + 60,
+            "the jobs to give up",
+            poll=0.5,
+        )
     long_outage = time.monotonic() - down_at
     c.restart_s3()
     rows = sc.rows(ids)
     r = sc.tally()
-    r.figures = {"short_outage_s": short, "long_outage_s": round(long_outage),
-                 "retry_window_s": retry_window, **r.figures}  # fmt: skip
+    r.figures = {
+        "short_outage_s": short,
+        "long_outage_s": round(long_outage),
+        "retry_window_s": retry_window,
+        **r.figures,
+    }
     sc.expect(ok_within == len([x for x in within if x]), "a job failed within the retry window")
     for job_id, row in rows.items():
         sc.expect(
@@ -483,8 +522,9 @@ def database_down(c: Cluster, outage: float) -> Result:
         time.sleep(1)
     proxy.start()
     back = time.monotonic()
-    sc.expect(set(answers) == {"503:database_unavailable"},
-              f"GET during the cut answered {answers}")  # fmt: skip
+    sc.expect(
+        set(answers) == {"503:database_unavailable"}, f"GET during the cut answered {answers}"
+    )
     api_back: list[float] = []
 
     def api_answers() -> bool:
@@ -499,9 +539,12 @@ def database_down(c: Cluster, outage: float) -> Result:
     sc.submit(prompt="after the db is back", steps=10)
     sc.wait_all_terminal(120)
     r = sc.tally()
-    r.figures = {"outage_s": round(outage), "api_back_after_s": round(api_back[0], 1)
-                 if api_back else None, "api_refusals_during": sum(answers.values()),
-                 **r.figures}  # fmt: skip
+    r.figures = {
+        "outage_s": round(outage),
+        "api_back_after_s": round(api_back[0], 1) if api_back else None,
+        "api_refusals_during": sum(answers.values()),
+        **r.figures,
+    }
     sc.expect_all_succeeded(r, "accepted jobs")
     return r
 
@@ -551,9 +594,10 @@ def ledger(c: Cluster) -> Result:
     twice = sorted(j for j, n in finished.items() if n > 1)
     sc.expect(not twice, f"jobs that succeeded twice: {twice[:3]}")
     unrun, extra = sorted(succeeded_ids - set(finished)), sorted(set(finished) - succeeded_ids)
-    sc.expect(not unrun and not extra,
-              f"succeeded rows without a run: {unrun[:3]}; runs of jobs not succeeded: "
-              f"{extra[:3]}")  # fmt: skip
+    sc.expect(
+        not unrun and not extra,
+        f"succeeded rows without a run: {unrun[:3]}; runs of jobs not succeeded: {extra[:3]}",
+    )
     sc.expect(keys <= stored, f"rows point at missing objects: {sorted(keys - stored)[:3]}")
     sc.expect(stored <= keys, f"unreferenced objects: {sorted(stored - keys)[:3]}")
     sc.http.close()

@@ -79,13 +79,16 @@ class ModelOptions(BaseModel):
         None, ge=1, description="Height a request that names none gets; empty = the model's own."
     )
     default_steps: int | None = Field(
-        None, ge=1, description="Denoising steps when a request names none; empty = the "
-        "pipeline's own default."
-    )  # fmt: skip
+        None,
+        ge=1,
+        description="Denoising steps when a request names none; empty = the "
+        "pipeline's own default.",
+    )
     default_guidance_scale: float | None = Field(
-        None, ge=0, description="guidance_scale when a request names none; empty = the "
-        "pipeline's own default."
-    )  # fmt: skip
+        None,
+        ge=0,
+        description="guidance_scale when a request names none; empty = the pipeline's own default.",
+    )
     default_true_cfg_scale: float | None = Field(
         None, ge=0, description="Flux's true_cfg_scale when a request names none."
     )
@@ -96,13 +99,16 @@ class ModelOptions(BaseModel):
         None, ge=1, description="The most steps a request may ask (a turbo model's few)."
     )
     guidance: Literal["none"] | None = Field(
-        None, description='"none": a checkpoint trained without guidance whose architecture '
-        "still has CFG (SDXL-Turbo, SD-Turbo); guidance_scale and negative prompts are refused."
-    )  # fmt: skip
+        None,
+        description='"none": a checkpoint trained without guidance whose architecture '
+        "still has CFG (SDXL-Turbo, SD-Turbo); guidance_scale and negative prompts are refused.",
+    )
     prior_steps: int | None = Field(
-        None, ge=1, description="Kandinsky 2.2's prior (text to image embedding): its steps "
-        "(a request's `steps` are the decoder's); empty = the pipeline's 25."
-    )  # fmt: skip
+        None,
+        ge=1,
+        description="Kandinsky 2.2's prior (text to image embedding): its steps "
+        "(a request's `steps` are the decoder's); empty = the pipeline's 25.",
+    )
     prior_guidance_scale: float | None = Field(
         None, ge=0, description="Kandinsky 2.2's prior guidance; empty = the pipeline's 4.0."
     )
@@ -111,23 +117,26 @@ class ModelOptions(BaseModel):
         description="Weights' dtype for this model; empty or \"auto\" = the worker's DAIKON_DTYPE.",
     )
     cpu_offload: Literal["model", "sequential"] | None = Field(
-        None, description="For big models on small GPUs: `model` moves each component to the "
+        None,
+        description="For big models on small GPUs: `model` moves each component to the "
         "GPU only while it runs (small slowdown), `sequential` each layer (large slowdown, "
-        "least memory)."
-    )  # fmt: skip
+        "least memory).",
+    )
     vae_tiling: bool = Field(
         False, description="Decode large images tile by tile (seams blended): less memory."
     )
     vae_slicing: bool = Field(False, description="Decode a batch one image at a time.")
     channels_last: bool = Field(
-        False, description="The denoiser (UNet or transformer) in channels-last memory "
-        "layout: faster convolutions on GPUs."
-    )  # fmt: skip
+        False,
+        description="The denoiser (UNet or transformer) in channels-last memory "
+        "layout: faster convolutions on GPUs.",
+    )
     compile: bool = Field(
-        False, description="torch.compile the denoiser in place, warmed up at load so the "
+        False,
+        description="torch.compile the denoiser in place, warmed up at load so the "
         "first job does not pay for it (minutes per model). SDPA attention is torch 2's "
-        "default and needs no option."
-    )  # fmt: skip
+        "default and needs no option.",
+    )
     # (Images per pipeline call are the model's `limits.images_per_call`, daikon/limits.py.)
 
     def model_post_init(self, _context: Any) -> None:

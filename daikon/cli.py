@@ -78,11 +78,14 @@ class Config:
 @app.callback()
 def _options(
     ctx: typer.Context,
-    url: Annotated[str | None, typer.Option("--url", envvar="DAIKON_URL",
-                                            help="The API's base URL.")] = None,
-    key: Annotated[str | None, typer.Option("--key", envvar="DAIKON_API_KEY",
-                                            help="An API key.", show_default=False)] = None,
-) -> None:  # fmt: skip
+    url: Annotated[
+        str | None, typer.Option("--url", envvar="DAIKON_URL", help="The API's base URL.")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", envvar="DAIKON_API_KEY", help="An API key.", show_default=False),
+    ] = None,
+) -> None:
     ctx.obj = Config(url, key)
 
 
@@ -120,9 +123,14 @@ class Display:
             yield self
             return
         self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-            MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=False,
-        )  # fmt: skip
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
         self.task = self.progress.add_task(f"{self.job_id[:8]} submitted", total=None)
         with self.progress:
             yield self
@@ -132,8 +140,11 @@ class Display:
             return
         if isinstance(event, StatusEvent):
             position = event.data.queue_position
-            text = (f"queued, position {position}" if event.data.status is JobStatus.queued
-                    else event.data.status.value)  # fmt: skip
+            text = (
+                f"queued, position {position}"
+                if event.data.status is JobStatus.queued
+                else event.data.status.value
+            )
             self._show(text)
         elif isinstance(event, ProgressEvent):
             p = event.data
@@ -141,14 +152,14 @@ class Display:
         elif isinstance(event, DoneEvent):
             self._show(event.job.status.value, done=True)
 
-    def _show(self, text: str, step: int | None = None, total: int | None = None,
-              done: bool = False) -> None:  # fmt: skip
+    def _show(
+        self, text: str, step: int | None = None, total: int | None = None, done: bool = False
+    ) -> None:
         if self.progress is not None and self.task is not None:
             description = f"{self.job_id[:8]} {text.split(',')[0]}"
             if step is None and not done:
                 description = f"{self.job_id[:8]} {text}"
-            self.progress.update(self.task, description=description, completed=step,
-                                 total=total)  # fmt: skip
+            self.progress.update(self.task, description=description, completed=step, total=total)
             if done:
                 task = self.progress.tasks[0]
                 self.progress.update(self.task, completed=task.total or 1, total=task.total or 1)
@@ -230,37 +241,71 @@ def generate(
     priority: Annotated[int | None, typer.Option(help="0-9, higher runs first.")] = None,
     metadata: Annotated[str | None, typer.Option(help="A JSON object stored with the job.")] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Where job events are POSTed.")] = None,
-    image: Annotated[Path | None, typer.Option(
-        help="Edit this image (PNG, JPEG, WebP): image-to-image, or inpaint with --mask.",
-        exists=True, dir_okay=False)] = None,
-    mask: Annotated[Path | None, typer.Option(
-        help="Inpaint: white = repaint, black = keep; the image's size.",
-        exists=True, dir_okay=False)] = None,
-    image_id: Annotated[str | None, typer.Option(
-        help="Edit an earlier image instead of --image: `<job id>:<rank>`.")] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option(
+            help="Edit this image (PNG, JPEG, WebP): image-to-image, or inpaint with --mask.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option(
+            help="Inpaint: white = repaint, black = keep; the image's size.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    image_id: Annotated[
+        str | None,
+        typer.Option(help="Edit an earlier image instead of --image: `<job id>:<rank>`."),
+    ] = None,
     mask_id: Annotated[str | None, typer.Option(help="An earlier mask: `<job id>:mask`.")] = None,
-    mode: Annotated[str | None, typer.Option(
-        help="text, image or inpaint (default: inpaint with a mask, image with an image).")] = None,
-    strength: Annotated[float | None, typer.Option(
-        help="Edits: noise added to the input, 0-1.")] = None,
-    mask_blur: Annotated[int | None, typer.Option(
-        help="Inpaint: blur the mask's edge (px).")] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="text, image or inpaint (default: inpaint with a mask, image with an image)."
+        ),
+    ] = None,
+    strength: Annotated[
+        float | None, typer.Option(help="Edits: noise added to the input, 0-1.")
+    ] = None,
+    mask_blur: Annotated[
+        int | None, typer.Option(help="Inpaint: blur the mask's edge (px).")
+    ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Where the kept images go.")] = Path("."),
-    wait: Annotated[bool, typer.Option("--wait/--no-wait",
-                                       help="Follow the job and save its images.")] = True,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Follow the job and save its images.")
+    ] = True,
     as_json: JsonFlag = False,
-    idempotency_key: Annotated[str | None, typer.Option(
-        help="Retrying with the same key answers the same job (default: a fresh one).")] = None,
-) -> None:  # fmt: skip
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Retrying with the same key answers the same job (default: a fresh one)."
+        ),
+    ] = None,
+) -> None:
     """Submit a prompt; with --wait (the default) follow it and save the kept images."""
     fields: JobFields = {}
-    for name, value in [("candidates", candidates), ("top_k", top_k), ("seed", seed),
-                        ("steps", steps), ("width", width), ("height", height),
-                        ("guidance_scale", guidance_scale), ("negative_prompt", negative_prompt),
-                        ("model", model), ("scheduler", scheduler), ("priority", priority),
-                        ("webhook_url", webhook_url), ("image_id", image_id),
-                        ("mask_id", mask_id), ("strength", strength),
-                        ("mask_blur", mask_blur)]:  # fmt: skip
+    for name, value in [
+        ("candidates", candidates),
+        ("top_k", top_k),
+        ("seed", seed),
+        ("steps", steps),
+        ("width", width),
+        ("height", height),
+        ("guidance_scale", guidance_scale),
+        ("negative_prompt", negative_prompt),
+        ("model", model),
+        ("scheduler", scheduler),
+        ("priority", priority),
+        ("webhook_url", webhook_url),
+        ("image_id", image_id),
+        ("mask_id", mask_id),
+        ("strength", strength),
+        ("mask_blur", mask_blur),
+    ]:
         if value is not None:
             fields[name] = value  # type: ignore[literal-required]
     if mode is None and (image is not None or image_id is not None):
@@ -275,8 +320,9 @@ def generate(
         except json.JSONDecodeError as e:
             raise typer.BadParameter(f"not JSON: {e}", param_hint="--metadata") from None
     with _client(ctx) as daikon:
-        job = daikon.submit(prompt, idempotency_key=idempotency_key, image=image, mask=mask,
-                            **fields)  # fmt: skip
+        job = daikon.submit(
+            prompt, idempotency_key=idempotency_key, image=image, mask=mask, **fields
+        )
         if not wait:
             if as_json:
                 _print_json(job)
@@ -285,8 +331,7 @@ def generate(
             return
         if not as_json:
             err.print(f"Submitted job {job.id}")
-        finish(daikon, follow(daikon, job.id, show=not as_json), directory=out_dir,
-               as_json=as_json)  # fmt: skip
+        finish(daikon, follow(daikon, job.id, show=not as_json), directory=out_dir, as_json=as_json)
 
 
 @app.command("wait")
@@ -325,8 +370,12 @@ def jobs(
 ) -> None:
     """List jobs, newest first."""
     with _client(ctx) as daikon:
-        found = daikon.list(status=status, model=model, created_after=created_after,
-                            page_size=min(max(limit, 1), 100))  # fmt: skip
+        found = daikon.list(
+            status=status,
+            model=model,
+            created_after=created_after,
+            page_size=min(max(limit, 1), 100),
+        )
         rows = list(found if show_all else itertools.islice(found, max(limit, 0)))
     if as_json:
         _print_json([j.model_dump(mode="json") for j in rows])
@@ -340,9 +389,15 @@ def jobs(
     table.add_column("best clip", justify="right", no_wrap=True)
     for j in rows:
         best = max((i.clip_score for i in j.images), default=None)
-        table.add_row(j.id, j.status.value, j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      j.params.model, _prompt_excerpt(j), str(len(j.images)),
-                      f"{best:.2f}" if best is not None else "")  # fmt: skip
+        table.add_row(
+            j.id,
+            j.status.value,
+            j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            j.params.model,
+            _prompt_excerpt(j),
+            str(len(j.images)),
+            f"{best:.2f}" if best is not None else "",
+        )
     out.print(table)
 
 
@@ -360,11 +415,19 @@ def show(
         return
     table = Table(show_header=False, box=None)
     p = job.params
-    rows = [("id", job.id), ("status", job.status.value), ("prompt", p.prompt),
-            ("model", p.model), ("size", f"{p.width}x{p.height}"), ("steps", str(p.steps)),
-            ("candidates / top_k", f"{p.candidates} / {p.top_k}"), ("seed", str(p.seed)),
-            ("created", str(job.created_at)), ("started", str(job.started_at or "")),
-            ("finished", str(job.finished_at or ""))]  # fmt: skip
+    rows = [
+        ("id", job.id),
+        ("status", job.status.value),
+        ("prompt", p.prompt),
+        ("model", p.model),
+        ("size", f"{p.width}x{p.height}"),
+        ("steps", str(p.steps)),
+        ("candidates / top_k", f"{p.candidates} / {p.top_k}"),
+        ("seed", str(p.seed)),
+        ("created", str(job.created_at)),
+        ("started", str(job.started_at or "")),
+        ("finished", str(job.finished_at or "")),
+    ]
     if job.queue_position is not None:
         rows.append(("queue position", str(job.queue_position)))
     if job.progress is not None:
@@ -401,13 +464,20 @@ def models(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if as_json:
         _print_json(listed)
         return
-    table = Table("name", "default", "workers", "queued", "device", "family", box=None,
-                  header_style="bold")  # fmt: skip
+    table = Table(
+        "name", "default", "workers", "queued", "device", "family", box=None, header_style="bold"
+    )
     for m in listed.models:
         caps = m.capabilities
         family = f"{caps.family} {caps.native_width}x{caps.native_height}" if caps else ""
-        table.add_row(m.name, "yes" if m.default else "", str(m.workers), str(m.queued),
-                      m.device or "", family)  # fmt: skip
+        table.add_row(
+            m.name,
+            "yes" if m.default else "",
+            str(m.workers),
+            str(m.queued),
+            m.device or "",
+            family,
+        )
     out.print(table)
 
 
@@ -474,11 +544,13 @@ def keys_list(
     if as_json:
         _print_json(listed)
         return
-    table = Table("id", "name", "prefix", "scope", "created", "revoked", box=None,
-                  header_style="bold")  # fmt: skip
+    table = Table(
+        "id", "name", "prefix", "scope", "created", "revoked", box=None, header_style="bold"
+    )
     for k in listed.keys:
-        table.add_row(k.id, k.name, k.prefix, k.scope.value, str(k.created_at),
-                      str(k.revoked_at or ""))  # fmt: skip
+        table.add_row(
+            k.id, k.name, k.prefix, k.scope.value, str(k.created_at), str(k.revoked_at or "")
+        )
     out.print(table)
 
 

@@ -112,42 +112,50 @@ class JobRequest(BaseModel):
     height: int | None = Field(None, description="Multiple of 8 within the configured bounds.")
     steps: int | None = Field(None, description="Denoising steps.")
     guidance_scale: float | None = Field(
-        None, description="Guidance scale: classifier-free guidance, or a distilled model's "
-        "guidance embedding (the model's `guidance` in GET /v1/models)."
-    )  # fmt: skip
+        None,
+        description="Guidance scale: classifier-free guidance, or a distilled model's "
+        "guidance embedding (the model's `guidance` in GET /v1/models).",
+    )
     true_cfg_scale: float | None = Field(
-        None, description="Models with true CFG (FLUX): the scale a negative prompt applies at, "
-        "> 1 (a second pass per step, about twice the time)."
-    )  # fmt: skip
+        None,
+        description="Models with true CFG (FLUX): the scale a negative prompt applies at, "
+        "> 1 (a second pass per step, about twice the time).",
+    )
     candidates: int | None = Field(None, description="Images generated before CLIP ranking.")
     top_k: int | None = Field(None, description="Images kept after ranking (<= candidates).")
     seed: int | None = Field(None, description="Base seed; image i uses seed + i.")
     model: str | None = Field(None, description="A model name from GET /v1/models.")
     scheduler: str | None = Field(
-        None, description="A diffusers scheduler, by short name or class name; which ones a "
-        "model can use: GET /v1/models."
-    )  # fmt: skip
+        None,
+        description="A diffusers scheduler, by short name or class name; which ones a "
+        "model can use: GET /v1/models.",
+    )
     mode: Mode | None = Field(
-        None, description="text (default): draw the prompt; image: redraw the input `image` "
-        "(image-to-image); inpaint: repaint where the `mask` is white, keep where it is black."
-    )  # fmt: skip
+        None,
+        description="text (default): draw the prompt; image: redraw the input `image` "
+        "(image-to-image); inpaint: repaint where the `mask` is white, keep where it is black.",
+    )
     strength: float | None = Field(
-        None, description="image and inpaint: how much noise is added to the input, 0-1, so "
-        "about steps x strength denoising steps run (default: 0.6 for image, 1.0 for inpaint)."
-    )  # fmt: skip
+        None,
+        description="image and inpaint: how much noise is added to the input, 0-1, so "
+        "about steps x strength denoising steps run (default: 0.6 for image, 1.0 for inpaint).",
+    )
     mask_blur: int | None = Field(
-        None, description="inpaint: Gaussian blur radius (pixels) of the mask's edge, so the "
-        "repainted area blends into the kept one; 0 (default) = a hard edge."
-    )  # fmt: skip
+        None,
+        description="inpaint: Gaussian blur radius (pixels) of the mask's edge, so the "
+        "repainted area blends into the kept one; 0 (default) = a hard edge.",
+    )
     image_id: str | None = Field(
-        None, description="image and inpaint: an image of an earlier job of yours, by its "
+        None,
+        description="image and inpaint: an image of an earlier job of yours, by its "
         "`id` (`<job id>:<rank>`, or `<job id>:image` for a job's own input), instead of an "
-        "uploaded `image` part."
-    )  # fmt: skip
+        "uploaded `image` part.",
+    )
     mask_id: str | None = Field(
-        None, description="inpaint: a mask by id (`<job id>:mask`, or any image id whose "
-        "image is single-channel), instead of an uploaded `mask` part."
-    )  # fmt: skip
+        None,
+        description="inpaint: a mask by id (`<job id>:mask`, or any image id whose "
+        "image is single-channel), instead of an uploaded `mask` part.",
+    )
     priority: int | None = Field(None, description="0-9, higher runs first (default 5).")
     metadata: dict[str, Any] | None = Field(None, description="Client JSON, stored as given.")
     webhook_url: str | None = Field(None, description="Where job events are POSTed.")
@@ -163,11 +171,17 @@ class JobRequest(BaseModel):
         """This deployment's request model (built once per set of bounds)."""
         b = settings.limits
         return _job_request(
-            b.max_prompt_chars, b.min_size, b.max_size, b.max_steps, b.max_guidance_scale,
-            b.max_candidates, b.max_metadata_bytes, tuple(sorted(settings.model_specs)),
+            b.max_prompt_chars,
+            b.min_size,
+            b.max_size,
+            b.max_steps,
+            b.max_guidance_scale,
+            b.max_candidates,
+            b.max_metadata_bytes,
+            tuple(sorted(settings.model_specs)),
             settings.default_model_name,
             _shown_defaults(settings),
-        )  # fmt: skip
+        )
 
     @field_validator("webhook_events", mode="before")
     @classmethod
@@ -236,11 +250,16 @@ def _shown_defaults(
     """The defaults the schema shows: the default model's (where the settings say them)."""
     b = settings.limits
     o = settings.model_specs[settings.default_model_name].options
-    return (o.default_width or b.default_width, o.default_height or b.default_height,
-            o.default_steps or b.default_steps,
-            o.default_guidance_scale if o.default_guidance_scale is not None
-            else b.default_guidance_scale,
-            b.default_candidates, min(b.default_top_k, b.default_candidates))  # fmt: skip
+    return (
+        o.default_width or b.default_width,
+        o.default_height or b.default_height,
+        o.default_steps or b.default_steps,
+        o.default_guidance_scale
+        if o.default_guidance_scale is not None
+        else b.default_guidance_scale,
+        b.default_candidates,
+        min(b.default_top_k, b.default_candidates),
+    )
 
 
 # Fields whose default belongs to the model (its size, steps and guidance).
@@ -301,11 +320,12 @@ def _job_request(
     def bounded(name: str, rule: Any, shown_default: Any = None, more: str = "") -> None:
         description = (base[name].description or "") + more
         extra = {"default": shown_default} if shown_default is not None else None
-        fields[name] = (rule | None, Field(None, description=description,
-                                           json_schema_extra=extra))  # fmt: skip
+        fields[name] = (rule | None, Field(None, description=description, json_schema_extra=extra))
 
-    fields["prompt"] = (rules.text(max_chars, drawn=True, empty_allowed=True),
-                        Field(description=base["prompt"].description))  # fmt: skip
+    fields["prompt"] = (
+        rules.text(max_chars, drawn=True, empty_allowed=True),
+        Field(description=base["prompt"].description),
+    )
     bounded("negative_prompt", rules.text(max_chars))
     side = rules.between(min_size, max_size, multiple_of=8)
     bounded("width", side, width)
@@ -318,19 +338,25 @@ def _job_request(
     bounded("top_k", rules.at_least(1, documented_maximum=max_candidates), top_k)
     bounded("seed", rules.between(0, SEED_MAX))
     bounded("model", rules.one_of(models, what="model"), default_model)
-    bounded("scheduler", rules.one_of(list(SCHEDULERS), what="scheduler",
-                                      aliases={c: n for n, c in SCHEDULERS.items()}))  # fmt: skip
+    bounded(
+        "scheduler",
+        rules.one_of(
+            list(SCHEDULERS), what="scheduler", aliases={c: n for n, c in SCHEDULERS.items()}
+        ),
+    )
     bounded("mode", rules.one_of(MODES, what="mode"), "text")
     bounded("strength", rules.number_as_float(rules.between(0, 1, kind=float)))
     bounded("mask_blur", rules.between(0, MAX_MASK_BLUR), 0)
     bounded("image_id", rules.text(200))
     bounded("mask_id", rules.text(200))
     bounded("priority", rules.between(0, PRIORITY_MAX), DEFAULT_PRIORITY)
-    bounded("metadata", rules.json_object(max_metadata),
-            more=f" At most {max_metadata} bytes as JSON.")  # fmt: skip
+    bounded(
+        "metadata", rules.json_object(max_metadata), more=f" At most {max_metadata} bytes as JSON."
+    )
     bounded("webhook_url", rules.http_url())
-    model = create_model("JobRequest", __base__=JobRequest, __module__=__name__,
-                         __doc__=PUBLIC_DOC, **fields)  # fmt: skip
+    model = create_model(
+        "JobRequest", __base__=JobRequest, __module__=__name__, __doc__=PUBLIC_DOC, **fields
+    )
     model.default_candidates = candidates
     return model
 
@@ -369,8 +395,9 @@ class JobParams(BaseModel):
         0 while the size or steps are not known yet."""
         if self.width is None or self.height is None or self.steps is None:
             return 0.0
-        return job_cost(width=self.width, height=self.height, candidates=self.candidates,
-                        steps=self.steps)  # fmt: skip
+        return job_cost(
+            width=self.width, height=self.height, candidates=self.candidates, steps=self.steps
+        )
 
     @property
     def batch_key(self) -> tuple[object, ...] | None:
@@ -380,12 +407,19 @@ class JobParams(BaseModel):
         The one rule for batching: None neither joins a batch nor takes companions."""
         if not self.complete or self.mode != "text":
             return None
-        return (self.model, self.width, self.height, self.steps, self.guidance_scale,
-                self.scheduler, self.true_cfg_scale, self.negative_prompt is not None)  # fmt: skip
+        return (
+            self.model,
+            self.width,
+            self.height,
+            self.steps,
+            self.guidance_scale,
+            self.scheduler,
+            self.true_cfg_scale,
+            self.negative_prompt is not None,
+        )
 
     def describe_cost(self) -> str:
-        return (f"{self.width}x{self.height} px x {self.candidates} candidates x "
-                f"{self.steps} steps")  # fmt: skip
+        return f"{self.width}x{self.height} px x {self.candidates} candidates x {self.steps} steps"
 
 
 class ImageOut(BaseModel):
@@ -499,8 +533,9 @@ def _in_utc(v: datetime) -> datetime:
         raise ValueError("is out of range") from None
 
 
-Cursor = Annotated[tuple[datetime, str], BeforeValidator(decode_cursor),
-                   WithJsonSchema(CURSOR_SCHEMA)]  # fmt: skip
+Cursor = Annotated[
+    tuple[datetime, str], BeforeValidator(decode_cursor), WithJsonSchema(CURSOR_SCHEMA)
+]
 
 
 class ListQuery(BaseModel):
@@ -533,16 +568,20 @@ IDEMPOTENCY_KEY_MAX = 255
 
 class SubmitHeaders(BaseModel):
     idempotency_key: str | None = Field(
-        None, alias="Idempotency-Key", min_length=1, max_length=IDEMPOTENCY_KEY_MAX,
+        None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_MAX,
         description="Retrying with the same key and body answers the same job again.",
-    )  # fmt: skip
+    )
 
 
 class PollHeaders(BaseModel):
     if_none_match: str | None = Field(
-        None, alias="If-None-Match",
+        None,
+        alias="If-None-Match",
         description="An ETag from an earlier answer: 304 while the job is unchanged.",
-    )  # fmt: skip
+    )
 
 
 # Event ids are below 2**31; a longer value is not one this API sent.
@@ -550,11 +589,14 @@ LAST_EVENT_ID = "^[0-9]{1,10}$"
 
 
 class StreamHeaders(BaseModel):
-    last_event_id: Annotated[str, WithJsonSchema({"type": "string", "pattern": LAST_EVENT_ID})] | None = Field(  # noqa: E501
-        None, alias="Last-Event-ID",
+    last_event_id: (
+        Annotated[str, WithJsonSchema({"type": "string", "pattern": LAST_EVENT_ID})] | None
+    ) = Field(
+        None,
+        alias="Last-Event-ID",
         description="Resume a dropped stream: events up to this id are not sent again "
         "(another value is ignored: a fresh stream).",
-    )  # fmt: skip
+    )
 
     def resume_after(self) -> int:
         raw = self.last_event_id or ""

@@ -52,8 +52,10 @@ def redact_query(query: str) -> str:
     """A query string as a log may show it: one that carries a signature is replaced whole,
     however the parameter is spelled (`SIG`, `%73ig`): until it expires, whoever reads the
     log could fetch the image."""
-    names = {unquote_plus(part.partition("=")[0]).strip().lower()
-             for part in query.replace(";", "&").split("&")}  # fmt: skip
+    names = {
+        unquote_plus(part.partition("=")[0]).strip().lower()
+        for part in query.replace(";", "&").split("&")
+    }
     return REDACTED if SIGNATURE_PARAM in names else query
 
 

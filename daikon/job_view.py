@@ -97,8 +97,9 @@ class Links:
         direct = self.store.presigned_url(key)
         if direct:
             return direct
-        expires, sig = image_urls.sign(self.signing_key, job.id, f"input-{role}",
-                                       self.presign_seconds)  # fmt: skip
+        expires, sig = image_urls.sign(
+            self.signing_key, job.id, f"input-{role}", self.presign_seconds
+        )
         return self.absolute(
             f"/v1/jobs/{job.id}/inputs/{role}?expires={expires}&{image_urls.SIGNATURE_PARAM}={sig}"
         )
@@ -194,5 +195,6 @@ class EventRenderer:
         at: datetime | None = None,
         step: tuple[int, int] | None = None,
     ) -> str:
-        return payload.render(event, at or event_time(job, event),
-                              job_object(job, self.links, step=step))  # fmt: skip
+        return payload.render(
+            event, at or event_time(job, event), job_object(job, self.links, step=step)
+        )

@@ -43,9 +43,20 @@ def worker_argv(
     chaos suite start it the same way. No --queues: a worker consumes its models' queues
     itself (worker/main.py), and a --queues here would replace them."""
     return [
-        sys.executable, "-m", "celery", "-A", app, "worker",
-        "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", hostname, *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "INFO",
+        "--hostname",
+        hostname,
+        *extra,
+    ]
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -175,8 +186,10 @@ def main() -> int:
         webhook_note = f"loopback receivers ({LOCAL_WEBHOOK_HOSTS}) allowed"
         if "DAIKON_WEBHOOK_ALLOW_TENANTS" not in {k.upper() for k in os.environ}:
             env["DAIKON_WEBHOOK_ALLOW_TENANTS"] = ADMIN_TENANT
-            webhook_note += (f" for tenant {ADMIN_TENANT!r} (the admin key's jobs) only; other "
-                             "tenants' webhooks go to public addresses")  # fmt: skip
+            webhook_note += (
+                f" for tenant {ADMIN_TENANT!r} (the admin key's jobs) only; other "
+                "tenants' webhooks go to public addresses"
+            )
     admin_key_note = "DAIKON_ADMIN_KEY from the environment"
     if not settings.security.admin_key:
         env["DAIKON_ADMIN_KEY"] = dev_admin_key(settings)

@@ -32,21 +32,25 @@ class ModelLimits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_job_cost: float = Field(
-        gt=0, description="Most megapixel-steps one job may cost (width x height x candidates x "
-        "steps / 10^6)."
-    )  # fmt: skip
+        gt=0,
+        description="Most megapixel-steps one job may cost (width x height x candidates x "
+        "steps / 10^6).",
+    )
     images_per_call: int = Field(
-        ge=1, description="Candidates denoised and decoded together; a cancel is honoured "
-        "within one step of one such chunk."
-    )  # fmt: skip
+        ge=1,
+        description="Candidates denoised and decoded together; a cancel is honoured "
+        "within one step of one such chunk.",
+    )
     seconds_per_cost: float = Field(
-        gt=0, description="Seconds allowed per megapixel-step, on top of a fixed "
-        f"{BASE_SECONDS:g} s; past that allowance the job fails with `time_limit_exceeded`."
-    )  # fmt: skip
+        gt=0,
+        description="Seconds allowed per megapixel-step, on top of a fixed "
+        f"{BASE_SECONDS:g} s; past that allowance the job fails with `time_limit_exceeded`.",
+    )
     tenant_queued_cost: float = Field(
-        gt=0, description="Most megapixel-steps one tenant may have queued or running for this "
-        "model at once; more answers 429 `too_much_queued_work`."
-    )  # fmt: skip
+        gt=0,
+        description="Most megapixel-steps one tenant may have queued or running for this "
+        "model at once; more answers 429 `too_much_queued_work`.",
+    )
 
 
 class LimitOverrides(BaseModel):
@@ -92,8 +96,9 @@ def job_cost(*, width: int, height: int, candidates: int, steps: int) -> float:
     return width * height * candidates * steps / 1e6
 
 
-def too_large(cost: float, limits: ModelLimits, *, model: str, device: str,
-              describe: str) -> str | None:  # fmt: skip
+def too_large(
+    cost: float, limits: ModelLimits, *, model: str, device: str, describe: str
+) -> str | None:
     """The refusal for a job over its model's limit, or None. `describe` spells the cost."""
     if cost <= limits.max_job_cost:
         return None

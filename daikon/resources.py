@@ -115,10 +115,12 @@ class TenantLimitsIn(BaseModel):
         None, ge=1, description="Candidates per job (at most the deployment's maximum)."
     )
     max_priority: int | None = Field(
-        None, ge=DEFAULT_PRIORITY, le=PRIORITY_MAX,
+        None,
+        ge=DEFAULT_PRIORITY,
+        le=PRIORITY_MAX,
         description="Highest priority its jobs may ask for, from the default priority (no "
         "jumping the queue) to the highest; a submit above it is a 422 naming `priority`.",
-    )  # fmt: skip
+    )
 
 
 class TenantLimitsOut(TenantLimitsIn):
@@ -164,10 +166,11 @@ class UsageOut(BaseModel):
 class StorageQuotaSet(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     storage_quota_bytes: int | None = Field(
-        ge=1, le=2**62,
+        ge=1,
+        le=2**62,
         description="The tenant's own storage quota in bytes; null: the deployment's "
         "(DAIKON_TENANT_STORAGE_QUOTA_BYTES).",
-    )  # fmt: skip
+    )
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -182,9 +185,10 @@ class ModelOut(BaseModel):
         description="Where its workers run it (cpu, cuda, ...); null until one has loaded it."
     )
     load_errors: dict[str, str] | None = Field(
-        None, description="Admins only: workers told to serve it that could not load it (worker "
-        "name -> why); they are not counted in `workers`."
-    )  # fmt: skip
+        None,
+        description="Admins only: workers told to serve it that could not load it (worker "
+        "name -> why); they are not counted in `workers`.",
+    )
     capabilities: ModelCapabilities | None = Field(
         description="What the model can do (sizes, schedulers, guidance, negative prompt, true "
         "CFG) and its defaults, as its worker found them; null until one has loaded it."
@@ -205,10 +209,12 @@ class ModelList(BaseModel):
 class SecretCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     overlap_hours: float | None = Field(
-        None, ge=0, le=24 * 30,
+        None,
+        ge=0,
+        le=24 * 30,
         description="How long the previous secret keeps signing (default "
         "DAIKON_WEBHOOK_SECRET_OVERLAP_HOURS); 0 ends it at once, e.g. after a leak.",
-    )  # fmt: skip
+    )
 
 
 class SecretOut(BaseModel):

@@ -306,48 +306,60 @@ class Webhooks(Group):
         description="The delivery queue: its own, so a slow receiver never delays jobs.",
     )
     webhook_timeout_seconds: float = Field(
-        15.0, gt=0, le=120,
+        15.0,
+        gt=0,
+        le=120,
         description="One attempt, all of it (connecting, sending, the answer's head and the "
         "first 4 KiB of its body), however slowly a receiver trickles bytes.",
-    )  # fmt: skip
+    )
     webhook_connect_timeout_seconds: float = Field(
-        3.0, gt=0, le=120,
+        3.0,
+        gt=0,
+        le=120,
         description="Connecting to a receiver (TCP and TLS); at most the attempt's timeout.",
-    )  # fmt: skip
+    )
     webhook_first_byte_timeout_seconds: float = Field(
-        5.0, gt=0, le=120,
+        5.0,
+        gt=0,
+        le=120,
         description="From the request sent to the answer's first byte: a receiver that "
         "accepts and never answers holds a delivery thread this long, not the whole timeout; "
         "at most the attempt's timeout.",
-    )  # fmt: skip
+    )
     webhook_endpoint_concurrency: int = Field(
-        2, ge=1,
+        2,
+        ge=1,
         description="Attempts in flight to one endpoint (a tenant's scheme, host and port), "
         "across every webhook worker; more wait their turn without spending an attempt.",
-    )  # fmt: skip
+    )
     webhook_tenant_concurrency: int = Field(
-        4, ge=1,
+        4,
+        ge=1,
         description="Attempts in flight for one tenant, all its endpoints together, across "
         "every webhook worker: keep it well below the delivery threads of all webhook "
         "workers, so one tenant's hanging receivers never hold every thread.",
-    )  # fmt: skip
+    )
     webhook_busy_retry_seconds: float = Field(
-        2.0, gt=0, le=60,
+        2.0,
+        gt=0,
+        le=60,
         description="A delivery whose endpoint or tenant has every slot taken comes back "
         "after this (longer, up to 30 s, the more deliveries are waiting), unsent and "
         "without spending an attempt.",
-    )  # fmt: skip
+    )
     webhook_breaker_failures: int = Field(
-        5, ge=1,
+        5,
+        ge=1,
         description="Consecutive attempts to an endpoint that got no answer at all (timeouts, "
         "refused or reset connections, DNS or TLS failures) that open its circuit: its "
         "deliveries then wait, unsent and without spending attempts, until one probe may go.",
-    )  # fmt: skip
+    )
     webhook_breaker_open_seconds: float = Field(
-        30.0, gt=0,
+        30.0,
+        gt=0,
         description="How long an endpoint's circuit first stays open; doubled each time a "
         "probe fails, up to DAIKON_WEBHOOK_BREAKER_MAX_OPEN_SECONDS. A probe answered closes it.",
-    )  # fmt: skip
+    )
     webhook_breaker_max_open_seconds: float = Field(
         3600.0, gt=0, description="The longest an endpoint's circuit stays open between probes."
     )
@@ -403,68 +415,79 @@ class Limits(Group):
     max_prompt_chars: int = Field(2000, description="Longest prompt or negative prompt.")
     max_metadata_bytes: int = Field(16 * 1024, ge=0, description="Largest metadata, as JSON.")
     max_input_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024,
+        4 * 1024 * 1024,
+        ge=1024,
         description="Largest uploaded image or mask of an edit job, in bytes (413 past it).",
-    )  # fmt: skip
+    )
     max_input_jpeg_scans: int = Field(
-        64, ge=1,
+        64,
+        ge=1,
         description="Most scans of an uploaded JPEG (422 `too_many_scans` past it), counted "
         "before decoding: a progressive JPEG has about 10, and each scan is a pass over the "
         "whole image, so a file of thousands of tiny scans would cost minutes of CPU.",
-    )  # fmt: skip
+    )
     max_input_pixels: int = Field(
-        1024 * 1024, ge=64,
+        1024 * 1024,
+        ge=64,
         description="Most pixels (width x height) of an edit job's image or mask (413 past "
         "it); checked from the file's header before it is decoded, so a decompression bomb is "
         "refused unread.",
-    )  # fmt: skip
+    )
     tenant_max_active_jobs: int = Field(1000, ge=1, description="Queued + running jobs per tenant.")
     tenant_submits_per_minute: int = Field(
         600, ge=1, description="Submissions per tenant and minute."
     )
     tenant_storage_quota_bytes: int = Field(
-        10 * 1024**3, ge=0,
+        10 * 1024**3,
+        ge=0,
         description="Bytes a tenant may keep stored (edit inputs and output images); 0 = no "
         "quota. A submission once the tenant is at it (or would pass it with its inputs) is "
         "refused with 403 `storage_quota_exceeded` before anything is stored; jobs accepted "
         "earlier still finish (and may end past it). An admin may set a tenant's own.",
-    )  # fmt: skip
+    )
 
     # From the default priority (5) to the highest (9): daikon/contract.py's DEFAULT_PRIORITY and
     # PRIORITY_MAX (tests/test_settings.py checks they agree).
     tenant_max_priority: int = Field(
-        5, ge=5, le=9,
+        5,
+        ge=5,
+        le=9,
         description="Highest priority a tenant's job may ask for, unless an admin set the "
         "tenant's own (dashboard or admin API); above it a submit is refused (422 naming "
         "`priority`). The admin tenant may use all (9). At the default 5 no tenant can jump "
         "the queue unless an admin allows it.",
-    )  # fmt: skip
+    )
 
 
 class Retention(Group):
     title = "Retention"
 
     retain_canceled_hours: float = Field(
-        24.0, ge=0,
+        24.0,
+        ge=0,
         description="A canceled job (its row, inputs and any images) is deleted this long after "
         "it was canceled; 0 = kept forever.",
-    )  # fmt: skip
+    )
     retain_failed_hours: float = Field(
-        7 * 24.0, ge=0,
+        7 * 24.0,
+        ge=0,
         description="A failed job is deleted this long after it failed (time to look into it); "
         "0 = kept forever.",
-    )  # fmt: skip
+    )
     retain_succeeded_hours: float = Field(
-        0.0, ge=0,
+        0.0,
+        ge=0,
         description="A succeeded job (its images and inputs) is deleted this long after it "
         "finished; 0 = kept forever (the default: results are never deleted unless the operator "
         "chooses a period; the storage quota bounds what a tenant can keep).",
-    )  # fmt: skip
+    )
     retention_batch: int = Field(
-        100, ge=1, le=10_000,
+        100,
+        ge=1,
+        le=10_000,
         description="Most jobs each worker's sweeper deletes per round (canceled first, then "
         "failed, then succeeded), every DAIKON_SWEEP_INTERVAL_SECONDS.",
-    )  # fmt: skip
+    )
 
 
 class Local(Group):

@@ -58,10 +58,17 @@ def create_session(
     the cookie (only its hash is stored)."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
-    session.add(DashboardSession(id_hash=_session_hash(token), key_id=key_id, actor=actor,
-                                 scope=scope, created_at=now, expires_at=now + ttl,
-                                 key_fingerprint=key_fingerprint(secret=secret,
-                                                                 key_hash=key_hash)))  # fmt: skip
+    session.add(
+        DashboardSession(
+            id_hash=_session_hash(token),
+            key_id=key_id,
+            actor=actor,
+            scope=scope,
+            created_at=now,
+            expires_at=now + ttl,
+            key_fingerprint=key_fingerprint(secret=secret, key_hash=key_hash),
+        )
+    )
     session.flush()
     return token
 
@@ -137,8 +144,14 @@ def audit(
     detail: dict[str, Any] | None = None,
 ) -> AuditEntry:
     """Record one admin action, in the transaction that makes it (both or neither)."""
-    entry = AuditEntry(actor=actor, key_id=key_id, action=action, target=target[:255],
-                       detail=detail or {}, at=utcnow())  # fmt: skip
+    entry = AuditEntry(
+        actor=actor,
+        key_id=key_id,
+        action=action,
+        target=target[:255],
+        detail=detail or {},
+        at=utcnow(),
+    )
     session.add(entry)
     session.flush()
     return entry
@@ -286,8 +299,14 @@ def queues(*, session: Session, models: Sequence[str]) -> list[QueueRow]:
         at = oldest.get(model)
         if at is not None and at.tzinfo is None:  # SQLite aggregates lose the type decorator
             at = at.replace(tzinfo=utcnow().tzinfo)
-        rows.append(QueueRow(model, dict(sorted(by_priority.items(), reverse=True)), at,
-                             int(running.get(model, 0))))  # fmt: skip
+        rows.append(
+            QueueRow(
+                model,
+                dict(sorted(by_priority.items(), reverse=True)),
+                at,
+                int(running.get(model, 0)),
+            )
+        )
     return rows
 
 
@@ -410,6 +429,7 @@ def usage(*, session: Session, since: datetime, until: datetime) -> list[Usage]:
     out = []
     for tenant in session.scalars(select(Tenant).order_by(Tenant.name)).all():
         n, ok, s = jobs_rows.get(tenant.id, (0, 0, 0.0))
-        out.append(Usage(tenant.id, tenant.name, n, ok, int(image_rows.get(tenant.id, 0)),
-                         round(s, 3)))  # fmt: skip
+        out.append(
+            Usage(tenant.id, tenant.name, n, ok, int(image_rows.get(tenant.id, 0)), round(s, 3))
+        )
     return out

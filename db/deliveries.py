@@ -198,11 +198,21 @@ def record_unrenderable(*, session: Session, job: Job, event: WebhookEvent, erro
     assert job.webhook_url is not None and job.tenant_id is not None
     now = utcnow()
     delivery = WebhookDelivery(
-        id=signing.new_message_id(), job_id=job.id, tenant_id=job.tenant_id, event=event.value,
-        url=job.webhook_url, payload="", status=DeliveryStatus.failed, attempts=0,
-        max_attempts=0, next_attempt_at=None, queued_at=None, created_at=now, updated_at=now,
+        id=signing.new_message_id(),
+        job_id=job.id,
+        tenant_id=job.tenant_id,
+        event=event.value,
+        url=job.webhook_url,
+        payload="",
+        status=DeliveryStatus.failed,
+        attempts=0,
+        max_attempts=0,
+        next_attempt_at=None,
+        queued_at=None,
+        created_at=now,
+        updated_at=now,
         last_error=f"{UNRENDERED_PREFIX}: {error}"[:255],
-    )  # fmt: skip
+    )
     session.add(delivery)
     session.flush()
 
@@ -253,8 +263,9 @@ class Outbox:
             body = self.render(job, event, at, step)
         except Exception as e:
             log.exception("webhook %s for job %s could not be rendered", event.value, job.id)
-            record_unrenderable(session=session, job=job, event=event,
-                                           error=f"{type(e).__name__}: {e}")  # fmt: skip
+            record_unrenderable(
+                session=session, job=job, event=event, error=f"{type(e).__name__}: {e}"
+            )
             return []
         try:
             with session.begin_nested():
@@ -271,8 +282,7 @@ class Outbox:
             try:
                 self.publish(delivery_id)
             except Exception as e:
-                log.warning("webhook %s not published (the dispatcher retries): %s",
-                            delivery_id, e)  # fmt: skip
+                log.warning("webhook %s not published (the dispatcher retries): %s", delivery_id, e)
 
 
 # --- attempts -------------------------------------------------------------------------------
@@ -357,13 +367,18 @@ def finish_attempt(
     attempt's lease ran out and another attempt has started since."""
     session.add(
         WebhookAttempt(
-            delivery_id=delivery.id, attempt=record.attempt, started_at=record.started_at,
-            duration_ms=record.duration_ms, address=record.address,
-            status_code=record.status_code, error=record.error,
-            response_excerpt=record.response_excerpt, response_bytes=record.response_bytes,
+            delivery_id=delivery.id,
+            attempt=record.attempt,
+            started_at=record.started_at,
+            duration_ms=record.duration_ms,
+            address=record.address,
+            status_code=record.status_code,
+            error=record.error,
+            response_excerpt=record.response_excerpt,
+            response_bytes=record.response_bytes,
             next_attempt_at=next_attempt_at,
         )
-    )  # fmt: skip
+    )
     result = session.execute(
         update(WebhookDelivery)
         .where(
@@ -383,8 +398,13 @@ def finish_attempt(
         .execution_options(synchronize_session=False)
     )
     if status is DeliveryStatus.disabled:
-        disable_url(session=session, tenant_id=delivery.tenant_id, url=delivery.url,
-                    delivery_id=delivery.id, now=now)  # fmt: skip
+        disable_url(
+            session=session,
+            tenant_id=delivery.tenant_id,
+            url=delivery.url,
+            delivery_id=delivery.id,
+            now=now,
+        )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
@@ -402,12 +422,20 @@ def put_back(
     `next_attempt_at`. False if the claim had lapsed and another attempt started since."""
     result = session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.attempts == attempt,
-               WebhookDelivery.status == DeliveryStatus.pending)
-        .values(attempts=attempt - 1, locked_until=None, next_attempt_at=next_attempt_at,
-                queued_at=queued_at, updated_at=now)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.attempts == attempt,
+            WebhookDelivery.status == DeliveryStatus.pending,
+        )
+        .values(
+            attempts=attempt - 1,
+            locked_until=None,
+            next_attempt_at=next_attempt_at,
+            queued_at=queued_at,
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
-    )  # fmt: skip
+    )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
@@ -419,12 +447,22 @@ def end_unsent(
     the attempt is not spent and `error` says why."""
     result = session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.attempts == attempt,
-               WebhookDelivery.status == DeliveryStatus.pending)
-        .values(status=DeliveryStatus.failed, attempts=attempt - 1, locked_until=None,
-                next_attempt_at=None, queued_at=None, last_error=error[:255], updated_at=now)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.attempts == attempt,
+            WebhookDelivery.status == DeliveryStatus.pending,
+        )
+        .values(
+            status=DeliveryStatus.failed,
+            attempts=attempt - 1,
+            locked_until=None,
+            next_attempt_at=None,
+            queued_at=None,
+            last_error=error[:255],
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
-    )  # fmt: skip
+    )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
@@ -453,8 +491,15 @@ def disable_url(
         return
     try:
         with session.begin_nested():
-            session.add(WebhookDisabledUrl(tenant_id=tenant_id, url_hash=url_hash(url), url=url,
-                                           disabled_at=now, delivery_id=delivery_id))  # fmt: skip
+            session.add(
+                WebhookDisabledUrl(
+                    tenant_id=tenant_id,
+                    url_hash=url_hash(url),
+                    url=url,
+                    disabled_at=now,
+                    delivery_id=delivery_id,
+                )
+            )
     except IntegrityError:  # disabled concurrently
         pass
 
@@ -485,8 +530,11 @@ def redeliver(
     now = now or utcnow()
     delivery = get(session=session, delivery_id=delivery_id)
     if delivery.locked_until is not None and delivery.locked_until > now:
-        raise Conflict(f"an attempt of {delivery_id!r} is in flight; retry in a moment",
-                       param="id", code=RequestErrorCode.delivery_in_flight)  # fmt: skip
+        raise Conflict(
+            f"an attempt of {delivery_id!r} is in flight; retry in a moment",
+            param="id",
+            code=RequestErrorCode.delivery_in_flight,
+        )
     session.execute(
         delete(WebhookDisabledUrl).where(
             WebhookDisabledUrl.tenant_id == delivery.tenant_id,
@@ -495,16 +543,27 @@ def redeliver(
     )
     result = session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.attempts == delivery.attempts,
-               or_(WebhookDelivery.locked_until.is_(None), WebhookDelivery.locked_until <= now))
-        .values(status=DeliveryStatus.pending, next_attempt_at=now, queued_at=now,
-                locked_until=None, updated_at=now,
-                max_attempts=max(delivery.max_attempts, delivery.attempts + 1))
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.attempts == delivery.attempts,
+            or_(WebhookDelivery.locked_until.is_(None), WebhookDelivery.locked_until <= now),
+        )
+        .values(
+            status=DeliveryStatus.pending,
+            next_attempt_at=now,
+            queued_at=now,
+            locked_until=None,
+            updated_at=now,
+            max_attempts=max(delivery.max_attempts, delivery.attempts + 1),
+        )
         .execution_options(synchronize_session=False)
-    )  # fmt: skip
+    )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise Conflict(f"an attempt of {delivery_id!r} started meanwhile; retry in a moment",
-                       param="id", code=RequestErrorCode.delivery_in_flight)  # fmt: skip
+        raise Conflict(
+            f"an attempt of {delivery_id!r} started meanwhile; retry in a moment",
+            param="id",
+            code=RequestErrorCode.delivery_in_flight,
+        )
     session.expire_all()
     return get(session=session, delivery_id=delivery_id)
 

@@ -120,8 +120,9 @@ def create(
     IdempotencyConflict carrying that job (a key older than `idempotency_window` was released
     by `release_expired_idempotency_key`)."""
     options = options or JobOptions()
-    turn = next_turn(session=session, tenant_id=tenant_id, model=params.model,
-                     priority=options.priority)  # fmt: skip
+    turn = next_turn(
+        session=session, tenant_id=tenant_id, model=params.model, priority=options.priority
+    )
     job = Job(
         **({"id": options.job_id} if options.job_id else {}),
         inputs=options.inputs,
@@ -159,8 +160,9 @@ def create(
             raise IdempotencyConflict(existing) from None
     # Its stored inputs count against the tenant's quota from the commit that records them.
     stored = retention.owned_inputs(job.id, options.inputs)
-    retention.add_stored_bytes(session=session, tenant_id=tenant_id,
-                               delta=sum(size for _, size in stored))  # fmt: skip
+    retention.add_stored_bytes(
+        session=session, tenant_id=tenant_id, delta=sum(size for _, size in stored)
+    )
     return job
 
 
@@ -256,8 +258,15 @@ def _position_of(target: Any) -> Any:
 
 
 # Built once: composing the correlated subquery costs more than running it.
-_STATE_COLUMNS = (Job.id, Job.tenant_id, Job.status, Job.created_at, Job.finished_at,
-                  Job.updated_at, Job.model)  # fmt: skip
+_STATE_COLUMNS = (
+    Job.id,
+    Job.tenant_id,
+    Job.status,
+    Job.created_at,
+    Job.finished_at,
+    Job.updated_at,
+    Job.model,
+)
 _STATE_SELECT = select(*_STATE_COLUMNS, _position_of(Job))
 # With the poll: whether the caller's key (by id) is still unrevoked, in the same read.
 _KEY_ACTIVE = (
@@ -303,8 +312,15 @@ def poll_state(
     return PollState(*row[:-1]), key_active
 
 
-_PAGE_COLUMNS = (Job.id, Job.tenant_id, Job.status, Job.created_at, Job.finished_at,
-                 Job.updated_at, Job.model)  # fmt: skip
+_PAGE_COLUMNS = (
+    Job.id,
+    Job.tenant_id,
+    Job.status,
+    Job.created_at,
+    Job.finished_at,
+    Job.updated_at,
+    Job.model,
+)
 
 
 def list_states(
@@ -439,10 +455,13 @@ def delete(*, session: Session, job_id: str) -> None:
     their bytes leave the tenant's count here."""
     job = session.get(Job, job_id)
     if job is not None:
-        own = [*retention.owned_inputs(job.id, job.inputs),
-               *((i.storage_key, i.byte_size) for i in job.images)]  # fmt: skip
-        retention.add_stored_bytes(session=session, tenant_id=job.tenant_id,
-                                   delta=-sum(size for _, size in own))  # fmt: skip
+        own = [
+            *retention.owned_inputs(job.id, job.inputs),
+            *((i.storage_key, i.byte_size) for i in job.images),
+        ]
+        retention.add_stored_bytes(
+            session=session, tenant_id=job.tenant_id, delta=-sum(size for _, size in own)
+        )
         session.delete(job)
 
 
@@ -464,9 +483,16 @@ def claim(
     queued = and_(Job.status == JobStatus.queued, ~model_paused(Job.model))
     if head_only:
         ahead = aliased(Job)
-        queued = and_(queued, ~exists(select(ahead.id).where(
-            ahead.model == Job.model, ahead.status == JobStatus.queued, runs_before(ahead, Job)
-        )))  # fmt: skip
+        queued = and_(
+            queued,
+            ~exists(
+                select(ahead.id).where(
+                    ahead.model == Job.model,
+                    ahead.status == JobStatus.queued,
+                    runs_before(ahead, Job),
+                )
+            ),
+        )
     runnable = or_(
         queued,
         and_(
@@ -581,8 +607,14 @@ def acquire(
     again). `limited`: the message carries time limits sized for its own job, so it starts a
     passed-over head only if that costs no more (else `handoff`)."""
     for _ in range(2):
-        job = claim(session=session, job_id=job_id, worker=worker, lease_seconds=lease_seconds,
-                    max_attempts=max_attempts, head_only=True)  # fmt: skip
+        job = claim(
+            session=session,
+            job_id=job_id,
+            worker=worker,
+            lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
+            head_only=True,
+        )
         if job is not None:
             return Acquired(job=job)
         job = session.get(Job, job_id, populate_existing=True)
@@ -602,7 +634,9 @@ def acquire(
             return Acquired(busy_for=(job.lease_expires_at - now).total_seconds())
         if job.attempts >= max_attempts:
             failed = _finish(
-                session=session, job_id=job_id, status=JobStatus.failed,
+                session=session,
+                job_id=job_id,
+                status=JobStatus.failed,
                 values={
                     "error_code": "worker_lost",
                     "error_message": f"the worker running this job stopped {job.attempts} "
@@ -610,7 +644,7 @@ def acquire(
                     "attempts, so this input may be what kills it",
                 },
                 expected_owner=job.lease_owner,
-            )  # fmt: skip
+            )
             session.expire_all()
             return Acquired(gave_up=session.get(Job, job_id) if failed else None)
         # Its worker is dead but the lease has not run out: end the lease, then claim.
@@ -645,12 +679,17 @@ def _start_head(
     if head.id != own.id and limited and head.cost > own.cost:
         handed = session.execute(
             update(Job)
-            .where(Job.id == head.id, Job.status == JobStatus.queued,
-                   or_(Job.enqueued_at.is_(None),
-                       Job.enqueued_at < now - timedelta(seconds=HANDOFF_SECONDS)))
+            .where(
+                Job.id == head.id,
+                Job.status == JobStatus.queued,
+                or_(
+                    Job.enqueued_at.is_(None),
+                    Job.enqueued_at < now - timedelta(seconds=HANDOFF_SECONDS),
+                ),
+            )
             .values(enqueued_at=now)
             .execution_options(synchronize_session=False)
-        )  # fmt: skip
+        )
         taken = handed.rowcount == 1  # type: ignore[attr-defined]
         top = ToPublish(head.id, head.model, PRIORITY_MAX)
         return Acquired(busy_for=HANDOFF_RECHECK_SECONDS, handoff=top if taken else None)
@@ -665,9 +704,11 @@ def _start_head(
     passed_over = None
     if head.id != own.id:  # its message is spent on the head: an outbox entry for it again
         session.execute(
-            update(Job).where(Job.id == own.id, Job.status == JobStatus.queued)
-            .values(enqueued_at=None).execution_options(synchronize_session=False)
-        )  # fmt: skip
+            update(Job)
+            .where(Job.id == own.id, Job.status == JobStatus.queued)
+            .values(enqueued_at=None)
+            .execution_options(synchronize_session=False)
+        )
         passed_over = ToPublish(own.id, own.model, own.priority)
     session.expire_all()
     return Acquired(job=session.get(Job, head.id), passed_over=passed_over)
@@ -684,17 +725,28 @@ def retry(*, session: Session, job_id: str) -> Job:
     if old.status not in RETRYABLE:
         raise Conflict(
             f"job {job_id!r} is {old.status.value}; only failed or canceled jobs are retried",
-            param="id", code=RequestErrorCode.job_not_retryable,
-        )  # fmt: skip
+            param="id",
+            code=RequestErrorCode.job_not_retryable,
+        )
     job = Job(
-        tenant_id=old.tenant_id, prompt=old.prompt, params=dict(old.params), model=old.model,
-        cost=old.cost, status=JobStatus.queued, priority=old.priority,
-        turn=next_turn(session=session, tenant_id=old.tenant_id, model=old.model,
-                       priority=old.priority),
-        client_metadata=old.client_metadata, webhook_url=old.webhook_url,
-        webhook_events=list(old.webhook_events), metrics={}, images=[], retry_of=old.id,
+        tenant_id=old.tenant_id,
+        prompt=old.prompt,
+        params=dict(old.params),
+        model=old.model,
+        cost=old.cost,
+        status=JobStatus.queued,
+        priority=old.priority,
+        turn=next_turn(
+            session=session, tenant_id=old.tenant_id, model=old.model, priority=old.priority
+        ),
+        client_metadata=old.client_metadata,
+        webhook_url=old.webhook_url,
+        webhook_events=list(old.webhook_events),
+        metrics={},
+        images=[],
+        retry_of=old.id,
         inputs=old.inputs,  # an edit's stored objects, shared: only a failed submit deletes any
-    )  # fmt: skip
+    )
     session.add(job)
     session.flush()
     return job
@@ -769,8 +821,9 @@ def succeed(
     ):
         return False
     session.add_all(JobImage(job_id=job_id, **vars(image)) for image in images)
-    retention.add_job_images(session=session, job_id=job_id,
-                             byte_sizes=(image.byte_size for image in images))  # fmt: skip
+    retention.add_job_images(
+        session=session, job_id=job_id, byte_sizes=(image.byte_size for image in images)
+    )
     session.flush()
     return True
 
@@ -809,26 +862,32 @@ class ToPublish:
 
 def mark_enqueued(*, session: Session, job_id: str) -> None:
     session.execute(
-        update(Job).where(Job.id == job_id).values(enqueued_at=utcnow())
+        update(Job)
+        .where(Job.id == job_id)
+        .values(enqueued_at=utcnow())
         .execution_options(synchronize_session=False)
-    )  # fmt: skip
+    )
 
 
 def mark_enqueued_many(*, session: Session, job_ids: Sequence[str]) -> None:
     """mark_enqueued for several jobs in one statement (moments after they were published)."""
     if job_ids:
         session.execute(
-            update(Job).where(Job.id.in_(list(job_ids))).values(enqueued_at=utcnow())
+            update(Job)
+            .where(Job.id.in_(list(job_ids)))
+            .values(enqueued_at=utcnow())
             .execution_options(synchronize_session=False)
-        )  # fmt: skip
+        )
 
 
 def mark_unpublished(*, session: Session, job_id: str) -> None:
     """A sweeper took the job but could not publish it: the next sweep takes it again."""
     session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(enqueued_at=None)
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(ACTIVE))
+        .values(enqueued_at=None)
         .execution_options(synchronize_session=False)
-    )  # fmt: skip
+    )
 
 
 def take_for_republish(
@@ -846,36 +905,51 @@ def take_for_republish(
     (its worker died while its message was out of reach, e.g. the broker connection dropped:
     the message sits unacked until the visibility timeout). Taken once per lapsed lease."""
     lapsed = (
-        and_(Job.status == JobStatus.running, Job.lease_expires_at < lapsed_before,
-             or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at))
+        and_(
+            Job.status == JobStatus.running,
+            Job.lease_expires_at < lapsed_before,
+            or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at),
+        )
         if lapsed_before is not None
         else false()
-    )  # fmt: skip
+    )
     candidates = session.execute(
         select(Job.id, Job.model, Job.priority, Job.enqueued_at)
         .where(
             or_(
                 # A paused model's queued jobs are left alone: their messages come back every
                 # few seconds by themselves; the sweep takes them again after the resume.
-                and_(Job.status == JobStatus.queued, Job.enqueued_at.is_(None),
-                     Job.created_at < unpublished_before, ~model_paused(Job.model)),
-                and_(Job.status == JobStatus.queued, Job.enqueued_at < stale_before,
-                     ~model_paused(Job.model)),
-                and_(Job.status == JobStatus.running, Job.lease_expires_at < stale_before,
-                     or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before)),
+                and_(
+                    Job.status == JobStatus.queued,
+                    Job.enqueued_at.is_(None),
+                    Job.created_at < unpublished_before,
+                    ~model_paused(Job.model),
+                ),
+                and_(
+                    Job.status == JobStatus.queued,
+                    Job.enqueued_at < stale_before,
+                    ~model_paused(Job.model),
+                ),
+                and_(
+                    Job.status == JobStatus.running,
+                    Job.lease_expires_at < stale_before,
+                    or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before),
+                ),
                 lapsed,
             )
         )
         .order_by(Job.created_at)
         .limit(limit)
-    ).all()  # fmt: skip
+    ).all()
     taken = []
     for job_id, model, priority, seen in candidates:
         same = Job.enqueued_at.is_(None) if seen is None else Job.enqueued_at == seen
         result = session.execute(
-            update(Job).where(Job.id == job_id, same).values(enqueued_at=utcnow())
+            update(Job)
+            .where(Job.id == job_id, same)
+            .values(enqueued_at=utcnow())
             .execution_options(synchronize_session=False)
-        )  # fmt: skip
+        )
         if result.rowcount == 1:  # type: ignore[attr-defined]
             taken.append(ToPublish(job_id, model, priority))
     return taken

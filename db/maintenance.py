@@ -31,8 +31,10 @@ def main(argv: list[str]) -> int:
             count = deliveries.reencrypt_secrets(session=session, cipher=cipher(settings))
         print(f"re-encrypted {count} webhook secrets under the first key")
         return 0
-    print("usage: python -m db.maintenance new-encryption-key | rotate-encryption-key",
-          file=sys.stderr)  # fmt: skip
+    print(
+        "usage: python -m db.maintenance new-encryption-key | rotate-encryption-key",
+        file=sys.stderr,
+    )
     return 2
 
 

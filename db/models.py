@@ -229,10 +229,15 @@ class WebhookDelivery(Base):
     url: Mapped[str] = mapped_column(Text)
     payload: Mapped[str] = mapped_column(Text)  # the exact body every attempt sends
     status: Mapped[DeliveryStatus] = mapped_column(
-        Enum(DeliveryStatus, native_enum=False, length=16, create_constraint=True,
-             name="webhook_delivery_status"),
+        Enum(
+            DeliveryStatus,
+            native_enum=False,
+            length=16,
+            create_constraint=True,
+            name="webhook_delivery_status",
+        ),
         default=DeliveryStatus.pending,
-    )  # fmt: skip
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(SmallInteger)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -308,9 +313,8 @@ class DashboardSession(Base):
     key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
     actor: Mapped[str] = mapped_column(String(255))  # who, as the audit log names them
     scope: Mapped[KeyScope] = mapped_column(
-        Enum(KeyScope, native_enum=False, length=16, create_constraint=True,
-             name="session_scope"),
-    )  # fmt: skip
+        Enum(KeyScope, native_enum=False, length=16, create_constraint=True, name="session_scope"),
+    )
     key_fingerprint: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

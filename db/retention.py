@@ -66,10 +66,11 @@ def add_stored_bytes(*, session: Session, tenant_id: str | None, delta: int) -> 
     if tenant_id is None or delta == 0:
         return
     session.execute(
-        update(Tenant).where(Tenant.id == tenant_id)
+        update(Tenant)
+        .where(Tenant.id == tenant_id)
         .values(stored_bytes=Tenant.stored_bytes + delta)
         .execution_options(synchronize_session=False)
-    )  # fmt: skip
+    )
 
 
 def add_job_images(*, session: Session, job_id: str, byte_sizes: Iterable[int]) -> None:
@@ -78,10 +79,11 @@ def add_job_images(*, session: Session, job_id: str, byte_sizes: Iterable[int]) 
     if total:  # one statement: the tenant found by the job, no read before
         owner = select(Job.tenant_id).where(Job.id == job_id).scalar_subquery()
         session.execute(
-            update(Tenant).where(Tenant.id == owner)
+            update(Tenant)
+            .where(Tenant.id == owner)
             .values(stored_bytes=Tenant.stored_bytes + total)
             .execution_options(synchronize_session=False)
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,9 @@ class Expired:
     objects: int  # storage objects recorded for deletion
 
 
-def _objects_of(session: Session, job_ids: Sequence[str],
-                inputs: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:  # fmt: skip
+def _objects_of(
+    session: Session, job_ids: Sequence[str], inputs: dict[str, Any]
+) -> dict[str, list[tuple[str, int]]]:
     """(key, bytes) of each job's own objects: its images and the inputs under its id."""
     found: dict[str, list[tuple[str, int]]] = {job_id: [] for job_id in job_ids}
     for job_id, key, size in session.execute(
@@ -191,12 +194,14 @@ def expire(
         if not rows:
             continue
         ids = [r[0] for r in rows]
-        busy = set(session.scalars(
-            select(WebhookDelivery.job_id).where(
-                WebhookDelivery.job_id.in_(ids),
-                WebhookDelivery.status == DeliveryStatus.pending,
+        busy = set(
+            session.scalars(
+                select(WebhookDelivery.job_id).where(
+                    WebhookDelivery.job_id.in_(ids),
+                    WebhookDelivery.status == DeliveryStatus.pending,
+                )
             )
-        ))  # fmt: skip
+        )
         retried = set(session.scalars(select(Job.retry_of).where(Job.retry_of.in_(ids))))
         inputs = {job_id: value for job_id, _, value in rows if value}
         objects = _objects_of(session, ids, inputs)
@@ -211,10 +216,13 @@ def expire(
             if gone.rowcount != 1:  # type: ignore[attr-defined]
                 continue  # another sweeper's
             own = objects[job_id]
-            session.add_all(PendingDeletion(key=key, job_id=job_id, delete_after=now + OBJECT_GRACE)
-                            for key, _ in own)  # fmt: skip
-            add_stored_bytes(session=session, tenant_id=tenant_id,
-                             delta=-sum(size for _, size in own))  # fmt: skip
+            session.add_all(
+                PendingDeletion(key=key, job_id=job_id, delete_after=now + OBJECT_GRACE)
+                for key, _ in own
+            )
+            add_stored_bytes(
+                session=session, tenant_id=tenant_id, delta=-sum(size for _, size in own)
+            )
             jobs_done += 1
             objects_done += len(own)
     session.flush()

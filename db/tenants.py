@@ -73,9 +73,13 @@ def create_key(
     scope = scope or (KeyScope.admin if admin else KeyScope.tenant)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
-        tenant_id=tenant_id, name=name, prefix=secret[:10], key_hash=hash_key(secret),
-        is_admin=scope is KeyScope.admin, scope=scope,
-    )  # fmt: skip
+        tenant_id=tenant_id,
+        name=name,
+        prefix=secret[:10],
+        key_hash=hash_key(secret),
+        is_admin=scope is KeyScope.admin,
+        scope=scope,
+    )
     session.add(key)
     session.flush()
     return NewKey(key=key, secret=secret)
@@ -139,8 +143,9 @@ def revoke_key(*, session: Session, key_id: str) -> ApiKey:
     if key is None:
         raise NotFound(f"key {key_id!r} not found", param="id")
     session.execute(
-        update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
         .values(revoked_at=utcnow())
-    )  # fmt: skip
+    )
     session.refresh(key)
     return key

@@ -74,9 +74,12 @@ def make_app(tmp_path: Path, redis_url: str, queue_name: str):  # type: ignore[n
 
     def build(**overrides: object) -> Flask:
         values: dict[str, object] = {
-            "data_dir": tmp_path, "database_url": f"sqlite:///{tmp_path / 'api.db'}",
-            "redis_url": redis_url, "queue": queue_name, "admin_key": ADMIN_KEY,
-        }  # fmt: skip
+            "data_dir": tmp_path,
+            "database_url": f"sqlite:///{tmp_path / 'api.db'}",
+            "redis_url": redis_url,
+            "queue": queue_name,
+            "admin_key": ADMIN_KEY,
+        }
         settings = Settings(**{**values, **overrides})  # type: ignore[arg-type]
         migrate(settings.sqlalchemy_url)
         return create_app(settings)

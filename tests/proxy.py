@@ -74,8 +74,7 @@ class Proxy:
                 self._open.update((client, upstream))
             pair = _Pair()
             threading.Thread(target=self._up, args=(client, upstream, pair), daemon=True).start()
-            threading.Thread(target=self._down, args=(upstream, client, pair),
-                             daemon=True).start()  # fmt: skip
+            threading.Thread(target=self._down, args=(upstream, client, pair), daemon=True).start()
 
     def _up(self, client: socket.socket, upstream: socket.socket, pair: _Pair) -> None:
         """client -> upstream; notes request heads and which answer to swallow."""

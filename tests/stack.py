@@ -61,10 +61,14 @@ def a_redis(url: str = SYSTEM_REDIS_URL) -> Iterator[str]:
 def settings_for(tmp: Path, redis_url: str, weights: tuple[Path, Path], **kw: object) -> Settings:
     """Settings for a test stack: its own queue, the tiny models, one torch thread."""
     values: dict[str, object] = {
-        "data_dir": tmp, "redis_url": redis_url, "queue": f"daikon-e2e-{uuid.uuid4().hex[:8]}",
-        "model": str(weights[0]), "clip_model": str(weights[1]), "torch_threads": 1,
+        "data_dir": tmp,
+        "redis_url": redis_url,
+        "queue": f"daikon-e2e-{uuid.uuid4().hex[:8]}",
+        "model": str(weights[0]),
+        "clip_model": str(weights[1]),
+        "torch_threads": 1,
         "admin_key": ADMIN_KEY,
-    }  # fmt: skip
+    }
     return Settings(**{**values, **kw})  # type: ignore[arg-type]
 
 
@@ -109,13 +113,20 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DAIKON_WEBHOOK_ALLOW_TENANTS": settings.webhooks.webhook_allow_tenants,
         "DAIKON_WEBHOOK_TIMEOUT_SECONDS": str(settings.webhooks.webhook_timeout_seconds),
         "DAIKON_WEBHOOK_DISPATCH_SECONDS": str(settings.webhooks.webhook_dispatch_seconds),
-        **{f"DAIKON_{name.upper()}": str(getattr(settings.webhooks, name)) for name in (
-            "webhook_connect_timeout_seconds", "webhook_first_byte_timeout_seconds",
-            "webhook_endpoint_concurrency", "webhook_tenant_concurrency",
-            "webhook_busy_retry_seconds", "webhook_breaker_failures",
-            "webhook_breaker_open_seconds", "webhook_breaker_max_open_seconds",
-        )},
-    }  # fmt: skip
+        **{
+            f"DAIKON_{name.upper()}": str(getattr(settings.webhooks, name))
+            for name in (
+                "webhook_connect_timeout_seconds",
+                "webhook_first_byte_timeout_seconds",
+                "webhook_endpoint_concurrency",
+                "webhook_tenant_concurrency",
+                "webhook_busy_retry_seconds",
+                "webhook_breaker_failures",
+                "webhook_breaker_open_seconds",
+                "webhook_breaker_max_open_seconds",
+            )
+        },
+    }
     if settings.security.admin_key is not None:
         env["DAIKON_ADMIN_KEY"] = settings.security.admin_key.get_secret_value()
     if settings.storage.s3_bucket:
@@ -140,9 +151,11 @@ class WorkerProcess:
         self.log_path = log_path
         env = {**os.environ, **settings_env(settings), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         argv = worker_argv(
-            app=app, concurrency=concurrency, hostname=f"{settings.services.queue}@%h",
+            app=app,
+            concurrency=concurrency,
+            hostname=f"{settings.services.queue}@%h",
             extra=("--without-gossip", "--without-mingle", *extra),
-        )  # fmt: skip
+        )
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -260,9 +273,13 @@ def gunicorn(app: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
     exactly `env`; its base URL once /healthz answers."""
     port = free_port()
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", app], cwd=ROOT,
-                            env={**env, "DAIKON_PORT": str(port)}, stdout=log,
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", app],
+        cwd=ROOT,
+        env={**env, "DAIKON_PORT": str(port)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -316,14 +333,23 @@ def webhook_stack(
     """running_stack plus a webhook worker process (`threads` threads) on a queue of its own,
     loopback receivers allowed; `kw` are more Settings fields."""
     queue = f"daikon-e2e-wh-{uuid.uuid4().hex[:8]}"
-    settings = settings_for(tmp, redis_url, weights, webhook_queue=queue,
-                            webhook_allow_hosts="127.0.0.1", webhook_dispatch_seconds=1.0,
-                            **kw)  # fmt: skip
+    settings = settings_for(
+        tmp,
+        redis_url,
+        weights,
+        webhook_queue=queue,
+        webhook_allow_hosts="127.0.0.1",
+        webhook_dispatch_seconds=1.0,
+        **kw,
+    )
     with running_stack(settings, tmp) as s:
         hooks = WorkerProcess(
-            settings, tmp / "webhooks.log", concurrency=threads, app="worker.webhooks.main",
+            settings,
+            tmp / "webhooks.log",
+            concurrency=threads,
+            app="worker.webhooks.main",
             extra=("--pool", "threads", "--queues", queue, "--hostname", f"{queue}@%h"),
-        )  # fmt: skip
+        )
         try:
             yield s, hooks
         finally:

@@ -37,8 +37,9 @@ def test_gunicorns_access_log_shows_no_signature_and_no_key(
     settings = settings_for(tmp_path, redis_url, tiny_models)
     log_path = tmp_path / "gunicorn.log"
     with gunicorn_api(settings, log_path) as base:
-        r = requests.post(f"{base}/v1/jobs", json={"prompt": "a red circle"}, headers=ADMIN,
-                          timeout=10)  # fmt: skip
+        r = requests.post(
+            f"{base}/v1/jobs", json={"prompt": "a red circle"}, headers=ADMIN, timeout=10
+        )
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         data = png()
@@ -46,9 +47,16 @@ def test_gunicorns_access_log_shows_no_signature_and_no_key(
         sessions = make_session_factory(make_engine(settings.sqlalchemy_url))
         with session_scope(sessions) as s:
             assert jobs.claim(session=s, job_id=job_id, worker="test:1")
-            image = jobs.NewImage(rank=1, clip_score=30.0, seed=1, width=8, height=8,
-                                  content_type="image/png", storage_key=f"t/{job_id}/1.png",
-                                  byte_size=len(data))  # fmt: skip
+            image = jobs.NewImage(
+                rank=1,
+                clip_score=30.0,
+                seed=1,
+                width=8,
+                height=8,
+                content_type="image/png",
+                storage_key=f"t/{job_id}/1.png",
+                byte_size=len(data),
+            )
             assert jobs.succeed(session=s, job_id=job_id, seed=1, images=[image], metrics={})
         job = requests.get(f"{base}/v1/jobs/{job_id}", headers=ADMIN, timeout=10).json()
         url = job["images"][0]["url"]
@@ -124,8 +132,9 @@ def test_the_development_server_logs_no_signature(capsys: pytest.CaptureFixture[
     thread.start()
     try:
         port = server.server_port
-        r = requests.get(f"http://127.0.0.1:{port}/v1/jobs/j/images/1?expires=9&sig=SECRETSIG",
-                         timeout=10)  # fmt: skip
+        r = requests.get(
+            f"http://127.0.0.1:{port}/v1/jobs/j/images/1?expires=9&sig=SECRETSIG", timeout=10
+        )
         assert r.text == "ok"
         deadline = time.monotonic() + 10
         while not any("/v1/jobs/j/images/1" in m for m in records):

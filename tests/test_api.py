@@ -58,10 +58,19 @@ def test_submit_commits_a_row_queues_its_id_and_answers_202(
     job = r.get_json()
     assert r.headers["Location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["images"] == [] and job["error"] is None
-    defaults = {"negative_prompt": None, "width": 32, "height": 32, "guidance_scale": 7.5,
-                "model": "default", "scheduler": None, "true_cfg_scale": None,
-                "mode": "text", "strength": None, "mask_blur": None,
-                "defaulted": ["width", "height", "guidance_scale"]}  # fmt: skip
+    defaults = {
+        "negative_prompt": None,
+        "width": 32,
+        "height": 32,
+        "guidance_scale": 7.5,
+        "model": "default",
+        "scheduler": None,
+        "true_cfg_scale": None,
+        "mode": "text",
+        "strength": None,
+        "mask_blur": None,
+        "defaulted": ["width", "height", "guidance_scale"],
+    }
     assert job["params"] == {**VALID, **defaults}
     assert job["priority"] == 5 and job["queue_position"] == 0 and job["progress"] is None
     assert job_count(app) == 1
@@ -87,8 +96,11 @@ def test_a_bad_body_gets_422_naming_the_field_and_leaves_nothing(  # type: ignor
     r = client.post("/v1/jobs", json=body)
     assert r.status_code == 422
     err = r.get_json()["error"]
-    assert (err["type"], err["code"], err["param"]) == ("invalid_request_error",
-                                                        "invalid_request", param)  # fmt: skip
+    assert (err["type"], err["code"], err["param"]) == (
+        "invalid_request_error",
+        "invalid_request",
+        param,
+    )
     assert fragment in err["message"]
     assert job_count(app) == 0 and queued_job_ids(redis_client, queue_name) == []
 
@@ -96,13 +108,16 @@ def test_a_bad_body_gets_422_naming_the_field_and_leaves_nothing(  # type: ignor
 @pytest.mark.parametrize(
     ("kwargs", "status", "code"),
     [
-        ({"data": "prompt=x", "content_type": "application/x-www-form-urlencoded"}, 415,
-         "unsupported_media_type"),
+        (
+            {"data": "prompt=x", "content_type": "application/x-www-form-urlencoded"},
+            415,
+            "unsupported_media_type",
+        ),
         ({"data": "{not json", "content_type": "application/json"}, 400, "invalid_json"),
         ({"data": "[1, 2]", "content_type": "application/json"}, 400, "invalid_json"),
         ({"json": {"prompt": "x" * 5000}}, 413, "request_entity_too_large"),
     ],
-)  # fmt: skip
+)
 def test_unreadable_bodies_get_json_errors(  # type: ignore[no-untyped-def]
     app, client, kwargs: dict[str, Any], status: int, code: str
 ) -> None:
@@ -115,14 +130,18 @@ def test_unreadable_bodies_get_json_errors(  # type: ignore[no-untyped-def]
 def test_unknown_routes_methods_and_jobs_answer_json(client: FlaskClient) -> None:
     r = client.get("/v1/jobs/does-not-exist")
     assert r.status_code == 404
-    assert r.get_json()["error"] == {"type": "not_found_error", "code": "not_found",
-                                     "message": "job 'does-not-exist' not found",
-                                     "param": "id"}  # fmt: skip
+    assert r.get_json()["error"] == {
+        "type": "not_found_error",
+        "code": "not_found",
+        "message": "job 'does-not-exist' not found",
+        "param": "id",
+    }
     r = client.get("/no/such/route")
     assert r.status_code == 404
     assert (r.get_json()["error"]["type"], r.get_json()["error"]["code"]) == (
-        "not_found_error", "not_found",
-    )  # fmt: skip
+        "not_found_error",
+        "not_found",
+    )
     r = client.delete("/v1/jobs")
     assert r.status_code == 405 and r.get_json()["error"]["code"] == "method_not_allowed"
     assert set(r.headers["Allow"].split(", ")) >= {"GET", "POST"}
@@ -138,18 +157,21 @@ def test_list_limit_is_bounded(client: FlaskClient, limit: str) -> None:
 
 
 def test_list_is_newest_first(client: FlaskClient) -> None:
-    ids = [client.post("/v1/jobs", json={**VALID, "prompt": f"p{i}"}).get_json()["id"]
-           for i in range(3)]  # fmt: skip
+    ids = [
+        client.post("/v1/jobs", json={**VALID, "prompt": f"p{i}"}).get_json()["id"]
+        for i in range(3)
+    ]
     listed = [j["id"] for j in client.get("/v1/jobs?limit=2").get_json()["jobs"]]
     assert listed == [ids[2], ids[1]]
 
 
 def test_broker_down_answers_503_and_creates_nothing(tmp_path: Path) -> None:
     settings = Settings(
-        data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'down.db'}",
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'down.db'}",
         redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
         admin_key=ADMIN_KEY,
-    )  # fmt: skip
+    )
     migrate(settings.sqlalchemy_url)
     app = create_app(settings)
     r = app.test_client().post("/v1/jobs", json=VALID, headers=AUTH)
@@ -168,9 +190,12 @@ def test_a_worker_chosen_seed_of_zero_is_shown_as_zero(app: Flask, client: Flask
 
 def test_the_api_starts_and_answers_while_s3_is_unreachable(tmp_path: Path) -> None:
     settings = Settings(
-        data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 's3down.db'}",
-        s3_bucket="b", s3_endpoint_url=f"http://127.0.0.1:{free_port()}", admin_key=ADMIN_KEY,
-    )  # fmt: skip
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 's3down.db'}",
+        s3_bucket="b",
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+        admin_key=ADMIN_KEY,
+    )
     migrate(settings.sqlalchemy_url)
     client = create_app(settings).test_client()
     assert client.get("/healthz").status_code == 200

@@ -44,8 +44,14 @@ def _finish(app: Flask, job_id: str) -> None:
     svc = app.extensions["daikon"]
     with session_scope(svc.sessions) as s:
         jobs.claim(session=s, job_id=job_id, worker="w")
-        jobs.succeed(session=s, job_id=job_id, seed=7, images=[image(1, 30.0), image(2, 29.0)],
-                     metrics={"total_seconds": 1.0}, worker="w")  # fmt: skip
+        jobs.succeed(
+            session=s,
+            job_id=job_id,
+            seed=7,
+            images=[image(1, 30.0), image(2, 29.0)],
+            metrics={"total_seconds": 1.0},
+            worker="w",
+        )
 
 
 def test_a_revoked_key_is_refused_at_once_by_every_api_process(
@@ -76,8 +82,10 @@ def test_a_revoked_key_is_refused_at_once_by_every_api_process(
                 assert r.status_code == (202 if expected == 200 else expected), r.text
 
         each(200)
-        assert requests.get(f"{base}/v1/jobs/{done}", headers=auth,
-                            timeout=10).json()["status"] == "succeeded"  # fmt: skip
+        assert (
+            requests.get(f"{base}/v1/jobs/{done}", headers=auth, timeout=10).json()["status"]
+            == "succeeded"
+        )
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
         r = requests.delete(f"{base}/v1/admin/keys/{key['id']}", headers=admin, timeout=10)
         assert r.status_code == 200 and r.json()["revoked_at"] is not None
@@ -118,19 +126,29 @@ def test_a_cached_job_object_follows_every_change_of_its_row(pg_app: Flask) -> N
     LiveState(svc.settings.services.redis_url).step(second, 1, 2, 1)
     r = owner.get(f"/v1/jobs/{second}", headers={"If-None-Match": running_tag})
     assert r.status_code == 200 and r.get_json()["progress"] == {
-        "step": 1, "total": 2, "fraction": 0.5}  # fmt: skip
+        "step": 1,
+        "total": 2,
+        "fraction": 0.5,
+    }
 
     # Finished: images with URLs that open; then answered from memory, the same bytes.
     with session_scope(svc.sessions) as s:
-        jobs.succeed(session=s, job_id=second, seed=7, images=[image(1, 30.0)],
-                     metrics={"total_seconds": 1.0}, worker="w")  # fmt: skip
+        jobs.succeed(
+            session=s,
+            job_id=second,
+            seed=7,
+            images=[image(1, 30.0)],
+            metrics={"total_seconds": 1.0},
+            worker="w",
+        )
     r = owner.get(f"/v1/jobs/{second}", headers={"If-None-Match": running_tag})
     assert r.status_code == 200 and r.get_json()["status"] == "succeeded"
     assert r.get_json()["progress"] is None and "sig=" in r.get_json()["images"][0]["url"]
     assert owner.get(f"/v1/jobs/{second}").data == r.data
     finished_tag = r.headers["ETag"]
-    assert owner.get(f"/v1/jobs/{second}",
-                     headers={"If-None-Match": finished_tag}).status_code == 304  # fmt: skip
+    assert (
+        owner.get(f"/v1/jobs/{second}", headers={"If-None-Match": finished_tag}).status_code == 304
+    )
     # Another tenant never gets it from memory either.
     _, other = new_tenant(pg_app, "other")
     assert authed(pg_app, other["key"]).get(f"/v1/jobs/{second}").status_code == 404
@@ -209,9 +227,12 @@ def test_a_list_page_shows_each_queued_job_at_the_place_its_own_poll_shows(
         for n, (model, priority) in enumerate(
             [("a", 5), ("a", 9), ("b", 5), ("a", 5), ("a", 1), ("b", 7), ("a", 5), ("a", 5)]
         ):
-            job = jobs.create(session=s, params=job_params(seed=n, model=model),
-                              tenant_id=tenant_id,
-                              options=jobs.JobOptions(priority=priority))  # fmt: skip
+            job = jobs.create(
+                session=s,
+                params=job_params(seed=n, model=model),
+                tenant_id=tenant_id,
+                options=jobs.JobOptions(priority=priority),
+            )
             job.created_at = at + timedelta(seconds=n // 2)  # pairs created at one instant
             job.enqueued_at = utcnow()  # as if published: no sweeper of a later test takes it
             made.append(job.id)
@@ -270,8 +291,7 @@ def test_polls_deep_in_a_queue_share_one_ranking_that_places_them_as_a_count_wou
     app = make_app(**({"database_url": postgres_url} if database == "postgresql" else {}))
     svc, now = _with_places(app, deep=4)
     statements: list[str] = []
-    event.listen(svc.reads, "before_cursor_execute",
-                 lambda *a: statements.append(str(a[2])))  # fmt: skip
+    event.listen(svc.reads, "before_cursor_execute", lambda *a: statements.append(str(a[2])))
     _, key = new_tenant(app, f"deep-{database}")
     owner = authed(app, key["key"])
     at = datetime(2026, 1, 1, tzinfo=UTC)
@@ -280,9 +300,12 @@ def test_polls_deep_in_a_queue_share_one_ranking_that_places_them_as_a_count_wou
     def queue(n: int, model: str = "a", priority: int = 5) -> str:
         with session_scope(svc.sessions) as s:
             tenant_id = s.get(ApiKey, key["id"]).tenant_id  # type: ignore[union-attr]
-            job = jobs.create(session=s, params=job_params(seed=n, model=model),
-                              tenant_id=tenant_id,
-                              options=jobs.JobOptions(priority=priority))  # fmt: skip
+            job = jobs.create(
+                session=s,
+                params=job_params(seed=n, model=model),
+                tenant_id=tenant_id,
+                options=jobs.JobOptions(priority=priority),
+            )
             job.created_at = at + timedelta(seconds=n)
             job.enqueued_at = utcnow()  # as if published: no sweeper of a later test takes it
             made.append(job.id)
@@ -354,8 +377,9 @@ def test_a_submit_to_a_deep_queue_is_placed_from_the_shared_ranking(make_app) ->
     svc, now = _with_places(app, deep=3)
     tenant_id, key = new_tenant(app, "deep-submit")
     owner = authed(app, key["key"])
-    allowed = authed(app, ADMIN_KEY).put(f"/v1/admin/tenants/{tenant_id}/limits",
-                                         json={"max_priority": 9})  # fmt: skip
+    allowed = authed(app, ADMIN_KEY).put(
+        f"/v1/admin/tenants/{tenant_id}/limits", json={"max_priority": 9}
+    )
     assert allowed.status_code == 200, allowed.get_data(as_text=True)
     made: list[str] = []
 

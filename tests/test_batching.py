@@ -29,8 +29,9 @@ from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker
 from worker.runtime import ModelRuntime
 
-LIMITS = ModelLimits(max_job_cost=4.0, images_per_call=4, seconds_per_cost=120.0,
-                     tenant_queued_cost=200.0)  # fmt: skip
+LIMITS = ModelLimits(
+    max_job_cost=4.0, images_per_call=4, seconds_per_cost=120.0, tenant_queued_cost=200.0
+)
 
 
 class Recording:
@@ -87,15 +88,26 @@ def live(redis_url: str) -> Iterator[LiveState]:
 
 
 def make_executor(
-    sessions: sessionmaker[Session], store: LocalStore, gen: Any, ranker: ClipRanker,
-    *, live: LiveState | None = None, batch: bool = True, worker: str = "w1",
-    step_hook: Any = None, sleeps: list[float] | None = None,
-) -> JobExecutor:  # fmt: skip
+    sessions: sessionmaker[Session],
+    store: LocalStore,
+    gen: Any,
+    ranker: ClipRanker,
+    *,
+    live: LiveState | None = None,
+    batch: bool = True,
+    worker: str = "w1",
+    step_hook: Any = None,
+    sleeps: list[float] | None = None,
+) -> JobExecutor:
     runtime = ModelRuntime(gen, ranker, "cpu", 0.0, LIMITS)
     ex = JobExecutor(
-        sessions=sessions, store=store, runtime=lambda _m: runtime, worker_name=worker,
-        batch_jobs=batch, batch_wait_seconds=0.01 if sleeps is not None else 0.0,
-    )  # fmt: skip
+        sessions=sessions,
+        store=store,
+        runtime=lambda _m: runtime,
+        worker_name=worker,
+        batch_jobs=batch,
+        batch_wait_seconds=0.01 if sleeps is not None else 0.0,
+    )
     if live is not None:
         ex.live = live
     if step_hook is not None:
@@ -194,8 +206,9 @@ class RecordedEvents:
 def test_each_batched_job_with_a_webhook_url_gets_its_own_events_and_the_others_none(  # type: ignore[no-untyped-def]
     sessions, generator, ranker, model, tmp_path
 ) -> None:
-    hook = jobs.JobOptions(webhook_url="https://hooks.example/daikon",
-                           webhook_events=["job.started", "job.succeeded"])  # fmt: skip
+    hook = jobs.JobOptions(
+        webhook_url="https://hooks.example/daikon", webhook_events=["job.started", "job.succeeded"]
+    )
     ids = []
     with session_scope(sessions) as s:
         for i, options in enumerate([hook, jobs.JobOptions(), hook]):
@@ -206,8 +219,14 @@ def test_each_batched_job_with_a_webhook_url_gets_its_own_events_and_the_others_
     assert ex.run(ids[0]) is Outcome.succeeded
     assert [row(sessions, i).metrics["batch_size"] for i in ids] == [3, 3, 3]
     asked = sorted(events.asked)
-    assert asked == sorted([(ids[0], "job.started"), (ids[2], "job.started"),
-                            (ids[0], "job.succeeded"), (ids[2], "job.succeeded")])  # fmt: skip
+    assert asked == sorted(
+        [
+            (ids[0], "job.started"),
+            (ids[2], "job.started"),
+            (ids[0], "job.succeeded"),
+            (ids[2], "job.succeeded"),
+        ]
+    )
 
 
 def test_a_batch_takes_the_head_of_the_queue_in_run_order_and_stops_at_a_misfit(  # type: ignore[no-untyped-def]
@@ -229,10 +248,16 @@ def test_a_batch_takes_the_head_of_the_queue_in_run_order_and_stops_at_a_misfit(
     # Run order: high (9), misfit (5), then the default-priority jobs. `high` joins; the misfit
     # ends the batch, so nothing behind it (`after`, `low`) runs before it.
     assert gen.calls == [2]
-    statuses = {k: row(sessions, v).status for k, v in
-                {"high": high, "misfit": misfit, "after": after, "low": low}.items()}  # fmt: skip
-    assert statuses == {"high": JobStatus.succeeded, "misfit": JobStatus.queued,
-                        "after": JobStatus.queued, "low": JobStatus.queued}  # fmt: skip
+    statuses = {
+        k: row(sessions, v).status
+        for k, v in {"high": high, "misfit": misfit, "after": after, "low": low}.items()
+    }
+    assert statuses == {
+        "high": JobStatus.succeeded,
+        "misfit": JobStatus.queued,
+        "after": JobStatus.queued,
+        "low": JobStatus.queued,
+    }
 
 
 def test_a_batch_holds_no_more_images_than_the_model_denoises_at_once(  # type: ignore[no-untyped-def]
@@ -243,7 +268,10 @@ def test_a_batch_holds_no_more_images_than_the_model_denoises_at_once(  # type: 
     make_executor(sessions, LocalStore(tmp_path), gen, ranker).run(ids[0])
     assert gen.calls == [2]  # 2 + 2 candidates fill images_per_call = 4; the third waits
     assert [row(sessions, i).status for i in ids] == [
-        JobStatus.succeeded, JobStatus.succeeded, JobStatus.queued]  # fmt: skip
+        JobStatus.succeeded,
+        JobStatus.succeeded,
+        JobStatus.queued,
+    ]
 
 
 def test_a_job_canceled_mid_batch_ends_canceled_and_the_others_finish(  # type: ignore[no-untyped-def]
@@ -259,12 +287,16 @@ def test_a_job_canceled_mid_batch_ends_canceled_and_the_others_finish(  # type: 
             live.request_cancel(victim)
 
     store = LocalStore(tmp_path)
-    ex = make_executor(sessions, store, Recording(generator), ranker, live=live,
-                       step_hook=cancel_at_step_2)  # fmt: skip
+    ex = make_executor(
+        sessions, store, Recording(generator), ranker, live=live, step_hook=cancel_at_step_2
+    )
     assert ex.run(ids[0]) is Outcome.succeeded
     rows = [row(sessions, i) for i in ids]
-    assert [r.status for r in rows] == [JobStatus.succeeded, JobStatus.canceled,
-                                        JobStatus.succeeded]  # fmt: skip
+    assert [r.status for r in rows] == [
+        JobStatus.succeeded,
+        JobStatus.canceled,
+        JobStatus.succeeded,
+    ]
     assert rows[1].images == []
     assert len(list((tmp_path).rglob(f"*{victim}*"))) == 0  # its images were never stored
     # Each job's progress is its own: the canceled one stopped at the step it was canceled.
@@ -282,8 +314,9 @@ def test_a_job_whose_lease_is_lost_mid_batch_writes_nothing_and_the_others_finis
             with session_scope(sessions) as s:
                 s.execute(update(Job).where(Job.id == ids[1]).values(lease_owner="w2"))
 
-    ex = make_executor(sessions, LocalStore(tmp_path), Recording(generator), ranker,
-                       step_hook=taken_over)  # fmt: skip
+    ex = make_executor(
+        sessions, LocalStore(tmp_path), Recording(generator), ranker, step_hook=taken_over
+    )
     ex.lease_seconds = 3.0  # renewed every second: the keeper notices the takeover
     ex.run(ids[0])
     first, second = row(sessions, ids[0]), row(sessions, ids[1])
@@ -307,9 +340,16 @@ def test_a_retried_job_runs_alone(sessions, generator, ranker, model, tmp_path) 
     by itself after max_attempts instead of taking other jobs' attempts with it."""
     ids = [submit(sessions, model, prompt=f"job {i}") for i in range(2)]
     with session_scope(sessions) as s:  # its first worker died: running, lease lapsed
-        s.execute(update(Job).where(Job.id == ids[0]).values(
-            status=JobStatus.running, attempts=1, lease_owner="dead:1",
-            lease_expires_at=jobs.utcnow()))  # fmt: skip
+        s.execute(
+            update(Job)
+            .where(Job.id == ids[0])
+            .values(
+                status=JobStatus.running,
+                attempts=1,
+                lease_owner="dead:1",
+                lease_expires_at=jobs.utcnow(),
+            )
+        )
     gen = Recording(generator)
     assert make_executor(sessions, LocalStore(tmp_path), gen, ranker).run(ids[0]) is (
         Outcome.succeeded
@@ -353,7 +393,8 @@ def test_jobs_queued_before_the_models_defaults_were_known_batch_on_what_they_wi
     assert [r.status for r in rows] == [JobStatus.succeeded] * 3
     native = generator.capabilities.defaults.width
     assert {(r.params["width"], r.params["steps"]) for r in rows} == {
-        (native, generator.capabilities.defaults.steps)}  # fmt: skip
+        (native, generator.capabilities.defaults.steps)
+    }
 
 
 def test_a_queue_paused_after_the_leader_started_gives_it_no_company(  # type: ignore[no-untyped-def]
@@ -369,7 +410,10 @@ def test_a_queue_paused_after_the_leader_started_gives_it_no_company(  # type: i
     make_executor(sessions, LocalStore(tmp_path), gen, ranker).run(ids[0])
     assert gen.calls == [1]
     assert [row(sessions, i).status for i in ids] == [
-        JobStatus.succeeded, JobStatus.queued, JobStatus.queued]  # fmt: skip
+        JobStatus.succeeded,
+        JobStatus.queued,
+        JobStatus.queued,
+    ]
 
 
 def test_an_edit_job_joins_no_text_batch_takes_no_company_and_still_succeeds(  # type: ignore[no-untyped-def]
@@ -392,10 +436,16 @@ def test_an_edit_job_joins_no_text_batch_takes_no_company_and_still_succeeds(  #
     with session_scope(sessions) as s:
         edit = jobs.create(
             session=s,
-            params=job_params(model=model, candidates=1, prompt="a blue square", mode="inpaint",
-                              strength=1.0, mask_blur=0),
+            params=job_params(
+                model=model,
+                candidates=1,
+                prompt="a blue square",
+                mode="inpaint",
+                strength=1.0,
+                mask_blur=0,
+            ),
             options=jobs.JobOptions(inputs=inputs),
-        ).id  # fmt: skip
+        ).id
     after = submit(sessions, model, prompt="text after the edit")
     gen = Recording(generator)
     ex = make_executor(sessions, store, gen, ranker)

@@ -39,16 +39,21 @@ def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  # type:
 
 
 def env_for(stack: Stack, key: str = ADMIN_KEY) -> dict[str, str]:
-    return {**os.environ, "DAIKON_URL": stack.base_url, "DAIKON_API_KEY": key,
-            "COLUMNS": "200"}  # fmt: skip
+    return {**os.environ, "DAIKON_URL": stack.base_url, "DAIKON_API_KEY": key, "COLUMNS": "200"}
 
 
 def daikon(
     stack: Stack, *args: str, key: str = ADMIN_KEY, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     """`daikon ARGS` (the console script's module), its output captured."""
-    return subprocess.run([sys.executable, "-m", "daikon.cli", *args], env=env_for(stack, key),
-                          cwd=cwd, capture_output=True, text=True, timeout=180)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "daikon.cli", *args],
+        env=env_for(stack, key),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def api_error(stack: Stack, method: str, path: str, **kw: Any) -> dict[str, Any]:
@@ -61,9 +66,22 @@ def test_generate_saves_the_kept_images_with_rank_and_score_and_the_jobs_bytes(
     stack: Stack, tmp_path: Path
 ) -> None:
     out = tmp_path / "images"
-    run = daikon(stack, "generate", "a red circle above a blue square", "--candidates", "4",
-                 "--top-k", "2", "--seed", "7", "--steps", "30", "--out", str(out),
-                 "--wait")  # fmt: skip
+    run = daikon(
+        stack,
+        "generate",
+        "a red circle above a blue square",
+        "--candidates",
+        "4",
+        "--top-k",
+        "2",
+        "--seed",
+        "7",
+        "--steps",
+        "30",
+        "--out",
+        str(out),
+        "--wait",
+    )
     assert run.returncode == 0, run.stderr
     job_id = re.search(r"Submitted job (\S+)", run.stderr).group(1)  # type: ignore[union-attr]
     job = stack.get(job_id)
@@ -114,16 +132,37 @@ def test_no_wait_json_show_wait_and_jobs_are_for_scripts(stack: Stack, tmp_path:
 def test_generate_with_image_and_mask_inpaints_an_earlier_image(
     stack: Stack, tmp_path: Path
 ) -> None:
-    first = json.loads(daikon(stack, "generate", "a red circle", *QUICK, "--seed", "3",
-                              "--out", str(tmp_path), "--json").stdout)  # fmt: skip
+    first = json.loads(
+        daikon(
+            stack,
+            "generate",
+            "a red circle",
+            *QUICK,
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ).stdout
+    )
     (saved,) = tmp_path.glob(f"{first['id']}-rank1-*.png")
     picture = Image.open(saved)
     mask = Image.new("L", picture.size, 0)
     mask.paste(255, (0, 0, picture.width // 2, picture.height))
     mask.save(tmp_path / "mask.png")
-    run = daikon(stack, "generate", "a blue square", *QUICK, "--image", str(saved), "--mask",
-                 str(tmp_path / "mask.png"), "--out", str(tmp_path / "edit"),
-                 "--json")  # fmt: skip
+    run = daikon(
+        stack,
+        "generate",
+        "a blue square",
+        *QUICK,
+        "--image",
+        str(saved),
+        "--mask",
+        str(tmp_path / "mask.png"),
+        "--out",
+        str(tmp_path / "edit"),
+        "--json",
+    )
     assert run.returncode == 0, run.stderr
     job = json.loads(run.stdout)
     assert job["status"] == "succeeded" and job["params"]["mode"] == "inpaint"
@@ -131,9 +170,18 @@ def test_generate_with_image_and_mask_inpaints_an_earlier_image(
     (result,) = (tmp_path / "edit").glob("*.png")
     kept = np.asarray(Image.open(result).convert("RGB"))[:, picture.width // 2 :]
     assert np.array_equal(kept, np.asarray(picture.convert("RGB"))[:, picture.width // 2 :])
-    by_id = daikon(stack, "generate", "a green circle", *QUICK, "--image-id",
-                   first["images"][0]["id"], "--strength", "0.5", "--no-wait",
-                   "--json")  # fmt: skip
+    by_id = daikon(
+        stack,
+        "generate",
+        "a green circle",
+        *QUICK,
+        "--image-id",
+        first["images"][0]["id"],
+        "--strength",
+        "0.5",
+        "--no-wait",
+        "--json",
+    )
     assert by_id.returncode == 0, by_id.stderr
     assert json.loads(by_id.stdout)["params"]["mode"] == "image"  # no mask: image-to-image
     missing = daikon(stack, "generate", "x", "--image", str(tmp_path / "nope.png"))
@@ -160,9 +208,14 @@ class Terminal:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daikon.cli", *args], env={**env_for(stack), "TERM": "xterm"},
-            cwd=ROOT, stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_terminal,
-        )  # fmt: skip
+            [sys.executable, "-m", "daikon.cli", *args],
+            env={**env_for(stack), "TERM": "xterm"},
+            cwd=ROOT,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            preexec_fn=controlling_terminal,
+        )
         os.close(slave)
         self.seen = b""
 
@@ -230,8 +283,9 @@ def test_a_bad_key_prints_the_apis_message_and_code_with_exit_2(stack: Stack) ->
 
 def test_bad_parameters_print_the_apis_message_and_leave_nothing(stack: Stack) -> None:
     before = len(stack.http.get(stack.url("/v1/jobs?limit=100"), timeout=10).json()["jobs"])
-    expected = api_error(stack, "POST", "/v1/jobs",
-                         json={"prompt": "x", "candidates": 2, "top_k": 5})  # fmt: skip
+    expected = api_error(
+        stack, "POST", "/v1/jobs", json={"prompt": "x", "candidates": 2, "top_k": 5}
+    )
     run = daikon(stack, "generate", "x", "--candidates", "2", "--top-k", "5")
     assert run.returncode == 2
     assert expected["message"] in run.stderr and "invalid_request" in run.stderr

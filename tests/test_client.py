@@ -64,15 +64,21 @@ def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  # type:
     tmp = tmp_path_factory.mktemp("client")
     hooks_queue = f"daikon-e2e-wh-{uuid.uuid4().hex[:8]}"
     settings = settings_for(
-        tmp, redis_url, tiny_models, webhook_queue=hooks_queue,
-        webhook_allow_hosts="127.0.0.1", webhook_dispatch_seconds=1.0,
-    )  # fmt: skip
+        tmp,
+        redis_url,
+        tiny_models,
+        webhook_queue=hooks_queue,
+        webhook_allow_hosts="127.0.0.1",
+        webhook_dispatch_seconds=1.0,
+    )
     with running_stack(settings, tmp) as s:
         hooks = WorkerProcess(
-            settings, tmp / "webhooks.log", concurrency=2, app="worker.webhooks.main",
-            extra=("--pool", "threads", "--queues", hooks_queue, "--hostname",
-                   f"{hooks_queue}@%h"),
-        )  # fmt: skip
+            settings,
+            tmp / "webhooks.log",
+            concurrency=2,
+            app="worker.webhooks.main",
+            extra=("--pool", "threads", "--queues", hooks_queue, "--hostname", f"{hooks_queue}@%h"),
+        )
         try:
             yield s
         finally:
@@ -120,10 +126,24 @@ def test_an_inpaint_job_uploads_its_image_and_mask_and_keeps_the_unmasked_pixels
     buf = io.BytesIO()
     original.save(buf, format="PNG")
     key = f"edit-{uuid.uuid4()}"
-    job = daikon.submit("a yellow triangle", mode="inpaint", seed=5, idempotency_key=key,
-                        image=buf.getvalue(), mask=mask_path, **QUICK)  # fmt: skip
-    again = daikon.submit("a yellow triangle", mode="inpaint", seed=5, idempotency_key=key,
-                          image=buf.getvalue(), mask=mask_path, **QUICK)  # fmt: skip
+    job = daikon.submit(
+        "a yellow triangle",
+        mode="inpaint",
+        seed=5,
+        idempotency_key=key,
+        image=buf.getvalue(),
+        mask=mask_path,
+        **QUICK,
+    )
+    again = daikon.submit(
+        "a yellow triangle",
+        mode="inpaint",
+        seed=5,
+        idempotency_key=key,
+        image=buf.getvalue(),
+        mask=mask_path,
+        **QUICK,
+    )
     assert again.id == job.id  # the same files and key: the same job
     assert job.params.mode == "inpaint" and {i.role for i in job.inputs} == {"image", "mask"}
     done = daikon.wait(job.id)
@@ -133,11 +153,13 @@ def test_an_inpaint_job_uploads_its_image_and_mask_and_keeps_the_unmasked_pixels
     assert np.array_equal(result[:top], np.asarray(original)[:top])  # black: kept as it was
     # The earlier image by its id, with an open file as the mask: image-to-image needs none.
     with mask_path.open("rb") as f:
-        by_id = daikon.submit("a yellow triangle", mode="inpaint", image_id=first.images[0].id,
-                              mask=f, **QUICK)  # fmt: skip
+        by_id = daikon.submit(
+            "a yellow triangle", mode="inpaint", image_id=first.images[0].id, mask=f, **QUICK
+        )
     assert daikon.wait(by_id.id).status is JobStatus.succeeded
-    redrawn = daikon.submit("a green circle", mode="image", strength=0.5,
-                            image_id=first.images[0].id, **QUICK)  # fmt: skip
+    redrawn = daikon.submit(
+        "a green circle", mode="image", strength=0.5, image_id=first.images[0].id, **QUICK
+    )
     assert daikon.wait(redrawn.id).status is JobStatus.succeeded
 
 
@@ -279,7 +301,10 @@ def test_errors_carry_the_apis_code_and_message(stack: Stack, daikon: Daikon) ->
         json={"prompt": "too many kept", "candidates": 2, "top_k": 5},
     ).json()
     assert (bad.value.code, bad.value.message, bad.value.param) == (
-        raw["error"]["code"], raw["error"]["message"], raw["error"]["param"])  # fmt: skip
+        raw["error"]["code"],
+        raw["error"]["message"],
+        raw["error"]["param"],
+    )
     assert bad.value.status == 422 and bad.value.param == "top_k"
 
     with pytest.raises(NotFoundError) as missing:
@@ -323,8 +348,9 @@ def test_a_real_webhook_verifies_with_the_helper_and_a_forged_one_is_refused(
 ) -> None:
     secret = daikon.rotate_webhook_secret().secret
     with receiver() as r:
-        job = daikon.submit("a hooked one", webhook_url=r.url(),
-                            webhook_events=["job.succeeded"], **QUICK)  # fmt: skip
+        job = daikon.submit(
+            "a hooked one", webhook_url=r.url(), webhook_events=["job.succeeded"], **QUICK
+        )
         got = r.wait_for(1, timeout=90)[0]
     done = daikon.wait(job.id)
 

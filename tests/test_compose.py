@@ -17,8 +17,16 @@ def compose() -> dict[str, Any]:
 
 def test_the_production_shape_is_complete() -> None:
     services = compose()["services"]
-    assert {"redis", "postgres", "minio", "createbucket", "migrate", "api", "worker",
-            "webhooks"} <= set(services)  # fmt: skip
+    assert {
+        "redis",
+        "postgres",
+        "minio",
+        "createbucket",
+        "migrate",
+        "api",
+        "worker",
+        "webhooks",
+    } <= set(services)
     for name in ("redis", "postgres", "minio", "api"):
         assert "healthcheck" in services[name], name
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
@@ -35,8 +43,10 @@ def test_dependencies_name_real_services_and_conditions() -> None:
         for target, rule in depends.items() if isinstance(depends, dict) else []:
             assert target in services, f"{name} depends on unknown {target}"
             assert rule["condition"] in (
-                "service_healthy", "service_completed_successfully", "service_started"
-            )  # fmt: skip
+                "service_healthy",
+                "service_completed_successfully",
+                "service_started",
+            )
 
 
 def test_every_daikon_variable_given_to_a_service_is_read() -> None:

@@ -52,19 +52,34 @@ def test_defaults_come_from_the_model_table_then_the_deployment_then_the_model()
     from daikon.capabilities import ModelCapabilities, ModelDefaults, ModelOptions
     from daikon.settings import ModelSpec
 
-    table = Settings(database_url="sqlite://", default_steps=30, models={
-        "flux": ModelSpec(pipeline="f", options=ModelOptions(default_guidance_scale=3.5)),
-    })  # fmt: skip
+    table = Settings(
+        database_url="sqlite://",
+        default_steps=30,
+        models={
+            "flux": ModelSpec(pipeline="f", options=ModelOptions(default_guidance_scale=3.5)),
+        },
+    )
     caps = ModelCapabilities(
-        model="flux", family="flux", pipeline_class="FluxPipeline", size_multiple=16,
-        min_size=16, native_width=1024, native_height=1024, schedulers=["flow_match_euler"],
-        guidance="distilled", supports_negative_prompt=True,
+        model="flux",
+        family="flux",
+        pipeline_class="FluxPipeline",
+        size_multiple=16,
+        min_size=16,
+        native_width=1024,
+        native_height=1024,
+        schedulers=["flow_match_euler"],
+        guidance="distilled",
+        supports_negative_prompt=True,
         defaults=ModelDefaults(width=1024, height=1024, steps=28, guidance_scale=4.0),
-    )  # fmt: skip
+    )
     request = JobRequest.for_settings(table).model_validate({"prompt": "p", "width": 512})
     resolved = request.resolve(table, caps)
     assert (resolved.width, resolved.height, resolved.steps, resolved.guidance_scale) == (
-        512, 1024, 30, 3.5)  # fmt: skip
+        512,
+        1024,
+        30,
+        3.5,
+    )
     assert resolved.defaulted == ["height", "steps", "guidance_scale"]
     # Before any worker has loaded the model, what only the model knows stays open.
     cold = request.resolve(table)
@@ -73,9 +88,16 @@ def test_defaults_come_from_the_model_table_then_the_deployment_then_the_model()
 
 def test_given_fields_are_kept_and_an_integer_guidance_is_a_float() -> None:
     params = validate(
-        prompt="p", negative_prompt="n", width=128, height=96, steps=3, guidance_scale=5,
-        candidates=6, top_k=6, seed=SEED_MAX,
-    ).resolve(SETTINGS)  # fmt: skip
+        prompt="p",
+        negative_prompt="n",
+        width=128,
+        height=96,
+        steps=3,
+        guidance_scale=5,
+        candidates=6,
+        top_k=6,
+        seed=SEED_MAX,
+    ).resolve(SETTINGS)
     assert (params.width, params.height, params.steps) == (128, 96, 3)
     assert params.guidance_scale == 5.0 and isinstance(params.guidance_scale, float)
     assert (params.candidates, params.top_k, params.seed) == (6, 6, SEED_MAX)

@@ -193,8 +193,10 @@ def test_a_form_posted_without_its_csrf_token_changes_nothing(app: Flask) -> Non
         assert r.status_code == 400 and "CSRF token is missing or wrong" in r.text
     _other, other_token = login(app)  # a token is per session: another's does not pass
     assert other_token != token
-    assert client.post("/admin/queues/default/pause",
-                       data={"csrf_token": other_token}).status_code == 400  # fmt: skip
+    assert (
+        client.post("/admin/queues/default/pause", data={"csrf_token": other_token}).status_code
+        == 400
+    )
     with session_scope(sessions_of(app)) as s:
         assert s.get(PausedModel, "default") is None
     r = client.post("/admin/queues/default/pause", data={"csrf_token": token})
@@ -207,8 +209,16 @@ def test_an_operator_sees_every_page_and_changes_nothing(app: Flask) -> None:
     operator = new_key(app, "operator")
     job_id = queued_job(app)
     client, token = login(app, operator["key"])
-    pages = ["/admin/", "/admin/jobs", f"/admin/jobs/{job_id}", "/admin/queues",
-             "/admin/tenants", "/admin/usage", "/admin/audit", "/admin/charts"]  # fmt: skip
+    pages = [
+        "/admin/",
+        "/admin/jobs",
+        f"/admin/jobs/{job_id}",
+        "/admin/queues",
+        "/admin/tenants",
+        "/admin/usage",
+        "/admin/audit",
+        "/admin/charts",
+    ]
     for path in pages:
         r = client.get(path)
         assert r.status_code == 200, path
@@ -220,12 +230,17 @@ def test_an_operator_sees_every_page_and_changes_nothing(app: Flask) -> None:
     assert tenant_page.count('method="post"') == 1
     assert "revoke" not in tenant_page and "Create key" not in tenant_page
     posts = [
-        f"/admin/jobs/{job_id}/cancel", f"/admin/jobs/{job_id}/retry",
+        f"/admin/jobs/{job_id}/cancel",
+        f"/admin/jobs/{job_id}/retry",
         "/admin/queues/default/pause",
-        "/admin/queues/default/resume", "/admin/tenants", f"/admin/tenants/{tenant_id}/keys",
-        f"/admin/keys/{operator['id']}/revoke", f"/admin/tenants/{tenant_id}/webhook-secret",
-        f"/admin/tenants/{tenant_id}/limits", "/admin/webhooks/x/redeliver",
-    ]  # fmt: skip
+        "/admin/queues/default/resume",
+        "/admin/tenants",
+        f"/admin/tenants/{tenant_id}/keys",
+        f"/admin/keys/{operator['id']}/revoke",
+        f"/admin/tenants/{tenant_id}/webhook-secret",
+        f"/admin/tenants/{tenant_id}/limits",
+        "/admin/webhooks/x/redeliver",
+    ]
     for path in posts:
         r = client.post(path, data={"csrf_token": token, "name": "x", "model": "default"})
         assert r.status_code == 403, path
@@ -247,8 +262,11 @@ def test_every_action_is_audited_with_who_and_never_the_key(app: Flask) -> None:
     with session_scope(sessions_of(app)) as s:
         rows = s.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
         actions = [(e.action, e.target) for e in rows]
-        assert actions[:3] == [("login", ""), ("queue.pause", "default"),
-                               ("queue.resume", "default")]  # fmt: skip
+        assert actions[:3] == [
+            ("login", ""),
+            ("queue.pause", "default"),
+            ("queue.resume", "default"),
+        ]
         assert actions[3][0] == "tenant.create"
         assert all(e.key_id == key["id"] and key["prefix"] in e.actor for e in rows)
     page = client.get("/admin/audit").text
@@ -289,8 +307,10 @@ def test_retry_makes_a_new_job_with_the_same_parameters_linked_to_the_old(app: F
 def edit_job(app: Flask) -> tuple[str, bytes, bytes]:
     """An inpaint job submitted as a client would (multipart); its image and mask bytes."""
     files: dict[str, bytes] = {}
-    for role, im in (("image", Image.new("RGB", (32, 32), (200, 40, 40))),
-                     ("mask", Image.new("L", (32, 32), 255))):  # fmt: skip
+    for role, im in (
+        ("image", Image.new("RGB", (32, 32), (200, 40, 40))),
+        ("mask", Image.new("L", (32, 32), 255)),
+    ):
         buf = io.BytesIO()
         im.save(buf, format="PNG")
         files[role] = buf.getvalue()
@@ -310,8 +330,10 @@ def test_an_edit_jobs_page_shows_its_inputs_mode_and_strength(app: Flask) -> Non
     thumbs = dict(re.findall(r'data-role="(\w+)"><img src="([^"]+)"', page))
     assert set(thumbs) == {"image", "mask"}
     browser = app.test_client()  # the signed URL alone opens it, as for outputs: no key
-    shown = {role: Image.open(io.BytesIO(browser.get(html.unescape(url)).data))
-             for role, url in thumbs.items()}  # fmt: skip
+    shown = {
+        role: Image.open(io.BytesIO(browser.get(html.unescape(url)).data))
+        for role, url in thumbs.items()
+    }
     assert shown["image"].tobytes() == Image.open(io.BytesIO(image)).convert("RGB").tobytes()
     assert shown["mask"].tobytes() == Image.open(io.BytesIO(mask)).convert("L").tobytes()
     tampered = html.unescape(thumbs["image"]).replace("sig=", "sig=0")
@@ -339,8 +361,9 @@ def test_cancel_from_the_dashboard(app: Flask) -> None:
 
 
 def test_a_webhook_is_redelivered_from_the_job_page(app: Flask) -> None:
-    job_id = queued_job(app, webhook_url="https://93.184.215.14/hook",
-                        webhook_events=["job.canceled"])  # fmt: skip
+    job_id = queued_job(
+        app, webhook_url="https://93.184.215.14/hook", webhook_events=["job.canceled"]
+    )
     client, token = login(app)
     client.post(f"/admin/jobs/{job_id}/cancel", data={"csrf_token": token})
     (delivery,) = authed(app).get(f"/v1/jobs/{job_id}/webhooks").get_json()["deliveries"]
@@ -432,8 +455,14 @@ def test_workers_claim_no_job_of_a_paused_model(session: Session) -> None:
     assert dashboard.pause(session=session, model="m1", by="test")
     assert not dashboard.pause(session=session, model="m1", by="test")  # already
     assert jobs.claim(session=session, job_id=job.id, worker="w:1") is None
-    got = jobs.acquire(session=session, job_id=job.id, worker="w:1", lease_seconds=60,
-                       max_attempts=3, owner_alive=lambda _: True)  # fmt: skip
+    got = jobs.acquire(
+        session=session,
+        job_id=job.id,
+        worker="w:1",
+        lease_seconds=60,
+        max_attempts=3,
+        owner_alive=lambda _: True,
+    )
     assert got.paused and got.busy_for == jobs.PAUSE_RECHECK_SECONDS and got.job is None
     session.refresh(job)
     assert job.status is JobStatus.queued and job.attempts == 0
@@ -456,8 +485,10 @@ def test_keys_are_created_shown_once_and_revoked(app: Flask) -> None:
     client, token = login(app)
     r = client.post("/admin/tenants", data={"csrf_token": token, "name": "acme"})
     tenant_id = r.headers["Location"].split("/admin/tenants/")[1].split("?")[0]
-    r = client.post(f"/admin/tenants/{tenant_id}/keys",
-                    data={"csrf_token": token, "name": "web", "scope": "tenant"})  # fmt: skip
+    r = client.post(
+        f"/admin/tenants/{tenant_id}/keys",
+        data={"csrf_token": token, "name": "web", "scope": "tenant"},
+    )
     assert r.status_code == 201
     key = re.search(r'<code id="new-key">([^<]+)</code>', r.text).group(1)  # type: ignore[union-attr]
     assert authed(app, key).get("/v1/jobs").status_code == 200
@@ -475,8 +506,12 @@ def test_keys_are_created_shown_once_and_revoked(app: Flask) -> None:
 def test_tenant_limits_apply_to_its_submissions(app: Flask) -> None:
     key = new_key(app, "tenant", tenant="small")
     client, token = login(app)
-    data = {"csrf_token": token, "submits_per_minute": "2", "max_active_jobs": "",
-            "max_candidates": "2"}  # fmt: skip
+    data = {
+        "csrf_token": token,
+        "submits_per_minute": "2",
+        "max_active_jobs": "",
+        "max_candidates": "2",
+    }
     assert client.post(f"/admin/tenants/{key['tenant_id']}/limits", data=data).status_code == 303
     api = authed(app, key["key"])
     r = api.post("/v1/jobs", json={"prompt": "p", "candidates": 3})
@@ -486,8 +521,9 @@ def test_tenant_limits_apply_to_its_submissions(app: Flask) -> None:
     assert api.post("/v1/jobs", json={"prompt": "p", "candidates": 2}).status_code == 202
     r = api.post("/v1/jobs", json={"prompt": "p", "candidates": 2})
     assert r.status_code == 429 and "more than 2 submissions a minute" in r.text
-    bad = client.post(f"/admin/tenants/{key['tenant_id']}/limits",
-                      data={**data, "max_candidates": "999"})  # fmt: skip
+    bad = client.post(
+        f"/admin/tenants/{key['tenant_id']}/limits", data={**data, "max_candidates": "999"}
+    )
     assert bad.status_code == 422 and "max_candidates" in bad.text
 
 
@@ -528,8 +564,12 @@ def test_limits_set_on_the_dashboard_apply_at_once_in_every_api_process(
     api = authed(other, key["key"])
     assert api.post("/v1/jobs", json={"prompt": "p", "candidates": 3}).status_code == 202
     client, token = login(dashboard)
-    data = {"csrf_token": token, "submits_per_minute": "", "max_active_jobs": "",
-            "max_candidates": "2"}  # fmt: skip
+    data = {
+        "csrf_token": token,
+        "submits_per_minute": "",
+        "max_active_jobs": "",
+        "max_candidates": "2",
+    }
     assert client.post(f"/admin/tenants/{key['tenant_id']}/limits", data=data).status_code == 303
     r = api.post("/v1/jobs", json={"prompt": "p", "candidates": 3})
     assert r.status_code == 422 and "limit of 2" in r.get_json()["error"]["message"]
@@ -538,8 +578,7 @@ def test_limits_set_on_the_dashboard_apply_at_once_in_every_api_process(
 def test_rotating_the_webhook_secret_shows_the_new_one_once(app: Flask) -> None:
     key = new_key(app, "tenant", tenant="hooks")
     client, token = login(app)
-    r = client.post(f"/admin/tenants/{key['tenant_id']}/webhook-secret",
-                    data={"csrf_token": token})  # fmt: skip
+    r = client.post(f"/admin/tenants/{key['tenant_id']}/webhook-secret", data={"csrf_token": token})
     assert r.status_code == 201
     secret = re.search(r'<code id="new-secret">([^<]+)</code>', r.text).group(1)  # type: ignore[union-attr]
     assert secret.startswith("whsec_")
@@ -552,10 +591,23 @@ def test_usage_and_overview_count_jobs_images_and_worker_time(app: Flask) -> Non
     job_id = r.get_json()["id"]
     with session_scope(sessions_of(app)) as s:
         jobs.claim(session=s, job_id=job_id, worker="w:1")
-        image = jobs.NewImage(rank=1, clip_score=30.0, seed=1, width=32, height=32,
-                              content_type="image/png", storage_key="k", byte_size=10)  # fmt: skip
-        jobs.succeed(session=s, job_id=job_id, seed=1, images=[image, image.__class__(
-            **{**vars(image), "rank": 2})], metrics={"total_seconds": 2.5})  # fmt: skip
+        image = jobs.NewImage(
+            rank=1,
+            clip_score=30.0,
+            seed=1,
+            width=32,
+            height=32,
+            content_type="image/png",
+            storage_key="k",
+            byte_size=10,
+        )
+        jobs.succeed(
+            session=s,
+            job_id=job_id,
+            seed=1,
+            images=[image, image.__class__(**{**vars(image), "rank": 2})],
+            metrics={"total_seconds": 2.5},
+        )
     queued_job(app)
     client, _ = login(app)
     usage = client.get("/admin/usage").text

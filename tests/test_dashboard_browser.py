@@ -18,8 +18,14 @@ pytestmark = pytest.mark.e2e
 SHOTS = ROOT / "docs" / "dashboard"
 # Slow enough to watch (150 steps of 4 candidates at 64 px on a CPU), small enough for a
 # CPU's job-size limit.
-SLOW = {"prompt": "a red circle above a blue square", "width": 64, "height": 64,
-        "candidates": 4, "top_k": 2, "steps": 150}  # fmt: skip
+SLOW = {
+    "prompt": "a red circle above a blue square",
+    "width": 64,
+    "height": 64,
+    "candidates": 4,
+    "top_k": 2,
+    "steps": 150,
+}
 FAST = {"prompt": "a green triangle", "steps": 4, "candidates": 2, "top_k": 2}
 
 
@@ -35,8 +41,10 @@ def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  # type:
     """A second model whose weights are missing: its jobs fail (model_load_failed)."""
     tmp = tmp_path_factory.mktemp("dashboard")
     sd, clip = (str(p) for p in tiny_models)
-    models = {"default": {"pipeline": sd, "clip": clip},
-              "broken": {"pipeline": str(tmp / "no-such-model"), "clip": clip}}  # fmt: skip
+    models = {
+        "default": {"pipeline": sd, "clip": clip},
+        "broken": {"pipeline": str(tmp / "no-such-model"), "clip": clip},
+    }
     with running_stack(settings_for(tmp, redis_url, tiny_models, models=models), tmp) as s:
         yield s
 
@@ -110,8 +118,10 @@ def test_a_submitted_job_appears_moves_and_is_canceled_without_reload(
     admin.evaluate("window.sameDocument = true")
     bar = admin.locator("#job-progress")
     first = int(bar.get_attribute("value"))
-    eventually(lambda: int(admin.locator("#job-progress").get_attribute("value")) > first,
-               what="the progress bar moved")  # fmt: skip
+    eventually(
+        lambda: int(admin.locator("#job-progress").get_attribute("value")) > first,
+        what="the progress bar moved",
+    )
     assert admin.evaluate("window.sameDocument") is True
     shot(admin, "job-running")
 
@@ -186,14 +196,21 @@ def test_create_and_revoke_a_key(admin: Any, stack: Stack) -> None:
 
 def test_a_read_only_operator_sees_no_action_and_gets_403(browser: Any, stack: Stack) -> None:
     tenant = stack.http.post(stack.url("/v1/admin/tenants"), json={"name": "ops"}, timeout=10)
-    made = stack.http.post(stack.url(f"/v1/admin/tenants/{tenant.json()['id']}/keys"),
-                           json={"name": "viewer", "scope": "operator"}, timeout=10)  # fmt: skip
+    made = stack.http.post(
+        stack.url(f"/v1/admin/tenants/{tenant.json()['id']}/keys"),
+        json={"name": "viewer", "scope": "operator"},
+        timeout=10,
+    )
     job = stack.submit(**SLOW)
     page = sign_in(browser, stack, made.json()["key"])
     try:
         assert page.locator("#role").inner_text() == "read-only operator"
-        for path in (f"/admin/jobs/{job['id']}", "/admin/queues", "/admin/tenants",
-                     f"/admin/tenants/{tenant.json()['id']}"):  # fmt: skip
+        for path in (
+            f"/admin/jobs/{job['id']}",
+            "/admin/queues",
+            "/admin/tenants",
+            f"/admin/tenants/{tenant.json()['id']}",
+        ):
             page.goto(stack.url(path))
             assert page.locator("form[method=post]").count() == 1, path  # only "Sign out"
             assert page.locator("#cancel-job, button.pause, button.revoke").count() == 0
@@ -229,12 +246,16 @@ def test_the_overview_charts_usage_and_audit(admin: Any, stack: Stack) -> None:
     admin.goto(stack.url("/admin/"))
     admin.locator("#charts svg").first.wait_for()
     assert admin.locator("#charts svg").count() == 3
-    eventually(lambda: admin.locator("#worker-table td", has_text="default").count() > 0,
-               what="the worker is listed with its model")  # fmt: skip
+    eventually(
+        lambda: admin.locator("#worker-table td", has_text="default").count() > 0,
+        what="the worker is listed with its model",
+    )
     before = admin.locator("#total-queued").inner_text()
     jobs = [stack.submit(**SLOW) for _ in range(2)]  # one runs, one waits
-    eventually(lambda: admin.locator("#total-queued").inner_text() != before,
-               what="the queued figure updated without reload")  # fmt: skip
+    eventually(
+        lambda: admin.locator("#total-queued").inner_text() != before,
+        what="the queued figure updated without reload",
+    )
     shot(admin, "overview")
     for job in jobs:
         stack.http.post(stack.url(f"/v1/jobs/{job['id']}/cancel"), timeout=10)

@@ -167,11 +167,14 @@ def test_odd_query_strings_are_refused_with_the_parameter_named(
 def test_ordinary_and_edge_values_still_answer(app: Flask) -> None:
     job_id = queued_job(app)
     client, _ = login(app)
-    for path in ("/admin/jobs?from=2020-01-01T00:00%2B05:00&to=2998-12-31T23:59-12:00",
-                 "/admin/usage?from=1970-01-01&to=9998-12-31T23:59:59",
-                 "/admin/audit?before=2147483647", "/admin/audit?before=",
-                 "/admin/jobs?model=" + "m" * 300 + "&tenant=" + "t" * 300 + "&q=" + "%" * 500,
-                 "/admin/queues/cancel?model=" + "m" * 300):  # fmt: skip
+    for path in (
+        "/admin/jobs?from=2020-01-01T00:00%2B05:00&to=2998-12-31T23:59-12:00",
+        "/admin/usage?from=1970-01-01&to=9998-12-31T23:59:59",
+        "/admin/audit?before=2147483647",
+        "/admin/audit?before=",
+        "/admin/jobs?model=" + "m" * 300 + "&tenant=" + "t" * 300 + "&q=" + "%" * 500,
+        "/admin/queues/cancel?model=" + "m" * 300,
+    ):
         assert client.get(path).status_code == 200, path
     assert job_id in client.get("/admin/jobs?from=1970-01-01").text
 
@@ -182,16 +185,26 @@ def test_ordinary_and_edge_values_still_answer(app: Flask) -> None:
 def sign_in(app: Flask, next_: str) -> Any:
     client = app.test_client()
     form = client.get("/admin/login")
-    return client, client.post("/admin/login", data={"key": ADMIN_KEY, "next": next_,
-                                                     "csrf_token": csrf_of(form.text)})  # fmt: skip
+    return client, client.post(
+        "/admin/login", data={"key": ADMIN_KEY, "next": next_, "csrf_token": csrf_of(form.text)}
+    )
 
 
 @pytest.mark.parametrize(
     "target",
-    ["/admin/\r\nSet-Cookie: x=1", "/admin/jobs\n", "/admin/\x7f", "https://evil.example/admin/",
-     "//evil.example/admin/", "/admin/..\\..\\evil", "/admin/../v1/jobs", "/administrator",
-     "/admin/jobs é", "/admin/" + "x" * 3000],
-)  # fmt: skip
+    [
+        "/admin/\r\nSet-Cookie: x=1",
+        "/admin/jobs\n",
+        "/admin/\x7f",
+        "https://evil.example/admin/",
+        "//evil.example/admin/",
+        "/admin/..\\..\\evil",
+        "/admin/../v1/jobs",
+        "/administrator",
+        "/admin/jobs é",
+        "/admin/" + "x" * 3000,
+    ],
+)
 def test_a_next_that_is_not_a_dashboard_address_is_refused_before_a_session_is_written(
     app: Flask, target: str
 ) -> None:
@@ -228,8 +241,9 @@ def test_a_model_that_does_not_exist_cannot_be_paused(app: Flask) -> None:
         assert "no queue to pause" in html.unescape(r.text)
     with session_scope(sessions_of(app)) as s:  # (the PostgreSQL database is the run's)
         assert s.scalars(select(PausedModel).where(PausedModel.model.in_(unknown))).all() == []
-        paused = select(AuditEntry).where(AuditEntry.action == "queue.pause",
-                                          AuditEntry.target.in_(unknown))  # fmt: skip
+        paused = select(AuditEntry).where(
+            AuditEntry.action == "queue.pause", AuditEntry.target.in_(unknown)
+        )
         assert s.scalars(paused).all() == []
     # A configured model, and one that only has queued jobs left, can be.
     with session_scope(sessions_of(app)) as s:

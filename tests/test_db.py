@@ -52,9 +52,12 @@ def test_succeed_records_images_in_rank_order(session: Session) -> None:
     job = make_job(session)
     jobs.claim(session=session, job_id=job.id, worker="w")
     ok = jobs.succeed(
-        session=session, job_id=job.id, seed=7, images=[image(2, 0.5), image(1, 0.9)],
+        session=session,
+        job_id=job.id,
+        seed=7,
+        images=[image(2, 0.5), image(1, 0.9)],
         metrics={"inference_seconds": 1.5},
-    )  # fmt: skip
+    )
     assert ok
     session.expire_all()
     done = jobs.get(session=session, job_id=job.id)
@@ -65,8 +68,9 @@ def test_succeed_records_images_in_rank_order(session: Session) -> None:
 
 def test_a_queued_job_cannot_be_finished_without_a_claim(session: Session) -> None:
     job = make_job(session)
-    assert not jobs.succeed(session=session, job_id=job.id, seed=1, images=[image(1, 1)],
-                            metrics={})  # fmt: skip
+    assert not jobs.succeed(
+        session=session, job_id=job.id, seed=1, images=[image(1, 1)], metrics={}
+    )
     assert not jobs.fail(session=session, job_id=job.id, code="x", message="y", metrics={})
     assert jobs.get(session=session, job_id=job.id).status is JobStatus.queued
     assert session.scalars(select(JobImage).where(JobImage.job_id == job.id)).all() == []
@@ -75,16 +79,20 @@ def test_a_queued_job_cannot_be_finished_without_a_claim(session: Session) -> No
 def test_a_finished_job_is_finished_once(session: Session) -> None:
     job = make_job(session)
     jobs.claim(session=session, job_id=job.id, worker="w")
-    assert jobs.fail(session=session, job_id=job.id, code="generation_failed",
-                     message="boom", metrics={})  # fmt: skip
+    assert jobs.fail(
+        session=session, job_id=job.id, code="generation_failed", message="boom", metrics={}
+    )
     # A late success from another attempt must not overwrite the failure or add images.
-    assert not jobs.succeed(session=session, job_id=job.id, seed=1, images=[image(1, 1)],
-                            metrics={})  # fmt: skip
+    assert not jobs.succeed(
+        session=session, job_id=job.id, seed=1, images=[image(1, 1)], metrics={}
+    )
     session.expire_all()
     done = jobs.get(session=session, job_id=job.id)
     assert (done.status, done.error_code, done.error_message) == (
-        JobStatus.failed, "generation_failed", "boom",
-    )  # fmt: skip
+        JobStatus.failed,
+        "generation_failed",
+        "boom",
+    )
     assert done.images == []
 
 
@@ -115,9 +123,14 @@ def test_the_sweeper_takes_each_possibly_lost_job_once(session: Session) -> None
     _age(session, dead_runner, enqueued_at=ancient)
 
     def take() -> set[str]:
-        return {t.job_id for t in jobs.take_for_republish(
-            session=session, unpublished_before=now - timedelta(seconds=30),
-            stale_before=now - timedelta(hours=1))}  # fmt: skip
+        return {
+            t.job_id
+            for t in jobs.take_for_republish(
+                session=session,
+                unpublished_before=now - timedelta(seconds=30),
+                stale_before=now - timedelta(hours=1),
+            )
+        }
 
     assert take() == {never_published, lost_in_broker, dead_runner}
     assert just_submitted not in take() and published not in take()
@@ -133,10 +146,10 @@ def test_a_lease_is_renewed_only_by_its_holder(session: Session) -> None:
     left = (jobs.get(session=session, job_id=job.id).lease_expires_at - utcnow()).total_seconds()
     assert 55 < left <= 60
     # Results are written only under the lease: another worker's late write is refused.
-    assert not jobs.succeed(session=session, job_id=job.id, seed=1, images=[], metrics={},
-                            worker="w2")  # fmt: skip
-    assert jobs.succeed(session=session, job_id=job.id, seed=1, images=[], metrics={},
-                        worker="w1")  # fmt: skip
+    assert not jobs.succeed(
+        session=session, job_id=job.id, seed=1, images=[], metrics={}, worker="w2"
+    )
+    assert jobs.succeed(session=session, job_id=job.id, seed=1, images=[], metrics={}, worker="w1")
 
 
 def test_a_running_job_whose_lease_lapsed_a_lease_ago_is_republished_once(
@@ -155,10 +168,15 @@ def test_a_running_job_whose_lease_lapsed_a_lease_ago_is_republished_once(
     def take() -> set[str]:
         """Of this test's jobs (the PostgreSQL database is the run's: jobs other tests' workers
         left running may be taken too)."""
-        return {dead, alive} & {t.job_id for t in jobs.take_for_republish(
-            session=session, unpublished_before=now - timedelta(seconds=30),
-            stale_before=now - timedelta(hours=1), lapsed_before=now - timedelta(seconds=10),
-        )}  # fmt: skip
+        return {dead, alive} & {
+            t.job_id
+            for t in jobs.take_for_republish(
+                session=session,
+                unpublished_before=now - timedelta(seconds=30),
+                stale_before=now - timedelta(hours=1),
+                lapsed_before=now - timedelta(seconds=10),
+            )
+        }
 
     assert take() == {dead}
     assert take() == set()  # once per lapsed lease, not at every sweep

@@ -25,9 +25,13 @@ FAST = {"steps": 3, "candidates": 4, "top_k": 2}
 def pg_s3(tmp_path_factory, redis_url, postgres_url, s3_endpoint, tiny_models) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("pg_s3")
     settings = settings_for(
-        tmp, redis_url, tiny_models, database_url=postgres_url,
-        s3_bucket=f"daikon-{uuid.uuid4().hex[:8]}", s3_endpoint_url=s3_endpoint,
-    )  # fmt: skip
+        tmp,
+        redis_url,
+        tiny_models,
+        database_url=postgres_url,
+        s3_bucket=f"daikon-{uuid.uuid4().hex[:8]}",
+        s3_endpoint_url=s3_endpoint,
+    )
     with running_stack(settings, tmp) as stack:
         yield stack
     redis.Redis.from_url(redis_url).delete(settings.services.queue)
@@ -49,8 +53,9 @@ def fetch_png(url: str) -> tuple[bytes, Image.Image]:
 
 
 def test_prompt_in_ranked_pngs_out_on_postgres_and_s3(pg_s3: Stack) -> None:
-    submitted = pg_s3.submit(prompt="a red circle above a blue square", width=96, height=64,
-                             seed=1000, **FAST)  # fmt: skip
+    submitted = pg_s3.submit(
+        prompt="a red circle above a blue square", width=96, height=64, seed=1000, **FAST
+    )
     job = pg_s3.wait(submitted["id"])
     assert job["status"] == "succeeded", job["error"]
     assert job["error"] is None and job["params"]["seed"] == 1000
@@ -89,8 +94,9 @@ def unsigned(job: dict[str, Any]) -> dict[str, Any]:
 def test_a_redelivered_message_for_a_finished_job_does_nothing(pg_s3: Stack) -> None:
     done = pg_s3.wait(pg_s3.submit(prompt="a yellow square", seed=5, **FAST)["id"])
     celery = pg_s3.app.extensions["daikon"].celery
-    celery.send_task("daikon.generate_job", args=[done["id"]],
-                     queue=pg_s3.settings.queue_for("default"))  # fmt: skip
+    celery.send_task(
+        "daikon.generate_job", args=[done["id"]], queue=pg_s3.settings.queue_for("default")
+    )
     # The queue is FIFO and the worker runs one job at a time: once a later job is done,
     # the duplicate has been handled.
     pg_s3.wait(pg_s3.submit(prompt="a later job", **FAST)["id"])
@@ -110,8 +116,11 @@ def test_sqlite_and_local_storage_serve_images_through_the_api(sqlite_local: Sta
     # The default size: the model's own (it published its capabilities when it loaded).
     (model,) = sqlite_local.http.get(sqlite_local.url("/v1/models"), timeout=10).json()["models"]
     own = model["capabilities"]["defaults"]
-    assert png.size == (own["width"], own["height"]) == (jobs[0]["params"]["width"],
-                                                         jobs[0]["params"]["height"])  # fmt: skip
+    assert (
+        png.size
+        == (own["width"], own["height"])
+        == (jobs[0]["params"]["width"], jobs[0]["params"]["height"])
+    )
     stored = sqlite_local.settings.local_storage_path / ids[0] / "rank-1.png"
     assert stored.read_bytes() == data
     listed = sqlite_local.http.get(sqlite_local.url("/v1/jobs?limit=2"), timeout=10).json()["jobs"]
@@ -124,8 +133,7 @@ def test_a_failing_pipeline_ends_failed_with_its_reason(  # type: ignore[no-unty
     broken = tmp_path / "broken-sd"
     shutil.copytree(tiny_models[0], broken)
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
-    settings = settings_for(tmp_path, redis_url, (broken, tiny_models[1]),
-                            database_url=sqlite_url)  # fmt: skip
+    settings = settings_for(tmp_path, redis_url, (broken, tiny_models[1]), database_url=sqlite_url)
     with running_stack(settings, tmp_path) as stack:
         job = stack.wait(stack.submit(prompt="a red circle", **FAST)["id"])
         # The worker does not advertise the model it cannot load; an admin sees why.

@@ -49,10 +49,18 @@ def half_mask(size: tuple[int, int]) -> Image.Image:
 def edit(name: str, mode: str, **kw: Any) -> GenerationRequest:
     size = size_for(FAMILIES[name])
     base: dict[str, Any] = dict(
-        prompt="a red circle", negative_prompt=None, width=None, height=None, steps=4,
-        guidance_scale=None, seeds=(1, 2), mode=mode, image=picture(size),
-        mask=half_mask(size) if mode == "inpaint" else None, strength=0.5,
-    )  # fmt: skip
+        prompt="a red circle",
+        negative_prompt=None,
+        width=None,
+        height=None,
+        steps=4,
+        guidance_scale=None,
+        seeds=(1, 2),
+        mode=mode,
+        image=picture(size),
+        mask=half_mask(size) if mode == "inpaint" else None,
+        strength=0.5,
+    )
     return GenerationRequest(**{**base, **kw})
 
 
@@ -98,10 +106,13 @@ def test_image_to_image_shares_the_weights_and_runs_steps_times_strength(
     text = Progress()
     width, height = size_for(FAMILIES[name])
     adapter.generate(
-        [GenerationRequest("a red circle", None, width, height, 4 if name == "lcm" else 2,
-                           None, (1, 2))],
+        [
+            GenerationRequest(
+                "a red circle", None, width, height, 4 if name == "lcm" else 2, None, (1, 2)
+            )
+        ],
         on_step=text,
-    )  # fmt: skip
+    )
     assert progress.assert_complete() == text.assert_complete()
     again = adapter.generate([edit(name, "image", steps=4, strength=0.5, seeds=(2,))])[0][0]
     assert again.tobytes() == images[1].tobytes()  # seed 2, alone or second of two

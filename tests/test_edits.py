@@ -27,8 +27,13 @@ from db.models import Job
 from db.session import session_scope
 from tests.conftest import authed
 
-BASE = {"prompt": "a red circle above a yellow triangle", "steps": 4, "candidates": 2,
-        "top_k": 1, "seed": 3}  # fmt: skip
+BASE = {
+    "prompt": "a red circle above a yellow triangle",
+    "steps": 4,
+    "candidates": 2,
+    "top_k": 1,
+    "seed": 3,
+}
 
 
 @pytest.fixture
@@ -100,14 +105,30 @@ def publish(app: Flask, modes: list[str]) -> None:
     """What a worker publishes once it loaded the model (its capabilities, its modes)."""
     svc = app.extensions["daikon"]
     caps = ModelCapabilities(
-        model="default", family="stable-diffusion", pipeline_class="StableDiffusionPipeline",
-        size_multiple=8, min_size=8, native_width=32, native_height=32, schedulers=["ddim"],
-        guidance="cfg", supports_negative_prompt=True, modes=modes,  # type: ignore[arg-type]
+        model="default",
+        family="stable-diffusion",
+        pipeline_class="StableDiffusionPipeline",
+        size_multiple=8,
+        min_size=8,
+        native_width=32,
+        native_height=32,
+        schedulers=["ddim"],
+        guidance="cfg",
+        supports_negative_prompt=True,
+        modes=modes,  # type: ignore[arg-type]
         defaults=ModelDefaults(width=32, height=32, steps=20, guidance_scale=7.5),
-    )  # fmt: skip
-    served_models.publish(svc.live.redis, svc.settings, ServedModel(
-        model="default", device="cpu", limits=resolve("cpu"), capabilities=caps,
-        loaded_at=datetime.now(UTC)))  # fmt: skip
+    )
+    served_models.publish(
+        svc.live.redis,
+        svc.settings,
+        ServedModel(
+            model="default",
+            device="cpu",
+            limits=resolve("cpu"),
+            capabilities=caps,
+            loaded_at=datetime.now(UTC),
+        ),
+    )
     svc.served_models._cache.clear()
 
 
@@ -118,8 +139,9 @@ def test_an_inpaint_job_stores_its_inputs_beside_its_outputs_and_shows_them(
     app: Flask, client: FlaskClient
 ) -> None:
     image = png((40, 32))
-    r = post(client, {**BASE, "mode": "inpaint", "mask_blur": 2}, image=image,
-             mask=mask_png((40, 32)))  # fmt: skip
+    r = post(
+        client, {**BASE, "mode": "inpaint", "mask_blur": 2}, image=image, mask=mask_png((40, 32))
+    )
     assert r.status_code == 202, r.get_json()
     job = r.get_json()
     assert job["params"]["mode"] == "inpaint"
@@ -153,8 +175,9 @@ def test_an_image_job_referencing_an_earlier_jobs_image_copies_it(
     assert [i["role"] for i in second["inputs"]] == ["image"]
     assert len(stored_objects(app)) == 2  # each job keeps its own copy
     # Inpainting with the first job's image and a mask uploaded now.
-    third = post(client, {**BASE, "mode": "inpaint", "image_id": f"{first['id']}:image"},
-                 mask=mask_png())  # fmt: skip
+    third = post(
+        client, {**BASE, "mode": "inpaint", "image_id": f"{first['id']}:image"}, mask=mask_png()
+    )
     assert third.status_code == 202, third.get_json()
 
 
@@ -169,9 +192,11 @@ def test_another_tenants_image_is_not_found_like_any_of_its_resources(
         r = client.post("/v1/jobs", json={**BASE, "mode": "image", "image_id": ref})
         assert r.status_code == 404, r.get_json()
         assert r.get_json()["error"] == {
-            "type": "not_found_error", "code": "not_found", "param": "image_id",
+            "type": "not_found_error",
+            "code": "not_found",
+            "param": "image_id",
             "message": f"image_id: image {ref!r} not found",
-        }  # fmt: skip
+        }
     assert job_count(app) == 1 and len(stored_objects(app)) == before
     # The owner may use it.
     mine = authed(app, key).post(
@@ -228,74 +253,227 @@ def test_a_retry_with_the_same_files_is_the_same_job_and_with_other_files_a_conf
 @pytest.mark.parametrize(
     ("body", "files", "status", "code", "param", "message"),
     [
-        pytest.param({"mode": "image"}, {"image": b"not an image at all"}, 400,
-                     "invalid_image", "image",
-                     "image: not a PNG, JPEG or WebP image that can be decoded", id="undecodable"),
-        pytest.param({"mode": "image"}, {"image": png()[:60]}, 400, "invalid_image", "image",
-                     None, id="truncated"),
-        pytest.param({"mode": "image"}, {"image": b""}, 400, "invalid_image", "image",
-                     "image: the file is empty", id="empty"),
-        pytest.param({"mode": "image"}, {"image": encoded("GIF")}, 415,
-                     "unsupported_media_type", "image",
-                     "image: GIF is not accepted; send PNG, JPEG or WebP", id="gif"),
-        pytest.param({"mode": "image"}, {"image": encoded("BMP")}, 415,
-                     "unsupported_media_type", "image",
-                     "image: BMP is not accepted; send PNG, JPEG or WebP", id="bmp"),
-        pytest.param({"mode": "image"}, {"image": png((80, 80))}, 413,
-                     "request_entity_too_large", "image",
-                     "image: the image has more than 4096 pixels", id="too-many-pixels"),
-        pytest.param({"mode": "image"}, {"image": bomb_png(30000, 30000)}, 413,
-                     "request_entity_too_large", "image",
-                     "image: the image has more than 4096 pixels", id="decompression-bomb"),
-        pytest.param({"mode": "image"}, {"image": b"\x89PNG" + b"\x00" * 20_000}, 413,
-                     "request_entity_too_large", "image",
-                     "image: the file is larger than 20000 bytes", id="too-many-bytes"),
-        pytest.param({"mode": "inpaint"}, {"image": png(), "mask": mask_png((32, 24))}, 422,
-                     "invalid_request", "mask",
-                     "mask: is 32x24 but the image is 32x32; they must be the same size",
-                     id="mask-size"),
-        pytest.param({"mode": "inpaint"}, {"image": png(), "mask": png()}, 422,
-                     "invalid_request", "mask",
-                     "mask: must be a single-channel (grayscale) image, white = repaint, "
-                     "black = keep; this one is RGB", id="mask-rgb"),
-        pytest.param({"mode": "inpaint"}, {"image": png(), "mask": png(mode="LA", colour=(255, 0))},
-                     422, "invalid_request", "mask", None, id="mask-with-alpha"),
-        pytest.param({"mode": "inpaint"}, {"image": png(), "mask": b"junk"}, 400,
-                     "invalid_image", "mask", None, id="mask-undecodable"),
-        pytest.param({"mode": "image", "strength": 1.5}, {"image": png()}, 422,
-                     "invalid_request", "strength", "strength: must be between 0 and 1",
-                     id="strength-high"),
-        pytest.param({"mode": "image", "strength": -0.1}, {"image": png()}, 422,
-                     "invalid_request", "strength", "strength: must be between 0 and 1",
-                     id="strength-negative"),
-        pytest.param({"mode": "image"}, {}, 422, "invalid_request", "image",
-                     "image: mode image needs an input image: a file part `image` or image_id",
-                     id="no-image"),
-        pytest.param({"mode": "inpaint"}, {"image": png()}, 422, "invalid_request", "mask",
-                     None, id="inpaint-without-mask"),
-        pytest.param({"mode": "image"}, {"image": png(), "mask": mask_png()}, 422,
-                     "invalid_request", "mask",
-                     "mask: only for mode inpaint (mode image redraws the whole image)",
-                     id="mask-on-image-mode"),
-        pytest.param({}, {"image": png()}, 422, "invalid_request", "image",
-                     "image: only for mode image or inpaint (this job's mode is text)",
-                     id="image-on-text-mode"),
-        pytest.param({"strength": 0.5}, {}, 422, "invalid_request", "strength", None,
-                     id="strength-on-text-mode"),
-        pytest.param({"mode": "paint"}, {"image": png()}, 422, "invalid_request", "mode", None,
-                     id="unknown-mode"),
-        pytest.param({"mode": "image", "width": 64}, {"image": png()}, 422, "invalid_request",
-                     "width", "width: 64 differs from the input image's 32: an edit keeps its "
-                     "image's size (omit width and height)", id="width-not-the-images"),
-        pytest.param({"mode": "image"}, {"image": png((30, 32))}, 422, "invalid_request",
-                     "image", "image: is 30x32: an edit's size is its image's, whose width must "
-                     "be a multiple of 8 between 32 and 1024", id="image-off-the-multiple"),
-        pytest.param({"mode": "image"}, {"image": png((16, 16))}, 422, "invalid_request",
-                     "image", None, id="image-too-small"),
-        pytest.param({"mode": "image", "image_id": "nonsense"}, {}, 422, "invalid_request",
-                     "image_id", None, id="bad-image-id"),
+        pytest.param(
+            {"mode": "image"},
+            {"image": b"not an image at all"},
+            400,
+            "invalid_image",
+            "image",
+            "image: not a PNG, JPEG or WebP image that can be decoded",
+            id="undecodable",
+        ),
+        pytest.param(
+            {"mode": "image"},
+            {"image": png()[:60]},
+            400,
+            "invalid_image",
+            "image",
+            None,
+            id="truncated",
+        ),
+        pytest.param(
+            {"mode": "image"},
+            {"image": b""},
+            400,
+            "invalid_image",
+            "image",
+            "image: the file is empty",
+            id="empty",
+        ),
+        pytest.param(
+            {"mode": "image"},
+            {"image": encoded("GIF")},
+            415,
+            "unsupported_media_type",
+            "image",
+            "image: GIF is not accepted; send PNG, JPEG or WebP",
+            id="gif",
+        ),
+        pytest.param(
+            {"mode": "image"},
+            {"image": encoded("BMP")},
+            415,
+            "unsupported_media_type",
+            "image",
+            "image: BMP is not accepted; send PNG, JPEG or WebP",
+            id="bmp",
+        ),
+        pytest.param(
+            {"mode": "image"},
+            {"image": png((80, 80))},
+            413,
+            "request_entity_too_large",
+            "image",
+            "image: the image has more than 4096 pixels",
+            id="too-many-pixels",
+        ),
+        pytest.param(
+            {"mode": "image"},
+            {"image": bomb_png(30000, 30000)},
+            413,
+            "request_entity_too_large",
+            "image",
+            "image: the image has more than 4096 pixels",
+            id="decompression-bomb",
+        ),
+        pytest.param(
+            {"mode": "image"},
+            {"image": b"\x89PNG" + b"\x00" * 20_000},
+            413,
+            "request_entity_too_large",
+            "image",
+            "image: the file is larger than 20000 bytes",
+            id="too-many-bytes",
+        ),
+        pytest.param(
+            {"mode": "inpaint"},
+            {"image": png(), "mask": mask_png((32, 24))},
+            422,
+            "invalid_request",
+            "mask",
+            "mask: is 32x24 but the image is 32x32; they must be the same size",
+            id="mask-size",
+        ),
+        pytest.param(
+            {"mode": "inpaint"},
+            {"image": png(), "mask": png()},
+            422,
+            "invalid_request",
+            "mask",
+            "mask: must be a single-channel (grayscale) image, white = repaint, "
+            "black = keep; this one is RGB",
+            id="mask-rgb",
+        ),
+        pytest.param(
+            {"mode": "inpaint"},
+            {"image": png(), "mask": png(mode="LA", colour=(255, 0))},
+            422,
+            "invalid_request",
+            "mask",
+            None,
+            id="mask-with-alpha",
+        ),
+        pytest.param(
+            {"mode": "inpaint"},
+            {"image": png(), "mask": b"junk"},
+            400,
+            "invalid_image",
+            "mask",
+            None,
+            id="mask-undecodable",
+        ),
+        pytest.param(
+            {"mode": "image", "strength": 1.5},
+            {"image": png()},
+            422,
+            "invalid_request",
+            "strength",
+            "strength: must be between 0 and 1",
+            id="strength-high",
+        ),
+        pytest.param(
+            {"mode": "image", "strength": -0.1},
+            {"image": png()},
+            422,
+            "invalid_request",
+            "strength",
+            "strength: must be between 0 and 1",
+            id="strength-negative",
+        ),
+        pytest.param(
+            {"mode": "image"},
+            {},
+            422,
+            "invalid_request",
+            "image",
+            "image: mode image needs an input image: a file part `image` or image_id",
+            id="no-image",
+        ),
+        pytest.param(
+            {"mode": "inpaint"},
+            {"image": png()},
+            422,
+            "invalid_request",
+            "mask",
+            None,
+            id="inpaint-without-mask",
+        ),
+        pytest.param(
+            {"mode": "image"},
+            {"image": png(), "mask": mask_png()},
+            422,
+            "invalid_request",
+            "mask",
+            "mask: only for mode inpaint (mode image redraws the whole image)",
+            id="mask-on-image-mode",
+        ),
+        pytest.param(
+            {},
+            {"image": png()},
+            422,
+            "invalid_request",
+            "image",
+            "image: only for mode image or inpaint (this job's mode is text)",
+            id="image-on-text-mode",
+        ),
+        pytest.param(
+            {"strength": 0.5},
+            {},
+            422,
+            "invalid_request",
+            "strength",
+            None,
+            id="strength-on-text-mode",
+        ),
+        pytest.param(
+            {"mode": "paint"},
+            {"image": png()},
+            422,
+            "invalid_request",
+            "mode",
+            None,
+            id="unknown-mode",
+        ),
+        pytest.param(
+            {"mode": "image", "width": 64},
+            {"image": png()},
+            422,
+            "invalid_request",
+            "width",
+            "width: 64 differs from the input image's 32: an edit keeps its "
+            "image's size (omit width and height)",
+            id="width-not-the-images",
+        ),
+        pytest.param(
+            {"mode": "image"},
+            {"image": png((30, 32))},
+            422,
+            "invalid_request",
+            "image",
+            "image: is 30x32: an edit's size is its image's, whose width must "
+            "be a multiple of 8 between 32 and 1024",
+            id="image-off-the-multiple",
+        ),
+        pytest.param(
+            {"mode": "image"},
+            {"image": png((16, 16))},
+            422,
+            "invalid_request",
+            "image",
+            None,
+            id="image-too-small",
+        ),
+        pytest.param(
+            {"mode": "image", "image_id": "nonsense"},
+            {},
+            422,
+            "invalid_request",
+            "image_id",
+            None,
+            id="bad-image-id",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_gets_a_clear_error_and_leaves_nothing(
     app: Flask,
     client: FlaskClient,
@@ -331,11 +509,17 @@ def test_multipart_refuses_unknown_parts_and_a_missing_or_broken_request_part(
     cases = [
         ({"image": (io.BytesIO(png()), "i.png")}, 422, "request"),
         ({"request": "{not json", "image": (io.BytesIO(png()), "i.png")}, 400, "request"),
-        ({"request": json.dumps({**BASE, "mode": "image"}), "image": (io.BytesIO(png()), "i.png"),
-          "extra": (io.BytesIO(b"x"), "x.bin")}, 422, "extra"),
-        ({"request": json.dumps({**BASE, "mode": "image"}), "image": "not a file"}, 400,
-         "image"),
-    ]  # fmt: skip
+        (
+            {
+                "request": json.dumps({**BASE, "mode": "image"}),
+                "image": (io.BytesIO(png()), "i.png"),
+                "extra": (io.BytesIO(b"x"), "x.bin"),
+            },
+            422,
+            "extra",
+        ),
+        ({"request": json.dumps({**BASE, "mode": "image"}), "image": "not a file"}, 400, "image"),
+    ]
     for data, status, param in cases:
         r = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
         assert r.status_code == status, r.get_json()

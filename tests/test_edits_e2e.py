@@ -63,8 +63,9 @@ def fetch(url: str) -> Image.Image:
 
 def submit_multipart(stack: Stack, body: dict[str, Any], **files: Image.Image) -> dict[str, Any]:
     parts = {role: (f"{role}.png", png_bytes(img), "image/png") for role, img in files.items()}
-    r = stack.http.post(stack.url("/v1/jobs"), data={"request": json.dumps(body)}, files=parts,
-                        timeout=10)  # fmt: skip
+    r = stack.http.post(
+        stack.url("/v1/jobs"), data={"request": json.dumps(body)}, files=parts, timeout=10
+    )
     assert r.status_code == 202, r.text
     return dict(r.json())
 
@@ -100,20 +101,35 @@ def test_an_inpaint_job_repaints_only_the_masked_part_and_reproduces_from_its_se
 
 
 def test_an_image_job_and_an_inpaint_job_on_an_earlier_jobs_image(stack: Stack) -> None:
-    first = stack.wait(stack.submit(prompt="a blue square", width=SIZE[0], height=SIZE[1],
-                                    candidates=2, top_k=1, seed=3)["id"])  # fmt: skip
+    first = stack.wait(
+        stack.submit(
+            prompt="a blue square", width=SIZE[0], height=SIZE[1], candidates=2, top_k=1, seed=3
+        )["id"]
+    )
     assert first["status"] == "succeeded"
     made = first["images"][0]
-    redraw = stack.wait(stack.submit(prompt="a blue square", mode="image", strength=0.5,
-                                     image_id=made["id"], candidates=2, top_k=1,
-                                     seed=4)["id"])  # fmt: skip
+    redraw = stack.wait(
+        stack.submit(
+            prompt="a blue square",
+            mode="image",
+            strength=0.5,
+            image_id=made["id"],
+            candidates=2,
+            top_k=1,
+            seed=4,
+        )["id"]
+    )
     assert redraw["status"] == "succeeded", redraw
     assert fetch(redraw["images"][0]["url"]).size == SIZE
     assert redraw["metrics"]["inference_seconds"] > 0
     mask = lower_half_mask()
-    edited = stack.wait(submit_multipart(stack, {"prompt": "a yellow triangle", "mode": "inpaint",
-                                                 "image_id": made["id"], "seed": 5},
-                                         mask=mask)["id"])  # fmt: skip
+    edited = stack.wait(
+        submit_multipart(
+            stack,
+            {"prompt": "a yellow triangle", "mode": "inpaint", "image_id": made["id"], "seed": 5},
+            mask=mask,
+        )["id"]
+    )
     assert edited["status"] == "succeeded", edited
     before, after = np.asarray(fetch(made["url"])), np.asarray(fetch(edited["images"][0]["url"]))
     assert (after[kept(mask)] == before[kept(mask)]).all()
@@ -147,8 +163,11 @@ def test_images_edit_with_a_mask_keeps_the_opaque_pixels(
     raw = client.images.with_raw_response.edit(
         image=("scene.png", png_bytes(image), "image/png"),
         mask=("mask.png", openai_mask(), "image/png"),
-        prompt="a green triangle", n=2, response_format="b64_json", user="u-7",
-    )  # fmt: skip
+        prompt="a green triangle",
+        n=2,
+        response_format="b64_json",
+        user="u-7",
+    )
     resp = raw.parse()
     assert resp.data is not None and len(resp.data) == 2
     keep = kept(lower_half_mask())
@@ -207,11 +226,16 @@ def test_the_clients_errors_for_a_bad_size_a_bad_file_and_a_missing_image(
     # The client itself refuses a call without an image; sent anyway, the server names it.
     with pytest.raises(TypeError):
         client.images.edit(prompt="a red circle")  # type: ignore[call-arg]
-    r = stack.http.post(stack.url("/v1/images/edits"), data={"prompt": "a red circle"},
-                        files={"unused": ("x.txt", b"x")}, timeout=10)  # fmt: skip
+    r = stack.http.post(
+        stack.url("/v1/images/edits"),
+        data={"prompt": "a red circle"},
+        files={"unused": ("x.txt", b"x")},
+        timeout=10,
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "unused"
-    r = stack.http.post(stack.url("/v1/images/edits"), files={"prompt": (None, "a red circle")},
-                        timeout=10)  # fmt: skip
+    r = stack.http.post(
+        stack.url("/v1/images/edits"), files={"prompt": (None, "a red circle")}, timeout=10
+    )
     assert r.status_code == 400, r.text
     assert r.json()["error"] == {
         "type": "invalid_request_error",

@@ -70,8 +70,9 @@ def test_each_code_is_defined_once_with_an_error_status() -> None:
 def test_the_spec_lists_the_registry_and_its_routes_agree_with_it() -> None:
     spec: dict[str, Any] = shipped_spec()
     listed = spec["components"]["x-error-codes"]
-    assert listed == {c.value: {"status": c.status, "description": c.meaning}
-                      for c in RequestErrorCode}  # fmt: skip
+    assert listed == {
+        c.value: {"status": c.status, "description": c.meaning} for c in RequestErrorCode
+    }
     assert listed["too_many_active_jobs"] == {
         "status": 429,
         "description": RequestErrorCode.too_many_active_jobs.meaning,

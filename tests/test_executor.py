@@ -52,8 +52,11 @@ def own_queues(sessions: sessionmaker[Session]) -> None:
     tests left queued in the shared database would run first: each test here starts with
     none queued."""
     with session_scope(sessions) as s:
-        s.execute(update(Job).where(Job.status == JobStatus.queued)
-                  .values(status=JobStatus.canceled, finished_at=utcnow()))  # fmt: skip
+        s.execute(
+            update(Job)
+            .where(Job.status == JobStatus.queued)
+            .values(status=JobStatus.canceled, finished_at=utcnow())
+        )
 
 
 @pytest.fixture
@@ -122,8 +125,9 @@ def test_a_job_whose_process_is_stopped_is_left_for_redelivery_not_failed(  # ty
     # Once its lease lapses the redelivered message (or the sweeper's) runs it to the end.
     with session_scope(sessions) as s:
         s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=job.started_at))
-    other = JobExecutor(sessions=sessions, store=store, runtime=lambda _m: runtime,
-                        worker_name="t2")  # fmt: skip
+    other = JobExecutor(
+        sessions=sessions, store=store, runtime=lambda _m: runtime, worker_name="t2"
+    )
     assert other.run(job_id) is Outcome.succeeded
     assert load(sessions, job_id).attempts == 2
 
@@ -153,10 +157,19 @@ def test_stored_pngs_are_the_pipelines_own_pil_output_byte_for_byte(  # type: ig
     job_id = new_job(sessions, candidates=3, top_k=2, seed=300, width=32, height=64)
     assert executor(sessions, store, runtime).run(job_id) is Outcome.succeeded
     job = load(sessions, job_id)
-    (direct,) = runtime.generator.generate([GenerationRequest(
-        prompt="a red circle", negative_prompt=None, width=32, height=64, steps=4,
-        guidance_scale=7.5, seeds=(300, 301, 302),
-    )])  # fmt: skip
+    (direct,) = runtime.generator.generate(
+        [
+            GenerationRequest(
+                prompt="a red circle",
+                negative_prompt=None,
+                width=32,
+                height=64,
+                steps=4,
+                guidance_scale=7.5,
+                seeds=(300, 301, 302),
+            )
+        ]
+    )
     assert len(job.images) == 2
     for img in job.images:
         stored = Image.open(io.BytesIO(store.get(img.storage_key)))
@@ -175,11 +188,15 @@ def test_a_job_without_a_seed_records_the_one_it_used(sessions, store, runtime) 
 @pytest.mark.parametrize(
     ("runtime_factory", "store_cls", "code", "fragment"),
     [
-        (lambda rt: ModelRuntime(ExplodingGenerator(), rt.ranker, "cpu", 0.0),  # type: ignore[arg-type]
-         LocalStore, "generation_failed", "RuntimeError: CUDA out of memory (on purpose)"),
+        (
+            lambda rt: ModelRuntime(ExplodingGenerator(), rt.ranker, "cpu", 0.0),  # type: ignore[arg-type]
+            LocalStore,
+            "generation_failed",
+            "RuntimeError: CUDA out of memory (on purpose)",
+        ),
         (lambda rt: rt, BrokenStore, "upload_failed", "bucket unreachable (on purpose)"),
     ],
-)  # fmt: skip
+)
 def test_a_failing_stage_fails_the_job_with_its_reason(  # type: ignore[no-untyped-def]
     sessions, tmp_path, runtime, runtime_factory, store_cls, code, fragment
 ) -> None:
@@ -239,8 +256,9 @@ def test_a_model_that_cannot_load_fails_the_job(sessions, store) -> None:  # typ
     assert ex.run(job_id) is Outcome.failed
     job = load(sessions, job_id)
     assert (job.error_code, job.error_message) == (
-        "model_load_failed", "cannot load pipeline '/nowhere': not a folder",
-    )  # fmt: skip
+        "model_load_failed",
+        "cannot load pipeline '/nowhere': not a folder",
+    )
 
 
 def test_a_job_running_on_a_live_worker_is_deferred_never_run_twice(  # type: ignore[no-untyped-def]
@@ -282,8 +300,15 @@ def test_a_job_that_keeps_killing_its_worker_fails_after_max_attempts(  # type: 
     job_id = new_job(sessions)
     for _ in range(3):  # three workers died on it, one after another
         with session_scope(sessions) as s:
-            assert jobs.claim(session=s, job_id=job_id, worker=f"{socket.gethostname()}:"
-                              f"{dead_pid()}", lease_seconds=-1) is not None  # fmt: skip
+            assert (
+                jobs.claim(
+                    session=s,
+                    job_id=job_id,
+                    worker=f"{socket.gethostname()}:{dead_pid()}",
+                    lease_seconds=-1,
+                )
+                is not None
+            )
     assert executor(sessions, store, runtime).run(job_id) is Outcome.failed
     job = load(sessions, job_id)
     assert (job.status, job.error_code, job.attempts) == (JobStatus.failed, "worker_lost", 3)
@@ -350,8 +375,9 @@ def test_a_job_that_leaves_running_mid_flight_keeps_no_images(  # type: ignore[n
     class CancelingGenerator(Fake):
         def generate(self, requests: Sequence[GenerationRequest], **kw: Any) -> Any:
             with session_scope(sessions) as s:  # another actor finishes the job meanwhile
-                jobs.fail(session=s, job_id=job_id, code="canceled_elsewhere", message="",
-                          metrics={})  # fmt: skip
+                jobs.fail(
+                    session=s, job_id=job_id, code="canceled_elsewhere", message="", metrics={}
+                )
             return runtime.generator.generate(requests, **kw)
 
     rt = ModelRuntime(CancelingGenerator(), runtime.ranker, "cpu", 0.0)  # type: ignore[arg-type]
@@ -389,12 +415,22 @@ def test_a_cold_deployments_job_a_model_cannot_honour_fails_with_the_apis_code( 
 def test_what_the_api_could_not_know_is_filled_from_the_model_and_recorded(  # type: ignore[no-untyped-def]
     sessions, store, flux
 ) -> None:
-    job_id = new_job(sessions, model="flux", width=None, height=None, steps=2,
-                     guidance_scale=None, candidates=1, defaulted=["width", "height",
-                                                                    "guidance_scale"])  # fmt: skip
+    job_id = new_job(
+        sessions,
+        model="flux",
+        width=None,
+        height=None,
+        steps=2,
+        guidance_scale=None,
+        candidates=1,
+        defaulted=["width", "height", "guidance_scale"],
+    )
     assert executor(sessions, store, flux).run(job_id) is Outcome.succeeded
     job = load(sessions, job_id)
     own = flux.generator.capabilities.defaults
     assert (job.params["width"], job.params["height"], job.params["guidance_scale"]) == (
-        own.width, own.height, own.guidance_scale)  # fmt: skip
+        own.width,
+        own.height,
+        own.guidance_scale,
+    )
     assert job.cost > 0 and (job.images[0].width, job.images[0].height) == (own.width, own.height)

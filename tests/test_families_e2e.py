@@ -32,12 +32,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_models)
             # A few steps, so the tiny models run quickly; the turbo entry is what a
             # deployment's table says for such a checkpoint.
             options=FAMILIES[name].options.model_copy(update={"default_steps": 2})
-            if name != "sdxl-turbo" else FAMILIES[name].options,
+            if name != "sdxl-turbo"
+            else FAMILIES[name].options,
         )
         for name in SERVED
-    }  # fmt: skip
-    settings = settings_for(tmp, redis_url, tiny_models, models=models, default_model="sd1",
-                            worker_models=",".join(SERVED))  # fmt: skip
+    }
+    settings = settings_for(
+        tmp,
+        redis_url,
+        tiny_models,
+        models=models,
+        default_model="sd1",
+        worker_models=",".join(SERVED),
+    )
     with running_stack(settings, tmp) as s:
         deadline = time.monotonic() + 240
         while True:  # every model loaded and published by the worker
@@ -49,8 +56,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_models)
 
 
 def submit(stack: Stack, **body: Any) -> requests.Response:
-    return stack.http.post(stack.url("/v1/jobs"), json={"prompt": "a red circle", **body},
-                           timeout=10)  # fmt: skip
+    return stack.http.post(
+        stack.url("/v1/jobs"), json={"prompt": "a red circle", **body}, timeout=10
+    )
 
 
 def png_size(url: str) -> tuple[int, int]:
@@ -60,13 +68,19 @@ def png_size(url: str) -> tuple[int, int]:
 
 
 def test_models_show_what_they_can_do(stack: Stack) -> None:
-    listed = {m["name"]: m for m in stack.http.get(stack.url("/v1/models"), timeout=10).json()[
-        "models"]}  # fmt: skip
+    listed = {
+        m["name"]: m for m in stack.http.get(stack.url("/v1/models"), timeout=10).json()["models"]
+    }
     caps = {name: m["capabilities"] for name, m in listed.items()}
     assert {n: c["pipeline_class"] for n, c in caps.items()} == {
-        n: FAMILIES[n].pipeline_class for n in SERVED}  # fmt: skip
+        n: FAMILIES[n].pipeline_class for n in SERVED
+    }
     assert {n: c["size_multiple"] for n, c in caps.items()} == {
-        "sd1": 8, "flux-dev": 16, "kandinsky22": 64, "sdxl-turbo": 8}  # fmt: skip
+        "sd1": 8,
+        "flux-dev": 16,
+        "kandinsky22": 64,
+        "sdxl-turbo": 8,
+    }
     assert caps["flux-dev"]["guidance"] == "distilled" and caps["flux-dev"]["supports_true_cfg"]
     assert caps["sdxl-turbo"]["guidance"] == "none"
     assert "flow_match_euler" in caps["flux-dev"]["schedulers"]
@@ -79,21 +93,35 @@ def test_models_show_what_they_can_do(stack: Stack) -> None:
 @pytest.mark.parametrize(
     ("body", "param", "fragment"),
     [
-        ({"model": "flux-dev", "width": 72, "height": 64}, "width",
-         "72 is not a multiple of 16 for model 'flux-dev'"),
-        ({"model": "kandinsky22", "width": 96, "height": 64}, "width",
-         "96 is not a multiple of 64 for model 'kandinsky22'"),
-        ({"model": "flux-dev", "scheduler": "euler"}, "scheduler",
-         "'euler' cannot run model 'flux-dev'"),
-        ({"model": "sdxl-turbo", "guidance_scale": 7.5}, "guidance_scale",
-         "runs without guidance"),
-        ({"model": "sdxl-turbo", "negative_prompt": "blue"}, "negative_prompt",
-         "cannot use a negative prompt"),
-        ({"model": "sd1", "negative_prompt": "blue", "guidance_scale": 1.0}, "negative_prompt",
-         "use guidance_scale > 1"),
+        (
+            {"model": "flux-dev", "width": 72, "height": 64},
+            "width",
+            "72 is not a multiple of 16 for model 'flux-dev'",
+        ),
+        (
+            {"model": "kandinsky22", "width": 96, "height": 64},
+            "width",
+            "96 is not a multiple of 64 for model 'kandinsky22'",
+        ),
+        (
+            {"model": "flux-dev", "scheduler": "euler"},
+            "scheduler",
+            "'euler' cannot run model 'flux-dev'",
+        ),
+        ({"model": "sdxl-turbo", "guidance_scale": 7.5}, "guidance_scale", "runs without guidance"),
+        (
+            {"model": "sdxl-turbo", "negative_prompt": "blue"},
+            "negative_prompt",
+            "cannot use a negative prompt",
+        ),
+        (
+            {"model": "sd1", "negative_prompt": "blue", "guidance_scale": 1.0},
+            "negative_prompt",
+            "use guidance_scale > 1",
+        ),
         ({"model": "sd1", "true_cfg_scale": 4.0}, "true_cfg_scale", "has no true CFG"),
     ],
-)  # fmt: skip
+)
 def test_a_parameter_a_model_cannot_honour_is_refused_at_submit_naming_it_and_the_model(
     stack: Stack, body: dict[str, Any], param: str, fragment: str
 ) -> None:
@@ -127,14 +155,19 @@ def test_every_family_runs_to_pngs_of_the_asked_size(
 
 
 def test_omitted_parameters_take_the_models_own_defaults(stack: Stack) -> None:
-    caps = {m["name"]: m["capabilities"] for m in stack.http.get(
-        stack.url("/v1/models"), timeout=10).json()["models"]}  # fmt: skip
+    caps = {
+        m["name"]: m["capabilities"]
+        for m in stack.http.get(stack.url("/v1/models"), timeout=10).json()["models"]
+    }
     r = submit(stack, model="sdxl-turbo", candidates=1, top_k=1)
     assert r.status_code == 202, r.text
     params = r.json()["params"]
     turbo = caps["sdxl-turbo"]["defaults"]
     assert (params["width"], params["height"], params["guidance_scale"]) == (
-        turbo["width"], turbo["height"], 0.0)  # fmt: skip
+        turbo["width"],
+        turbo["height"],
+        0.0,
+    )
     assert params["steps"] == 1  # the model table's default for it
     assert set(params["defaulted"]) == {"width", "height", "steps", "guidance_scale"}
     job = stack.wait(r.json()["id"], timeout=240)

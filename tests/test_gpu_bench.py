@@ -20,12 +20,18 @@ pytestmark = [
 def test_gpu_bench_cpu_smoke_reports_every_model_batch_size_and_ratio() -> None:
     out = subprocess.run(
         [sys.executable, "bench/gpu.py", "--cpu-smoke"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "CPU smoke (reduced sizes: not a benchmark)" in out.stdout
-    rows = [line.split(" | ") for line in out.stdout.splitlines()
-            if line.startswith("| ") and "x64 |" in line]  # fmt: skip
+    rows = [
+        line.split(" | ")
+        for line in out.stdout.splitlines()
+        if line.startswith("| ") and "x64 |" in line
+    ]
     assert [r[0].lstrip("| ") for r in rows] == ["SD 1.5", "SDXL base 1.0"], out.stdout
     for r in rows:
         images_per_second = [float(v) for v in r[5:9]]  # batch 1, 2, 4, 8

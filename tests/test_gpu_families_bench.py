@@ -18,8 +18,11 @@ pytestmark = pytest.mark.filterwarnings(
 def test_gpu_families_bench_cpu_smoke_reports_every_architecture() -> None:
     out = subprocess.run(
         [sys.executable, "bench/gpu_families.py", "--cpu-smoke", "--repeats", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "x64 |" in line]
     assert [row.split(" | ")[0].lstrip("| ") for row in rows] == [

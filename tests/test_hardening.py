@@ -63,9 +63,11 @@ def test_deeply_nested_json_is_a_400_before_anything_recurses(
     r = post_raw(client, f'{{"prompt": "x", "metadata": {nested}}}')
     assert r.status_code == 400, r.get_json()
     assert r.get_json()["error"] == {
-        "type": "invalid_request_error", "code": "invalid_json", "param": None,
+        "type": "invalid_request_error",
+        "code": "invalid_json",
+        "param": None,
         "message": "request body is nested deeper than 64 levels",
-    }  # fmt: skip
+    }
     assert job_count(app) == 0
 
 
@@ -89,9 +91,13 @@ def test_nesting_within_the_limit_is_stored_as_given(client: FlaskClient) -> Non
     ],
 )
 def test_text_that_is_not_unicode_is_a_400_and_leaves_nothing(
-    app: Flask, client: FlaskClient, redis_client: redis.Redis, queue_name: str, raw: str,
+    app: Flask,
+    client: FlaskClient,
+    redis_client: redis.Redis,
+    queue_name: str,
+    raw: str,
     param: str,
-) -> None:  # fmt: skip
+) -> None:
     r = post_raw(client, raw)
     assert r.status_code == 400, r.get_json()
     error = r.get_json()["error"]
@@ -156,14 +162,16 @@ def test_slots_are_capped_per_tenant_and_for_all_and_released_exactly_once() -> 
 
 # --- job cost ---------------------------------------------------------------------------------
 
-HUGE = {"prompt": "x", "width": 1024, "height": 1024, "steps": 150, "candidates": 16,
-        "top_k": 16}  # fmt: skip
+HUGE = {"prompt": "x", "width": 1024, "height": 1024, "steps": 150, "candidates": 16, "top_k": 16}
 
 
 def publish_limits(app: Flask, limits: ModelLimits, device: str = "cpu") -> None:
     svc = app.extensions["daikon"]
-    served_models.publish(svc.live.redis, svc.settings, ServedModel(
-        model="default", device=device, limits=limits, loaded_at=datetime.now(UTC)))  # fmt: skip
+    served_models.publish(
+        svc.live.redis,
+        svc.settings,
+        ServedModel(model="default", device=device, limits=limits, loaded_at=datetime.now(UTC)),
+    )
 
 
 def test_a_job_over_its_models_cost_is_refused_at_submit_naming_what_it_costs(
@@ -183,8 +191,10 @@ def test_a_job_over_its_models_cost_is_refused_at_submit_naming_what_it_costs(
     # The same job fits a model on a GPU.
     publish_limits(app, resolve("cuda"), device="cuda")
     app.extensions["daikon"].served_models._cache.clear()
-    assert client.post("/v1/jobs", json={**HUGE, "steps": 50, "candidates": 8,
-                                         "top_k": 8}).status_code == 202  # fmt: skip
+    assert (
+        client.post("/v1/jobs", json={**HUGE, "steps": 50, "candidates": 8, "top_k": 8}).status_code
+        == 202
+    )
 
 
 def test_models_show_their_limits_once_a_worker_has_loaded_them(
@@ -196,8 +206,12 @@ def test_models_show_their_limits_once_a_worker_has_loaded_them(
     app.extensions["daikon"].served_models._cache.clear()
     (after,) = client.get("/v1/models").get_json()["models"]
     assert after["device"] == "cpu"
-    assert after["limits"] == {"max_job_cost": 4.0, "images_per_call": 4,
-                               "seconds_per_cost": 120.0, "tenant_queued_cost": 200.0}  # fmt: skip
+    assert after["limits"] == {
+        "max_job_cost": 4.0,
+        "images_per_call": 4,
+        "seconds_per_cost": 120.0,
+        "tenant_queued_cost": 200.0,
+    }
 
 
 def test_one_tenant_cannot_queue_more_work_for_a_model_than_its_budget(
@@ -256,7 +270,10 @@ def test_a_webhook_event_that_cannot_be_rendered_is_a_failed_delivery_on_the_job
     assert emitted == []  # nothing to send...
     (delivery,) = client.get(f"/v1/jobs/{job_id}/webhooks").get_json()["deliveries"]
     assert (delivery["event"], delivery["status"], delivery["attempt_count"]) == (
-        "job.canceled", "failed", 0)  # fmt: skip
+        "job.canceled",
+        "failed",
+        0,
+    )
     assert delivery["last_error"].startswith("the event could not be rendered: ")
     metrics = client.get("/metrics").get_data(as_text=True)
     assert "daikon_webhook_unrendered_events 1.0" in metrics
@@ -268,19 +285,22 @@ OLD_KEY, NEW_KEY = Fernet.generate_key().decode(), Fernet.generate_key().decode(
 def test_webhook_secrets_are_encrypted_at_rest_and_rotate_to_a_new_key(session: Session) -> None:
     old, rotating = Cipher([OLD_KEY]), Cipher([NEW_KEY, OLD_KEY])
     tenant_id = create_tenant(session=session, name="encrypted").id
-    made = deliveries.rotate_secret(session=session, tenant_id=tenant_id, overlap=timedelta(0),
-                                  cipher=old)  # fmt: skip
+    made = deliveries.rotate_secret(
+        session=session, tenant_id=tenant_id, overlap=timedelta(0), cipher=old
+    )
     mine = select(WebhookSecret.secret).where(WebhookSecret.tenant_id == tenant_id)
     stored = session.scalars(mine).all()
     assert len(stored) == 1 and stored[0].startswith("fernet:") and made.secret not in stored[0]
     now = datetime.now(UTC)
-    assert deliveries.signing_secrets(session=session, tenant_id=tenant_id, now=now,
-                                    cipher=old) == [made.secret]  # fmt: skip
+    assert deliveries.signing_secrets(
+        session=session, tenant_id=tenant_id, now=now, cipher=old
+    ) == [made.secret]
     # Rotation: the new key first, the old one still listed; re-encrypt; then only the new.
     assert deliveries.reencrypt_secrets(session=session, cipher=rotating, tenant_id=tenant_id) == 1
     only_new = Cipher([NEW_KEY])
-    assert deliveries.signing_secrets(session=session, tenant_id=tenant_id, now=now,
-                                    cipher=only_new) == [made.secret]  # fmt: skip
+    assert deliveries.signing_secrets(
+        session=session, tenant_id=tenant_id, now=now, cipher=only_new
+    ) == [made.secret]
     with pytest.raises(DecryptionError):
         old.decrypt(session.scalars(mine).one())
 

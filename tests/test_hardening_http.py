@@ -30,11 +30,16 @@ class Api:
 
     def tenant(self, name: str) -> requests.Session:
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        r = requests.post(f"{self.base}/v1/admin/tenants", json={"name": name}, headers=admin,
-                          timeout=10)  # fmt: skip
+        r = requests.post(
+            f"{self.base}/v1/admin/tenants", json={"name": name}, headers=admin, timeout=10
+        )
         assert r.status_code == 201, r.text
-        r = requests.post(f"{self.base}/v1/admin/tenants/{r.json()['id']}/keys", json={},
-                          headers=admin, timeout=10)  # fmt: skip
+        r = requests.post(
+            f"{self.base}/v1/admin/tenants/{r.json()['id']}/keys",
+            json={},
+            headers=admin,
+            timeout=10,
+        )
         http = requests.Session()
         http.headers["Authorization"] = f"Bearer {r.json()['key']}"
         return http
@@ -50,10 +55,14 @@ def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_models) -
     tmp = tmp_path_factory.mktemp("hardening")
     settings = settings_for(tmp, redis_url, tiny_models)
     with gunicorn_api(
-        settings, tmp / "gunicorn.log", DAIKON_MAX_LONG_REQUESTS=str(CAP),
-        DAIKON_MAX_LONG_REQUESTS_PER_TENANT=str(PER_TENANT), DAIKON_OPENAI_WAIT_SECONDS="1",
-        DAIKON_API_THREADS="16", DAIKON_REQUEST_READ_TIMEOUT_SECONDS="20",
-    ) as base:  # fmt: skip
+        settings,
+        tmp / "gunicorn.log",
+        DAIKON_MAX_LONG_REQUESTS=str(CAP),
+        DAIKON_MAX_LONG_REQUESTS_PER_TENANT=str(PER_TENANT),
+        DAIKON_OPENAI_WAIT_SECONDS="1",
+        DAIKON_API_THREADS="16",
+        DAIKON_REQUEST_READ_TIMEOUT_SECONDS="20",
+    ) as base:
         yield Api(base)
 
 
@@ -87,8 +96,10 @@ def test_head_floods_and_clients_gone_early_give_every_stream_slot_back(api: Api
     for _ in range(200):  # the attack: each HEAD took a slot the body never gave back
         r = a.head(events, timeout=10)
         assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
-    request = (f"GET {events.removeprefix(api.base)} HTTP/1.1\r\nHost: x\r\n"
-               f"Authorization: {a.headers['Authorization']}\r\n\r\n").encode()  # fmt: skip
+    request = (
+        f"GET {events.removeprefix(api.base)} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {a.headers['Authorization']}\r\n\r\n"
+    ).encode()
     for _ in range(50):  # gone before the first byte
         with closing(socket.create_connection(("127.0.0.1", int(api.base.rsplit(":", 1)[1])))) as s:
             s.sendall(request)
@@ -118,9 +129,12 @@ def raw(api: Api, data: bytes) -> tuple[int, bytes]:
     return raw_http(int(api.base.rsplit(":", 1)[1]), data)
 
 
-CHUNKED = (b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + ADMIN_KEY.encode()
-           + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
-           b"Connection: close\r\n\r\n")  # fmt: skip
+CHUNKED = (
+    b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+    + ADMIN_KEY.encode()
+    + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+    b"Connection: close\r\n\r\n"
+)
 
 
 def test_malformed_and_oversized_chunked_bodies_are_client_errors(api: Api) -> None:
@@ -230,8 +244,9 @@ def test_what_arriving_bodies_hold_is_bounded_and_given_back(
     body is answered 503 server_busy unread; once the three are gone their bytes are free."""
     tmp = tmp_path_factory.mktemp("budget")
     settings = settings_for(tmp, redis_url, tiny_models)
-    with gunicorn_api(settings, tmp / "gunicorn.log",
-                      DAIKON_REQUEST_BUFFER_BYTES=str(1024 * 1024)) as base:  # fmt: skip
+    with gunicorn_api(
+        settings, tmp / "gunicorn.log", DAIKON_REQUEST_BUFFER_BYTES=str(1024 * 1024)
+    ) as base:
         port = int(base.rsplit(":", 1)[1])
         with slow_bodies(port) as flood:
             holding = flood.open(upload_head(ADMIN_KEY, sent=300 * 1024), 3)

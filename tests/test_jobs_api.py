@@ -45,8 +45,11 @@ def test_a_retried_submit_returns_the_same_job_once(
 ) -> None:
     c = authed(app)
     first = c.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "order-42"})
-    again = c.post("/v1/jobs", json=dict(reversed(list(BODY.items()))),  # same body, new order
-                   headers={"Idempotency-Key": "order-42"})  # fmt: skip
+    again = c.post(
+        "/v1/jobs",
+        json=dict(reversed(list(BODY.items()))),  # same body, new order
+        headers={"Idempotency-Key": "order-42"},
+    )
     assert (first.status_code, again.status_code) == (202, 200)
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json()["id"] == first.get_json()["id"]
@@ -136,8 +139,10 @@ def test_queue_position_follows_priority_then_age(app: Flask) -> None:
     c = authed(app)
     a, b = submit(c, priority=5), submit(c, priority=5)
     urgent, low = submit(c, priority=9), submit(c, priority=0)
-    position = {n: c.get(f"/v1/jobs/{j['id']}").get_json()["queue_position"]
-                for n, j in {"a": a, "b": b, "urgent": urgent, "low": low}.items()}  # fmt: skip
+    position = {
+        n: c.get(f"/v1/jobs/{j['id']}").get_json()["queue_position"]
+        for n, j in {"a": a, "b": b, "urgent": urgent, "low": low}.items()
+    }
     assert position == {"urgent": 0, "a": 1, "b": 2, "low": 3}
 
 
@@ -176,10 +181,14 @@ def test_list_filters_and_a_cursor_that_survives_new_jobs(app: Flask) -> None:
 
 @pytest.mark.parametrize(
     ("query", "param"),
-    [("status=done", "status"), ("created_after=yesterday", "created_after"),
-     ("created_after=2026-01-01T00:00:00", "created_after"), ("cursor=%%%", "cursor"),
-     ("sort=asc", "sort")],
-)  # fmt: skip
+    [
+        ("status=done", "status"),
+        ("created_after=yesterday", "created_after"),
+        ("created_after=2026-01-01T00:00:00", "created_after"),
+        ("cursor=%%%", "cursor"),
+        ("sort=asc", "sort"),
+    ],
+)
 def test_bad_list_queries_name_the_parameter(app: Flask, query: str, param: str) -> None:
     r = authed(app).get(f"/v1/jobs?{query}")
     assert r.status_code == 422 and r.get_json()["error"]["param"] == param

@@ -30,8 +30,9 @@ def read_events(stack: Stack, job_id: str, last_id: str | None = None) -> list[d
     """Every event of one SSE response, until the server closes it."""
     headers = {"Last-Event-ID": last_id} if last_id else {}
     events: list[dict[str, Any]] = []
-    with stack.http.get(stack.url(f"/v1/jobs/{job_id}/events"), headers=headers, stream=True,
-                        timeout=120) as r:  # fmt: skip
+    with stack.http.get(
+        stack.url(f"/v1/jobs/{job_id}/events"), headers=headers, stream=True, timeout=120
+    ) as r:
         assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
         current: dict[str, Any] = {}
         for line in r.iter_lines(decode_unicode=True):

@@ -92,15 +92,18 @@ def test_the_upgrade_counts_what_each_tenant_already_stores(empty_db_url: str) -
     own = '{"image": {"key": "jobs/j1/input-image.png", "byte_size": 1000}}'
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('ten', 'n', :t)"), t)
-        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('idle', 'i', :t)"),
-                     t)  # fmt: skip
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('idle', 'i', :t)"), t)
         conn.execute(text(job), {**t, "id": "j1", "inputs": own})
         conn.execute(text(job), {**t, "id": "j2", "inputs": own})  # a retry: j1's input
         conn.execute(text(job), {**t, "id": "j3", "inputs": "null"})
-        conn.execute(text(
-            "INSERT INTO job_images (job_id, rank, clip_score, seed, width, height, "
-            "content_type, storage_key, byte_size, created_at) VALUES "
-            "('j3', 1, 0.5, 1, 8, 8, 'image/png', 'jobs/j3/rank-1.png', 250, :t)"), t)  # fmt: skip
+        conn.execute(
+            text(
+                "INSERT INTO job_images (job_id, rank, clip_score, seed, width, height, "
+                "content_type, storage_key, byte_size, created_at) VALUES "
+                "('j3', 1, 0.5, 1, 8, 8, 'image/png', 'jobs/j3/rank-1.png', 250, :t)"
+            ),
+            t,
+        )
     migrate(empty_db_url)
     with engine.connect() as conn:
         counted = dict(conn.execute(text("SELECT id, stored_bytes FROM tenants")).all())

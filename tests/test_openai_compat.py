@@ -86,9 +86,14 @@ def test_b64_json_answers_n_ranked_pngs_of_the_requested_size(
 ) -> None:
     before = int(time.time())
     raw = client.images.with_raw_response.generate(
-        prompt="a red circle above a blue square", n=2, size="96x64",
-        response_format="b64_json", quality="hd", style="vivid", user="user-42",
-    )  # fmt: skip
+        prompt="a red circle above a blue square",
+        n=2,
+        size="96x64",
+        response_format="b64_json",
+        quality="hd",
+        style="vivid",
+        user="user-42",
+    )
     resp = raw.parse()
     assert before <= resp.created <= time.time()
     assert resp.data is not None and len(resp.data) == 2
@@ -188,9 +193,12 @@ class IdleApi:
 @contextmanager
 def serve_idle(data_dir: Path, redis_url: str, **overrides: Any) -> Iterator[IdleApi]:
     settings = Settings(
-        data_dir=data_dir, redis_url=redis_url, admin_key=ADMIN_KEY,
-        queue=f"daikon-openai-idle-{uuid.uuid4().hex[:8]}", **overrides,
-    )  # fmt: skip
+        data_dir=data_dir,
+        redis_url=redis_url,
+        admin_key=ADMIN_KEY,
+        queue=f"daikon-openai-idle-{uuid.uuid4().hex[:8]}",
+        **overrides,
+    )
     migrate(settings.sqlalchemy_url)
     app = create_app(settings)
     server = make_server(
@@ -306,8 +314,13 @@ def test_a_failed_job_answers_its_error_as_soon_as_it_is_announced(
         job = api.wait_for_job()
         with session_scope(api.app.extensions["daikon"].sessions) as s:
             assert jobs.claim(session=s, job_id=job.id, worker="test") is not None
-            assert jobs.fail(session=s, job_id=job.id, code="generation_failed",
-                             message="CUDA out of memory", metrics={})  # fmt: skip
+            assert jobs.fail(
+                session=s,
+                job_id=job.id,
+                code="generation_failed",
+                message="CUDA out of memory",
+                metrics={},
+            )
         announced = time.monotonic()
         LiveState(api.settings.services.redis_url).announce(job.id)
         failed = call.error()

@@ -50,10 +50,16 @@ FUZZ = settings(
 
 def make_app(tmp_path: Path, redis_url: str, queue_name: str, **overrides: Any) -> Flask:
     settings = Settings(
-        data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'api.db'}",
-        redis_url=redis_url, queue=queue_name, max_body_bytes=4096, admin_key=ADMIN_KEY,
-        event_stream_max_seconds=5, openai_wait_seconds=0, **overrides,
-    )  # fmt: skip
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'api.db'}",
+        redis_url=redis_url,
+        queue=queue_name,
+        max_body_bytes=4096,
+        admin_key=ADMIN_KEY,
+        event_stream_max_seconds=5,
+        openai_wait_seconds=0,
+        **overrides,
+    )
     migrate(settings.sqlalchemy_url)
     return create_app(settings)
 
@@ -130,8 +136,9 @@ def test_the_job_request_schema_carries_the_settings_bounds(
     tmp_path: Path, redis_url: str, queue_name: str
 ) -> None:
     def job_request(**overrides: Any) -> dict[str, Any]:
-        app = make_app(tmp_path / str(len(list(tmp_path.iterdir()))), redis_url, queue_name,
-                       **overrides)  # fmt: skip
+        app = make_app(
+            tmp_path / str(len(list(tmp_path.iterdir()))), redis_url, queue_name, **overrides
+        )
         schema: dict[str, Any] = served_spec(app)["components"]["schemas"]["JobRequest"]
         return {name: prop.get("anyOf", [prop])[0] for name, prop in schema["properties"].items()}
 
@@ -145,10 +152,16 @@ def test_the_job_request_schema_carries_the_settings_bounds(
     assert {"euler_a", "EulerAncestralDiscreteScheduler"} <= set(shipped["scheduler"]["enum"])
 
     changed = job_request(
-        min_size=64, max_size=512, max_steps=40, max_guidance_scale=12.0, max_candidates=8,
-        max_prompt_chars=300, default_width=128, default_height=128,
+        min_size=64,
+        max_size=512,
+        max_steps=40,
+        max_guidance_scale=12.0,
+        max_candidates=8,
+        max_prompt_chars=300,
+        default_width=128,
+        default_height=128,
         models={"sd15": ModelSpec(pipeline="p1"), "sdxl": ModelSpec(pipeline="p2")},
-    )  # fmt: skip
+    )
     assert (changed["width"]["minimum"], changed["width"]["maximum"]) == (64, 512)
     assert (changed["height"]["minimum"], changed["height"]["maximum"]) == (64, 512)
     assert changed["steps"]["maximum"] == 40
@@ -217,9 +230,13 @@ def test_unicode_digits_are_not_numbers(client: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["[" * 2000 + "]" * 2000, '{"prompt": "x", "metadata": {"a": NaN}}',
-            '{"prompt": "x", "guidance_scale": Infinity}'],
-)  # fmt: skip
+    "raw",
+    [
+        "[" * 2000 + "]" * 2000,
+        '{"prompt": "x", "metadata": {"a": NaN}}',
+        '{"prompt": "x", "guidance_scale": Infinity}',
+    ],
+)
 def test_bodies_that_python_but_not_json_accepts_are_a_400(client: Any, raw: str) -> None:
     r = client.post("/v1/jobs", data=raw, content_type="application/json")
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_json"
@@ -255,8 +272,12 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 # No worker runs here: readiness must say 503, and every valid OpenAI-route call must end in
 # its documented 504 (openai_wait_seconds=0). Any other 5xx, a 500 above all, is a failure.
-BY_DESIGN_5XX = {"/readyz": {503}, "/v1/images/generations": {504}, "/v1/images/edits": {504},
-                 "/v1/images/variations": {504}}  # fmt: skip
+BY_DESIGN_5XX = {
+    "/readyz": {503},
+    "/v1/images/generations": {504},
+    "/v1/images/edits": {504},
+    "/v1/images/variations": {504},
+}
 
 
 @schema.parametrize()
@@ -268,8 +289,9 @@ def test_the_api_keeps_to_its_spec(case: schemathesis.Case) -> None:
         return
     # Keep every check but "no 5xx" for these, and allow only the documented 5xx.
     response = case.call(headers=AUTH)
-    case.validate_response(response, headers=AUTH,
-                           checks=[c for c in CHECKS if c is not not_a_server_error])  # fmt: skip
+    case.validate_response(
+        response, headers=AUTH, checks=[c for c in CHECKS if c is not not_a_server_error]
+    )
     assert response.status_code < 500 or response.status_code in expected_5xx, response.text
 
 

@@ -56,9 +56,11 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 def api_settings(tmp: Path, **kw: Any) -> Settings:
     """An API on its own SQLite file and queue, with no worker behind it."""
     values: dict[str, Any] = {
-        "data_dir": tmp, "database_url": f"sqlite:///{tmp / 'ops.db'}", "admin_key": ADMIN_KEY,
+        "data_dir": tmp,
+        "database_url": f"sqlite:///{tmp / 'ops.db'}",
+        "admin_key": ADMIN_KEY,
         "queue": f"daikon-ops-{uuid.uuid4().hex[:10]}",
-    }  # fmt: skip
+    }
     return Settings(**{**values, **kw})
 
 
@@ -74,11 +76,17 @@ def ready_app(settings: Settings) -> Flask:
 def test_a_heartbeat_lists_its_worker_until_it_stops_or_expires(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    settings = api_settings(tmp_path, models={"default": {"pipeline": "x"},
-                                              "other": {"pipeline": "y"}})  # fmt: skip
+    settings = api_settings(
+        tmp_path, models={"default": {"pipeline": "x"}, "other": {"pipeline": "y"}}
+    )
     hostname = f"{settings.services.queue}@test-host"
-    beat = Heartbeat(redis_client, hostname=hostname, models=["default"],
-                             queues=[settings.queue_for("default")], interval=0.05)  # fmt: skip
+    beat = Heartbeat(
+        redis_client,
+        hostname=hostname,
+        models=["default"],
+        queues=[settings.queue_for("default")],
+        interval=0.05,
+    )
 
     def mine() -> list[heartbeats.WorkerInfo]:
         return [w for w in heartbeats.live_workers(redis_client) if w.hostname == hostname]
@@ -135,8 +143,9 @@ def test_readyz_with_the_database_down_is_503_naming_database(
     tmp_path: Path, redis_url: str
 ) -> None:
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/test"  # nothing listens there
-    client = ready_app(api_settings(tmp_path, redis_url=redis_url,
-                                    database_url=closed)).test_client()  # fmt: skip
+    client = ready_app(
+        api_settings(tmp_path, redis_url=redis_url, database_url=closed)
+    ).test_client()
     started = time.monotonic()
     r = client.get("/readyz")
     assert time.monotonic() - started < 3
@@ -161,9 +170,10 @@ def test_readyz_answers_within_3_s_when_the_database_and_redis_hang(
     tmp_path: Path, silent_port: int
 ) -> None:
     settings = api_settings(
-        tmp_path, database_url=f"postgresql://postgres@127.0.0.1:{silent_port}/test",
+        tmp_path,
+        database_url=f"postgresql://postgres@127.0.0.1:{silent_port}/test",
         redis_url=f"redis://127.0.0.1:{silent_port}/0",
-    )  # fmt: skip
+    )
     client = ready_app(settings).test_client()
     started = time.monotonic()
     r = client.get("/readyz")
@@ -186,9 +196,12 @@ def test_metrics_count_queued_jobs_and_their_broker_lists_by_priority(
             assert r.status_code == 202, r.get_data(as_text=True)
         stage_metrics.record(redis_client, settings.services.queue, {"inference_seconds": 0.03})
         # Two jobs of one batch, recorded in one round trip: each counts.
-        stage_metrics.record(redis_client, settings.services.queue,
-                             {"inference_seconds": 0.05, "upload_seconds": 400.0},
-                             {"inference_seconds": 0.2})  # fmt: skip
+        stage_metrics.record(
+            redis_client,
+            settings.services.queue,
+            {"inference_seconds": 0.05, "upload_seconds": 400.0},
+            {"inference_seconds": 0.2},
+        )
         r = client.get("/metrics")
         assert r.status_code == 200
         assert r.content_type.startswith("text/plain")
@@ -199,11 +212,14 @@ def test_metrics_count_queued_jobs_and_their_broker_lists_by_priority(
         for key in redis_client.scan_iter(f"{settings.services.queue}*"):
             redis_client.delete(key)
 
-    jobs = {s: sample(m, "daikon_jobs", status=s) for s in
-            ("queued", "running", "succeeded", "failed", "canceled")}  # fmt: skip
+    jobs = {
+        s: sample(m, "daikon_jobs", status=s)
+        for s in ("queued", "running", "succeeded", "failed", "canceled")
+    }
     assert jobs == {"queued": 4, "running": 0, "succeeded": 0, "failed": 0, "canceled": 0}
-    depth = {p: sample(m, "daikon_queue_depth", model="default", priority=str(p))
-             for p in range(10)}  # fmt: skip
+    depth = {
+        p: sample(m, "daikon_queue_depth", model="default", priority=str(p)) for p in range(10)
+    }
     assert depth == {0: 1, 1: 0, 2: 0, 3: 0, 4: 0, 5: 2, 6: 0, 7: 0, 8: 0, 9: 1}
     assert sample(m, "daikon_workers", model="default") == 0
 
@@ -212,8 +228,12 @@ def test_metrics_count_queued_jobs_and_their_broker_lists_by_priority(
 
     # Bounds are inclusive: 0.05 lands in le="0.05".
     assert [bucket("inference", le) for le in ("0.05", "0.1", "0.25", "300.0", "+Inf")] == [
-        2, 2, 3, 3, 3,
-    ]  # fmt: skip
+        2,
+        2,
+        3,
+        3,
+        3,
+    ]
     assert sample(m, "daikon_stage_seconds_count", stage="inference") == 3
     assert sample(m, "daikon_stage_seconds_sum", stage="inference") == pytest.approx(0.28)
     assert (bucket("upload", "300.0"), bucket("upload", "+Inf")) == (0, 1)
@@ -243,14 +263,24 @@ def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  # type:
     tmp = tmp_path_factory.mktemp("ops")
     sd, clip = (str(p) for p in tiny_models)
     settings = Settings(
-        data_dir=tmp, redis_url=redis_url, queue=f"daikon-ops-{uuid.uuid4().hex[:8]}",
-        models={"default": {"pipeline": sd, "clip": clip}, "other": {"pipeline": sd, "clip": clip},
-                "broken": {"pipeline": str(tmp / "no-such-model"), "clip": clip}},
-        worker_models="default,broken", torch_threads=1, admin_key=ADMIN_KEY,
-    )  # fmt: skip
+        data_dir=tmp,
+        redis_url=redis_url,
+        queue=f"daikon-ops-{uuid.uuid4().hex[:8]}",
+        models={
+            "default": {"pipeline": sd, "clip": clip},
+            "other": {"pipeline": sd, "clip": clip},
+            "broken": {"pipeline": str(tmp / "no-such-model"), "clip": clip},
+        },
+        worker_models="default,broken",
+        torch_threads=1,
+        admin_key=ADMIN_KEY,
+    )
     with running_stack(settings, tmp) as s:
-        wait_until(lambda: s.http.get(s.url("/readyz"), timeout=5).status_code == 200, 60,
-                   f"the worker's heartbeat; worker log:\n{s.worker.log_tail()}")  # fmt: skip
+        wait_until(
+            lambda: s.http.get(s.url("/readyz"), timeout=5).status_code == 200,
+            60,
+            f"the worker's heartbeat; worker log:\n{s.worker.log_tail()}",
+        )
         yield s
 
 
@@ -289,18 +319,35 @@ def test_a_job_for_a_model_no_worker_serves_waits_queued_while_later_jobs_run(
     assert (still["status"], still["queue_position"], still["started_at"]) == ("queued", 0, None)
     listed = models(stack)
     assert list(listed) == ["default", "other", "broken"]
-    cpu = {"max_job_cost": 4.0, "images_per_call": 4, "seconds_per_cost": 120.0,
-           "tenant_queued_cost": 200.0}  # fmt: skip
+    cpu = {
+        "max_job_cost": 4.0,
+        "images_per_call": 4,
+        "seconds_per_cost": 120.0,
+        "tenant_queued_cost": 200.0,
+    }
     capabilities = listed["default"].pop("capabilities")
     assert capabilities["pipeline_class"] == "StableDiffusionPipeline"
-    assert listed["default"] == {"name": "default", "default": True, "workers": 1, "queued": 0,
-                                 "device": "cpu", "limits": cpu, "load_errors": {}}  # fmt: skip
+    assert listed["default"] == {
+        "name": "default",
+        "default": True,
+        "workers": 1,
+        "queued": 0,
+        "device": "cpu",
+        "limits": cpu,
+        "load_errors": {},
+    }
     assert listed["broken"]["workers"] == 1
     queued_other = stack.http.get(stack.url("/v1/jobs?status=queued&model=other"), timeout=10)
-    assert listed["other"] == {"name": "other", "default": False, "workers": 0,
-                               "queued": len(queued_other.json()["jobs"]),
-                               "device": None, "limits": None, "load_errors": {},
-                               "capabilities": None}  # fmt: skip
+    assert listed["other"] == {
+        "name": "other",
+        "default": False,
+        "workers": 0,
+        "queued": len(queued_other.json()["jobs"]),
+        "device": None,
+        "limits": None,
+        "load_errors": {},
+        "capabilities": None,
+    }
     assert listed["other"]["queued"] >= 1
 
 
@@ -314,8 +361,11 @@ def test_metrics_after_jobs_ran_on_a_real_worker(stack: Stack) -> None:
     assert done[3]["error"]["code"] == "model_load_failed"
     # The worker's next heartbeat (within HEARTBEAT_SECONDS) reports the failed load and stops
     # counting itself as serving `broken`; wait for it so the gauges below are settled.
-    wait_until(lambda: bool(models(stack)["broken"]["load_errors"]), 90,
-               "the heartbeat to report broken's load error")  # fmt: skip
+    wait_until(
+        lambda: bool(models(stack)["broken"]["load_errors"]),
+        90,
+        "the heartbeat to report broken's load error",
+    )
     after = scrape(stack)
 
     def grew(name: str, **labels: str) -> float:
@@ -326,22 +376,26 @@ def test_metrics_after_jobs_ran_on_a_real_worker(stack: Stack) -> None:
     assert grew("daikon_jobs", status="queued") == 1  # the job for `other`
     assert sample(after, "daikon_jobs", status="running") == 0
     # Every job records its queue and total time; a failed load records no later stage.
-    counts = {stage: grew("daikon_stage_seconds_count", stage=stage)
-              for stage in stage_metrics.STAGES}  # fmt: skip
-    assert counts == {"queue": 4, "load": 3, "inference": 3, "ranking": 3, "upload": 3,
-                      "total": 4}  # fmt: skip
+    counts = {
+        stage: grew("daikon_stage_seconds_count", stage=stage) for stage in stage_metrics.STAGES
+    }
+    assert counts == {"queue": 4, "load": 3, "inference": 3, "ranking": 3, "upload": 3, "total": 4}
     assert grew("daikon_stage_seconds_sum", stage="inference") > 0
     assert grew("daikon_stage_seconds_bucket", stage="total", le="+Inf") == 4
     # The unserved model's job waits in the broker, at Celery level 9 - 8 = 1.
     assert sample(after, "daikon_queue_depth", model="other", priority="8") == 1
-    other_depth = sum(sample(after, "daikon_queue_depth", model="other", priority=str(p))
-                      for p in range(10))  # fmt: skip
+    other_depth = sum(
+        sample(after, "daikon_queue_depth", model="other", priority=str(p)) for p in range(10)
+    )
     assert other_depth == models(stack)["other"]["queued"]
-    assert all(sample(after, "daikon_queue_depth", model="default", priority=str(p)) == 0
-               for p in range(10))  # fmt: skip
+    assert all(
+        sample(after, "daikon_queue_depth", model="default", priority=str(p)) == 0
+        for p in range(10)
+    )
     assert stack.get(waiting["id"])["status"] == "queued"
-    workers_by_model = {m: sample(after, "daikon_workers", model=m)
-                        for m in ("default", "other", "broken")}  # fmt: skip
+    workers_by_model = {
+        m: sample(after, "daikon_workers", model=m) for m in ("default", "other", "broken")
+    }
     # A worker that failed to load a model no longer counts as serving it.
     assert workers_by_model == {"default": 1, "other": 0, "broken": 0}
 

@@ -16,15 +16,33 @@ pytestmark = pytest.mark.e2e
 
 def test_peers_bench_runs_every_peer_and_reports_the_ratios() -> None:
     out = subprocess.run(
-        [sys.executable, "bench/peers.py", "--jobs", "2", "--burst", "3", "--steps", "2",
-         "--size", "32", "--rounds", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "bench/peers.py",
+            "--jobs",
+            "2",
+            "--burst",
+            "3",
+            "--steps",
+            "2",
+            "--size",
+            "32",
+            "--rounds",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ")}
-    for peer in ("plain Celery task", "Daikon (whole service, event stream)",
-                 "Daikon (whole service, polls at 20 Hz)"):  # fmt: skip
+    for peer in (
+        "plain Celery task",
+        "Daikon (whole service, event stream)",
+        "Daikon (whole service, polls at 20 Hz)",
+    ):
         assert rows[peer].count("jobs/s") == 2, out.stdout
     if importlib.util.find_spec("cog") is not None:
         assert rows["Cog HTTP server"].count("jobs/s") == 2, out.stdout

@@ -35,10 +35,12 @@ class Queue:
         return tenants.create_tenant(session=self.session, name=name).id
 
     def add(self, tenant_id: str, priority: int = 5, **params: Any) -> str:
-        job = jobs.create(session=self.session,
-                          params=job_params(model=self.model, seed=self.n, **params),
-                          tenant_id=tenant_id,
-                          options=jobs.JobOptions(priority=priority))  # fmt: skip
+        job = jobs.create(
+            session=self.session,
+            params=job_params(model=self.model, seed=self.n, **params),
+            tenant_id=tenant_id,
+            options=jobs.JobOptions(priority=priority),
+        )
         job.created_at = AT + timedelta(seconds=self.n)  # submission order, one a second
         self.n += 1
         self.session.flush()
@@ -57,9 +59,15 @@ class Queue:
         return counted
 
     def acquire(self, job_id: str, worker: str, *, limited: bool = False) -> jobs.Acquired:
-        return jobs.acquire(session=self.session, job_id=job_id, worker=worker,
-                            lease_seconds=60, max_attempts=3, owner_alive=lambda _: True,
-                            limited=limited)  # fmt: skip
+        return jobs.acquire(
+            session=self.session,
+            job_id=job_id,
+            worker=worker,
+            lease_seconds=60,
+            max_attempts=3,
+            owner_alive=lambda _: True,
+            limited=limited,
+        )
 
     def deliver(self, messages: list[str]) -> list[str]:
         """Deliver each job's message, in this order, to a worker of its own; a message handed
@@ -106,8 +114,13 @@ def test_a_tenant_that_joins_later_takes_the_next_turn_not_the_end_of_the_queue(
     placed = q.positions([*a_jobs[1:], *b_jobs, c_job])
     # Turn 0: b1, c1 (by age). Turn 1: a2, b2. Then a3, a4.
     assert sorted(placed, key=placed.__getitem__) == [
-        b_jobs[0], c_job, a_jobs[1], b_jobs[1], a_jobs[2], a_jobs[3]
-    ]  # fmt: skip
+        b_jobs[0],
+        c_job,
+        a_jobs[1],
+        b_jobs[1],
+        a_jobs[2],
+        a_jobs[3],
+    ]
     c_next = q.add(c)  # its next goes one turn past its last, not after all of A's
     assert q.positions([c_next])[c_next] == 4  # after b2, before a3
 
@@ -201,8 +214,10 @@ def test_a_tenant_may_not_ask_for_more_than_its_highest_priority(app: Flask) -> 
     r = api.post("/v1/jobs", json={"prompt": "p", "priority": 8})
     assert r.status_code == 422 and "highest priority of 7" in r.get_json()["error"]["message"]
     # Only an admin sets it, and only from the default priority up to the highest.
-    assert api.put(f"/v1/admin/tenants/{tenant_id}/limits",
-                   json={"max_priority": 9}).status_code == 403  # fmt: skip
+    assert (
+        api.put(f"/v1/admin/tenants/{tenant_id}/limits", json={"max_priority": 9}).status_code
+        == 403
+    )
     for bad in (4, 10, "9"):
         r = admin.put(f"/v1/admin/tenants/{tenant_id}/limits", json={"max_priority": bad})
         assert r.status_code == 422 and "max_priority" in r.text, (bad, r.text)
@@ -225,8 +240,12 @@ def test_the_dashboard_sets_a_tenants_highest_priority(app: Flask) -> None:
     client, token = login(app)
     page = client.get(f"/admin/tenants/{tenant_id}").text
     assert 'name="max_priority"' in page and 'placeholder="5"' in page
-    form = {"csrf_token": token, "submits_per_minute": "", "max_active_jobs": "",
-            "max_candidates": ""}  # fmt: skip
+    form = {
+        "csrf_token": token,
+        "submits_per_minute": "",
+        "max_active_jobs": "",
+        "max_candidates": "",
+    }
     for bad in ("4", "10", "nine"):
         r = client.post(f"/admin/tenants/{tenant_id}/limits", data={**form, "max_priority": bad})
         assert r.status_code == 422 and "max_priority" in r.text

@@ -32,11 +32,15 @@ def tenant_session(stack: Stack, name: str, max_priority: int | None = None) -> 
     tenant = stack.http.post(stack.url("/v1/admin/tenants"), json={"name": name}, timeout=10)
     assert tenant.status_code == 201, tenant.text
     tenant_id = tenant.json()["id"]
-    key = stack.http.post(stack.url(f"/v1/admin/tenants/{tenant_id}/keys"), json={"name": "t"},
-                          timeout=10)  # fmt: skip
+    key = stack.http.post(
+        stack.url(f"/v1/admin/tenants/{tenant_id}/keys"), json={"name": "t"}, timeout=10
+    )
     if max_priority is not None:
-        r = stack.http.put(stack.url(f"/v1/admin/tenants/{tenant_id}/limits"),
-                           json={"max_priority": max_priority}, timeout=10)  # fmt: skip
+        r = stack.http.put(
+            stack.url(f"/v1/admin/tenants/{tenant_id}/limits"),
+            json={"max_priority": max_priority},
+            timeout=10,
+        )
         assert r.status_code == 200, r.text
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {key.json()['key']}"

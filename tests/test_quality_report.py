@@ -27,8 +27,7 @@ META = {
 
 
 def cell(prompts: int, matched_images: int, best: int, any_: int) -> Cell:
-    return Cell(prompts, 8 * prompts, matched_images, best, any_, gen_seconds=1.0,
-                rank_seconds=0.1)  # fmt: skip
+    return Cell(prompts, 8 * prompts, matched_images, best, any_, gen_seconds=1.0, rank_seconds=0.1)
 
 
 def results() -> Results:
@@ -44,8 +43,11 @@ def results() -> Results:
 
 def target_rows(text: str) -> dict[str, tuple[str, str]]:
     section = text.split("## Targets")[1].split("## Time per image")[0]
-    rows = [[c.strip() for c in line.strip("|").split("|")]
-            for line in section.splitlines() if line.startswith("| ")]  # fmt: skip
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| ")
+    ]
     return {name: (value, met) for name, value, met in rows[1:]}
 
 

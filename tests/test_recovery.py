@@ -24,8 +24,9 @@ LONG = {"steps": 150, "candidates": 4, "top_k": 2}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("recovery")
-    settings = settings_for(tmp, redis_url, tiny_models, republish_after_seconds=2,
-                            sweep_interval_seconds=0.5)  # fmt: skip
+    settings = settings_for(
+        tmp, redis_url, tiny_models, republish_after_seconds=2, sweep_interval_seconds=0.5
+    )
     with running_stack(settings, tmp) as s:
         yield s
 
@@ -54,8 +55,17 @@ def test_a_pool_process_killed_mid_denoise_loses_nothing(stack: Stack) -> None:
 def test_a_job_committed_but_never_published_is_published_by_the_sweeper(stack: Stack) -> None:
     # As if the API died between its commit and its publish: a row, and no message.
     sessions = make_session_factory(make_engine(stack.settings.sqlalchemy_url))
-    params = JobParams(prompt="orphan", negative_prompt=None, width=64, height=64, steps=3,
-                       guidance_scale=7.5, candidates=2, top_k=1, seed=3)  # fmt: skip
+    params = JobParams(
+        prompt="orphan",
+        negative_prompt=None,
+        width=64,
+        height=64,
+        steps=3,
+        guidance_scale=7.5,
+        candidates=2,
+        top_k=1,
+        seed=3,
+    )
     with session_scope(sessions) as s:
         job_id = jobs.create(session=s, params=params).id
     started = time.monotonic()

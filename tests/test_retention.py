@@ -44,8 +44,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStore:
     if request.param == "local":
         return LocalStore(tmp_path / "images")
     endpoint = request.getfixturevalue("s3_endpoint")
-    return S3Store(bucket=f"retention-{uuid.uuid4().hex[:10]}", endpoint_url=endpoint,
-                   region="us-east-1", presign_seconds=600)  # fmt: skip
+    return S3Store(
+        bucket=f"retention-{uuid.uuid4().hex[:10]}",
+        endpoint_url=endpoint,
+        region="us-east-1",
+        presign_seconds=600,
+    )
 
 
 @pytest.fixture
@@ -63,9 +67,12 @@ def tenant_id(sessions: sessionmaker[Session]) -> Iterator[str]:
 
 
 def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"retain_canceled_hours": PERIOD_HOURS,
-                              "retain_failed_hours": PERIOD_HOURS,
-                              "retain_succeeded_hours": 0, "retention_batch": 10_000}  # fmt: skip
+    values: dict[str, Any] = {
+        "retain_canceled_hours": PERIOD_HOURS,
+        "retain_failed_hours": PERIOD_HOURS,
+        "retain_succeeded_hours": 0,
+        "retention_batch": 10_000,
+    }
     return Settings(**{**values, **overrides})
 
 
@@ -88,36 +95,56 @@ def stored_bytes(sessions: sessionmaker[Session], tenant_id: str) -> int:
 
 def pending(sessions: sessionmaker[Session], job_ids: list[str]) -> list[str]:
     with session_scope(sessions) as s:
-        return list(s.scalars(select(PendingDeletion.key)
-                              .where(PendingDeletion.job_id.in_(job_ids))))  # fmt: skip
+        return list(
+            s.scalars(select(PendingDeletion.key).where(PendingDeletion.job_id.in_(job_ids)))
+        )
 
 
 def rows_of(sessions: sessionmaker[Session], job_ids: list[str]) -> tuple[set[str], int]:
     """Which of the jobs still have rows, and how many image rows they have."""
     with session_scope(sessions) as s:
         left = set(s.scalars(select(Job.id).where(Job.id.in_(job_ids))))
-        images = s.scalar(select(func.count()).select_from(JobImage)
-                          .where(JobImage.job_id.in_(job_ids)))  # fmt: skip
+        images = s.scalar(
+            select(func.count()).select_from(JobImage).where(JobImage.job_id.in_(job_ids))
+        )
     return left, int(images or 0)
 
 
-def edit_job(sessions: sessionmaker[Session], store: ImageStore, tenant_id: str,
-             *, size: int = 1000) -> tuple[str, list[str]]:  # fmt: skip
+def edit_job(
+    sessions: sessionmaker[Session], store: ImageStore, tenant_id: str, *, size: int = 1000
+) -> tuple[str, list[str]]:
     """A queued edit job with a stored input image of `size` bytes (as api/inputs.py stores
     one: under the job's own id, counted to the tenant in the row's transaction)."""
     job_id = str(uuid.uuid4())
     key = input_key(Settings(), job_id, "image")
     store.put(key, b"i" * size, "image/png")
-    record = {"key": key, "width": 32, "height": 32, "content_type": "image/png",
-              "byte_size": size, "sha256": "x"}  # fmt: skip
+    record = {
+        "key": key,
+        "width": 32,
+        "height": 32,
+        "content_type": "image/png",
+        "byte_size": size,
+        "sha256": "x",
+    }
     with session_scope(sessions) as s:
-        jobs.create(session=s, params=job_params(), tenant_id=tenant_id,
-                    options=jobs.JobOptions(job_id=job_id, inputs={"image": record}))  # fmt: skip
+        jobs.create(
+            session=s,
+            params=job_params(),
+            tenant_id=tenant_id,
+            options=jobs.JobOptions(job_id=job_id, inputs={"image": record}),
+        )
     return job_id, [key]
 
 
-def end(sessions: sessionmaker[Session], job_id: str, status: JobStatus, *, ago: timedelta,
-        store: ImageStore | None = None, images: int = 0) -> list[str]:  # fmt: skip
+def end(
+    sessions: sessionmaker[Session],
+    job_id: str,
+    status: JobStatus,
+    *,
+    ago: timedelta,
+    store: ImageStore | None = None,
+    images: int = 0,
+) -> list[str]:
     """Run the job to `status` (with `images` stored outputs when it succeeds), finished
     `ago`; the keys of its outputs."""
     keys = [image_key("", job_id, rank) for rank in range(1, images + 1)]
@@ -130,9 +157,12 @@ def end(sessions: sessionmaker[Session], job_id: str, status: JobStatus, *, ago:
         else:
             jobs.claim(session=s, job_id=job_id, worker="w:1")
             if status is JobStatus.succeeded:
-                made = [jobs.NewImage(**{**vars(image(rank, 0.5)), "storage_key": key,
-                                         "byte_size": 500})
-                        for rank, key in enumerate(keys, start=1)]  # fmt: skip
+                made = [
+                    jobs.NewImage(
+                        **{**vars(image(rank, 0.5)), "storage_key": key, "byte_size": 500}
+                    )
+                    for rank, key in enumerate(keys, start=1)
+                ]
                 assert jobs.succeed(session=s, job_id=job_id, seed=1, images=made, metrics={})
             else:
                 assert jobs.fail(session=s, job_id=job_id, code="x", message="x", metrics={})
@@ -155,8 +185,9 @@ def test_expired_canceled_and_failed_jobs_lose_rows_and_objects_unexpired_ones_k
     recent_edit, recent_keys = edit_job(sessions, store, tenant_id, size=300)
     end(sessions, recent_edit, JobStatus.canceled, ago=timedelta(hours=1))
     old_success = text_job(sessions, tenant_id)
-    success_keys = end(sessions, old_success, JobStatus.succeeded, ago=LONG_AGO, store=store,
-                       images=2)  # fmt: skip
+    success_keys = end(
+        sessions, old_success, JobStatus.succeeded, ago=LONG_AGO, store=store, images=2
+    )
     assert stored_bytes(sessions, tenant_id) == 4000 + 700 + 300 + 2 * 500
 
     done = purge_once(settings(), sessions, store)
@@ -194,8 +225,14 @@ def test_canceled_go_before_failed_and_failed_before_succeeded(
     failed = text_job(sessions, tenant_id)
     end(sessions, failed, JobStatus.failed, ago=LONG_AGO + timedelta(days=5))  # the oldest
     succeeded = text_job(sessions, tenant_id)
-    end(sessions, succeeded, JobStatus.succeeded, ago=LONG_AGO + timedelta(days=9), store=store,
-        images=1)  # fmt: skip
+    end(
+        sessions,
+        succeeded,
+        JobStatus.succeeded,
+        ago=LONG_AGO + timedelta(days=9),
+        store=store,
+        images=1,
+    )
     canceled = text_job(sessions, tenant_id)
     end(sessions, canceled, JobStatus.canceled, ago=LONG_AGO)
     every = settings(retain_succeeded_hours=PERIOD_HOURS, retention_batch=1)
@@ -263,8 +300,12 @@ def test_a_sweep_that_dies_before_its_commit_changes_nothing(
     a, a_keys = edit_job(sessions, store, tenant_id, size=100)
     end(sessions, a, JobStatus.canceled, ago=LONG_AGO)
     with pytest.raises(Crash), session_scope(sessions) as s:
-        assert retention.expire(session=s, periods=retention_periods(settings()), now=utcnow(),
-                                limit=10_000).jobs >= 1  # fmt: skip
+        assert (
+            retention.expire(
+                session=s, periods=retention_periods(settings()), now=utcnow(), limit=10_000
+            ).jobs
+            >= 1
+        )
         raise Crash()  # rows deleted and objects recorded, but never committed
     assert rows_of(sessions, [a])[0] == {a}
     assert store.exists(a_keys[0]) and pending(sessions, [a]) == []
@@ -283,9 +324,18 @@ def test_a_job_whose_retry_shares_its_inputs_or_whose_webhook_is_pending_is_kept
     hooked = text_job(sessions, tenant_id)
     end(sessions, hooked, JobStatus.failed, ago=LONG_AGO)
     with session_scope(sessions) as s:
-        s.add(WebhookDelivery(id=f"msg_{uuid.uuid4().hex}", job_id=hooked, tenant_id=tenant_id,
-                              event="job.failed", url="https://example.com/h", payload="{}",
-                              status=DeliveryStatus.pending, max_attempts=8))  # fmt: skip
+        s.add(
+            WebhookDelivery(
+                id=f"msg_{uuid.uuid4().hex}",
+                job_id=hooked,
+                tenant_id=tenant_id,
+                event="job.failed",
+                url="https://example.com/h",
+                payload="{}",
+                status=DeliveryStatus.pending,
+                max_attempts=8,
+            )
+        )
     assert stored_bytes(sessions, tenant_id) == 100  # the retry's inputs are not counted twice
 
     sweep(settings(), sessions, store)
@@ -294,13 +344,22 @@ def test_a_job_whose_retry_shares_its_inputs_or_whose_webhook_is_pending_is_kept
 
     end(sessions, again, JobStatus.canceled, ago=LONG_AGO)
     with session_scope(sessions) as s:
-        s.execute(update(WebhookDelivery).where(WebhookDelivery.job_id == hooked)
-                  .values(status=DeliveryStatus.failed))  # fmt: skip
+        s.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.job_id == hooked)
+            .values(status=DeliveryStatus.failed)
+        )
     sweep(settings(), sessions, store)  # the retry goes (it owns nothing), the hook's job
     assert rows_of(sessions, [again, hooked])[0] == set()
     with session_scope(sessions) as s:
-        assert s.scalar(select(func.count()).select_from(WebhookDelivery)
-                        .where(WebhookDelivery.job_id == hooked)) == 0  # fmt: skip
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(WebhookDelivery)
+                .where(WebhookDelivery.job_id == hooked)
+            )
+            == 0
+        )
     assert store.exists(keys[0])
     sweep(settings(), sessions, store)  # then the original, with the inputs
     assert rows_of(sessions, [original])[0] == set() and not store.exists(keys[0])
@@ -314,8 +373,7 @@ def test_the_quota_refuses_at_it_and_past_it_with_inputs(
     with session_scope(sessions) as s:
         retention.check_quota(session=s, tenant_id=tenant_id, default_quota=1000, incoming=400)
         with pytest.raises(retention.StorageQuotaExceeded) as refused:
-            retention.check_quota(session=s, tenant_id=tenant_id, default_quota=1000,
-                                  incoming=401)  # fmt: skip
+            retention.check_quota(session=s, tenant_id=tenant_id, default_quota=1000, incoming=401)
         assert refused.value.status == 403 and refused.value.code == "storage_quota_exceeded"
         assert "600 bytes" in refused.value.message and "1000 bytes" in refused.value.message
         retention.check_quota(session=s, tenant_id=tenant_id, default_quota=0, incoming=10**12)
@@ -359,12 +417,17 @@ def test_a_tenant_at_its_quota_is_refused_with_its_code_and_nothing_is_stored(
     key = root.post(f"/v1/admin/tenants/{tenant['id']}/keys", json={}).get_json()["key"]
     client = authed(app, key)
     assert client.get("/v1/usage").get_json()["storage_quota_bytes"] is None  # deployment: none
-    set_quota = root.put(f"/v1/admin/tenants/{tenant['id']}/storage-quota",
-                         json={"storage_quota_bytes": 40_000})  # fmt: skip
+    set_quota = root.put(
+        f"/v1/admin/tenants/{tenant['id']}/storage-quota", json={"storage_quota_bytes": 40_000}
+    )
     assert set_quota.status_code == 200, set_quota.get_json()
     assert set_quota.get_json()["own_quota"] is True
-    assert client.put(f"/v1/admin/tenants/{tenant['id']}/storage-quota",
-                      json={"storage_quota_bytes": 10**12}).status_code == 403  # fmt: skip
+    assert (
+        client.put(
+            f"/v1/admin/tenants/{tenant['id']}/storage-quota", json={"storage_quota_bytes": 10**12}
+        ).status_code
+        == 403
+    )
 
     picture = noise_png()  # ~12 KiB stored
     accepted, refusal = 0, None
@@ -377,7 +440,10 @@ def test_a_tenant_at_its_quota_is_refused_with_its_code_and_nothing_is_stored(
     assert refusal is not None and 2 <= accepted <= 4
     error = refusal.get_json()["error"]
     assert (refusal.status_code, error["code"], error["type"]) == (
-        403, "storage_quota_exceeded", "permission_error")  # fmt: skip
+        403,
+        "storage_quota_exceeded",
+        "permission_error",
+    )
     assert "storage quota is 40000 bytes" in error["message"]
 
     usage = client.get("/v1/usage").get_json()
@@ -386,11 +452,16 @@ def test_a_tenant_at_its_quota_is_refused_with_its_code_and_nothing_is_stored(
     assert len(on_disk) == accepted  # the refused submission stored nothing
     assert usage["stored_bytes"] == sum(p.stat().st_size for p in on_disk)
     assert usage["storage_quota_bytes"] == 40_000 and usage["own_quota"] is True
-    assert usage["retention"] == {"canceled_hours": 24.0, "failed_hours": 168.0,
-                                  "succeeded_hours": None}  # fmt: skip
+    assert usage["retention"] == {
+        "canceled_hours": 24.0,
+        "failed_hours": 168.0,
+        "succeeded_hours": None,
+    }
     with session_scope(app.extensions["daikon"].sessions) as s:
-        assert s.scalar(select(func.count()).select_from(Job)
-                        .where(Job.tenant_id == tenant["id"])) == accepted  # fmt: skip
+        assert (
+            s.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant["id"]))
+            == accepted
+        )
 
     # A text job (no inputs) is refused too once the tenant is at the quota; raising it lets
     # the tenant submit again.
@@ -398,8 +469,7 @@ def test_a_tenant_at_its_quota_is_refused_with_its_code_and_nothing_is_stored(
     root.put(f"/v1/admin/tenants/{tenant['id']}/storage-quota", json={"storage_quota_bytes": at})
     r = client.post("/v1/jobs", json={"prompt": "a red circle", "steps": 4})
     assert r.status_code == 403 and r.get_json()["error"]["code"] == "storage_quota_exceeded"
-    root.put(f"/v1/admin/tenants/{tenant['id']}/storage-quota",
-             json={"storage_quota_bytes": None})  # fmt: skip
+    root.put(f"/v1/admin/tenants/{tenant['id']}/storage-quota", json={"storage_quota_bytes": None})
     assert client.post("/v1/jobs", json={"prompt": "a red circle", "steps": 4}).status_code == 202
 
 
@@ -416,13 +486,17 @@ def test_the_dashboard_shows_a_tenants_bytes_and_quota_and_an_admin_sets_it(app:
     browser, csrf = login(app)
     page = browser.get(f"/admin/tenants/{tenant['id']}").text
     assert f'data-bytes="{stored}"' in page and "none (the deployment's)" in page
-    saved = browser.post(f"/admin/tenants/{tenant['id']}/storage-quota",
-                         data={"storage_quota_bytes": "123456", "csrf_token": csrf})  # fmt: skip
+    saved = browser.post(
+        f"/admin/tenants/{tenant['id']}/storage-quota",
+        data={"storage_quota_bytes": "123456", "csrf_token": csrf},
+    )
     assert saved.status_code == 303
     page = browser.get(f"/admin/tenants/{tenant['id']}").text
     assert 'data-bytes="123456"' in page and "(the deployment" not in page
-    bad = browser.post(f"/admin/tenants/{tenant['id']}/storage-quota",
-                       data={"storage_quota_bytes": "-1", "csrf_token": csrf})  # fmt: skip
+    bad = browser.post(
+        f"/admin/tenants/{tenant['id']}/storage-quota",
+        data={"storage_quota_bytes": "-1", "csrf_token": csrf},
+    )
     assert bad.status_code == 422
     usage = browser.get("/admin/usage").text
     assert f'data-bytes="{stored}"' in usage

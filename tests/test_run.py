@@ -45,11 +45,17 @@ def test_make_run_draws_the_prompt_restarts_a_dead_worker_and_stops_on_ctrl_c(
     port = free_port()
     unset = ("REDIS_URL", "DATABASE_URL", "DAIKON_ADMIN_KEY", "DAIKON_MODEL", "DAIKON_CLIP_MODEL")
     env = {k: v for k, v in os.environ.items() if k not in unset}
-    env.update(DAIKON_DATA_DIR=str(tmp_path / "data"), DAIKON_PORT=str(port),
-               DAIKON_TORCH_THREADS="1")  # fmt: skip
+    env.update(
+        DAIKON_DATA_DIR=str(tmp_path / "data"), DAIKON_PORT=str(port), DAIKON_TORCH_THREADS="1"
+    )
     log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "daikon.launcher"], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daikon.launcher"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         key_file = tmp_path / "data" / "admin.key"
@@ -58,8 +64,11 @@ def test_make_run_draws_the_prompt_restarts_a_dead_worker_and_stops_on_ctrl_c(
         assert oct(key_file.stat().st_mode & 0o777) == "0o600"
         http = requests.Session()
         http.headers["Authorization"] = f"Bearer {key}"
-        wait_for(lambda: requests.get(f"{base}/readyz", timeout=3).status_code == 200, 90,
-                 "readiness (API, valkey, storage and a worker heartbeat)")  # fmt: skip
+        wait_for(
+            lambda: requests.get(f"{base}/readyz", timeout=3).status_code == 200,
+            90,
+            "readiness (API, valkey, storage and a worker heartbeat)",
+        )
         printed = (tmp_path / "run.log").read_text()
         assert f"admin key: {key}" in printed
         # The embedded valkey wants its password, which is in the data dir and in no log.
@@ -99,12 +108,16 @@ def test_make_run_draws_the_prompt_restarts_a_dead_worker_and_stops_on_ctrl_c(
 
         # Kill the worker's main process: the launcher restarts it, and work continues.
         generation = "celery -A worker[.]main worker"  # not the webhook worker
-        worker_pids = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), generation],
-                                     capture_output=True, text=True).stdout.split()  # fmt: skip
+        worker_pids = subprocess.run(
+            ["pgrep", "-f", "-P", str(proc.pid), generation], capture_output=True, text=True
+        ).stdout.split()
         assert worker_pids, "no worker child found"
         os.kill(int(worker_pids[0]), signal.SIGKILL)
-        wait_for(lambda: "worker exited with code" in (tmp_path / "run.log").read_text(), 30,
-                 "the launcher to notice the dead worker")  # fmt: skip
+        wait_for(
+            lambda: "worker exited with code" in (tmp_path / "run.log").read_text(),
+            30,
+            "the launcher to notice the dead worker",
+        )
         verdict = judge("a yellow triangle", drawn(run_job("a yellow triangle")))
         assert verdict.match, verdict.reason
         # Everything the data dir holds (database and its WAL, keys, images, the broker's
@@ -114,8 +127,11 @@ def test_make_run_draws_the_prompt_restarts_a_dead_worker_and_stops_on_ctrl_c(
         assert oct(data.stat().st_mode & 0o777) == "0o700"
         assert {"daikon.db", "daikon.db-wal", "secret.key", "valkey.password"} <= set(modes)
         assert any(name.endswith(".png") for name in modes)
-        loose = {name: mode for name, mode in modes.items()
-                 if mode != ("0o700" if (data / name).is_dir() else "0o600")}  # fmt: skip
+        loose = {
+            name: mode
+            for name, mode in modes.items()
+            if mode != ("0o700" if (data / name).is_dir() else "0o600")
+        }
         assert loose == {}
     finally:
         proc.send_signal(signal.SIGINT)

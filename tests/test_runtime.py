@@ -24,9 +24,11 @@ def empty_process() -> Iterator[None]:
 def settings(tmp: Path, tiny: tuple[Path, Path], gb: float) -> Settings:
     sd, clip = (str(p) for p in tiny)
     return Settings(
-        data_dir=tmp, torch_threads=1, model_memory_gb=gb,
+        data_dir=tmp,
+        torch_threads=1,
+        model_memory_gb=gb,
         models={name: {"pipeline": sd, "clip": clip} for name in ("a", "b", "c")},
-    )  # fmt: skip
+    )
 
 
 def one_model_gb(tmp: Path, tiny: tuple[Path, Path]) -> float:

@@ -39,8 +39,9 @@ def test_the_old_unprefixed_spellings_and_the_prefixed_ones_both_work(
 
 
 def test_long_requests_must_stay_below_the_api_threads() -> None:
-    with pytest.raises(ValidationError, match="DAIKON_MAX_LONG_REQUESTS must be below "
-                                              "DAIKON_API_THREADS"):  # fmt: skip
+    with pytest.raises(
+        ValidationError, match="DAIKON_MAX_LONG_REQUESTS must be below DAIKON_API_THREADS"
+    ):
         Settings(max_long_requests=128, api_threads=128)
     assert Settings(max_long_requests=127, api_threads=128).api.max_long_requests == 127
 
@@ -55,8 +56,9 @@ def test_evolve_changes_only_what_it_names() -> None:
     changed = base.evolve(webhook_timeout_seconds=0.5)
     assert changed.webhooks.webhook_timeout_seconds == 0.5
     assert changed.limits.max_steps == 40 and base.webhooks.webhook_timeout_seconds == 15.0
-    assert set(GROUP_OF) == {n for g in Settings.model_fields for n in
-                             getattr(Settings(), g).__class__.model_fields}  # fmt: skip
+    assert set(GROUP_OF) == {
+        n for g in Settings.model_fields for n in getattr(Settings(), g).__class__.model_fields
+    }
 
 
 def test_a_tenants_highest_priority_lies_between_the_default_and_the_highest_priority() -> None:

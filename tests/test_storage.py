@@ -38,8 +38,9 @@ def test_local_store_refuses_keys_outside_its_folder(tmp_path: Path) -> None:
 
 def test_s3_store_creates_its_bucket_and_serves_presigned_urls(s3_endpoint: str) -> None:
     bucket = f"daikon-{uuid.uuid4().hex[:8]}"
-    store = S3Store(bucket=bucket, endpoint_url=s3_endpoint, region="us-east-1",
-                    presign_seconds=600)  # fmt: skip
+    store = S3Store(
+        bucket=bucket, endpoint_url=s3_endpoint, region="us-east-1", presign_seconds=600
+    )
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     assert bucket in [b["Name"] for b in client.list_buckets()["Buckets"]]
 
@@ -61,8 +62,13 @@ def test_s3_store_creates_its_bucket_and_serves_presigned_urls(s3_endpoint: str)
 
 
 def test_s3_upload_to_an_unreachable_endpoint_is_a_storage_error() -> None:
-    store = S3Store(bucket="b", endpoint_url="http://127.0.0.1:9", region="us-east-1",
-                    presign_seconds=600, create_bucket=False)  # fmt: skip
+    store = S3Store(
+        bucket="b",
+        endpoint_url="http://127.0.0.1:9",
+        region="us-east-1",
+        presign_seconds=600,
+        create_bucket=False,
+    )
     with pytest.raises(StorageError, match="upload of 'k' failed"):
         store.put("k", b"x", "image/png")
 

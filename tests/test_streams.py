@@ -21,9 +21,12 @@ STREAMS = 50
 def gunicorn(tmp_path: Path, redis_url: str, tiny_models, queue_name: str) -> Iterator[str]:  # type: ignore[no-untyped-def]
     # No worker serves this queue: jobs stay queued, so their streams stay open.
     settings = settings_for(tmp_path, redis_url, tiny_models, queue=queue_name)
-    with gunicorn_api(settings, tmp_path / "gunicorn.log",
-                      DAIKON_MAX_LONG_REQUESTS=str(STREAMS),
-                      DAIKON_MAX_LONG_REQUESTS_PER_TENANT=str(STREAMS)) as base:  # fmt: skip
+    with gunicorn_api(
+        settings,
+        tmp_path / "gunicorn.log",
+        DAIKON_MAX_LONG_REQUESTS=str(STREAMS),
+        DAIKON_MAX_LONG_REQUESTS_PER_TENANT=str(STREAMS),
+    ) as base:
         yield base
 
 

@@ -32,8 +32,9 @@ def test_a_job_the_sweeper_could_not_publish_is_taken_again(db_engine: Engine) -
     with session_scope(sessions) as s:
         job_id = make_job(s).id  # its worker died mid-job while the broker was down
         jobs.claim(session=s, job_id=job_id, worker="gone:1", lease_seconds=-60)
-        s.execute(update(Job).where(Job.id == job_id)
-                  .values(enqueued_at=utcnow() - timedelta(minutes=5)))  # fmt: skip
+        s.execute(
+            update(Job).where(Job.id == job_id).values(enqueued_at=utcnow() - timedelta(minutes=5))
+        )
     broker = Broker()
     sweep_once(broker, settings, sessions)  # type: ignore[arg-type]
     assert broker.sent == []

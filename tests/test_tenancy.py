@@ -30,8 +30,9 @@ def new_tenant(app: Flask, name: str, *, admin: bool = False) -> tuple[str, dict
     root = authed(app, ADMIN_KEY)
     tenant = root.post("/v1/admin/tenants", json={"name": name})
     assert tenant.status_code == 201, tenant.get_json()
-    key = root.post(f"/v1/admin/tenants/{tenant.get_json()['id']}/keys",
-                    json={"name": "ci", "admin": admin})  # fmt: skip
+    key = root.post(
+        f"/v1/admin/tenants/{tenant.get_json()['id']}/keys", json={"name": "ci", "admin": admin}
+    )
     assert key.status_code == 201
     return tenant.get_json()["id"], key.get_json()
 
@@ -79,8 +80,11 @@ def test_admin_input_errors(app: Flask) -> None:
 def test_tenant_keys_get_403_on_admin_endpoints(app: Flask) -> None:
     _, key = new_tenant(app, "plain")
     c = authed(app, key["key"])
-    for method, path in [("get", "/v1/admin/tenants"), ("post", "/v1/admin/tenants"),
-                         ("delete", f"/v1/admin/keys/{key['id']}")]:  # fmt: skip
+    for method, path in [
+        ("get", "/v1/admin/tenants"),
+        ("post", "/v1/admin/tenants"),
+        ("delete", f"/v1/admin/keys/{key['id']}"),
+    ]:
         r = getattr(c, method)(path, json={"name": "x"} if method == "post" else None)
         assert r.status_code == 403 and r.get_json()["error"]["type"] == "permission_error"
     _, admin_key = new_tenant(app, "ops", admin=True)
@@ -92,8 +96,11 @@ def test_a_tenant_sees_and_touches_only_its_own_jobs(app: Flask) -> None:
     _, b = new_tenant(app, "tenant-b")
     alice, bob = authed(app, a["key"]), authed(app, b["key"])
     job = alice.post("/v1/jobs", json=BODY).get_json()
-    for path, method in [(f"/v1/jobs/{job['id']}", "get"), (f"/v1/jobs/{job['id']}/cancel", "post"),
-                         (f"/v1/jobs/{job['id']}/events", "get")]:  # fmt: skip
+    for path, method in [
+        (f"/v1/jobs/{job['id']}", "get"),
+        (f"/v1/jobs/{job['id']}/cancel", "post"),
+        (f"/v1/jobs/{job['id']}/events", "get"),
+    ]:
         r = getattr(bob, method)(path)
         assert r.status_code == 404, path
         assert r.get_json()["error"]["message"] == f"job {job['id']!r} not found"
@@ -124,9 +131,13 @@ def test_image_urls_are_signed_and_open_only_with_their_signature(app: Flask) ->
     with session_scope(svc.sessions) as s:
         jobs.claim(session=s, job_id=job_id, worker="w")
         stored = image(1, 30.0)
-        jobs.succeed(session=s, job_id=job_id, seed=7, metrics={},
-                     images=[jobs.NewImage(**{**vars(stored),
-                                              "storage_key": f"{job_id}/rank-1.png"})])  # fmt: skip
+        jobs.succeed(
+            session=s,
+            job_id=job_id,
+            seed=7,
+            metrics={},
+            images=[jobs.NewImage(**{**vars(stored), "storage_key": f"{job_id}/rank-1.png"})],
+        )
     url = owner.get(f"/v1/jobs/{job_id}").get_json()["images"][0]["url"]
     path = url.removeprefix("http://localhost")
     anonymous = app.test_client()

@@ -23,8 +23,12 @@ def test_a_shortened_training_run_writes_models_the_worker_loads(tmp_path: Path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "training", "--out", str(tmp_path), "--scale", "0.003"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "shapes-sd" / "daikon-training.json").read_text())
     assert record["steps"] == {"vae": 3, "clip": 4, "diffusion": 14}

@@ -139,8 +139,11 @@ def test_the_rate_limit_applies_before_any_file_is_read(app: Flask, decodes: lis
     tenant = admin.post("/v1/admin/tenants", json={"name": "bomber"}).get_json()
     key = admin.post(f"/v1/admin/tenants/{tenant['id']}/keys", json={}).get_json()["key"]
     with session_scope(app.extensions["daikon"].sessions) as session:
-        tenants.set_limits(session=session, tenant_id=tenant["id"],
-                           limits=tenants.TenantLimits(submits_per_minute=1))  # fmt: skip
+        tenants.set_limits(
+            session=session,
+            tenant_id=tenant["id"],
+            limits=tenants.TenantLimits(submits_per_minute=1),
+        )
     client = authed(app, key)
     answers = [post_job(client, EDIT, image=scan_bomb(20_000)) for _ in range(3)]
     answers.append(post_edit(client, scan_bomb(20_000)))

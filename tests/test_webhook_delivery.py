@@ -68,8 +68,9 @@ class Rig:
 
     def event(self, url: str, events: tuple[str, ...] = ("job.canceled",)) -> str:
         """A job whose cancel raises one event for url; its delivery id."""
-        r = self.client.post("/v1/jobs", json={**BODY, "webhook_url": url,
-                                               "webhook_events": list(events)})  # fmt: skip
+        r = self.client.post(
+            "/v1/jobs", json={**BODY, "webhook_url": url, "webhook_events": list(events)}
+        )
         assert r.status_code == 202, r.get_json()
         job_id = r.get_json()["id"]
         assert self.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
@@ -123,9 +124,10 @@ def make_rig(app: Flask, **settings: Any) -> Rig:
 @pytest.fixture
 def rig(request: pytest.FixtureRequest, make_app, queue_name: str) -> Rig:  # type: ignore[no-untyped-def]
     overrides: dict[str, Any] = {
-        "webhook_queue": f"{queue_name}-wh", "webhook_allow_hosts": "127.0.0.1",
+        "webhook_queue": f"{queue_name}-wh",
+        "webhook_allow_hosts": "127.0.0.1",
         "webhook_timeout_seconds": 2.0,
-    }  # fmt: skip
+    }
     if getattr(request, "param", "sqlite") == "postgres":
         overrides["database_url"] = request.getfixturevalue("postgres_url")
     return make_rig(make_app(**overrides))
@@ -262,8 +264,9 @@ def test_a_name_rebound_to_loopback_is_refused_without_connecting(make_app, queu
         d = rig.event(f"http://rebind.example.invalid:{r.port}/hook")
         assert rig.deliverer.deliver(d) is DeliveryStatus.pending
         # Allowed when submitted, no longer allowed when delivered.
-        allowed = make_rig(make_app(webhook_queue=f"{queue_name}-wh",
-                                    webhook_allow_hosts="127.0.0.1"))  # fmt: skip
+        allowed = make_rig(
+            make_app(webhook_queue=f"{queue_name}-wh", webhook_allow_hosts="127.0.0.1")
+        )
         literal = allowed.event(r.url())
         assert rig.deliverer.deliver(literal) is DeliveryStatus.pending
         assert r.connections == 0 and r.received == []
@@ -318,8 +321,9 @@ def test_dispatchers_never_share_an_attempt_and_a_lost_one_comes_back(rig: Rig) 
         # A worker claims the attempt and dies before sending: the lease runs out, and the
         # dispatcher hands the delivery on.
         with session_scope(rig.app.extensions["daikon"].sessions) as s:
-            deliveries.claim_attempt(session=s, delivery_id=d, now=rig.clock(),
-                                   lease=timedelta(seconds=32))  # fmt: skip
+            deliveries.claim_attempt(
+                session=s, delivery_id=d, now=rig.clock(), lease=timedelta(seconds=32)
+            )
         assert twin.deliverer.deliver(d) is None and twin.deliverer.dispatch() == []
         rig.clock.advance(121)
         assert twin.deliverer.dispatch() == [d] and twin.pump() == [DeliveryStatus.delivered]
@@ -327,8 +331,10 @@ def test_dispatchers_never_share_an_attempt_and_a_lost_one_comes_back(rig: Rig) 
         # The same due attempt, claimed by eight threads at once, is sent once.
         e = rig.event(r.url())
         results: list[DeliveryStatus | None] = []
-        threads = [threading.Thread(target=lambda: results.append(rig.deliverer.deliver(e)))
-                   for _ in range(8)]  # fmt: skip
+        threads = [
+            threading.Thread(target=lambda: results.append(rig.deliverer.deliver(e)))
+            for _ in range(8)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -356,8 +362,13 @@ def test_a_failed_job_sends_started_and_failed_recorded_with_its_state(
         json={**BODY, "webhook_url": "https://93.184.215.14/h", "webhook_events": events},
     )
     job_id = r.get_json()["id"]
-    executor = JobExecutor(sessions=svc.sessions, store=LocalStore(tmp_path), runtime=broken,
-                           worker_name="w", webhooks=hooks)  # fmt: skip
+    executor = JobExecutor(
+        sessions=svc.sessions,
+        store=LocalStore(tmp_path),
+        runtime=broken,
+        worker_name="w",
+        webhooks=hooks,
+    )
     assert executor.run(job_id) is Outcome.failed
     assert executor.run(job_id) is Outcome.skipped  # a redelivered message adds no event
     listed = rig.listing(job_id)
@@ -391,11 +402,21 @@ def test_every_loopback_spelling_is_refused_at_delivery_without_a_connection(
 ) -> None:  # type: ignore[no-untyped-def]
     # Accepted when submitted (an allowlist trusted loopback then); delivered by a worker whose
     # settings trust nothing.
-    trusting = make_rig(make_app(webhook_queue=f"{queue_name}-wh",
-                                 webhook_allow_hosts="127.0.0.0/8,::1,localhost"))  # fmt: skip
+    trusting = make_rig(
+        make_app(webhook_queue=f"{queue_name}-wh", webhook_allow_hosts="127.0.0.0/8,::1,localhost")
+    )
     strict = make_rig(trusting.app, webhook_allow_hosts="")
-    spellings = ["127.0.0.1", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "127.1",
-                 "[::ffff:127.0.0.1]", "[::1]", "localhost", "LocalHost."]  # fmt: skip
+    spellings = [
+        "127.0.0.1",
+        "2130706433",
+        "0177.0.0.1",
+        "0x7f.0.0.1",
+        "127.1",
+        "[::ffff:127.0.0.1]",
+        "[::1]",
+        "localhost",
+        "LocalHost.",
+    ]
     with receiver() as r:
         ids = {h: trusting.event(f"http://{h}:{r.port}/hook") for h in spellings}
         outcomes = {h: strict.deliverer.deliver(d) for h, d in ids.items()}

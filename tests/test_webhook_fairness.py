@@ -23,9 +23,17 @@ NOW = 1_800_000_000.0
 
 @pytest.fixture
 def gates(redis_client: redis.Redis, queue_name: str) -> Gates:
-    return Gates(client=redis_client, namespace=f"{queue_name}-wh", endpoint_slots=2,
-                 tenant_slots=3, lease=45.0, busy_retry=2.0, failures=3, open_seconds=30.0,
-                 max_open_seconds=100.0)  # fmt: skip
+    return Gates(
+        client=redis_client,
+        namespace=f"{queue_name}-wh",
+        endpoint_slots=2,
+        tenant_slots=3,
+        lease=45.0,
+        busy_retry=2.0,
+        failures=3,
+        open_seconds=30.0,
+        max_open_seconds=100.0,
+    )
 
 
 def ep(tenant: str, port: int) -> Endpoint:
@@ -95,8 +103,10 @@ def test_the_breaker_opens_probes_backs_off_and_closes(gates: Gates) -> None:
     assert attempt(Outcome.unreachable, NOW) == "failing 1"
     assert attempt(Outcome.answered, NOW) == "closed"  # consecutive failures only
     assert [attempt(Outcome.unreachable, NOW) for _ in range(3)] == [
-        "failing 1", "failing 2", "opened 30 s",
-    ]  # fmt: skip
+        "failing 1",
+        "failing 2",
+        "opened 30 s",
+    ]
     assert gates.breaker(one).open_until == NOW + 30
     held = gates.enter(one, who="e", now=NOW + 29)
     assert (held.verdict, held.wait) == (Verdict.open, pytest.approx(1.0))
@@ -136,8 +146,17 @@ def test_a_probe_whose_worker_died_lets_the_next_one_probe(gates: Gates) -> None
 
 def test_without_redis_the_gates_let_attempts_through(queue_name: str) -> None:
     dead = redis.Redis(port=1, socket_connect_timeout=0.5)
-    gates = Gates(client=dead, namespace=queue_name, endpoint_slots=1, tenant_slots=1, lease=5,
-                  busy_retry=1, failures=1, open_seconds=1, max_open_seconds=1)  # fmt: skip
+    gates = Gates(
+        client=dead,
+        namespace=queue_name,
+        endpoint_slots=1,
+        tenant_slots=1,
+        lease=5,
+        busy_retry=1,
+        failures=1,
+        open_seconds=1,
+        max_open_seconds=1,
+    )
     gate = gates.enter(ep("a", 1), who="d", now=NOW)
     assert gate.verdict is Verdict.go and not gate.tracked
     assert gates.leave(ep("a", 1), gate, Outcome.unreachable, now=NOW) == "unchanged"
@@ -149,9 +168,15 @@ def test_without_redis_the_gates_let_attempts_through(queue_name: str) -> None:
 @pytest.fixture
 def rig(make_app, queue_name: str) -> Rig:  # type: ignore[no-untyped-def]
     app = make_app(webhook_queue=f"{queue_name}-wh", webhook_allow_hosts="127.0.0.1")
-    return make_rig(app, webhook_allow_hosts="127.0.0.1", webhook_timeout_seconds=5.0,
-                    webhook_first_byte_timeout_seconds=0.3, webhook_breaker_failures=2,
-                    webhook_breaker_open_seconds=600.0, webhook_tenant_concurrency=2)  # fmt: skip
+    return make_rig(
+        app,
+        webhook_allow_hosts="127.0.0.1",
+        webhook_timeout_seconds=5.0,
+        webhook_first_byte_timeout_seconds=0.3,
+        webhook_breaker_failures=2,
+        webhook_breaker_open_seconds=600.0,
+        webhook_tenant_concurrency=2,
+    )
 
 
 def stored(rig: Rig, delivery_id: str) -> Any:
@@ -170,8 +195,9 @@ def test_a_hanging_receiver_gives_its_thread_back_at_the_first_byte_timeout_and_
         assert rig.deliverer.deliver(second) is DeliveryStatus.pending  # the circuit opens
         after = rig.clock()
         assert [a["error"] for d in (first, second) for a in rig.delivery(d)["attempts"]] == [
-            "no answer within 0.3 s", "no answer within 0.3 s",
-        ]  # fmt: skip
+            "no answer within 0.3 s",
+            "no answer within 0.3 s",
+        ]
         # An open circuit: put back unsent to when it half-opens, no attempt spent.
         assert rig.deliverer.deliver(third) is DeliveryStatus.pending
         assert h.total_accepted() == 2

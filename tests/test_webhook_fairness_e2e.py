@@ -30,8 +30,9 @@ def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[tuple[Stack, Wor
 
 def tenant(api: Stack, name: str) -> requests.Session:
     t = api.http.post(api.url("/v1/admin/tenants"), json={"name": name}, timeout=10).json()
-    key = api.http.post(api.url(f"/v1/admin/tenants/{t['id']}/keys"), json={},
-                        timeout=10).json()["key"]  # fmt: skip
+    key = api.http.post(api.url(f"/v1/admin/tenants/{t['id']}/keys"), json={}, timeout=10).json()[
+        "key"
+    ]
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {key}"
     return http
@@ -106,7 +107,9 @@ def test_sixteen_hanging_receivers_of_one_tenant_do_not_delay_another_tenants_we
     assert "has every delivery slot taken" in hooks.log_path.read_text()
     errors = {a["error"] for d in a_deliveries for a in d["attempts"]}
     assert errors <= {"no answer within 5 s"}, errors
-    print(f"\ntenant B's webhook: {quiet * 1000:.0f} ms alone, {flooded * 1000:.0f} ms with "
-          f"16 of tenant A's receivers hanging ({len(a_jobs)} events queued before it); A's "
-          f"connections when B's came: {seen_by_a[2]}, at most {h.most_open} at once")  # fmt: skip
+    print(
+        f"\ntenant B's webhook: {quiet * 1000:.0f} ms alone, {flooded * 1000:.0f} ms with "
+        f"16 of tenant A's receivers hanging ({len(a_jobs)} events queued before it); A's "
+        f"connections when B's came: {seen_by_a[2]}, at most {h.most_open} at once"
+    )
     print(json.dumps({"b_alone_ms": round(quiet * 1000), "b_flooded_ms": round(flooded * 1000)}))

@@ -77,8 +77,13 @@ def test_what_each_answer_leads_to(
     retry_after: float | None,
     expected: tuple[DeliveryStatus, int | None],
 ) -> None:
-    got = decide(status_code=status, retry_after=retry_after, attempts_done=attempts_done,
-                 max_attempts=8, rng=Edge("low"))  # fmt: skip
+    got = decide(
+        status_code=status,
+        retry_after=retry_after,
+        attempts_done=attempts_done,
+        max_attempts=8,
+        rng=Edge("low"),
+    )
     assert (got.status, got.delay) == expected
 
 
@@ -95,9 +100,11 @@ def test_retry_after_in_seconds_or_as_an_http_date() -> None:
 
 def test_signatures_match_the_standard_webhooks_test_vector() -> None:
     header = signing.signature_header(
-        ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"], "msg_p5jXN8AQM9LWM0D4loKWxJek",
-        1614265330, '{"test": 2432232314}',
-    )  # fmt: skip
+        ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        1614265330,
+        '{"test": 2432232314}',
+    )
     assert header == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
@@ -194,16 +201,24 @@ def test_progress_events_go_out_at_most_every_half_second(tmp_path: Path) -> Non
         publish_progress=lambda job_id, step, total, _at: sent.append((job_id, step, total)),
         clock=lambda: t[0],
     )
-    job = Job(id="j1", tenant_id="t", webhook_url="https://h.example/x",
-              webhook_events=[WebhookEvent.progress.value])  # fmt: skip
+    job = Job(
+        id="j1",
+        tenant_id="t",
+        webhook_url="https://h.example/x",
+        webhook_events=[WebhookEvent.progress.value],
+    )
     on_step = hooks.progress_hook(job)
     assert on_step is not None
     for step in range(1, 21):  # a step every 0.1 s for 2 s
         t[0] = step / 10
         on_step(step, 20)
     assert [s for _, s, _ in sent] == [1, 6, 11, 16]
-    unsubscribed = Job(id="j2", tenant_id="t", webhook_url="https://h.example/x",
-                       webhook_events=[WebhookEvent.succeeded.value])  # fmt: skip
+    unsubscribed = Job(
+        id="j2",
+        tenant_id="t",
+        webhook_url="https://h.example/x",
+        webhook_events=[WebhookEvent.succeeded.value],
+    )
     assert hooks.progress_hook(unsubscribed) is None
 
 

@@ -22,8 +22,11 @@ LOCAL = "127.0.0.1,::1,localhost"  # what make run allows (daikon/launcher.py)
 def test_local_receivers_are_the_admin_tenants_alone(
     make_app: Any, queue_name: str, request: pytest.FixtureRequest, db: str
 ) -> None:
-    over: dict[str, Any] = {"webhook_queue": f"{queue_name}-wh", "webhook_allow_hosts": LOCAL,
-                            "webhook_timeout_seconds": 2.0}  # fmt: skip
+    over: dict[str, Any] = {
+        "webhook_queue": f"{queue_name}-wh",
+        "webhook_allow_hosts": LOCAL,
+        "webhook_timeout_seconds": 2.0,
+    }
     if db == "postgres":
         over["database_url"] = request.getfixturevalue("postgres_url")
     app = make_app(**over, webhook_allow_tenants="admin")

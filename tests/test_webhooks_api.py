@@ -133,8 +133,11 @@ def test_a_cancel_records_one_canceled_event_and_publishes_it(
     app: Flask, redis_client: redis.Redis
 ) -> None:
     c = authed(app)
-    hooked = submit(c, webhook_url="https://93.184.215.14/hook",
-                    webhook_events=["job.canceled", "job.succeeded"])  # fmt: skip
+    hooked = submit(
+        c,
+        webhook_url="https://93.184.215.14/hook",
+        webhook_events=["job.canceled", "job.succeeded"],
+    )
     quiet = submit(c, webhook_url="https://93.184.215.14/hook", webhook_events=["job.failed"])
     none = submit(c)
     for job in (hooked, quiet, none, hooked):  # the second cancel of `hooked` is a no-op

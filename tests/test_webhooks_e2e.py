@@ -34,8 +34,12 @@ def kind(r: Received) -> str:
 
 def without_queries(job: dict[str, Any]) -> dict[str, Any]:
     """Signed image URLs carry their expiry: compare where they point."""
-    return {**job, "images": [{**i, "url": urlsplit(i["url"])._replace(query="").geturl()}
-                              for i in job["images"]]}  # fmt: skip
+    return {
+        **job,
+        "images": [
+            {**i, "url": urlsplit(i["url"])._replace(query="").geturl()} for i in job["images"]
+        ],
+    }
 
 
 def settled(api: Stack, job_id: str, received: list[Received]) -> list[dict[str, Any]]:
@@ -66,11 +70,17 @@ def test_a_job_sends_signed_started_progress_and_succeeded_and_retries_keep_the_
 
     with receiver(reply_for=reply_for) as r:
         job = api.submit(
-            prompt="a red circle", steps=40, candidates=2, top_k=1, seed=3,
-            webhook_url=r.url(), webhook_events=["job.started", "job.progress", "job.succeeded"],
-        )  # fmt: skip
-        r.wait_until(lambda g: sum(kind(x) == "job.succeeded" for x in g) == 2, 90,
-                     "a retried job.succeeded")  # fmt: skip
+            prompt="a red circle",
+            steps=40,
+            candidates=2,
+            top_k=1,
+            seed=3,
+            webhook_url=r.url(),
+            webhook_events=["job.started", "job.progress", "job.succeeded"],
+        )
+        r.wait_until(
+            lambda g: sum(kind(x) == "job.succeeded" for x in g) == 2, 90, "a retried job.succeeded"
+        )
         listed = settled(api, job["id"], r.received)
         got = list(r.received)
     done = api.get(job["id"])

@@ -60,8 +60,12 @@ class Edit:
     @property
     def box(self) -> tuple[int, int, int, int]:
         o = self.scene.objects[self.target]
-        return (max(o.x - MARGIN, 0), max(o.y - MARGIN, 0),
-                min(o.x + o.side + MARGIN, SIZE), min(o.y + o.side + MARGIN, SIZE))  # fmt: skip
+        return (
+            max(o.x - MARGIN, 0),
+            max(o.y - MARGIN, 0),
+            min(o.x + o.side + MARGIN, SIZE),
+            min(o.y + o.side + MARGIN, SIZE),
+        )
 
     def mask(self) -> Image.Image:
         mask = Image.new("L", (SIZE, SIZE), 0)
@@ -110,8 +114,10 @@ def _near(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 
 def _kept(o: Obj, image: Image.Image) -> bool:
-    return any((s.colour, s.shape) == (o.colour, o.shape) and _near(s.centre, o.centre)
-               for s in read(image))  # fmt: skip
+    return any(
+        (s.colour, s.shape) == (o.colour, o.shape) and _near(s.centre, o.centre)
+        for s in read(image)
+    )
 
 
 @dataclass
@@ -172,10 +178,23 @@ def run_edits(
     for index, edit in enumerate(edits):
         source = render(edit.scene)
         started = time.perf_counter()
-        (images,) = generator.generate([GenerationRequest(
-            edit.caption, None, None, None, STEPS, GUIDANCE, seeds_for(index), mode="inpaint",
-            image=source, mask=edit.mask(), strength=INPAINT_STRENGTH,
-        )])  # fmt: skip
+        (images,) = generator.generate(
+            [
+                GenerationRequest(
+                    edit.caption,
+                    None,
+                    None,
+                    None,
+                    STEPS,
+                    GUIDANCE,
+                    seeds_for(index),
+                    mode="inpaint",
+                    image=source,
+                    mask=edit.mask(),
+                    strength=INPAINT_STRENGTH,
+                )
+            ]
+        )
         report.inpaint_seconds += time.perf_counter() - started
         best = rank(ranker.score(edit.caption, images))[0]
         judged = [judge_edit(edit, source, image) for image in images]
@@ -189,13 +208,28 @@ def run_edits(
             continue
         caption = edit.scene.caption()
         started = time.perf_counter()
-        (redrawn,) = generator.generate([GenerationRequest(
-            caption, None, None, None, STEPS, GUIDANCE, seeds_for(index), mode="image",
-            image=source, strength=IMAGE_STRENGTH,
-        )])  # fmt: skip
+        (redrawn,) = generator.generate(
+            [
+                GenerationRequest(
+                    caption,
+                    None,
+                    None,
+                    None,
+                    STEPS,
+                    GUIDANCE,
+                    seeds_for(index),
+                    mode="image",
+                    image=source,
+                    strength=IMAGE_STRENGTH,
+                )
+            ]
+        )
         report.image_seconds += time.perf_counter() - started
-        kept = [all(_kept(o, image) for o in edit.scene.objects) and
-                len(read(image)) == len(edit.scene.objects) for image in redrawn]  # fmt: skip
+        kept = [
+            all(_kept(o, image) for o in edit.scene.objects)
+            and len(read(image)) == len(edit.scene.objects)
+            for image in redrawn
+        ]
         pick = rank(ranker.score(caption, redrawn))[0]
         report.layout_kept.append(kept[pick])
         report.layout_unranked += kept
@@ -228,13 +262,22 @@ def section(report: EditReport, *, grid_name: str = "quality-edits.png") -> str:
     f = report.figures()
     n, two = int(f["edits"]), sum(1 for x in report.inpaint if x.other_survives is not None)
     targets = [
-        ("inpaint: at least 80% of edits fully right with CLIP best-of-8",
-         pct(f["fully_right"]), f["fully_right"] >= 0.80),
-        ("inpaint: unmasked area unchanged (byte-identical) in 100% of edits",
-         pct(f["unmasked_unchanged"]), f["unmasked_unchanged"] == 1.0),
-        ("image-to-image at strength 0.5 keeps the layout in at least 90% (CLIP pick)",
-         pct(f["image_layout_kept"]), f["image_layout_kept"] >= 0.90),
-    ]  # fmt: skip
+        (
+            "inpaint: at least 80% of edits fully right with CLIP best-of-8",
+            pct(f["fully_right"]),
+            f["fully_right"] >= 0.80,
+        ),
+        (
+            "inpaint: unmasked area unchanged (byte-identical) in 100% of edits",
+            pct(f["unmasked_unchanged"]),
+            f["unmasked_unchanged"] == 1.0,
+        ),
+        (
+            "image-to-image at strength 0.5 keeps the layout in at least 90% (CLIP pick)",
+            pct(f["image_layout_kept"]),
+            f["image_layout_kept"] >= 0.90,
+        ),
+    ]
     lines = [
         SECTION_TITLE,
         "",

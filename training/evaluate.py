@@ -330,8 +330,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.edits == "only":
-        write_edits(args, Generator.load(args.pipeline, device="cpu", dtype=torch.float32),
-                    ClipRanker.load(args.clip, device="cpu", dtype=torch.float32))  # fmt: skip
+        write_edits(
+            args,
+            Generator.load(args.pipeline, device="cpu", dtype=torch.float32),
+            ClipRanker.load(args.clip, device="cpu", dtype=torch.float32),
+        )
         return
     scales = tuple(float(s) for s in args.scales.split(","))
     started = time.perf_counter()

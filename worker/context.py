@@ -73,8 +73,9 @@ def executor() -> JobExecutor:
         batch_wait_seconds=s.worker.batch_wait_ms / 1000,
     )
     app = make_celery(s, main="daikon-worker-jobs")
-    executor.publish = lambda m: publish_job(app, s, job_id=m.job_id, model=m.model,
-                                             priority=m.priority)  # fmt: skip
+    executor.publish = lambda m: publish_job(
+        app, s, job_id=m.job_id, model=m.model, priority=m.priority
+    )
     if _step_hook is not None:
         executor.step_hook = _step_hook
     return executor

@@ -256,8 +256,9 @@ class JobExecutor:
         try:
             self.live.record_stages(*(m.metrics for m in members))
         except Exception as e:  # a lost sample never fails the job
-            log.warning("stage timings of jobs %s not recorded: %s",
-                        ", ".join(m.job_id for m in members), e)  # fmt: skip
+            log.warning(
+                "stage timings of jobs %s not recorded: %s", ", ".join(m.job_id for m in members), e
+            )
 
     def run(self, job_id: str, *, limited: bool = False) -> Outcome:
         """Run what this message may: its job, or the head of its job's queue when the job
@@ -270,10 +271,14 @@ class JobExecutor:
 
         def acquire(session: Session) -> tuple[jobs.Acquired, JobParams | None, StepHook | None]:
             got = jobs.acquire(
-                session=session, job_id=job_id, worker=self.worker_name,
-                lease_seconds=self.lease_seconds, max_attempts=self.max_attempts,
-                owner_alive=self.owner_alive, limited=limited,
-            )  # fmt: skip
+                session=session,
+                job_id=job_id,
+                worker=self.worker_name,
+                lease_seconds=self.lease_seconds,
+                max_attempts=self.max_attempts,
+                owner_alive=self.owner_alive,
+                limited=limited,
+            )
             if got.job is None:
                 return got, None, None
             return (
@@ -293,8 +298,11 @@ class JobExecutor:
             self._publish(got.handoff)
         if got.passed_over is not None:
             assert got.job is not None
-            log.info("job %s: its message starts job %s, ahead of it in the queue; published "
-                     "again", job_id, got.job.id)  # fmt: skip
+            log.info(
+                "job %s: its message starts job %s, ahead of it in the queue; published again",
+                job_id,
+                got.job.id,
+            )
             self._publish(got.passed_over)
         if got.busy_for is not None:
             raise JobBusy(job_id, got.busy_for, paused=got.paused)
@@ -311,8 +319,9 @@ class JobExecutor:
         own_limits = not limited or got.passed_over is None
         if self.batch_jobs and got.job.attempts == 1 and own_limits:
             members += self._companions(got.job, params)
-        with LeaseKeeper(self.sessions, [m.job_id for m in members], self.worker_name,
-                         self.lease_seconds) as lease:  # fmt: skip
+        with LeaseKeeper(
+            self.sessions, [m.job_id for m in members], self.worker_name, self.lease_seconds
+        ) as lease:
             try:
                 self._generate(members, lease)
             except BaseException as e:
@@ -321,8 +330,9 @@ class JobExecutor:
                     # Celery cancelling the task when its broker connection dropped) or the
                     # database went away. Record nothing: the messages come back (or the task
                     # is retried) and the jobs are taken over once their leases lapse.
-                    log.warning("job %s interrupted (%s); left for redelivery",
-                                job_id, _describe(e))  # fmt: skip
+                    log.warning(
+                        "job %s interrupted (%s); left for redelivery", job_id, _describe(e)
+                    )
                     raise
                 for member in members:
                     if member.outcome is None:
@@ -335,10 +345,14 @@ class JobExecutor:
     def _member(self, job: jobs.Job, params: JobParams, progress: StepHook | None) -> Member:
         assert job.started_at is not None
         return Member(
-            job_id=job.id, params=params, attempt=job.attempts, progress=progress,
+            job_id=job.id,
+            params=params,
+            attempt=job.attempts,
+            progress=progress,
             metrics={"queue_seconds": (job.started_at - job.created_at).total_seconds()},
-            inputs=job.inputs, subscribed=bool(job.webhook_url),
-        )  # fmt: skip
+            inputs=job.inputs,
+            subscribed=bool(job.webhook_url),
+        )
 
     def _companions(self, leader: jobs.Job, params: JobParams) -> list[Member]:
         """Queued jobs that run in the leader's pipeline call (worker/batching.py)."""
@@ -379,12 +393,16 @@ class JobExecutor:
         failed = self._commit(
             job_id,
             lambda session: jobs.fail(
-                session=session, job_id=job_id, code=failure.code, message=failure.message,
-                metrics=member.metrics, worker=self.worker_name,
+                session=session,
+                job_id=job_id,
+                code=failure.code,
+                message=failure.message,
+                metrics=member.metrics,
+                worker=self.worker_name,
             ),
             lambda failed: WebhookEvent.failed if failed else None,
             subscribed=member.subscribed,
-        )  # fmt: skip
+        )
         member.outcome = Outcome.failed
         if failed:
             self._ended(job_id)
@@ -396,8 +414,9 @@ class JobExecutor:
             return params
         filled = fill_defaults(params, self.settings, runtime.generator.capabilities)
         with session_scope(self.sessions) as session:
-            jobs.record_params(session=session, job_id=job_id, params=filled,
-                               worker=self.worker_name)  # fmt: skip
+            jobs.record_params(
+                session=session, job_id=job_id, params=filled, worker=self.worker_name
+            )
         return filled
 
     def _read_inputs(self, params: JobParams, inputs: dict[str, Any]) -> dict[str, Image.Image]:
@@ -486,8 +505,9 @@ class JobExecutor:
             if len(running) > 1:
                 # A batch failing must not fail a job that would succeed alone: each runs by
                 # itself, so the failure stays with the job that causes it.
-                log.warning("batch of %d failed (%s); running each alone", len(running),
-                            _describe(e))  # fmt: skip
+                log.warning(
+                    "batch of %d failed (%s); running each alone", len(running), _describe(e)
+                )
                 for member in running:
                     self._run_alone(member, lease)
                 return
@@ -535,9 +555,12 @@ class JobExecutor:
         except UnsupportedParameters as e:
             raise JobFailure(e.code, str(e)) from e
         refusal = limits.too_large(
-            params.cost, runtime.limits, model=params.model, device=runtime.device,
+            params.cost,
+            runtime.limits,
+            model=params.model,
+            device=runtime.device,
             describe=params.describe_cost(),
-        )  # fmt: skip
+        )
         if refusal:
             raise JobFailure(limits.TOO_LARGE, refusal)
 
@@ -600,12 +623,16 @@ class JobExecutor:
         recorded = self._commit(
             job_id,
             lambda session: jobs.succeed(
-                session=session, job_id=job_id, seed=seeds[0], images=kept, metrics=metrics,
+                session=session,
+                job_id=job_id,
+                seed=seeds[0],
+                images=kept,
+                metrics=metrics,
                 worker=self.worker_name,
             ),
             lambda done: WebhookEvent.succeeded if done else None,
             subscribed=member.subscribed,
-        )  # fmt: skip
+        )
         if not recorded:
             # The job left `running` while we worked: its images are not ours to keep.
             for image in kept:

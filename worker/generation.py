@@ -75,8 +75,12 @@ def _edit_fields(request: GenerationRequest) -> dict[str, Any]:
     if mask is not None and request.mask_blur:
         mask = mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
     strength = request.strength if request.strength is not None else 1.0
-    return {"mode": request.mode, "image": request.image.convert("RGB"), "mask": mask,
-            "strength": strength}  # fmt: skip
+    return {
+        "mode": request.mode,
+        "image": request.image.convert("RGB"),
+        "mask": mask,
+        "strength": strength,
+    }
 
 
 # --- placement and memory options ------------------------------------------------------------
@@ -198,8 +202,9 @@ class Generator:
         family_for(pipe)  # refuse before moving weights to the device
         place(pipe, device=device, options=options)
         pipe.set_progress_bar_config(disable=True)
-        generator = cls(pipe, model=model, options=options, device=device,
-                        images_per_call=images_per_call)  # fmt: skip
+        generator = cls(
+            pipe, model=model, options=options, device=device, images_per_call=images_per_call
+        )
         if options.compile:
             generator.warm_up()
         return generator
@@ -210,11 +215,19 @@ class Generator:
         makes the batch dimension dynamic), not in the first job or the first full batch."""
         caps = self.capabilities
         for n in sorted({1, self.images_per_call or 1}):
-            self.generate([GenerationRequest(
-                prompt="warm-up", negative_prompt=None, width=caps.native_width,
-                height=caps.native_height, steps=max(caps.min_steps, 2), guidance_scale=None,
-                seeds=tuple(range(n)),
-            )])  # fmt: skip
+            self.generate(
+                [
+                    GenerationRequest(
+                        prompt="warm-up",
+                        negative_prompt=None,
+                        width=caps.native_width,
+                        height=caps.native_height,
+                        steps=max(caps.min_steps, 2),
+                        guidance_scale=None,
+                        seeds=tuple(range(n)),
+                    )
+                ]
+            )
 
     # capabilities ----------------------------------------------------------------------------
     def _usable_schedulers(self) -> dict[str, Any]:

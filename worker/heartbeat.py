@@ -44,8 +44,14 @@ class Heartbeat:
         self.ttl = ttl
         self.clock = clock
         started = clock()
-        self.info = WorkerInfo(hostname=hostname, models=models, queues=queues, pid=os.getpid(),
-                               started_at=started, seen_at=started)  # fmt: skip
+        self.info = WorkerInfo(
+            hostname=hostname,
+            models=models,
+            queues=queues,
+            pid=os.getpid(),
+            started_at=started,
+            seen_at=started,
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="daikon-heartbeat", daemon=True)
 
@@ -57,12 +63,14 @@ class Heartbeat:
         is not served by it (its jobs would only fail with model_load_failed)."""
         failed = self.failed()
         broken = {self.queue_of(m) for m in failed}
-        self.info = self.info.model_copy(update={
-            "seen_at": self.clock(),
-            "load_errors": {self.queue_of(m): why for m, why in failed.items()},
-            "models": [m for m in self.all_models if m not in failed],
-            "queues": [q for q in self.all_queues if q not in broken],
-        })  # fmt: skip
+        self.info = self.info.model_copy(
+            update={
+                "seen_at": self.clock(),
+                "load_errors": {self.queue_of(m): why for m, why in failed.items()},
+                "models": [m for m in self.all_models if m not in failed],
+                "queues": [q for q in self.all_queues if q not in broken],
+            }
+        )
         write(self.client, self.info, ttl=self.ttl)
 
     def _run(self) -> None:

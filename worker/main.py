@@ -85,10 +85,11 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
         hostname=hostname,
         models=settings.served_models,
         queues=sorted(q.name for q in queues),
-        failed=lambda: heartbeats.load_errors(client, settings, hostname=hostname,
-                                              models=settings.served_models),
+        failed=lambda: heartbeats.load_errors(
+            client, settings, hostname=hostname, models=settings.served_models
+        ),
         queue_of=settings.queue_for,
-    )  # fmt: skip
+    )
     _heartbeat.start()
 
 

@@ -99,9 +99,9 @@ class ClipRanker:
 
         p = self.processor.image_processor
         device = next(i.device for i in images if not isinstance(i, Image.Image))
-        x = torch.stack([
-            _pil_tensor(i).to(device) if isinstance(i, Image.Image) else i.float() for i in images
-        ])  # fmt: skip
+        x = torch.stack(
+            [_pil_tensor(i).to(device) if isinstance(i, Image.Image) else i.float() for i in images]
+        )
         x = (x.clamp(0, 1) * 255).round() / 255
         h, w = x.shape[-2:]
         if p.do_resize:
@@ -111,8 +111,9 @@ class ClipRanker:
             else:
                 size = (_field(p.size, "height"), _field(p.size, "width"))
             if size != (h, w):
-                x = F.interpolate(x, size=size, mode="bicubic", align_corners=False,
-                                  antialias=True).clamp(0, 1)  # fmt: skip
+                x = F.interpolate(
+                    x, size=size, mode="bicubic", align_corners=False, antialias=True
+                ).clamp(0, 1)
         if p.do_center_crop:
             ch, cw = _field(p.crop_size, "height"), _field(p.crop_size, "width")
             h, w = x.shape[-2:]

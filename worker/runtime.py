@@ -84,9 +84,13 @@ def load_runtime(settings: Settings, model: str) -> ModelRuntime:
     started = time.perf_counter()
     try:
         generator = Generator.load(
-            spec.pipeline, model=model, device=device, dtype=dtype, options=spec.options,
+            spec.pipeline,
+            model=model,
+            device=device,
+            dtype=dtype,
+            options=spec.options,
             images_per_call=model_limits.images_per_call,
-        )  # fmt: skip
+        )
     except Exception as e:
         raise ModelLoadError(f"cannot load pipeline {spec.pipeline!r}: {e}") from e
     try:
@@ -95,9 +99,16 @@ def load_runtime(settings: Settings, model: str) -> ModelRuntime:
         raise ModelLoadError(f"cannot load CLIP model {clip_id!r}: {e}") from e
     seconds = time.perf_counter() - started
     log.info("model %s loaded on %s (%s) in %.1fs", model, device, dtype, seconds)
-    _publish(settings, ServedModel(model=model, device=device, limits=model_limits,
-                                   capabilities=generator.capabilities,
-                                   loaded_at=datetime.now(UTC)))  # fmt: skip
+    _publish(
+        settings,
+        ServedModel(
+            model=model,
+            device=device,
+            limits=model_limits,
+            capabilities=generator.capabilities,
+            loaded_at=datetime.now(UTC),
+        ),
+    )
     return ModelRuntime(generator, ranker, device, seconds, model_limits)
 
 
@@ -190,7 +201,12 @@ def _record_load(settings: Settings, model: str, error: str | None) -> None:
     if node_name is None:
         return
     try:
-        heartbeats.record_load(live.client(settings.services.redis_url), settings, model=model,
-                               hostname=node_name, error=error)  # fmt: skip
+        heartbeats.record_load(
+            live.client(settings.services.redis_url),
+            settings,
+            model=model,
+            hostname=node_name,
+            error=error,
+        )
     except Exception as e:
         log.warning("could not record the load of model %s: %s", model, e)

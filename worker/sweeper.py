@@ -57,17 +57,18 @@ def sweep_once(app: Celery, settings: Settings, sessions: sessionmaker[Session])
                 jobs.mark_unpublished(session=session, job_id=job.job_id)
             continue
         published += 1
-        log.warning("sweeper: published job %s again (its message may have been lost)",
-                    job.job_id)  # fmt: skip
+        log.warning("sweeper: published job %s again (its message may have been lost)", job.job_id)
     return published
 
 
 def retention_periods(settings: Settings) -> dict[JobStatus, timedelta]:
     """Each ended status's period; a status kept forever (0) has none."""
     hours = settings.retention
-    periods = {JobStatus.canceled: hours.retain_canceled_hours,
-               JobStatus.failed: hours.retain_failed_hours,
-               JobStatus.succeeded: hours.retain_succeeded_hours}  # fmt: skip
+    periods = {
+        JobStatus.canceled: hours.retain_canceled_hours,
+        JobStatus.failed: hours.retain_failed_hours,
+        JobStatus.succeeded: hours.retain_succeeded_hours,
+    }
     return {status: timedelta(hours=h) for status, h in periods.items() if h > 0}
 
 
@@ -110,8 +111,9 @@ def purge_once(
             with session_scope(sessions) as session:
                 retention.forget_deletions(session=session, ids=done)
     if expired.jobs or done:
-        log.info("retention: deleted %d expired jobs and %d stored objects",
-                 expired.jobs, len(done))  # fmt: skip
+        log.info(
+            "retention: deleted %d expired jobs and %d stored objects", expired.jobs, len(done)
+        )
     return Purged(expired.jobs, len(done), len(pending) - len(done))
 
 

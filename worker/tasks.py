@@ -22,11 +22,16 @@ DB_RETRY_MAX_SECONDS = 30
 
 
 @shared_task(
-    name=TASK_GENERATE, bind=True, ignore_result=True, max_retries=None,
+    name=TASK_GENERATE,
+    bind=True,
+    ignore_result=True,
+    max_retries=None,
     # The database is down: a new message after 1, 2, 4 ... up to 30 s, never an ack.
-    autoretry_for=(OperationalError,), retry_backoff=True,
-    retry_backoff_max=DB_RETRY_MAX_SECONDS, retry_jitter=False,
-)  # fmt: skip
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=DB_RETRY_MAX_SECONDS,
+    retry_jitter=False,
+)
 def generate_job(self: Any, job_id: str) -> str:
     # Time limits of its own (daikon/celery_config.publish_job's allowance), or the deployment's.
     limited = any(limit is not None for limit in (self.request.timelimit or ()))

@@ -86,12 +86,17 @@ def current() -> Viewer | None:
         return None
     svc = services()
     with session_scope(svc.sessions) as session:
-        row = dashboard.find_session(session=session, token=token, secret=svc.signing_key,
-                                     settings_key_hash=settings_key_hash())  # fmt: skip
+        row = dashboard.find_session(
+            session=session,
+            token=token,
+            secret=svc.signing_key,
+            settings_key_hash=settings_key_hash(),
+        )
         if row is None:
             return None
-        viewer = Viewer(token=token, actor=row.actor, key_id=row.key_id, scope=row.scope,
-                        notice=row.notice)  # fmt: skip
+        viewer = Viewer(
+            token=token, actor=row.actor, key_id=row.key_id, scope=row.scope, notice=row.notice
+        )
     g.viewer = viewer
     return viewer
 

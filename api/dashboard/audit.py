@@ -20,8 +20,9 @@ def audit_page() -> Response:
     if raw:
         # The log's ids are 32-bit on PostgreSQL (a larger number is a database error there).
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) < 2**31):
-            raise InvalidRequest(f"before: {raw[:40]!r} is not an entry number of this log",
-                                 param="before")  # fmt: skip
+            raise InvalidRequest(
+                f"before: {raw[:40]!r} is not an entry number of this log", param="before"
+            )
         before = int(raw)
     with session_scope(services().sessions) as session:
         rows = list(dashboard.audit_log(session=session, limit=PAGE + 1, before_id=before))

@@ -115,8 +115,14 @@ def safe_next(target: str) -> bool:
 
 def audit_action(session: Any, action: str, target: str = "", **detail: Any) -> None:
     viewer = current_viewer()
-    dashboard.audit(session=session, actor=viewer.actor, key_id=viewer.key_id, action=action,
-                    target=target, detail=detail)  # fmt: skip
+    dashboard.audit(
+        session=session,
+        actor=viewer.actor,
+        key_id=viewer.key_id,
+        action=action,
+        target=target,
+        detail=detail,
+    )
 
 
 def date_arg(name: str) -> datetime | None:
@@ -133,6 +139,7 @@ def date_arg(name: str) -> datetime | None:
     except OverflowError:  # its zone moves it past year 1 or 9999
         value = LATEST
     if not EARLIEST <= value < LATEST:
-        raise InvalidRequest(f"{name}: {raw!r} is not between {EARLIEST:%Y-%m-%d} and "
-                             f"{LATEST:%Y-%m-%d}", param=name)  # fmt: skip
+        raise InvalidRequest(
+            f"{name}: {raw!r} is not between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}", param=name
+        )
     return value

@@ -36,11 +36,14 @@ def _search() -> dashboard.JobSearch:
     except ValueError:
         raise InvalidRequest("cursor: not a cursor this page gave", param="cursor") from None
     return dashboard.JobSearch(
-        statuses=tuple(statuses), tenant_id=request.args.get("tenant") or None,
-        model=request.args.get("model") or None, created_after=date_arg("from"),
-        created_before=date_arg("to"), text=request.args.get("q", "").strip() or None,
+        statuses=tuple(statuses),
+        tenant_id=request.args.get("tenant") or None,
+        model=request.args.get("model") or None,
+        created_after=date_arg("from"),
+        created_before=date_arg("to"),
+        text=request.args.get("q", "").strip() or None,
         before=before,
-    )  # fmt: skip
+    )
 
 
 def _thumb(job: Job) -> str | None:
@@ -60,9 +63,15 @@ def jobs_page() -> Response:
         paused = dashboard.paused(session=session)
         names = {t.id: t.name for t in tenants.list_tenants(session=session)}
         progress = svc.live.progress(j.id for j in page if j.status is JobStatus.running)
-        items = [{"job": j, "thumb": _thumb(j), "progress": progress.get(j.id),
-                  "paused": j.status is JobStatus.queued and j.model in paused}
-                 for j in page]  # fmt: skip
+        items = [
+            {
+                "job": j,
+                "thumb": _thumb(j),
+                "progress": progress.get(j.id),
+                "paused": j.status is JobStatus.queued and j.model in paused,
+            }
+            for j in page
+        ]
     args = request.args.to_dict(flat=False)
     args.pop("cursor", None)
     args.pop("fragment", None)
@@ -77,12 +86,19 @@ def jobs_page() -> Response:
         )
     template = "_jobs_rows.html" if request.args.get("fragment") else "jobs.html"
     return render(
-        template, items=items, next_url=next_url, tenants=names, statuses=list(JobStatus),
-        chosen={s.value for s in where.statuses}, models=list(svc.settings.model_specs),
-        args=request.args, first_page=where.before is None,
-        refresh=url_for("dashboard.jobs_page") + "?" + urlencode({**args, "fragment": 1},
-                                                                  doseq=True),
-    )  # fmt: skip
+        template,
+        items=items,
+        next_url=next_url,
+        tenants=names,
+        statuses=list(JobStatus),
+        chosen={s.value for s in where.statuses},
+        models=list(svc.settings.model_specs),
+        args=request.args,
+        first_page=where.before is None,
+        refresh=url_for("dashboard.jobs_page")
+        + "?"
+        + urlencode({**args, "fragment": 1}, doseq=True),
+    )
 
 
 @bp.get("/jobs/<job_id>")
@@ -93,12 +109,17 @@ def job_page(job_id: str) -> Response:
         job = jobs.get(session=session, job_id=job_id)
         where = links(svc)
         images = [(image, where.image_url(job, image)) for image in job.images]
-        inputs = [(role, record, where.input_url(job, role, record["key"]))
-                  for role, record in sorted((job.inputs or {}).items())]  # fmt: skip
+        inputs = [
+            (role, record, where.input_url(job, role, record["key"]))
+            for role, record in sorted((job.inputs or {}).items())
+        ]
         hooks = list(deliveries.list_for_job(session=session, job_id=job_id))
         retries = list(dashboard.retries_of(session=session, job_id=job_id))
-        tenant = tenants.get_tenant(session=session, tenant_id=job.tenant_id).name if (
-            job.tenant_id) else "-"  # fmt: skip
+        tenant = (
+            tenants.get_tenant(session=session, tenant_id=job.tenant_id).name
+            if (job.tenant_id)
+            else "-"
+        )
         is_paused = job.status is JobStatus.queued and jobs.is_paused(
             session=session, model=job.model
         )
@@ -109,9 +130,19 @@ def job_page(job_id: str) -> Response:
         )
     step = svc.live.progress([job.id]).get(job.id) if job.status is JobStatus.running else None
     template = "_job_live.html" if request.args.get("fragment") else "job.html"
-    return render(template, job=job, images=images, inputs=inputs, hooks=hooks, retries=retries,
-                 tenant=tenant, paused=is_paused, position=position, progress=step,
-                 terminal=job.status in TERMINAL)  # fmt: skip
+    return render(
+        template,
+        job=job,
+        images=images,
+        inputs=inputs,
+        hooks=hooks,
+        retries=retries,
+        tenant=tenant,
+        paused=is_paused,
+        position=position,
+        progress=step,
+        terminal=job.status in TERMINAL,
+    )
 
 
 @bp.post("/jobs/<job_id>/cancel")
@@ -121,8 +152,9 @@ def cancel(job_id: str) -> BaseResponse:
     done = cancel_job(svc, job_id)
     with session_scope(svc.sessions) as session:
         audit_action(session, "job.cancel", job_id, changed=done)
-    return back("dashboard.job_page", "Canceled." if done else "It was canceled already.",
-                 job_id=job_id)  # fmt: skip
+    return back(
+        "dashboard.job_page", "Canceled." if done else "It was canceled already.", job_id=job_id
+    )
 
 
 @bp.post("/jobs/<job_id>/retry")

@@ -89,16 +89,29 @@ def _overview_data() -> dict[str, Any]:
             continue
         host = w.hostname.partition("@")[2] or w.hostname
         mine = [r for r in running if r.owner.rpartition(":")[0] == host]
-        worker_rows.append({
-            "hostname": w.hostname, "models": w.models, "seen_at": w.seen_at,
-            "devices": sorted({devices.get(m, "not loaded yet") for m in w.models}),
-            "running": mine, "load_errors": w.load_errors,
-        })  # fmt: skip
+        worker_rows.append(
+            {
+                "hostname": w.hostname,
+                "models": w.models,
+                "seen_at": w.seen_at,
+                "devices": sorted({devices.get(m, "not loaded yet") for m in w.models}),
+                "running": mine,
+                "load_errors": w.load_errors,
+            }
+        )
     return {
-        "at": at, "queues": queue_rows, "paused": paused, "hour": hour, "day": day,
-        "images_per_minute": images_10m / 10, "failures": failures, "running": running,
-        "latency": latency, "workers": worker_rows, "serving": serving,
-    }  # fmt: skip
+        "at": at,
+        "queues": queue_rows,
+        "paused": paused,
+        "hour": hour,
+        "day": day,
+        "images_per_minute": images_10m / 10,
+        "failures": failures,
+        "running": running,
+        "latency": latency,
+        "workers": worker_rows,
+        "serving": serving,
+    }
 
 
 @bp.get("/")
@@ -115,14 +128,18 @@ def charts() -> Response:
     svc = services()
     at = now()
     with session_scope(svc.sessions) as session:
-        s = dashboard.series(session=session, since=at - timedelta(hours=1), now=at,
-                             step=timedelta(minutes=1))  # fmt: skip
+        s = dashboard.series(
+            session=session, since=at - timedelta(hours=1), now=at, step=timedelta(minutes=1)
+        )
     return render(
         "_charts.html",
-        depth=line_chart(s.queued, start=s.start, step=s.step,
-                         title="Jobs waiting in the queue, per minute"),
-        finished=line_chart(s.finished, start=s.start, step=s.step, kind="bar",
-                            title="Jobs finished per minute"),
-        images=line_chart(s.images, start=s.start, step=s.step, kind="bar",
-                          title="Images per minute"),
-    )  # fmt: skip
+        depth=line_chart(
+            s.queued, start=s.start, step=s.step, title="Jobs waiting in the queue, per minute"
+        ),
+        finished=line_chart(
+            s.finished, start=s.start, step=s.step, kind="bar", title="Jobs finished per minute"
+        ),
+        images=line_chart(
+            s.images, start=s.start, step=s.step, kind="bar", title="Images per minute"
+        ),
+    )

@@ -25,8 +25,9 @@ def queues_page() -> Response:
         # A paused model is listed even without jobs or configuration: it can be resumed.
         rows = dashboard.queues(session=session, models=[*svc.settings.model_specs, *paused])
         names = tenants.list_tenants(session=session)
-        tenant_rows = [(t, len(dashboard.queued_ids(session=session, tenant_id=t.id)))
-                       for t in names]  # fmt: skip
+        tenant_rows = [
+            (t, len(dashboard.queued_ids(session=session, tenant_id=t.id))) for t in names
+        ]
     return render("queues.html", queues=rows, paused=paused, tenants=tenant_rows)
 
 
@@ -39,8 +40,11 @@ def pause(model: str) -> BaseResponse:
         if model not in svc.settings.model_specs and not dashboard.has_work(
             session=session, model=model
         ):
-            raise NotFound(f"model {model!r} is not configured and has no queued or running "
-                           "jobs: there is no queue to pause", param="model")  # fmt: skip
+            raise NotFound(
+                f"model {model!r} is not configured and has no queued or running "
+                "jobs: there is no queue to pause",
+                param="model",
+            )
         changed = dashboard.pause(session=session, model=model, by=current_viewer().actor)
         audit_action(session, "queue.pause", model, changed=changed)
     return back("dashboard.queues_page", f"Queue {model} paused: workers start none of its jobs.")
@@ -60,8 +64,11 @@ def _cancel_scope() -> tuple[str | None, str | None, str]:
     tenant_id = request.values.get("tenant") or None
     if model is None and tenant_id is None:
         raise InvalidRequest("name a model or a tenant whose queued jobs to cancel", param="model")
-    what = " and ".join(x for x in (f"model {model}" if model else "",
-                                    f"tenant {tenant_id}" if tenant_id else "") if x)  # fmt: skip
+    what = " and ".join(
+        x
+        for x in (f"model {model}" if model else "", f"tenant {tenant_id}" if tenant_id else "")
+        if x
+    )
     return model, tenant_id, what
 
 

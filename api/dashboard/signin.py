@@ -25,8 +25,15 @@ def login_form() -> Response:
     token = access.new_login_token()
     target = request.args.get("next", "")
     resp = render("login.html", login_token=token, next=target if safe_next(target) else "")
-    resp.set_cookie(access.LOGIN_COOKIE, token, httponly=True, samesite="Strict",
-                    secure=access.cookie_secure(), max_age=600, path="/admin")  # fmt: skip
+    resp.set_cookie(
+        access.LOGIN_COOKIE,
+        token,
+        httponly=True,
+        samesite="Strict",
+        secure=access.cookie_secure(),
+        max_age=600,
+        path="/admin",
+    )
     return resp
 
 
@@ -41,8 +48,10 @@ def login() -> BaseResponse:
     # Before the key is looked at: a refused address leaves no session behind.
     target = request.form.get("next", "") or url_for("dashboard.overview")
     if not safe_next(target):
-        raise BadRequest("next: not an address of this dashboard (a path under /admin, in "
-                         "printable ASCII)", param="next")  # fmt: skip
+        raise BadRequest(
+            "next: not an address of this dashboard (a path under /admin, in printable ASCII)",
+            param="next",
+        )
     key = request.form.get("key", "").strip()
     svc = services()
     with session_scope(svc.sessions) as session:
@@ -57,16 +66,31 @@ def login() -> BaseResponse:
             )
         dashboard.purge_sessions(session=session)
         token = dashboard.create_session(
-            session=session, key_id=holder.key_id, key_hash=tenants.hash_key(key),
-            secret=svc.signing_key, actor=holder.actor, scope=holder.scope,
+            session=session,
+            key_id=holder.key_id,
+            key_hash=tenants.hash_key(key),
+            secret=svc.signing_key,
+            actor=holder.actor,
+            scope=holder.scope,
             ttl=timedelta(hours=svc.settings.security.dashboard_session_hours),
-        )  # fmt: skip
-        dashboard.audit(session=session, actor=holder.actor, key_id=holder.key_id,
-                        action="login", detail={"scope": holder.scope.value})  # fmt: skip
+        )
+        dashboard.audit(
+            session=session,
+            actor=holder.actor,
+            key_id=holder.key_id,
+            action="login",
+            detail={"scope": holder.scope.value},
+        )
     resp = redirect(target, code=303)
-    resp.set_cookie(access.COOKIE, token, httponly=True, samesite="Strict",
-                    secure=access.cookie_secure(), path="/admin",
-                    max_age=int(svc.settings.security.dashboard_session_hours * 3600))  # fmt: skip
+    resp.set_cookie(
+        access.COOKIE,
+        token,
+        httponly=True,
+        samesite="Strict",
+        secure=access.cookie_secure(),
+        path="/admin",
+        max_age=int(svc.settings.security.dashboard_session_hours * 3600),
+    )
     resp.delete_cookie(access.LOGIN_COOKIE, path="/admin")
     return resp
 

@@ -24,8 +24,10 @@ from db.session import session_scope
 @openapi.hidden
 def tenants_page() -> Response:
     with session_scope(services().sessions) as session:
-        rows = [(t, tenants.list_keys(session=session, tenant_id=t.id))
-                for t in tenants.list_tenants(session=session)]  # fmt: skip
+        rows = [
+            (t, tenants.list_keys(session=session, tenant_id=t.id))
+            for t in tenants.list_tenants(session=session)
+        ]
     return render("tenants.html", rows=rows)
 
 
@@ -85,8 +87,14 @@ def create_key(tenant_id: str) -> Response:
     name = request.form.get("name", "")[:128]
     with session_scope(services().sessions) as session:
         new = tenants.create_key(session=session, tenant_id=tenant_id, name=name, scope=scope)
-        audit_action(session, "key.create", new.key.id, tenant=tenant_id, prefix=new.key.prefix,
-               scope=scope.value)  # fmt: skip
+        audit_action(
+            session,
+            "key.create",
+            new.key.id,
+            tenant=tenant_id,
+            prefix=new.key.prefix,
+            scope=scope.value,
+        )
         return render("tenant.html", 201, new_key=new.secret, **_tenant_context(session, tenant_id))
 
 
@@ -112,8 +120,9 @@ def rotate_secret(tenant_id: str) -> Response:
             session=session, tenant_id=tenant_id, overlap=timedelta(hours=hours), cipher=svc.cipher
         )
         audit_action(session, "webhook_secret.rotate", tenant_id, overlap_hours=hours)
-        return render("tenant.html", 201, new_secret=made.secret,
-                     **_tenant_context(session, tenant_id))  # fmt: skip
+        return render(
+            "tenant.html", 201, new_secret=made.secret, **_tenant_context(session, tenant_id)
+        )
 
 
 def _limit(name: str, most: int, least: int = 1) -> int | None:

@@ -33,9 +33,27 @@ from daikon.client.sync import Daikon
 from daikon.client.webhooks import verify_webhook
 
 __all__ = [
-    "APIConnectionError", "APIError", "AsyncDaikon", "AuthenticationError", "BadRequestError",
-    "ConflictError", "Daikon", "DaikonError", "DoneEvent", "InternalServerError",
-    "InvalidRequestError", "JobEvent", "NotFoundError", "PermissionDeniedError",
-    "ProgressEvent", "RateLimitError", "RetryPolicy", "ServiceUnavailableError",
-    "StatusEvent", "WaitTimeout", "WebhookVerificationError", "models", "verify_webhook",
-]  # fmt: skip
+    "APIConnectionError",
+    "APIError",
+    "AsyncDaikon",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "Daikon",
+    "DaikonError",
+    "DoneEvent",
+    "InternalServerError",
+    "InvalidRequestError",
+    "JobEvent",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProgressEvent",
+    "RateLimitError",
+    "RetryPolicy",
+    "ServiceUnavailableError",
+    "StatusEvent",
+    "WaitTimeout",
+    "WebhookVerificationError",
+    "models",
+    "verify_webhook",
+]

@@ -156,14 +156,29 @@ class Endpoints:
                 raise TypeError("give either a JobRequest or a prompt with keyword fields")
             body = request.model_dump(mode="json", exclude_unset=True)
         key = idempotency_key or f"daikon-client-{uuid.uuid4()}"
-        files = {role: (f"{role}.png", read_input(f)) for role, f in (inputs or {}).items()
-                 if f is not None}  # fmt: skip
+        files = {
+            role: (f"{role}.png", read_input(f))
+            for role, f in (inputs or {}).items()
+            if f is not None
+        }
         if files:
-            return Call("POST", "/v1/jobs", model_reader(JobOut),
-                        form={"request": json.dumps(body)}, files=files,
-                        headers={"Idempotency-Key": key}, replay_safe=True)  # fmt: skip
-        return Call("POST", "/v1/jobs", model_reader(JobOut), json=body,
-                    headers={"Idempotency-Key": key}, replay_safe=True)  # fmt: skip
+            return Call(
+                "POST",
+                "/v1/jobs",
+                model_reader(JobOut),
+                form={"request": json.dumps(body)},
+                files=files,
+                headers={"Idempotency-Key": key},
+                replay_safe=True,
+            )
+        return Call(
+            "POST",
+            "/v1/jobs",
+            model_reader(JobOut),
+            json=body,
+            headers={"Idempotency-Key": key},
+            replay_safe=True,
+        )
 
     @staticmethod
     def get(job_id: str) -> Call[JobOut]:
@@ -174,13 +189,22 @@ class Endpoints:
         """GET with If-None-Match: `job` is None while unchanged (304)."""
 
         def read(response: httpx2.Response) -> Polled:
-            job = None if response.status_code == 304 else JobOut.model_validate_json(
-                response.content)  # fmt: skip
+            job = (
+                None
+                if response.status_code == 304
+                else JobOut.model_validate_json(response.content)
+            )
             return Polled(job, response.headers.get("ETag"), retry_after_of(response))
 
         headers = {"If-None-Match": etag} if etag else {}
-        return Call("GET", f"/v1/jobs/{_q(job_id)}", read, headers=headers, replay_safe=True,
-                    ok=frozenset({200, 304}))  # fmt: skip
+        return Call(
+            "GET",
+            f"/v1/jobs/{_q(job_id)}",
+            read,
+            headers=headers,
+            replay_safe=True,
+            ok=frozenset({200, 304}),
+        )
 
     @staticmethod
     def image(url: str) -> Call[bytes]:
@@ -190,8 +214,7 @@ class Endpoints:
     @staticmethod
     def cancel(job_id: str) -> Call[JobOut]:
         # Canceling a canceled job is a no-op: a retry cannot do anything twice.
-        return Call("POST", f"/v1/jobs/{_q(job_id)}/cancel", model_reader(JobOut),
-                    replay_safe=True)  # fmt: skip
+        return Call("POST", f"/v1/jobs/{_q(job_id)}/cancel", model_reader(JobOut), replay_safe=True)
 
     @staticmethod
     def list_page(
@@ -232,18 +255,24 @@ class Endpoints:
         body: dict[str, object] = {"name": name, "admin": admin}
         if scope is not None:
             body["scope"] = scope
-        return Call("POST", f"/v1/admin/tenants/{_q(tenant_id)}/keys", model_reader(NewKeyOut),
-                    json=body)  # fmt: skip
+        return Call(
+            "POST", f"/v1/admin/tenants/{_q(tenant_id)}/keys", model_reader(NewKeyOut), json=body
+        )
 
     @staticmethod
     def keys(tenant_id: str) -> Call[KeyList]:
-        return Call("GET", f"/v1/admin/tenants/{_q(tenant_id)}/keys", model_reader(KeyList),
-                    replay_safe=True)  # fmt: skip
+        return Call(
+            "GET",
+            f"/v1/admin/tenants/{_q(tenant_id)}/keys",
+            model_reader(KeyList),
+            replay_safe=True,
+        )
 
     @staticmethod
     def revoke_key(key_id: str) -> Call[KeyOut]:
-        return Call("DELETE", f"/v1/admin/keys/{_q(key_id)}", model_reader(KeyOut),
-                    replay_safe=True)  # fmt: skip
+        return Call(
+            "DELETE", f"/v1/admin/keys/{_q(key_id)}", model_reader(KeyOut), replay_safe=True
+        )
 
     @staticmethod
     def rotate_webhook_secret(overlap_hours: float | None) -> Call[SecretOut]:
@@ -252,13 +281,15 @@ class Endpoints:
 
     @staticmethod
     def deliveries(job_id: str) -> Call[DeliveryList]:
-        return Call("GET", f"/v1/jobs/{_q(job_id)}/webhooks", model_reader(DeliveryList),
-                    replay_safe=True)  # fmt: skip
+        return Call(
+            "GET", f"/v1/jobs/{_q(job_id)}/webhooks", model_reader(DeliveryList), replay_safe=True
+        )
 
     @staticmethod
     def redeliver(delivery_id: str) -> Call[DeliveryOut]:
-        return Call("POST", f"/v1/admin/webhooks/{_q(delivery_id)}/redeliver",
-                    model_reader(DeliveryOut))  # fmt: skip
+        return Call(
+            "POST", f"/v1/admin/webhooks/{_q(delivery_id)}/redeliver", model_reader(DeliveryOut)
+        )
 
 
 def read_input(source: InputFile) -> bytes:

@@ -95,10 +95,15 @@ class AsyncDaikon:
         while True:
             headers = {**(self._headers if call.auth else {}), **call.headers}
             try:
-                response = await self._http.request(call.method, call.url(self.base_url),
-                                              params=call.params, json=call.json,
-                                              data=call.form, files=call.files,
-                                              headers=headers)  # fmt: skip
+                response = await self._http.request(
+                    call.method,
+                    call.url(self.base_url),
+                    params=call.params,
+                    json=call.json,
+                    data=call.form,
+                    files=call.files,
+                    headers=headers,
+                )
             except httpx2.TransportError as e:
                 delay = self.retry.after_error(call, attempt, e)
                 if delay is None:
@@ -150,9 +155,11 @@ class AsyncDaikon:
         cursor: str | None = None,
     ) -> JobList:
         """One page of jobs, newest first; pass `next_cursor` as `cursor` for the next."""
-        return await self._send(Endpoints.list_page(status=status, model=model,
-                                              created_after=created_after, limit=limit,
-                                              cursor=cursor))  # fmt: skip
+        return await self._send(
+            Endpoints.list_page(
+                status=status, model=model, created_after=created_after, limit=limit, cursor=cursor
+            )
+        )
 
     async def list(
         self,
@@ -165,8 +172,13 @@ class AsyncDaikon:
         """Every matching job, newest first, fetching pages as it goes."""
         cursor: str | None = None
         while True:
-            page = await self.list_page(status=status, model=model, created_after=created_after,
-                                  limit=page_size, cursor=cursor)  # fmt: skip
+            page = await self.list_page(
+                status=status,
+                model=model,
+                created_after=created_after,
+                limit=page_size,
+                cursor=cursor,
+            )
             for job in page.jobs:
                 yield job
             if not page.has_more or page.next_cursor is None:
@@ -190,10 +202,14 @@ class AsyncDaikon:
             delivered = False
             timeout: Any = DEFAULT_TIMEOUT
             if deadline is not None:
-                timeout = httpx2.Timeout(max(0.1, min(30.0, deadline - time.monotonic())),
-                                         connect=10.0)  # fmt: skip
-            headers = {**self._headers, "Accept": "text/event-stream",
-                       **stream_headers(state.last_event_id)}  # fmt: skip
+                timeout = httpx2.Timeout(
+                    max(0.1, min(30.0, deadline - time.monotonic())), connect=10.0
+                )
+            headers = {
+                **self._headers,
+                "Accept": "text/event-stream",
+                **stream_headers(state.last_event_id),
+            }
             try:
                 async with self._http.stream("GET", url, headers=headers, timeout=timeout) as r:
                     if r.status_code != 200:
@@ -286,8 +302,7 @@ class AsyncDaikon:
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for image in sorted(job.images, key=lambda i: i.rank):
-            path = folder / image_file_name(job, image.rank, image.clip_score,
-                                            image.content_type)  # fmt: skip
+            path = folder / image_file_name(job, image.rank, image.clip_score, image.content_type)
             await self.download(image, path)
             paths.append(path)
         return paths

@@ -88,10 +88,15 @@ class InternalServerError(APIError):
 
 
 _BY_STATUS: dict[int, type[APIError]] = {
-    400: BadRequestError, 401: AuthenticationError, 403: PermissionDeniedError,
-    404: NotFoundError, 409: ConflictError, 422: InvalidRequestError, 429: RateLimitError,
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: InvalidRequestError,
+    429: RateLimitError,
     503: ServiceUnavailableError,
-}  # fmt: skip
+}
 
 
 def retry_after_of(response: httpx2.Response) -> float | None:
@@ -115,5 +120,11 @@ def error_from(response: httpx2.Response) -> APIError:
     except ValidationError:
         text = response.text.strip()[:300] or response.reason_phrase
         return cls(status, code=f"http_{status}", message=text, retry_after=retry_after)
-    return cls(status, code=body.code, message=body.message, type=body.type, param=body.param,
-               retry_after=retry_after)  # fmt: skip
+    return cls(
+        status,
+        code=body.code,
+        message=body.message,
+        type=body.type,
+        param=body.param,
+        retry_after=retry_after,
+    )

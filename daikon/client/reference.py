@@ -77,10 +77,14 @@ def cli_reference() -> str:
     from daikon.cli import app
 
     root = get_command(app)
-    out = ["## Command reference", "",
-           "Global options, before the command: `--url` (`DAIKON_URL`, default "
-           "`http://127.0.0.1:8000`) and `--key` (`DAIKON_API_KEY`). Every command takes "
-           "`--help`.", ""]  # fmt: skip
+    out = [
+        "## Command reference",
+        "",
+        "Global options, before the command: `--url` (`DAIKON_URL`, default "
+        "`http://127.0.0.1:8000`) and `--key` (`DAIKON_API_KEY`). Every command takes "
+        "`--help`.",
+        "",
+    ]
     for path, command in _commands(root, "daikon"):
         args = [p for p in command.params if not p.opts[0].startswith("-")]
         usage = " ".join([path, *(a.name.upper() for a in args), "[OPTIONS]"])
@@ -104,12 +108,17 @@ def cli_reference() -> str:
 
 
 def python_reference() -> str:
-    out = ["## Python reference", "",
-           "`Daikon(url=None, api_key=None, *, timeout=..., retry=RetryPolicy(), http=None)`: "
-           "`url` and `api_key` default to `DAIKON_URL` and `DAIKON_API_KEY`. `AsyncDaikon` "
-           "has the same methods as coroutines (`events` and `list` are async iterators, "
-           "`async with` closes it).", "",
-           "| Method | Returns | What it does |", "| --- | --- | --- |"]  # fmt: skip
+    out = [
+        "## Python reference",
+        "",
+        "`Daikon(url=None, api_key=None, *, timeout=..., retry=RetryPolicy(), http=None)`: "
+        "`url` and `api_key` default to `DAIKON_URL` and `DAIKON_API_KEY`. `AsyncDaikon` "
+        "has the same methods as coroutines (`events` and `list` are async iterators, "
+        "`async with` closes it).",
+        "",
+        "| Method | Returns | What it does |",
+        "| --- | --- | --- |",
+    ]
     for name, member in vars(Daikon).items():
         if name.startswith("_") or not callable(member) or name == "close":
             continue
@@ -117,23 +126,44 @@ def python_reference() -> str:
         params = _params(signature)
         returns = str(signature.return_annotation).replace("builtins.", "")
         out.append(f"| `{name}{_cell(params)}` | `{returns}` | {_summary(member)} |")
-    out += ["", "### Events", "", "`events()` yields these, in order, each once:", "",
-            "| Class | `kind` | Carries |", "| --- | --- | --- |"]  # fmt: skip
+    out += [
+        "",
+        "### Events",
+        "",
+        "`events()` yields these, in order, each once:",
+        "",
+        "| Class | `kind` | Carries |",
+        "| --- | --- | --- |",
+    ]
     for event in (StatusEvent, ProgressEvent, DoneEvent):
         payload = next(f for f in event.model_fields if f not in ("kind", "event_id"))
         shown = event.model_fields[payload].annotation
         kind = event.model_fields["kind"].default
-        out.append(f"| `{event.__name__}` | `{kind}` | `event_id`, `{payload}`: "
-                   f"{getattr(shown, '__name__', shown)} — {_summary(event)} |")  # fmt: skip
+        out.append(
+            f"| `{event.__name__}` | `{kind}` | `event_id`, `{payload}`: "
+            f"{getattr(shown, '__name__', shown)} — {_summary(event)} |"
+        )
     hook = inspect.signature(verify_webhook)
-    out += ["", "### Webhooks and retries", "",
-            f"`verify_webhook{_params(hook, skip_first=False)} -> "
-            f"{hook.return_annotation}`: {_cell(inspect.getdoc(verify_webhook) or '')}", "",
-            f"`RetryPolicy({', '.join(f'{f.name}={f.default!r}' for f in fields(RetryPolicy))})`: "
-            f"{_cell(inspect.getdoc(RetryPolicy) or '')}"]  # fmt: skip
-    out += ["", "### Errors", "", "Every exception is a `DaikonError`. `APIError` carries the "
-            "API's `status`, `code`, `message`, `param` and `retry_after`.", "",
-            "| Exception | Is a | When |", "| --- | --- | --- |"]  # fmt: skip
+    out += [
+        "",
+        "### Webhooks and retries",
+        "",
+        f"`verify_webhook{_params(hook, skip_first=False)} -> "
+        f"{hook.return_annotation}`: {_cell(inspect.getdoc(verify_webhook) or '')}",
+        "",
+        f"`RetryPolicy({', '.join(f'{f.name}={f.default!r}' for f in fields(RetryPolicy))})`: "
+        f"{_cell(inspect.getdoc(RetryPolicy) or '')}",
+    ]
+    out += [
+        "",
+        "### Errors",
+        "",
+        "Every exception is a `DaikonError`. `APIError` carries the "
+        "API's `status`, `code`, `message`, `param` and `retry_after`.",
+        "",
+        "| Exception | Is a | When |",
+        "| --- | --- | --- |",
+    ]
     for name in sorted(vars(errors)):
         cls = getattr(errors, name)
         if isinstance(cls, type) and issubclass(cls, errors.DaikonError):

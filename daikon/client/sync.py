@@ -93,10 +93,15 @@ class Daikon:
         while True:
             headers = {**(self._headers if call.auth else {}), **call.headers}
             try:
-                response = self._http.request(call.method, call.url(self.base_url),
-                                              params=call.params, json=call.json,
-                                              data=call.form, files=call.files,
-                                              headers=headers)  # fmt: skip
+                response = self._http.request(
+                    call.method,
+                    call.url(self.base_url),
+                    params=call.params,
+                    json=call.json,
+                    data=call.form,
+                    files=call.files,
+                    headers=headers,
+                )
             except httpx2.TransportError as e:
                 delay = self.retry.after_error(call, attempt, e)
                 if delay is None:
@@ -148,9 +153,11 @@ class Daikon:
         cursor: str | None = None,
     ) -> JobList:
         """One page of jobs, newest first; pass `next_cursor` as `cursor` for the next."""
-        return self._send(Endpoints.list_page(status=status, model=model,
-                                              created_after=created_after, limit=limit,
-                                              cursor=cursor))  # fmt: skip
+        return self._send(
+            Endpoints.list_page(
+                status=status, model=model, created_after=created_after, limit=limit, cursor=cursor
+            )
+        )
 
     def list(
         self,
@@ -163,8 +170,13 @@ class Daikon:
         """Every matching job, newest first, fetching pages as it goes."""
         cursor: str | None = None
         while True:
-            page = self.list_page(status=status, model=model, created_after=created_after,
-                                  limit=page_size, cursor=cursor)  # fmt: skip
+            page = self.list_page(
+                status=status,
+                model=model,
+                created_after=created_after,
+                limit=page_size,
+                cursor=cursor,
+            )
             yield from page.jobs
             if not page.has_more or page.next_cursor is None:
                 return
@@ -187,10 +199,14 @@ class Daikon:
             delivered = False
             timeout: Any = DEFAULT_TIMEOUT
             if deadline is not None:
-                timeout = httpx2.Timeout(max(0.1, min(30.0, deadline - time.monotonic())),
-                                         connect=10.0)  # fmt: skip
-            headers = {**self._headers, "Accept": "text/event-stream",
-                       **stream_headers(state.last_event_id)}  # fmt: skip
+                timeout = httpx2.Timeout(
+                    max(0.1, min(30.0, deadline - time.monotonic())), connect=10.0
+                )
+            headers = {
+                **self._headers,
+                "Accept": "text/event-stream",
+                **stream_headers(state.last_event_id),
+            }
             try:
                 with self._http.stream("GET", url, headers=headers, timeout=timeout) as r:
                     if r.status_code != 200:
@@ -281,8 +297,7 @@ class Daikon:
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for image in sorted(job.images, key=lambda i: i.rank):
-            path = folder / image_file_name(job, image.rank, image.clip_score,
-                                            image.content_type)  # fmt: skip
+            path = folder / image_file_name(job, image.rank, image.clip_score, image.content_type)
             self.download(image, path)
             paths.append(path)
         return paths

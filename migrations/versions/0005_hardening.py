@@ -22,8 +22,12 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("cost", sa.Float(), nullable=False, server_default="0"))
         batch.create_index("ix_jobs_tenant_id_status_model", ["tenant_id", "status", "model"])
-    jobs = sa.table("jobs", sa.column("id", sa.String), sa.column("params", sa.JSON),
-                    sa.column("cost", sa.Float))  # fmt: skip
+    jobs = sa.table(
+        "jobs",
+        sa.column("id", sa.String),
+        sa.column("params", sa.JSON),
+        sa.column("cost", sa.Float),
+    )
     conn = op.get_bind()
     for job_id, params in conn.execute(sa.select(jobs.c.id, jobs.c.params)).all():
         p = json.loads(params) if isinstance(params, str) else params
@@ -46,8 +50,7 @@ def downgrade() -> None:
     with op.batch_alter_table("webhook_attempts") as batch:
         batch.drop_column("response_bytes")
     # Code before 0005 signs with the stored value as it is: decrypt with this deployment's keys.
-    secrets = sa.table("webhook_secrets", sa.column("id", sa.String),
-                       sa.column("secret", sa.Text))  # fmt: skip
+    secrets = sa.table("webhook_secrets", sa.column("id", sa.String), sa.column("secret", sa.Text))
     conn = op.get_bind()
     rows = conn.execute(sa.select(secrets.c.id, secrets.c.secret)).all()
     if rows:
@@ -56,8 +59,11 @@ def downgrade() -> None:
 
         plain = cipher(Settings())
         for secret_id, stored in rows:
-            conn.execute(sa.update(secrets).where(secrets.c.id == secret_id)
-                         .values(secret=plain.decrypt(stored)))  # fmt: skip
+            conn.execute(
+                sa.update(secrets)
+                .where(secrets.c.id == secret_id)
+                .values(secret=plain.decrypt(stored))
+            )
     with op.batch_alter_table("webhook_secrets") as batch:
         batch.alter_column("secret", type_=sa.String(length=64), existing_type=sa.Text())
     with op.batch_alter_table("jobs") as batch:

@@ -27,11 +27,13 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column(
                 "scope",
-                sa.Enum(*SCOPES, native_enum=False, length=16, create_constraint=True,
-                        name="key_scope"),
-                nullable=False, server_default="tenant",
+                sa.Enum(
+                    *SCOPES, native_enum=False, length=16, create_constraint=True, name="key_scope"
+                ),
+                nullable=False,
+                server_default="tenant",
             )
-        )  # fmt: skip
+        )
     keys = sa.table("api_keys", sa.column("is_admin", sa.Boolean), sa.column("scope", sa.String))
     op.execute(sa.update(keys).where(keys.c.is_admin.is_(True)).values(scope="admin"))
     with op.batch_alter_table("api_keys") as batch:
@@ -51,15 +53,23 @@ def upgrade() -> None:
         sa.Column("id_hash", sa.String(64), nullable=False),
         sa.Column("key_id", sa.String(36), nullable=True),
         sa.Column("actor", sa.String(255), nullable=False),
-        sa.Column("scope", sa.Enum(*SCOPES, native_enum=False, length=16,
-                                   create_constraint=True, name="session_scope"),
-                  nullable=False),
+        sa.Column(
+            "scope",
+            sa.Enum(
+                *SCOPES, native_enum=False, length=16, create_constraint=True, name="session_scope"
+            ),
+            nullable=False,
+        ),
         sa.Column("created_at", UTC, nullable=False),
         sa.Column("expires_at", UTC, nullable=False),
-        sa.ForeignKeyConstraint(["key_id"], ["api_keys.id"], ondelete="CASCADE",
-                                name="fk_dashboard_sessions_key_id_api_keys"),
+        sa.ForeignKeyConstraint(
+            ["key_id"],
+            ["api_keys.id"],
+            ondelete="CASCADE",
+            name="fk_dashboard_sessions_key_id_api_keys",
+        ),
         sa.PrimaryKeyConstraint("id_hash", name="pk_dashboard_sessions"),
-    )  # fmt: skip
+    )
     op.create_index("ix_dashboard_sessions_expires_at", "dashboard_sessions", ["expires_at"])
     op.create_table(
         "audit_log",
@@ -71,7 +81,7 @@ def upgrade() -> None:
         sa.Column("target", sa.String(255), nullable=False),
         sa.Column("detail", JSON, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_audit_log"),
-    )  # fmt: skip
+    )
     op.create_index("ix_audit_log_at", "audit_log", ["at"])
     op.create_table(
         "paused_models",

@@ -48,8 +48,7 @@ def _count_what_is_stored() -> None:
     )
     for tenant_id, n in bind.execute(images):
         totals[tenant_id] = totals.get(tenant_id, 0) + int(n or 0)
-    jobs = sa.table("jobs", sa.column("id"), sa.column("tenant_id"),
-                    sa.column("inputs", sa.JSON()))  # fmt: skip
+    jobs = sa.table("jobs", sa.column("id"), sa.column("tenant_id"), sa.column("inputs", sa.JSON()))
     rows = bind.execute(
         sa.select(jobs.c.id, jobs.c.tenant_id, jobs.c.inputs).where(
             jobs.c.inputs.is_not(None), jobs.c.tenant_id.is_not(None)

@@ -348,12 +348,16 @@ def edit_modes(pipe: Any, family: Family) -> tuple[list[Mode], list[str]]:
         label = MODE_NAMES[mode]
         cls = edit_pipeline_class(pipe, mode)
         if cls is None:
-            notes.append(f"no {label} (mode {mode}): diffusers has no such pipeline for "
-                         f"{type(pipe).__name__}")  # fmt: skip
+            notes.append(
+                f"no {label} (mode {mode}): diffusers has no such pipeline for "
+                f"{type(pipe).__name__}"
+            )
             continue
         if mode not in family.edit_modes:
-            notes.append(f"no {label} (mode {mode}): Daikon's {family.name} adapter does not "
-                         f"drive {cls.__name__} yet")  # fmt: skip
+            notes.append(
+                f"no {label} (mode {mode}): Daikon's {family.name} adapter does not "
+                f"drive {cls.__name__} yet"
+            )
             continue
         refusal = family.edit_refusal(pipe, mode)
         if refusal:
@@ -362,8 +366,9 @@ def edit_modes(pipe: Any, family: Family) -> tuple[list[Mode], list[str]]:
         needed = (family.passes - {"width", "height"}) | _EDIT_NEEDS[mode]
         missing = sorted(needed - call_parameters(cls))
         if missing:
-            notes.append(f"no {label} (mode {mode}): {cls.__name__}.__call__ lacks "
-                         f"{', '.join(missing)}")  # fmt: skip
+            notes.append(
+                f"no {label} (mode {mode}): {cls.__name__}.__call__ lacks {', '.join(missing)}"
+            )
             continue
         modes.append(mode)  # type: ignore[arg-type]
     return modes, notes

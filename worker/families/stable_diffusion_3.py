@@ -31,8 +31,10 @@ class StableDiffusion3(Family):
     def edit_refusal(self, pipe: Any, mode: str) -> str | None:
         channels = int(pipe.transformer.config.in_channels)
         if mode == "inpaint" and channels not in (16, 33):
-            return (f"StableDiffusion3InpaintPipeline needs a transformer of 16 or 33 input "
-                    f"channels; this one has {channels}")  # fmt: skip
+            return (
+                f"StableDiffusion3InpaintPipeline needs a transformer of 16 or 33 input "
+                f"channels; this one has {channels}"
+            )
         return None
 
     def scheduler_usable(self, pipe: Any, scheduler: Any) -> bool:

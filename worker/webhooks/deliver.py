@@ -89,19 +89,23 @@ class Deliverer:
         now = self.clock()
         lease = timedelta(seconds=self.settings.webhooks.webhook_timeout_seconds) + LEASE_MARGIN
         with session_scope(self.sessions) as session:
-            d = deliveries.claim_attempt(session=session, delivery_id=delivery_id, now=now,
-                                       lease=lease)  # fmt: skip
+            d = deliveries.claim_attempt(
+                session=session, delivery_id=delivery_id, now=now, lease=lease
+            )
             if d is None:
                 return None
             if deliveries.is_disabled(session=session, tenant_id=d.tenant_id, url=d.url):
                 deliveries.mark_disabled(session=session, delivery_id=d.id, now=now)
                 return DeliveryStatus.disabled
-            keys = deliveries.signing_secrets(session=session, tenant_id=d.tenant_id, now=now,
-                                            cipher=self.cipher)  # fmt: skip
+            keys = deliveries.signing_secrets(
+                session=session, tenant_id=d.tenant_id, now=now, cipher=self.cipher
+            )
             allow = deliveries.allowlist_for(
-                session=session, tenant_id=d.tenant_id, allow=self.allow,
+                session=session,
+                tenant_id=d.tenant_id,
+                allow=self.allow,
                 trusted=self.settings.webhook_allow_tenant_names,
-            )  # fmt: skip
+            )
         # Only the claim's holder asks the gates: a duplicate message never defers a
         # delivery another thread is sending.
         assert self.gates is not None
@@ -116,12 +120,19 @@ class Deliverer:
         finally:
             state = self.gates.leave(endpoint, gate, outcome, now=self.clock().timestamp())
             if state.startswith("opened"):
-                log.warning("webhook endpoint %s of tenant %s gave no answer: circuit %s%s",
-                            endpoint.origin, endpoint.tenant_id, state,
-                            " (its probe failed)" if gate.probe else "")  # fmt: skip
+                log.warning(
+                    "webhook endpoint %s of tenant %s gave no answer: circuit %s%s",
+                    endpoint.origin,
+                    endpoint.tenant_id,
+                    state,
+                    " (its probe failed)" if gate.probe else "",
+                )
             elif state == "closed" and gate.probe:
-                log.info("webhook endpoint %s of tenant %s answered its probe: circuit closed",
-                         endpoint.origin, endpoint.tenant_id)  # fmt: skip
+                log.info(
+                    "webhook endpoint %s of tenant %s answered its probe: circuit closed",
+                    endpoint.origin,
+                    endpoint.tenant_id,
+                )
 
     def _attempt(
         self, d: WebhookDelivery, keys: list[str], allow: Allowlist, now: datetime
@@ -146,27 +157,47 @@ class Deliverer:
             outcome = Outcome.answered
         else:
             outcome = Outcome.unknown if result.refused else Outcome.unreachable
-        decision = decide(status_code=result.status_code, retry_after=result.retry_after,
-                          attempts_done=attempt, max_attempts=limit, rng=self.rng)  # fmt: skip
+        decision = decide(
+            status_code=result.status_code,
+            retry_after=result.retry_after,
+            attempts_done=attempt,
+            max_attempts=limit,
+            rng=self.rng,
+        )
         finished = max(self.clock(), now)
         delay = decision.delay
         next_at = finished + timedelta(seconds=delay) if delay is not None else None
         soon = delay is not None and delay <= SHORT_DELAY_SECONDS
         record = deliveries.AttemptRecord(
-            attempt=attempt, started_at=now, duration_ms=result.duration_ms,
-            address=result.address, status_code=result.status_code, error=result.error,
-            response_excerpt=result.excerpt, response_bytes=result.body_bytes,
-        )  # fmt: skip
+            attempt=attempt,
+            started_at=now,
+            duration_ms=result.duration_ms,
+            address=result.address,
+            status_code=result.status_code,
+            error=result.error,
+            response_excerpt=result.excerpt,
+            response_bytes=result.body_bytes,
+        )
         with session_scope(self.sessions) as session:
             current = deliveries.finish_attempt(
-                session=session, delivery=d, record=record, status=decision.status,
-                next_attempt_at=next_at, queued_at=next_at if soon else None, now=finished,
-            )  # fmt: skip
+                session=session,
+                delivery=d,
+                record=record,
+                status=decision.status,
+                next_attempt_at=next_at,
+                queued_at=next_at if soon else None,
+                now=finished,
+            )
         log.info(
-            "webhook %s (%s) attempt %d/%d: %s -> %s%s", delivery_id, event, attempt, limit,
-            result.status_code or result.error, decision.status.value,
+            "webhook %s (%s) attempt %d/%d: %s -> %s%s",
+            delivery_id,
+            event,
+            attempt,
+            limit,
+            result.status_code or result.error,
+            decision.status.value,
             f", next in {decision.delay:.0f} s" if decision.delay is not None else "",
-        )  # fmt: skip
+        )
         if current and soon and decision.delay is not None:
             self._publish(delivery_id, decision.delay)
         return decision.status, outcome
@@ -179,22 +210,34 @@ class Deliverer:
         endpoint's circuit stayed open past the retry schedule's span is given up."""
         wait = gate.wait * (1.0 + self.rng.uniform(0.0, JITTER))
         at = now + timedelta(seconds=wait)
-        why = (f"the endpoint {endpoint.origin} gave no answer: its circuit is open"
-               if gate.verdict is Verdict.open else
-               f"{'the endpoint' if gate.why != 'tenant' else 'the tenant'} has every "
-               "delivery slot taken")  # fmt: skip
+        why = (
+            f"the endpoint {endpoint.origin} gave no answer: its circuit is open"
+            if gate.verdict is Verdict.open
+            else f"{'the endpoint' if gate.why != 'tenant' else 'the tenant'} has every "
+            "delivery slot taken"
+        )
         give_up = d.max_attempts <= 1 or (  # fire-once (progress), or waited too long
             gate.verdict is Verdict.open and at - d.created_at > GIVE_UP_AFTER
         )
         soon = wait <= SHORT_DELAY_SECONDS
         with session_scope(self.sessions) as session:
             if give_up:
-                deliveries.end_unsent(session=session, delivery_id=d.id, attempt=d.attempts,
-                                      error=f"not sent: {why}", now=now)  # fmt: skip
+                deliveries.end_unsent(
+                    session=session,
+                    delivery_id=d.id,
+                    attempt=d.attempts,
+                    error=f"not sent: {why}",
+                    now=now,
+                )
             else:
-                moved = deliveries.put_back(session=session, delivery_id=d.id,
-                                            attempt=d.attempts, next_attempt_at=at,
-                                            queued_at=at if soon else None, now=now)  # fmt: skip
+                moved = deliveries.put_back(
+                    session=session,
+                    delivery_id=d.id,
+                    attempt=d.attempts,
+                    next_attempt_at=at,
+                    queued_at=at if soon else None,
+                    now=now,
+                )
         if give_up:
             log.info("webhook %s (%s) not sent: %s", d.id, d.event, why)
             return DeliveryStatus.failed
@@ -211,9 +254,11 @@ class Deliverer:
         for _ in range(DISPATCH_BATCHES):
             with session_scope(self.sessions) as session:
                 due = deliveries.take_due(
-                    session=session, now=self.clock(), requeue_after=REQUEUE_AFTER,
+                    session=session,
+                    now=self.clock(),
+                    requeue_after=REQUEUE_AFTER,
                     limit=DISPATCH_BATCH,
-                )  # fmt: skip
+                )
             for delivery_id in due:
                 self._publish(delivery_id, 0.0)
             published += due
@@ -267,8 +312,12 @@ def publisher(settings: Settings) -> Publish:
     app = make_celery(settings, main="daikon-webhook-publisher")
 
     def publish(delivery_id: str, countdown: float) -> None:
-        app.send_task(TASK_DELIVER, args=[delivery_id], queue=settings.webhooks.webhook_queue,
-                      countdown=countdown or None)  # fmt: skip
+        app.send_task(
+            TASK_DELIVER,
+            args=[delivery_id],
+            queue=settings.webhooks.webhook_queue,
+            countdown=countdown or None,
+        )
 
     return publish
 

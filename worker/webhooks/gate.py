@@ -226,8 +226,13 @@ class Gates:
 
     def _keys(self, endpoint: Endpoint) -> list[str]:
         tenant, ep = self._tenant(endpoint), self._endpoint(endpoint)
-        return [f"{tenant}:slots", f"{ep}:slots", f"{ep}:breaker", f"{tenant}:waiting",
-                f"{ep}:waiting"]  # fmt: skip
+        return [
+            f"{tenant}:slots",
+            f"{ep}:slots",
+            f"{ep}:breaker",
+            f"{tenant}:waiting",
+            f"{ep}:waiting",
+        ]
 
     def enter(self, endpoint: Endpoint, *, who: str, now: float) -> Pass:
         """Take a slot of the endpoint and one of its tenant for one attempt by `who` (a
@@ -237,10 +242,18 @@ class Gates:
         try:
             got: list[Any] = self._enter(
                 keys=self._keys(endpoint),
-                args=[repr(now), token, repr(now + self.lease), self.tenant_slots,
-                      self.endpoint_slots, repr(self.busy_retry), repr(BUSY_RETRY_CAP_SECONDS),
-                      ttl_ms, who],
-            )  # fmt: skip
+                args=[
+                    repr(now),
+                    token,
+                    repr(now + self.lease),
+                    self.tenant_slots,
+                    self.endpoint_slots,
+                    repr(self.busy_retry),
+                    repr(BUSY_RETRY_CAP_SECONDS),
+                    ttl_ms,
+                    who,
+                ],
+            )
         except redis.RedisError as e:
             log.warning("webhook gates unavailable, %s goes unchecked: %s", who, e)
             return Pass(Verdict.go, token, tracked=False)
@@ -258,9 +271,16 @@ class Gates:
         try:
             got: list[Any] = self._leave(
                 keys=self._keys(endpoint)[:3],
-                args=[gate.token, outcome.value, repr(now), self.failures,
-                      repr(self.open_seconds), repr(self.max_open_seconds), keep_ms],
-            )  # fmt: skip
+                args=[
+                    gate.token,
+                    outcome.value,
+                    repr(now),
+                    self.failures,
+                    repr(self.open_seconds),
+                    repr(self.max_open_seconds),
+                    keep_ms,
+                ],
+            )
         except redis.RedisError as e:  # its slots expire with their lease
             log.warning("webhook gates unavailable, %s not given back: %s", gate.token, e)
             return "unchanged"
@@ -273,8 +293,10 @@ class Gates:
     def held(self, endpoint: Endpoint, *, now: float) -> tuple[int, int]:
         """Slots in use: (the endpoint's, its tenant's)."""
         tenant, ep = self._keys(endpoint)[:2]
-        return (int(self.client.zcount(ep, f"({now!r}", "+inf")),
-                int(self.client.zcount(tenant, f"({now!r}", "+inf")))  # fmt: skip
+        return (
+            int(self.client.zcount(ep, f"({now!r}", "+inf")),
+            int(self.client.zcount(tenant, f"({now!r}", "+inf")),
+        )
 
     def breaker(self, endpoint: Endpoint) -> Breaker:
         raw = {_text(k): _text(v) for k, v in self.client.hgetall(self._keys(endpoint)[2]).items()}

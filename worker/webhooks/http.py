@@ -156,8 +156,16 @@ def post(
         body_bytes: int | None = None,
     ) -> AttemptResult:
         ms = int((time.monotonic() - started) * 1000)
-        return AttemptResult(status_code, error and _short(error), excerpt, retry_after, ms,
-                             address, refused, body_bytes)  # fmt: skip
+        return AttemptResult(
+            status_code,
+            error and _short(error),
+            excerpt,
+            retry_after,
+            ms,
+            address,
+            refused,
+            body_bytes,
+        )
 
     try:
         dest = safety.parse(url, allow)
@@ -191,8 +199,9 @@ def post(
         peer = safety.literal_ip(address)
         reason = None if dest.allowed_host or peer is None else safety.refusal(peer, allow)
         if reason:  # what we reached is not what we checked: never send to it
-            return done(error=f"refused: the address reached is {reason}", address=address,
-                        refused=True)  # fmt: skip
+            return done(
+                error=f"refused: the address reached is {reason}", address=address, refused=True
+            )
         if dest.scheme == "https":
             context = tls or ssl.create_default_context()
             sock = context.wrap_socket(sock, server_hostname=dest.host)
@@ -217,8 +226,13 @@ def post(
         raw = response.read(READ_LIMIT)
         excerpt = answer_excerpt(dest, peer, raw)
         retry_after = parse_retry_after(response.getheader("Retry-After"), now or datetime.now(UTC))
-        return done(status_code=response.status, excerpt=excerpt, retry_after=retry_after,
-                    address=address, body_bytes=len(raw))  # fmt: skip
+        return done(
+            status_code=response.status,
+            excerpt=excerpt,
+            retry_after=retry_after,
+            address=address,
+            body_bytes=len(raw),
+        )
     except Exception as e:
         return done(error=_describe(e, timed_out.is_set(), timeout, phase.text), address=address)
     finally:

@@ -39,7 +39,7 @@ docs: install
 chaos: install
 	$(PY) -m chaos
 
-# A hostile tenant's attacks replayed against `make run` (docs/reliability.md); about 1 minute.
+# A hostile tenant's attacks replayed against `make run` (docs/reliability.md); about 3 minutes.
 abuse: install
 	$(PY) -m chaos.abuse
 

@@ -112,10 +112,12 @@ def job_object(
     step: tuple[int, int] | None = None,
     queue_position: int | None = None,
 ) -> JobOut:
-    """`step` is the live (done, total) of a running job; without it a running job shows 0."""
+    """`step` is the live (done, total) of a running job; without it a running job shows 0 of
+    its steps (0 of 0 while a worker that just claimed it has not yet filled in the model's
+    default steps)."""
     progress = None
     if job.status is JobStatus.running:
-        done, total = step or (0, job.params["steps"])
+        done, total = step or (0, job.params.get("steps") or 0)
         progress = Progress(step=done, total=total, fraction=round(done / max(total, 1), 4))
     path = f"/v1/jobs/{job.id}"
     return JobOut(

@@ -12,8 +12,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
+from daikon.contract import JobStatus
 from db import jobs
-from db.models import Job
+from db.models import Job, utcnow
 from db.session import session_scope
 from tests.conftest import authed
 from tests.test_api import job_count, queued_job_ids, queued_messages
@@ -35,6 +36,20 @@ def submit(c: FlaskClient, **body: Any) -> dict[str, Any]:
 def set_job(app: Flask, job_id: str, **values: Any) -> None:
     with session_scope(app.extensions["daikon"].sessions) as s:
         s.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def test_a_job_claimed_before_its_defaults_are_filled_in_polls_as_running(app: Flask) -> None:
+    """Submitted before any worker had published its model's defaults, its steps are unknown
+    (None) until the worker that claimed it fills them in; a poll meanwhile (no step done yet)
+    is a running job at 0 of 0, not a 500 (the fresh clone's CI hit it)."""
+    client = authed(app)
+    job = submit(client, prompt="a red circle")
+    unresolved = {**job["params"], "steps": None}
+    set_job(app, job["id"], status=JobStatus.running, started_at=utcnow(), params=unresolved)
+    r = client.get(f"/v1/jobs/{job['id']}")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["status"] == "running"
+    assert r.get_json()["progress"] == {"step": 0, "total": 0, "fraction": 0.0}
 
 
 # --- idempotency ------------------------------------------------------------------------------

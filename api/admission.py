@@ -28,7 +28,7 @@ from api import inputs
 from api.auth import authenticate
 from api.services import services
 from api.submission import check_room
-from daikon.errors import DaikonError, PayloadTooLarge, RequestErrorCode, ServiceUnavailable
+from daikon.errors import PayloadTooLarge, RequestErrorCode, ServiceUnavailable
 from daikon.resources import ErrorBody, ErrorResponse
 from daikon.settings import Settings
 
@@ -111,8 +111,12 @@ def decide(app: Flask, environ: dict[str, Any]) -> Decision:
             return Decision(body_limit=limit)
         try:
             check_room(svc, authenticate())
-        except DaikonError as e:
-            response = app.make_response(app.handle_user_exception(e))
+        except Exception as e:  # answered as the route would (a 503 while the database is down)
+            try:
+                handled = app.handle_user_exception(e)
+            except Exception:  # no handler: the route meets it again once the body is in
+                return Decision(body_limit=limit)
+            response = app.make_response(handled)
             refusal = answer(
                 response.status_code, response.get_data(), list(response.headers.items())
             )

@@ -22,6 +22,7 @@ from db import tenants
 from db.models import Job
 from db.session import session_scope
 from tests.conftest import authed
+from tests.stack import ADMIN_KEY
 
 LIMIT = Settings().limits.max_input_bytes  # the documented limit: 4 MiB
 EDIT = {"prompt": "a red circle", "mode": "image", "steps": 4, "candidates": 1, "top_k": 1}
@@ -150,3 +151,24 @@ def test_the_rate_limit_applies_before_any_file_is_read(app: Flask, decodes: lis
     codes = [f"{r.status_code} {r.get_json()['error']['code']}" for r in answers]
     assert codes == ["422 too_many_scans"] + ["429 rate_limited"] * 3, codes
     assert decodes == [] and jobs_in(app) == 0
+
+
+def test_an_upload_head_while_the_database_is_down_is_answered_503(make_app: Any) -> None:
+    """api/admission.py checks an upload's caller from its head; a database error there is
+    answered as the route would answer it (503 database_unavailable), never a dropped
+    connection (make chaos's database outage found that)."""
+    from api import admission
+
+    app = make_app()
+    svc = app.extensions["daikon"]
+    database = svc.settings.data_path / "api.db"
+    database.unlink()  # a fresh, empty file on the next connect: every query fails
+    bind = svc.sessions.kw["bind"]
+    bind.dispose()
+    head = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/jobs", "SERVER_NAME": "x",
+            "SERVER_PORT": "0", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+            "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": "100",
+            "HTTP_AUTHORIZATION": f"Bearer {ADMIN_KEY}"}  # fmt: skip
+    refusal = admission.decide(app, head).refusal
+    assert refusal is not None and refusal.startswith(b"HTTP/1.1 503"), refusal
+    assert b"database_unavailable" in refusal

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 from PIL import Image
 from werkzeug.serving import make_server
 
@@ -47,10 +46,8 @@ from tests.receiver import receiver
 from tests.stack import (
     ADMIN_KEY,
     Stack,
-    WorkerProcess,
     free_port,
-    running_stack,
-    settings_for,
+    webhook_stack,
 )
 
 pytestmark = pytest.mark.e2e
@@ -62,30 +59,8 @@ STREAMED = {"steps": 60, "candidates": 2, "top_k": 1}  # progress for a few seco
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_url, tiny_models) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("client")
-    hooks_queue = f"daikon-e2e-wh-{uuid.uuid4().hex[:8]}"
-    settings = settings_for(
-        tmp,
-        redis_url,
-        tiny_models,
-        webhook_queue=hooks_queue,
-        webhook_allow_hosts="127.0.0.1",
-        webhook_dispatch_seconds=1.0,
-    )
-    with running_stack(settings, tmp) as s:
-        hooks = WorkerProcess(
-            settings,
-            tmp / "webhooks.log",
-            concurrency=2,
-            app="worker.webhooks.main",
-            extra=("--pool", "threads", "--queues", hooks_queue, "--hostname", f"{hooks_queue}@%h"),
-        )
-        try:
-            yield s
-        finally:
-            hooks.stop()
-            client = redis.Redis.from_url(redis_url)
-            for key in client.scan_iter(f"{hooks_queue}*"):
-                client.delete(key)
+    with webhook_stack(tmp, redis_url, tiny_models, threads=2) as (s, _hooks):
+        yield s
 
 
 @pytest.fixture

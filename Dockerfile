@@ -25,6 +25,7 @@ COPY api ./api
 COPY worker ./worker
 COPY db ./db
 COPY daikon ./daikon
+COPY server ./server
 COPY shapeworld ./shapeworld
 COPY training ./training
 COPY migrations ./migrations

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 run: install
-	$(PY) -m daikon.launcher
+	$(PY) -m server.launcher
 
 test: install
 	$(PY) -m ruff check .

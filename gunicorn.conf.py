@@ -1,5 +1,5 @@
 """gunicorn settings for Daikon's API, read automatically from the working directory; the
-values come from Daikon's settings (daikon/settings.py, group `api`).
+values come from Daikon's settings (server/settings.py, group `api`).
 
 Threads, not processes, carry the concurrency: most requests wait on the database or Redis,
 and each open event stream (SSE) or OpenAI-route wait holds a thread. Those are capped per
@@ -7,7 +7,7 @@ process by DAIKON_MAX_LONG_REQUESTS, which settings keep below DAIKON_API_THREAD
 ordinary requests always have threads left.
 """
 
-from daikon.settings import Settings
+from server.settings import Settings
 
 _settings = Settings()
 bind = _settings.bind

@@ -12,7 +12,7 @@ from flask import Flask
 
 from api import bodies
 from api.services import Services
-from daikon.settings import Settings
+from server.settings import Settings
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:

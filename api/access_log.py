@@ -1,4 +1,4 @@
-"""Access logs without capabilities or secrets. A signed image URL (daikon/image_urls.py) opens
+"""Access logs without capabilities or secrets. A signed image URL (server/image_urls.py) opens
 its image to whoever holds it, without a key, until it expires; so a request line, query
 string, referrer or redirect that carries a signature is logged with its query replaced by
 `[redacted]`, and credentials (Authorization, cookies) never reach a log, whatever
@@ -15,7 +15,7 @@ from typing import Any
 from gunicorn import glogging
 from werkzeug.serving import WSGIRequestHandler
 
-from daikon.image_urls import REDACTED, redact_query, redact_url
+from server.image_urls import REDACTED, redact_query, redact_url
 
 # gunicorn's atoms: %(r)s the request line, %(f)s the referrer; {name}i request headers,
 # {name}o response headers, {name}e the WSGI environ.

@@ -30,7 +30,7 @@ from api.services import services
 from api.submission import check_room
 from daikon.errors import PayloadTooLarge, RequestErrorCode, ServiceUnavailable
 from daikon.resources import ErrorBody, ErrorResponse
-from daikon.settings import Settings
+from server.settings import Settings
 
 
 @dataclass(frozen=True)

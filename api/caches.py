@@ -33,12 +33,12 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from daikon.contract import DEEP_QUEUE, QUEUE_RANKING_MAX_AGE_SECONDS, JobStatus
-from daikon.live import PREFIX
 from db import jobs
 from db.jobs import PollState
+from server import keys
 
 log = logging.getLogger("daikon.api")
-KEY_GENERATION = f"{PREFIX}:api-keys:generation"
+KEY_GENERATION = keys.API_KEYS_GENERATION
 V = TypeVar("V")
 
 

@@ -11,11 +11,11 @@ from flask import Blueprint
 from api import openapi
 from api.auth import authenticate
 from api.services import services
-from daikon import heartbeats
 from daikon.errors import RequestErrorCode, ServiceUnavailable
 from daikon.resources import ModelList, ModelOut
 from db import stats
 from db.session import session_scope
+from server import heartbeats
 
 bp = Blueprint("catalog", __name__, url_prefix="/v1")
 

@@ -43,7 +43,7 @@ import h11
 from gunicorn.workers import gthread
 
 from api import admission
-from daikon.settings import Settings
+from server.settings import Settings
 
 # More than a request head may be (gunicorn refuses heads past about 8 KiB anyway).
 HEAD_LIMIT = 64 * 1024

@@ -41,10 +41,10 @@ from daikon.errors import (
     RequestErrorCode,
     UnsupportedMediaType,
 )
-from daikon.settings import Settings
-from daikon.storage import input_key
 from db import jobs
 from db.session import session_scope
+from server.settings import Settings
+from server.storage import input_key
 
 log = logging.getLogger("daikon.api")
 ACCEPTED = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}

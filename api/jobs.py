@@ -29,10 +29,10 @@ from daikon.contract import (
     encode_cursor,
 )
 from daikon.errors import Conflict, NotFound, RequestErrorCode
-from daikon.image_urls import SIGNATURE_PARAM, verify
-from daikon.job_view import job_object
 from db import jobs
 from db.session import read_retrying, session_scope
+from server.image_urls import SIGNATURE_PARAM, verify
+from server.job_view import job_object
 
 log = logging.getLogger("daikon.api")
 bp = Blueprint("jobs", __name__, url_prefix="/v1")

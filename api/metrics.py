@@ -17,10 +17,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from api import openapi
 from api.services import Services, services
-from daikon import heartbeats
 from daikon.contract import PRIORITY_MAX
 from db import deliveries, stats
 from db.session import session_scope
+from server import heartbeats
 
 log = logging.getLogger("daikon.api")
 bp = Blueprint("metrics", __name__)

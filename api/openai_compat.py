@@ -46,9 +46,9 @@ from api.submission import Submitted, submit
 from daikon import rules
 from daikon.contract import JobStatus, SubmitHeaders
 from daikon.errors import InvalidRequest, RequestErrorCode, UnsupportedMediaType
-from daikon.settings import Settings
 from db import jobs
 from db.session import session_scope
+from server.settings import Settings
 
 log = logging.getLogger("daikon.api")
 bp = Blueprint("openai_compat", __name__, url_prefix="/v1")

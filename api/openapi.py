@@ -35,7 +35,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from api.errors import ErrorResponse
 from daikon.errors import RequestErrorCode
-from daikon.settings import Settings
+from server.settings import Settings
 
 log = logging.getLogger("daikon.api")
 REF = "#/components/schemas/{model}"

@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from daikon.live import PREFIX
+from server import keys
 
 
 class SubmitRateLimit:
@@ -32,7 +32,7 @@ class SubmitRateLimit:
 
     @staticmethod
     def _key(tenant_id: str, window: int) -> str:
-        return f"{PREFIX}:rate:{tenant_id}:{window}"
+        return keys.rate(tenant_id, window)
 
     def _wait(self, count: int, per_minute: int | None, now: float) -> int | None:
         if count <= (per_minute if per_minute is not None else self.per_minute):

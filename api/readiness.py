@@ -26,9 +26,9 @@ from sqlalchemy.pool import NullPool
 
 from api import openapi
 from api.services import Services, services
-from daikon import heartbeats
-from daikon.settings import Settings
 from db.session import make_engine
+from server import heartbeats
+from server.settings import Settings
 
 bp = Blueprint("readiness", __name__)
 

@@ -1,5 +1,5 @@
 """Job rows to the public job object, with the live parts (progress, queue position). The
-object itself is built by daikon.job_view, which the worker shares for webhooks."""
+object itself is built by server.job_view, which the worker shares for webhooks."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from api.caches import Finished
 from api.services import Services, services
 from daikon.contract import JobOut, JobStatus
 from daikon.errors import NotFound
-from daikon.job_view import EventRenderer, Links, job_object
-from daikon.webhooks import TASK_DELIVER
 from db import jobs
 from db.deliveries import Outbox
 from db.models import Job, JobImage
+from server.job_view import EventRenderer, Links, job_object
+from server.webhooks import TASK_DELIVER
 
 
 def links(svc: Services | None = None) -> Links:

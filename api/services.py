@@ -14,15 +14,15 @@ from api.caches import BodyCache, KeyCache, QueuePlaces
 from api.enqueued import EnqueuedMarks
 from api.rate_limit import SubmitRateLimit
 from api.slots import LongRequests
-from daikon import encryption
-from daikon.celery_config import make_celery
-from daikon.encryption import Cipher
-from daikon.image_urls import secret_key
-from daikon.live import LiveState
-from daikon.served_models import ServedModels
-from daikon.settings import Settings
-from daikon.storage import ImageStore, make_store
 from db.session import make_engine, make_session_factory, read_engine
+from server import encryption
+from server.celery_config import make_celery
+from server.encryption import Cipher
+from server.image_urls import secret_key
+from server.live import LiveState
+from server.served_models import ServedModels
+from server.settings import Settings
+from server.storage import ImageStore, make_store
 
 
 @dataclass(frozen=True)

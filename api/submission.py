@@ -20,7 +20,6 @@ from api.auth import Principal
 from api.inputs import Upload
 from api.services import Services
 from daikon import limits
-from daikon.celery_config import publish_job, soft_time_limit
 from daikon.contract import (
     DEFAULT_PRIORITY,
     DEFAULT_WEBHOOK_EVENTS,
@@ -35,12 +34,13 @@ from daikon.errors import (
     ServiceUnavailable,
     TooManyRequests,
 )
-from daikon.served_models import ServedModel
-from daikon.settings import Settings
-from daikon.webhooks.safety import Allowlist, UnsafeDestination, check_url
 from db import deliveries, jobs, retention
 from db.models import Job, new_id
 from db.session import session_scope
+from server.celery_config import publish_job, soft_time_limit
+from server.served_models import ServedModel
+from server.settings import Settings
+from server.webhooks.safety import Allowlist, UnsafeDestination, check_url
 
 log = logging.getLogger("daikon.api")
 

@@ -12,9 +12,9 @@ from api.auth import authenticate, require_admin
 from api.bodies import json_body
 from api.services import services
 from daikon.resources import RetentionOut, StorageQuotaSet, UsageOut
-from daikon.settings import Settings
 from db import retention, tenants
 from db.session import session_scope
+from server.settings import Settings
 
 bp = Blueprint("usage", __name__, url_prefix="/v1")
 

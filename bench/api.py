@@ -165,10 +165,10 @@ class Fixture:
 def make_rows(settings: object, redis_url: str, queue: str) -> Fixture:
     """A tenant and its key, and jobs in each state, written through db's service functions
     (no worker needed): a running job has its progress in Redis as a worker writes it."""
-    from daikon.live import LiveState
-    from daikon.settings import Settings
     from db import jobs, tenants
     from db.session import make_engine, make_session_factory, session_scope
+    from server.live import LiveState
+    from server.settings import Settings
     from tests.factories import image, job_params
 
     assert isinstance(settings, Settings)
@@ -211,10 +211,10 @@ def add_backlog(settings: object, count: int) -> None:
     its queue position becomes `count` more."""
     from sqlalchemy import insert
 
-    from daikon.settings import Settings
     from db import tenants
     from db.models import Job, new_id, utcnow
     from db.session import make_engine, make_session_factory, session_scope
+    from server.settings import Settings
     from tests.factories import job_params
 
     assert isinstance(settings, Settings)
@@ -263,7 +263,7 @@ def main() -> None:
     import redis
     import requests
 
-    from daikon.settings import Settings
+    from server.settings import Settings
     from tests.stack import gunicorn, migrate
 
     redis_url = REDIS_URL

@@ -178,7 +178,7 @@ def served(
     """The whole stack serving the saved pipeline as its one model, batching on or off."""
     from daikon.capabilities import ModelOptions
     from daikon.limits import LimitOverrides
-    from daikon.settings import EMBEDDED_CLIP, ModelSpec, Settings
+    from server.settings import EMBEDDED_CLIP, ModelSpec, Settings
     from tests.stack import running_stack
 
     queue = f"daikon-gpu-{os.getpid()}-{time.monotonic_ns()}"

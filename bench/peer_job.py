@@ -24,7 +24,7 @@ class ShapesJob:
         if os.environ.get("PEER_TORCH_THREADS"):  # bench/peers.py sets every peer's alike
             torch.set_num_threads(int(os.environ["PEER_TORCH_THREADS"]))
 
-        from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE
+        from server.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE
         from worker.generation import Generator
         from worker.ranking import ClipRanker
 

@@ -112,7 +112,7 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    from daikon.launcher import stop_process
+    from server.launcher import stop_process
 
     stop_process(proc, 30)
 
@@ -266,7 +266,7 @@ def main() -> None:
     import torch
     from peer_job import ShapesJob  # bench/, on the path as this script's folder
 
-    from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
+    from server.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
     from tests.stack import a_redis, running_stack
 
     tmp = Path(tempfile.mkdtemp(prefix="daikon-peers-"))

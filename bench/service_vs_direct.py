@@ -39,7 +39,7 @@ def main() -> None:
 
     import torch
 
-    from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
+    from server.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
     from tests.stack import a_redis, running_stack
     from worker.generation import GenerationRequest, Generator
     from worker.ranking import ClipRanker, rank

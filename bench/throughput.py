@@ -51,7 +51,7 @@ def direct_rates(
     if threads:
         torch.set_num_threads(threads)
 
-    from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE
+    from server.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE
     from worker.generation import GenerationRequest, Generator
     from worker.ranking import ClipRanker
 
@@ -84,7 +84,7 @@ def stack(
 ) -> Iterator[Any]:
     """A whole service on `redis_url`; `images_per_call` as the deployment would set it for
     this model (empty: the CPU default)."""
-    from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
+    from server.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
     from tests.stack import running_stack
 
     queue = f"daikon-bench-{'batched' if batch else 'single'}-{os.getpid()}"
@@ -185,7 +185,7 @@ def main() -> None:
 
     import torch
 
-    from daikon.settings import Settings
+    from server.settings import Settings
     from tests.stack import a_redis
 
     DEFAULT_CANDIDATES = Settings().limits.default_candidates

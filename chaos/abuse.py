@@ -32,6 +32,7 @@ import requests
 
 from chaos import abuse_uploads
 from chaos.harness import ROOT, free_port, raw_http, wait_for
+from server import keys
 
 HUGE = {"prompt": "x", "width": 1024, "height": 1024, "steps": 150, "candidates": 16, "top_k": 16}
 # At the CPU's limit (4 megapixel-steps is the default): 16 candidates in 4 chunks, ~a minute.
@@ -100,7 +101,7 @@ class Stack:
 def make_run(
     work: Path, admin_key: str | None = None, log_name: str = "run.log"
 ) -> Iterator[Stack]:
-    """`python -m daikon.launcher` as a new user starts it: no service URLs, no models set
+    """`python -m server.launcher` as a new user starts it: no service URLs, no models set
     (with `admin_key`: as restarted with DAIKON_ADMIN_KEY set, on the same data directory)."""
     port = free_port()
     unset = (
@@ -122,7 +123,7 @@ def make_run(
     log_path = work / log_name
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daikon.launcher"],
+        [sys.executable, "-m", "server.launcher"],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -474,7 +475,7 @@ def busy_worker(stack: Stack) -> list[Line]:
     progress = redis.Redis(port=valkey_port(stack), password=valkey_secret(stack))
 
     def step() -> int:
-        return int(progress.hget(f"daikon:progress:{blocker}", "step") or 0)  # type: ignore[arg-type]
+        return int(progress.hget(keys.progress(blocker), "step") or 0)  # type: ignore[arg-type]
 
     canceled_at = time.monotonic()
     stack.tenant("blocker").post(f"{stack.base}/v1/jobs/{blocker}/cancel", timeout=10)
@@ -871,9 +872,9 @@ def storage_quota(stack: Stack) -> list[Line]:
     storage_quota_exceeded, nothing stored); then retention deletes its canceled edits'
     inputs (the real sweep on the stack's database and folder, with a one-second period) and
     the bytes come back."""
-    from daikon.settings import Settings
-    from daikon.storage import LocalStore
     from db.session import make_engine, make_session_factory
+    from server.settings import Settings
+    from server.storage import LocalStore
     from worker.sweeper import purge_once
 
     name = f"hoarder-{os.getpid()}"

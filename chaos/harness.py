@@ -35,8 +35,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, make_url, text
 
-from daikon.launcher import stop_process, worker_argv
-from daikon.settings import normalize_database_url
+from server.launcher import stop_process, worker_argv
+from server.settings import normalize_database_url
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "dk_chaos_admin"

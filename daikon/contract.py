@@ -31,7 +31,7 @@ from pydantic import (
 from daikon import rules
 from daikon.capabilities import MODES, SCHEDULERS, Mode, ModelCapabilities, ModelOptions
 from daikon.limits import job_cost
-from daikon.settings import Settings
+from server.settings import Settings
 
 TASK_GENERATE = "daikon.generate_job"
 SEED_MAX = 2**32 - 1

@@ -9,7 +9,7 @@ cost (`seconds_per_cost`), and each tenant's queued and running cost per model i
 (`tenant_queued_cost`), so one tenant cannot fill a model's queue with work that belongs to all.
 
 The worker resolves a model's limits when it loads it (the device is known then) and publishes
-them (daikon/served_models.py); the API checks submissions against what was published, and the
+them (server/served_models.py); the API checks submissions against what was published, and the
 worker checks again before any GPU work, so a deployment no worker has served yet refuses a job
 too large with the same code and message, as a failed job instead of a 422.
 """

@@ -16,10 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from daikon.contract import JobStatus, WebhookEvent
-from daikon.encryption import Cipher, is_encrypted
 from daikon.errors import Conflict, NotFound, RequestErrorCode
-from daikon.webhooks import MAX_ATTEMPTS, DeliveryStatus, signing
-from daikon.webhooks.safety import Allowlist
+from daikon.webhooks import DeliveryStatus
 from db.models import (
     Job,
     Tenant,
@@ -29,6 +27,9 @@ from db.models import (
     WebhookSecret,
     utcnow,
 )
+from server.encryption import Cipher, is_encrypted
+from server.webhooks import MAX_ATTEMPTS, signing
+from server.webhooks.safety import Allowlist
 
 # Expired secrets are kept a while after their overlap ends, then removed.
 SECRET_RETENTION = timedelta(days=7)
@@ -241,7 +242,7 @@ class Outbox:
     again. An event that cannot be rendered is never silent: it becomes a failed delivery the
     tenant sees on the job, /metrics counts, and the log explains."""
 
-    render: Render  # the frozen body (daikon.job_view.EventRenderer)
+    render: Render  # the frozen body (server.job_view.EventRenderer)
     publish: Callable[[str], None]  # delivery id -> a broker message for the webhook queue
 
     def record(

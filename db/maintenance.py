@@ -13,10 +13,10 @@ import sys
 
 from cryptography.fernet import Fernet
 
-from daikon.encryption import cipher
-from daikon.settings import Settings
 from db import deliveries
 from db.session import make_engine, make_session_factory, session_scope
+from server.encryption import cipher
+from server.settings import Settings
 
 
 def main(argv: list[str]) -> int:

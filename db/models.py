@@ -201,7 +201,7 @@ class JobImage(Base):
 
 
 class WebhookSecret(Base):
-    """A tenant's signing secret, encrypted at rest (daikon/encryption.py): signing needs the
+    """A tenant's signing secret, encrypted at rest (server/encryption.py): signing needs the
     secret itself, so it cannot be hashed. Shown to the tenant only when made. `expires_at` is
     None for the current one; a rotation gives the previous one an expiry (the overlap), during
     which both sign."""

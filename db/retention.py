@@ -12,7 +12,7 @@ their rows by OBJECT_GRACE: an API process answers a poll of a finished job from
 to 30 s without reading its row (api/caches.py BodyCache), and such an answer's image URLs
 must still lead somewhere; after that every process answers 404.
 
-An object belongs to the job whose id names its folder (daikon/storage.py: `<job id>/...`): a
+An object belongs to the job whose id names its folder (server/storage.py: `<job id>/...`): a
 retry shares its original's inputs without owning them, and a job with inputs is kept while a
 retry of it exists (that retry would read them).
 """

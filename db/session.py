@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daikon.private_files import DIR_MODE, FILE_MODE
+from server.private_files import DIR_MODE, FILE_MODE
 
 T = TypeVar("T")
 

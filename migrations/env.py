@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from daikon.settings import Settings
 from db.models import Base
 from db.session import make_engine
+from server.settings import Settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -16,8 +16,8 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session
 
 from api import create_app
-from daikon.settings import Settings, normalize_database_url
 from db.session import make_engine
+from server.settings import Settings, normalize_database_url
 from tests.stack import ADMIN_KEY, a_redis, free_port, migrate
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}

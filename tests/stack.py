@@ -26,9 +26,9 @@ from werkzeug.serving import make_server
 
 from api import create_app
 from api.access_log import DevRequestHandler
-from daikon import stage_metrics
-from daikon.launcher import stop_process, worker_argv
-from daikon.settings import Settings
+from server import stage_metrics
+from server.launcher import stop_process, worker_argv
+from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,10 @@ import requests
 from PIL import Image
 
 from api.access_log import DevRequestHandler
-from daikon.image_urls import redact_query, redact_url
-from daikon.storage import LocalStore
 from db import jobs
 from db.session import make_engine, make_session_factory, session_scope
+from server.image_urls import redact_query, redact_url
+from server.storage import LocalStore
 from tests.stack import ADMIN_KEY, gunicorn_api, settings_for
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

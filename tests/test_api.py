@@ -14,10 +14,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from api import create_app
-from daikon.settings import Settings
 from db import jobs
 from db.models import Job
 from db.session import session_scope
+from server.settings import Settings
 from tests.conftest import ADMIN_KEY, AUTH
 from tests.stack import free_port, migrate
 

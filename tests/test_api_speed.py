@@ -18,10 +18,10 @@ from sqlalchemy import event
 
 from api.caches import QueuePlaces
 from daikon.contract import JobList, JobOut, JobStatus
-from daikon.live import LiveState
 from db import jobs
 from db.models import ApiKey, Job, utcnow
 from db.session import session_scope
+from server.live import LiveState
 from tests.conftest import ADMIN_KEY, authed
 from tests.factories import image, job_params
 from tests.stack import gunicorn_api

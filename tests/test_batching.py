@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daikon.contract import JobParams, JobStatus, WebhookEvent
 from daikon.limits import ModelLimits
-from daikon.live import LiveState
-from daikon.storage import LocalStore
 from db import jobs
 from db.models import Job
 from db.session import make_session_factory, session_scope
+from server.live import LiveState
+from server.storage import LocalStore
 from tests.factories import job_params, make_job
 from worker.executor import JobExecutor, Outcome
 from worker.generation import GenerationRequest, Generator

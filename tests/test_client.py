@@ -40,7 +40,7 @@ from daikon.client import (
     verify_webhook,
 )
 from daikon.client.models import Job, JobStatus, WebhookPayload
-from daikon.webhooks.signing import new_secret
+from server.webhooks.signing import new_secret
 from tests.proxy import proxy_to
 from tests.receiver import receiver
 from tests.stack import (

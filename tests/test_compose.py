@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from daikon.settings import environment_variables
+from server.settings import environment_variables
 from tests.stack import ROOT
 
 

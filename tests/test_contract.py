@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from daikon.contract import SEED_MAX, JobRequest
-from daikon.settings import Settings
+from server.settings import Settings
 
 SETTINGS = Settings(database_url="sqlite://", redis_url="redis://unused")
 
@@ -50,7 +50,7 @@ def test_omitted_fields_take_the_models_defaults() -> None:
 
 def test_defaults_come_from_the_model_table_then_the_deployment_then_the_model() -> None:
     from daikon.capabilities import ModelCapabilities, ModelDefaults, ModelOptions
-    from daikon.settings import ModelSpec
+    from server.settings import ModelSpec
 
     table = Settings(
         database_url="sqlite://",

@@ -19,12 +19,12 @@ from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy import func, select
 
-from daikon import served_models
 from daikon.capabilities import ModelCapabilities, ModelDefaults
 from daikon.limits import resolve
-from daikon.served_models import ServedModel
 from db.models import Job
 from db.session import session_scope
+from server import served_models
+from server.served_models import ServedModel
 from tests.conftest import authed
 
 BASE = {

@@ -17,10 +17,10 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daikon.contract import JobStatus
-from daikon.storage import LocalStore, StorageError
 from db import jobs
 from db.models import Job, JobImage, utcnow
 from db.session import make_session_factory, session_scope
+from server.storage import LocalStore, StorageError
 from tests.factories import make_job
 from worker.executor import JobBusy, JobExecutor, Outcome
 from worker.generation import GenerationRequest, Generator

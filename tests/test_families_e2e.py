@@ -14,7 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
-from daikon.settings import ModelSpec
+from server.settings import ModelSpec
 from tests.families import FAMILIES, FamilyBuilds
 from tests.stack import Stack, running_stack, settings_for
 

@@ -17,20 +17,20 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.slots import LongRequests
-from daikon import served_models
 from daikon.contract import WebhookEvent
-from daikon.encryption import Cipher, DecryptionError
 from daikon.errors import ServiceUnavailable
-from daikon.job_view import EventRenderer, Links
 from daikon.limits import LimitOverrides, ModelLimits, resolve
-from daikon.served_models import ServedModel
-from daikon.storage import LocalStore
-from daikon.webhooks import safety
 from db import deliveries
 from db.deliveries import Outbox
 from db.models import Job, WebhookSecret
 from db.session import session_scope
 from db.tenants import create_tenant
+from server import served_models
+from server.encryption import Cipher, DecryptionError
+from server.job_view import EventRenderer, Links
+from server.served_models import ServedModel
+from server.storage import LocalStore
+from server.webhooks import safety
 from tests.conftest import authed
 from tests.factories import make_job
 from worker.webhooks.http import answer_excerpt

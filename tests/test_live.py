@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from daikon import live
+from server import keys
 from tests.stack import Stack, running_stack, settings_for
 
 pytestmark = pytest.mark.e2e
@@ -93,9 +93,9 @@ def test_a_running_job_reports_progress_and_cancel_stops_it_within_a_step(
     r = stack.http.post(stack.url(f"/v1/jobs/{job['id']}/cancel"), timeout=10)
     assert r.status_code == 200 and r.json()["status"] == "canceled"
     steps = redis.Redis.from_url(redis_url)
-    step_at_cancel = int(steps.hget(live.progress_key(job["id"]), "step") or 0)
+    step_at_cancel = int(steps.hget(keys.progress(job["id"]), "step") or 0)
     time.sleep(1.5)
-    step_later = int(steps.hget(live.progress_key(job["id"]), "step") or 0)
+    step_later = int(steps.hget(keys.progress(job["id"]), "step") or 0)
     assert step_later - step_at_cancel <= 1, "the worker kept denoising after the cancel"
     assert step_later < 150
 
@@ -117,9 +117,9 @@ def test_a_cancel_of_a_job_with_many_candidates_frees_the_worker_within_a_chunks
     r = stack.http.post(stack.url(f"/v1/jobs/{job['id']}/cancel"), timeout=10)
     assert r.status_code == 200 and r.json()["status"] == "canceled"
     steps = redis.Redis.from_url(redis_url)
-    step_at_cancel = int(steps.hget(live.progress_key(job["id"]), "step") or 0)
+    step_at_cancel = int(steps.hget(keys.progress(job["id"]), "step") or 0)
     time.sleep(1.5)
-    step_later = int(steps.hget(live.progress_key(job["id"]), "step") or 0)
+    step_later = int(steps.hget(keys.progress(job["id"]), "step") or 0)
     assert step_later - step_at_cancel <= 1, "the worker kept denoising after the cancel"
     after = stack.wait(stack.submit(prompt="next", **QUICK)["id"])  # the worker is free again
     assert after["status"] == "succeeded"

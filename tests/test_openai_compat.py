@@ -27,11 +27,11 @@ from werkzeug.serving import make_server
 
 from api import create_app, openai_compat
 from api.access_log import DevRequestHandler
-from daikon.live import LiveState
-from daikon.settings import Settings
 from db import jobs
 from db.models import Job
 from db.session import session_scope
+from server.live import LiveState
+from server.settings import Settings
 from tests.stack import Stack, free_port, migrate, running_stack, settings_for
 
 pytestmark = pytest.mark.e2e

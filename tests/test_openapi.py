@@ -26,9 +26,9 @@ from schemathesis.specs.openapi.checks import (
 
 from api import create_app
 from api.openapi import SKIP_METHODS, undocumented_routes
-from daikon.settings import ModelSpec, Settings
 from db.models import Base
 from db.session import session_scope
+from server.settings import ModelSpec, Settings
 from tests.stack import ROOT, migrate
 
 ADMIN_KEY = "dk_test_admin"

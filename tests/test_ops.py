@@ -20,8 +20,8 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
-from daikon import heartbeats, stage_metrics
-from daikon.settings import Settings
+from server import heartbeats, stage_metrics
+from server.settings import Settings
 from tests.stack import Stack, free_port, migrate, running_stack
 from worker.heartbeat import Heartbeat
 

@@ -27,7 +27,7 @@ def test_every_job_error_code_the_worker_records_is_documented() -> None:
 
 def test_every_setting_is_documented_with_its_variable() -> None:
     text = (ROOT / "docs/configuration.md").read_text()
-    from daikon.settings import environment_variables
+    from server.settings import environment_variables
 
     missing = [name for name in environment_variables() if f"`{name}`" not in text]
     assert missing == []

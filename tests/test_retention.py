@@ -23,12 +23,12 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daikon.contract import JobStatus
-from daikon.settings import Settings
-from daikon.storage import ImageStore, LocalStore, S3Store, image_key, input_key
 from daikon.webhooks import DeliveryStatus
 from db import jobs, retention, tenants
 from db.models import Job, JobImage, PendingDeletion, Tenant, WebhookDelivery, utcnow
 from db.session import make_session_factory, session_scope
+from server.settings import Settings
+from server.storage import ImageStore, LocalStore, S3Store, image_key, input_key
 from tests.conftest import authed
 from tests.factories import image, job_params
 from worker.sweeper import Purged, purge_once, retention_periods

@@ -1,4 +1,4 @@
-"""`make run` as a new user meets it: `python -m daikon.launcher` with no service URLs or models set
+"""`make run` as a new user meets it: `python -m server.launcher` with no service URLs or models set
 starts an embedded valkey, migrates SQLite, serves the API with gunicorn and runs a worker on the
 committed shapes models; the printed admin key submits a prompt and gets back a picture of it;
 a worker that dies is restarted; Ctrl-C stops it all."""
@@ -50,7 +50,7 @@ def test_make_run_draws_the_prompt_restarts_a_dead_worker_and_stops_on_ctrl_c(
     )
     log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daikon.launcher"],
+        [sys.executable, "-m", "server.launcher"],
         cwd=ROOT,
         env=env,
         stdout=log,

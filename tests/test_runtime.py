@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daikon.settings import Settings
+from server.settings import Settings
 from worker import runtime
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from daikon.settings import GROUP_OF, Settings, environment_variables
+from server.settings import GROUP_OF, Settings, environment_variables
 
 
 def test_every_variable_keeps_its_flat_name_and_lands_in_its_group(
@@ -64,7 +64,7 @@ def test_evolve_changes_only_what_it_names() -> None:
 def test_a_tenants_highest_priority_lies_between_the_default_and_the_highest_priority() -> None:
     """DAIKON_TENANT_MAX_PRIORITY's bounds are daikon/contract.py's (settings cannot import it)."""
     from daikon.contract import DEFAULT_PRIORITY, PRIORITY_MAX
-    from daikon.settings import Limits
+    from server.settings import Limits
 
     field = Limits.model_fields["tenant_max_priority"]
     bounds = {type(m).__name__: m for m in field.metadata}

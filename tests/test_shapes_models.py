@@ -13,7 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
-from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
+from server.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE, Settings
 from shapeworld.captions import caption_for, spec_of
 from shapeworld.oracle import judge
 from shapeworld.prompts import eval_prompts

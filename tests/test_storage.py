@@ -9,8 +9,8 @@ import boto3
 import pytest
 import requests
 
-from daikon.settings import Settings
-from daikon.storage import LocalStore, S3Store, StorageError, image_key, make_store
+from server.settings import Settings
+from server.storage import LocalStore, S3Store, StorageError, image_key, make_store
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 

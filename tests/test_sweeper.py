@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy import Engine, update
 
-from daikon.settings import Settings
 from db import jobs
 from db.models import Job, utcnow
 from db.session import make_session_factory, session_scope
+from server.settings import Settings
 from tests.factories import make_job
 from worker.sweeper import sweep_once
 

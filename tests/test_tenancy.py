@@ -11,10 +11,10 @@ from flask import Flask
 from PIL import Image
 from sqlalchemy import select
 
-from daikon import image_urls
 from db import jobs, tenants
 from db.models import ApiKey
 from db.session import session_scope
+from server import image_urls
 from tests.conftest import ADMIN_KEY, authed
 from tests.factories import image
 

@@ -17,10 +17,10 @@ from sqlalchemy import func, select
 
 from api.inputs import jpeg_scans
 from chaos.payloads import noise, padded, scan_bomb
-from daikon.settings import Settings
 from db import tenants
 from db.models import Job
 from db.session import session_scope
+from server.settings import Settings
 from tests.conftest import authed
 from tests.stack import ADMIN_KEY
 

@@ -23,12 +23,12 @@ from flask.testing import FlaskClient
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from daikon.contract import WebhookEvent
-from daikon.job_view import EventRenderer, Links
-from daikon.storage import LocalStore
 from daikon.webhooks import DeliveryStatus
 from db import deliveries, jobs
 from db.deliveries import Outbox
 from db.session import session_scope
+from server.job_view import EventRenderer, Links
+from server.storage import LocalStore
 from tests.receiver import Reply, receiver
 from tests.test_jobs_api import authed
 from worker.executor import JobExecutor, Outcome

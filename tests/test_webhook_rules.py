@@ -15,13 +15,14 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from daikon.contract import WebhookEvent
-from daikon.job_view import EventRenderer, Links
-from daikon.settings import Settings
-from daikon.storage import LocalStore
-from daikon.webhooks import DeliveryStatus, signing
-from daikon.webhooks.safety import Allowlist, UnsafeDestination, blocked_reason, literal_ip, parse
+from daikon.webhooks import DeliveryStatus
 from db.deliveries import Outbox
 from db.models import Job
+from server.job_view import EventRenderer, Links
+from server.settings import Settings
+from server.storage import LocalStore
+from server.webhooks import signing
+from server.webhooks.safety import Allowlist, UnsafeDestination, blocked_reason, literal_ip, parse
 from worker.job_webhooks import JobWebhooks
 from worker.webhooks.retry_schedule import SCHEDULE, decide, next_delay, parse_retry_after
 

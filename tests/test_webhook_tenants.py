@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from daikon.settings import Settings
 from daikon.webhooks import DeliveryStatus
+from server.settings import Settings
 from tests.conftest import authed
 from tests.receiver import receiver
 from tests.test_webhook_delivery import BODY, Rig, make_rig
 
-LOCAL = "127.0.0.1,::1,localhost"  # what make run allows (daikon/launcher.py)
+LOCAL = "127.0.0.1,::1,localhost"  # what make run allows (server/launcher.py)
 
 
 @pytest.mark.parametrize("db", ["sqlite", "postgres"])

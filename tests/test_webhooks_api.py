@@ -13,7 +13,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from daikon.webhooks.safety import Allowlist, UnsafeDestination, check_url
+from server.webhooks.safety import Allowlist, UnsafeDestination, check_url
 from tests.conftest import ADMIN_KEY
 from tests.test_api import job_count, queued_messages
 from tests.test_jobs_api import authed

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from daikon.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE
+from server.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE
 from shapeworld.oracle import judge
 from shapeworld.prompts import ALL_TWO_OBJECT_TYPES, HELD_OUT_COUNT, eval_prompts
 from shapeworld.world import render, sample_scene

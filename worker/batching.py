@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from daikon.contract import JobParams, WebhookEvent, fill_defaults
-from daikon.settings import Settings
 from db import jobs
 from db.session import session_scope
+from server.settings import Settings
 from worker.job_webhooks import JobEvents, StepHook
 from worker.runtime import ModelRuntime
 

@@ -7,16 +7,16 @@ import os
 import socket
 from collections.abc import Callable
 
-from daikon import image_urls
-from daikon.celery_config import make_celery, publish_job, soft_time_limit
 from daikon.contract import JobParams
-from daikon.job_view import EventRenderer, Links
-from daikon.live import LiveState
-from daikon.settings import Settings
-from daikon.storage import ImageStore, key_prefix, make_store
-from daikon.webhooks import TASK_DELIVER, TASK_PROGRESS
 from db.deliveries import Outbox
 from db.session import make_engine, make_session_factory
+from server import image_urls
+from server.celery_config import make_celery, publish_job, soft_time_limit
+from server.job_view import EventRenderer, Links
+from server.live import LiveState
+from server.settings import Settings
+from server.storage import ImageStore, key_prefix, make_store
+from server.webhooks import TASK_DELIVER, TASK_PROGRESS
 from worker.executor import JobExecutor
 from worker.job_webhooks import JobWebhooks
 from worker.runtime import get_runtime

@@ -27,10 +27,10 @@ from tenacity import Retrying, stop_after_delay, wait_exponential
 from daikon import limits
 from daikon.capabilities import UnsupportedParameters
 from daikon.contract import SEED_MAX, JobParams, WebhookEvent, fill_defaults
-from daikon.settings import Settings
-from daikon.storage import ImageStore, image_key
 from db import jobs
 from db.session import session_scope
+from server.settings import Settings
+from server.storage import ImageStore, image_key
 from worker.batching import Batcher, BatchStopped
 from worker.families import Candidate, to_pil
 from worker.generation import GenerationRequest
@@ -647,7 +647,7 @@ class JobExecutor:
 
 
 class JobSignals(Protocol):
-    """The fast, disposable side of a running job (daikon.live.LiveState in a worker)."""
+    """The fast, disposable side of a running job (server.live.LiveState in a worker)."""
 
     def step(self, job_id: str, step: int, total: int, attempt: int) -> bool: ...
     def announce(self, job_id: str, what: str = "status") -> None: ...

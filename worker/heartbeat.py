@@ -1,4 +1,4 @@
-"""The worker's heartbeat thread: writes its WorkerInfo (daikon/heartbeats.py) until stopped."""
+"""The worker's heartbeat thread: writes its WorkerInfo (server/heartbeats.py) until stopped."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from daikon.heartbeats import HEARTBEAT_SECONDS, TTL_SECONDS, WorkerInfo, remove, write
+from server.heartbeats import HEARTBEAT_SECONDS, TTL_SECONDS, WorkerInfo, remove, write
 
 log = logging.getLogger(__name__)
 

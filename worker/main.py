@@ -14,9 +14,9 @@ from typing import Any
 from celery.signals import celeryd_init, worker_process_init, worker_ready, worker_shutdown
 from kombu import Queue
 
-from daikon import heartbeats, live
-from daikon.celery_config import make_celery
 from db.session import make_engine, make_session_factory
+from server import heartbeats, live
+from server.celery_config import make_celery
 from worker import context, runtime
 from worker.heartbeat import Heartbeat
 from worker.runtime import get_runtime

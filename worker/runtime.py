@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from daikon import heartbeats, limits, live, served_models
+from daikon import limits
 from daikon.limits import ModelLimits
-from daikon.served_models import ServedModel
-from daikon.settings import Settings
+from server import heartbeats, live, served_models
+from server.served_models import ServedModel
+from server.settings import Settings
 from worker.generation import Generator
 from worker.ranking import ClipRanker
 

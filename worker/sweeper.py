@@ -25,13 +25,13 @@ from datetime import datetime, timedelta
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from daikon.celery_config import publish_job
 from daikon.contract import JobStatus
-from daikon.settings import Settings
-from daikon.storage import ImageStore, make_store
 from db import jobs, retention
 from db.models import utcnow
 from db.session import session_scope
+from server.celery_config import publish_job
+from server.settings import Settings
+from server.storage import ImageStore, make_store
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from flask import g, request
 
 from api.services import services
 from daikon.errors import DaikonError, Forbidden, RequestErrorCode, TooManyRequests
-from daikon.live import PREFIX
 from db import dashboard
 from db.models import KeyScope
 from db.session import session_scope
 from db.tenants import hash_key
+from server import keys
 
 COOKIE = "daikon_admin"
 LOGIN_COOKIE = "daikon_login"  # the sign-in form's own CSRF token (double submit)
@@ -125,7 +125,7 @@ def count_login_attempt() -> None:
     window = int(now // 60)
     # Per deployment (several may share a Redis), client address and minute.
     where = f"{svc.settings.services.queue}:{request.remote_addr or '-'}"
-    key = f"{PREFIX}:login:{where}:{window}"
+    key = keys.login_attempts(where, window)
     pipe = svc.live.redis.pipeline(transaction=False)
     pipe.incr(key)
     pipe.expire(key, 120)

@@ -13,9 +13,9 @@ from api import openapi
 from api.dashboard.charts import line_chart
 from api.dashboard.common import bp, now, render
 from api.services import services
-from daikon import heartbeats
 from db import dashboard
 from db.session import session_scope
+from server import heartbeats
 
 STAGES = ("queue", "inference", "ranking", "upload")
 

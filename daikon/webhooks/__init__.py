@@ -1,15 +1,11 @@
-"""Webhook pieces both sides need: task names, delivery statuses, the retry schedule's shape,
-signing (signing.py), payloads (payload.py) and destination safety (safety.py, checked by the
-API at submit and by the worker at delivery). Sending and retry decisions are the webhook
-worker's (worker/webhooks/); records are db/deliveries.py's. Nothing here touches the
-database."""
+"""The webhook part of the wire contract: what a delivery's status means (resources.py shows
+it) and what a delivery carries (payload.py). Signing, destination safety and the retry
+schedule are the server's (server/webhooks/); sending is the webhook worker's
+(worker/webhooks/)."""
 
 from __future__ import annotations
 
 import enum
-
-TASK_DELIVER = "daikon.deliver_webhook"
-TASK_PROGRESS = "daikon.webhook_progress"
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -17,9 +13,3 @@ class DeliveryStatus(enum.StrEnum):
     delivered = "delivered"  # a 2xx answer
     failed = "failed"  # attempts used up
     disabled = "disabled"  # the endpoint answered 410 Gone (now or earlier): not sent again
-
-
-# Seconds before attempt 1, 2, ... 8: immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
-# 10 h. The retries span 27.6 h; jitter (worker/webhooks/retry_schedule.py) only ever adds.
-SCHEDULE: tuple[int, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
-MAX_ATTEMPTS = len(SCHEDULE)

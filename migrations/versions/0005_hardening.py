@@ -54,8 +54,8 @@ def downgrade() -> None:
     conn = op.get_bind()
     rows = conn.execute(sa.select(secrets.c.id, secrets.c.secret)).all()
     if rows:
-        from daikon.encryption import cipher
-        from daikon.settings import Settings
+        from server.encryption import cipher
+        from server.settings import Settings
 
         plain = cipher(Settings())
         for secret_id, stored in rows:

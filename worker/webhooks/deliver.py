@@ -26,19 +26,20 @@ from datetime import datetime, timedelta
 from celery import shared_task
 from sqlalchemy.orm import Session, sessionmaker
 
-from daikon import encryption, image_urls
-from daikon.celery_config import make_celery
 from daikon.contract import WebhookEvent
-from daikon.encryption import Cipher
-from daikon.job_view import EventRenderer, Links
-from daikon.settings import Settings
-from daikon.storage import make_store
-from daikon.webhooks import SCHEDULE, TASK_DELIVER, TASK_PROGRESS, DeliveryStatus, signing
-from daikon.webhooks.safety import Allowlist, Resolver, system_resolver
+from daikon.webhooks import DeliveryStatus
 from db import deliveries
 from db.deliveries import Outbox
 from db.models import WebhookDelivery, utcnow
 from db.session import make_engine, make_session_factory, session_scope
+from server import encryption, image_urls
+from server.celery_config import make_celery
+from server.encryption import Cipher
+from server.job_view import EventRenderer, Links
+from server.settings import Settings
+from server.storage import make_store
+from server.webhooks import SCHEDULE, TASK_DELIVER, TASK_PROGRESS, signing
+from server.webhooks.safety import Allowlist, Resolver, system_resolver
 from worker.webhooks import http as webhook_http
 from worker.webhooks.gate import Endpoint, Gates, Outcome, Pass, Verdict
 from worker.webhooks.retry_schedule import JITTER, Uniform, decide

@@ -41,8 +41,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from daikon import live
-from daikon.settings import Settings
+from server import keys, live
+from server.settings import Settings
 
 log = logging.getLogger("daikon.webhooks")
 
@@ -219,10 +219,10 @@ class Gates:
 
     # Keys start with the webhook queue's name: the test suite's cleanup of a queue takes them.
     def _tenant(self, endpoint: Endpoint) -> str:
-        return f"{self.namespace}:gate:tenant:{endpoint.tenant_id}"
+        return keys.gate_tenant(self.namespace, endpoint.tenant_id)
 
     def _endpoint(self, endpoint: Endpoint) -> str:
-        return f"{self.namespace}:gate:endpoint:{endpoint.tenant_id}:{endpoint.key}"
+        return keys.gate_endpoint(self.namespace, endpoint.tenant_id, endpoint.key)
 
     def _keys(self, endpoint: Endpoint) -> list[str]:
         tenant, ep = self._tenant(endpoint), self._endpoint(endpoint)

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from daikon.webhooks import safety
+from server.webhooks import safety
 from worker.webhooks.retry_schedule import parse_retry_after
 
 READ_LIMIT = 4096

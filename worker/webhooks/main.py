@@ -17,8 +17,8 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown
 from kombu import Queue
 
-from daikon.celery_config import make_celery
-from daikon.settings import Settings
+from server.celery_config import make_celery
+from server.settings import Settings
 from worker.webhooks.deliver import DispatchLoop, deliverer
 
 settings = Settings()

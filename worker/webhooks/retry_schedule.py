@@ -1,4 +1,4 @@
-"""When the webhook worker tries a delivery again (SCHEDULE itself is in daikon.webhooks).
+"""When the webhook worker tries a delivery again (SCHEDULE itself is in server.webhooks).
 Pure functions of the attempt count, the answer and a random source, so tests check the exact
 schedule without waiting for it."""
 
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from daikon.webhooks import MAX_ATTEMPTS, SCHEDULE, DeliveryStatus
+from daikon.webhooks import DeliveryStatus
+from server.webhooks import MAX_ATTEMPTS, SCHEDULE
 
 JITTER = 0.10
 # A receiver's Retry-After is honoured up to this long; beyond it the next attempt is only

@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from daikon.private_files import lock_down, read_or_create_secret
 from daikon.resources import ADMIN_TENANT
-from daikon.settings import Settings
+from server.private_files import lock_down, read_or_create_secret
+from server.settings import Settings
 
 RESTART_DELAY_SECONDS = 2.0
 # Local development: webhook receivers on this machine are fine (never a production default).

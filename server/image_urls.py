@@ -12,12 +12,12 @@ import math
 import time
 from urllib.parse import unquote_plus
 
-from daikon.private_files import read_or_create_secret
-from daikon.settings import Settings
+from server.private_files import read_or_create_secret
+from server.settings import Settings
 
 # URLs expire on a coarse grid so the same image keeps the same URL for a while (caching).
 GRID_SECONDS = 600
-# The query parameter that carries the signature (daikon/job_view.py writes it, api/jobs.py
+# The query parameter that carries the signature (server/job_view.py writes it, api/jobs.py
 # reads it). A URL with it is a capability: logs show `[redacted]` instead (redact_query).
 SIGNATURE_PARAM = "sig"
 REDACTED = "[redacted]"

@@ -19,17 +19,17 @@ from datetime import datetime
 import redis
 from pydantic import BaseModel, ValidationError
 
-from daikon.live import PREFIX
-from daikon.settings import Settings
+from server import keys
+from server.settings import Settings
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10.0
 TTL_SECONDS = 30
-INDEX_KEY = f"{PREFIX}:workers"  # sorted set: hostname -> time of its last heartbeat
+INDEX_KEY = keys.WORKERS
 
 
 def worker_key(hostname: str) -> str:
-    return f"{PREFIX}:worker:{hostname}"
+    return keys.worker(hostname)
 
 
 class WorkerInfo(BaseModel):
@@ -48,7 +48,7 @@ class WorkerInfo(BaseModel):
 
 def load_key(settings: Settings, model: str) -> str:
     """Per model: each worker's last load of it (hash field: its hostname)."""
-    return f"{PREFIX}:model_load:{settings.queue_for(model)}"
+    return keys.model_load(settings.queue_for(model))
 
 
 def record_load(

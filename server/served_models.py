@@ -21,8 +21,8 @@ from pydantic import BaseModel, ValidationError
 
 from daikon.capabilities import ModelCapabilities
 from daikon.limits import ModelLimits
-from daikon.live import PREFIX
-from daikon.settings import Settings
+from server import keys
+from server.settings import Settings
 
 log = logging.getLogger(__name__)
 CACHE_SECONDS = 5.0
@@ -38,7 +38,7 @@ class ServedModel(BaseModel):
 
 
 def served_key(settings: Settings, model: str) -> str:
-    return f"{PREFIX}:served:{settings.queue_for(model)}"
+    return keys.served(settings.queue_for(model))
 
 
 def publish(client: redis.Redis, settings: Settings, info: ServedModel) -> None:

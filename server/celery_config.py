@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from daikon.settings import Settings
+from server.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -620,7 +620,7 @@ class Settings(BaseSettings):
                 "and waits can take every thread and starve ordinary requests"
             )
         if self.webhooks.webhook_allow_hosts:
-            from daikon.webhooks.safety import Allowlist
+            from server.webhooks.safety import Allowlist
 
             try:
                 Allowlist.parse(self.webhook_allow_list)

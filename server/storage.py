@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from daikon.private_files import DIR_MODE, private_dir
-from daikon.settings import Settings
+from server.private_files import DIR_MODE, private_dir
+from server.settings import Settings
 
 
 class StorageError(Exception):

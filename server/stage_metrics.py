@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import redis
 
-from daikon.live import PREFIX
+from server import keys
 
 STAGES = ("queue", "load", "inference", "ranking", "upload", "total")
 BOUNDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, math.inf)
@@ -26,7 +26,7 @@ def le_label(bound: float) -> str:
 
 
 def stage_key(namespace: str, stage: str) -> str:
-    return f"{PREFIX}:stage_seconds:{namespace}:{stage}"
+    return keys.stage_seconds(namespace, stage)
 
 
 def record(client: redis.Redis, namespace: str, *jobs: Mapping[str, float]) -> None:

@@ -16,8 +16,8 @@ import functools
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from daikon.private_files import read_or_create_secret
-from daikon.settings import Settings
+from server.private_files import read_or_create_secret
+from server.settings import Settings
 
 PREFIX = "fernet:"
 

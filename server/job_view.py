@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from daikon import image_urls
 from daikon.contract import (
     ErrorDetail,
     ImageOut,
@@ -23,9 +22,10 @@ from daikon.contract import (
     Progress,
     WebhookEvent,
 )
-from daikon.settings import Settings
-from daikon.storage import ImageStore
 from daikon.webhooks import payload
+from server import image_urls
+from server.settings import Settings
+from server.storage import ImageStore
 
 
 class ImageRow(Protocol):

@@ -11,30 +11,15 @@ import functools
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import redis
 
-if TYPE_CHECKING:
-    from daikon.heartbeats import WorkerInfo
-    from daikon.stage_metrics import StageHistogram
+from server import heartbeats, keys, stage_metrics
+from server.heartbeats import WorkerInfo
+from server.stage_metrics import StageHistogram
 
 log = logging.getLogger(__name__)
-PREFIX = "daikon"
 TTL_SECONDS = 24 * 3600
-
-
-def progress_key(job_id: str) -> str:
-    return f"{PREFIX}:progress:{job_id}"
-
-
-def cancel_key(job_id: str) -> str:
-    return f"{PREFIX}:cancel:{job_id}"
-
-
-def channel(job_id: str) -> str:
-    """Pub/sub channel announcing that a job changed (status or progress)."""
-    return f"{PREFIX}:job:{job_id}"
 
 
 @functools.cache
@@ -58,7 +43,7 @@ class JobWatch:
     def __enter__(self) -> JobWatch:
         try:
             assert self._pubsub is not None
-            self._pubsub.subscribe(channel(self.job_id))
+            self._pubsub.subscribe(keys.job_channel(self.job_id))
         except redis.RedisError as e:
             self._lost(e)
         return self
@@ -102,10 +87,10 @@ class LiveState:
         """Record a finished step and announce it; True if the job's cancel was requested.
         One round trip: this runs once per denoising step."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(progress_key(job_id), mapping={"step": step, "total": total, "attempt": attempt})
-        pipe.expire(progress_key(job_id), TTL_SECONDS)
-        pipe.publish(channel(job_id), "progress")
-        pipe.exists(cancel_key(job_id))
+        pipe.hset(keys.progress(job_id), mapping={"step": step, "total": total, "attempt": attempt})
+        pipe.expire(keys.progress(job_id), TTL_SECONDS)
+        pipe.publish(keys.job_channel(job_id), "progress")
+        pipe.exists(keys.cancel(job_id))
         return bool(pipe.execute()[-1])
 
     def progress(self, job_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
@@ -116,7 +101,7 @@ class LiveState:
             return {}
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(progress_key(job_id), "step", "total")
+            pipe.hmget(keys.progress(job_id), "step", "total")
         try:
             rows = pipe.execute()
         except redis.RedisError as e:
@@ -130,13 +115,13 @@ class LiveState:
 
     # --- cancel and change notifications ----------------------------------------------------
     def request_cancel(self, job_id: str) -> None:
-        self.redis.set(cancel_key(job_id), 1, ex=TTL_SECONDS)
+        self.redis.set(keys.cancel(job_id), 1, ex=TTL_SECONDS)
 
     def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.redis.exists(cancel_key(job_id)))
+        return bool(self.redis.exists(keys.cancel(job_id)))
 
     def announce(self, job_id: str, what: str = "status") -> None:
-        self.redis.publish(channel(job_id), what)
+        self.redis.publish(keys.job_channel(job_id), what)
 
     def watch(self, job_id: str) -> JobWatch:
         """Notices of the job's changes, as a context manager (see JobWatch)."""
@@ -144,26 +129,23 @@ class LiveState:
 
     # --- what operators read --------------------------------------------------------------
     def record_stages(self, *metrics: dict[str, float]) -> None:
-        """Finished jobs' stage timings, for /metrics (daikon/stage_metrics.py), in one round
+        """Finished jobs' stage timings, for /metrics (server/stage_metrics.py), in one round
         trip however many."""
-        from daikon import stage_metrics
 
         stage_metrics.record(self.redis, self.namespace, *metrics)
 
     def stage_histograms(self) -> dict[str, StageHistogram]:
-        from daikon import stage_metrics
 
         return stage_metrics.read(self.redis, self.namespace)
 
     def live_workers(self) -> list[WorkerInfo]:
-        """Every worker with a live heartbeat (daikon/heartbeats.py)."""
-        from daikon import heartbeats
+        """Every worker with a live heartbeat (server/heartbeats.py)."""
 
         return heartbeats.live_workers(self.redis)
 
-    def list_lengths(self, keys: list[str]) -> list[int]:
+    def list_lengths(self, names: list[str]) -> list[int]:
         """Lengths of broker lists (queue depths), in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.llen(key)
+        for name in names:
+            pipe.llen(name)
         return [int(n) for n in pipe.execute()]

@@ -8,7 +8,6 @@ running job this worker's is worker/lease.py's.
 
 from __future__ import annotations
 
-import io
 import logging
 import secrets
 import time
@@ -22,7 +21,6 @@ from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from daikon import limits
 from daikon.capabilities import UnsupportedParameters
@@ -30,17 +28,17 @@ from daikon.contract import SEED_MAX, JobParams, WebhookEvent, fill_defaults
 from db import jobs
 from db.session import session_scope
 from server.settings import Settings
-from server.storage import ImageStore, image_key
+from server.storage import ImageStore
 from worker.batching import Batcher, BatchStopped
-from worker.families import Candidate, to_pil
+from worker.families import Candidate
 from worker.generation import GenerationRequest
+from worker.images import InputUnavailable, JobImages
 from worker.job_webhooks import NO_WEBHOOKS, JobEvents, StepHook
 from worker.lease import LeaseKeeper, LeaseLost, same_host_owner_alive
 from worker.ranking import rank
 from worker.runtime import ModelLoadError, ModelRuntime
 
 log = logging.getLogger(__name__)
-PNG = "image/png"
 T = TypeVar("T")
 
 
@@ -155,6 +153,11 @@ class JobExecutor:
     # Publishes a job's message (worker/context.py); None: the sweeper publishes what a message
     # handed on (a queued job whose enqueued_at was cleared), after republish_after_seconds.
     publish: Callable[[jobs.ToPublish], None] | None = None
+
+    @property
+    def images(self) -> JobImages:
+        """Inputs read and results stored (worker/images.py), with the settings as they are now."""
+        return JobImages(self.store, self.key_prefix, self.storage_retry_seconds)
 
     def _commit(
         self,
@@ -419,41 +422,11 @@ class JobExecutor:
             )
         return filled
 
-    def _read_inputs(self, params: JobParams, inputs: dict[str, Any]) -> dict[str, Image.Image]:
-        """An edit job's stored image (RGB) and mask (L), as the API checked and stored them."""
-        if params.mode == "text":
-            return {}
-        roles = ("image", "mask") if params.mode == "inpaint" else ("image",)
-        out: dict[str, Image.Image] = {}
-        for role in roles:
-            record = inputs.get(role)
-            if record is None:
-                raise JobFailure("input_unavailable", f"the job has no stored {role}")
-            try:
-                image = Image.open(io.BytesIO(self.store.get(record["key"])))
-                out[role] = image.convert("L" if role == "mask" else "RGB")
-            except Exception as e:
-                raise JobFailure(
-                    "input_unavailable", f"its {role} could not be read: {_describe(e)}"
-                ) from e
-        return out
-
-    def _put_with_retry(self, key: str, data: bytes) -> None:
-        """Upload, retrying with backoff (0.5 s doubling to 10 s) while storage is down, for up
-        to storage_retry_seconds; then the last error fails the job (no row ever points at a
-        missing object)."""
-        for attempt in Retrying(
-            stop=stop_after_delay(self.storage_retry_seconds),
-            wait=wait_exponential(multiplier=0.5, max=10.0),
-            before_sleep=lambda state: log.warning(
-                "upload of %s failed (%s); retrying",
-                key,
-                state.outcome and state.outcome.exception(),
-            ),
-            reraise=True,
-        ):
-            with attempt:
-                self.store.put(key, data, PNG)
+    def _read_inputs(self, member: Member) -> dict[str, Image.Image]:
+        try:
+            return self.images.read_inputs(member.params, member.inputs or {})
+        except InputUnavailable as e:
+            raise JobFailure("input_unavailable", str(e)) from e
 
     def _generate(self, members: list[Member], lease: LeaseKeeper) -> None:
         """Generate, rank, upload and record each member's images. Raises for what ends every
@@ -471,7 +444,7 @@ class JobExecutor:
             try:
                 member.params = self._complete(member.job_id, member.params, runtime)
                 self._admit(member.params, runtime)
-                member.edit = self._read_inputs(member.params, member.inputs or {})
+                member.edit = self._read_inputs(member)
             except JobFailure as e:
                 self._settle(member, e)  # this job only: its companions go on
                 continue
@@ -596,25 +569,8 @@ class JobExecutor:
         order = rank(scores)[: params.top_k]
 
         t = time.perf_counter()
-        kept: list[jobs.NewImage] = []
         try:
-            for position, index in enumerate(order, start=1):
-                picture = to_pil(images[index])
-                data = _png(picture)
-                key = image_key(self.key_prefix, job_id, position)
-                self._put_with_retry(key, data)
-                kept.append(
-                    jobs.NewImage(
-                        rank=position,
-                        clip_score=scores[index],
-                        seed=seeds[index],
-                        width=picture.width,
-                        height=picture.height,
-                        content_type=PNG,
-                        storage_key=key,
-                        byte_size=len(data),
-                    )
-                )
+            kept = self.images.keep(job_id, images, order, scores, seeds)
         except Exception as e:
             raise JobFailure("upload_failed", _describe(e)) from e
         metrics["upload_seconds"] = time.perf_counter() - t
@@ -635,8 +591,7 @@ class JobExecutor:
         )
         if not recorded:
             # The job left `running` while we worked: its images are not ours to keep.
-            for image in kept:
-                self.store.delete(image.storage_key)
+            self.images.discard(kept)
             member.outcome = Outcome.superseded
             return
         member.outcome = Outcome.succeeded
@@ -672,9 +627,3 @@ NO_SIGNALS: JobSignals = _NoSignals()
 
 def _no_step_hook(params: JobParams, step: int) -> None:
     pass
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()

@@ -434,3 +434,21 @@ def test_what_the_api_could_not_know_is_filled_from_the_model_and_recorded(  # t
         own.guidance_scale,
     )
     assert job.cost > 0 and (job.images[0].width, job.images[0].height) == (own.width, own.height)
+
+
+class SecondPutFails(LocalStore):
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        if any(self.root.rglob("*.png")):
+            raise StorageError("disk full (on purpose)")
+        super().put(key, data, content_type)
+
+
+def test_a_failed_upload_leaves_no_stored_image_behind(sessions, tmp_path, runtime) -> None:  # type: ignore[no-untyped-def]
+    """The job's first image was stored, its second was not: the job fails and the first is
+    deleted, so no object outlives the failure without a row pointing at it."""
+    store = SecondPutFails(tmp_path / "s")
+    job_id = new_job(sessions, candidates=2, top_k=2)
+    assert executor(sessions, store, runtime).run(job_id) is Outcome.failed
+    job = load(sessions, job_id)
+    assert job.error_code == "upload_failed" and "disk full" in (job.error_message or "")
+    assert job.images == [] and list(store.root.rglob("*.png")) == []

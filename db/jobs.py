@@ -312,17 +312,6 @@ def poll_state(
     return PollState(*row[:-1]), key_active
 
 
-_PAGE_COLUMNS = (
-    Job.id,
-    Job.tenant_id,
-    Job.status,
-    Job.created_at,
-    Job.finished_at,
-    Job.updated_at,
-    Job.model,
-)
-
-
 def list_states(
     *,
     session: Session | Connection,
@@ -336,7 +325,7 @@ def list_states(
     `row_number() - 1` over RUN_ORDER is queue_position's count exactly: the jobs strictly
     ahead. Models in `unranked` are not ranked (their
     queued jobs come back without a position, for a caller that has a ranking already)."""
-    page = _listed(select(*_PAGE_COLUMNS), limit, where).cte("page")
+    page = _listed(select(*_STATE_COLUMNS), limit, where).cte("page")
     waiting_models = select(page.c.model).where(page.c.status == JobStatus.queued)
     if unranked:
         waiting_models = waiting_models.where(page.c.model.not_in(list(unranked)))

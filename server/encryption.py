@@ -19,7 +19,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from server.private_files import read_or_create_secret
 from server.settings import Settings
 
-PREFIX = "fernet:"
+FERNET_PREFIX = "fernet:"
 
 
 class DecryptionError(Exception):
@@ -33,13 +33,13 @@ class Cipher:
         self._fernet = MultiFernet([Fernet(k.encode()) for k in keys])
 
     def encrypt(self, plain: str) -> str:
-        return PREFIX + self._fernet.encrypt(plain.encode()).decode()
+        return FERNET_PREFIX + self._fernet.encrypt(plain.encode()).decode()
 
     def decrypt(self, stored: str) -> str:
         if not is_encrypted(stored):
             return stored  # from before encryption at rest
         try:
-            return self._fernet.decrypt(stored.removeprefix(PREFIX).encode()).decode()
+            return self._fernet.decrypt(stored.removeprefix(FERNET_PREFIX).encode()).decode()
         except InvalidToken:
             raise DecryptionError(
                 "a stored secret cannot be decrypted with DAIKON_ENCRYPTION_KEYS "
@@ -50,11 +50,12 @@ class Cipher:
         """The value encrypted under the first key (plaintext from before, encrypted now)."""
         if not is_encrypted(stored):
             return self.encrypt(stored)
-        return PREFIX + self._fernet.rotate(stored.removeprefix(PREFIX).encode()).decode()
+        rotated = self._fernet.rotate(stored.removeprefix(FERNET_PREFIX).encode())
+        return FERNET_PREFIX + rotated.decode()
 
 
 def is_encrypted(stored: str) -> bool:
-    return stored.startswith(PREFIX)
+    return stored.startswith(FERNET_PREFIX)
 
 
 def keys(settings: Settings) -> list[str]:

@@ -20,16 +20,23 @@ ENV PYTHONUNBUFFERED=1 \
 ARG TORCH_SPEC="torch==2.13.0"
 RUN pip install --no-cache-dir ${TORCH_SPEC}
 
-COPY pyproject.toml README.md alembic.ini gunicorn.conf.py ./
+# The distribution installs only the client package (daikon/) and, with the worker extra, every
+# library the server needs (the server extra included); it needs no server code to build, so the
+# libraries' layer survives edits to the server's code.
+COPY pyproject.toml README.md ./
+COPY daikon ./daikon
+RUN pip install --no-cache-dir '.[worker]'
+# The server is an application run from this tree, not an installed package: its packages are
+# imported from /app (PYTHONPATH, so gunicorn, celery and alembic find them whatever their cwd).
+ENV PYTHONPATH=/app
+COPY alembic.ini gunicorn.conf.py ./
 COPY api ./api
 COPY worker ./worker
 COPY db ./db
-COPY daikon ./daikon
 COPY server ./server
 COPY shapeworld ./shapeworld
 COPY training ./training
 COPY migrations ./migrations
-RUN pip install --no-cache-dir '.[worker]'
 # The embedded shapes models (a few MB); a real deployment points DAIKON_MODEL elsewhere.
 COPY models ./models
 ENV DAIKON_MODEL=/app/models/shapes-sd \

@@ -9,6 +9,9 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install run test test-fast docs chaos abuse lint typecheck train-models eval-quality bench bench-api clean
 
+# -e '.[dev]': the client package (daikon/) and, as extras, the server's libraries and the test
+# tools. The server (api/, worker/, db/, server/, ...) is not installed: it runs from this
+# directory, where every target below starts it.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

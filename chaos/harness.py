@@ -35,7 +35,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, make_url, text
 
-from server.launcher import stop_process, worker_argv
+from server.launcher import app_env, stop_process, worker_argv
 from server.settings import normalize_database_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,8 +218,7 @@ class Cluster:
     def env(self) -> dict[str, str]:
         pg = make_url(POSTGRES_ADMIN_URL)
         return {
-            **os.environ,
-            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            **app_env(os.environ),
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",

@@ -24,13 +24,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from daikon.resources import ADMIN_TENANT
 from server.private_files import lock_down, read_or_create_secret
 from server.settings import Settings
 
+# The checkout the server runs from. It is an application, not an installed package (only the
+# client, daikon/, is): its children start here, where gunicorn.conf.py and alembic.ini are.
+ROOT = Path(__file__).resolve().parents[1]
 RESTART_DELAY_SECONDS = 2.0
 # Local development: webhook receivers on this machine are fine (never a production default).
 LOCAL_WEBHOOK_HOSTS = "127.0.0.1,::1,localhost"
@@ -59,6 +64,13 @@ def worker_argv(
     ]
 
 
+def app_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with the checkout first on PYTHONPATH, so a child (gunicorn, celery, alembic)
+    imports api/, worker/, db/ and server/ from it whatever its cwd: they are not installed."""
+    rest = env.get("PYTHONPATH", "")
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), rest) if p)}
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
     """SIGTERM (celery finishes or hands back the running job), then SIGKILL after `timeout`."""
     if proc.poll() is not None:
@@ -85,7 +97,7 @@ class Child:
     died_at: float | None = field(default=None)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env)
+        self.proc = subprocess.Popen(self.argv, env=app_env(self.env), cwd=ROOT)
         self.died_at = None
 
     def poll(self) -> None:
@@ -159,7 +171,7 @@ def dev_admin_key(settings: Settings) -> str:
 
 
 def run(cmd: list[str], env: dict[str, str]) -> None:
-    subprocess.run(cmd, env=env, check=True)
+    subprocess.run(cmd, env=app_env(env), cwd=ROOT, check=True)
 
 
 def main() -> int:

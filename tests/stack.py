@@ -27,7 +27,7 @@ from werkzeug.serving import make_server
 from api import create_app
 from api.access_log import DevRequestHandler
 from server import stage_metrics
-from server.launcher import stop_process, worker_argv
+from server.launcher import app_env, stop_process, worker_argv
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +157,9 @@ class WorkerProcess:
             extra=("--without-gossip", "--without-mingle", *extra),
         )
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            argv, env=app_env(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -276,7 +278,7 @@ def gunicorn(app: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", app],
         cwd=ROOT,
-        env={**env, "DAIKON_PORT": str(port)},
+        env=app_env({**env, "DAIKON_PORT": str(port)}),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from api.bodies import check_text, json_body
 from api.services import Services
-from daikon.contract import JobRequest
+from daikon.contract import GenerationParams, JobRequest, params_of
 from daikon.errors import (
     BadRequest,
     InvalidRequest,
@@ -472,8 +472,8 @@ def gather(
             "image redrawn without a caption)",
         )
     if mode == "text":
-        for name in ("strength", "mask_blur", "image_id", "mask_id"):
-            if getattr(req, name) is not None:
+        for name, param in params_of(JobRequest).items():
+            if param.modes is not None and getattr(req, name) is not None:
                 refuse(name, "only for mode image or inpaint (this job's mode is text)")
         for role in files:
             refuse(role, "only for mode image or inpaint (this job's mode is text)")
@@ -481,8 +481,13 @@ def gather(
     if mode == "image":
         if has_mask:
             refuse("mask", "only for mode inpaint (mode image redraws the whole image)")
-        if req.mask_blur is not None:
-            refuse("mask_blur", "only for mode inpaint")
+        for name, param in params_of(GenerationParams).items():
+            if (
+                param.modes is not None
+                and mode not in param.modes
+                and getattr(req, name) is not None
+            ):
+                refuse(name, f"only for mode {' or '.join(param.modes)}")
     for role, ref in (("image", req.image_id), ("mask", req.mask_id)):
         if role in files and ref is not None:
             refuse(f"{role}_id", f"give either an uploaded {role} part or {role}_id, not both")

@@ -31,6 +31,7 @@ from daikon.contract import (
 from daikon.errors import Conflict, NotFound, RequestErrorCode
 from db import jobs
 from db.session import read_retrying, session_scope
+from server import requests
 from server.image_urls import SIGNATURE_PARAM, verify
 from server.job_view import job_object
 
@@ -215,7 +216,7 @@ def list_jobs() -> Any:
     # One query for the page's states, one for the rows whose body is not at hand.
     principal = authenticate()
     svc = services()
-    q = query_params(ListQuery.for_settings(svc.settings))
+    q = query_params(requests.list_query(svc.settings))
     limit = q.limit
     where = jobs.ListFilter(
         tenant_id=principal.tenant_id,

@@ -35,6 +35,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from api.errors import ErrorResponse
 from daikon.errors import RequestErrorCode
+from server.requests import for_deployment
 from server.settings import Settings
 
 log = logging.getLogger("daikon.api")
@@ -171,13 +172,6 @@ def hidden(view: View) -> View:
     """Left out of the spec on purpose (the spec and docs routes themselves)."""
     setattr(view, ATTR, HIDDEN)
     return view
-
-
-def for_deployment(model: type[BaseModel], settings: Settings) -> type[BaseModel]:
-    """The deployment's version of a request model whose bounds come from settings (its
-    `for_settings`), else the model itself: the spec states exactly what is validated."""
-    build = getattr(model, "for_settings", None)
-    return build(settings) if callable(build) else model
 
 
 def non_null(prop: dict[str, Any]) -> dict[str, Any]:

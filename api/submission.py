@@ -37,6 +37,7 @@ from daikon.errors import (
 from db import deliveries, jobs, retention
 from db.models import Job, new_id
 from db.session import session_scope
+from server import requests
 from server.celery_config import publish_job, soft_time_limit
 from server.served_models import ServedModel
 from server.settings import Settings
@@ -85,13 +86,15 @@ def submit(
     (an idempotent replay is answered before them), and only then are the files decoded, once
     each, and stored; an edit's inputs are deleted again if the job is not created."""
     settings = svc.settings
-    req = JobRequest.for_settings(settings).model_validate(body)
+    req = requests.job_request(settings).model_validate(body)
     check_webhook_url(svc, req.webhook_url, principal.tenant_id)
     model = req.model or settings.default_model_name
     served = svc.served_models.get(model)
     capabilities = served.capabilities if served is not None else None
     checked = edit_inputs.gather(svc, principal.tenant_id, req, files or {})
-    params = req.resolve(settings, capabilities, image_size=checked.size if checked else None)
+    params = requests.resolve(
+        req, settings, capabilities, image_size=checked.size if checked else None
+    )
     if served is not None:  # else no worker has served it yet: the worker checks (same codes)
         _check_model(params, served)
     digest = request_hash({**body, "inputs": checked.digest()} if checked else body)

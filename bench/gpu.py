@@ -148,7 +148,18 @@ def direct_rates(
     from worker.generation import GenerationRequest
 
     def call(n: int) -> None:
-        gen.generate([GenerationRequest(PROMPT, None, size, size, steps, 7.5, tuple(range(n)))])
+        gen.generate(
+            [
+                GenerationRequest.of(
+                    PROMPT,
+                    tuple(range(n)),
+                    width=size,
+                    height=size,
+                    steps=steps,
+                    guidance_scale=7.5,
+                )
+            ]
+        )
 
     out = {}
     for n in batches:

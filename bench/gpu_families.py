@@ -380,7 +380,9 @@ def run_arch(
 
     def generate(n: int, k_steps: int) -> None:
         seeds = tuple(range(n))
-        adapter.generate([GenerationRequest(PROMPT, None, width, height, k_steps, None, seeds)])
+        adapter.generate(
+            [GenerationRequest.of(PROMPT, seeds, width=width, height=height, steps=k_steps)]
+        )
 
     generate(1, 1)  # warm-up: kernels, allocator, lazy initialisation
     rows = []

@@ -35,7 +35,9 @@ class ShapesJob:
         from worker.generation import GenerationRequest
         from worker.ranking import rank
 
-        request = GenerationRequest(prompt, None, size, size, steps, 7.5, (seed,))
+        request = GenerationRequest.of(
+            prompt, (seed,), width=size, height=size, steps=steps, guidance_scale=7.5
+        )
         images = self.generator.generate([request])[0]
         best = images[rank(self.ranker.score(prompt, images))[0]]
         out = io.BytesIO()

@@ -64,7 +64,14 @@ def main() -> None:
 
     def direct(seed: int) -> None:
         seeds = tuple(seed + i for i in range(args.candidates))
-        req = GenerationRequest(body["prompt"], None, args.size, args.size, args.steps, 7.5, seeds)
+        req = GenerationRequest.of(
+            body["prompt"],
+            seeds,
+            width=args.size,
+            height=args.size,
+            steps=args.steps,
+            guidance_scale=7.5,
+        )
         images = gen.generate([req])[0]
         best = rank(ranker.score(str(body["prompt"]), images))[0]
         images[best].save(io.BytesIO(), format="PNG")

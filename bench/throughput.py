@@ -61,7 +61,14 @@ def direct_rates(
 
     def run(n: int, seed: int) -> None:
         reqs = [
-            GenerationRequest(f"{prompt} {i}", None, size, size, steps, 7.5, (seed + i,))
+            GenerationRequest.of(
+                f"{prompt} {i}",
+                (seed + i,),
+                width=size,
+                height=size,
+                steps=steps,
+                guidance_scale=7.5,
+            )
             for i in range(n)
         ]
         for req, images in zip(reqs, gen.generate(reqs), strict=True):

@@ -37,6 +37,7 @@ from daikon.client.models import (
     JobEvent,
     JobFields,
     JobOut,
+    JobRequest,
     JobStatus,
     ProgressEvent,
     StatusEvent,
@@ -287,33 +288,20 @@ def generate(
     ] = None,
 ) -> None:
     """Submit a prompt; with --wait (the default) follow it and save the kept images."""
-    fields: JobFields = {}
-    for name, value in [
-        ("candidates", candidates),
-        ("top_k", top_k),
-        ("seed", seed),
-        ("steps", steps),
-        ("width", width),
-        ("height", height),
-        ("guidance_scale", guidance_scale),
-        ("negative_prompt", negative_prompt),
-        ("model", model),
-        ("scheduler", scheduler),
-        ("priority", priority),
-        ("webhook_url", webhook_url),
-        ("image_id", image_id),
-        ("mask_id", mask_id),
-        ("strength", strength),
-        ("mask_blur", mask_blur),
-    ]:
-        if value is not None:
-            fields[name] = value  # type: ignore[literal-required]
+    # Each option named as a JobRequest field is sent as that field (mode and metadata are
+    # checked and parsed below first).
+    options = locals()
+    fields: JobFields = {
+        name: options[name]
+        for name in JobRequest.model_fields
+        if name not in ("prompt", "mode", "metadata") and options.get(name) is not None
+    }
     if mode is None and (image is not None or image_id is not None):
         mode = "inpaint" if mask is not None or mask_id is not None else "image"
     if mode is not None:
         if mode not in ("text", "image", "inpaint"):
             raise typer.BadParameter("text, image or inpaint", param_hint="--mode")
-        fields["mode"] = mode  # type: ignore[typeddict-item]
+        fields["mode"] = mode
     if metadata is not None:
         try:
             fields["metadata"] = json.loads(metadata)

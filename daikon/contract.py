@@ -1,17 +1,20 @@
 """The job contract between API, database and worker: what a client may ask for and what it gets.
 
-Bounds come from `Settings`: each request model has a per-deployment version (`for_settings`)
-whose fields carry the rules (daikon/rules.py), so one model validates a request in the API
-(before anything is written) and documents it (GET /openapi.json, docs/api.md).
+Each request field states its rule (daikon/rules.py) beside its type and description (a
+`Param`); bounds that are the deployment's come from a `Bounds` the server builds from its
+settings (server/requests.py), which makes each request model's per-deployment version. So one
+model validates a request in the API (before anything is written) and documents it
+(GET /openapi.json, docs/api.md), and this module imports nothing of the server.
 """
 
 from __future__ import annotations
 
 import base64
 import enum
-import functools
 import json
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
@@ -24,14 +27,12 @@ from pydantic import (
     Field,
     ValidationInfo,
     WithJsonSchema,
-    create_model,
     field_validator,
 )
 
 from daikon import rules
-from daikon.capabilities import MODES, SCHEDULERS, Mode, ModelCapabilities, ModelOptions
+from daikon.capabilities import MODES, SCHEDULERS, Mode
 from daikon.limits import job_cost
-from server.settings import Settings
 
 TASK_GENERATE = "daikon.generate_job"
 SEED_MAX = 2**32 - 1
@@ -94,94 +95,223 @@ class JobStatus(enum.StrEnum):
 TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled})
 
 
-class JobRequest(BaseModel):
-    """The body of `POST /v1/jobs`. Omitted fields take the deployment's defaults.
+@dataclass(frozen=True)
+class Bounds:
+    """A deployment's bounds and the defaults its schema shows, as the fields' rules take them.
+    The server builds it from its settings (server/requests.py): the contract knows no
+    settings, so a client loads none."""
 
-    The bounds are the deployment's: validate with `JobRequest.for_settings(settings)`, a
-    subclass whose fields carry the settings' rules (daikon/rules.py), from which OpenAPI and
-    the reference docs are generated too."""
+    max_prompt_chars: int
+    min_size: int
+    max_size: int
+    max_steps: int
+    max_guidance_scale: float
+    max_candidates: int
+    max_metadata_bytes: int
+    list_limit_max: int
+    models: tuple[str, ...]
+    default_model: str
+    # The default model's defaults where the settings state them (None: the model's own).
+    default_width: int | None
+    default_height: int | None
+    default_steps: int | None
+    default_guidance_scale: float | None
+    default_candidates: int
+    default_top_k: int
 
-    model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(
+@dataclass(frozen=True)
+class Param:
+    """How a request field is checked and filled, stated beside its type and description.
+
+    `rule` makes its check (daikon/rules.py) from the deployment's Bounds: the deployment's
+    request model (server/requests.py) applies it, and OpenAPI and the docs show it. `default`
+    is what an omitted field becomes (a mapping: by mode), shown in the schema unless `shown`
+    says otherwise; `modes`: only jobs of these modes take it (others keep it null); `own`:
+    each job of a shared pipeline call has its own value (else jobs must agree to share one)."""
+
+    rule: Callable[[Bounds], Any]
+    default: Any = None
+    shown: Callable[[Bounds], Any] | None = None
+    modes: tuple[Mode, ...] | None = None
+    own: bool = False
+    more: Callable[[Bounds], str] | None = None
+
+    def shown_default(self, bounds: Bounds) -> Any:
+        if self.shown is not None:
+            return self.shown(bounds)
+        return None if isinstance(self.default, Mapping) else self.default
+
+    def default_for(self, mode: str) -> Any:
+        return self.default.get(mode) if isinstance(self.default, Mapping) else self.default
+
+
+def params_of(model: type[BaseModel]) -> dict[str, Param]:
+    """The fields of `model` that carry a Param, in declaration order."""
+    return {
+        name: meta
+        for name, field in model.model_fields.items()
+        for meta in field.metadata
+        if isinstance(meta, Param)
+    }
+
+
+def _sizes(b: Bounds) -> Any:
+    return rules.between(b.min_size, b.max_size, multiple_of=8)
+
+
+def _guidance(b: Bounds) -> Any:
+    return rules.number_as_float(rules.between(0, b.max_guidance_scale, kind=float))
+
+
+def _scheduler(_: Bounds) -> Any:
+    aliases = {c: n for n, c in SCHEDULERS.items()}
+    return rules.one_of(list(SCHEDULERS), what="scheduler", aliases=aliases)
+
+
+class GenerationParams(BaseModel):
+    """The generation parameters, each declared once: what a request may give (JobRequest),
+    what the job stores and queues once defaults are filled (JobParams), and what the worker's
+    pipeline call carries (worker/generation.py). A new parameter is a field here; the
+    deployment's rules, the defaults, batching, OpenAPI and the docs follow from it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[
+        str,
+        Param(lambda b: rules.text(b.max_prompt_chars, drawn=True, empty_allowed=True), own=True),
+    ] = Field(
         description="What to draw. Empty only for mode image: the image redrawn without a "
         "caption (what POST /v1/images/variations does)."
     )
-    negative_prompt: str | None = Field(None, description="What to steer away from (CFG).")
-    width: int | None = Field(None, description="Multiple of 8 within the configured bounds.")
-    height: int | None = Field(None, description="Multiple of 8 within the configured bounds.")
-    steps: int | None = Field(None, description="Denoising steps.")
-    guidance_scale: float | None = Field(
+    negative_prompt: Annotated[
+        str | None, Param(lambda b: rules.text(b.max_prompt_chars), own=True)
+    ] = Field(None, description="What to steer away from (CFG).")
+    width: Annotated[int | None, Param(_sizes, shown=lambda b: b.default_width)] = Field(
+        None, description="Multiple of 8 within the configured bounds."
+    )
+    height: Annotated[int | None, Param(_sizes, shown=lambda b: b.default_height)] = Field(
+        None, description="Multiple of 8 within the configured bounds."
+    )
+    steps: Annotated[
+        int | None,
+        Param(lambda b: rules.between(1, b.max_steps), shown=lambda b: b.default_steps),
+    ] = Field(None, description="Denoising steps.")
+    guidance_scale: Annotated[
+        float | None, Param(_guidance, shown=lambda b: b.default_guidance_scale)
+    ] = Field(
         None,
         description="Guidance scale: classifier-free guidance, or a distilled model's "
         "guidance embedding (the model's `guidance` in GET /v1/models).",
     )
-    true_cfg_scale: float | None = Field(
+    true_cfg_scale: Annotated[float | None, Param(_guidance)] = Field(
         None,
         description="Models with true CFG (FLUX): the scale a negative prompt applies at, "
         "> 1 (a second pass per step, about twice the time).",
     )
-    candidates: int | None = Field(None, description="Images generated before CLIP ranking.")
-    top_k: int | None = Field(None, description="Images kept after ranking (<= candidates).")
-    seed: int | None = Field(None, description="Base seed; image i uses seed + i.")
-    model: str | None = Field(None, description="A model name from GET /v1/models.")
-    scheduler: str | None = Field(
+    candidates: Annotated[
+        int | None,
+        Param(
+            lambda b: rules.between(1, b.max_candidates),
+            shown=lambda b: b.default_candidates,
+            own=True,
+        ),
+    ] = Field(None, description="Images generated before CLIP ranking.")
+    top_k: Annotated[
+        int | None,
+        Param(
+            lambda b: rules.at_least(1, documented_maximum=b.max_candidates),
+            shown=lambda b: min(b.default_top_k, b.default_candidates),
+            own=True,
+        ),
+    ] = Field(None, description="Images kept after ranking (<= candidates).")
+    seed: Annotated[int | None, Param(lambda b: rules.between(0, SEED_MAX), own=True)] = Field(
+        None, description="Base seed; image i uses seed + i."
+    )
+    model: Annotated[
+        str | None,
+        Param(lambda b: rules.one_of(b.models, what="model"), shown=lambda b: b.default_model),
+    ] = Field(None, description="A model name from GET /v1/models.")
+    scheduler: Annotated[str | None, Param(_scheduler)] = Field(
         None,
         description="A diffusers scheduler, by short name or class name; which ones a "
         "model can use: GET /v1/models.",
     )
-    mode: Mode | None = Field(
+    mode: Annotated[Mode | None, Param(lambda b: rules.one_of(MODES, what="mode"), "text")] = Field(
         None,
         description="text (default): draw the prompt; image: redraw the input `image` "
-        "(image-to-image); inpaint: repaint where the `mask` is white, keep where it is black.",
+        "(image-to-image); inpaint: repaint where the `mask` is white, keep where it is "
+        "black.",
     )
-    strength: float | None = Field(
+    strength: Annotated[
+        float | None,
+        Param(
+            lambda b: rules.number_as_float(rules.between(0, 1, kind=float)),
+            DEFAULT_STRENGTH,
+            modes=("image", "inpaint"),
+        ),
+    ] = Field(
         None,
         description="image and inpaint: how much noise is added to the input, 0-1, so "
         "about steps x strength denoising steps run (default: 0.6 for image, 1.0 for inpaint).",
     )
-    mask_blur: int | None = Field(
+    mask_blur: Annotated[
+        int | None,
+        Param(lambda b: rules.between(0, MAX_MASK_BLUR), 0, modes=("inpaint",)),
+    ] = Field(
         None,
         description="inpaint: Gaussian blur radius (pixels) of the mask's edge, so the "
         "repainted area blends into the kept one; 0 (default) = a hard edge.",
     )
-    image_id: str | None = Field(
+
+
+# The generation parameters' names, and those each job of a shared pipeline call has its own
+# (every other one, jobs must agree on to share a call).
+GENERATION_FIELDS = tuple(GenerationParams.model_fields)
+OWN_FIELDS = frozenset(name for name, p in params_of(GenerationParams).items() if p.own)
+
+
+class JobRequest(GenerationParams):
+    """The body of `POST /v1/jobs`. Omitted fields take the deployment's defaults.
+
+    The bounds are the deployment's: the server validates with its own version of this model
+    (server/requests.py), whose fields carry each Param's rule with its settings' bounds, and
+    from which OpenAPI and the reference docs are generated too."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image_id: Annotated[
+        str | None, Param(lambda b: rules.text(200), modes=("image", "inpaint"))
+    ] = Field(
         None,
         description="image and inpaint: an image of an earlier job of yours, by its "
         "`id` (`<job id>:<rank>`, or `<job id>:image` for a job's own input), instead of an "
         "uploaded `image` part.",
     )
-    mask_id: str | None = Field(
+    mask_id: Annotated[str | None, Param(lambda b: rules.text(200), modes=("inpaint",))] = Field(
         None,
         description="inpaint: a mask by id (`<job id>:mask`, or any image id whose "
         "image is single-channel), instead of an uploaded `mask` part.",
     )
-    priority: int | None = Field(None, description="0-9, higher runs first (default 5).")
-    metadata: dict[str, Any] | None = Field(None, description="Client JSON, stored as given.")
-    webhook_url: str | None = Field(None, description="Where job events are POSTed.")
+    priority: Annotated[
+        int | None, Param(lambda b: rules.between(0, PRIORITY_MAX), DEFAULT_PRIORITY)
+    ] = Field(None, description="0-9, higher runs first (default 5).")
+    metadata: Annotated[
+        dict[str, Any] | None,
+        Param(
+            lambda b: rules.json_object(b.max_metadata_bytes),
+            more=lambda b: f" At most {b.max_metadata_bytes} bytes as JSON.",
+        ),
+    ] = Field(None, description="Client JSON, stored as given.")
+    webhook_url: Annotated[str | None, Param(lambda b: rules.http_url())] = Field(
+        None, description="Where job events are POSTed."
+    )
     webhook_events: list[WebhookEvent] | None = Field(
         None, description="Events to send (default: the terminal ones)."
     )
 
     # The deployment's default candidate count, for `top_k <= candidates` when omitted.
     default_candidates: ClassVar[int] = 4
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> type[JobRequest]:
-        """This deployment's request model (built once per set of bounds)."""
-        b = settings.limits
-        return _job_request(
-            b.max_prompt_chars,
-            b.min_size,
-            b.max_size,
-            b.max_steps,
-            b.max_guidance_scale,
-            b.max_candidates,
-            b.max_metadata_bytes,
-            tuple(sorted(settings.model_specs)),
-            settings.default_model_name,
-            _shown_defaults(settings),
-        )
 
     @field_validator("webhook_events", mode="before")
     @classmethod
@@ -204,186 +334,33 @@ class JobRequest(BaseModel):
             raise ValueError(f"must not exceed candidates ({candidates})")
         return v
 
-    def resolve(
-        self,
-        settings: Settings,
-        capabilities: ModelCapabilities | None = None,
-        *,
-        image_size: tuple[int, int] | None = None,
-    ) -> JobParams:
-        """The stored parameters: what the client omitted filled from, in order, the model's
-        options in the model table, the deployment's DAIKON_DEFAULT_*, and the model's own
-        defaults (its published capabilities). Without capabilities (no worker has loaded the
-        model yet) a field may stay null: the worker fills it from the model before it runs.
-        An edit's size is its input image's (`image_size`)."""
-        limits = settings.limits
-        candidates = self.candidates if self.candidates is not None else limits.default_candidates
-        given = {name: getattr(self, name) for name in MODEL_DEFAULTED}
-        mode = self.mode or "text"
-        if image_size is not None:
-            given["width"], given["height"] = image_size
-        params = JobParams(
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            candidates=candidates,
-            top_k=self.top_k if self.top_k is not None else min(limits.default_top_k, candidates),
-            seed=self.seed,
-            model=self.model or settings.default_model_name,
-            scheduler=self.scheduler,
-            true_cfg_scale=self.true_cfg_scale,
-            mode=mode,
-            strength=(
-                (self.strength if self.strength is not None else DEFAULT_STRENGTH[mode])
-                if mode != "text"
-                else None
-            ),
-            mask_blur=(self.mask_blur or 0) if mode == "inpaint" else None,
-            defaulted=[name for name, value in given.items() if value is None],
-            **given,
-        )
-        return fill_defaults(params, settings, capabilities)
-
-
-def _shown_defaults(
-    settings: Settings,
-) -> tuple[int | None, int | None, int | None, float | None, int, int]:
-    """The defaults the schema shows: the default model's (where the settings say them)."""
-    b = settings.limits
-    o = settings.model_specs[settings.default_model_name].options
-    return (
-        o.default_width or b.default_width,
-        o.default_height or b.default_height,
-        o.default_steps or b.default_steps,
-        o.default_guidance_scale
-        if o.default_guidance_scale is not None
-        else b.default_guidance_scale,
-        b.default_candidates,
-        min(b.default_top_k, b.default_candidates),
-    )
-
 
 # Fields whose default belongs to the model (its size, steps and guidance).
 MODEL_DEFAULTED = ("width", "height", "steps", "guidance_scale")
 
 
-def fill_defaults(
-    params: JobParams, settings: Settings, capabilities: ModelCapabilities | None
-) -> JobParams:
-    """Fill the fields still null (see JobRequest.resolve); the API and the worker use this
-    one function, so they choose alike."""
-    spec = settings.model_specs.get(params.model)
-    options = spec.options if spec is not None else ModelOptions()
-    limits = settings.limits
-    update: dict[str, Any] = {}
-    for name in MODEL_DEFAULTED:
-        if getattr(params, name) is not None:
-            continue
-        for value in (
-            getattr(options, f"default_{name}"),
-            getattr(limits, f"default_{name}"),
-            getattr(capabilities.defaults, name) if capabilities is not None else None,
-        ):
-            if value is not None:
-                update[name] = value
-                break
-    if params.scheduler is None and options.default_scheduler is not None:
-        update["scheduler"] = options.default_scheduler
-    if params.true_cfg_scale is None and options.default_true_cfg_scale is not None:
-        update["true_cfg_scale"] = options.default_true_cfg_scale
-    return params.model_copy(update=update) if update else params
+def _described(name: str) -> str | None:
+    return GenerationParams.model_fields[name].description
 
 
-PUBLIC_DOC = (
-    "The body of `POST /v1/jobs`. Omitted fields take the model's defaults (its options in "
-    "the model table, the deployment's DAIKON_DEFAULT_*, then the model's own)."
-)
+class JobParams(GenerationParams):
+    """The job's generation parameters as stored and queued to the worker: the request's,
+    with what it left out filled in, except a model default the API could not know yet (null
+    until the worker fills it, like `seed`)."""
 
-
-@functools.cache
-def _job_request(
-    max_chars: int,
-    min_size: int,
-    max_size: int,
-    max_steps: int,
-    max_guidance: float,
-    max_candidates: int,
-    max_metadata: int,
-    models: tuple[str, ...],
-    default_model: str,
-    defaults: tuple[int | None, int | None, int | None, float | None, int, int],
-) -> type[JobRequest]:
-    width, height, steps, guidance, candidates, top_k = defaults
-
-    fields: dict[str, Any] = {}
-    base = JobRequest.model_fields
-
-    def bounded(name: str, rule: Any, shown_default: Any = None, more: str = "") -> None:
-        description = (base[name].description or "") + more
-        extra = {"default": shown_default} if shown_default is not None else None
-        fields[name] = (rule | None, Field(None, description=description, json_schema_extra=extra))
-
-    fields["prompt"] = (
-        rules.text(max_chars, drawn=True, empty_allowed=True),
-        Field(description=base["prompt"].description),
+    # Every field is in every answer, so each is required in the response schema.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_serialization_defaults_required=True
     )
-    bounded("negative_prompt", rules.text(max_chars))
-    side = rules.between(min_size, max_size, multiple_of=8)
-    bounded("width", side, width)
-    bounded("height", side, height)
-    bounded("steps", rules.between(1, max_steps), steps)
-    guidance_rule = rules.number_as_float(rules.between(0, max_guidance, kind=float))
-    bounded("guidance_scale", guidance_rule, guidance)
-    bounded("true_cfg_scale", guidance_rule)
-    bounded("candidates", rules.between(1, max_candidates), candidates)
-    bounded("top_k", rules.at_least(1, documented_maximum=max_candidates), top_k)
-    bounded("seed", rules.between(0, SEED_MAX))
-    bounded("model", rules.one_of(models, what="model"), default_model)
-    bounded(
-        "scheduler",
-        rules.one_of(
-            list(SCHEDULERS), what="scheduler", aliases={c: n for n, c in SCHEDULERS.items()}
-        ),
+
+    candidates: int = Field(description=_described("candidates"))
+    top_k: int = Field(description=_described("top_k"))
+    model: str = Field("default", description=_described("model"))
+    mode: Mode = Field("text", description=_described("mode"))
+    defaulted: list[str] = Field(
+        default_factory=list,
+        description="What the client left out, filled with the model's (or deployment's) defaults.",
     )
-    bounded("mode", rules.one_of(MODES, what="mode"), "text")
-    bounded("strength", rules.number_as_float(rules.between(0, 1, kind=float)))
-    bounded("mask_blur", rules.between(0, MAX_MASK_BLUR), 0)
-    bounded("image_id", rules.text(200))
-    bounded("mask_id", rules.text(200))
-    bounded("priority", rules.between(0, PRIORITY_MAX), DEFAULT_PRIORITY)
-    bounded(
-        "metadata", rules.json_object(max_metadata), more=f" At most {max_metadata} bytes as JSON."
-    )
-    bounded("webhook_url", rules.http_url())
-    model = create_model(
-        "JobRequest", __base__=JobRequest, __module__=__name__, __doc__=PUBLIC_DOC, **fields
-    )
-    model.default_candidates = candidates
-    return model
-
-
-class JobParams(BaseModel):
-    """Validated generation parameters as stored on the job row: complete, except a model
-    default the API could not know yet (null until the worker fills it, like `seed`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prompt: str
-    negative_prompt: str | None
-    width: int | None
-    height: int | None
-    steps: int | None
-    guidance_scale: float | None
-    candidates: int
-    top_k: int
-    seed: int | None  # None until the worker picks one; the job then records the one used
-    model: str = "default"
-    scheduler: str | None = None  # None = the pipeline's own
-    true_cfg_scale: float | None = None  # None = the model's (only models with true CFG)
-    mode: Mode = "text"
-    strength: float | None = None  # image and inpaint only
-    mask_blur: int | None = None  # inpaint only
-    # What the client left out, filled with the model's (or deployment's) defaults.
-    defaulted: list[str] = Field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -399,6 +376,13 @@ class JobParams(BaseModel):
             width=self.width, height=self.height, candidates=self.candidates, steps=self.steps
         )
 
+    def shared(self) -> tuple[tuple[str, Any], ...]:
+        """What jobs must agree on to share one pipeline call: every generation parameter
+        but those each job has its own (OWN_FIELDS), and whether there is a negative prompt
+        (its text is per image)."""
+        values = self.model_dump(include=set(GENERATION_FIELDS) - OWN_FIELDS)
+        return (*values.items(), ("negative_prompt", self.negative_prompt is not None))
+
     @property
     def batch_key(self) -> tuple[object, ...] | None:
         """What jobs must share to run in one pipeline call (prompts, negative prompts and
@@ -407,16 +391,7 @@ class JobParams(BaseModel):
         The one rule for batching: None neither joins a batch nor takes companions."""
         if not self.complete or self.mode != "text":
             return None
-        return (
-            self.model,
-            self.width,
-            self.height,
-            self.steps,
-            self.guidance_scale,
-            self.scheduler,
-            self.true_cfg_scale,
-            self.negative_prompt is not None,
-        )
+        return self.shared()
 
     def describe_cost(self) -> str:
         return f"{self.width}x{self.height} px x {self.candidates} candidates x {self.steps} steps"
@@ -539,8 +514,7 @@ Cursor = Annotated[
 
 
 class ListQuery(BaseModel):
-    """The query string of `GET /v1/jobs`; `limit`'s bound is the deployment's
-    (ListQuery.for_settings)."""
+    """The query string of `GET /v1/jobs`; `limit`'s bound is the deployment's."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -549,18 +523,10 @@ class ListQuery(BaseModel):
     created_after: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = Field(
         None, description="Only jobs created after this time (ISO 8601, with a time zone)."
     )
-    limit: int = Field(20, description="Jobs per page.")
+    limit: Annotated[int, Param(lambda b: rules.between(1, b.list_limit_max))] = Field(
+        20, description="Jobs per page."
+    )
     cursor: Cursor | None = Field(None, description="`next_cursor` of the previous page.")
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> type[ListQuery]:
-        return _list_query(settings.api.list_limit_max)
-
-
-@functools.cache
-def _list_query(limit_max: int) -> type[ListQuery]:
-    limit = (rules.between(1, limit_max), Field(20, description="Jobs per page."))
-    return create_model("ListQuery", __base__=ListQuery, __module__=__name__, limit=limit)
 
 
 IDEMPOTENCY_KEY_MAX = 255

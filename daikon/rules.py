@@ -1,9 +1,9 @@
 """Rules for request fields, each stated once.
 
 A rule is an annotated type: the same arguments make its check (with the message a client
-reads) and its JSON Schema (what OpenAPI and the generated docs show). Request models built
-per deployment (daikon/contract.py) feed them the deployment's settings, so a bound is never
-typed twice.
+reads) and its JSON Schema (what OpenAPI and the generated docs show). Each request field
+names its rule in its `Param` (daikon/contract.py); the models built per deployment
+(server/requests.py) feed it the deployment's bounds, so a bound is never typed twice.
 """
 
 from __future__ import annotations

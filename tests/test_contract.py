@@ -8,13 +8,14 @@ import pytest
 from pydantic import ValidationError
 
 from daikon.contract import SEED_MAX, JobRequest
+from server.requests import job_request, resolve
 from server.settings import Settings
 
 SETTINGS = Settings(database_url="sqlite://", redis_url="redis://unused")
 
 
 def validate(**body: Any) -> JobRequest:
-    return JobRequest.for_settings(SETTINGS).model_validate(body)
+    return job_request(SETTINGS).model_validate(body)
 
 
 def bad_fields(**body: Any) -> dict[str, str]:
@@ -25,7 +26,7 @@ def bad_fields(**body: Any) -> dict[str, str]:
 
 def test_omitted_fields_take_the_models_defaults() -> None:
     """The embedded shapes model's own (32 px, 20 steps, 7.5): no DAIKON_DEFAULT_* is set."""
-    params = validate(prompt="a red circle").resolve(SETTINGS)
+    params = resolve(validate(prompt="a red circle"), SETTINGS)
     own = SETTINGS.model_specs["default"].options
     assert params.model_dump() == {
         "prompt": "a red circle",
@@ -72,8 +73,8 @@ def test_defaults_come_from_the_model_table_then_the_deployment_then_the_model()
         supports_negative_prompt=True,
         defaults=ModelDefaults(width=1024, height=1024, steps=28, guidance_scale=4.0),
     )
-    request = JobRequest.for_settings(table).model_validate({"prompt": "p", "width": 512})
-    resolved = request.resolve(table, caps)
+    request = job_request(table).model_validate({"prompt": "p", "width": 512})
+    resolved = resolve(request, table, caps)
     assert (resolved.width, resolved.height, resolved.steps, resolved.guidance_scale) == (
         512,
         1024,
@@ -82,22 +83,25 @@ def test_defaults_come_from_the_model_table_then_the_deployment_then_the_model()
     )
     assert resolved.defaulted == ["height", "steps", "guidance_scale"]
     # Before any worker has loaded the model, what only the model knows stays open.
-    cold = request.resolve(table)
+    cold = resolve(request, table)
     assert (cold.height, cold.steps, cold.guidance_scale, cold.complete) == (None, 30, 3.5, False)
 
 
 def test_given_fields_are_kept_and_an_integer_guidance_is_a_float() -> None:
-    params = validate(
-        prompt="p",
-        negative_prompt="n",
-        width=128,
-        height=96,
-        steps=3,
-        guidance_scale=5,
-        candidates=6,
-        top_k=6,
-        seed=SEED_MAX,
-    ).resolve(SETTINGS)
+    params = resolve(
+        validate(
+            prompt="p",
+            negative_prompt="n",
+            width=128,
+            height=96,
+            steps=3,
+            guidance_scale=5,
+            candidates=6,
+            top_k=6,
+            seed=SEED_MAX,
+        ),
+        SETTINGS,
+    )
     assert (params.width, params.height, params.steps) == (128, 96, 3)
     assert params.guidance_scale == 5.0 and isinstance(params.guidance_scale, float)
     assert (params.candidates, params.top_k, params.seed) == (6, 6, SEED_MAX)
@@ -147,7 +151,7 @@ def test_every_bad_field_is_reported_at_once() -> None:
 
 def test_top_k_defaults_never_exceed_small_candidate_counts() -> None:
     s = Settings(database_url="sqlite://", default_top_k=2, default_candidates=4)
-    params = JobRequest.for_settings(s).model_validate({"prompt": "p", "candidates": 1}).resolve(s)
+    params = resolve(job_request(s).model_validate({"prompt": "p", "candidates": 1}), s)
     assert (params.candidates, params.top_k) == (1, 1)
 
 

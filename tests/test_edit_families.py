@@ -61,7 +61,7 @@ def edit(name: str, mode: str, **kw: Any) -> GenerationRequest:
         mask=half_mask(size) if mode == "inpaint" else None,
         strength=0.5,
     )
-    return GenerationRequest(**{**base, **kw})
+    return GenerationRequest.of(**{**base, **kw})
 
 
 def denoiser(pipe: Any) -> Any:
@@ -107,8 +107,8 @@ def test_image_to_image_shares_the_weights_and_runs_steps_times_strength(
     width, height = size_for(FAMILIES[name])
     adapter.generate(
         [
-            GenerationRequest(
-                "a red circle", None, width, height, 4 if name == "lcm" else 2, None, (1, 2)
+            GenerationRequest.of(
+                "a red circle", (1, 2), width=width, height=height, steps=4 if name == "lcm" else 2
             )
         ],
         on_step=text,

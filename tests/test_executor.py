@@ -159,7 +159,7 @@ def test_stored_pngs_are_the_pipelines_own_pil_output_byte_for_byte(  # type: ig
     job = load(sessions, job_id)
     (direct,) = runtime.generator.generate(
         [
-            GenerationRequest(
+            GenerationRequest.of(
                 prompt="a red circle",
                 negative_prompt=None,
                 width=32,

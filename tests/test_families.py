@@ -102,7 +102,7 @@ def request(name: str, **kw: Any) -> GenerationRequest:
         guidance_scale=None,
         seeds=(1, 2),
     )
-    return GenerationRequest(**{**base, **kw})
+    return GenerationRequest.of(**{**base, **kw})
 
 
 def one(adapter: Generator, name: str, **kw: Any) -> Image.Image:
@@ -223,9 +223,7 @@ def test_defaults_are_the_families_own(adapters: Adapters) -> None:
 
 def test_an_omitted_parameter_takes_the_models_default(adapters: Adapters) -> None:
     adapter, progress = adapters("sdxl-turbo"), Progress()
-    (images,) = adapter.generate(
-        [GenerationRequest(PROMPT, None, None, None, None, None, (1,))], on_step=progress
-    )
+    (images,) = adapter.generate([GenerationRequest.of(PROMPT, (1,))], on_step=progress)
     d = adapter.capabilities.defaults
     assert images[0].size == (d.width, d.height) == (64, 64)
     assert progress.assert_complete() == 1
@@ -255,7 +253,7 @@ def test_a_size_off_the_multiple_is_refused_before_any_step(adapters: Adapters, 
     assert repr(name) in violation.message
     caps = adapter.capabilities
     if caps.max_size is not None:  # SD3's positional grid
-        (violation,) = caps.check(request(name, height=caps.max_size + m))
+        (violation,) = caps.check(request(name, height=caps.max_size + m).params)
         assert violation.param == "height" and str(caps.max_size) in violation.message
 
 
@@ -341,7 +339,7 @@ def test_a_negative_prompt_changes_the_image_or_is_refused(adapters: Adapters, n
         plain = one(adapter, name)
         assert not same(plain, one(adapter, name, negative_prompt="green triangles"))
     else:
-        (violation,) = adapter.capabilities.check(request(name, negative_prompt="green"))
+        (violation,) = adapter.capabilities.check(request(name, negative_prompt="green").params)
         assert violation.param == "negative_prompt" and repr(name) in violation.message
         with pytest.raises(UnsupportedParameters):
             adapter.generate([request(name, negative_prompt="green")])
@@ -357,7 +355,7 @@ def test_a_negative_prompt_needs_the_guidance_that_applies_it(
         assert not same(plain, one(adapter, name, guidance_scale=1.0, negative_prompt="green"))
         return
     (violation,) = adapter.capabilities.check(
-        request(name, guidance_scale=1.0, negative_prompt="green")
+        request(name, guidance_scale=1.0, negative_prompt="green").params
     )
     assert violation.param == "negative_prompt"
     assert "guidance_scale" in violation.message and repr(name) in violation.message
@@ -372,7 +370,7 @@ def test_guidance_scale_changes_the_image(adapters: Adapters, name: str) -> None
 @pytest.mark.parametrize("name", names(lambda f: f.guidance == "none"))
 def test_guidance_on_a_guidance_free_model_is_refused(adapters: Adapters, name: str) -> None:
     adapter = adapters(name)
-    (violation,) = adapter.capabilities.check(request(name, guidance_scale=3.5))
+    (violation,) = adapter.capabilities.check(request(name, guidance_scale=3.5).params)
     assert violation.param == "guidance_scale" and repr(name) in violation.message
     assert one(adapter, name, guidance_scale=0.0).size == size_for(FAMILIES[name])
 
@@ -392,14 +390,14 @@ def test_a_negative_prompt_on_flux_runs_true_cfg_at_twice_the_passes(
         remove()
     assert (without, with_negative) == (3, 6)
     caps = adapter.capabilities
-    (off,) = caps.check(request(name, negative_prompt="green", true_cfg_scale=1.0))
+    (off,) = caps.check(request(name, negative_prompt="green", true_cfg_scale=1.0).params)
     assert off.param == "true_cfg_scale"
-    (alone,) = caps.check(request(name, true_cfg_scale=3.0))
+    (alone,) = caps.check(request(name, true_cfg_scale=3.0).params)
     assert alone.param == "true_cfg_scale" and "negative_prompt" in alone.message
 
 
 def test_true_cfg_is_refused_where_the_pipeline_has_none(adapters: Adapters) -> None:
-    (violation,) = adapters("sd3").capabilities.check(request("sd3", true_cfg_scale=3.0))
+    (violation,) = adapters("sd3").capabilities.check(request("sd3", true_cfg_scale=3.0).params)
     assert violation.param == "true_cfg_scale" and "'sd3'" in violation.message
 
 
@@ -416,10 +414,10 @@ def test_the_fewest_steps_run_and_steps_out_of_bounds_are_refused(
     adapter.generate([request(name, steps=caps.min_steps, seeds=(1,))], on_step=progress)
     progress.assert_complete()
     if caps.min_steps > 1:  # PixArt
-        (violation,) = caps.check(request(name, steps=caps.min_steps - 1))
+        (violation,) = caps.check(request(name, steps=caps.min_steps - 1).params)
         assert violation.param == "steps"
     if caps.max_steps is not None:  # turbo by its options, LCM by its scheduler
-        (violation,) = caps.check(request(name, steps=caps.max_steps + 1))
+        (violation,) = caps.check(request(name, steps=caps.max_steps + 1).params)
         assert violation.param == "steps" and repr(name) in violation.message
     expected_max = {"sdxl-turbo": 4, "lcm": 50}.get(name)
     assert caps.max_steps == expected_max
@@ -453,7 +451,7 @@ def test_each_advertised_scheduler_is_the_one_that_runs_and_changes_the_image(
 def test_a_scheduler_the_model_cannot_use_is_refused(adapters: Adapters, name: str) -> None:
     caps = adapters(name).capabilities
     unusable = [s for s in SCHEDULERS if s not in caps.schedulers]
-    (violation,) = caps.check(request(name, scheduler=unusable[0]))
+    (violation,) = caps.check(request(name, scheduler=unusable[0]).params)
     assert violation.param == "scheduler" and violation.code == "unsupported_scheduler"
     assert repr(name) in violation.message and caps.schedulers[0] in violation.message
 
@@ -594,7 +592,7 @@ def test_the_warm_up_runs_one_image_and_a_full_call_at_the_native_size(
     real = gen.generate
 
     def record(requests: Any, **kw: Any) -> Any:
-        seen.extend((len(r.seeds), r.width or 0, r.height or 0) for r in requests)
+        seen.extend((len(r.seeds), r.params.width or 0, r.params.height or 0) for r in requests)
         return real(requests, **kw)
 
     monkeypatch.setattr(gen, "generate", record)

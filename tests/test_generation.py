@@ -34,7 +34,7 @@ def req(**kw: object) -> GenerationRequest:
         guidance_scale=7.5,
         seeds=(1, 2),
     )
-    return GenerationRequest(**{**base, **kw})  # type: ignore[arg-type]
+    return GenerationRequest.of(**{**base, **kw})  # type: ignore[arg-type]
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -124,10 +124,13 @@ def test_tensor_images_stay_on_the_device_and_encode_to_the_pil_outputs_bytes(
     assert [tuple(t.shape) for t in tensors] == [(3, 32, 64)] * 4
     assert [to_pil(t).tobytes() for t in tensors] == [p.tobytes() for p in pil]
     # CLIP reads the tensors where they are; only PIL's resampling differs from its processor.
-    from_tensors, from_pil = ranker.score(r.prompt, tensors), ranker.score(r.prompt, pil)
+    from_tensors, from_pil = (
+        ranker.score(r.params.prompt, tensors),
+        ranker.score(r.params.prompt, pil),
+    )
     assert from_tensors == pytest.approx(from_pil, abs=1.0)
     assert from_tensors != pytest.approx(ranker.score("a blue square", tensors), abs=1e-3)
-    mixed = ranker.score(r.prompt, [pil[0], *tensors[1:]])
+    mixed = ranker.score(r.params.prompt, [pil[0], *tensors[1:]])
     assert mixed == pytest.approx(from_tensors, abs=1e-4)
 
 

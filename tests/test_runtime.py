@@ -86,4 +86,6 @@ def test_a_model_larger_than_the_budget_still_runs_alone(
 def _request():  # type: ignore[no-untyped-def]
     from worker.generation import GenerationRequest
 
-    return GenerationRequest("a red circle", None, 32, 32, 2, 7.5, (1,))
+    return GenerationRequest.of(
+        "a red circle", (1,), width=32, height=32, steps=2, guidance_scale=7.5
+    )

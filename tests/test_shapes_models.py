@@ -45,7 +45,10 @@ def runtime() -> ModelRuntime:
 
 
 def match_rate(generator: Generator, prompts: list[str], scale: float) -> float:
-    requests_ = [GenerationRequest(p, None, 32, 32, 20, scale, SEEDS) for p in prompts]
+    requests_ = [
+        GenerationRequest.of(p, SEEDS, width=32, height=32, steps=20, guidance_scale=scale)
+        for p in prompts
+    ]
     batches = generator.generate(requests_)
     matches = [
         judge(p, img).match for p, imgs in zip(prompts, batches, strict=True) for img in imgs
@@ -62,7 +65,11 @@ def test_the_embedded_default_is_the_committed_shapes_pipeline(runtime: ModelRun
         for weights in folder.rglob("*.safetensors"):
             assert weights.stat().st_size <= 20 * 2**20, weights
     [image] = runtime.generator.generate(
-        [GenerationRequest("a red circle", None, 32, 32, 10, 7.5, (1,))]
+        [
+            GenerationRequest.of(
+                "a red circle", (1,), width=32, height=32, steps=10, guidance_scale=7.5
+            )
+        ]
     )[0]
     assert image.size == (32, 32)
 

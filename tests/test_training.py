@@ -33,7 +33,13 @@ def test_a_shortened_training_run_writes_models_the_worker_loads(tmp_path: Path)
     record = json.loads((tmp_path / "shapes-sd" / "daikon-training.json").read_text())
     assert record["steps"] == {"vae": 3, "clip": 4, "diffusion": 14}
     generator = Generator.load(str(tmp_path / "shapes-sd"), device="cpu", dtype=torch.float32)
-    [images] = generator.generate([GenerationRequest("a red circle", None, 32, 32, 2, 3.0, (1,))])
+    [images] = generator.generate(
+        [
+            GenerationRequest.of(
+                "a red circle", (1,), width=32, height=32, steps=2, guidance_scale=3.0
+            )
+        ]
+    )
     assert images[0].size == (32, 32)
     ranker = ClipRanker.load(str(tmp_path / "shapes-clip"), device="cpu", dtype=torch.float32)
     assert len(ranker.score("a red circle above a blue square", images * 2)) == 2

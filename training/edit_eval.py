@@ -180,14 +180,11 @@ def run_edits(
         started = time.perf_counter()
         (images,) = generator.generate(
             [
-                GenerationRequest(
+                GenerationRequest.of(
                     edit.caption,
-                    None,
-                    None,
-                    None,
-                    STEPS,
-                    GUIDANCE,
                     seeds_for(index),
+                    steps=STEPS,
+                    guidance_scale=GUIDANCE,
                     mode="inpaint",
                     image=source,
                     mask=edit.mask(),
@@ -210,14 +207,11 @@ def run_edits(
         started = time.perf_counter()
         (redrawn,) = generator.generate(
             [
-                GenerationRequest(
+                GenerationRequest.of(
                     caption,
-                    None,
-                    None,
-                    None,
-                    STEPS,
-                    GUIDANCE,
                     seeds_for(index),
+                    steps=STEPS,
+                    guidance_scale=GUIDANCE,
                     mode="image",
                     image=source,
                     strength=IMAGE_STRENGTH,

@@ -102,7 +102,14 @@ def run(
     for start in range(0, len(prompts), PROMPTS_PER_CALL):
         chunk = prompts[start : start + PROMPTS_PER_CALL]
         requests = [
-            GenerationRequest(p, None, 32, 32, STEPS, scale, seeds_for(first_index + start + i))
+            GenerationRequest.of(
+                p,
+                seeds_for(first_index + start + i),
+                width=32,
+                height=32,
+                steps=STEPS,
+                guidance_scale=scale,
+            )
             for i, p in enumerate(chunk)
         ]
         started = time.perf_counter()

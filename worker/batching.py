@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from daikon.contract import JobParams, WebhookEvent, fill_defaults
+from daikon.contract import JobParams, WebhookEvent
 from db import jobs
 from db.session import session_scope
+from server.requests import fill_defaults
 from server.settings import Settings
 from worker.job_webhooks import JobEvents, StepHook
 from worker.runtime import ModelRuntime

@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daikon import limits
 from daikon.capabilities import UnsupportedParameters
-from daikon.contract import SEED_MAX, JobParams, WebhookEvent, fill_defaults
+from daikon.contract import SEED_MAX, JobParams, WebhookEvent
 from db import jobs
 from db.session import session_scope
+from server.requests import fill_defaults
 from server.settings import Settings
 from server.storage import ImageStore
 from worker.batching import Batcher, BatchStopped
@@ -545,21 +546,7 @@ class JobExecutor:
             else secrets.randbelow(SEED_MAX - params.candidates + 1)
         )
         member.seeds = tuple(base_seed + i for i in range(params.candidates))
-        return GenerationRequest(
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt,
-            width=params.width,
-            height=params.height,
-            steps=params.steps,
-            guidance_scale=params.guidance_scale,
-            seeds=member.seeds,
-            scheduler=params.scheduler,
-            true_cfg_scale=params.true_cfg_scale,
-            mode=params.mode,
-            strength=params.strength,
-            mask_blur=params.mask_blur or 0,
-            **member.edit,
-        )
+        return GenerationRequest(params, member.seeds, **member.edit)
 
     def _keep(
         self, member: Member, images: list[Candidate], scores: list[float], started: float

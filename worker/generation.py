@@ -21,12 +21,12 @@ from PIL import Image
 from daikon.capabilities import (
     SCHEDULER_BY_CLASS,
     SCHEDULERS,
-    Mode,
     ModelCapabilities,
     ModelDefaults,
     ModelOptions,
     scheduler_name,
 )
+from daikon.contract import JobParams
 from worker.families import (
     FLUX_TRUE_CFG_DEFAULT,
     Call,
@@ -42,41 +42,50 @@ from worker.families import (
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One job's images: a prompt, shared parameters and one seed per image.
+    """One job's images: its validated parameters as queued (the contract's JobParams, never
+    copied field by field), one seed per image, and what only the worker knows: an edit's
+    input images, read from storage (`image` is redrawn in mode image, repainted where `mask`
+    is white in mode inpaint).
 
-    None for width, height, steps or guidance_scale means the model's default.
+    A null width, height, steps or guidance_scale in the params means the model's default.
     """
 
-    prompt: str
-    negative_prompt: str | None
-    width: int | None
-    height: int | None
-    steps: int | None
-    guidance_scale: float | None
+    params: JobParams
     seeds: tuple[int, ...]  # one per image; image i starts from seed i's noise
-    scheduler: str | None = None  # a name from daikon.capabilities.SCHEDULERS; None = default
-    true_cfg_scale: float | None = None  # families with true CFG (FLUX); None = the default
-    # Edits: `image` is redrawn (mode image) or repainted where `mask` is white (inpaint).
-    mode: Mode = "text"
     image: Image.Image | None = None
     mask: Image.Image | None = None
-    strength: float | None = None  # noise added to the input, 0-1 (steps x strength run)
-    mask_blur: int = 0  # Gaussian radius of the mask's edge, in pixels
+
+    @classmethod
+    def of(
+        cls,
+        prompt: str,
+        seeds: Sequence[int],
+        *,
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+        **params: Any,
+    ) -> GenerationRequest:
+        """A request outside a job (benches, training, tests): `params` are JobParams'
+        fields; it keeps an image per seed."""
+        n = len(seeds)
+        job = JobParams(prompt=prompt, candidates=n, top_k=n, **params)
+        return cls(job, tuple(seeds), image, mask)
 
 
 def _edit_fields(request: GenerationRequest) -> dict[str, Any]:
     """An edit's part of a pipeline call: the input in RGB, the mask in L, blurred as asked."""
     from PIL import ImageFilter
 
-    if request.mode == "text":
+    params = request.params
+    if params.mode == "text":
         return {}
     assert request.image is not None
     mask = request.mask.convert("L") if request.mask is not None else None
-    if mask is not None and request.mask_blur:
-        mask = mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
-    strength = request.strength if request.strength is not None else 1.0
+    if mask is not None and params.mask_blur:
+        mask = mask.filter(ImageFilter.GaussianBlur(params.mask_blur))
+    strength = params.strength if params.strength is not None else 1.0
     return {
-        "mode": request.mode,
+        "mode": params.mode,
         "image": request.image.convert("RGB"),
         "mask": mask,
         "strength": strength,
@@ -217,14 +226,12 @@ class Generator:
         for n in sorted({1, self.images_per_call or 1}):
             self.generate(
                 [
-                    GenerationRequest(
-                        prompt="warm-up",
-                        negative_prompt=None,
+                    GenerationRequest.of(
+                        "warm-up",
+                        range(n),
                         width=caps.native_width,
                         height=caps.native_height,
                         steps=max(caps.min_steps, 2),
-                        guidance_scale=None,
-                        seeds=tuple(range(n)),
                     )
                 ]
             )
@@ -344,34 +351,29 @@ class Generator:
 
     def check(self, request: GenerationRequest) -> None:
         """Refuse what this model cannot do, before any work (UnsupportedParameters)."""
-        self.capabilities.require(request)
+        self.capabilities.require(request.params)
 
     # generation ------------------------------------------------------------------------------
     def _resolve(self, request: GenerationRequest) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if not request.seeds:
             raise ValueError("a generation request needs at least one seed")
         self.check(request)
-        r = self.capabilities.resolve(request)
-        guidance = 0.0 if self.capabilities.guidance == "none" else r["guidance_scale"]
-        if request.mode != "text":
-            if request.image is None or (request.mode == "inpaint" and request.mask is None):
-                raise ValueError(f"mode {request.mode} needs an image (and inpaint a mask)")
+        params = request.params
+        r = self.capabilities.resolve(params)
+        r["guidance_scale"] = 0.0 if self.capabilities.guidance == "none" else r["guidance_scale"]
+        if params.mode != "text":
+            if request.image is None or (params.mode == "inpaint" and request.mask is None):
+                raise ValueError(f"mode {params.mode} needs an image (and inpaint a mask)")
             r["width"], r["height"] = request.image.size
-        key = (
-            request.mode,
-            id(request.image),
-            id(request.mask),
-            request.strength,
-            request.mask_blur,
-            r["width"],
-            r["height"],
-            r["steps"],
-            guidance,
-            r["scheduler"],
-            r["negative_prompt"] is not None,
-            r["true_cfg_scale"] if r["negative_prompt"] is not None else None,
-        )
-        return key, {**r, "guidance_scale": guidance}
+        # Requests share a call when they agree on every shared parameter (JobParams.shared),
+        # as this model resolves it, and on their input images.
+        negative = r["negative_prompt"] is not None
+        shared = dict(params.shared()) | {
+            **r,
+            "negative_prompt": negative,
+            "true_cfg_scale": r["true_cfg_scale"] if negative else None,
+        }
+        return (id(request.image), id(request.mask), *shared.items()), r
 
     @overload
     def generate(
@@ -413,9 +415,9 @@ class Generator:
             first = resolved[indices[0]]
             members = [requests[i] for i in indices]
             call = Call(
-                prompts=[r.prompt for r in members for _ in r.seeds],
+                prompts=[r.params.prompt for r in members for _ in r.seeds],
                 negatives=(
-                    [r.negative_prompt or "" for r in members for _ in r.seeds]
+                    [r.params.negative_prompt or "" for r in members for _ in r.seeds]
                     if first["negative_prompt"] is not None
                     else None
                 ),
@@ -425,6 +427,7 @@ class Generator:
                 steps=first["steps"],
                 guidance_scale=first["guidance_scale"],
                 true_cfg_scale=first["true_cfg_scale"],
+                params=members[0].params,
                 **_edit_fields(members[0]),
             )
             if tensors and call.mode != "inpaint":

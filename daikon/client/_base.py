@@ -40,6 +40,7 @@ from daikon.client.models import (
     StreamStatus,
     TenantList,
     TenantOut,
+    check_fields,
 )
 
 T = TypeVar("T")
@@ -149,6 +150,7 @@ class Endpoints:
         """`inputs` (image, mask) make it multipart: the JSON goes in the part `request`. The
         files are read once, here, so a retry sends the same bytes (the same request hash)."""
         if isinstance(request, str):
+            check_fields(fields)
             body: dict[str, Any] = {"prompt": request}
             body.update({k: v for k, v in fields.items() if v is not None})
         else:

@@ -4,7 +4,8 @@ the typed events of a job's event stream."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -47,30 +48,23 @@ WebhookSecret = SecretOut
 Delivery = DeliveryOut
 
 
-class JobFields(TypedDict, total=False):
-    """`submit`'s keyword arguments: JobRequest's fields (the API checks the bounds)."""
+# `submit`'s keyword arguments: JobRequest's fields, by name (the contract declares them once;
+# the client checks the names, the API the values and bounds). Python's typing cannot make a
+# TypedDict from a model's fields, so for a call an editor and mypy check field by field, pass
+# `JobRequest(prompt=..., ...)` instead: its constructor is typed.
+JobFields = dict[str, Any]
 
-    negative_prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    true_cfg_scale: float
-    candidates: int
-    top_k: int
-    seed: int
-    model: str
-    scheduler: str
-    priority: int
-    metadata: dict[str, Any]
-    webhook_url: str
-    webhook_events: list[WebhookEvent | str]
-    # Edits (docs/edits.md): mode image or inpaint, with `image=`/`mask=` files or these ids.
-    mode: Literal["text", "image", "inpaint"]
-    strength: float
-    mask_blur: int
-    image_id: str
-    mask_id: str
+
+def check_fields(fields: Mapping[str, Any]) -> None:
+    """Refuse a keyword that is no JobRequest field, as Python refuses an unexpected keyword
+    argument (before anything is sent)."""
+    known = JobRequest.model_fields.keys() - {"prompt"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise TypeError(
+            f"submit() got unexpected keyword arguments {unknown}; JobRequest's fields: "
+            f"{', '.join(sorted(known))}"
+        )
 
 
 class StatusEvent(BaseModel):

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeVar
 
 import httpx2
 
@@ -39,7 +39,6 @@ from daikon.client.models import (
     DoneEvent,
     ImageOut,
     JobEvent,
-    JobFields,
     JobList,
     JobOut,
     JobRequest,
@@ -125,9 +124,10 @@ class Daikon:
         idempotency_key: str | None = None,
         image: InputFile | None = None,
         mask: InputFile | None = None,
-        **fields: Unpack[JobFields],
+        **fields: Any,
     ) -> JobOut:
-        """Queue a job: `submit("a red circle", candidates=8, top_k=2)` or a JobRequest.
+        """Queue a job: `submit("a red circle", candidates=8, top_k=2)` (keywords are
+        JobRequest's fields: another name raises TypeError) or a JobRequest (typed fields).
         Without `idempotency_key` a fresh one is made, and reused by this call's retries.
         An edit uploads `image` (and `mask`: white = repaint) as bytes, a path or a binary
         file, with `mode="image"` or `"inpaint"`; or names earlier images by `image_id`."""

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 from PIL import Image
 
 from daikon.capabilities import MODE_NAMES, GuidanceKind, Mode, ModelOptions
+from daikon.contract import JobParams
 
 StepCallback = Callable[[int, int], None]  # (step done, total steps); may raise to stop the run
 
@@ -85,6 +86,9 @@ class Call:
     steps: int
     guidance_scale: float
     true_cfg_scale: float | None
+    # The validated parameters the call's jobs share (JobParams.shared; the prompts, negative
+    # prompts and seeds above are per image): where a family reads a parameter of its own.
+    params: JobParams
     mode: Mode = "text"
     image: Image.Image | None = None
     mask: Image.Image | None = None  # blurred already when mask_blur asked it

@@ -113,3 +113,7 @@ def test_every_redis_key_name_is_written_in_server_keys() -> None:
                 if isinstance(node, ast.Name) and node.id == "PREFIX":
                     spelled.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert spelled == []
+
+
+def test_the_contract_imports_no_server_code() -> None:
+    assert not imported_top_levels("daikon") & {"server", "api", "worker", "db"}

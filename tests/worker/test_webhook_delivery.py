@@ -10,16 +10,12 @@ import itertools
 import json
 import random
 import threading
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
-from flask.testing import FlaskClient
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from daikon.contract import WebhookEvent
@@ -29,96 +25,12 @@ from db.deliveries import Outbox
 from db.session import session_scope
 from server.job_view import EventRenderer, Links
 from server.storage import LocalStore
+from tests.apps import authed
 from tests.receiver import Reply, receiver
-from tests.test_jobs_api import authed
+from tests.webhook_rig import BODY, Rig, make_rig
 from worker.executor import JobExecutor, Outcome
 from worker.job_webhooks import JobWebhooks
 from worker.runtime import ModelLoadError
-from worker.webhooks.deliver import Deliverer
-
-BODY = {"prompt": "a red circle", "steps": 2, "candidates": 2, "top_k": 1, "seed": 1}
-
-
-class Clock:
-    """Real time plus an offset the test moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += timedelta(seconds=seconds)
-
-
-class LowJitter:
-    def uniform(self, a: float, b: float) -> float:
-        return a
-
-
-@dataclass
-class Rig:
-    app: Flask
-    client: FlaskClient  # a tenant of its own
-    clock: Clock
-    deliverer: Deliverer
-    # Messages "in the broker": (delivery id, when it may run).
-    published: list[tuple[str, datetime]] = field(default_factory=list)
-
-    def event(self, url: str, events: tuple[str, ...] = ("job.canceled",)) -> str:
-        """A job whose cancel raises one event for url; its delivery id."""
-        r = self.client.post(
-            "/v1/jobs", json={**BODY, "webhook_url": url, "webhook_events": list(events)}
-        )
-        assert r.status_code == 202, r.get_json()
-        job_id = r.get_json()["id"]
-        assert self.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
-        (delivery,) = self.listing(job_id)
-        return str(delivery["id"])
-
-    def listing(self, job_id: str) -> list[dict[str, Any]]:
-        r = self.client.get(f"/v1/jobs/{job_id}/webhooks")
-        assert r.status_code == 200
-        return list(r.get_json()["deliveries"])
-
-    def delivery(self, delivery_id: str) -> dict[str, Any]:
-        with session_scope(self.app.extensions["daikon"].sessions) as s:
-            job_id = deliveries.get(session=s, delivery_id=delivery_id).job_id
-        return next(d for d in self.listing(job_id) if d["id"] == delivery_id)
-
-    def pump(self) -> list[DeliveryStatus | None]:
-        """Run what the dispatcher and the broker would run at the clock's time."""
-        self.deliverer.dispatch()
-        now = self.clock()
-        ready = [d for d, at in self.published if at <= now]
-        self.published[:] = [(d, at) for d, at in self.published if at > now]
-        return [self.deliverer.deliver(d) for d in ready]
-
-    def secret(self, **body: Any) -> str:
-        r = self.client.post("/v1/webhooks/secret", json=body)
-        assert r.status_code == 201
-        return str(r.get_json()["secret"])
-
-
-def make_rig(app: Flask, **settings: Any) -> Rig:
-    svc = app.extensions["daikon"]
-    root = authed(app)
-    tenant = root.post("/v1/admin/tenants", json={"name": f"t-{uuid.uuid4().hex[:8]}"}).get_json()
-    key = root.post(f"/v1/admin/tenants/{tenant['id']}/keys", json={}).get_json()["key"]
-    clock = Clock()
-    rig = Rig(app, authed(app, key), clock, None)  # type: ignore[arg-type]
-    rig.deliverer = Deliverer(
-        sessions=svc.sessions,
-        settings=svc.settings.evolve(**settings),
-        publish=lambda d, countdown: rig.published.append(
-            (d, clock() + timedelta(seconds=countdown))
-        ),
-        links=Links("", svc.store, svc.signing_key, 60),
-        clock=clock,
-        rng=LowJitter(),
-    )
-    return rig
 
 
 @pytest.fixture

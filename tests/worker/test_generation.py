@@ -139,7 +139,7 @@ def test_every_stable_diffusion_scheduler_the_api_offers_is_supported_by_the_pip
     generator: Generator,
 ) -> None:
     """The k-diffusion schedulers; LCM, TCD and flow-matching ones belong to other families
-    (tests/test_families.py checks each family's list runs)."""
+    (tests/worker/test_families.py checks each family's list runs)."""
     from daikon.capabilities import SCHEDULERS
 
     others = {"lcm", "tcd", "flow_match_euler", "flow_match_heun", "flow_match_lcm"}

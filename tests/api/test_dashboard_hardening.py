@@ -19,10 +19,10 @@ from daikon.contract import JobStatus
 from db import jobs
 from db.models import AuditEntry, DashboardSession, PausedModel, utcnow
 from db.session import session_scope
+from tests.apps import csrf_of, login, new_key, queued_job, sessions_of
 from tests.conftest import authed
 from tests.factories import job_params
 from tests.stack import ADMIN_KEY
-from tests.test_dashboard import csrf_of, login, new_key, queued_job, sessions_of
 
 OLD_KEY = "dk_admin_old_" + "a" * 32
 NEW_KEY = "dk_admin_new_" + "b" * 32

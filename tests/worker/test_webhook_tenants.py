@@ -13,7 +13,7 @@ from daikon.webhooks import DeliveryStatus
 from server.settings import Settings
 from tests.conftest import authed
 from tests.receiver import receiver
-from tests.test_webhook_delivery import BODY, Rig, make_rig
+from tests.webhook_rig import BODY, Rig, make_rig
 
 LOCAL = "127.0.0.1,::1,localhost"  # what make run allows (server/launcher.py)
 

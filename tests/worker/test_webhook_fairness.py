@@ -14,7 +14,7 @@ from daikon.webhooks import DeliveryStatus
 from db import deliveries
 from db.session import session_scope
 from tests.receiver import hanging, receiver
-from tests.test_webhook_delivery import Rig, make_rig
+from tests.webhook_rig import Rig, make_rig
 from worker.webhooks.deliver import GIVE_UP_AFTER
 from worker.webhooks.gate import BUSY_RETRY_CAP_SECONDS, Endpoint, Gates, Outcome, Verdict
 

@@ -16,10 +16,9 @@ from sqlalchemy.orm import Session
 from daikon.contract import PRIORITY_MAX, JobStatus
 from db import dashboard, jobs, tenants
 from db.models import Job
+from tests.apps import login, new_tenant
 from tests.conftest import ADMIN_KEY, authed
 from tests.factories import job_params
-from tests.test_dashboard import login
-from tests.test_tenancy import new_tenant
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 

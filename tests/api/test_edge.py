@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +9,12 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
 
 from api import create_app
 from db import jobs
-from db.models import Job
 from db.session import session_scope
 from server.settings import Settings
+from tests.apps import job_count, queued_job_ids, queued_messages
 from tests.conftest import ADMIN_KEY, AUTH
 from tests.stack import free_port, migrate
 
@@ -27,27 +24,6 @@ VALID = {"prompt": "a red circle", "steps": 4, "candidates": 2, "top_k": 1, "see
 @pytest.fixture
 def app(make_app) -> Flask:  # type: ignore[no-untyped-def]
     return make_app(max_body_bytes=4096)
-
-
-def job_count(app: Flask) -> int:
-    with session_scope(app.extensions["daikon"].sessions) as s:
-        return int(s.scalar(select(func.count()).select_from(Job)) or 0)
-
-
-def queued_messages(redis_client: redis.Redis, queue: str) -> list[tuple[str, str, int]]:
-    """(Redis list, job id, Celery priority) of every message published under this queue
-    prefix: one list per model, and per priority level within it."""
-    found = []
-    for key in sorted(k.decode() for k in redis_client.scan_iter(f"{queue}*")):
-        for raw in redis_client.lrange(key, 0, -1):
-            message = json.loads(raw)
-            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-            found.extend((key, a, message["properties"]["priority"]) for a in args)
-    return found
-
-
-def queued_job_ids(redis_client: redis.Redis, queue: str) -> list[str]:
-    return [job_id for _key, job_id, _prio in queued_messages(redis_client, queue)]
 
 
 def test_submit_commits_a_row_queues_its_id_and_answers_202(

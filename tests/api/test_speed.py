@@ -22,10 +22,10 @@ from db import jobs
 from db.models import ApiKey, Job, utcnow
 from db.session import session_scope
 from server.live import LiveState
+from tests.apps import new_tenant
 from tests.conftest import ADMIN_KEY, authed
 from tests.factories import image, job_params
 from tests.stack import gunicorn_api
-from tests.test_tenancy import new_tenant
 
 BODY = {"prompt": "a red circle", "steps": 2, "candidates": 1, "top_k": 1}
 

@@ -474,7 +474,7 @@ def test_a_tenant_at_its_quota_is_refused_with_its_code_and_nothing_is_stored(
 
 
 def test_the_dashboard_shows_a_tenants_bytes_and_quota_and_an_admin_sets_it(app: Flask) -> None:
-    from tests.test_dashboard import login
+    from tests.apps import login
 
     root = authed(app)
     tenant = root.post("/v1/admin/tenants", json={"name": "shown"}).get_json()

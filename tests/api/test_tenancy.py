@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -15,6 +14,7 @@ from db import jobs, tenants
 from db.models import ApiKey
 from db.session import session_scope
 from server import image_urls
+from tests.apps import new_tenant
 from tests.conftest import ADMIN_KEY, authed
 from tests.factories import image
 
@@ -24,17 +24,6 @@ BODY = {"prompt": "a red circle", "steps": 2, "candidates": 1, "top_k": 1}
 @pytest.fixture
 def app(make_app) -> Flask:  # type: ignore[no-untyped-def]
     return make_app()
-
-
-def new_tenant(app: Flask, name: str, *, admin: bool = False) -> tuple[str, dict[str, Any]]:
-    root = authed(app, ADMIN_KEY)
-    tenant = root.post("/v1/admin/tenants", json={"name": name})
-    assert tenant.status_code == 201, tenant.get_json()
-    key = root.post(
-        f"/v1/admin/tenants/{tenant.get_json()['id']}/keys", json={"name": "ci", "admin": admin}
-    )
-    assert key.status_code == 201
-    return tenant.get_json()["id"], key.get_json()
 
 
 @pytest.mark.parametrize("header", [None, "Bearer nope", "Basic dXNlcjpwdw==", "Bearer "])

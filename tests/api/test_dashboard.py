@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,55 +21,10 @@ from daikon.contract import JobStatus
 from db import dashboard, jobs
 from db.models import AuditEntry, DashboardSession, Job, PausedModel, utcnow
 from db.session import session_scope
+from tests.apps import csrf_of, login, new_key, queued_job, sessions_of
 from tests.conftest import authed
 from tests.factories import make_job
 from tests.stack import ADMIN_KEY
-
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def csrf_of(html: str) -> str:
-    match = CSRF.search(html)
-    assert match, html
-    return match.group(1)
-
-
-def login(app: Flask, key: str = ADMIN_KEY) -> tuple[FlaskClient, str]:
-    """A browser-like client signed in with `key`; and its CSRF token."""
-    client = app.test_client()
-    form = client.get("/admin/login")
-    r = client.post("/admin/login", data={"key": key, "csrf_token": csrf_of(form.text)})
-    assert r.status_code == 303, r.text
-    page = client.get("/admin/")
-    assert page.status_code == 200
-    return client, csrf_of(page.text)
-
-
-def new_key(app: Flask, scope: str, tenant: str = "ops") -> dict[str, Any]:
-    admin = authed(app)
-    t = admin.post("/v1/admin/tenants", json={"name": tenant})
-    tenant_id = (
-        t.get_json()["id"]
-        if t.status_code == 201
-        else next(
-            x["id"]
-            for x in admin.get("/v1/admin/tenants").get_json()["tenants"]
-            if x["name"] == tenant
-        )
-    )
-    r = admin.post(f"/v1/admin/tenants/{tenant_id}/keys", json={"name": scope, "scope": scope})
-    assert r.status_code == 201, r.text
-    return dict(r.get_json())
-
-
-def sessions_of(app: Flask) -> Any:
-    return app.extensions["daikon"].sessions
-
-
-def queued_job(app: Flask, **params: Any) -> str:
-    r = authed(app).post("/v1/jobs", json={"prompt": "a red circle", "steps": 2, **params})
-    assert r.status_code == 202, r.text
-    return str(r.get_json()["id"])
 
 
 @pytest.fixture

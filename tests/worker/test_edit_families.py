@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 
 from daikon.capabilities import UnsupportedParameters
-from tests.families import FAMILIES, FamilyBuilds
-from tests.test_families import Adapters, Progress, size_for
+from tests.families import FAMILIES, Adapters, FamilyBuilds, Progress, size_for
 from worker.generation import GenerationRequest, Generator
 
 EDITING = {"sd1", "sd2", "sdxl", "flux-dev", "flux-schnell"}

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import torch
 
+from tests.stack import ROOT
 from training.common import seeded
 from training.vae import train_vae
 from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_shortened_training_run_writes_models_the_worker_loads(tmp_path: Path) -> None:

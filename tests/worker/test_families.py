@@ -17,7 +17,17 @@ import torch
 from PIL import Image
 
 from daikon.capabilities import SCHEDULERS, ModelOptions, UnsupportedParameters
-from tests.families import FAMILIES, Family, FamilyBuilds, build_kandinsky22_prior, build_sd1
+from tests.families import (
+    FAMILIES,
+    Adapters,
+    Family,
+    FamilyBuilds,
+    Progress,
+    Stop,
+    build_kandinsky22_prior,
+    build_sd1,
+    size_for,
+)
 from worker.families import (
     FAMILIES as HANDLED,
 )
@@ -53,28 +63,6 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-class Adapters:
-    """Adapters over the session's builds, loaded once per (family, options)."""
-
-    def __init__(self, builds: FamilyBuilds):
-        self.builds = builds
-        self._loaded: dict[tuple[str, tuple[tuple[str, Any], ...]], Generator] = {}
-
-    def __call__(self, name: str, images_per_call: int | None = None, **options: Any) -> Generator:
-        key = (name, tuple(sorted({**options, "_per_call": images_per_call}.items())))
-        if key not in self._loaded:
-            family = FAMILIES[name]
-            self._loaded[key] = Generator.load(
-                str(self.builds.path(name)),
-                model=name,
-                device="cpu",
-                dtype=torch.float32,
-                options=family.options.model_copy(update=options),
-                images_per_call=images_per_call,
-            )
-        return self._loaded[key]
-
-
 @pytest.fixture(scope="session")
 def builds(tmp_path_factory: pytest.TempPathFactory) -> FamilyBuilds:
     return FamilyBuilds(tmp_path_factory.mktemp("families"))
@@ -83,12 +71,6 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> FamilyBuilds:
 @pytest.fixture(scope="session")
 def adapters(builds: FamilyBuilds) -> Adapters:
     return Adapters(builds)
-
-
-def size_for(family: Family) -> tuple[int, int]:
-    """A non-square size on the family's multiple (so swapped axes would show)."""
-    m = family.multiple
-    return (3 * m, 2 * m) if m == 8 else (2 * m, m)
 
 
 def request(name: str, **kw: Any) -> GenerationRequest:
@@ -118,29 +100,6 @@ def levels_apart(a: Image.Image, b: Image.Image) -> tuple[int, float]:
     """The largest per-channel difference and the fraction of values that differ."""
     d = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
     return int(d.max()), float((d > 0).mean())
-
-
-class Progress:
-    def __init__(self, stop_at: int | None = None):
-        self.seen: list[tuple[int, int]] = []
-        self.stop_at = stop_at
-
-    def __call__(self, step: int, total: int) -> None:
-        self.seen.append((step, total))
-        if step == self.stop_at:
-            raise Stop(step)
-
-    def assert_complete(self) -> int:
-        """Steps 1..total in order, one total throughout; returns the total."""
-        totals = {t for _, t in self.seen}
-        assert len(totals) == 1, self.seen
-        total = totals.pop()
-        assert [s for s, _ in self.seen] == list(range(1, total + 1))
-        return total
-
-
-class Stop(Exception):
-    """What a cancel does: the step callback raises."""
 
 
 def denoiser_calls(pipe: Any) -> tuple[Counter[str], Callable[[], None]]:

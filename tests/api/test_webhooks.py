@@ -14,9 +14,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from server.webhooks.safety import Allowlist, UnsafeDestination, check_url
+from tests.apps import authed, job_count, queued_messages
 from tests.conftest import ADMIN_KEY
-from tests.test_api import job_count, queued_messages
-from tests.test_jobs_api import authed
 
 BODY = {"prompt": "a red circle", "steps": 2, "candidates": 2, "top_k": 1, "seed": 1}
 

@@ -16,8 +16,8 @@ from daikon.contract import JobStatus
 from db import jobs
 from db.models import Job, utcnow
 from db.session import session_scope
+from tests.apps import job_count, queued_job_ids, queued_messages
 from tests.conftest import authed
-from tests.test_api import job_count, queued_job_ids, queued_messages
 
 BODY = {"prompt": "a red circle", "steps": 2, "candidates": 2, "top_k": 1, "seed": 1}
 

@@ -14,7 +14,7 @@ import requests
 
 from tests.stack import ADMIN_KEY, ROOT, Stack, running_stack, settings_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 SHOTS = ROOT / "docs" / "dashboard"
 # Slow enough to watch (150 steps of 4 candidates at 64 px on a CPU), small enough for a
 # CPU's job-size limit.

@@ -1,5 +1,8 @@
 """Cross-job batching in the executor: compatible queued jobs run in one pipeline call, each
-keeping its own seeds, progress, cancel, lease and result (real database, store and Redis)."""
+keeping its own seeds, progress, cancel, lease and result (real database, store and Redis).
+The generator is the fake one (tests/fake_generator.py), the real Generator's grouping with no
+pipeline behind it: what is under test is which jobs run together and what each ends with;
+that batching changes no image of the real pipeline is tests/worker/test_generation.py's."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from db.session import make_session_factory, session_scope
 from server.live import LiveState
 from server.storage import LocalStore
 from tests.factories import job_params, make_job
+from tests.fake_generator import FakeGenerator
 from worker.executor import JobExecutor, Outcome
 from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker
@@ -35,7 +39,7 @@ LIMITS = ModelLimits(
 
 
 class Recording:
-    """The real tiny generator, recording how many requests each pipeline call carried."""
+    """A generator, recording how many requests each pipeline call carried."""
 
     def __init__(self, inner: Generator, fail_batches: bool = False):
         self.inner, self.fail_batches = inner, fail_batches
@@ -53,8 +57,8 @@ class Recording:
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_models: tuple[Path, Path]) -> Generator:
-    return Generator.load(str(tiny_models[0]), device="cpu", dtype=torch.float32)
+def generator() -> Generator:
+    return FakeGenerator()
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +155,9 @@ def test_compatible_jobs_run_in_one_call_and_each_gets_the_images_it_gets_alone(
     assert [r.status for r in rows] == [JobStatus.succeeded] * 3
     assert [r.metrics["batch_size"] for r in rows] == [3, 3, 3]
     assert [r.seed for r in rows] == [100, 101, 102]
-    # The same jobs, each run alone, make the same images: their own seeds' noise. Not byte
-    # for byte on this CPU: the UNet's kernels are not batch-invariant (latents differ by
-    # ~4e-5), which moves a pixel value by one level in a few of 12,288 (docs/benchmarks.md).
+    # The same jobs, each run alone, make the same images: their own seeds' noise. The fake
+    # draws them byte for byte; the tolerance is the real pipeline's, whose UNet kernels are not
+    # batch-invariant on a CPU (a pixel a level apart in a few of 12,288, docs/benchmarks.md).
     alone_model = f"{model}-alone"
     solo = LocalStore(tmp_path / "alone")
     gen_alone = Recording(generator)

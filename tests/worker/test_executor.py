@@ -1,4 +1,6 @@
-"""The job executor against a real database and store, with runtimes that fail on purpose."""
+"""The job executor against a real database and store, with runtimes that fail on purpose.
+The generator is the fake one (tests/fake_generator.py): what is under test is the claim, run
+and settle, not the pipeline's pixels; the real tiny pipeline runs where they are."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from db.models import Job, JobImage, utcnow
 from db.session import make_session_factory, session_scope
 from server.storage import LocalStore, StorageError
 from tests.factories import make_job
+from tests.fake_generator import TINY_SD, FakeGenerator
 from worker.executor import JobBusy, JobExecutor, Outcome
 from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker
@@ -30,15 +33,19 @@ from worker.runtime import ModelLoadError, ModelRuntime
 
 @pytest.fixture(scope="module")
 def runtime(tiny_models: tuple[Path, Path]) -> ModelRuntime:
-    global CAPABILITIES
-    generator = Generator.load(str(tiny_models[0]), device="cpu", dtype=torch.float32)
-    CAPABILITIES = generator.capabilities  # what the fakes below claim to be able to do
     return ModelRuntime(
-        generator=generator,
+        generator=FakeGenerator(),
         ranker=ClipRanker.load(str(tiny_models[1]), device="cpu", dtype=torch.float32),
         device="cpu",
         load_seconds=0.0,
     )
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_models: tuple[Path, Path], runtime: ModelRuntime) -> ModelRuntime:
+    """The real tiny pipeline, for what the pipeline itself hands the executor."""
+    generator = Generator.load(str(tiny_models[0]), device="cpu", dtype=torch.float32)
+    return ModelRuntime(generator, runtime.ranker, "cpu", 0.0)
 
 
 @pytest.fixture
@@ -82,7 +89,7 @@ def executor(sessions: sessionmaker[Session], store: Any, runtime: Any) -> JobEx
     )
 
 
-CAPABILITIES: Any = None
+CAPABILITIES = TINY_SD  # what the failing generators below claim to be able to do
 
 
 class Fake:
@@ -150,14 +157,14 @@ def test_a_job_runs_to_ranked_pngs(sessions, store, runtime) -> None:  # type: i
 
 
 def test_stored_pngs_are_the_pipelines_own_pil_output_byte_for_byte(  # type: ignore[no-untyped-def]
-    sessions, store, runtime
+    sessions, store, tiny
 ) -> None:
     # The executor ranks tensors and encodes only the kept ones; a client's PNG must be what
     # the pipeline's own "pil" output gives for that seed.
     job_id = new_job(sessions, candidates=3, top_k=2, seed=300, width=32, height=64)
-    assert executor(sessions, store, runtime).run(job_id) is Outcome.succeeded
+    assert executor(sessions, store, tiny).run(job_id) is Outcome.succeeded
     job = load(sessions, job_id)
-    (direct,) = runtime.generator.generate(
+    (direct,) = tiny.generator.generate(
         [
             GenerationRequest(
                 prompt="a red circle",

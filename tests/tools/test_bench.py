@@ -10,7 +10,7 @@ import pytest
 
 from tests.stack import ROOT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # the benchmarks' own processes
 
 
 def test_service_vs_direct_bench_runs_and_reports_its_ratio() -> None:

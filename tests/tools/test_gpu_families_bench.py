@@ -10,9 +10,12 @@ import pytest
 
 from tests.stack import ROOT
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array_wrap__ must accept context:DeprecationWarning"  # numpy 2, upstream
-)
+pytestmark = [
+    pytest.mark.slow,  # a benchmark: every family built and run
+    pytest.mark.filterwarnings(
+        "ignore:__array_wrap__ must accept context:DeprecationWarning"  # numpy 2, upstream
+    ),
+]
 
 
 def test_gpu_families_bench_cpu_smoke_reports_every_architecture() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.stack import ROOT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # every peer's server, then Daikon's stack
 
 
 def test_peers_bench_runs_every_peer_and_reports_the_ratios() -> None:

@@ -67,6 +67,7 @@ def test_the_embedded_default_is_the_committed_shapes_pipeline(runtime: ModelRun
     assert image.size == (32, 32)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)  # hundreds of samples: minutes on a loaded 2-core machine
 def test_guided_samples_match_their_captions_more_often_than_unguided(
     runtime: ModelRuntime,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.stack import ROOT
@@ -16,6 +17,8 @@ from training.common import seeded
 from training.vae import train_vae
 from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker
+
+pytestmark = pytest.mark.slow  # trains: every stage, shortened
 
 
 def test_a_shortened_training_run_writes_models_the_worker_loads(tmp_path: Path) -> None:

@@ -30,9 +30,10 @@ test: install
 	$(PY) -m mypy
 	$(PY) -m pytest
 
-# Everything but the tests that start worker processes (the edit-test loop).
+# The edit-test loop, a few minutes: everything but the tests that start worker processes
+# (tests/e2e/), drive a browser or take minutes (docs/development.md, "The test layers").
 test-fast: install
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -m "not e2e and not browser and not slow"
 
 # The generated docs: docs/api.md's and docs/client.md's reference parts, docs/configuration.md.
 docs: install

@@ -1,6 +1,6 @@
 """Daikon's HTTP API. `create_app(settings)` builds everything; importing builds nothing.
 
-Never imports torch, diffusers or transformers (tests/test_boundaries.py proves it).
+Never imports torch, diffusers or transformers (tests/api/test_boundaries.py proves it).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Nothing here is written by hand twice: the spec is assembled from the Flask url_
 serialise responses. Bounds that come from settings (image sizes, steps, the model names, ...)
 are written into the request schemas for this deployment's settings when the spec is built.
 
-Every route must carry a note (tests/test_openapi.py fails otherwise). A new endpoint:
+Every route must carry a note (tests/api/test_openapi.py fails otherwise). A new endpoint:
 
     @bp.get("/models")
     @openapi.operation("List the models", tags=["models"], responses={200: ModelList})

@@ -5,7 +5,7 @@
 
 Each package is fetched with `npm pack NAME@VERSION` (npm verifies the tarball's integrity),
 the listed files are copied under api/static/vendor/NAME/, and their SHA-256 go into
-api/static/vendor/manifest.json, which tests/test_vendor.py checks.
+api/static/vendor/manifest.json, which tests/tools/test_vendor.py checks.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from api import create_app
 from db.session import make_engine
 from server.settings import Settings, normalize_database_url
+from tests.apps import authed
 from tests.stack import ADMIN_KEY, a_redis, free_port, migrate
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -52,14 +53,6 @@ def queue_name(redis_url: str) -> Iterator[str]:
 @pytest.fixture
 def redis_client(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
-
-
-def authed(app: Flask, key: str | None = ADMIN_KEY) -> FlaskClient:
-    """A test client that sends `key` as its Bearer key (none when `key` is None)."""
-    client = app.test_client()
-    if key is not None:
-        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
-    return client
 
 
 @pytest.fixture

@@ -16,11 +16,14 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daikon.capabilities import ModelOptions
 from tests.tiny_models import _text_config
 from tests.tiny_models import _tokenizer as clip_tokenizer
+
+if TYPE_CHECKING:
+    from worker.generation import Generator
 
 SEED = 0
 BUILD_MARKER = "daikon-family.json"
@@ -562,3 +565,64 @@ class FamilyBuilds:
             family.build().save_pretrained(target, safe_serialization=True)
         marker.write_text(json.dumps({"version": BUILD_VERSION, "seed": SEED}))
         return target
+
+
+# --- driving the builds through the adapter (the worker's tests) ----------------------------
+
+
+class Adapters:
+    """Adapters over the session's builds, loaded once per (family, options)."""
+
+    def __init__(self, builds: FamilyBuilds):
+        self.builds = builds
+        self._loaded: dict[tuple[str, tuple[tuple[str, Any], ...]], Generator] = {}
+
+    def __call__(self, name: str, images_per_call: int | None = None, **options: Any) -> Generator:
+        key = (name, tuple(sorted({**options, "_per_call": images_per_call}.items())))
+        if key not in self._loaded:
+            import torch
+
+            from worker.generation import Generator
+
+            family = FAMILIES[name]
+            self._loaded[key] = Generator.load(
+                str(self.builds.path(name)),
+                model=name,
+                device="cpu",
+                dtype=torch.float32,
+                options=family.options.model_copy(update=options),
+                images_per_call=images_per_call,
+            )
+        return self._loaded[key]
+
+
+def size_for(family: Family) -> tuple[int, int]:
+    """A non-square size on the family's multiple (so swapped axes would show)."""
+    m = family.multiple
+    return (3 * m, 2 * m) if m == 8 else (2 * m, m)
+
+
+class Progress:
+    """A step callback that records (step, total) and can stop the run at a step, as a
+    cancel does."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.seen: list[tuple[int, int]] = []
+        self.stop_at = stop_at
+
+    def __call__(self, step: int, total: int) -> None:
+        self.seen.append((step, total))
+        if step == self.stop_at:
+            raise Stop(step)
+
+    def assert_complete(self) -> int:
+        """Steps 1..total in order, one total throughout; returns the total."""
+        totals = {t for _, t in self.seen}
+        assert len(totals) == 1, self.seen
+        total = totals.pop()
+        assert [s for s, _ in self.seen] == list(range(1, total + 1))
+        return total
+
+
+class Stop(Exception):
+    """What a cancel does: the step callback raises."""

@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 # Every pipeline class AutoPipelineForText2Image may return, with Daikon's decision. A class
-# diffusers adds fails tests/test_families.py until it is placed in one of the two tables.
+# diffusers adds fails tests/worker/test_families.py until it is placed in one of the two tables.
 FAMILIES: dict[str, Family] = {
     "StableDiffusionPipeline": StableDiffusion(),
     "StableDiffusionXLPipeline": StableDiffusionXL(),

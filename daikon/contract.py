@@ -56,7 +56,7 @@ DEFAULT_WEBHOOK_EVENTS = (WebhookEvent.succeeded, WebhookEvent.failed, WebhookEv
 
 
 # A failed job's error.code, and when each happens: the one list the docs are generated from
-# (tests/test_reference.py checks the worker raises no other).
+# (tests/tools/test_reference.py checks the worker raises no other).
 JOB_ERROR_CODES: dict[str, str] = {
     "model_load_failed": "The model's pipeline or its CLIP could not be loaded.",
     "job_too_large": "The job costs more megapixel-steps than its model allows on its "

@@ -447,7 +447,7 @@ class Limits(Group):
     )
 
     # From the default priority (5) to the highest (9): daikon/contract.py's DEFAULT_PRIORITY and
-    # PRIORITY_MAX (tests/test_settings.py checks they agree).
+    # PRIORITY_MAX (tests/server/test_settings.py checks they agree).
     tenant_max_priority: int = Field(
         5,
         ge=5,

@@ -1,6 +1,7 @@
-"""The generated half of docs/client.md (`make docs`, checked by tests/test_reference.py): every
-command and option of `daikon` from the Typer app, and every method of the Python client from
-its signature and docstring, so the reference cannot drift from the code."""
+"""The generated half of docs/client.md (`make docs`, checked by
+tests/tools/test_reference.py): every command and option of `daikon` from the Typer app, and
+every method of the Python client from its signature and docstring, so the reference cannot
+drift from the code."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def direct_rates(
             for i in range(n)
         ]
         for req, images in zip(reqs, gen.generate(reqs), strict=True):
-            ranker.score(req.prompt, images)
+            ranker.score(req.params.prompt, images)
             images[0].save(io.BytesIO(), format="PNG")
 
     run(1, 0)  # warm-up, as the worker's preload is

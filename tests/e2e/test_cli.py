@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -206,6 +207,9 @@ class Terminal:
         def controlling_terminal() -> None:
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            # A shell runs a foreground command with Ctrl-C's default action, even where the
+            # test run itself was started in the background (which ignores SIGINT).
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daikon.cli", *args],

@@ -319,13 +319,14 @@ def shipped_spec() -> dict[str, Any]:
 
 def stale() -> list[str]:
     """The generated docs that differ from what `make docs` would write."""
-    from daikon.client.reference import client_doc
+    from daikon.client.reference import JOB_FIELDS, client_doc, job_fields_source
 
     current = CLIENT_DOC.read_text() if CLIENT_DOC.exists() else ""
     wanted = {
         API_DOC: api_doc(shipped_spec()),
         CONFIG_DOC: configuration_doc(),
         CLIENT_DOC: client_doc(current),
+        JOB_FIELDS: job_fields_source(),
     }
     return [
         str(p.relative_to(ROOT))
@@ -340,11 +341,12 @@ def main(argv: list[str]) -> int:
         for path in found:
             print(f"{path} is stale: run `make docs`", file=sys.stderr)
         return 1 if found else 0
-    from daikon.client.reference import write
+    from daikon.client.reference import JOB_FIELDS, job_fields_source, write
 
     API_DOC.write_text(api_doc(shipped_spec()))
     CONFIG_DOC.write_text(configuration_doc())
     write(CLIENT_DOC)
+    JOB_FIELDS.write_text(job_fields_source())
     return 0
 
 

@@ -35,7 +35,6 @@ from daikon.client import APIConnectionError, APIError, ConflictError, Daikon, D
 from daikon.client.models import (
     DoneEvent,
     JobEvent,
-    JobFields,
     JobOut,
     JobRequest,
     JobStatus,
@@ -291,7 +290,7 @@ def generate(
     # Each option named as a JobRequest field is sent as that field (mode and metadata are
     # checked and parsed below first).
     options = locals()
-    fields: JobFields = {
+    fields: dict[str, Any] = {
         name: options[name]
         for name in JobRequest.model_fields
         if name not in ("prompt", "mode", "metadata") and options.get(name) is not None

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from daikon.client.job_fields import JobFields
 from daikon.contract import (
     ErrorDetail,
     ImageOut,
@@ -48,16 +49,9 @@ WebhookSecret = SecretOut
 Delivery = DeliveryOut
 
 
-# `submit`'s keyword arguments: JobRequest's fields, by name (the contract declares them once;
-# the client checks the names, the API the values and bounds). Python's typing cannot make a
-# TypedDict from a model's fields, so for a call an editor and mypy check field by field, pass
-# `JobRequest(prompt=..., ...)` instead: its constructor is typed.
-JobFields = dict[str, Any]
-
-
 def check_fields(fields: Mapping[str, Any]) -> None:
     """Refuse a keyword that is no JobRequest field, as Python refuses an unexpected keyword
-    argument (before anything is sent)."""
+    argument (before anything is sent): for callers whose keywords no type checker saw."""
     known = JobRequest.model_fields.keys() - {"prompt"}
     unknown = sorted(set(fields) - known)
     if unknown:

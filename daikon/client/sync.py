@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import httpx2
 
@@ -39,6 +39,7 @@ from daikon.client.models import (
     DoneEvent,
     ImageOut,
     JobEvent,
+    JobFields,
     JobList,
     JobOut,
     JobRequest,
@@ -124,10 +125,10 @@ class Daikon:
         idempotency_key: str | None = None,
         image: InputFile | None = None,
         mask: InputFile | None = None,
-        **fields: Any,
+        **fields: Unpack[JobFields],
     ) -> JobOut:
         """Queue a job: `submit("a red circle", candidates=8, top_k=2)` (keywords are
-        JobRequest's fields: another name raises TypeError) or a JobRequest (typed fields).
+        JobRequest's fields, typed: JobFields) or a JobRequest.
         Without `idempotency_key` a fresh one is made, and reused by this call's retries.
         An edit uploads `image` (and `mask`: white = repaint) as bytes, a path or a binary
         file, with `mode="image"` or `"inpaint"`; or names earlier images by `image_id`."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 import queue
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -280,6 +281,19 @@ class SlowClientSafeWorker(gthread.ThreadWorker):  # type: ignore[misc]
         conn.parser.unreader.unread(bytes(arrival.data))
         conn.data_ready = True  # nothing more to wait for on the socket
         return super().handle(conn)
+
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        """Whether the connection serves another request. gunicorn drains a body the app did
+        not read (a refusal answered before reading) from the socket, at most 64 KiB, and
+        closes past that although its answer said keep-alive: a client reusing the connection
+        then meets a close without an answer. Here the whole request was in memory before the
+        app ran (_hand_over), so its unread rest is discarded from memory, whatever its size."""
+        if not keepalive or conn.parser is None:
+            return False
+        if not self.cfg.is_ssl:  # every plain request came whole through _hand_over
+            done = conn.parser.finish_body(deadline=time.monotonic() + 1.0, max_bytes=sys.maxsize)
+            return bool(done)
+        return bool(super()._keepalive_after(conn, keepalive))
 
     def _environ(self, conn: Any, head: h11.Request) -> dict[str, Any]:
         """A WSGI environ of the head alone, for api.admission (it reads no body)."""

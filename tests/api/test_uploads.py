@@ -165,10 +165,17 @@ def test_an_upload_head_while_the_database_is_down_is_answered_503(make_app: Any
     database.unlink()  # a fresh, empty file on the next connect: every query fails
     bind = svc.sessions.kw["bind"]
     bind.dispose()
-    head = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/jobs", "SERVER_NAME": "x",
-            "SERVER_PORT": "0", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
-            "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": "100",
-            "HTTP_AUTHORIZATION": f"Bearer {ADMIN_KEY}"}  # fmt: skip
+    head = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/v1/jobs",
+        "SERVER_NAME": "x",
+        "SERVER_PORT": "0",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": "100",
+        "HTTP_AUTHORIZATION": f"Bearer {ADMIN_KEY}",
+    }
     refusal = admission.decide(app, head).refusal
     assert refusal is not None and refusal.startswith(b"HTTP/1.1 503"), refusal
     assert b"database_unavailable" in refusal

@@ -427,7 +427,13 @@ class JobExecutor:
         try:
             return self.images.read_inputs(member.params, member.inputs or {})
         except InputUnavailable as e:
-            raise JobFailure("input_unavailable", str(e)) from e
+            cause = e.__cause__
+            message = (
+                f"its {e.role} could not be read: {_describe(cause)}"
+                if cause is not None
+                else f"the job has no stored {e.role}"
+            )
+            raise JobFailure("input_unavailable", message) from e
 
     def _generate(self, members: list[Member], lease: LeaseKeeper) -> None:
         """Generate, rank, upload and record each member's images. Raises for what ends every

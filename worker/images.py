@@ -23,7 +23,12 @@ PNG = "image/png"
 
 
 class InputUnavailable(Exception):
-    """An edit job's stored input is missing or unreadable (the job fails `input_unavailable`)."""
+    """An edit job's stored input (`role`) is missing, or unreadable: then the error is its
+    `__cause__` (the job fails `input_unavailable`)."""
+
+    def __init__(self, role: str):
+        super().__init__(role)
+        self.role = role
 
 
 @dataclass
@@ -41,13 +46,12 @@ class JobImages:
         for role in roles:
             record = inputs.get(role)
             if record is None:
-                raise InputUnavailable(f"the job has no stored {role}")
+                raise InputUnavailable(role)
             try:
                 image = Image.open(io.BytesIO(self.store.get(record["key"])))
                 out[role] = image.convert("L" if role == "mask" else "RGB")
             except Exception as e:
-                detail = str(e) or type(e).__name__
-                raise InputUnavailable(f"its {role} could not be read: {detail}") from e
+                raise InputUnavailable(role) from e
         return out
 
     def keep(

@@ -23,7 +23,7 @@ from db import jobs
 from db.models import Job, JobImage, utcnow
 from db.session import make_session_factory, session_scope
 from server.storage import LocalStore, StorageError
-from tests.factories import make_job
+from tests.factories import job_params, make_job
 from tests.fake_generator import TINY_SD, FakeGenerator
 from worker.executor import JobBusy, JobExecutor, Outcome
 from worker.generation import GenerationRequest, Generator
@@ -459,3 +459,28 @@ def test_a_failed_upload_leaves_no_stored_image_behind(sessions, tmp_path, runti
     job = load(sessions, job_id)
     assert job.error_code == "upload_failed" and "disk full" in (job.error_message or "")
     assert job.images == [] and list(store.root.rglob("*.png")) == []
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({}, "the job has no stored image"),
+        (
+            {"image": {"key": "nowhere/image.png"}},
+            "its image could not be read: KeyError: 'nowhere/image.png'",
+        ),
+    ],
+)
+def test_an_edit_whose_input_is_gone_fails_saying_which_and_why(  # type: ignore[no-untyped-def]
+    sessions, store, runtime, inputs, message
+) -> None:
+    with session_scope(sessions) as s:
+        job_id = jobs.create(
+            session=s,
+            params=job_params(mode="image", strength=0.5),
+            options=jobs.JobOptions(inputs=inputs),
+        ).id
+    assert executor(sessions, store, runtime).run(job_id) is Outcome.failed
+    job = load(sessions, job_id)
+    assert job.error_code == "input_unavailable"
+    assert job.error_message == message

@@ -40,6 +40,10 @@ SCHEDULERS: dict[str, str] = {
 SCHEDULER_BY_CLASS: dict[str, str] = {cls: name for name, cls in SCHEDULERS.items()}
 
 GuidanceKind = Literal["cfg", "distilled", "none"]
+# How a model draws: denoising a whole image over steps, or image tokens one after another.
+ModelKind = Literal["diffusion", "autoregressive"]
+# The sampling parameters a token model may honour (JobRequest fields).
+SAMPLING_PARAMS = ("temperature", "top_p", "top_k_tokens")
 # What a job does (JobRequest.mode): draw from text, redraw an image (image-to-image), or
 # repaint the masked part of one (inpainting).
 Mode = Literal["text", "image", "inpaint"]
@@ -157,6 +161,9 @@ class ModelDefaults(BaseModel):
     steps: int
     guidance_scale: float
     true_cfg_scale: float | None = None  # only where supports_true_cfg
+    # Token models: what a job that names no sampling parameter gets (null top_k_tokens: off).
+    temperature: float | None = None
+    top_p: float | None = None
     scheduler: str | None = None  # the loaded scheduler's short name (None: not in SCHEDULERS)
 
 
@@ -196,8 +203,29 @@ class ModelCapabilities(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     model: str = Field(description="The served model's name (as in GET /v1/models).")
-    family: str = Field(description="e.g. stable-diffusion-xl, flux, pixart-sigma, kandinsky22.")
-    pipeline_class: str = Field(description="The diffusers pipeline that runs it.")
+    kind: ModelKind = Field(
+        "diffusion",
+        description="diffusion: denoises the whole image over `steps`; autoregressive: draws "
+        "the image's `image_tokens` one after another (Janus), at one fixed size, with no "
+        "steps or scheduler, sampled as `sampling` says.",
+    )
+    family: str = Field(
+        description="e.g. stable-diffusion-xl, flux, pixart-sigma, kandinsky22, janus."
+    )
+    pipeline_class: str = Field(
+        description="The diffusers pipeline (or transformers model class) that runs it."
+    )
+    image_tokens: int | None = Field(
+        None, description="Token models: the image tokens drawn per image (576 for Janus-Pro)."
+    )
+    codebook_size: int | None = Field(
+        None, description="Token models: the image tokenizer's codebook (top_k_tokens' bound)."
+    )
+    sampling: list[str] = Field(
+        default_factory=list,
+        description="The sampling parameters this model honours (temperature, top_p, "
+        "top_k_tokens); any other is refused.",
+    )
     size_multiple: int = Field(description="Width and height must be multiples of this.")
     min_size: int
     max_size: int | None = Field(None, description="Architectural limit; None = none.")
@@ -273,7 +301,15 @@ class ModelCapabilities(BaseModel):
             )
         for side in ("width", "height"):
             value = r[side]
-            if value % self.size_multiple:
+            if self.kind == "autoregressive":
+                if value != (native := getattr(self, f"native_{side}")):
+                    refuse(
+                        side,
+                        f"{m} draws only {self.native_width}x{self.native_height} (its "
+                        f"{self.image_tokens} image tokens make one fixed grid): omit {side} "
+                        f"or send {native}",
+                    )
+            elif value % self.size_multiple:
                 below = value - value % self.size_multiple
                 refuse(
                     side,
@@ -283,6 +319,44 @@ class ModelCapabilities(BaseModel):
             elif value < self.min_size or (self.max_size is not None and value > self.max_size):
                 top = self.max_size if self.max_size is not None else "any"
                 refuse(side, f"{value} is outside {self.min_size}..{top} for {m}")
+        for name in SAMPLING_PARAMS:
+            value = _get(params, name)
+            if value is None:
+                continue
+            if name not in self.sampling:
+                why = (
+                    "a diffusion model samples no tokens"
+                    if self.kind == "diffusion"
+                    else f"it honours only {', '.join(self.sampling) or 'none'}"
+                )
+                refuse(name, f"{m} cannot use {name}: {why}")
+            elif name == "top_k_tokens" and self.codebook_size and value > self.codebook_size:
+                refuse(name, f"{value} is more than the {self.codebook_size} tokens of {m}")
+        if self.kind == "autoregressive":
+            steps = _get(params, "steps")
+            if (
+                steps is not None
+                and steps != 1
+                and "steps" not in (_get(params, "defaulted") or ())
+            ):
+                refuse(
+                    "steps",
+                    f"{m} draws its {self.image_tokens} image tokens one after another; it has "
+                    "no denoising steps: omit steps",
+                )
+            if _get(params, "scheduler"):
+                refuse(
+                    "scheduler",
+                    f"{m} draws image tokens, not denoising steps: it has no scheduler",
+                    UNSUPPORTED_SCHEDULER,
+                )
+            if r["negative_prompt"] is not None:
+                refuse(
+                    "negative_prompt",
+                    f"{m} cannot use a negative prompt: its unconditional rows are the prompt "
+                    "with every word padded out, which a negative prompt cannot replace",
+                )
+            return out
         steps = r["steps"]
         strength = _get(params, "strength")
         if mode != "text" and strength is not None and int(steps * float(strength)) < 1:

@@ -41,6 +41,11 @@ DEFAULT_PRIORITY = 5
 # An edit's strength when the request names none: how much noise is added to the input.
 DEFAULT_STRENGTH: dict[str, float] = {"image": 0.6, "inpaint": 1.0}
 MAX_MASK_BLUR = 64
+# Token models' sampling bounds (a model's codebook size bounds top_k_tokens further).
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 5.0
+MIN_TOP_P = 0.01
+MAX_TOP_K_TOKENS = 1 << 20
 INPUT_ROLES = ("image", "mask")
 
 
@@ -225,6 +230,36 @@ class GenerationParams(BaseModel):
             own=True,
         ),
     ] = Field(None, description="Images kept after ranking (<= candidates).")
+    temperature: Annotated[
+        float | None,
+        Param(
+            lambda b: rules.number_as_float(
+                rules.between(MIN_TEMPERATURE, MAX_TEMPERATURE, kind=float)
+            )
+        ),
+    ] = Field(
+        None,
+        description="Token models (`kind` autoregressive in GET /v1/models): the sampling "
+        "temperature of each image token; empty = the model's default (1.0). Refused by "
+        "diffusion models.",
+    )
+    top_p: Annotated[
+        float | None,
+        Param(lambda b: rules.number_as_float(rules.between(MIN_TOP_P, 1, kind=float))),
+    ] = Field(
+        None,
+        description="Token models: nucleus sampling, each image token drawn from the most "
+        "likely tokens whose probabilities sum to top_p; empty = 1.0 (off). Refused by "
+        "diffusion models.",
+    )
+    top_k_tokens: Annotated[int | None, Param(lambda b: rules.between(1, MAX_TOP_K_TOKENS))] = (
+        Field(
+            None,
+            description="Token models: each image token drawn from the this many most likely "
+            "(at most the model's codebook size); empty = off. Not `top_k`, the images kept. "
+            "Refused by diffusion models.",
+        )
+    )
     seed: Annotated[int | None, Param(lambda b: rules.between(0, SEED_MAX), own=True)] = Field(
         None, description="Base seed; image i uses seed + i."
     )

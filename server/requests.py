@@ -161,12 +161,15 @@ def fill_defaults(
     options = spec.options if spec is not None else ModelOptions()
     limits = settings.limits
     update: dict[str, Any] = {}
+    # A token model's size and "steps" (one pass over its tokens) are its own: the
+    # deployment-wide defaults, chosen for diffusion models, do not apply to it.
+    tokens = capabilities is not None and capabilities.kind == "autoregressive"
     for name in MODEL_DEFAULTED:
         if getattr(params, name) is not None:
             continue
         for value in (
             getattr(options, f"default_{name}"),
-            getattr(limits, f"default_{name}"),
+            None if tokens and name != "guidance_scale" else getattr(limits, f"default_{name}"),
             getattr(capabilities.defaults, name) if capabilities is not None else None,
         ):
             if value is not None:

@@ -35,6 +35,12 @@ MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 EMBEDDED_MODELS = Path(__file__).resolve().parent.parent / "models"
 EMBEDDED_PIPELINE = str(EMBEDDED_MODELS / "shapes-sd")
 EMBEDDED_CLIP = str(EMBEDDED_MODELS / "shapes-clip")
+# DALL-E 1's recipe on the same world: a tiny Janus (VQ tokens + a decoder-only transformer),
+# served beside the diffusion model under this name when no model is configured.
+EMBEDDED_TOKEN_MODEL = "shapes-ar"
+EMBEDDED_TOKEN_PIPELINE = str(EMBEDDED_MODELS / "shapes-ar")
+# Its candidates per generate call: 64 tokens a row, so 16 rows fit any CPU comfortably.
+EMBEDDED_TOKEN_LIMITS = LimitOverrides(images_per_call=16)
 
 
 # The embedded shapes model's own defaults: trained and judged at 32 px, 20 DDIM steps, 7.5.
@@ -411,7 +417,11 @@ class Limits(Group):
     max_size: int = Field(1024, description="Largest side (multiple of 8).")
     max_steps: int = Field(150, description="Most denoising steps.")
     max_guidance_scale: float = Field(30.0, description="Largest guidance scale.")
-    max_candidates: int = Field(16, description="Most candidates per job.")
+    max_candidates: int = Field(
+        64,
+        description="Most candidates per job (each model's cost bound still applies; a GPU "
+        "deployment of a token model may raise it to DALL-E's 512).",
+    )
     max_prompt_chars: int = Field(2000, description="Longest prompt or negative prompt.")
     max_metadata_bytes: int = Field(16 * 1024, ge=0, description="Largest metadata, as JSON.")
     max_input_bytes: int = Field(
@@ -672,11 +682,18 @@ class Settings(BaseSettings):
             max_job_cost=catalog.max_job_cost, images_per_call=catalog.images_per_call
         )
         options = EMBEDDED_OPTIONS if not catalog.model else ModelOptions()
-        return {
+        specs = {
             "default": ModelSpec(
                 pipeline=self.model_id, clip=self.clip_model_id, limits=limits, options=options
             )
         }
+        if not catalog.model:  # the embedded world: its token model too
+            specs[EMBEDDED_TOKEN_MODEL] = ModelSpec(
+                pipeline=EMBEDDED_TOKEN_PIPELINE,
+                clip=self.clip_model_id,
+                limits=EMBEDDED_TOKEN_LIMITS,
+            )
+        return specs
 
     @property
     def default_model_name(self) -> str:

@@ -167,3 +167,11 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from tests.tiny_models import ensure_tiny_models
 
     return ensure_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_janus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Janus token model and its processor, saved to a folder (~1 MB)."""
+    from tests.tiny_models import build_tiny_janus
+
+    return build_tiny_janus(tmp_path_factory.mktemp("janus"))

@@ -162,6 +162,138 @@ def build_tiny_clip(out: Path) -> Path:
     return target
 
 
+JANUS_DIR = "tiny-janus"
+JANUS_WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "circle",
+    "square",
+    "triangle",
+    "above",
+    "below",
+    "left",
+    "right",
+]
+JANUS_SPECIALS = (
+    "<pad>",
+    "<bos>",
+    "<eos>",
+    "<unk>",
+    "<image_placeholder>",
+    "<begin_of_image>",
+    "<end_of_image>",
+)
+
+
+def _janus_tokenizer():  # type: ignore[no-untyped-def]
+    """A word-level tokenizer with Janus' special tokens, prepending <bos> as Llama's does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate([*JANUS_SPECIALS, *JANUS_WORDS])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={
+            "image_token": "<image_placeholder>",
+            "boi_token": "<begin_of_image>",
+            "eoi_token": "<end_of_image>",
+        },
+        padding_side="left",
+    )
+
+
+def build_tiny_janus(out: Path, *, grid: int = 4, levels: int = 4) -> Path:
+    """A random JanusForConditionalGeneration of grid x grid image tokens, drawing
+    grid * 2**(levels-1) px images (16 tokens, 32 px by default), with its processor. The
+    image projections match the text hidden size, as image generation needs."""
+    import torch
+    from transformers import (
+        JanusConfig,
+        JanusForConditionalGeneration,
+        JanusImageProcessorPil,
+        JanusProcessor,
+    )
+
+    tok = _janus_tokenizer()
+    hidden, patch = 32, 4
+    config = JanusConfig(
+        text_config=dict(
+            model_type="llama",
+            vocab_size=len(tok),
+            hidden_size=hidden,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=64 + grid * grid,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        ),
+        vision_config=dict(
+            image_size=grid * patch,
+            patch_size=patch,
+            num_image_tokens=grid * grid,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            mlp_ratio=2,
+            projection_dim=hidden,
+        ),
+        vq_config=dict(
+            embed_dim=8,
+            num_embeddings=64,
+            latent_channels=8,
+            base_channels=32,
+            channel_multiplier=[1] * levels,
+            num_res_blocks=1,
+            projection_dim=hidden,
+            image_token_embed_dim=hidden,
+        ),
+        image_token_id=tok.convert_tokens_to_ids("<image_placeholder>"),
+    )
+    torch.manual_seed(SEED)
+    model = JanusForConditionalGeneration(config).eval()
+    # Sharpen the token head: a random model's logits are nearly uniform, so sampling
+    # parameters would change little that a test could see.
+    with torch.no_grad():
+        for p in model.model.generation_head.parameters():
+            p.mul_(30.0)
+    gc = model.generation_config
+    gc.generation_kwargs = {"boi_token_id": tok.convert_tokens_to_ids("<begin_of_image>")}
+    gc.guidance_scale = 5.0
+    gc.pad_token_id = tok.pad_token_id
+    gc._from_model_config = False  # else generation_kwargs is dropped on reload
+    side = grid * patch
+    processor = JanusProcessor(
+        image_processor=JanusImageProcessorPil(
+            size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        ),
+        tokenizer=tok,
+        num_image_tokens=grid * grid,
+    )
+    target = out / JANUS_DIR
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    (target / BUILD_MARKER).write_text(json.dumps({"version": BUILD_VERSION, "seed": SEED}))
+    return target
+
+
 def is_built(folder: Path) -> bool:
     marker = folder / BUILD_MARKER
     if not marker.is_file():

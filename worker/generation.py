@@ -218,6 +218,12 @@ class Generator:
             generator.warm_up()
         return generator
 
+    def modules(self) -> list[Any]:
+        """The pipeline's torch modules (what its weights are)."""
+        import torch
+
+        return [c for c in self.pipe.components.values() if isinstance(c, torch.nn.Module)]
+
     def warm_up(self) -> None:
         """Short generations at the model's native size, one image and then a full call's
         worth: a compiled denoiser compiles here, at load, for both batch shapes (the second

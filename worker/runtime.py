@@ -16,15 +16,62 @@ from daikon.limits import ModelLimits
 from server import heartbeats, live, served_models
 from server.served_models import ServedModel
 from server.settings import Settings
+from worker.autoregressive import TokenGenerator
 from worker.generation import Generator
 from worker.ranking import ClipRanker
 
 log = logging.getLogger(__name__)
 
 
+# A loaded model of either kind: both check and run GenerationRequests alike.
+ImageGenerator = Generator | TokenGenerator
+
+# transformers model types served as token models (worker/families/janus.py).
+TOKEN_MODEL_TYPES = ("janus",)
+
+
+def model_kind(model_id: str) -> str:
+    """ "diffusion" for a diffusers pipeline (a folder or Hub repo with model_index.json),
+    "autoregressive" for a transformers token model Daikon serves; a transformers model of
+    another type is refused by name."""
+    import json
+    from pathlib import Path
+
+    folder = Path(model_id)
+    if folder.is_dir():
+        if (folder / "model_index.json").exists() or not (folder / "config.json").exists():
+            return "diffusion"
+        config = json.loads((folder / "config.json").read_text())
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            hf_hub_download(model_id, "model_index.json")
+            return "diffusion"
+        except EntryNotFoundError:
+            config = json.loads(Path(hf_hub_download(model_id, "config.json")).read_text())
+        except Exception:
+            return "diffusion"  # unreachable or unknown: the pipeline loader says why
+    model_type = config.get("model_type")
+    if model_type in TOKEN_MODEL_TYPES:
+        return "autoregressive"
+    raise ModelLoadError(
+        f"{model_id!r} is a transformers {model_type!r} model, not a diffusers pipeline or a "
+        f"token model Daikon serves ({', '.join(TOKEN_MODEL_TYPES)})"
+    )
+
+
+def load_generator(model_id: str, **kwargs: Any) -> ImageGenerator:
+    """The model's generator, of its kind (`Generator.load`'s arguments)."""
+    if model_kind(model_id) == "autoregressive":
+        return TokenGenerator.load(model_id, **kwargs)
+    return Generator.load(model_id, **kwargs)
+
+
 @dataclass
 class ModelRuntime:
-    generator: Generator
+    generator: ImageGenerator
     ranker: ClipRanker
     device: str
     load_seconds: float
@@ -39,8 +86,7 @@ class ModelRuntime:
     def weight_bytes(self) -> int:
         """The bytes of every parameter and buffer it holds: the pipeline's components and
         its CLIP (what unloading it frees)."""
-        modules = [c for c in self.generator.pipe.components.values() if _is_module(c)]
-        modules.append(self.ranker.model)
+        modules = [*self.generator.modules(), self.ranker.model]
         seen: set[int] = set()
         total = 0
         for module in modules:
@@ -49,12 +95,6 @@ class ModelRuntime:
                     seen.add(id(tensor))
                     total += tensor.numel() * tensor.element_size()
         return total
-
-
-def _is_module(value: Any) -> bool:
-    import torch
-
-    return isinstance(value, torch.nn.Module)
 
 
 class ModelLoadError(Exception):
@@ -84,7 +124,7 @@ def load_runtime(settings: Settings, model: str) -> ModelRuntime:
     model_limits = limits.resolve(device, spec.limits)
     started = time.perf_counter()
     try:
-        generator = Generator.load(
+        generator = load_generator(
             spec.pipeline,
             model=model,
             device=device,

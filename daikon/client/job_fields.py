@@ -29,6 +29,15 @@ class JobFields(TypedDict, total=False):
     candidates: int
     # Images kept after ranking (<= candidates).
     top_k: int
+    # Token models (`kind` autoregressive in GET /v1/models): the sampling temperature of each image
+    # token; empty = the model's default (1.0). Refused by diffusion models.
+    temperature: float
+    # Token models: nucleus sampling, each image token drawn from the most likely tokens whose
+    # probabilities sum to top_p; empty = 1.0 (off). Refused by diffusion models.
+    top_p: float
+    # Token models: each image token drawn from the this many most likely (at most the model's
+    # codebook size); empty = off. Not `top_k`, the images kept. Refused by diffusion models.
+    top_k_tokens: int
     # Base seed; image i uses seed + i.
     seed: int
     # A model name from GET /v1/models.

@@ -1,0 +1,189 @@
+"""`TokenGenerator`: a loaded token model (worker/families/janus.py) behind the `Generator`'s
+interface, so the executor, batching, ranking and limits treat both kinds of model alike.
+
+DALL-E 1 drew hundreds of samples per caption and kept the best by CLIP. Here a job's
+candidates are drawn `images_per_call` at a time (the model's limit: the rows one generate call
+holds in memory), each from its own seed, so a job of 512 candidates runs as chunks that fit and
+a cancel waits at most one token of one chunk. Jobs that share the sampling (guidance,
+temperature, top-p, top-k tokens) share calls: rows are independent, so batching changes no
+byte. Progress counts tokens over every chunk of the call.
+
+torch and transformers are imported inside functions: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from daikon.capabilities import ModelCapabilities, ModelDefaults, ModelOptions
+from worker.families import Candidate, StepCallback, UnsupportedOption
+from worker.families.janus import Janus, TokenCall
+from worker.generation import GenerationRequest
+
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 1.0
+
+
+class TokenGenerator:
+    """A token model, its family and its capabilities: checks and runs requests."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        family: Janus,
+        model_name: str = "default",
+        options: ModelOptions | None = None,
+        images_per_call: int | None = None,
+    ):
+        self.model = model
+        self.processor = processor
+        self.family = family
+        self.options = options or ModelOptions()
+        family.check_options(self.options)
+        self.images_per_call = images_per_call
+        self.capabilities = self._derive(model_name)
+
+    @classmethod
+    def load(
+        cls,
+        model_id: str,
+        *,
+        model: str = "default",
+        device: str,
+        dtype: Any = None,
+        options: ModelOptions | None = None,
+        images_per_call: int | None = None,
+    ) -> TokenGenerator:
+        import torch
+
+        options = options or ModelOptions()
+        family = Janus()
+        family.check_options(options)  # refuse before loading weights
+        if options.dtype not in (None, "auto"):
+            dtype = getattr(torch, options.dtype)
+        loaded, processor = family.load(model_id, device=device, dtype=dtype)
+        return cls(
+            loaded,
+            processor,
+            family=family,
+            model_name=model,
+            options=options,
+            images_per_call=images_per_call,
+        )
+
+    def modules(self) -> list[Any]:
+        return [self.model]
+
+    def warm_up(self) -> None:
+        """Nothing to compile: `compile` is refused for token models."""
+
+    def _derive(self, name: str) -> ModelCapabilities:
+        family, model, options = self.family, self.model, self.options
+        side = family.native_size(model)
+        guidance = (
+            options.default_guidance_scale
+            if options.default_guidance_scale is not None
+            else family.default_guidance(model)
+        )
+        caps = ModelCapabilities(
+            model=name,
+            kind="autoregressive",
+            family=family.name,
+            pipeline_class=family.model_class,
+            image_tokens=family.image_tokens(model),
+            codebook_size=family.codebook_size(model),
+            sampling=family.sampling(),
+            size_multiple=side,
+            min_size=side,
+            max_size=side,
+            native_width=side,
+            native_height=side,
+            min_steps=1,
+            max_steps=1,
+            schedulers=[],
+            guidance="cfg",
+            supports_negative_prompt=False,
+            supports_progress=True,
+            modes=["text"],
+            defaults=ModelDefaults(
+                width=options.default_width or side,
+                height=options.default_height or side,
+                steps=1,
+                guidance_scale=guidance,
+                temperature=DEFAULT_TEMPERATURE,
+                top_p=DEFAULT_TOP_P,
+            ),
+            notes=family.notes(model),
+        )
+        bad = caps.check({})
+        if bad:
+            raise UnsupportedOption(f"{name}: its defaults are not servable: {bad[0].message}")
+        return caps
+
+    def check(self, request: GenerationRequest) -> None:
+        """Refuse what this model cannot do, before any work (UnsupportedParameters)."""
+        self.capabilities.require(request.params)
+
+    def _sampling(self, request: GenerationRequest) -> tuple[float, float, float, int | None]:
+        params, d = request.params, self.capabilities.defaults
+        return (
+            params.guidance_scale if params.guidance_scale is not None else d.guidance_scale,
+            params.temperature if params.temperature is not None else DEFAULT_TEMPERATURE,
+            params.top_p if params.top_p is not None else DEFAULT_TOP_P,
+            params.top_k_tokens,
+        )
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_step: StepCallback | None = None,
+        tensors: bool = False,
+    ) -> list[list[Candidate]]:
+        """Images for each request, in request order: requests with the same sampling share
+        calls, `images_per_call` rows at a time; image i of a request is drawn from its seed i."""
+        groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+        for i, request in enumerate(requests):
+            if not request.seeds:
+                raise ValueError("a generation request needs at least one seed")
+            self.check(request)
+            groups[self._sampling(request)].append(i)
+        rows = sum(len(r.seeds) for r in requests)
+        size = self.images_per_call or rows
+        tokens = self.capabilities.image_tokens or 0
+        # Every group's chunks in one count: progress is tokens drawn over tokens to draw.
+        total = sum(-(-sum(len(requests[i].seeds) for i in g) // size) for g in groups.values())
+        done = 0
+        results: list[list[Candidate]] = [[] for _ in requests]
+        for (guidance, temperature, top_p, top_k), indices in groups.items():
+            prompts = [requests[i].params.prompt for i in indices for _ in requests[i].seeds]
+            seeds = [s for i in indices for s in requests[i].seeds]
+            images: list[Candidate] = []
+            for start in range(0, len(seeds), size):
+                call = TokenCall(
+                    prompts=prompts[start : start + size],
+                    seeds=seeds[start : start + size],
+                    guidance_scale=guidance,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k_tokens=top_k,
+                )
+
+                def on_token(step: int, before: int = done) -> None:
+                    if on_step is not None:
+                        on_step(before * tokens + step, total * tokens)
+
+                images += self.family.run(
+                    self.model, self.processor, call, on_token, tensors=tensors
+                )
+                done += 1
+            offset = 0
+            for i in indices:
+                n = len(requests[i].seeds)
+                results[i] = images[offset : offset + n]
+                offset += n
+        return results

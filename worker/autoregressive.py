@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from daikon.capabilities import ModelCapabilities, ModelDefaults, ModelOptions
-from worker.families import Candidate, StepCallback, UnsupportedOption
+from worker.families import Candidate, ChunkSink, StepCallback, UnsupportedOption
 from worker.families.janus import Janus, TokenCall
 from worker.generation import GenerationRequest
 
@@ -143,9 +143,12 @@ class TokenGenerator:
         *,
         on_step: StepCallback | None = None,
         tensors: bool = False,
+        on_chunk: ChunkSink | None = None,
     ) -> list[list[Candidate]]:
         """Images for each request, in request order: requests with the same sampling share
-        calls, `images_per_call` rows at a time; image i of a request is drawn from its seed i."""
+        calls, `images_per_call` rows at a time; image i of a request is drawn from its seed i.
+        With `on_chunk`, each chunk's images go there as they are drawn and are not kept:
+        what is returned is only what was not handed over (nothing)."""
         groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
         for i, request in enumerate(requests):
             if not request.seeds:
@@ -177,13 +180,30 @@ class TokenGenerator:
                     if on_step is not None:
                         on_step(before * tokens + step, total * tokens)
 
-                images += self.family.run(
-                    self.model, self.processor, call, on_token, tensors=tensors
-                )
+                drawn = self.family.run(self.model, self.processor, call, on_token, tensors=tensors)
                 done += 1
+                if on_chunk is not None:
+                    on_chunk(_parts(requests, indices, start, drawn))
+                else:
+                    images += drawn
             offset = 0
             for i in indices:
                 n = len(requests[i].seeds)
                 results[i] = images[offset : offset + n]
                 offset += n
         return results
+
+
+def _parts(
+    requests: Sequence[GenerationRequest], indices: list[int], start: int, images: list[Candidate]
+) -> list[tuple[int, int, list[Candidate]]]:
+    """A chunk's images (rows `start`... of a group of requests) split by request."""
+    parts = []
+    first = 0  # the group's row where request i begins
+    for i in indices:
+        n = len(requests[i].seeds)
+        lo, hi = max(start, first), min(start + len(images), first + n)
+        if lo < hi:
+            parts.append((i, lo - first, images[lo - start : hi - start]))
+        first += n
+    return parts

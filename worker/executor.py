@@ -36,7 +36,7 @@ from worker.generation import GenerationRequest
 from worker.images import InputUnavailable, JobImages
 from worker.job_webhooks import NO_WEBHOOKS, JobEvents, StepHook
 from worker.lease import LeaseKeeper, LeaseLost, same_host_owner_alive
-from worker.ranking import rank
+from worker.ranking import Shortlist
 from worker.runtime import ModelLoadError, ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,10 @@ class Member:
     outcome: Outcome | None = None
     subscribed: bool = True  # it has a webhook URL (fixed at submit): its changes raise events
     since: float = field(default_factory=time.perf_counter)  # when it was claimed
+
+
+class RankingFailed(Exception):
+    """CLIP could not score a chunk: every job of the call fails with ranking_failed."""
 
 
 class JobFailure(Exception):
@@ -468,16 +472,46 @@ class JobExecutor:
                 raise OverTime(allowance, cost)
 
         requests = [self._request(m) for m in running]
+        # Each job's best top_k so far: candidates are scored as chunks are drawn (a token
+        # model's hundreds never held at once) and whatever the generator returns is scored
+        # after, all against each job's own prompt, a chunk's jobs in one CLIP call.
+        shortlists = [Shortlist(m.params.top_k) for m in running]
+        ranking = 0.0
+
+        def score(parts: list[tuple[int, int, list[Candidate]]]) -> None:
+            nonlocal ranking
+            parts = [p for p in parts if p[2] and running[p[0]].stopped is None]
+            if not parts:
+                return
+            t = time.perf_counter()
+            try:
+                scores = runtime.ranker.score_groups(
+                    [(running[i].params.prompt, images) for i, _, images in parts]
+                )
+            except Exception as e:
+                raise RankingFailed(_describe(e)) from e
+            for (i, first, images), chunk_scores in zip(parts, scores, strict=True):
+                shortlists[i].add(first, images, chunk_scores)
+            ranking += time.perf_counter() - t
+
         t = time.perf_counter()
         try:
             on_step = self._on_step(running, lease, over_time)
             # Tensors where the pipeline gives them: CLIP reads them on the generation device
             # and only the kept images cross to the CPU to be encoded (`_keep`).
-            batches = runtime.generator.generate(requests, on_step=on_step, tensors=True)
+            left = runtime.generator.generate(
+                requests, on_step=on_step, tensors=True, on_chunk=score
+            )
+            score([(i, 0, images) for i, images in enumerate(left)])
         except BatchStopped:
             for member in running:
                 assert member.stopped is not None
                 self._settle(member, member.stopped)
+            return
+        except RankingFailed as e:
+            failure = JobFailure("ranking_failed", str(e))
+            for member in running:
+                self._settle(member, member.stopped or failure)
             return
         except (JobCanceled, LeaseLost, OverTime):
             raise
@@ -492,31 +526,16 @@ class JobExecutor:
                     self._run_alone(member, lease)
                 return
             raise JobFailure("generation_failed", _describe(e)) from e
-        inference = time.perf_counter() - t
-        finished: list[tuple[Member, list[Candidate]]] = []
-        for member, images in zip(running, batches, strict=True):
+        inference = time.perf_counter() - t - ranking
+        for member, shortlist in zip(running, shortlists, strict=True):
             if member.stopped is not None:  # canceled or lost mid-batch: images dropped
                 self._settle(member, member.stopped)
                 continue
             member.metrics["inference_seconds"] = inference
             member.metrics["batch_size"] = len(running)
-            finished.append((member, images))
-        if not finished:
-            return
-        # Every job's candidates ranked against its own prompt in one CLIP call.
-        t = time.perf_counter()
-        try:
-            scores = runtime.ranker.score_groups([(m.params.prompt, im) for m, im in finished])
-        except Exception as e:
-            failure = JobFailure("ranking_failed", _describe(e))
-            for member, _ in finished:
-                self._settle(member, failure)
-            return
-        ranking = time.perf_counter() - t
-        for (member, images), job_scores in zip(finished, scores, strict=True):
             member.metrics["ranking_seconds"] = ranking
             try:
-                self._keep(member, images, job_scores, started)
+                self._keep(member, shortlist, started)
             except JobFailure as e:
                 self._settle(member, e)
 
@@ -554,16 +573,17 @@ class JobExecutor:
         member.seeds = tuple(base_seed + i for i in range(params.candidates))
         return GenerationRequest(params, member.seeds, **member.edit)
 
-    def _keep(
-        self, member: Member, images: list[Candidate], scores: list[float], started: float
-    ) -> None:
-        """Upload one job's best candidates by their scores, record success."""
-        job_id, params, seeds, metrics = member.job_id, member.params, member.seeds, member.metrics
-        order = rank(scores)[: params.top_k]
+    def _keep(self, member: Member, shortlist: Shortlist, started: float) -> None:
+        """Upload one job's best candidates (its shortlist, best first), record success."""
+        job_id, seeds, metrics = member.job_id, member.seeds, member.metrics
+        images = shortlist.images
+        kept_seeds = [seeds[i] for i in shortlist.indices]
 
         t = time.perf_counter()
         try:
-            kept = self.images.keep(job_id, images, order, scores, seeds)
+            kept = self.images.keep(
+                job_id, images, range(len(images)), shortlist.scores, kept_seeds
+            )
         except Exception as e:
             raise JobFailure("upload_failed", _describe(e)) from e
         metrics["upload_seconds"] = time.perf_counter() - t

@@ -31,6 +31,7 @@ from worker.families import (
     FLUX_TRUE_CFG_DEFAULT,
     Call,
     Candidate,
+    ChunkSink,
     Progress,
     StepCallback,
     UnsupportedOption,
@@ -388,6 +389,7 @@ class Generator:
         *,
         on_step: StepCallback | None = None,
         tensors: Literal[False] = False,
+        on_chunk: ChunkSink | None = None,
     ) -> list[list[Image.Image]]: ...
 
     @overload
@@ -397,6 +399,7 @@ class Generator:
         *,
         on_step: StepCallback | None = None,
         tensors: bool,
+        on_chunk: ChunkSink | None = None,
     ) -> list[list[Candidate]]: ...
 
     def generate(
@@ -405,11 +408,14 @@ class Generator:
         *,
         on_step: StepCallback | None = None,
         tensors: bool = False,
+        on_chunk: ChunkSink | None = None,
     ) -> list[list[Candidate]] | list[list[Image.Image]]:
         """Images for each request, in request order; requests that share every parameter but
         prompt and seeds run in one pipeline call (each image keeps its own seed's noise).
         `tensors`: where the pipeline can, images come back as tensors on its device (see
-        `Candidate`); otherwise, and always for inpainting (its overlay is PIL's), PIL images."""
+        `Candidate`); otherwise, and always for inpainting (its overlay is PIL's), PIL images.
+        With `on_chunk`, each pipeline call's images go there per request once the call ends
+        (not kept: what is returned is what was not handed over)."""
         groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
         resolved: list[dict[str, Any]] = []
         for i, request in enumerate(requests):
@@ -439,11 +445,17 @@ class Generator:
             if tensors and call.mode != "inpaint":
                 call = dataclasses.replace(call, output_type="pt")
             images = self._run(call, first["scheduler"], on_step)
+            parts = []
             offset = 0
             for i in indices:
                 n = len(requests[i].seeds)
-                results[i] = images[offset : offset + n]
+                parts.append((i, 0, images[offset : offset + n]))
                 offset += n
+            if on_chunk is not None:
+                on_chunk(parts)
+            else:
+                for i, _, mine in parts:
+                    results[i] = mine
         return results
 
     def _use_scheduler(self, name: str | None, pipe: Any) -> None:

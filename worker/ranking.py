@@ -147,3 +147,33 @@ def _pil_tensor(image: Image.Image) -> torch.Tensor:
 def rank(scores: Sequence[float]) -> list[int]:
     """Indices best first; ties keep generation order so ranking is deterministic."""
     return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+
+
+class Shortlist:
+    """One job's best `keep` candidates so far, as chunks arrive: DALL-E 1's many samples
+    ranked without holding them all (the rest are dropped once scored). The same order as
+    `rank` over every score at once: best first, ties by generation order."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self._best: list[tuple[float, int, Candidate]] = []  # (score, index, image)
+
+    def add(self, first: int, images: Sequence[Candidate], scores: Sequence[float]) -> None:
+        entries = self._best + [
+            (s, first + i, im) for i, (im, s) in enumerate(zip(images, scores, strict=True))
+        ]
+        entries.sort(key=lambda e: (-e[0], e[1]))
+        self._best = entries[: self.keep]
+
+    @property
+    def images(self) -> list[Candidate]:
+        return [e[2] for e in self._best]
+
+    @property
+    def scores(self) -> list[float]:
+        return [e[0] for e in self._best]
+
+    @property
+    def indices(self) -> list[int]:
+        """Each kept image's index among its job's candidates (its seed is seed + index)."""
+        return [e[1] for e in self._best]

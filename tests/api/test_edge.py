@@ -45,6 +45,9 @@ def test_submit_commits_a_row_queues_its_id_and_answers_202(
         "mode": "text",
         "strength": None,
         "mask_blur": None,
+        "temperature": None,
+        "top_p": None,
+        "top_k_tokens": None,
         "defaulted": ["width", "height", "guidance_scale"],
     }
     assert job["params"] == {**VALID, **defaults}

@@ -200,11 +200,11 @@ def test_a_job_over_its_models_cost_is_refused_at_submit_naming_what_it_costs(
 def test_models_show_their_limits_once_a_worker_has_loaded_them(
     app: Flask, client: FlaskClient
 ) -> None:
-    (before,) = client.get("/v1/models").get_json()["models"]
+    before = next(m for m in client.get("/v1/models").get_json()["models"] if m["default"])
     assert (before["device"], before["limits"]) == (None, None)
     publish_limits(app, resolve("cpu"))
     app.extensions["daikon"].served_models._cache.clear()
-    (after,) = client.get("/v1/models").get_json()["models"]
+    after = next(m for m in client.get("/v1/models").get_json()["models"] if m["default"])
     assert after["device"] == "cpu"
     assert after["limits"] == {
         "max_job_cost": 4.0,

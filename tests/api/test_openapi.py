@@ -148,7 +148,7 @@ def test_the_job_request_schema_carries_the_settings_bounds(
     assert shipped["priority"] | {} == {"type": "integer", "minimum": 0, "maximum": 9}
     assert shipped["seed"]["maximum"] == 2**32 - 1
     assert shipped["prompt"]["maxLength"] == 2000
-    assert shipped["model"]["enum"] == ["default"]
+    assert shipped["model"]["enum"] == ["default", "shapes-ar"]  # the embedded two
     assert {"euler_a", "EulerAncestralDiscreteScheduler"} <= set(shipped["scheduler"]["enum"])
 
     changed = job_request(

@@ -44,6 +44,9 @@ def test_omitted_fields_take_the_models_defaults() -> None:
         "mode": "text",
         "strength": None,
         "mask_blur": None,
+        "temperature": None,
+        "top_p": None,
+        "top_k_tokens": None,
         "defaulted": ["width", "height", "steps", "guidance_scale"],
     }
     assert (own.default_width, own.default_steps, own.default_guidance_scale) == (32, 20, 7.5)
@@ -119,7 +122,10 @@ def test_given_fields_are_kept_and_an_integer_guidance_is_a_float() -> None:
         ({"prompt": "p", "width": True}, "width", "valid integer"),
         ({"prompt": "p", "steps": 0}, "steps", "between 1 and 150"),
         ({"prompt": "p", "guidance_scale": -1}, "guidance_scale", "between 0 and 30"),
-        ({"prompt": "p", "candidates": 17}, "candidates", "between 1 and 16"),
+        ({"prompt": "p", "candidates": 65}, "candidates", "between 1 and 64"),
+        ({"prompt": "p", "temperature": 0}, "temperature", "between 0.01 and 5.0"),
+        ({"prompt": "p", "top_p": 1.5}, "top_p", "between 0.01 and 1"),
+        ({"prompt": "p", "top_k_tokens": 0}, "top_k_tokens", "between 1 and"),
         ({"prompt": "p", "candidates": 2, "top_k": 3}, "top_k", "must not exceed candidates (2)"),
         ({"prompt": "p", "top_k": 0}, "top_k", "at least 1"),
         ({"prompt": "p", "seed": -1}, "seed", "between 0 and"),

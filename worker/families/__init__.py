@@ -14,6 +14,7 @@ from typing import Any
 from worker.families.base import (
     Call,
     Candidate,
+    ChunkSink,
     Family,
     FamilyError,
     Progress,
@@ -40,6 +41,7 @@ __all__ = [
     "REFUSED",
     "Call",
     "Candidate",
+    "ChunkSink",
     "Family",
     "FamilyError",
     "Progress",

@@ -44,6 +44,12 @@ if TYPE_CHECKING:
 Candidate = Union[Image.Image, "torch.Tensor"]
 
 
+# A generator that draws in chunks may hand each chunk's images over as it is drawn, per
+# request: (request index, the index of the first image within its request, the images). The
+# executor scores them at once and keeps only each job's best (worker/ranking.py Shortlist).
+ChunkSink = Callable[[list[tuple[int, int, list[Candidate]]]], None]
+
+
 def to_pil(candidate: Candidate) -> Image.Image:
     """The PIL image diffusers' own "pil" output would have given: the same postprocessing
     (`pt_to_numpy`, `numpy_to_pil`), so a tensor hand-off changes no byte of a stored PNG."""

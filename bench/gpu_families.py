@@ -1,15 +1,24 @@
-"""Seconds per image and peak memory of full-size SDXL, SD3-medium and FLUX.1-dev architectures.
+"""Seconds per image and peak memory of full-size SDXL, SD3-medium, FLUX.1-dev, Janus-Pro-1B and
+Janus-Pro-7B architectures.
 
 Each architecture is built from its published configuration (written below) with random
 weights, directly on the device: nothing is downloaded. Tokenizers are built offline (byte-level
-CLIP BPE, character-level T5), so prompts tokenize differently from the real models, which
-does not change the work done: sequence lengths are padded to the same fixed lengths. Every run
-goes through its worker/families/ adapter at the model's native resolution, as the worker runs
-a job. Random weights make noise images, and fp16 may overflow to NaN in places; neither
-changes the time or memory a step takes.
+CLIP BPE, character-level T5, word-level for Janus), so prompts tokenize differently from the
+real models, which does not change the work done: diffusion sequence lengths are padded to the
+same fixed lengths, and a Janus prompt's few tokens are next to nothing beside the 576 image
+tokens each image draws. Every run goes through the worker's own path at the model's native
+resolution, as the worker runs a job: a diffusion model through its worker/families/ adapter
+(`Generator`), Janus-Pro through `TokenGenerator` (worker/autoregressive.py) with guidance on,
+all of a call's candidates in one generate call. Random weights make noise images, and fp16 may
+overflow to NaN in places; neither changes the time or memory a step takes.
 
-    .venv/bin/python bench/gpu_families.py [--family sdxl sd3 flux] [--images 1 4]
-        [--repeats 2] [--write docs/benchmarks.md]
+Diffusion rows report denoising steps and seconds per image; token rows report image tokens
+per image, images per second and image tokens per second (candidates x tokens per image over the
+call's seconds; each token step also scores the unconditional rows, so the model runs twice
+that many rows).
+
+    .venv/bin/python bench/gpu_families.py [--family sdxl sd3 flux janus-pro-1b janus-pro-7b]
+        [--images 1 4 16] [--repeats 2] [--write docs/benchmarks.md]
     .venv/bin/python bench/gpu_families.py --cpu-smoke   # same code path, tiny sizes, on CPU
 
 Without CUDA the script runs the CPU smoke (and says so): its figures measure nothing.
@@ -124,6 +133,47 @@ FLUX_DEV = dict(  # black-forest-labs/FLUX.1-dev transformer
     axes_dims_rope=(16, 56, 56),
 )
 
+# Janus-Pro (deepseek-ai/Janus-Pro-1B and -7B, transformers' JanusConfig field names). Both share
+# the SigLIP-L understanding tower and the VQ-16 tokenizer; the Llama LM differs. The published
+# checkpoints store lm_head apart from the input embeddings (7B: 14.84 GB in bf16 = 7.4 B).
+JANUS_PRO_1B_LM = dict(
+    model_type="llama",
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    vocab_size=102400,
+    max_position_embeddings=16384,
+    tie_word_embeddings=False,
+)
+JANUS_PRO_7B_LM = {
+    **JANUS_PRO_1B_LM,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+}
+SIGLIP_L = dict(  # the understanding tower: built, unused by text-to-image
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    mlp_ratio=4.0,
+    image_size=384,
+    patch_size=16,
+    num_image_tokens=576,  # (384 // 16) ** 2: the tokens generate draws per image
+)
+VQ_16 = dict(  # 16384 codes of 8 dims; the VQ grid is image_size // patch_size = 24
+    embed_dim=8,
+    num_embeddings=16384,
+    latent_channels=256,
+    base_channels=128,
+    channel_multiplier=(1, 1, 2, 2, 4),  # 16x upsampling: 24 x 16 = 384 px
+    num_res_blocks=2,
+)
+JANUS_GUIDANCE = 5.0  # Janus-Pro's generation_config default
+
 # The CPU smoke: the same builders with every width, depth and resolution cut down.
 SMOKE: dict[str, dict[str, Any]] = {
     "clip_l": dict(
@@ -173,6 +223,26 @@ SMOKE: dict[str, dict[str, Any]] = {
         pooled_projection_dim=32,
         axes_dims_rope=(4, 4, 8),
     ),
+    "janus_lm": dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=64,
+        max_position_embeddings=128,
+    ),
+    # a 4x4 grid of tokens: 16 per image, decoded by the same 5 VQ levels to 64 px
+    "janus_vision": dict(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=16,
+        patch_size=4,
+        num_image_tokens=16,
+    ),
+    "janus_vq": dict(num_embeddings=64, latent_channels=8, base_channels=32, num_res_blocks=1),
 }
 
 
@@ -308,6 +378,64 @@ def build_flux(b: Build) -> Any:
     )
 
 
+def _janus_pro(b: Build, lm: dict[str, Any], name: str) -> Any:
+    """A Janus-Pro model with an offline word-level tokenizer and its processor, wrapped as the
+    worker wraps a loaded one (the tokenizer's few ids sit inside the LM's larger vocabulary)."""
+    from transformers import (
+        JanusConfig,
+        JanusForConditionalGeneration,
+        JanusImageProcessorPil,
+        JanusProcessor,
+    )
+
+    from tests.tiny_models import _janus_tokenizer
+    from worker.autoregressive import TokenGenerator
+    from worker.families.janus import Janus
+
+    tok = _janus_tokenizer()
+    text = b.cfg(lm, "janus_lm")
+    vision = b.cfg(SIGLIP_L, "janus_vision")
+    hidden = text["hidden_size"]  # image generation feeds both projections to the LM
+    config = JanusConfig(
+        text_config={
+            **text,
+            "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+        },
+        vision_config={**vision, "projection_dim": hidden},
+        vq_config={
+            **b.cfg(VQ_16, "janus_vq"),
+            "projection_dim": hidden,
+            "image_token_embed_dim": hidden,
+        },
+        image_token_id=tok.convert_tokens_to_ids("<image_placeholder>"),
+        tie_word_embeddings=text["tie_word_embeddings"],
+    )
+    model = b.make(lambda: JanusForConditionalGeneration(config))
+    settings = model.generation_config  # what Janus-Pro's generation_config.json holds
+    settings.generation_kwargs = {"boi_token_id": tok.convert_tokens_to_ids("<begin_of_image>")}
+    settings.guidance_scale = JANUS_GUIDANCE
+    settings.pad_token_id = tok.pad_token_id
+    side = vision["image_size"]
+    processor = JanusProcessor(
+        image_processor=JanusImageProcessorPil(
+            size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        ),
+        tokenizer=tok,
+        num_image_tokens=vision["num_image_tokens"],
+    )
+    return TokenGenerator(model, processor, family=Janus(), model_name=name)
+
+
+def build_janus_pro_1b(b: Build) -> Any:
+    return _janus_pro(b, JANUS_PRO_1B_LM, "janus-pro-1b")
+
+
+def build_janus_pro_7b(b: Build) -> Any:
+    return _janus_pro(b, JANUS_PRO_7B_LM, "janus-pro-7b")
+
+
 @dataclass(frozen=True)
 class Arch:
     name: str
@@ -317,12 +445,24 @@ class Arch:
     dtype: str  # the dtype it is usually served in
 
 
-ARCHES = {
+@dataclass(frozen=True)
+class TokenArch:
+    """A token model: its build returns a `TokenGenerator`; no steps, a fixed size."""
+
+    name: str
+    label: str
+    build: Callable[[Build], Any]
+    dtype: str
+
+
+ARCHES: dict[str, Arch | TokenArch] = {
     a.name: a
     for a in (
         Arch("sdxl", "SDXL base 1.0", build_sdxl, 30, "float16"),
         Arch("sd3", "SD3-medium", build_sd3, 28, "bfloat16"),
         Arch("flux", "FLUX.1-dev", build_flux, 28, "bfloat16"),
+        TokenArch("janus-pro-1b", "Janus-Pro-1B", build_janus_pro_1b, "bfloat16"),
+        TokenArch("janus-pro-7b", "Janus-Pro-7B", build_janus_pro_7b, "bfloat16"),
     )
 }
 
@@ -352,6 +492,33 @@ def _peak_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process RSS (Linux KiB)
 
 
+def _time_calls(
+    call: Callable[[int], None], *, device: str, images: list[int], repeats: int
+) -> list[tuple[int, float, float]]:
+    """(images per call, median seconds per call, peak GiB) for each batch size."""
+    import torch
+
+    out = []
+    for n in images:
+        times = []
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(repeats):
+            _sync(device)
+            t = time.perf_counter()
+            call(n)
+            _sync(device)
+            times.append(time.perf_counter() - t)
+        out.append((n, statistics.median(times), _peak_gib(device)))
+    return out
+
+
+def _dtype(arch: Arch | TokenArch, dtype_name: str | None, smoke: bool) -> Any:
+    import torch
+
+    return getattr(torch, dtype_name or (arch.dtype if not smoke else "float32"))
+
+
 def run_arch(
     arch: Arch,
     *,
@@ -362,11 +529,9 @@ def run_arch(
     repeats: int,
     steps: int | None,
 ) -> list[dict[str, Any]]:
-    import torch
-
     from worker.generation import GenerationRequest, Generator
 
-    dtype = getattr(torch, dtype_name or (arch.dtype if not smoke else "float32"))
+    dtype = _dtype(arch, dtype_name, smoke)
     started = time.perf_counter()
     pipe = arch.build(Build(device=device, dtype=dtype, smoke=smoke))
     pipe.set_progress_bar_config(disable=True)
@@ -385,38 +550,80 @@ def run_arch(
         )
 
     generate(1, 1)  # warm-up: kernels, allocator, lazy initialisation
-    rows = []
-    for n in images:
-        times = []
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        for _ in range(repeats):
-            _sync(device)
-            t = time.perf_counter()
-            generate(n, n_steps)
-            _sync(device)
-            times.append(time.perf_counter() - t)
-        rows.append(
-            dict(
-                arch=arch.label,
-                pipeline=caps.pipeline_class,
-                dtype=str(dtype).split(".")[-1],
-                size=f"{width}x{height}",
-                steps=n_steps,
-                images=n,
-                seconds=statistics.median(times) / n,
-                peak=_peak_gib(device),
-                params=billions,
-                build=build_seconds,
-            )
+    timed = _time_calls(
+        lambda n: generate(n, n_steps), device=device, images=images, repeats=repeats
+    )
+    return [
+        dict(
+            arch=arch.label,
+            pipeline=caps.pipeline_class,
+            dtype=str(dtype).split(".")[-1],
+            size=f"{width}x{height}",
+            steps=n_steps,
+            images=n,
+            seconds=seconds / n,
+            peak=peak,
+            params=billions,
+            build=build_seconds,
         )
-    return rows
+        for n, seconds, peak in timed
+    ]
+
+
+def run_token_arch(
+    arch: TokenArch,
+    *,
+    device: str,
+    dtype_name: str | None,
+    smoke: bool,
+    images: list[int],
+    repeats: int,
+) -> list[dict[str, Any]]:
+    """The TokenGenerator's own path: one request of n candidates (seeds 0..n-1) is one generate
+    call of n rows (2n with the unconditional ones), guidance on, decoded to images."""
+    from worker.generation import GenerationRequest
+
+    dtype = _dtype(arch, dtype_name, smoke)
+    started = time.perf_counter()
+    generator = arch.build(Build(device=device, dtype=dtype, smoke=smoke))
+    build_seconds = time.perf_counter() - started
+    caps = generator.capabilities
+    side, tokens = caps.native_width, caps.image_tokens
+    billions = sum(p.numel() for p in generator.model.parameters()) / 1e9
+
+    def generate(n: int) -> None:
+        request = GenerationRequest.of(
+            PROMPT, tuple(range(n)), width=side, height=side, guidance_scale=JANUS_GUIDANCE
+        )
+        generator.generate([request])
+
+    generate(1)  # warm-up: kernels, allocator, lazy initialisation
+    return [
+        dict(
+            arch=arch.label,
+            pipeline=caps.pipeline_class,
+            dtype=str(dtype).split(".")[-1],
+            size=f"{side}x{side}",
+            tokens=tokens,
+            images=n,
+            seconds=seconds / n,
+            images_per_s=n / seconds,
+            tokens_per_s=n * tokens / seconds,
+            peak=peak,
+            params=billions,
+            build=build_seconds,
+        )
+        for n, seconds, peak in _time_calls(generate, device=device, images=images, repeats=repeats)
+    ]
+
+
+def _memory(device: str) -> str:
+    return "peak GPU GiB" if device.startswith("cuda") else "peak RSS GiB"
 
 
 def table(rows: list[dict[str, Any]], *, device: str) -> str:
-    memory = "peak GPU GiB" if device.startswith("cuda") else "peak RSS GiB"
     lines = [
-        f"| model | pipeline | dtype | size | steps | images/call | s/image | {memory} "
+        f"| model | pipeline | dtype | size | steps | images/call | s/image | {_memory(device)} "
         "| params (B) | build s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -424,6 +631,24 @@ def table(rows: list[dict[str, Any]], *, device: str) -> str:
         lines.append(
             f"| {r['arch']} | {r['pipeline']} | {r['dtype']} | {r['size']} | {r['steps']} "
             f"| {r['images']} | {r['seconds']:.2f} | {r['peak']:.1f} | {r['params']:.2f} "
+            f"| {r['build']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def token_table(rows: list[dict[str, Any]], *, device: str) -> str:
+    """Token models: image tokens per image instead of steps, and throughput in images and
+    image tokens per second."""
+    lines = [
+        "| model | class | dtype | size | tokens/image | images/call | s/image | images/s "
+        f"| tokens/s | {_memory(device)} | params (B) | build s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['arch']} | {r['pipeline']} | {r['dtype']} | {r['size']} | {r['tokens']} "
+            f"| {r['images']} | {r['seconds']:.3f} | {r['images_per_s']:.2f} "
+            f"| {r['tokens_per_s']:.0f} | {r['peak']:.1f} | {r['params']:.2f} "
             f"| {r['build']:.0f} |"
         )
     return "\n".join(lines)
@@ -443,13 +668,17 @@ def publish(report: str, write: Path | None, *, smoke: bool) -> None:
 def machine(device: str) -> str:
     import diffusers
     import torch
+    import transformers
 
     if device.startswith("cuda"):
         gpu = torch.cuda.get_device_properties(torch.device(device))
         where = f"{gpu.name}, {gpu.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
     else:
         where = f"CPU only ({platform.processor() or platform.machine()})"
-    return f"{where}; torch {torch.__version__}, diffusers {diffusers.__version__}"
+    return (
+        f"{where}; torch {torch.__version__}, diffusers {diffusers.__version__}, "
+        f"transformers {transformers.__version__}"
+    )
 
 
 def main() -> None:
@@ -457,7 +686,9 @@ def main() -> None:
     parser.add_argument("--family", nargs="+", choices=list(ARCHES), default=list(ARCHES))
     parser.add_argument("--images", nargs="+", type=int, default=[1], help="images per call")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=None, help="default: the model's usual")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="default: the model's usual (diffusion only)"
+    )
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU")
@@ -474,24 +705,39 @@ def main() -> None:
     if smoke and not args.cpu_smoke:
         print("no CUDA device: running the CPU smoke instead (its figures measure nothing)")
     rows: list[dict[str, Any]] = []
+    token_rows: list[dict[str, Any]] = []
     for name in args.family:
-        rows += run_arch(
-            ARCHES[name],
-            device=device,
-            dtype_name=args.dtype,
-            smoke=smoke,
-            images=args.images,
-            repeats=args.repeats,
-            steps=args.steps,
-        )
+        arch = ARCHES[name]
+        if isinstance(arch, TokenArch):
+            token_rows += run_token_arch(
+                arch,
+                device=device,
+                dtype_name=args.dtype,
+                smoke=smoke,
+                images=args.images,
+                repeats=args.repeats,
+            )
+        else:
+            rows += run_arch(
+                arch,
+                device=device,
+                dtype_name=args.dtype,
+                smoke=smoke,
+                images=args.images,
+                repeats=args.repeats,
+                steps=args.steps,
+            )
         gc.collect()  # the last family's weights, before the next is built
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
         print(f"{name}: done", flush=True)
     title = "CPU smoke (reduced sizes: not a benchmark)" if smoke else "full-size, random weights"
+    tables = [table(rows, device=device)] if rows else []
+    tables += [token_table(token_rows, device=device)] if token_rows else []
     report = (
         f"### {title}\n\nMachine: {machine(device)}\n\nCommand: `{' '.join(sys.argv)}`\n\n"
-        f"{table(rows, device=device)}\n"
+        + "\n\n".join(tables)
+        + "\n"
     )
     publish(report, args.write, smoke=smoke)
 

@@ -58,7 +58,8 @@ typecheck: install
 train-models: install
 	$(PY) -m training --out models
 
-# Guidance and CLIP-ranking measurements with the oracle -> docs/quality.md (~6 min on CPU).
+# Guidance, CLIP ranking, the token model beside diffusion and the edits, judged by the oracle
+# -> docs/quality.md (about 10 min on CPU; --tokens only re-measures the token model alone).
 eval-quality: install
 	$(PY) -m training.evaluate --out docs
 

@@ -238,6 +238,15 @@ def generate(
     negative_prompt: Annotated[str | None, typer.Option(help="What to steer away from.")] = None,
     model: Annotated[str | None, typer.Option(help="A name from `daikon models`.")] = None,
     scheduler: Annotated[str | None, typer.Option()] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Token models: sampling temperature of each token.")
+    ] = None,
+    top_p: Annotated[
+        float | None, typer.Option(help="Token models: nucleus sampling of each token.")
+    ] = None,
+    top_k_tokens: Annotated[
+        int | None, typer.Option(help="Token models: draw each token from the k most likely.")
+    ] = None,
     priority: Annotated[int | None, typer.Option(help="0-9, higher runs first.")] = None,
     metadata: Annotated[str | None, typer.Option(help="A JSON object stored with the job.")] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Where job events are POSTed.")] = None,

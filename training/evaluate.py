@@ -30,12 +30,18 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from server.settings import EMBEDDED_CLIP, EMBEDDED_PIPELINE
+from server.settings import (
+    EMBEDDED_CLIP,
+    EMBEDDED_PIPELINE,
+    EMBEDDED_TOKEN_LIMITS,
+    EMBEDDED_TOKEN_PIPELINE,
+)
 from shapeworld.oracle import judge
 from shapeworld.prompts import ALL_TWO_OBJECT_TYPES, HELD_OUT_COUNT, eval_prompts
 from shapeworld.world import render, sample_scene
-from training import edit_eval
+from training import edit_eval, token_eval
 from training.common import RECORD
+from worker.autoregressive import TokenGenerator
 from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker, rank
 
@@ -335,7 +341,17 @@ def main() -> None:
     parser.add_argument(
         "--edit-limit", type=int, default=0, help="edits per scene kind (0 = the full held-out set)"
     )
+    parser.add_argument("--token-model", default=EMBEDDED_TOKEN_PIPELINE)
+    parser.add_argument(
+        "--tokens",
+        choices=("all", "only", "none"),
+        default="all",
+        help="measure the token model beside diffusion too (all), alone (only) or not (none)",
+    )
     args = parser.parse_args()
+    if args.tokens == "only":
+        write_tokens(args, ClipRanker.load(args.clip, device="cpu", dtype=torch.float32))
+        return
     if args.edits == "only":
         write_edits(
             args,
@@ -381,8 +397,46 @@ def main() -> None:
     summary = {f"{k}@{s:g}": c.rates() for (k, s), c in results.cells.items()}
     (args.out / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out / 'quality.md'} in {meta['seconds']:.0f} s", flush=True)
+    if args.tokens == "all":
+        write_tokens(args, ranker)
     if args.edits == "all":
         write_edits(args, generator, ranker)
+
+
+def write_tokens(args: argparse.Namespace, ranker: ClipRanker) -> None:
+    """Measure the token model and put its section into quality.md before the edits' (replacing
+    an earlier one), its figures into quality.json. The diffusion rows are that file's."""
+    figures_path = args.out / "quality.json"
+    figures = json.loads(figures_path.read_text())
+    per_call = EMBEDDED_TOKEN_LIMITS.images_per_call or token_eval.SAMPLES
+    generator = TokenGenerator.load(
+        args.token_model, model="shapes-ar", device="cpu", images_per_call=per_call
+    )
+    one, two = eval_prompts()
+    if args.limit:
+        one, two = one[: args.limit], two[: args.limit]
+    cells = token_eval.run(generator, ranker, {"one": one, "two": two})
+    meta = {
+        "guidance": generator.capabilities.defaults.guidance_scale,
+        "images_per_call": per_call,
+        "machine": f"{platform.processor() or platform.machine()} CPU, "
+        f"{torch.get_num_threads()} torch threads",
+    }
+    body = token_eval.section(cells, figures, meta)
+    page = args.out / "quality.md"
+    text = page.read_text()
+    if token_eval.SECTION_TITLE in text:  # drop the earlier one: up to the next section
+        head, _, rest = text.partition(token_eval.SECTION_TITLE)
+        after = rest.find("\n## ")
+        text = head + (rest[after + 1 :] if after >= 0 else "")
+    if edit_eval.SECTION_TITLE in text:
+        head, _, rest = text.partition(edit_eval.SECTION_TITLE)
+        text = head + body + "\n" + edit_eval.SECTION_TITLE + rest
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    page.write_text(text)
+    figures["tokens"] = {kind: cell.rates() for kind, cell in cells.items()}
+    figures_path.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def write_edits(args: argparse.Namespace, generator: Generator, ranker: ClipRanker) -> None:

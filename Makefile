@@ -79,6 +79,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/throughput.py --plot docs/benchmarks-batch.png
 	$(PY) bench/api.py
 	$(PY) bench/peers.py
+	$(PY) bench/token_batching.py
 
 clean:
 	rm -rf $(VENV) .daikon .pytest_cache .ruff_cache .mypy_cache

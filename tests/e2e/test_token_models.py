@@ -77,13 +77,14 @@ def test_models_show_the_token_model_and_submits_refuse_what_it_cannot_do(
     assert (caps["kind"], caps["family"], caps["image_tokens"]) == ("autoregressive", "janus", 16)
     assert (caps["native_width"], caps["native_height"]) == (32, 32)
     assert models["default"]["capabilities"]["kind"] == "diffusion"
-    for body, param in (
+    refused: list[tuple[dict[str, Any], str]] = [
         ({"model": "tokens", "negative_prompt": "blue"}, "negative_prompt"),
         ({"model": "tokens", "width": 64}, "width"),
         ({"model": "tokens", "steps": 30}, "steps"),
         ({"model": "tokens", "scheduler": "ddim"}, "scheduler"),
         ({"temperature": 0.7}, "temperature"),
-    ):
+    ]
+    for body, param in refused:
         r = stack.http.post(stack.url("/v1/jobs"), json={"prompt": "p", **body}, timeout=10)
         assert r.status_code == 422, (body, r.text)
         assert f"{param}:" in r.text and "model '" in r.text, r.text

@@ -81,6 +81,11 @@ class InputImage:
     def sha256(self) -> str:
         return hashlib.sha256(self.png).hexdigest()
 
+    def pixels(self) -> bytes:
+        """Its pixels row by row (one byte each for a mask), decoded again from the stored
+        PNG: for a check of the pixels themselves (a token model's completion band)."""
+        return Image.open(io.BytesIO(self.png)).tobytes()
+
     def record(self, key: str) -> dict[str, Any]:
         """What the job row keeps of it (db.models.Job.inputs)."""
         return {

@@ -109,7 +109,9 @@ JOB_FORM = {
         "bounds (`param` names the first); `unsupported_parameter` or "
         "`unsupported_scheduler`: the model cannot honour a parameter as asked (the "
         "message names it and the model; GET /v1/models shows each model's "
-        "capabilities; a `mode` it has no pipeline for is refused so); `invalid_request` "
+        "capabilities; a `mode` it has no pipeline for is refused so, and a token "
+        "model's inpaint mask that is not a black top band of whole token rows over white, "
+        "with `param` mask); `invalid_request` "
         "for inputs: a mask of another size than the image or not single-channel, an "
         "input the mode does not take or lacks; `job_too_large`: the job costs more "
         "megapixel-steps than its model allows.",

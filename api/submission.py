@@ -20,6 +20,7 @@ from api.auth import Principal
 from api.inputs import Upload
 from api.services import Services
 from daikon import limits
+from daikon.capabilities import ModelCapabilities
 from daikon.contract import (
     DEFAULT_PRIORITY,
     DEFAULT_WEBHOOK_EVENTS,
@@ -115,6 +116,8 @@ def submit(
             incoming=checked.byte_size if checked else 0,
         )
     inputs = checked.decode(settings) if checked else None  # the one decode, past the limits
+    if inputs is not None and inputs.mask is not None and capabilities is not None:
+        _check_mask(inputs.mask, capabilities)
     job_id = new_id()
     stored: dict[str, dict[str, Any]] = {}
     try:
@@ -373,6 +376,20 @@ def _check_model(params: JobParams, served: ServedModel) -> None:
     )
     if refusal:
         raise InvalidRequest(refusal, code=RequestErrorCode.job_too_large)
+
+
+def _check_mask(mask: edit_inputs.InputImage, capabilities: ModelCapabilities) -> None:
+    """A mask this model would not honour exactly (a token model completes only whole token
+    rows at the top): the mask's pixels are known only once decoded, past the limits."""
+    if not capabilities.checks_mask_pixels:
+        return
+    violations = capabilities.check_mask(mask.width, mask.height, mask.pixels())
+    if violations:
+        raise InvalidRequest(
+            "; ".join(v.message for v in violations),
+            param=violations[0].param,
+            code=RequestErrorCode[violations[0].code],
+        )
 
 
 def _check_queued_cost(

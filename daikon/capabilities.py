@@ -10,6 +10,7 @@ capabilities were published yet. Pure python (no torch): the API imports it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from math import isqrt
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,6 +58,22 @@ MODE_NAMES: dict[str, str] = {
 # Violation codes: the scheduler keeps the code jobs already fail with; the rest share one.
 UNSUPPORTED_SCHEDULER = "unsupported_scheduler"
 UNSUPPORTED_PARAMETER = "unsupported_parameter"
+
+
+def top_band(width: int, height: int, pixels: bytes) -> tuple[int, int | None]:
+    """How many rows a mask keeps at its top (all black), and the first row below them that
+    is not all white (None: the mask is exactly such a band). `pixels`: the mask in L mode,
+    row by row (PIL's `tobytes()`). Pure bytes, so the API and the worker apply one rule."""
+    if len(pixels) != width * height:
+        raise ValueError(f"{len(pixels)} bytes are not a {width}x{height} L mask")
+    black, white = bytes(width), b"\xff" * width
+    kept = 0
+    while kept < height and pixels[kept * width : (kept + 1) * width] == black:
+        kept += 1
+    for y in range(kept, height):
+        if pixels[y * width : (y + 1) * width] != white:
+            return kept, y
+    return kept, None
 
 
 def scheduler_name(value: str) -> str | None:
@@ -251,7 +268,9 @@ class ModelCapabilities(BaseModel):
     modes: list[Mode] = Field(
         default_factory=lambda: list[Mode](["text"]),
         description="Job modes this model runs: text, and image (image-to-image) or inpaint "
-        "where diffusers has such a pipeline for it (sharing the loaded weights).",
+        "where diffusers has such a pipeline for it (sharing the loaded weights). A token "
+        "model's inpaint is completion: it keeps the image's top rows and draws the rest "
+        "(the mask a black top band over white; its notes say the row height).",
     )
     defaults: ModelDefaults
     notes: list[str] = Field(default_factory=list, description="What parameters mean here.")
@@ -259,6 +278,68 @@ class ModelCapabilities(BaseModel):
     @property
     def label(self) -> str:
         return f"model {self.model!r} ({self.family}, {self.pipeline_class})"
+
+    @property
+    def token_grid(self) -> int | None:
+        """Token models: the side of their square grid of image tokens (24 for Janus-Pro)."""
+        return (
+            isqrt(self.image_tokens)
+            if self.kind == "autoregressive" and self.image_tokens
+            else None
+        )
+
+    @property
+    def token_row_height(self) -> int | None:
+        """Token models: the pixels one row of image tokens covers (16 for Janus-Pro)."""
+        grid = self.token_grid
+        return self.native_height // grid if grid else None
+
+    @property
+    def checks_mask_pixels(self) -> bool:
+        """Whether `check_mask` reads a mask's pixels (a token model's completion band); a
+        diffusion model repaints any mask, so the API need not decode one for it."""
+        return self.kind == "autoregressive" and "inpaint" in self.modes
+
+    def check_mask(self, width: int, height: int, pixels: bytes) -> list[Violation]:
+        """An inpaint mask this model would not honour exactly, naming `mask` and the model.
+
+        A token model completes an image from its top rows: it can keep only whole rows of its
+        token grid, so the mask must be black (0) on the top rows and white (255) on every row
+        from a row boundary down. `pixels`: the mask in L mode (PIL's `tobytes()`)."""
+        if not self.checks_mask_pixels:
+            return []
+        m, row, grid = self.label, self.token_row_height or 1, self.token_grid
+
+        def refuse(message: str) -> list[Violation]:
+            return [Violation(param="mask", code=UNSUPPORTED_PARAMETER, message=f"mask: {message}")]
+
+        rule = (
+            f"{m} completes an image from its top rows, so its mask must be black on the top "
+            f"rows and white from a row boundary to the bottom, the boundary a multiple of "
+            f"{row} px (one row of its {grid}x{grid} image tokens)"
+        )
+        if (width, height) != (self.native_width, self.native_height):
+            return refuse(
+                f"is {width}x{height}; {rule}, at its {self.native_width}x{self.native_height}"
+            )
+        kept, bad = top_band(width, height, pixels)
+        if bad is not None:
+            return refuse(
+                f"{rule}; pixel row {bad} is not all white (255) but lies below the black (0) "
+                f"band of the top {kept} rows"
+            )
+        if kept == 0:
+            return refuse(f"keeps no row: {rule}; to draw the whole image use mode text")
+        if kept == height:
+            return refuse(f"keeps every row, so there is nothing to complete: {rule}")
+        if kept % row:
+            below = kept - kept % row
+            nearest = sorted({max(below, row), min(below + row, height - row)})
+            return refuse(
+                f"its black band ends at {kept} px: {rule} (nearest: "
+                f"{' or '.join(f'{n} px' for n in nearest)})"
+            )
+        return []
 
     def resolve(self, params: Mapping[str, Any] | object) -> dict[str, Any]:
         """The generation parameters with omitted ones (None) taken from this model's defaults."""
@@ -293,21 +374,43 @@ class ModelCapabilities(BaseModel):
         r = self.resolve(params)
         m = self.label
         mode = _get(params, "mode") or "text"
+        tokens = self.kind == "autoregressive"
         if mode not in self.modes:
+            why = (
+                "a token model draws each image token once, from the prompt and the tokens "
+                "before it: it has no noise level to redraw an image at"
+                if tokens and mode == "image"
+                else "diffusers has no such pipeline for it here"
+            )
             refuse(
                 "mode",
-                f"{m} cannot run mode {mode!r} ({MODE_NAMES.get(mode, mode)}): diffusers has no "
-                f"such pipeline for it here; its modes: {', '.join(self.modes)}",
+                f"{m} cannot run mode {mode!r} ({MODE_NAMES.get(mode, mode)}): {why}; its "
+                f"modes: {', '.join(self.modes)}",
+            )
+        fixed = f"{self.native_width}x{self.native_height}"
+        if (
+            tokens
+            and mode != "text"
+            and (r["width"], r["height"])
+            != (
+                self.native_width,
+                self.native_height,
+            )
+        ):
+            refuse(
+                "image",
+                f"is {r['width']}x{r['height']}: {m} draws only {fixed} (its "
+                f"{self.image_tokens} image tokens make one fixed grid), so its input image "
+                f"must be {fixed}",
             )
         for side in ("width", "height"):
             value = r[side]
-            if self.kind == "autoregressive":
-                if value != (native := getattr(self, f"native_{side}")):
+            if tokens:
+                if mode == "text" and value != (native := getattr(self, f"native_{side}")):
                     refuse(
                         side,
-                        f"{m} draws only {self.native_width}x{self.native_height} (its "
-                        f"{self.image_tokens} image tokens make one fixed grid): omit {side} "
-                        f"or send {native}",
+                        f"{m} draws only {fixed} (its {self.image_tokens} image tokens make "
+                        f"one fixed grid): omit {side} or send {native}",
                     )
             elif value % self.size_multiple:
                 below = value - value % self.size_multiple
@@ -332,7 +435,20 @@ class ModelCapabilities(BaseModel):
                 refuse(name, f"{m} cannot use {name}: {why}")
             elif name == "top_k_tokens" and self.codebook_size and value > self.codebook_size:
                 refuse(name, f"{value} is more than the {self.codebook_size} tokens of {m}")
-        if self.kind == "autoregressive":
+        if tokens:
+            strength, blur = _get(params, "strength"), _get(params, "mask_blur")
+            if mode == "inpaint" and strength is not None and float(strength) != 1.0:
+                refuse(
+                    "strength",
+                    f"{m} draws the masked rows anew from its tokens; it has no noise to add "
+                    f"partly, so strength {strength} cannot apply: omit strength or send 1",
+                )
+            if mode == "inpaint" and blur:
+                refuse(
+                    "mask_blur",
+                    f"{m} keeps or redraws whole rows of image tokens; a blurred edge "
+                    f"({blur} px) would keep part of a row: omit mask_blur or send 0",
+                )
             steps = _get(params, "steps")
             if (
                 steps is not None

@@ -276,7 +276,9 @@ class GenerationParams(BaseModel):
         None,
         description="text (default): draw the prompt; image: redraw the input `image` "
         "(image-to-image); inpaint: repaint where the `mask` is white, keep where it is "
-        "black.",
+        "black. On a token model (`kind` autoregressive) inpaint is completion: the mask "
+        "keeps whole token rows at the top and the rest is drawn after them (its notes in "
+        "GET /v1/models say the row height).",
     )
     strength: Annotated[
         float | None,

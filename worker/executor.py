@@ -456,6 +456,7 @@ class JobExecutor:
                 member.params = self._complete(member.job_id, member.params, runtime)
                 self._admit(member.params, runtime)
                 member.edit = self._read_inputs(member)
+                self._admit_mask(member.edit, runtime)
             except JobFailure as e:
                 self._settle(member, e)  # this job only: its companions go on
                 continue
@@ -562,6 +563,18 @@ class JobExecutor:
         )
         if refusal:
             raise JobFailure(limits.TOO_LARGE, refusal)
+
+    def _admit_mask(self, edit: dict[str, Image.Image], runtime: ModelRuntime) -> None:
+        """An inpaint mask the model would not honour exactly (a token model's completion
+        band), refused before any model work, as the API refuses it once caps are published."""
+        caps = runtime.generator.capabilities
+        mask = edit.get("mask")
+        if mask is None or not caps.checks_mask_pixels:
+            return
+        violations = caps.check_mask(mask.width, mask.height, mask.convert("L").tobytes())
+        if violations:
+            refused = UnsupportedParameters(violations)
+            raise JobFailure(refused.code, str(refused))
 
     def _request(self, member: Member) -> GenerationRequest:
         params = member.params

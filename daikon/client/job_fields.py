@@ -46,7 +46,9 @@ class JobFields(TypedDict, total=False):
     # /v1/models.
     scheduler: str
     # text (default): draw the prompt; image: redraw the input `image` (image-to-image); inpaint:
-    # repaint where the `mask` is white, keep where it is black.
+    # repaint where the `mask` is white, keep where it is black. On a token model (`kind`
+    # autoregressive) inpaint is completion: the mask keeps whole token rows at the top and the rest
+    # is drawn after them (its notes in GET /v1/models say the row height).
     mode: Literal["text", "image", "inpaint"]
     # image and inpaint: how much noise is added to the input, 0-1, so about steps x strength
     # denoising steps run (default: 0.6 for image, 1.0 for inpaint).

@@ -1,11 +1,14 @@
 """A token model served beside a diffusion model through the whole stack: a real worker
 process, the API over HTTP, a tiny random Janus saved to a folder. Many candidates in chunks,
-the kept top_k stored, seeds that reproduce, GET /v1/models, and refusals at submit."""
+the kept top_k stored, seeds that reproduce, GET /v1/models, refusals at submit, and completion
+(mode inpaint) from an uploaded image's top rows."""
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,13 +77,14 @@ def test_models_show_the_token_model_and_submits_refuse_what_it_cannot_do(
     assert (caps["kind"], caps["family"], caps["image_tokens"]) == ("autoregressive", "janus", 16)
     assert (caps["native_width"], caps["native_height"]) == (32, 32)
     assert models["default"]["capabilities"]["kind"] == "diffusion"
-    for body, param in (
+    refused: list[tuple[dict[str, Any], str]] = [
         ({"model": "tokens", "negative_prompt": "blue"}, "negative_prompt"),
         ({"model": "tokens", "width": 64}, "width"),
         ({"model": "tokens", "steps": 30}, "steps"),
         ({"model": "tokens", "scheduler": "ddim"}, "scheduler"),
         ({"temperature": 0.7}, "temperature"),
-    ):
+    ]
+    for body, param in refused:
         r = stack.http.post(stack.url("/v1/jobs"), json={"prompt": "p", **body}, timeout=10)
         assert r.status_code == 422, (body, r.text)
         assert f"{param}:" in r.text and "model '" in r.text, r.text
@@ -96,3 +100,64 @@ def test_sampling_parameters_are_stored_and_reproduce(stack: Stack) -> None:
     by_seed = {i["seed"]: pixels(i["url"]) for i in first["images"]}
     assert by_seed == {i["seed"]: pixels(i["url"]) for i in again["images"]}
     assert by_seed != {i["seed"]: pixels(i["url"]) for i in plain["images"]}
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def post_edit(stack: Stack, body: dict[str, Any], **files: Image.Image) -> requests.Response:
+    parts = {role: (f"{role}.png", png(image), "image/png") for role, image in files.items()}
+    return stack.http.post(
+        stack.url("/v1/jobs"), data={"request": json.dumps(body)}, files=parts, timeout=10
+    )
+
+
+def top_band(kept: int) -> Image.Image:
+    """Black (keep) on the top `kept` rows of the 32 px image, white (draw) below."""
+    mask = Image.new("L", (32, 32), 255)
+    mask.paste(0, (0, 0, 32, kept))
+    return mask
+
+
+def test_a_token_model_completes_an_image_from_its_top_rows_and_refuses_other_masks_at_submit(
+    stack: Stack,
+) -> None:
+    stack.wait(stack.submit(prompt="a red circle", model="tokens", candidates=1)["id"])  # published
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGB")
+    body = {"prompt": "a red circle", "model": "tokens", "mode": "inpaint", "seed": 21}
+    # The 4x4 token grid's rows are 8 px: a band ending at 12 px keeps part of a row.
+    r = post_edit(stack, body, image=image, mask=top_band(12))
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert (error["param"], error["code"]) == ("mask", "unsupported_parameter")
+    assert "ends at 12 px" in error["message"] and "model 'tokens'" in error["message"]
+    for extra, param in (({"strength": 0.5}, "strength"), ({"mask_blur": 3}, "mask_blur")):
+        r = post_edit(stack, {**body, **extra}, image=image, mask=top_band(16))
+        assert r.status_code == 422 and r.json()["error"]["param"] == param, r.text
+    r = post_edit(stack, {**body, "mode": "image"}, image=image)
+    assert r.status_code == 422 and "no noise level" in r.text, r.text
+
+    job = stack.wait(
+        post_edit(
+            stack, {**body, "candidates": 3, "top_k": 3}, image=image, mask=top_band(16)
+        ).json()["id"]
+    )
+    assert job["status"] == "succeeded", job
+    assert job["params"]["strength"] == 1.0 and job["params"]["mode"] == "inpaint"
+    original = np.asarray(image)
+    for kept in job["images"]:
+        result = np.frombuffer(pixels(kept["url"]), np.uint8).reshape(32, 32, 3)
+        assert result[:16].tobytes() == original[:16].tobytes()  # the kept rows, byte for byte
+        assert result[16:].tobytes() != original[16:].tobytes()
+    again = stack.wait(
+        post_edit(
+            stack, {**body, "candidates": 3, "top_k": 3}, image=image, mask=top_band(16)
+        ).json()["id"]
+    )
+    assert {i["seed"]: pixels(i["url"]) for i in again["images"]} == {
+        i["seed"]: pixels(i["url"]) for i in job["images"]
+    }

@@ -28,7 +28,7 @@ from tests.fake_generator import TINY_SD, FakeGenerator
 from worker.executor import JobBusy, JobExecutor, Outcome
 from worker.generation import GenerationRequest, Generator
 from worker.ranking import ClipRanker
-from worker.runtime import ModelLoadError, ModelRuntime
+from worker.runtime import ModelLoadError, ModelRuntime, load_generator
 
 
 @pytest.fixture(scope="module")
@@ -417,6 +417,41 @@ def test_a_cold_deployments_job_a_model_cannot_honour_fails_with_the_apis_code( 
     assert (job.error_message or "").startswith(
         "width: 72 is not a multiple of 16 for model 'flux' (flux, FluxPipeline)"
     )
+
+
+@pytest.fixture(scope="module")
+def tokens(tiny_janus: Path, runtime: ModelRuntime) -> ModelRuntime:
+    """The tiny Janus (32x32 px, 4x4 tokens: a token row is 8 px)."""
+    generator = load_generator(str(tiny_janus), model="tokens", device="cpu")
+    return ModelRuntime(generator, runtime.ranker, "cpu", 0.0)
+
+
+def test_a_cold_deployments_completion_keeping_part_of_a_token_row_fails_with_the_apis_code(  # type: ignore[no-untyped-def]
+    sessions, store, tokens
+) -> None:
+    """The API could not look at the mask's pixels against a model no worker had published:
+    the worker refuses it after reading the inputs, before any model work, as the API would."""
+    mask = Image.new("L", (32, 32), 255)
+    mask.paste(0, (0, 0, 32, 12))  # 12 px kept: one and a half token rows
+    inputs = {}
+    for role, picture in (("image", Image.new("RGB", (32, 32), (9, 99, 199))), ("mask", mask)):
+        buf = io.BytesIO()
+        picture.save(buf, format="PNG")
+        store.put(f"inputs/{role}.png", buf.getvalue(), "image/png")
+        inputs[role] = {"key": f"inputs/{role}.png"}
+    params = job_params(model="tokens", mode="inpaint", width=32, height=32, steps=1)
+    with session_scope(sessions) as s:
+        job_id = jobs.create(
+            session=s,
+            params=params.model_copy(update={"strength": 1.0, "mask_blur": 0}),
+            options=jobs.JobOptions(inputs=inputs),
+        ).id
+    assert executor(sessions, store, tokens).run(job_id) is Outcome.failed
+    job = load(sessions, job_id)
+    assert job.error_code == "unsupported_parameter" and job.images == []
+    message = job.error_message or ""
+    assert message.startswith("mask: its black band ends at 12 px: model 'tokens' (janus")
+    assert "a multiple of 8 px" in message
 
 
 def test_what_the_api_could_not_know_is_filled_from_the_model_and_recorded(  # type: ignore[no-untyped-def]

@@ -55,6 +55,8 @@ class TokenCall:
     temperature: float
     top_p: float
     top_k_tokens: int | None
+    # Per row, the image tokens it must start with (a completion's kept rows); empty: none.
+    known: list[tuple[int, ...]] | None = None
 
 
 def _seeded_sampler_class() -> type:
@@ -64,7 +66,8 @@ def _seeded_sampler_class() -> type:
         """Guidance, temperature, top-k and top-p, then one token per row from that row's
         own generator; returns the chosen tokens as one-hot scores, which generate's greedy
         step keeps. Receives [conditional; unconditional] rows: generate adds no CFG of its
-        own at guidance_scale 1."""
+        own at guidance_scale 1. A row's known tokens (a completion's kept rows) are emitted
+        as they are for its first steps; its generator draws only the tokens after them."""
 
         def __init__(self, call: TokenCall, device: Any, on_token: Callable[[int], None]):
             import torch
@@ -72,6 +75,7 @@ def _seeded_sampler_class() -> type:
             self.call = call
             self.generators = [torch.Generator(device=device).manual_seed(s) for s in call.seeds]
             self.on_token = on_token
+            self.known = call.known or [()] * len(call.seeds)
             self.step = 0
 
         def __call__(self, input_ids: Any, scores: Any) -> Any:
@@ -90,8 +94,14 @@ def _seeded_sampler_class() -> type:
                 drop = (probs.cumsum(-1) - probs) > call.top_p  # the most likely always stays
                 logits = logits.masked_fill(drop.scatter(-1, index, drop), float("-inf"))
             probs = logits.softmax(-1)
+            step = self.step
             tokens = torch.cat(
-                [torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self.generators)]
+                [
+                    torch.tensor([known[step]], device=probs.device)
+                    if step < len(known)
+                    else torch.multinomial(probs[r], 1, generator=g)
+                    for r, (g, known) in enumerate(zip(self.generators, self.known, strict=True))
+                ]
             )
             out = torch.full_like(scores[:rows], float("-inf"))
             out.scatter_(1, tokens[:, None].to(out.device), 0.0)
@@ -154,6 +164,26 @@ class Janus:
         ]
 
     # running --------------------------------------------------------------------------------
+    def encode_image(self, model: Any, processor: Any, image: Any) -> list[int]:
+        """A native-size image's tokens, row by row, as the VQ encoder quantises it: pixels
+        normalised by the processor's image processor, as the model was trained, but not
+        resized (its size is the understanding tower's, which may differ from the native)."""
+        import torch
+
+        pixels = processor.image_processor(images=[image], do_resize=False, return_tensors="pt")[
+            "pixel_values"
+        ]
+        vq = model.model.vqmodel
+        with torch.inference_mode():
+            encoded = vq.encode(pixels.to(device=model.device, dtype=vq.dtype))
+        tokens = [int(t) for t in encoded.image_tokens.reshape(-1).tolist()]
+        if len(tokens) != self.image_tokens(model):
+            raise RuntimeError(
+                f"the VQ encoder cut a {image.width}x{image.height} image into {len(tokens)} "
+                f"tokens, not the {self.image_tokens(model)} the model draws"
+            )
+        return tokens
+
     def encode_prompts(self, processor: Any, prompts: Sequence[str]) -> dict[str, Any]:
         """The processor's image-mode inputs; a chat model's prompts go through its template
         first (Janus-Pro's `<|User|>: ...<|Assistant|>:`), as its model card does."""

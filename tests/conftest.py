@@ -175,3 +175,24 @@ def tiny_janus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_models import build_tiny_janus
 
     return build_tiny_janus(tmp_path_factory.mktemp("janus"))
+
+
+@pytest.fixture(scope="session")
+def load_tiny_janus(tiny_janus: Path):  # type: ignore[no-untyped-def]
+    """Load the tiny Janus as a worker does, `images_per_call` rows per generate call, on one
+    torch thread (tiny ops on a shared 2-core machine: more threads only thrash)."""
+    import torch
+
+    from worker.autoregressive import TokenGenerator
+    from worker.runtime import load_generator
+
+    torch.set_num_threads(1)
+
+    def load(images_per_call: int) -> TokenGenerator:
+        generator = load_generator(
+            str(tiny_janus), model="tokens", device="cpu", images_per_call=images_per_call
+        )
+        assert isinstance(generator, TokenGenerator)
+        return generator
+
+    return load

@@ -5,7 +5,6 @@ ones, and every mask, size or parameter it could not honour exactly is refused b
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,23 +14,13 @@ from PIL import Image
 from daikon.capabilities import UnsupportedParameters
 from worker.autoregressive import TokenGenerator
 from worker.generation import GenerationRequest
-from worker.runtime import load_generator
 
 SIDE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # tiny ops on a shared 2-core machine: threads only thrash
-
-
 @pytest.fixture(scope="module")
-def janus(tiny_janus: Path) -> TokenGenerator:
-    generator = load_generator(str(tiny_janus), model="tokens", device="cpu", images_per_call=2)
-    assert isinstance(generator, TokenGenerator)
-    return generator
+def janus(load_tiny_janus) -> TokenGenerator:  # type: ignore[no-untyped-def]
+    return load_tiny_janus(2)  # type: ignore[no-any-return]
 
 
 def picture(seed: int = 5, side: int = SIDE) -> Image.Image:

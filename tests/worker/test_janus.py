@@ -16,18 +16,9 @@ from worker.generation import GenerationRequest
 from worker.runtime import ModelLoadError, load_generator, model_kind
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # tiny ops on a shared 2-core machine: threads only thrash
-
-
 @pytest.fixture(scope="module")
-def janus(tiny_janus: Path) -> TokenGenerator:
-    generator = load_generator(str(tiny_janus), model="tokens", device="cpu", images_per_call=3)
-    assert isinstance(generator, TokenGenerator)
-    return generator
+def janus(load_tiny_janus) -> TokenGenerator:  # type: ignore[no-untyped-def]
+    return load_tiny_janus(3)  # type: ignore[no-any-return]
 
 
 def pixels(images: list) -> list[bytes]:  # type: ignore[type-arg]

@@ -44,7 +44,7 @@ def test_a_shortened_training_run_writes_a_folder_transformers_samples(tmp_path:
             "--out",
             str(tmp_path),
             "--scale",
-            "0.003",
+            str(SCALE),
         ],
         cwd=ROOT,
         env=env,

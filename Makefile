@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.daikon-installed
 # On a GPU host pick the build you need, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test test-fast docs chaos abuse lint typecheck train-models eval-quality bench bench-api clean
+.PHONY: install run test test-fast docs chaos abuse lint typecheck train-models train-ar eval-quality bench bench-api clean
 
 # -e '.[dev]': the client package (daikon/) and, as extras, the server's libraries and the test
 # tools. The server (api/, worker/, db/, server/, ...) is not installed: it runs from this
@@ -57,6 +57,11 @@ typecheck: install
 # Retrain the committed shapes models from scratch (fixed seeds; 42-60 min on 2 CPU cores).
 train-models: install
 	$(PY) -m training --out models
+	$(PY) -m training.autoregressive --out models
+
+# Only the autoregressive shapes model, models/shapes-ar (a tiny Janus).
+train-ar: install
+	$(PY) -m training.autoregressive --out models
 
 # Guidance, CLIP ranking, the token model beside diffusion and the edits, judged by the oracle
 # -> docs/quality.md (about 10 min on CPU; --tokens only re-measures the token model alone).

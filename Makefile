@@ -54,7 +54,7 @@ lint: install
 typecheck: install
 	$(PY) -m mypy
 
-# Retrain the committed shapes models from scratch (fixed seeds; 42-60 min on 2 CPU cores).
+# Retrain the committed shapes models from scratch (fixed seeds; 60-80 min on 2 CPU cores).
 train-models: install
 	$(PY) -m training --out models
 	$(PY) -m training.autoregressive --out models

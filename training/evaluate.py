@@ -416,7 +416,9 @@ def write_tokens(args: argparse.Namespace, ranker: ClipRanker) -> None:
     if args.limit:
         one, two = one[: args.limit], two[: args.limit]
     cells = token_eval.run(generator, ranker, {"one": one, "two": two})
+    record = training_record(args.token_model) or {}
     meta = {
+        "reconstructions": record.get("figures", {}).get("reconstructions_read_right"),
         "guidance": generator.capabilities.defaults.guidance_scale,
         "images_per_call": per_call,
         "machine": f"{platform.processor() or platform.machine()} CPU, "

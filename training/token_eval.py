@@ -124,6 +124,21 @@ def section(cells: dict[str, TokenCell], diffusion: dict[str, Any], meta: dict[s
     lines += [f"| {name} | {pct(a)} | {pct(b)} |" for name, a, b in rows]
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in targets]
+    recon = meta.get("reconstructions")
+    lines += [
+        "",
+        "Where the token model loses: any of 64 against CLIP's pick of 64 is the ranker's share "
+        f"({pct(one['any_of_64'] - one['best_of_64'])} of one-object and "
+        f"{pct(two['any_of_64'] - two['best_of_64'])} of two-object prompts had a right image "
+        "CLIP did not choose; a likely cause: the shapes CLIP learnt on rendered scenes, not "
+        "on the VQ's shifted colours), and the tokenizer's "
+        + (
+            f"(the oracle reads {pct(recon)} of its encode-decode round trips right, so even "
+            "perfect tokens would miss the rest)."
+            if recon is not None
+            else "(its round trips are not measured here)."
+        ),
+    ]
     images = sum(c.images for c in cells.values())
     seconds = sum(c.seconds for c in cells.values())
     lines += [

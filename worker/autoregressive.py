@@ -36,9 +36,6 @@ from worker.families import Candidate, ChunkSink, StepCallback, UnsupportedOptio
 from worker.families.janus import Janus, TokenCall
 from worker.generation import GenerationRequest
 
-DEFAULT_TEMPERATURE = 1.0
-DEFAULT_TOP_P = 1.0
-
 
 class TokenGenerator:
     """A token model, its family and its capabilities: checks and runs requests."""
@@ -98,6 +95,7 @@ class TokenGenerator:
     def _derive(self, name: str) -> ModelCapabilities:
         family, model, options = self.family, self.model, self.options
         side = family.native_size(model)
+        temperature, top_p = family.default_sampling(model)
         guidance = (
             options.default_guidance_scale
             if options.default_guidance_scale is not None
@@ -128,8 +126,8 @@ class TokenGenerator:
                 height=options.default_height or side,
                 steps=1,
                 guidance_scale=guidance,
-                temperature=DEFAULT_TEMPERATURE,
-                top_p=DEFAULT_TOP_P,
+                temperature=temperature,
+                top_p=top_p,
             ),
             notes=family.notes(model),
         )
@@ -172,8 +170,8 @@ class TokenGenerator:
         params, d = request.params, self.capabilities.defaults
         return (
             params.guidance_scale if params.guidance_scale is not None else d.guidance_scale,
-            params.temperature if params.temperature is not None else DEFAULT_TEMPERATURE,
-            params.top_p if params.top_p is not None else DEFAULT_TOP_P,
+            params.temperature if params.temperature is not None else d.temperature or 1.0,
+            params.top_p if params.top_p is not None else d.top_p or 1.0,
             params.top_k_tokens,
         )
 

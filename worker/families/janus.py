@@ -149,6 +149,18 @@ class Janus:
         value = getattr(model.generation_config, "guidance_scale", None)
         return float(value) if value is not None else DEFAULT_GUIDANCE
 
+    def default_sampling(self, model: Any) -> tuple[float, float]:
+        """(temperature, top_p) a job that names none gets: the model's generation config's
+        (1.0 each where it says nothing). Its top_k is not taken: transformers fills in 50
+        for every model, and Janus' own sampler draws from all tokens."""
+        gc = model.generation_config
+        temperature = getattr(gc, "temperature", None)
+        top_p = getattr(gc, "top_p", None)
+        return (
+            float(temperature) if temperature else 1.0,
+            float(top_p) if top_p else 1.0,
+        )
+
     def sampling(self) -> list[str]:
         return list(SAMPLING_PARAMS)
 
@@ -222,6 +234,10 @@ class Janus:
                 generation_mode="image",
                 do_sample=False,
                 guidance_scale=1.0,
+                # The sampler above applies the model's sampling settings; generate's own
+                # copies stay neutral (and unwarned) under do_sample=False.
+                temperature=1.0,
+                top_p=1.0,
                 # A new list each call: generate appends to the one it is given.
                 logits_processor=LogitsProcessorList([sampler]),
             )

@@ -31,12 +31,13 @@ from db import jobs
 from db.models import Job
 from db.session import session_scope
 from server.live import LiveState
-from server.settings import Settings
+from server.settings import Limits, Settings
 from tests.stack import Stack, free_port, migrate, running_stack, settings_for
 
 pytestmark = pytest.mark.e2e
 ADMIN_KEY = "dk_test_openai_admin"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+MAX_CANDIDATES = Limits.model_fields["max_candidates"].default  # the deployment default
 
 
 def drop_queues(redis_url: str, queue: str) -> None:
@@ -231,7 +232,7 @@ BAD_REQUESTS = [
     pytest.param({"size": "2048x64"}, "size", id="size-above-max"),
     pytest.param({"size": "1024"}, "size", id="size-malformed"),
     pytest.param({"n": 0}, "n", id="n-zero"),
-    pytest.param({"n": 17}, "n", id="n-above-max-candidates"),
+    pytest.param({"n": MAX_CANDIDATES + 1}, "n", id="n-above-max-candidates"),
     pytest.param({"response_format": "png"}, "response_format", id="response-format"),
     pytest.param({"model": "dall-e-3"}, "model", id="unknown-model"),
     pytest.param({"extra_body": {"background": "transparent"}}, "background", id="unknown-field"),

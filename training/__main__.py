@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPProcessor
 
 from training import clip, diffusion, vae
-from training.common import RECORD, device, seeded
+from training.common import RECORD, device, seeded, training_record
 from training.tokenizer import build_tokenizer
 
 SEED = 20261125
@@ -64,15 +63,7 @@ def main() -> None:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    record = {
-        "seed": SEED,
-        "steps": steps,
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "device": dev if dev == "cpu" else torch.cuda.get_device_name(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    record = training_record(SEED, steps, seconds, dev)
     pipeline_dir, clip_dir = args.out / PIPELINE_DIR, args.out / CLIP_DIR
     pipe.save_pretrained(pipeline_dir, safe_serialization=True)  # type: ignore[attr-defined]
     ranker.to("cpu").save_pretrained(clip_dir, safe_serialization=True)

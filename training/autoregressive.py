@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from shapeworld.captions import Spec, varied_caption, words
 from shapeworld.oracle import judge
 from shapeworld.prompts import eval_prompts
 from shapeworld.world import SIZE
-from training.common import RECORD, Ema, Progress, device, lr_at, seeded
+from training.common import RECORD, Ema, Progress, device, lr_at, seeded, training_record
 from training.data import batch
 
 SEED = 20261126
@@ -431,16 +430,7 @@ def main() -> None:
     seconds["lm"] = time.perf_counter() - started
     figures.update(lm_figures)
 
-    record = {
-        "seed": SEED,
-        "steps": steps,
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "device": dev if dev == "cpu" else torch.cuda.get_device_name(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "figures": figures,
-    }
+    record = training_record(SEED, steps, seconds, dev) | {"figures": figures}
     folder = args.out / DIR
     model.to("cpu").save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import platform
 import random
 import time
 from typing import Any
@@ -15,6 +16,21 @@ RECORD = "daikon-training.json"  # how a model folder was trained, beside its we
 
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def training_record(
+    seed: int, steps: dict[str, int], seconds: dict[str, float], dev: str
+) -> dict[str, Any]:
+    """What a model folder's RECORD says of how it was trained: seed, steps, time, machine."""
+    return {
+        "seed": seed,
+        "steps": steps,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "device": dev if dev == "cpu" else torch.cuda.get_device_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def seeded(seed: int) -> random.Random:

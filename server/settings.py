@@ -39,6 +39,8 @@ EMBEDDED_CLIP = str(EMBEDDED_MODELS / "shapes-clip")
 # served beside the diffusion model under this name when no model is configured.
 EMBEDDED_TOKEN_MODEL = "shapes-ar"
 EMBEDDED_TOKEN_PIPELINE = str(EMBEDDED_MODELS / "shapes-ar")
+# Its ranker: shapes-clip tuned to read the token model's decodings too (make train-ar).
+EMBEDDED_TOKEN_CLIP = str(EMBEDDED_MODELS / "shapes-ar-clip")
 # Its candidates per generate call: 64 tokens a row, so 16 rows fit any CPU comfortably.
 EMBEDDED_TOKEN_LIMITS = LimitOverrides(images_per_call=16)
 
@@ -690,7 +692,7 @@ class Settings(BaseSettings):
         if not catalog.model:  # the embedded world: its token model too
             specs[EMBEDDED_TOKEN_MODEL] = ModelSpec(
                 pipeline=EMBEDDED_TOKEN_PIPELINE,
-                clip=self.clip_model_id,
+                clip=self.catalog.clip_model or EMBEDDED_TOKEN_CLIP,
                 limits=EMBEDDED_TOKEN_LIMITS,
             )
         return specs

@@ -10,6 +10,7 @@ instead of a bag of words. Captions that describe the same scene (duplicates in 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -110,18 +111,35 @@ def _soft_cross_entropy(logits: torch.Tensor, same: torch.Tensor) -> torch.Tenso
     return -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
 
 
-def train_clip(tokenizer: Any, rng: random.Random, device: str, steps: int = STEPS) -> Any:
-    model = build_clip(tokenizer).to(device).train()
+def train_clip(
+    tokenizer: Any,
+    rng: random.Random,
+    device: str,
+    steps: int = STEPS,
+    *,
+    start: Any = None,
+    view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    lr: float = LR,
+    warmup: int = 100,
+    name: str = "clip",
+) -> Any:
+    """From scratch, or on from `start`'s weights (a fine-tune: a lower `lr`). `view` maps a
+    batch of rendered pixels in [-1, 1] to what the ranker should learn to read, for example
+    a generator's own decoding of them."""
+    model = (start if start is not None else build_clip(tokenizer)).to(device).train()
+    model.requires_grad_(True)
     processor = image_processor()
     mean = torch.tensor(processor.image_mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(processor.image_std, device=device).view(1, 3, 1, 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
-    progress = Progress("clip", steps, every=100)
+    progress = Progress(name, steps, every=100)
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, LR, warmup=100)
+            group["lr"] = lr_at(step, steps, lr, warmup=warmup)
         specs, captions, pixels = batch(rng, BATCH)
+        if view is not None:
+            pixels = view(pixels)
         negatives = [confuser(s, rng) for s in specs]
         texts = captions + [varied_caption(s, rng) for s in negatives]
         keys = [key(s) for s in specs + negatives]

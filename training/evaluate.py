@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 from server.settings import (
     EMBEDDED_CLIP,
     EMBEDDED_PIPELINE,
+    EMBEDDED_TOKEN_CLIP,
     EMBEDDED_TOKEN_LIMITS,
     EMBEDDED_TOKEN_PIPELINE,
 )
@@ -342,6 +343,7 @@ def main() -> None:
         "--edit-limit", type=int, default=0, help="edits per scene kind (0 = the full held-out set)"
     )
     parser.add_argument("--token-model", default=EMBEDDED_TOKEN_PIPELINE)
+    parser.add_argument("--token-clip", default=EMBEDDED_TOKEN_CLIP, help="its served ranker")
     parser.add_argument(
         "--tokens",
         choices=("all", "only", "none"),
@@ -405,7 +407,8 @@ def main() -> None:
 
 def write_tokens(args: argparse.Namespace, ranker: ClipRanker) -> None:
     """Measure the token model and put its section into quality.md before the edits' (replacing
-    an earlier one), its figures into quality.json. The diffusion rows are that file's."""
+    an earlier one), its figures into quality.json. The diffusion rows are that file's. Its
+    candidates are ranked by its own served CLIP and, for comparison, by `ranker`."""
     figures_path = args.out / "quality.json"
     figures = json.loads(figures_path.read_text())
     per_call = EMBEDDED_TOKEN_LIMITS.images_per_call or token_eval.SAMPLES
@@ -415,7 +418,13 @@ def write_tokens(args: argparse.Namespace, ranker: ClipRanker) -> None:
     one, two = eval_prompts()
     if args.limit:
         one, two = one[: args.limit], two[: args.limit]
-    cells = token_eval.run(generator, ranker, {"one": one, "two": two})
+    rankers = {
+        Path(args.token_clip).name: ClipRanker.load(
+            args.token_clip, device="cpu", dtype=torch.float32
+        ),
+        Path(args.clip).name: ranker,
+    }
+    cells = token_eval.run(generator, rankers, {"one": one, "two": two})
     record = training_record(args.token_model) or {}
     meta = {
         "reconstructions": record.get("figures", {}).get("reconstructions_read_right"),

@@ -4,7 +4,9 @@ transformers loads and samples like any Janus checkpoint, and the committed one 
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +16,12 @@ import pytest
 import torch
 from transformers import AutoProcessor, JanusForConditionalGeneration, JanusProcessor
 
+from server.settings import EMBEDDED_CLIP
+from shapeworld.captions import caption_for, spec_of
+from shapeworld.world import place, sample_scene
 from tests.stack import ROOT
-from training.autoregressive import DIR, LM_STEPS, VQ_STEPS, sample
+from training.autoregressive import DIR, LM_STEPS, RANKER_DIR, RANKER_STEPS, VQ_STEPS, sample
+from worker.ranking import ClipRanker, rank
 
 COMMITTED = ROOT / "models" / DIR
 SCALE = 0.004  # a few steps of each stage
@@ -55,13 +61,21 @@ def test_a_shortened_training_run_writes_a_folder_transformers_samples(tmp_path:
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / DIR
     record = json.loads((folder / "daikon-training.json").read_text())
-    assert record["steps"] == {"vq": round(VQ_STEPS * SCALE), "lm": round(LM_STEPS * SCALE)}
+    assert record["steps"] == {
+        "vq": round(VQ_STEPS * SCALE),
+        "lm": round(LM_STEPS * SCALE),
+        "ranker": round(RANKER_STEPS * SCALE),
+    }
     model, processor = load(folder)
     assert model.generation_config.to_dict()["generation_kwargs"]["boi_token_id"] == (
         processor.tokenizer.convert_tokens_to_ids("<begin_of_image>")
     )
     image = sample(model, processor, "a red circle above a blue square", seed=1, guidance=4.0)
     assert image.size == (32, 32) and image.mode == "RGB"
+    # its ranker, tuned from the committed shapes CLIP, loads as the worker loads rankers
+    ranker = ClipRanker.load(str(tmp_path / RANKER_DIR), device="cpu", dtype=torch.float32)
+    [score] = ranker.score("a red circle above a blue square", [image])
+    assert math.isfinite(score) and -100 <= score <= 100
 
 
 def test_the_committed_model_draws_a_red_circle_the_same_twice_for_one_seed() -> None:
@@ -80,3 +94,30 @@ def test_the_committed_model_draws_a_red_circle_the_same_twice_for_one_seed() ->
     assert drawn[0].shape == (1, 32, 32, 3)
     assert np.array_equal(drawn[0], drawn[1])
     assert sample(model, processor, "a red circle", seed=7, guidance=4.0).size == (32, 32)
+
+
+def test_the_committed_ranker_reads_the_tokenizers_decodings_better_than_the_plain_clip() -> None:
+    """What shapes-ar-clip was tuned for: the true scene against a confuser (colours swapped,
+    relation turned, a shape changed), both as this tokenizer decodes them."""
+    from training.autoregressive import encode, to_images
+    from training.clip import confuser
+    from training.data import images_to_tensor
+
+    model, _ = load(COMMITTED)
+    tuned = ClipRanker.load(str(ROOT / "models" / RANKER_DIR), device="cpu", dtype=torch.float32)
+    plain = ClipRanker.load(str(EMBEDDED_CLIP), device="cpu", dtype=torch.float32)
+    rng = random.Random(99)
+    right = {"tuned": 0, "plain": 0}
+    n = 60
+    for _ in range(n):
+        scene = sample_scene(rng, 2)
+        spec = spec_of(scene)
+        wrong = confuser(spec, rng)
+        decoy = place(wrong.objects, wrong.relation, rng)
+        pixels = images_to_tensor([decoy, scene])
+        images = to_images(model, encode(model, pixels))
+        caption = caption_for(spec)
+        right["tuned"] += rank(tuned.score(caption, images))[0] == 1
+        right["plain"] += rank(plain.score(caption, images))[0] == 1
+    assert right["tuned"] > right["plain"], right
+    assert right["tuned"] >= 0.8 * n, right

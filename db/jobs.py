@@ -841,7 +841,11 @@ def repeat_key(
         "model": dict(model),
         "params": params.model_dump(mode="json", exclude={"defaulted", "seed"}),
         "seed": seed,
-        "inputs": {role: record.get("sha256") for role, record in (inputs or {}).items()},
+        # By content; an input stored without its digest only repeats itself (its key).
+        "inputs": {
+            role: record.get("sha256") or record.get("key")
+            for role, record in (inputs or {}).items()
+        },
     }
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

@@ -631,7 +631,7 @@ class JobExecutor:
                 job_id=member.job_id,
             )
             source = None if earlier is None else (earlier.id, list(earlier.images))
-        if source is None:
+        if source is None or not source[1]:
             return False
         earlier_id, images = source
         t = time.perf_counter()

@@ -11,7 +11,12 @@ import logging
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, request
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -108,7 +113,17 @@ class DaikonCollector(Collector):
         )
         for stage, hist in live_state.stage_histograms().items():
             stages.add_metric([stage], hist.buckets, hist.sum)
-        yield from (depth, live, stages)
+
+        counted = live_state.reused_jobs()
+        reused = CounterMetricFamily(
+            "daikon_reused_jobs",
+            "Jobs answered with copies of an earlier identical job's images, without running "
+            "the model (DAIKON_REUSE_REPEATS).",
+            labels=["model"],
+        )
+        for model in models:
+            reused.add_metric([model], counted.get(model, 0))
+        yield from (depth, live, stages, reused)
 
 
 @bp.get("/metrics")

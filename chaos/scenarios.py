@@ -30,8 +30,9 @@ from sqlalchemy import text
 from chaos.faults import KILL_WORKER
 from chaos.harness import BUCKET, Cluster, wait_for
 
-# The worker's line for each job that succeeded (worker/executor.py), alone or in a batch.
-SUCCEEDED_LINE = re.compile(r"job ([0-9a-f-]{36}) succeeded \(batch of")
+# The worker's line for each job that succeeded (worker/executor.py), alone, in a batch or
+# answered with an earlier job's images.
+SUCCEEDED_LINE = re.compile(r"job ([0-9a-f-]{36}) succeeded \((?:batch of|reused job)")
 
 TERMINAL = ("succeeded", "failed", "canceled")
 S3_PREFIX = "jobs/"

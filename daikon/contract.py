@@ -496,6 +496,12 @@ class JobOut(BaseModel):
     )
     error: ErrorDetail | None
     metrics: dict[str, float]
+    reused_from: str | None = Field(
+        None,
+        description="The earlier job of yours, identical to this one (model, parameters, "
+        "seed), whose images this job copied instead of running, where the deployment reuses "
+        "repeats (DAIKON_REUSE_REPEATS); null when the job ran.",
+    )
     progress: Progress | None = Field(None, description="While running: the denoising step.")
     queue_position: int | None = Field(
         None,

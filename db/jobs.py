@@ -4,7 +4,9 @@ redelivered messages can never move a job backwards or finish it twice."""
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Collection, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -795,15 +797,19 @@ def succeed(
     images: Sequence[NewImage],
     metrics: dict[str, float],
     worker: str | None = None,
+    repeat_key: str | None = None,
+    reused_from: str | None = None,
 ) -> bool:
     """running -> succeeded with its images, in one transaction. False if no longer running
-    (or, given `worker`, no longer under that worker's lease)."""
+    (or, given `worker`, no longer under that worker's lease). `repeat_key`: what a later
+    identical job will look it up by; `reused_from`: the job whose images these are copies of."""
+    values = {"seed": seed, "metrics": metrics, "repeat_key": repeat_key}
     if (
         _finish(
             session=session,
             job_id=job_id,
             status=JobStatus.succeeded,
-            values={"seed": seed, "metrics": metrics},
+            values={**values, "reused_from": reused_from},
             expected_owner=worker,
         )
         is None
@@ -815,6 +821,50 @@ def succeed(
     )
     session.flush()
     return True
+
+
+def repeat_key(
+    *,
+    tenant_id: str | None,
+    model: Mapping[str, Any],
+    params: JobParams,
+    seed: int,
+    inputs: Mapping[str, Any] | None,
+) -> str:
+    """The one definition of an exact repeat: SHA-256 of the tenant, the model's identity
+    (its name and weights, Settings.model_identity), the parameters with every default filled
+    (`defaulted` aside: a value given and the same value defaulted draw the same), the base
+    seed actually used, and an edit's input images by content. Jobs with the same key draw the
+    same images."""
+    canonical = {
+        "tenant": tenant_id,
+        "model": dict(model),
+        "params": params.model_dump(mode="json", exclude={"defaulted", "seed"}),
+        "seed": seed,
+        # By content; an input stored without its digest only repeats itself (its key).
+        "inputs": {
+            role: record.get("sha256") or record.get("key")
+            for role, record in (inputs or {}).items()
+        },
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def find_repeat(*, session: Session, tenant_id: str | None, key: str, job_id: str) -> Job | None:
+    """The latest succeeded job of the tenant with this repeat key, other than `job_id`."""
+    tenant = Job.tenant_id.is_(None) if tenant_id is None else Job.tenant_id == tenant_id
+    return session.scalars(
+        select(Job)
+        .where(
+            Job.repeat_key == key,
+            tenant,
+            Job.status == JobStatus.succeeded,
+            Job.id != job_id,
+        )
+        .order_by(Job.finished_at.desc())
+        .limit(1)
+    ).first()
 
 
 def fail(

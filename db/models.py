@@ -157,6 +157,12 @@ class Job(Base):
     # An edit job's input objects, by role ("image", "mask"): key, width, height, content_type,
     # byte_size, sha256 (api/inputs.py). None for a text job.
     inputs: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # What makes two jobs exact repeats (db/jobs.py repeat_key), set when the job succeeds:
+    # a later identical job of the tenant may be answered with copies of its images.
+    repeat_key: Mapped[str | None] = mapped_column(String(64))
+    # The earlier job whose images this one copied instead of running. No foreign key: the
+    # job keeps saying where its images came from after that job is deleted.
+    reused_from: Mapped[str | None] = mapped_column(String(36))
 
     images: Mapped[list[JobImage]] = relationship(
         back_populates="job",
@@ -173,6 +179,7 @@ class Job(Base):
         Index("ix_jobs_run_order", "model", "status", "priority", "turn", "created_at"),
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         Index("ix_jobs_status_finished_at", "status", "finished_at"),  # retention
+        Index("ix_jobs_repeat_key", "repeat_key"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id_idempotency_key"),
     )
 

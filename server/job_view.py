@@ -56,6 +56,7 @@ class JobRow(Protocol):
     error_message: str | None
     metrics: dict[str, Any]
     inputs: dict[str, Any] | None
+    reused_from: str | None
 
     @property
     def images(self) -> Sequence[ImageRow]: ...
@@ -164,6 +165,7 @@ def job_object(
             else None
         ),
         metrics={k: round(float(v), 4) for k, v in (job.metrics or {}).items()},
+        reused_from=job.reused_from,
         progress=progress,
         queue_position=queue_position if job.status is JobStatus.queued else None,
         urls=JobUrls(

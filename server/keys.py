@@ -52,6 +52,11 @@ def stage_seconds(namespace: str, stage: str) -> str:
     return f"{PREFIX}:stage_seconds:{namespace}:{stage}"
 
 
+def reused_jobs(namespace: str) -> str:
+    """Hash: model -> jobs answered with an earlier job's images (worker/executor.py)."""
+    return f"{PREFIX}:reused_jobs:{namespace}"
+
+
 # --- the API's counters and caches --------------------------------------------------------
 
 API_KEYS_GENERATION = f"{PREFIX}:api-keys:generation"  # bumped when any key changes

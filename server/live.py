@@ -138,6 +138,15 @@ class LiveState:
 
         return stage_metrics.read(self.redis, self.namespace)
 
+    def record_reused(self, model: str) -> None:
+        """A job answered with an earlier one's images, counted for /metrics."""
+        self.redis.hincrby(keys.reused_jobs(self.namespace), model, 1)
+
+    def reused_jobs(self) -> dict[str, int]:
+        """Reused jobs by model, as counted so far (a counter: Redis losing it resets it)."""
+        raw: dict[bytes, bytes] = self.redis.hgetall(keys.reused_jobs(self.namespace))  # type: ignore[assignment]
+        return {k.decode(): int(v) for k, v in raw.items()}
+
     def live_workers(self) -> list[WorkerInfo]:
         """Every worker with a live heartbeat (server/heartbeats.py)."""
 

@@ -304,6 +304,13 @@ class Worker(Group):
         description="Under load, how long a batch that is not full waits for more company; "
         "never when no other job is queued.",
     )
+    reuse_repeats: bool = Field(
+        False,
+        description="Answer a job identical to an earlier succeeded one of the same tenant "
+        "(same model and weights, parameters after defaults, seed, candidates and top_k) with "
+        "copies of that job's stored images, without running the model; `reused_from` names "
+        "the earlier job. Off: every job runs.",
+    )
 
 
 class Webhooks(Group):
@@ -708,6 +715,19 @@ class Settings(BaseSettings):
 
     def clip_for(self, model: str) -> str:
         return self.model_specs[model].clip or self.clip_model_id
+
+    def model_identity(self, model: str) -> dict[str, Any]:
+        """What a model's images depend on besides a job's parameters: its name, weights (the
+        pipeline and its CLIP) and options. Two jobs are repeats only under the same identity."""
+        spec = self.model_specs.get(model)
+        if spec is None:
+            return {"name": model}
+        return {
+            "name": model,
+            "pipeline": spec.pipeline,
+            "clip": self.clip_for(model),
+            "options": spec.options.model_dump(mode="json"),
+        }
 
     def queue_for(self, model: str) -> str:
         """Each model has its own queue: a worker consumes only the models it serves."""

@@ -26,7 +26,7 @@ from werkzeug.serving import make_server
 
 from api import create_app
 from api.access_log import DevRequestHandler
-from server import stage_metrics
+from server import keys, stage_metrics
 from server.launcher import app_env, stop_process, worker_argv
 from server.settings import Settings
 
@@ -100,6 +100,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DAIKON_DTYPE": settings.worker.dtype,
         "DAIKON_BATCH_JOBS": str(settings.worker.batch_jobs).lower(),
         "DAIKON_BATCH_WAIT_MS": str(settings.worker.batch_wait_ms),
+        "DAIKON_REUSE_REPEATS": str(settings.worker.reuse_repeats).lower(),
         "DAIKON_LEASE_SECONDS": str(settings.worker.lease_seconds),
         "DAIKON_MAX_ATTEMPTS": str(settings.worker.max_attempts),
         "DAIKON_REPUBLISH_AFTER_SECONDS": str(settings.worker.republish_after_seconds),
@@ -246,11 +247,12 @@ class Stack:
 
 def forget_redis_state(settings: Settings) -> None:
     """Delete what a stack's queue left in the shared Redis: its broker lists (every model and
-    priority) and its stage-time histograms."""
+    priority), its stage-time histograms and its count of reused jobs."""
     client = redis.Redis.from_url(settings.services.redis_url)
     for pattern in (
         f"{settings.services.queue}*",
         stage_metrics.stage_key(settings.services.queue, "*"),
+        keys.reused_jobs(settings.services.queue),
     ):
         for key in client.scan_iter(pattern):
             client.delete(key)

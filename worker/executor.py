@@ -96,6 +96,9 @@ class Member:
     stopped: BaseException | None = None
     outcome: Outcome | None = None
     subscribed: bool = True  # it has a webhook URL (fixed at submit): its changes raise events
+    tenant_id: str | None = None
+    # What an identical later job shares with it (jobs.repeat_key), once its seeds are drawn.
+    repeat_key: str | None = None
     since: float = field(default_factory=time.perf_counter)  # when it was claimed
 
 
@@ -360,6 +363,7 @@ class JobExecutor:
             metrics={"queue_seconds": (job.started_at - job.created_at).total_seconds()},
             inputs=job.inputs,
             subscribed=bool(job.webhook_url),
+            tenant_id=job.tenant_id,
         )
 
     def _companions(self, leader: jobs.Job, params: JobParams) -> list[Member]:
@@ -443,6 +447,15 @@ class JobExecutor:
         """Generate, rank, upload and record each member's images. Raises for what ends every
         member at once (the model, the time allowance, the call itself failing)."""
         started = time.perf_counter()
+
+        # Exact repeats are answered before the model is loaded, when the API could fill every
+        # default; the others once the model filled its own.
+        def answered(m: Member) -> bool:
+            return m.repeat_key is None and m.params.complete and self._reused(m)
+
+        members = [m for m in members if not answered(m)]
+        if not members:
+            return
         model = members[0].params.model
         try:
             runtime = self.runtime(model)
@@ -454,6 +467,8 @@ class JobExecutor:
             member.metrics["load_seconds"] = load_seconds
             try:
                 member.params = self._complete(member.job_id, member.params, runtime)
+                if member.repeat_key is None and self._reused(member):
+                    continue
                 self._admit(member.params, runtime)
                 member.edit = self._read_inputs(member)
                 self._admit_mask(member.edit, runtime)
@@ -577,6 +592,14 @@ class JobExecutor:
             raise JobFailure(refused.code, str(refused))
 
     def _request(self, member: Member) -> GenerationRequest:
+        self._draw_seeds(member)
+        return GenerationRequest(member.params, member.seeds, **member.edit)
+
+    def _draw_seeds(self, member: Member) -> None:
+        """The job's candidate seeds, drawn once (a drawn seed stays the job's if its batch
+        fails and it runs again alone)."""
+        if member.seeds:
+            return
         params = member.params
         base_seed = (
             params.seed
@@ -584,7 +607,53 @@ class JobExecutor:
             else secrets.randbelow(SEED_MAX - params.candidates + 1)
         )
         member.seeds = tuple(base_seed + i for i in range(params.candidates))
-        return GenerationRequest(params, member.seeds, **member.edit)
+
+    def _reused(self, member: Member) -> bool:
+        """Key the job (its parameters complete, its seeds drawn) and, when the deployment
+        reuses repeats, answer it with copies of an earlier identical job's images: it then
+        succeeds as if it had run, with its own objects, events and webhook. False when it
+        must run: reuse off, no earlier job, or that job's images gone."""
+        self._draw_seeds(member)
+        member.repeat_key = jobs.repeat_key(
+            tenant_id=member.tenant_id,
+            model=self.settings.model_identity(member.params.model),
+            params=member.params,
+            seed=member.seeds[0],
+            inputs=member.inputs,
+        )
+        if not self.settings.worker.reuse_repeats:
+            return False
+        with session_scope(self.sessions) as session:
+            earlier = jobs.find_repeat(
+                session=session,
+                tenant_id=member.tenant_id,
+                key=member.repeat_key,
+                job_id=member.job_id,
+            )
+            source = None if earlier is None else (earlier.id, list(earlier.images))
+        if source is None or not source[1]:
+            return False
+        earlier_id, images = source
+        t = time.perf_counter()
+        try:
+            kept = self.images.copy(member.job_id, images)
+        except Exception as e:
+            log.info(
+                "job %s repeats job %s, whose images are unreadable (%s): it runs",
+                member.job_id,
+                earlier_id,
+                _describe(e),
+            )
+            return False
+        member.metrics["upload_seconds"] = time.perf_counter() - t
+        member.metrics["total_seconds"] = time.perf_counter() - member.since
+        self._succeed(member, kept, reused_from=earlier_id)
+        if member.outcome is Outcome.succeeded:
+            try:
+                self.live.record_reused(member.params.model)
+            except Exception as e:  # a lost count never fails the job
+                log.warning("reuse of job %s not counted: %s", member.job_id, e)
+        return True
 
     def _keep(self, member: Member, shortlist: Shortlist, started: float) -> None:
         """Upload one job's best candidates (its shortlist, best first), record success."""
@@ -601,16 +670,24 @@ class JobExecutor:
             raise JobFailure("upload_failed", _describe(e)) from e
         metrics["upload_seconds"] = time.perf_counter() - t
         metrics["total_seconds"] = time.perf_counter() - started
+        self._succeed(member, kept)
 
+    def _succeed(
+        self, member: Member, kept: list[jobs.NewImage], *, reused_from: str | None = None
+    ) -> None:
+        """Record success with the job's stored images, its event in the same transaction."""
+        job_id, metrics = member.job_id, member.metrics
         recorded = self._commit(
             job_id,
             lambda session: jobs.succeed(
                 session=session,
                 job_id=job_id,
-                seed=seeds[0],
+                seed=member.seeds[0],
                 images=kept,
                 metrics=metrics,
                 worker=self.worker_name,
+                repeat_key=member.repeat_key,
+                reused_from=reused_from,
             ),
             lambda done: WebhookEvent.succeeded if done else None,
             subscribed=member.subscribed,
@@ -624,7 +701,10 @@ class JobExecutor:
         self._ended(job_id)
         # One line per job that succeeded, whether it led its batch or joined one (a joined
         # job's own message later ends `skipped`): what the chaos ledger counts.
-        log.info("job %s succeeded (batch of %d)", job_id, metrics.get("batch_size", 1))
+        if reused_from is None:
+            log.info("job %s succeeded (batch of %d)", job_id, metrics.get("batch_size", 1))
+        else:
+            log.info("job %s succeeded (reused job %s)", job_id, reused_from)
 
 
 class JobSignals(Protocol):
@@ -633,6 +713,7 @@ class JobSignals(Protocol):
     def step(self, job_id: str, step: int, total: int, attempt: int) -> bool: ...
     def announce(self, job_id: str, what: str = "status") -> None: ...
     def record_stages(self, *metrics: dict[str, float]) -> None: ...
+    def record_reused(self, model: str) -> None: ...
 
 
 class _NoSignals:
@@ -645,6 +726,9 @@ class _NoSignals:
         pass
 
     def record_stages(self, *metrics: dict[str, float]) -> None:
+        pass
+
+    def record_reused(self, model: str) -> None:
         pass
 
 

@@ -15,6 +15,7 @@ from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from daikon.contract import JobParams
 from db import jobs
+from db.models import JobImage
 from server.storage import ImageStore, image_key
 from worker.families import Candidate, to_pil
 
@@ -79,6 +80,33 @@ class JobImages:
                         width=picture.width,
                         height=picture.height,
                         content_type=PNG,
+                        storage_key=key,
+                        byte_size=len(data),
+                    )
+                )
+        except Exception:
+            self.discard(kept)
+            raise
+        return kept
+
+    def copy(self, job_id: str, images: Sequence[JobImage]) -> list[jobs.NewImage]:
+        """Store copies of another job's images as this job's own objects (same ranks, scores
+        and seeds), so deleting either job never takes the other's images. Raises if one cannot
+        be read (deleted with its job, say); then nothing stays behind."""
+        kept: list[jobs.NewImage] = []
+        try:
+            for image in images:
+                data = self.store.get(image.storage_key)
+                key = image_key(self.key_prefix, job_id, image.rank)
+                self._put_with_retry(key, data)
+                kept.append(
+                    jobs.NewImage(
+                        rank=image.rank,
+                        clip_score=image.clip_score,
+                        seed=image.seed,
+                        width=image.width,
+                        height=image.height,
+                        content_type=image.content_type,
                         storage_key=key,
                         byte_size=len(data),
                     )

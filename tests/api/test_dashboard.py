@@ -572,3 +572,17 @@ def test_usage_and_overview_count_jobs_images_and_worker_time(app: Flask) -> Non
     assert re.search(r'id="images-per-minute">0.2<', overview)  # 2 images in the last 10 min
     charts = client.get("/admin/charts").text
     assert charts.count("<svg") == 3
+
+
+def test_a_reused_jobs_page_links_the_job_its_images_were_copied_from(app: Flask) -> None:
+    earlier, repeat = queued_job(app, seed=3), queued_job(app, seed=3)
+    with session_scope(sessions_of(app)) as s:
+        for job_id in (earlier, repeat):
+            jobs.claim(session=s, job_id=job_id, worker="w:1")
+        assert jobs.succeed(
+            session=s, job_id=repeat, seed=3, images=[], metrics={}, reused_from=earlier
+        )
+    client, _ = login(app)
+    page = client.get(f"/admin/jobs/{repeat}").text
+    assert 'id="reused-from"' in page and f"/admin/jobs/{earlier}" in page
+    assert authed(app).get(f"/v1/jobs/{repeat}").get_json()["reused_from"] == earlier

@@ -12,7 +12,7 @@ from daikon.contract import JobStatus
 from daikon.errors import NotFound
 from db import jobs
 from db.models import Job, JobImage, utcnow
-from tests.factories import image, make_job
+from tests.factories import image, job_params, make_job
 
 
 def test_create_stores_complete_params_and_starts_queued(session: Session) -> None:
@@ -180,3 +180,38 @@ def test_a_running_job_whose_lease_lapsed_a_lease_ago_is_republished_once(
 
     assert take() == {dead}
     assert take() == set()  # once per lapsed lease, not at every sweep
+
+
+def test_the_repeat_key_changes_with_whatever_changes_the_images_and_only_that() -> None:
+    sd = {"name": "default", "pipeline": "models/shapes-sd", "clip": "c", "options": {}}
+    photo = {"image": {"key": "a/input-image.png", "sha256": "ab12", "width": 64}}
+
+    def key(**changed: object) -> str:
+        given: dict[str, object] = {
+            "tenant_id": "t1",
+            "model": sd,
+            "params": job_params(mode="image", strength=0.5),
+            "seed": 7,
+            "inputs": photo,
+            **changed,
+        }
+        return jobs.repeat_key(**given)  # type: ignore[arg-type]
+
+    same = [
+        # A value left to its default draws what the same value given draws; the same input
+        # bytes stored under another job's key are the same input.
+        key(params=job_params(mode="image", strength=0.5, defaulted=["width", "height"])),
+        key(inputs={"image": {**photo["image"], "key": "b/input-image.png"}}),
+    ]
+    assert set(same) == {key()}
+    different = [
+        key(tenant_id="t2"),
+        key(tenant_id=None),
+        key(model={**sd, "pipeline": "elsewhere/shapes-sd"}),
+        key(model={**sd, "options": {"dtype": "bfloat16"}}),
+        key(seed=8),
+        key(params=job_params(mode="image", strength=0.6)),
+        key(params=job_params(mode="image", strength=0.5, top_k=2)),
+        key(inputs={"image": {**photo["image"], "sha256": "cd34"}}),
+    ]
+    assert len({key(), *different}) == 1 + len(different)

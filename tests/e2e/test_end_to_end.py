@@ -82,6 +82,7 @@ def test_the_same_seed_reproduces_the_same_pixels(pg_s3: Stack) -> None:
     best = [fetch_png(job["images"][0]["url"])[0] for job in (a, b, c)]
     assert best[0] == best[1]
     assert best[0] != best[2]
+    assert b["reused_from"] is None  # repeats run unless the deployment reuses them (off)
     assert [i["clip_score"] for i in a["images"]] == [i["clip_score"] for i in b["images"]]
 
 

@@ -86,3 +86,19 @@ def test_api_bench_runs_and_reports_its_ratios() -> None:
     assert any("queued job" in r and r.endswith("x |") for r in rows), out.stdout
     assert any(line.startswith("| POST /v1/jobs") for line in out.stdout.splitlines())
     assert any("[200 queued]" in r for r in rows), out.stdout
+
+
+def test_reuse_bench_runs_and_reports_the_repeats_ratio() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/reuse.py", "--rounds", "1", "--candidates", "1", "--steps", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    for side in ("worker", "client"):
+        assert any(line.startswith(f"{side}: fresh") and "x faster" in line for line in lines), (
+            out.stdout
+        )

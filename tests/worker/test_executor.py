@@ -8,6 +8,7 @@ import io
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from daikon.contract import JobStatus
 from db import jobs
 from db.models import Job, JobImage, utcnow
 from db.session import make_session_factory, session_scope
+from server.settings import Settings
 from server.storage import LocalStore, StorageError
 from tests.factories import job_params, make_job
 from tests.fake_generator import TINY_SD, FakeGenerator
@@ -519,3 +521,74 @@ def test_an_edit_whose_input_is_gone_fails_saying_which_and_why(  # type: ignore
     job = load(sessions, job_id)
     assert job.error_code == "input_unavailable"
     assert job.error_message == message
+
+
+# --- exact repeats (DAIKON_REUSE_REPEATS) ------------------------------------------------------
+
+
+def reusing(sessions: sessionmaker[Session], store: Any, runtime: Any, loads: list[str]) -> Any:
+    """An executor that answers repeats, counting its model loads in `loads`."""
+    return JobExecutor(
+        sessions=sessions,
+        store=store,
+        runtime=lambda model: loads.append(model) or runtime,  # type: ignore[func-returns-value]
+        worker_name="t",
+        settings=Settings().evolve(reuse_repeats=True),
+    )
+
+
+def stored(store: LocalStore, job: Job) -> list[bytes]:
+    return [store.get(i.storage_key) for i in job.images]
+
+
+def test_a_repeat_is_answered_with_copies_of_the_earlier_images_without_the_model(  # type: ignore[no-untyped-def]
+    sessions, store, runtime
+) -> None:
+    prompt = f"a red circle {uuid.uuid4().hex}"  # nothing another test ran repeats it
+    loads: list[str] = []
+    ex = reusing(sessions, store, runtime, loads)
+    first = new_job(sessions, prompt=prompt, candidates=3, top_k=2, seed=40)
+    assert ex.run(first) is Outcome.succeeded and loads == ["default"]
+    repeat = new_job(sessions, prompt=prompt, candidates=3, top_k=2, seed=40)
+    assert ex.run(repeat) is Outcome.succeeded
+    assert loads == ["default"]  # answered before any model work
+    a, b = load(sessions, first), load(sessions, repeat)
+    assert (a.reused_from, b.reused_from) == (None, first)
+    assert stored(store, b) == stored(store, a) and len(b.images) == 2
+    assert {i.storage_key for i in a.images}.isdisjoint(i.storage_key for i in b.images)
+    assert [(i.rank, i.seed, i.clip_score) for i in b.images] == [
+        (i.rank, i.seed, i.clip_score) for i in a.images
+    ]
+    assert b.seed == 40 and "inference_seconds" not in b.metrics
+
+    # Anything else that changes the images runs: the seed, top_k, or a seed left to the
+    # worker (drawn afresh each time); and so does every job where reuse is off (the default).
+    others = [
+        new_job(sessions, prompt=prompt, candidates=3, top_k=2, seed=41),
+        new_job(sessions, prompt=prompt, candidates=3, top_k=1, seed=40),
+        new_job(sessions, prompt=prompt, candidates=3, top_k=2, seed=None),
+        new_job(sessions, prompt=prompt, candidates=3, top_k=2, seed=None),
+    ]
+    for job_id in others:
+        assert ex.run(job_id) is Outcome.succeeded
+    assert [load(sessions, j).reused_from for j in others] == [None] * 4
+    assert len(loads) == 5
+    off = new_job(sessions, prompt=prompt, candidates=3, top_k=2, seed=40)
+    assert executor(sessions, store, runtime).run(off) is Outcome.succeeded
+    ran = load(sessions, off)
+    assert ran.reused_from is None and "inference_seconds" in ran.metrics
+    assert stored(store, ran) == stored(store, a)
+
+
+def test_a_repeat_of_a_job_whose_images_are_gone_runs(sessions, store, runtime) -> None:  # type: ignore[no-untyped-def]
+    prompt = f"a blue square {uuid.uuid4().hex}"
+    loads: list[str] = []
+    ex = reusing(sessions, store, runtime, loads)
+    first = new_job(sessions, prompt=prompt, seed=9)
+    assert ex.run(first) is Outcome.succeeded
+    for image in load(sessions, first).images:
+        store.delete(image.storage_key)
+    repeat = new_job(sessions, prompt=prompt, seed=9)
+    assert ex.run(repeat) is Outcome.succeeded
+    job = load(sessions, repeat)
+    assert job.reused_from is None and len(loads) == 2 and len(stored(store, job)) == 1

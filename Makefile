@@ -54,12 +54,13 @@ lint: install
 typecheck: install
 	$(PY) -m mypy
 
-# Retrain the committed shapes models from scratch (fixed seeds; 60-80 min on 2 CPU cores).
+# Retrain the committed shapes models from scratch (fixed seeds; about 90 min on 2 CPU cores).
 train-models: install
 	$(PY) -m training --out models
 	$(PY) -m training.autoregressive --out models
 
-# Only the autoregressive shapes model, models/shapes-ar (a tiny Janus).
+# Only the autoregressive shapes model, models/shapes-ar (a tiny Janus), and its ranker
+# models/shapes-ar-clip (tuned from models/shapes-clip); about 45 min on 2 CPU cores.
 train-ar: install
 	$(PY) -m training.autoregressive --out models
 

@@ -16,9 +16,8 @@ import pytest
 import torch
 from transformers import AutoProcessor, JanusForConditionalGeneration, JanusProcessor
 
-from server.settings import EMBEDDED_CLIP
 from shapeworld.captions import caption_for, spec_of
-from shapeworld.world import place, sample_scene
+from shapeworld.world import place, render, sample_scene
 from tests.stack import ROOT
 from training.autoregressive import DIR, LM_STEPS, RANKER_DIR, RANKER_STEPS, VQ_STEPS, sample
 from worker.ranking import ClipRanker, rank
@@ -96,28 +95,27 @@ def test_the_committed_model_draws_a_red_circle_the_same_twice_for_one_seed() ->
     assert sample(model, processor, "a red circle", seed=7, guidance=4.0).size == (32, 32)
 
 
-def test_the_committed_ranker_reads_the_tokenizers_decodings_better_than_the_plain_clip() -> None:
-    """What shapes-ar-clip was tuned for: the true scene against a confuser (colours swapped,
-    relation turned, a shape changed), both as this tokenizer decodes them."""
+def test_the_committed_ranker_still_reads_binding_and_relation_in_decodings_and_renders() -> None:
+    """shapes-ar-clip was tuned on the tokenizer's decodings; it must keep what shapes-clip's
+    confuser captions taught it: the true scene beats one with colours swapped, the relation
+    turned or a shape changed, seen through the tokenizer and as rendered. (What the tuning
+    buys on the model's own samples is measured in docs/quality.md.)"""
     from training.autoregressive import encode, to_images
     from training.clip import confuser
     from training.data import images_to_tensor
 
     model, _ = load(COMMITTED)
     tuned = ClipRanker.load(str(ROOT / "models" / RANKER_DIR), device="cpu", dtype=torch.float32)
-    plain = ClipRanker.load(str(EMBEDDED_CLIP), device="cpu", dtype=torch.float32)
     rng = random.Random(99)
-    right = {"tuned": 0, "plain": 0}
+    right = {"decoded": 0, "rendered": 0}
     n = 60
     for _ in range(n):
         scene = sample_scene(rng, 2)
         spec = spec_of(scene)
         wrong = confuser(spec, rng)
         decoy = place(wrong.objects, wrong.relation, rng)
-        pixels = images_to_tensor([decoy, scene])
-        images = to_images(model, encode(model, pixels))
         caption = caption_for(spec)
-        right["tuned"] += rank(tuned.score(caption, images))[0] == 1
-        right["plain"] += rank(plain.score(caption, images))[0] == 1
-    assert right["tuned"] > right["plain"], right
-    assert right["tuned"] >= 0.8 * n, right
+        decoded = to_images(model, encode(model, images_to_tensor([decoy, scene])))
+        right["decoded"] += rank(tuned.score(caption, decoded))[0] == 1
+        right["rendered"] += rank(tuned.score(caption, [render(decoy), render(scene)]))[0] == 1
+    assert min(right.values()) >= 0.85 * n, right

@@ -25,14 +25,16 @@ HOOK = {"webhook_url": "https://93.184.215.14/hook", "webhook_events": EVENTS}
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, redis_url, postgres_url, s3_endpoint, tiny_models) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
-    """PostgreSQL and S3 (moto's server): the copies are objects of their own in the bucket."""
+def stack(tmp_path_factory, redis_url, s3_endpoint, tiny_models) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+    """S3 (moto's server): the copies are objects of their own in the bucket. Its own SQLite
+    file, not the shared PostgreSQL: the webhook it subscribes stays pending (nothing answers
+    there), and the webhook tests' deliverers on PostgreSQL would meet its delivery, sealed
+    with this stack's key. The executor's reuse tests run on PostgreSQL."""
     tmp = tmp_path_factory.mktemp("reuse")
     settings = settings_for(
         tmp,
         redis_url,
         tiny_models,
-        database_url=postgres_url,
         s3_bucket=f"daikon-{uuid.uuid4().hex[:8]}",
         s3_endpoint_url=s3_endpoint,
         reuse_repeats=True,
